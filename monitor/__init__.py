@@ -1,0 +1,1 @@
+"""driftline's service: configuration, sources, decoding, label join, engine, CLI."""

@@ -1,0 +1,71 @@
+"""What the service reports about itself, behind a small interface.
+
+The service loop calls a :class:`Telemetry`; ``sinks.prometheus.PrometheusTelemetry``
+implements it with prometheus-client counters and histograms, and
+:class:`NullTelemetry` (the default) does nothing, so that ``monitor`` runs and is
+tested without a metrics registry.
+
+Per-feature statistics are *not* pushed through this interface: the Prometheus sink
+reads them from :meth:`monitor.engine.Engine.snapshot` at scrape time.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["Telemetry", "NullTelemetry"]
+
+
+class Telemetry(Protocol):
+    def record_events(self, stream: str, count: int) -> None:
+        """``count`` events consumed from ``stream`` (``predictions`` or ``feedback``)."""
+
+    def record_invalid(self, reason: str, count: int = 1) -> None:
+        """``count`` records dead-lettered for ``reason`` (a short fixed code)."""
+
+    def record_join(self, outcome: str, count: int) -> None:
+        """Label-join outcomes: ``matched``, ``self_contained``, ``unmatched``, ``expired``,
+        ``evicted``."""
+
+    def record_alarm(self, model: str, kind: str) -> None:
+        """One alarm of ``kind`` raised for ``model``."""
+
+    def observe_batch(self, seconds: float, size: int) -> None:
+        """One batch processed end to end in ``seconds``."""
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Consumer lag of one partition, in records."""
+
+    def mark_success(self, what: str) -> None:
+        """``what`` (``batch``, ``commit``, ``checkpoint``, ``webhook``) just succeeded."""
+
+    def set_ready(self, component: str, ready: bool) -> None:
+        """Readiness of ``kafka``, ``reference`` or ``consuming``."""
+
+
+class NullTelemetry:
+    """Telemetry that records nothing."""
+
+    def record_events(self, stream: str, count: int) -> None:
+        pass
+
+    def record_invalid(self, reason: str, count: int = 1) -> None:
+        pass
+
+    def record_join(self, outcome: str, count: int) -> None:
+        pass
+
+    def record_alarm(self, model: str, kind: str) -> None:
+        pass
+
+    def observe_batch(self, seconds: float, size: int) -> None:
+        pass
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        pass
+
+    def mark_success(self, what: str) -> None:
+        pass
+
+    def set_ready(self, component: str, ready: bool) -> None:
+        pass
