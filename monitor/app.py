@@ -1,0 +1,303 @@
+"""The service loop: poll a batch, decode, join, detect, hand alarms to sinks, flush,
+checkpoint, commit — one batch through the whole line before the next is polled.
+
+Ordering per batch (what makes "never lost" true)::
+
+    records = source.poll()
+    decoded = decode_batch(records)            # bad records -> dead letters
+    result  = engine.process(decoded)          # alarms
+    dead_letters.write(...); sink.write(alarms) for every sink
+    dead_letters.flush(); sink.flush() for every sink   # durable, or SinkError
+    if every flush succeeded and a checkpoint is due:
+        checkpoint(engine state + offsets)     # atomically, to state_dir
+        source.commit(offsets)
+
+A sink that fails keeps its alarms and the commit is skipped; the next batch retries
+its flush. A crash replays from the last committed offsets with the state of the
+checkpoint written just before that commit, so nothing is counted twice or lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from monitor.checkpoint import CheckpointStore
+from monitor.config import Settings
+from monitor.deadletter import FileDeadLetters, KafkaDeadLetters
+from monitor.decode import decode_batch
+from monitor.engine import Engine, ReferenceData
+from monitor.exceptions import ConfigError, ReferenceLoadError
+from monitor.reference import load_reference
+from monitor.sources import KafkaSource, Source
+from monitor.telemetry import NullTelemetry, Telemetry
+from sinks.exceptions import SinkError
+
+__all__ = ["Service", "BatchStats"]
+
+log = logging.getLogger(__name__)
+
+
+class BatchStats:
+    """Running totals, for progress lines and the demo."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.predictions = 0
+        self.feedback = 0
+        self.invalid = 0
+        self.alarms = 0
+        self.batches = 0
+        self.started = time.monotonic()
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.records / elapsed if elapsed > 0 else 0.0
+
+
+def _reference_loader(settings: Settings) -> Callable[[str], ReferenceData | None]:
+    def load(model: str) -> ReferenceData | None:
+        cfg = settings.for_model(model)
+        if cfg.reference.source != "file":
+            return None
+        return load_reference(cfg.reference.path, model, cfg.reference.size)
+
+    return load
+
+
+class Service:
+    """driftline's long-running service.
+
+    Parameters
+    ----------
+    settings
+        All configuration.
+    source
+        Where records come from; default a :class:`~monitor.sources.KafkaSource`.
+    sinks
+        Alarm outputs; default built from ``settings`` (JSONL, Kafka, webhooks).
+    dead_letters
+        Where bad records go; default the Kafka dead-letter topic.
+    registry
+        A prometheus_client registry; default a fresh one (metrics served only when
+        ``settings.prometheus.enabled``).
+    checkpoint
+        Write and restore checkpoints under ``settings.state_dir`` (off for replays).
+    on_batch
+        Called after each batch with the running :class:`BatchStats`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: Source | None = None,
+        sinks: Sequence[Any] | None = None,
+        dead_letters: Any = None,
+        registry: Any = None,
+        checkpoint: bool = True,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._source = source
+        self._dead_letters = dead_letters
+        self.on_batch = on_batch
+        self.stats = BatchStats()
+        self.metrics_port: int | None = None
+        self._metrics_server = None
+        self.telemetry: Telemetry = NullTelemetry()
+        if settings.prometheus.enabled:
+            from prometheus_client import CollectorRegistry
+
+            from sinks.prometheus import PrometheusTelemetry
+
+            self.registry = registry if registry is not None else CollectorRegistry()
+            self.telemetry = PrometheusTelemetry(self.registry)
+        else:
+            self.registry = registry
+        loader = _reference_loader(settings)
+        references = {}
+        for name in settings.models:  # fail fast on a named model's unreadable reference
+            ref = loader(name)
+            if ref is not None:
+                references[name] = ref
+        self.engine = Engine(settings, references=references, reference_loader=loader)
+        if sinks is None:
+            from sinks.factory import build_sinks
+
+            sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir))
+        self.sinks = list(sinks)
+        self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
+        self._ready = {"kafka": False, "reference": False, "consuming": False}
+        self._last_checkpoint = 0.0
+        self._committed: dict[tuple[str, int], int] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def readiness(self) -> dict[str, bool]:
+        return dict(self._ready)
+
+    def _set_ready(self, component: str, value: bool) -> None:
+        self._ready[component] = value
+        self.telemetry.set_ready(component, value)
+
+    def _start_metrics(self) -> None:
+        if not self.settings.prometheus.enabled or self._metrics_server is not None:
+            return
+        from sinks.factory import start_metrics_server
+
+        self._metrics_server = start_metrics_server(
+            self.settings.prometheus, self.registry, self.engine.snapshot, self.readiness)
+        self.metrics_port = self._metrics_server.port
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Consume until ``stop`` is set (or SIGTERM/SIGINT, in the main thread) or a
+        finite source is exhausted; finish the current batch, flush, commit, return 0."""
+        stop = stop or threading.Event()
+        restore = self._install_signals(stop)
+        try:
+            self._start_metrics()
+            source = self._source or KafkaSource(self.settings.kafka)
+            self._source = source
+            if self._dead_letters is None:
+                self._dead_letters = KafkaDeadLetters(self.settings.kafka)
+            self._restore(source)
+            self._set_ready("kafka", True)
+            while not stop.is_set():
+                records = source.poll()
+                if records:
+                    self._process(records, source)
+                elif source.exhausted:
+                    break
+                else:
+                    self._maybe_checkpoint(source, force=False)
+                self._set_ready("consuming", True)
+                self._set_ready("reference", self.engine.reference_ready)
+            self._finish(source)
+            return 0
+        finally:
+            restore()
+            self.close()
+
+    def _process(self, records: Sequence[Any], source: Source) -> None:
+        t0 = time.perf_counter()
+        s = self.settings.kafka
+        decoded = decode_batch(records, s.predictions_topic, s.feedback_topic)
+        result = self.engine.process(decoded)
+        dead = decoded.dead_letters + result.dead_letters
+        tel = self.telemetry
+        tel.record_events("predictions", decoded.n_predictions)
+        tel.record_events("feedback", decoded.n_feedback)
+        for d in dead:
+            tel.record_invalid(d.reason)
+        for outcome, count in result.join.items():
+            tel.record_join(outcome, count)
+        for model, count in result.feature_overflow.items():
+            record = getattr(tel, "record_feature_overflow", None)
+            if record is not None:
+                record(model, count)
+        for alarm in result.alarms:
+            tel.record_alarm(alarm.model, alarm.kind)
+            log.info("alarm %s %s/%s %s %s=%.4g [%d..%d]", alarm.kind, alarm.model, alarm.version,
+                     alarm.feature, alarm.detector, alarm.statistic, alarm.first_index, alarm.last_index)
+        self._dead_letters.write(dead)
+        for sink in self.sinks:
+            sink.write(result.alarms)
+        flushed = self._flush_all()
+        st = self.stats
+        st.records += len(records)
+        st.predictions += decoded.n_predictions
+        st.feedback += decoded.n_feedback
+        st.invalid += len(dead)
+        st.alarms += len(result.alarms)
+        st.batches += 1
+        tel.observe_batch(time.perf_counter() - t0, len(records))
+        tel.mark_success("batch")
+        if flushed:
+            self._maybe_checkpoint(source, force=False)
+        if st.batches % 20 == 1:
+            for (topic, partition), lag in source.lag().items():
+                tel.set_lag(topic, partition, lag)
+        if self.on_batch is not None:
+            self.on_batch(st)
+
+    def _flush_all(self) -> bool:
+        ok = True
+        for target in [self._dead_letters, *self.sinks]:
+            try:
+                target.flush()
+            except SinkError as exc:
+                ok = False
+                log.warning("%s could not flush (offsets not committed; retrying next batch): %s",
+                            getattr(target, "name", type(target).__name__), exc)
+        return ok
+
+    def _maybe_checkpoint(self, source: Source, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < self.settings.checkpoint_interval_seconds:
+            return
+        offsets = source.offsets()
+        if offsets == self._committed and not force:
+            return
+        if self._store is not None:
+            self._store.save({"version": 1, "offsets": offsets, "engine": self.engine.state_dict()})
+            self.telemetry.mark_success("checkpoint")
+        source.commit(offsets)
+        self._committed = offsets
+        self._last_checkpoint = now
+        self.telemetry.mark_success("commit")
+
+    def _restore(self, source: Source) -> None:
+        if self._store is None:
+            return
+        state = self._store.load()
+        if state is None:
+            return
+        self.engine.load_state(state["engine"])
+        source.seek({tuple(k) if isinstance(k, list) else k: v for k, v in state["offsets"].items()})
+        self._committed = dict(state["offsets"])
+        log.info("restored checkpoint %s (%d models)", self._store.path, len(self.engine.models))
+
+    def _finish(self, source: Source) -> None:
+        if self._flush_all():
+            self._maybe_checkpoint(source, force=True)
+        else:
+            log.error("sinks could not flush at shutdown; offsets left uncommitted, the last batches will be replayed")
+
+    def close(self) -> None:
+        for target in [*self.sinks, self._dead_letters]:
+            if target is None:
+                continue
+            try:
+                target.close()
+            except SinkError as exc:
+                log.error("%s: %s", getattr(target, "name", type(target).__name__), exc)
+        self.sinks = []
+        self._dead_letters = None
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+
+    @staticmethod
+    def _install_signals(stop: threading.Event) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+            stop.set()
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+        return restore

@@ -1,0 +1,225 @@
+"""The ``driftline`` command.
+
+Subcommands: ``run`` (Kafka), ``replay`` (JSONL files, no broker), ``check-config``,
+``demo`` (everything on an embedded broker) and ``simulate`` (produce the demo's
+simulated events to a Kafka cluster).
+
+Exit codes (documented in the README):
+
+0  finished normally (a replay reached the end of its files; ``run`` was stopped by
+   SIGTERM/SIGINT after finishing its batch, flushing sinks and committing)
+1  an unexpected failure (a bug: the traceback is logged)
+2  invalid configuration or command line (the message names the field)
+3  an input cannot be read: Kafka unreachable, a file or a reference missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from monitor.config import load_settings
+from monitor.exceptions import ConfigError, ReferenceLoadError, SourceError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("driftline")
+
+EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": record.created, "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="driftline", description="Streaming drift monitor and retraining/rollback trigger.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help="YAML config file (also DRIFTLINE_CONFIG)")
+        sp.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        sp.add_argument("--log-format", choices=["text", "json"])
+        sp.add_argument("--state-dir", type=Path, help="checkpoints and webhook outbox")
+        sp.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: any free port)")
+
+    run = sub.add_parser("run", help="monitor the Kafka topics (the service)")
+    common(run)
+    run.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, comma-separated")
+    run.add_argument("--group-id", help="consumer group")
+    run.add_argument("--alarms-jsonl", type=Path, help="also append alarms to this JSONL file")
+
+    rp = sub.add_parser("replay", help="run the same pipeline over JSONL files, no broker")
+    common(rp)
+    rp.add_argument("--predictions", type=Path, required=True, help="JSONL file of prediction events")
+    rp.add_argument("--feedback", type=Path, help="JSONL file of feedback events")
+    rp.add_argument("--alarms", type=Path, required=True, help="JSONL file the alarms are written to")
+    rp.add_argument("--dead-letters", type=Path, help="JSONL file for invalid records (default: ALARMS.dead-letters.jsonl)")
+    rp.add_argument("--batch-size", type=int, default=5000)
+    rp.add_argument("--with-webhooks", action="store_true", help="also send the configured webhooks (off in replays)")
+    rp.add_argument("--quiet", action="store_true", help="no progress line")
+
+    cc = sub.add_parser("check-config", help="validate a config file and exit")
+    cc.add_argument("file", type=Path)
+
+    demo = sub.add_parser("demo", help="a simulated model, an embedded broker and the monitor, end to end")
+    demo.add_argument("--events", type=int, default=None, help="prediction events to simulate")
+    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--metrics-port", type=int, default=None)
+
+    sim = sub.add_parser("simulate", help="produce the demo's simulated events to a Kafka cluster")
+    sim.add_argument("--bootstrap-servers", required=True)
+    sim.add_argument("--events", type=int, default=None)
+    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if getattr(args, "log_level", None):
+        o["log_level"] = args.log_level
+    if getattr(args, "log_format", None):
+        o["log_format"] = args.log_format
+    if getattr(args, "state_dir", None):
+        o["state_dir"] = args.state_dir
+    if getattr(args, "metrics_port", None) is not None:
+        o["prometheus"] = {"enabled": True, "port": args.metrics_port}
+    kafka = {}
+    if getattr(args, "bootstrap_servers", None):
+        kafka["bootstrap_servers"] = args.bootstrap_servers
+    if getattr(args, "group_id", None):
+        kafka["group_id"] = args.group_id
+    if kafka:
+        o["kafka"] = kafka
+    if getattr(args, "alarms_jsonl", None):
+        o["alarms_jsonl"] = args.alarms_jsonl
+    return o
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file)
+    models = ", ".join(sorted(settings.models)) or "none (defaults apply to every model)"
+    print(f"{args.file}: valid. Per-model overrides: {models}.")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor.app import Service
+
+    settings = load_settings(args.config, **_overrides(args))  # sources deep-merge: flags > env > file
+    _setup_logging(settings.log_level, settings.log_format)
+    service = Service(settings)
+    log.info("driftline consuming %s and %s from %s as group %s",
+             settings.kafka.predictions_topic, settings.kafka.feedback_topic,
+             settings.kafka.bootstrap_servers, settings.kafka.group_id)
+    return service.run()
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.app import Service
+    from monitor.deadletter import FileDeadLetters
+    from monitor.sources import JsonlSource
+
+    over = _overrides(args)
+    over["alarms_jsonl"] = args.alarms
+    over.setdefault("prometheus", {"enabled": False})
+    settings = load_settings(args.config, **over)
+    if not args.with_webhooks:
+        settings = settings.model_copy(update={"webhooks": settings.webhooks.model_copy(update={"targets": []})})
+    _setup_logging(settings.log_level, settings.log_format)
+    k = settings.kafka
+    source = JsonlSource(args.predictions, args.feedback, predictions_topic=k.predictions_topic,
+                         feedback_topic=k.feedback_topic, batch_size=args.batch_size)
+    dead_path = args.dead_letters or args.alarms.with_name(args.alarms.name + ".dead-letters.jsonl")
+    if args.alarms.exists():
+        args.alarms.unlink()  # a replay writes its alarms afresh
+    progress = _Progress(sys.stderr, enabled=not args.quiet)
+    service = Service(settings, source=source, dead_letters=FileDeadLetters(dead_path),
+                      checkpoint=False, on_batch=progress)
+    code = service.run()
+    progress.done(service.stats)
+    s = service.stats
+    print(f"replayed {s.predictions} predictions and {s.feedback} feedback events: "
+          f"{s.alarms} alarms -> {args.alarms}; {s.invalid} invalid -> {dead_path}", file=sys.stderr)
+    return code
+
+
+class _Progress:
+    """One progress line on a terminal-like stream, at most every half second."""
+
+    def __init__(self, stream: Any, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self._last = 0.0
+
+    def __call__(self, stats: Any) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.5:
+            return
+        self._last = now
+        self.stream.write(f"\r{stats.records:,} events  {stats.rate:,.0f}/s  "
+                          f"{stats.alarms} alarms  {stats.invalid} invalid ")
+        self.stream.flush()
+
+    def done(self, stats: Any) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\n")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed),
+                                ("metrics_port", args.metrics_port)) if v is not None}
+    return run_demo(**kwargs)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from monitor.simulator import produce_to_kafka
+
+    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("rate", args.rate)) if v is not None}
+    produce_to_kafka(args.bootstrap_servers, **kwargs)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "replay": _cmd_replay, "check-config": _cmd_check_config,
+                "demo": _cmd_demo, "simulate": _cmd_simulate}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (SourceError, ReferenceLoadError) as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,767 @@
+"""The engine: routes each model's columns to the detectors and turns their findings
+into alarms.
+
+Per model (one :class:`ModelMonitor`): the reference (a file, or the first
+``reference.size`` events), the feature schema, the label join, and per version (one
+:class:`VersionMonitor`) the count windows and detectors:
+
+* data quality per window: missing rate against the reference's, share of values
+  outside the reference range, share of unseen categories;
+* feature and prediction drift per window: KS / PSI / JS / Wasserstein for numeric
+  features, chi-squared / PSI for categorical ones, against the reference, with a
+  multiple-testing correction across features;
+* on the labelled stream: windowed performance metrics against the version's first
+  windows, concept-drift detectors on the error stream, and label drift;
+* between versions (canary against stable): a mixture SPRT on the error rate and a
+  latency comparison.
+
+Alarms are edge-triggered: a feature (or check) alarms when it enters the alarming
+state, and re-arms once a window finds it back to normal; gauges in the snapshot show
+the ongoing state. ``first_index``/``last_index`` count the model's prediction events
+from the start of the stream, so replay and Kafka runs agree.
+
+Nothing here does I/O: the service hands in decoded batches and takes out alarms.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from detectors.metrics import classification_metrics, regression_metrics
+from detectors.multiple_testing import reject
+from detectors.sequential import TwoSampleMSPRT
+from detectors.statistics import (
+    CategoricalReference,
+    NumericReference,
+    categorical_drift,
+    numeric_drift,
+)
+from detectors.windows import SlidingWindow, TumblingWindow
+from monitor.alarms import Alarm
+from monitor.config import ModelSettings, Settings
+from monitor.decode import DeadLetter, DecodedBatch, Predictions, Schema, columnarize
+from monitor.join import LabelJoin, Labelled
+from monitor.snapshot import FeatureStatistic, VersionSnapshot
+
+__all__ = ["Engine", "EngineResult", "ModelMonitor", "ReferenceData", "concept_detector"]
+
+log = logging.getLogger(__name__)
+
+# Columns of a version's prediction window, before the numeric and categorical blocks.
+_IDX, _TS, _LAT, _PRED = 0, 1, 2, 3
+_FIXED = 4
+# Columns of a version's labelled window.
+_L_IDX, _L_TS, _L_TRUE, _L_PRED, _L_SCORE, _L_ERR = range(6)
+MAX_VERSIONS = 32
+"""Versions tracked per model; the least recently seen is dropped beyond (bounds state)."""
+
+
+def concept_detector(name: str, params: dict[str, Any]):
+    """A concept-drift detector by its config name, with river's parameter names."""
+    from detectors import ADWIN, DDM, EDDM, HDDMA, HDDMW, KSWIN, PageHinkley
+
+    classes = {"ddm": DDM, "eddm": EDDM, "hddm_a": HDDMA, "hddm_w": HDDMW, "adwin": ADWIN,
+               "page_hinkley": PageHinkley, "kswin": KSWIN}
+    return classes[name](**params)
+
+
+_BINARY_ONLY = {"ddm", "eddm"}
+
+
+@dataclass
+class ReferenceData:
+    """Reference events loaded from a file: feature dicts and predictions."""
+
+    features: list[dict[str, Any]]
+    prediction: list[Any]
+
+
+@dataclass
+class EngineResult:
+    alarms: list[Alarm] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    join: Counter[str] = field(default_factory=Counter)
+    feature_overflow: Counter[str] = field(default_factory=Counter)
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def _canonical_label(v: Any) -> Any:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _edge(state: set[str], key: str, alarming: bool) -> bool:
+    """Edge trigger: True when ``key`` enters the alarming state."""
+    if alarming:
+        if key in state:
+            return False
+        state.add(key)
+        return True
+    state.discard(key)
+    return False
+
+
+class _Encoder:
+    """Values to stable float codes (class labels, categorical predictions)."""
+
+    def __init__(self, vocab: dict[str, int] | None = None) -> None:
+        self.vocab: dict[str, int] = dict(vocab or {})
+
+    def code(self, v: Any) -> int:
+        key = str(_canonical_label(v))
+        code = self.vocab.get(key)
+        if code is None:
+            code = self.vocab[key] = len(self.vocab)
+        return code
+
+    def codes(self, values: Sequence[Any]) -> np.ndarray:
+        return np.array([self.code(v) for v in values], dtype=np.float64)
+
+
+# ---- per version ---------------------------------------------------------------------------
+
+
+class VersionMonitor:
+    """Windows, detectors and latest statistics of one (model, version)."""
+
+    def __init__(self, model: "ModelMonitor", version: str) -> None:
+        self.model = model
+        self.version = version
+        cfg = model.settings
+        self.window: SlidingWindow | None = None  # made at the first monitored event (needs the schema)
+        self.perf_window = TumblingWindow(cfg.performance.window, 6)
+        self.events = 0
+        self.labelled = 0
+        self.last_ts: float | None = None
+        self.alarming: set[str] = set()
+        self.drift: tuple[FeatureStatistic, ...] = ()
+        self.quality: dict[str, dict[str, float]] = {}
+        self.performance: dict[str, float] = {}
+        self.baseline: dict[str, list[float]] = {}
+        self.label_baseline: np.ndarray | None = None
+        self.latency_ms: float | None = None
+        self.detectors: dict[str, Any] = {}
+
+    # -- predictions -------------------------------------------------------------------
+    def add(self, rows: np.ndarray) -> list[Alarm]:
+        self.events += len(rows)
+        self.last_ts = float(rows[-1, _TS])
+        if self.window is None:
+            cfg = self.model.settings.window
+            if cfg.step is None:
+                self.window = TumblingWindow(cfg.size, rows.shape[1])
+            else:
+                self.window = SlidingWindow(cfg.size, cfg.step, rows.shape[1])
+        alarms: list[Alarm] = []
+        for values, _, _ in self.window.extend(rows, 0):
+            alarms.extend(self._on_window(values))
+        return alarms
+
+    def _on_window(self, w: np.ndarray) -> list[Alarm]:
+        m = self.model
+        cfg = m.settings
+        schema = m.schema
+        first, last = int(w[0, _IDX]), int(w[-1, _IDX])
+        ts = float(w[-1, _TS])
+        lat = w[:, _LAT]
+        lat = lat[np.isfinite(lat)]
+        self.latency_ms = float(lat.mean()) if lat.size else None
+        d_num = len(schema.numeric)
+        num = w[:, _FIXED:_FIXED + d_num]
+        codes = w[:, _FIXED + d_num:].astype(np.int64)
+        stats: list[FeatureStatistic] = []
+        quality: dict[str, dict[str, float]] = {}
+        candidates: list[tuple[str, str, float, float, float]] = []  # feature, det, stat, p, effect
+        wanted = set(cfg.drift.statistics)
+        if d_num:
+            r = numeric_drift(m.num_ref, num)
+            for j, name in enumerate(schema.numeric):
+                if "ks" in wanted:
+                    stats.append(FeatureStatistic(name, "ks", float(r.ks_statistic[j]), float(r.ks_p_value[j]), cfg.drift.alpha))
+                if "psi" in wanted:
+                    stats.append(FeatureStatistic(name, "psi", float(r.psi[j]), None, cfg.drift.psi_threshold))
+                if "js" in wanted:
+                    stats.append(FeatureStatistic(name, "js", float(r.js[j]), None, None))
+                if "wasserstein" in wanted:
+                    stats.append(FeatureStatistic(name, "wasserstein", float(r.wasserstein[j]), None, None))
+                quality[name] = {"missing_rate": float(r.missing_rate[j]),
+                                 "out_of_range_rate": float(r.out_of_range_rate[j])}
+                candidates.append((name, "ks", float(r.ks_statistic[j]), float(r.ks_p_value[j]), float(r.psi[j])))
+        if codes.shape[1]:
+            c = categorical_drift(m.cat_ref, codes)
+            for j, name in enumerate(schema.categorical):
+                if "chi2" in wanted:
+                    stats.append(FeatureStatistic(name, "chi2", float(c.chi2_statistic[j]), float(c.chi2_p_value[j]), cfg.drift.alpha))
+                if "psi" in wanted:
+                    stats.append(FeatureStatistic(name, "psi", float(c.psi[j]), None, cfg.drift.psi_threshold))
+                quality[name] = {"missing_rate": float(c.missing_rate[j]),
+                                 "unseen_rate": float(c.unseen_rate[j])}
+                candidates.append((name, "chi2", float(c.tv[j]), float(c.chi2_p_value[j]), float(c.psi[j])))
+        alarms = self._drift_alarms(candidates, "feature_drift", first, last, ts)
+        alarms += self._quality_alarms(quality, first, last, ts)
+        if cfg.drift.prediction and m.pred_kind is not None:
+            pstats, palarms = self._prediction_drift(w[:, _PRED], first, last, ts)
+            stats += pstats
+            alarms += palarms
+        self.drift = tuple(stats)
+        self.quality = quality
+        return alarms
+
+    def _prediction_drift(self, pred: np.ndarray, first: int, last: int, ts: float):
+        m = self.model
+        cfg = m.settings.drift
+        stats: list[FeatureStatistic] = []
+        if m.pred_kind == "numeric":
+            r = numeric_drift(m.pred_ref, pred[:, None])
+            stat, p, psi, det = float(r.ks_statistic[0]), float(r.ks_p_value[0]), float(r.psi[0]), "ks"
+        else:
+            c = categorical_drift(m.pred_ref, pred[:, None].astype(np.int64))
+            stat, p, psi, det = float(c.tv[0]), float(c.chi2_p_value[0]), float(c.psi[0]), "chi2"
+            stats.append(FeatureStatistic("prediction", "chi2", float(c.chi2_statistic[0]), p, cfg.alpha, "prediction_drift"))
+        if det == "ks":
+            stats.append(FeatureStatistic("prediction", "ks", stat, p, cfg.alpha, "prediction_drift"))
+        stats.append(FeatureStatistic("prediction", "psi", psi, None, cfg.psi_threshold, "prediction_drift"))
+        alarms = self._drift_alarms([("prediction", det, stat, p, psi)], "prediction_drift", first, last, ts)
+        return stats, alarms
+
+    def _drift_alarms(self, candidates, kind: str, first: int, last: int, ts: float) -> list[Alarm]:
+        if not candidates:
+            return []
+        cfg = self.model.settings.drift
+        p = np.array([c[3] for c in candidates], dtype=np.float64)
+        if cfg.alarm_on == "p_value":
+            significant = reject(p, cfg.alpha, cfg.correction)
+            effect = np.array([c[2] for c in candidates]) >= cfg.min_effect
+            hit = significant & effect
+        else:
+            hit = np.array([c[4] for c in candidates]) > cfg.psi_threshold
+        alarms = []
+        for (feature, det, stat, pv, psi), h in zip(candidates, hit):
+            if _edge(self.alarming, f"{kind}:{feature}", bool(h)):
+                if cfg.alarm_on == "psi":
+                    det, stat, thr, pv = "psi", psi, cfg.psi_threshold, None
+                else:
+                    thr = cfg.alpha
+                alarms.append(self._alarm(kind, det, feature, stat, thr, pv, first, last, ts))
+        return alarms
+
+    def _quality_alarms(self, quality, first: int, last: int, ts: float) -> list[Alarm]:
+        m = self.model
+        q = m.settings.quality
+        alarms = []
+        for name, rates in quality.items():
+            checks = [
+                ("missing_rate", rates.get("missing_rate", 0.0),
+                 m.ref_missing.get(name, 0.0) + q.max_missing_rate_increase),
+                ("out_of_range_rate", rates.get("out_of_range_rate", 0.0), q.max_out_of_range_rate),
+                ("unseen_rate", rates.get("unseen_rate", 0.0), q.max_unseen_rate),
+            ]
+            for check, value, limit in checks:
+                if _edge(self.alarming, f"quality:{check}:{name}", value > limit):
+                    alarms.append(self._alarm("data_quality", check, name, value, limit, None, first, last, ts))
+        return alarms
+
+    # -- labelled -----------------------------------------------------------------------
+    def add_labelled(self, rows: np.ndarray) -> list[Alarm]:
+        """rows: (n, 6) float64 [index, ts, y_true, y_pred, score, error]."""
+        self.labelled += len(rows)
+        alarms = self._concept(rows)
+        for values, _, _ in self.perf_window.extend(rows, 0):
+            alarms.extend(self._on_perf_window(values))
+        return alarms
+
+    def _concept(self, rows: np.ndarray) -> list[Alarm]:
+        m = self.model
+        perf = m.settings.performance
+        if not self.detectors:
+            for name in perf.concept_detectors:
+                if m.task == "regression" and name in _BINARY_ONLY:
+                    continue
+                self.detectors[name] = concept_detector(name, dict(perf.detector_params.get(name, {})))
+        alarms = []
+        err = rows[:, _L_ERR]
+        for name, det in self.detectors.items():
+            found = det.update(err)
+            for i in np.asarray(found.drifts, dtype=np.int64).tolist():
+                lo = max(0, i - perf.window + 1)
+                recent = float(np.mean(err[lo:i + 1]))
+                alarms.append(self._alarm(
+                    "concept_drift", name, "error_rate" if m.task != "regression" else "abs_error",
+                    recent, None, None, int(rows[lo, _L_IDX]), int(rows[i, _L_IDX]), float(rows[i, _L_TS])))
+        return alarms
+
+    def _on_perf_window(self, w: np.ndarray) -> list[Alarm]:
+        m = self.model
+        perf = m.settings.performance
+        first, last, ts = int(w[:, _L_IDX].min()), int(w[:, _L_IDX].max()), float(w[-1, _L_TS])
+        if m.task == "regression":
+            metrics = regression_metrics(w[:, _L_TRUE], w[:, _L_PRED])
+            key, worse = "mae", lambda now, base: now > base * (1 + perf.max_drop)
+            limit = lambda base: base * (1 + perf.max_drop)  # noqa: E731
+        else:
+            score = w[:, _L_SCORE]
+            metrics = classification_metrics(
+                w[:, _L_TRUE], w[:, _L_PRED], score if np.isfinite(score).all() else None,
+                positive=m.positive_code)
+            key, worse = "accuracy", lambda now, base: now < base - perf.max_drop
+            limit = lambda base: base - perf.max_drop  # noqa: E731
+        self.performance = {k: float(v) for k, v in metrics.items()}
+        alarms = self._label_drift(w, first, last, ts)
+        hist = self.baseline.setdefault(key, [])
+        if len(hist) < perf.baseline_windows:
+            hist.append(float(metrics[key]))
+            return alarms
+        base = float(np.mean(hist))
+        now = float(metrics[key])
+        if _edge(self.alarming, f"performance:{key}", bool(worse(now, base))):
+            alarms.append(self._alarm("performance", key, key, now, limit(base), None, first, last, ts))
+        return alarms
+
+    def _label_drift(self, w: np.ndarray, first: int, last: int, ts: float) -> list[Alarm]:
+        """Label distribution of this window against the version's first window."""
+        m = self.model
+        labels = w[:, _L_TRUE]
+        if self.label_baseline is None:
+            self.label_baseline = labels.copy()
+            return []
+        cfg = m.settings.drift
+        if m.task == "regression":
+            ref = NumericReference.fit(self.label_baseline[:, None], n_bins=cfg.psi_bins)
+            r = numeric_drift(ref, labels[:, None])
+            stat, p = float(r.ks_statistic[0]), float(r.ks_p_value[0])
+            det = "ks"
+        else:
+            k = int(max(labels.max(), self.label_baseline.max())) + 1
+            ref = CategoricalReference.fit(self.label_baseline[:, None].astype(np.int64), [k])
+            c = categorical_drift(ref, labels[:, None].astype(np.int64))
+            stat, p = float(c.tv[0]), float(c.chi2_p_value[0])
+            det = "chi2"
+        hit = p < cfg.alpha and stat >= cfg.min_effect
+        if _edge(self.alarming, "label_drift", hit):
+            return [self._alarm("prediction_drift", det, "label", stat, cfg.alpha, p, first, last, ts)]
+        return []
+
+    # -- shared -------------------------------------------------------------------------
+    def _alarm(self, kind, detector, feature, statistic, threshold, p_value, first, last, ts) -> Alarm:
+        m = self.model
+        stable = self.version == m.stable_version()
+        if kind == "regression":
+            action = "rollback"
+        elif kind == "data_quality" or not stable:
+            action = "none"
+        else:
+            action = "retrain"
+        return Alarm(m.name, self.version, kind, detector, feature, float(statistic),
+                     None if threshold is None else float(threshold),
+                     None if p_value is None else float(p_value), int(first), int(last), float(ts), action)
+
+    def snapshot(self) -> VersionSnapshot:
+        m = self.model
+        return VersionSnapshot(
+            model=m.name, version=self.version, events=self.events, labelled=self.labelled,
+            reference_ready=True, drift=self.drift, quality={k: dict(v) for k, v in self.quality.items()},
+            performance=dict(self.performance), latency_ms=self.latency_ms, last_event_ts=self.last_ts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window": None if self.window is None else self.window.state_dict(),
+            "window_type": type(self.window).__name__,
+            "perf_window": self.perf_window.state_dict(),
+            "events": self.events, "labelled": self.labelled, "last_ts": self.last_ts,
+            "alarming": sorted(self.alarming),
+            "drift": [vars_of(s) for s in self.drift],
+            "quality": self.quality, "performance": self.performance, "baseline": self.baseline,
+            "label_baseline": self.label_baseline, "latency_ms": self.latency_ms,
+            "detectors": {k: d.state_dict() for k, d in self.detectors.items()},
+        }
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        if s["window"] is not None:
+            cls = TumblingWindow if s["window_type"] == "TumblingWindow" else SlidingWindow
+            self.window = cls.from_state(s["window"])
+        self.perf_window = TumblingWindow.from_state(s["perf_window"])
+        self.events, self.labelled, self.last_ts = s["events"], s["labelled"], s["last_ts"]
+        self.alarming = set(s["alarming"])
+        self.drift = tuple(FeatureStatistic(**d) for d in s["drift"])
+        self.quality, self.performance, self.baseline = s["quality"], s["performance"], s["baseline"]
+        lb = s["label_baseline"]
+        self.label_baseline = None if lb is None else np.asarray(lb, dtype=np.float64)
+        self.latency_ms = s["latency_ms"]
+        self.detectors = {}
+        for name, st in s["detectors"].items():
+            cls = type(concept_detector(name, {}))
+            self.detectors[name] = cls.from_state(st)
+
+
+def vars_of(stat: FeatureStatistic) -> dict[str, Any]:
+    return {"feature": stat.feature, "detector": stat.detector, "statistic": stat.statistic,
+            "p_value": stat.p_value, "threshold": stat.threshold, "kind": stat.kind}
+
+
+# ---- per model ---------------------------------------------------------------------------
+
+
+class ModelMonitor:
+    """Everything driftline keeps about one model."""
+
+    def __init__(self, name: str, settings: ModelSettings, reference: ReferenceData | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.n_events = 0
+        self.schema: Schema | None = None
+        self.num_ref: NumericReference | None = None
+        self.cat_ref: CategoricalReference | None = None
+        self.pred_ref: Any = None
+        self.pred_kind: str | None = None
+        self.pred_encoder = _Encoder()
+        self.ref_missing: dict[str, float] = {}
+        self._buffer: list[tuple[dict[str, Any], Any, tuple]] = []
+        self.versions: dict[str, VersionMonitor] = {}
+        self.version_events: Counter[str] = Counter()
+        self.join = LabelJoin(settings.join.ttl_seconds, settings.join.max_pending)
+        self.task: str | None = None
+        self.label_encoder = _Encoder()
+        self.positive_code = 1.0
+        self.regression: dict[str, TwoSampleMSPRT] = {}
+        self.regression_alarming: set[str] = set()
+        self.dropped_features = 0
+        if reference is not None:
+            self._build_reference(reference.features, reference.prediction)
+
+    @property
+    def reference_ready(self) -> bool:
+        return self.schema is not None
+
+    def stable_version(self) -> str | None:
+        configured = self.settings.regression.stable_version
+        if configured is not None:
+            return configured
+        if not self.version_events:
+            return None
+        return max(self.version_events.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+    # -- reference ------------------------------------------------------------------------
+    def _build_reference(self, features: list[dict[str, Any]], prediction: list[Any]) -> list[int]:
+        cfg = self.settings
+        self.schema, self.dropped_features = Schema.infer(
+            features, cfg.numeric_features, cfg.categorical_features, cfg.ignore_features, cfg.max_features)
+        num, codes, bad, _ = columnarize(features, self.schema)
+        good = ~bad
+        num, codes = num[good], codes[good]
+        self.num_ref = NumericReference.fit(num, n_bins=cfg.drift.psi_bins)
+        self.cat_ref = CategoricalReference.fit(codes, [len(v) for v in self.schema.vocabularies])
+        self.ref_missing = {n: float(np.mean(~np.isfinite(num[:, j]))) if len(num) else 0.0
+                            for j, n in enumerate(self.schema.numeric)}
+        self.ref_missing.update({n: float(np.mean(codes[:, j] < 0)) if len(codes) else 0.0
+                                 for j, n in enumerate(self.schema.categorical)})
+        preds = [p for p, g in zip(prediction, good) if g and p is not None]
+        if preds and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in preds):
+            self.pred_kind = "numeric"
+            self.pred_ref = NumericReference.fit(np.array(preds, dtype=np.float64)[:, None], n_bins=cfg.drift.psi_bins)
+        elif preds:
+            self.pred_kind = "categorical"
+            codes_p = self.pred_encoder.codes(preds)
+            self.pred_ref = CategoricalReference.fit(codes_p[:, None].astype(np.int64), [len(self.pred_encoder.vocab)])
+            self._pred_categories = len(self.pred_encoder.vocab)
+        return np.flatnonzero(bad).tolist()
+
+    # -- predictions ----------------------------------------------------------------------
+    def add_predictions(self, p: Predictions, result: EngineResult) -> None:
+        n = len(p)
+        index = np.arange(self.n_events, self.n_events + n, dtype=np.int64)
+        self.n_events += n
+        self.version_events.update(p.versions)
+        for outcome, count in self.join.add_predictions(p.ids, p.versions, index, p.prediction, p.scores, p.ts).items():
+            result.join[outcome] += count
+        start = 0
+        if self.schema is None:
+            take = min(n, self.settings.reference.size - len(self._buffer))
+            self._buffer.extend(zip(p.features[:take], p.prediction[:take], p.sources[:take]))
+            start = take
+            if len(self._buffer) >= self.settings.reference.size:
+                feats, preds, sources = zip(*self._buffer)
+                bad = self._build_reference(list(feats), list(preds))
+                for i in bad:
+                    result.dead_letters.append(DeadLetter(*sources[i], "wrong_type", "a feature value has the wrong type"))
+                self._buffer = []
+                if self.dropped_features:
+                    result.feature_overflow[self.name] += self.dropped_features
+            if start == n:
+                return
+        feats = p.features[start:] if start else p.features
+        num, codes, bad, _ = columnarize(feats, self.schema)
+        rows = np.empty((len(feats), _FIXED + num.shape[1] + codes.shape[1]), dtype=np.float64)
+        rows[:, _IDX] = index[start:]
+        rows[:, _TS] = p.ts[start:]
+        rows[:, _LAT] = p.latency_ms[start:]
+        rows[:, _PRED] = self._prediction_column(p.prediction[start:])
+        rows[:, _FIXED:_FIXED + num.shape[1]] = num
+        rows[:, _FIXED + num.shape[1]:] = codes
+        versions = np.asarray(p.versions[start:], dtype=object)
+        if bad.any():
+            for i in np.flatnonzero(bad).tolist():
+                result.dead_letters.append(DeadLetter(*p.sources[start + i], "wrong_type",
+                                                      "a numeric feature holds a value that is not a number"))
+            rows, versions = rows[~bad], versions[~bad]
+        if len(rows) == 0:
+            return
+        for version in dict.fromkeys(versions.tolist()):
+            vm = self._version(version)
+            result.alarms.extend(vm.add(rows[versions == version]))
+        self._latency_regression(result)
+
+    def _prediction_column(self, values: list[Any]) -> np.ndarray:
+        if self.pred_kind == "numeric":
+            try:
+                return np.array(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                return np.array([v if isinstance(v, (int, float)) else np.nan for v in values], dtype=np.float64)
+        if self.pred_kind == "categorical":
+            k = self._pred_categories
+            codes = np.array([self.pred_encoder.vocab.get(str(_canonical_label(v)), k) if v is not None else -1
+                              for v in values], dtype=np.float64)
+            return codes
+        return np.full(len(values), np.nan)
+
+    def _version(self, version: str) -> VersionMonitor:
+        vm = self.versions.get(version)
+        if vm is None:
+            if len(self.versions) >= MAX_VERSIONS:
+                oldest = min(self.versions.values(), key=lambda v: v.last_ts or -math.inf)
+                del self.versions[oldest.version]
+                self.regression.pop(oldest.version, None)
+                self.version_events.pop(oldest.version, None)
+            vm = self.versions[version] = VersionMonitor(self, version)
+        return vm
+
+    # -- labels ---------------------------------------------------------------------------
+    def add_labelled(self, lab: Labelled, result: EngineResult) -> None:
+        if not len(lab):
+            return
+        if self.task is None:
+            self._infer_task(lab)
+        n = len(lab)
+        rows = np.empty((n, 6), dtype=np.float64)
+        index = np.asarray(lab.index, dtype=np.int64)
+        index[index < 0] = max(self.n_events - 1, 0)
+        rows[:, _L_IDX] = index
+        rows[:, _L_TS] = lab.ts
+        if self.task == "regression":
+            rows[:, _L_TRUE] = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in lab.labels])
+            rows[:, _L_PRED] = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in lab.prediction])
+            rows[:, _L_SCORE] = np.nan
+            rows[:, _L_ERR] = np.abs(rows[:, _L_TRUE] - rows[:, _L_PRED])
+        elif self.task == "binary_score":
+            rows[:, _L_TRUE] = [float(_canonical_label(v) == 1) for v in lab.labels]
+            score = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in lab.prediction])
+            rows[:, _L_SCORE] = score
+            rows[:, _L_PRED] = (score >= 0.5).astype(np.float64)
+            rows[:, _L_ERR] = rows[:, _L_PRED] != rows[:, _L_TRUE]
+        else:
+            rows[:, _L_TRUE] = self.label_encoder.codes(lab.labels)
+            rows[:, _L_PRED] = self.label_encoder.codes(lab.prediction)
+            pos = str(self._positive_key())
+            rows[:, _L_SCORE] = [s.get(pos, np.nan) if isinstance(s, dict) else np.nan for s in lab.scores]
+            rows[:, _L_ERR] = rows[:, _L_PRED] != rows[:, _L_TRUE]
+            self.positive_code = float(self.label_encoder.code(self._positive_key()))
+        valid = np.isfinite(rows[:, _L_ERR])
+        rows = rows[valid]
+        versions = np.asarray(lab.versions, dtype=object)[valid]
+        for version in dict.fromkeys(versions.tolist()):
+            result.alarms.extend(self._version(version).add_labelled(rows[versions == version]))
+        self._error_regression(rows, versions, result)
+
+    def _positive_key(self) -> Any:
+        pos = self.settings.performance.positive_label
+        return 1 if pos is None else _canonical_label(pos)
+
+    def _infer_task(self, lab: Labelled) -> None:
+        labels = [_canonical_label(v) for v in lab.labels]
+        preds = [p for p in lab.prediction if p is not None]
+        if any(isinstance(v, str) for v in labels):
+            self.task = "classification"
+        elif set(labels) <= {0, 1}:
+            numeric_preds = preds and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in preds)
+            fractional = numeric_preds and any(0.0 <= p <= 1.0 and not float(p).is_integer() for p in preds)
+            self.task = "binary_score" if fractional else "classification"
+        else:
+            self.task = "regression"
+        self.positive_code = 1.0
+
+    # -- canary against stable ----------------------------------------------------------
+    def _error_regression(self, rows: np.ndarray, versions: np.ndarray, result: EngineResult) -> None:
+        cfg = self.settings.regression
+        stable = self.stable_version()
+        if not cfg.enabled or stable is None or len(self.versions) < 2:
+            return
+        is_stable = versions == stable
+        for canary in self.versions:
+            if canary == stable:
+                continue
+            is_canary = versions == canary
+            sel = is_stable | is_canary
+            if not is_canary.any():
+                continue
+            test = self.regression.get(canary)
+            if test is None:
+                test = self.regression[canary] = TwoSampleMSPRT(alpha=cfg.alpha, tau=cfg.tau, min_samples=cfg.min_samples)
+            sub = rows[sel]
+            found = test.update(sub[:, _L_ERR], is_canary[sel])
+            for i in np.asarray(found.alarms, dtype=np.int64).tolist():
+                vm = self.versions[canary]
+                result.alarms.append(vm._alarm(
+                    "regression", "msprt", "error_rate", float(found.diff_at[i] if hasattr(found, "diff_at") else found.diff),
+                    cfg.alpha, float(found.p_value), int(sub[: i + 1, _L_IDX].min()), int(sub[i, _L_IDX]),
+                    float(sub[i, _L_TS])))
+
+    def _latency_regression(self, result: EngineResult) -> None:
+        cfg = self.settings.regression
+        stable = self.stable_version()
+        if not cfg.enabled or stable is None or stable not in self.versions:
+            return
+        base = self.versions[stable].latency_ms
+        for name, vm in self.versions.items():
+            if name == stable or vm.latency_ms is None or base is None or base <= 0:
+                continue
+            worse = vm.latency_ms > base * (1 + cfg.latency_tolerance)
+            if _edge(self.regression_alarming, f"latency:{name}", worse) and vm.last_ts is not None:
+                first = max(0, self.n_events - self.settings.window.size)
+                result.alarms.append(vm._alarm("regression", "latency", "latency_ms", vm.latency_ms,
+                                               base * (1 + cfg.latency_tolerance), None, first,
+                                               self.n_events - 1, vm.last_ts))
+
+    # -- views and state --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_events": self.n_events,
+            "schema": None if self.schema is None else self.schema.to_state(),
+            "num_ref": None if self.num_ref is None else self.num_ref.to_state(),
+            "cat_ref": None if self.cat_ref is None else self.cat_ref.to_state(),
+            "pred_kind": self.pred_kind,
+            "pred_ref": None if self.pred_ref is None else self.pred_ref.to_state(),
+            "pred_vocab": dict(self.pred_encoder.vocab),
+            "ref_missing": dict(self.ref_missing),
+            "buffer": [[f, p, list(src)] for f, p, src in self._buffer],
+            "versions": {name: vm.state_dict() for name, vm in self.versions.items()},
+            "version_events": dict(self.version_events),
+            "join": self.join.state_dict(),
+            "task": self.task,
+            "label_vocab": dict(self.label_encoder.vocab),
+            "positive_code": self.positive_code,
+            "regression": {name: t.state_dict() for name, t in self.regression.items()},
+            "regression_alarming": sorted(self.regression_alarming),
+            "dropped_features": self.dropped_features,
+        }
+
+    @classmethod
+    def from_state(cls, name: str, settings: ModelSettings, s: dict[str, Any]) -> "ModelMonitor":
+        mm = cls(name, settings)
+        mm.n_events = int(s["n_events"])
+        mm.schema = None if s["schema"] is None else Schema.from_state(s["schema"])
+        mm.num_ref = None if s["num_ref"] is None else NumericReference.from_state(s["num_ref"])
+        mm.cat_ref = None if s["cat_ref"] is None else CategoricalReference.from_state(s["cat_ref"])
+        mm.pred_kind = s["pred_kind"]
+        if s["pred_ref"] is not None:
+            ref_cls = NumericReference if mm.pred_kind == "numeric" else CategoricalReference
+            mm.pred_ref = ref_cls.from_state(s["pred_ref"])
+        mm.pred_encoder = _Encoder(s["pred_vocab"])
+        mm._pred_categories = len(mm.pred_encoder.vocab)
+        mm.ref_missing = dict(s["ref_missing"])
+        mm._buffer = [(f, p, tuple(src)) for f, p, src in s["buffer"]]
+        mm.version_events = Counter(s["version_events"])
+        mm.join = LabelJoin.from_state(s["join"])
+        mm.task = s["task"]
+        mm.label_encoder = _Encoder(s["label_vocab"])
+        mm.positive_code = float(s["positive_code"])
+        mm.regression = {k: TwoSampleMSPRT.from_state(v) for k, v in s["regression"].items()}
+        mm.regression_alarming = set(s["regression_alarming"])
+        mm.dropped_features = int(s["dropped_features"])
+        for vname, vs in s["versions"].items():
+            vm = mm.versions[vname] = VersionMonitor(mm, vname)
+            vm.load_state(vs)
+        return mm
+
+    def snapshot(self) -> list[VersionSnapshot]:
+        if self.schema is None:
+            return [VersionSnapshot(self.name, v, c, 0, False) for v, c in self.version_events.items()]
+        return [vm.snapshot() for vm in self.versions.values()]
+
+
+class Engine:
+    """All models' monitors; the service's only entry into detection.
+
+    Parameters
+    ----------
+    settings
+        The service settings (per-model settings come from ``settings.for_model``).
+    references
+        Reference data per model, loaded by the service from files
+        (``reference.source: file``); other models take the first events of the stream.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        references: dict[str, ReferenceData] | None = None,
+        reference_loader: Callable[[str], ReferenceData | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.references = dict(references or {})
+        self.reference_loader = reference_loader
+        self.models: dict[str, ModelMonitor] = {}
+
+    def _model(self, name: str) -> ModelMonitor:
+        mm = self.models.get(name)
+        if mm is None:
+            ref = self.references.pop(name, None)
+            if ref is None and self.reference_loader is not None:
+                ref = self.reference_loader(name)
+            mm = self.models[name] = ModelMonitor(name, self.settings.for_model(name), ref)
+        return mm
+
+    def process(self, batch: DecodedBatch) -> EngineResult:
+        """Run one decoded batch through every model's detectors.
+
+        Predictions of a batch are processed before its feedback, so feedback can
+        join predictions of the same batch.
+        """
+        result = EngineResult()
+        for name, preds in batch.predictions.items():
+            self._model(name).add_predictions(preds, result)
+        for name, fb in batch.feedback.items():
+            mm = self._model(name)
+            labelled, counts = mm.join.match(fb)
+            result.join.update(counts)
+            mm.add_labelled(labelled, result)
+        return result
+
+    def snapshot(self) -> list[VersionSnapshot]:
+        out: list[VersionSnapshot] = []
+        for mm in list(self.models.values()):
+            out.extend(mm.snapshot())
+        return out
+
+    @property
+    def reference_ready(self) -> bool:
+        return bool(self.models) and all(m.reference_ready for m in self.models.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here (checkpointed with the offsets)."""
+        return {"models": {name: mm.state_dict() for name, mm in self.models.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.models = {
+            name: ModelMonitor.from_state(name, self.settings.for_model(name), s)
+            for name, s in state["models"].items()
+        }
