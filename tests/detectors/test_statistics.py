@@ -1,0 +1,241 @@
+"""Two-sample drift statistics against scipy and straightforward reference code."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from detectors import statistics
+from detectors.statistics import (
+    PROPORTION_EPSILON,
+    CategoricalReference,
+    NumericReference,
+    categorical_drift,
+    numeric_drift,
+)
+
+
+# ---- reference code written independently of the module ---------------------------
+
+
+def smoothed(counts):
+    counts = np.asarray(counts, dtype=float)
+    p = counts / counts.sum()
+    return (p + PROPORTION_EPSILON) / (1 + len(p) * PROPORTION_EPSILON)
+
+
+def reference_bins(values, n_bins):
+    """Interior edges by the documented rule, one feature, plain Python."""
+    values = sorted(values)
+    m = len(values)
+    edges = []
+    for k in range(1, n_bins):
+        edge = values[math.ceil(k * m / n_bins) - 1]
+        if edge < values[-1] and (not edges or edge != edges[-1]):
+            edges.append(edge)
+    return edges
+
+
+def right_closed_counts(values, edges):
+    bins = np.searchsorted(np.asarray(edges, dtype=float), values, side="left")
+    return np.bincount(bins, minlength=len(edges) + 1)
+
+
+def psi_formula(p, q):
+    return float(sum((qi - pi) * math.log(qi / pi) for pi, qi in zip(p, q)))
+
+
+def check_numeric(ref, win, n_bins=10):
+    reference = NumericReference.fit(ref, n_bins=n_bins)
+    drift = numeric_drift(reference, win)
+    for j in range(ref.shape[1]):
+        a = ref[:, j][np.isfinite(ref[:, j])]
+        b = win[:, j][np.isfinite(win[:, j])]
+        assert drift.n[j] == b.size
+        assert drift.skipped[j] == win.shape[0] - b.size
+        if a.size == 0 or b.size == 0:
+            assert math.isnan(drift.ks_statistic[j]) and math.isnan(drift.psi[j])
+            assert math.isnan(drift.wasserstein[j]) and math.isnan(drift.js[j])
+            continue
+        ks = stats.ks_2samp(b, a, method="asymp")
+        assert drift.ks_statistic[j] == ks.statistic
+        assert drift.ks_p_value[j] == pytest.approx(ks.pvalue, abs=1e-9)
+        scale = max(1.0, float(np.abs(np.concatenate([a, b])).max()))
+        assert drift.wasserstein[j] == pytest.approx(
+            stats.wasserstein_distance(a, b), abs=1e-9 * scale
+        )
+        edges = reference_bins(a, n_bins)
+        assert reference.n_edges[j] == len(edges)
+        np.testing.assert_array_equal(reference.edges[j, : len(edges)], edges)
+        p = smoothed(right_closed_counts(a, edges))
+        q = smoothed(right_closed_counts(b, edges))
+        assert drift.psi[j] == pytest.approx(psi_formula(p, q), abs=1e-9)
+        assert drift.js[j] == pytest.approx(jensenshannon(p, q), abs=1e-9)
+        outside = np.mean((b < a.min()) | (b > a.max()))
+        assert drift.out_of_range_rate[j] == pytest.approx(outside, abs=1e-12)
+        assert drift.missing_rate[j] == pytest.approx(1 - b.size / win.shape[0])
+    return reference, drift
+
+
+# ---- numeric ---------------------------------------------------------------------------
+
+
+def test_numeric_matches_scipy_with_ragged_nans_and_ties():
+    rng = np.random.default_rng(7)
+    ref = rng.normal(size=(3000, 5))
+    win = rng.normal(0.3, 1.2, size=(700, 5))
+    ref[rng.random(ref.shape) < np.array([0, 0.05, 0.3, 0.0, 0.1])] = np.nan
+    win[rng.random(win.shape) < np.array([0.5, 0, 0.1, 0.0, 0.2])] = np.inf
+    ref[:, 3] = np.round(ref[:, 3] * 2)  # heavy ties: collapsed edges
+    win[:, 3] = np.round(win[:, 3] * 2)
+    ref[:, 4] = 1e6 + ref[:, 4]  # large offset
+    win[:, 4] = 1e6 + win[:, 4]
+    reference, drift = check_numeric(ref, win)
+    assert reference.n_edges[3] < 9
+
+
+finite_floats = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+values_or_missing = st.one_of(
+    finite_floats, finite_floats.map(lambda v: float(round(v))), st.just(math.nan)
+)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    st.integers(1, 3).flatmap(
+        lambda d: st.tuples(
+            st.lists(st.lists(values_or_missing, min_size=d, max_size=d), min_size=0, max_size=60),
+            st.lists(st.lists(values_or_missing, min_size=d, max_size=d), min_size=0, max_size=40),
+            st.just(d),
+        )
+    ),
+    st.integers(1, 12),
+)
+def test_numeric_property_against_scipy(data, n_bins):
+    ref, win, d = data
+    ref = np.array(ref, dtype=float).reshape(-1, d)
+    win = np.array(win, dtype=float).reshape(-1, d)
+    check_numeric(ref, win, n_bins=n_bins)
+
+
+def test_numeric_edge_cases():
+    ref = NumericReference.fit(np.column_stack([np.full(50, 3.0), np.arange(50.0)]))
+    # constant reference: a single bin, PSI = JS = 0
+    assert ref.n_edges[0] == 0
+    drift = numeric_drift(ref, np.column_stack([np.full(10, 3.0), np.arange(10.0)]))
+    assert drift.psi[0] == pytest.approx(0.0) and drift.js[0] == pytest.approx(0.0)
+    assert drift.ks_statistic[0] == 0.0 and drift.wasserstein[0] == 0.0
+    empty = numeric_drift(ref, np.empty((0, 2)))
+    assert np.isnan(empty.ks_statistic).all() and np.isnan(empty.missing_rate).all()
+    assert (empty.n == 0).all() and (empty.skipped == 0).all()
+    no_ref = NumericReference.fit(np.full((5, 1), np.nan))
+    assert no_ref.missing_rate[0] == 1.0
+    assert np.isnan(numeric_drift(no_ref, np.ones((4, 1))).ks_statistic).all()
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        numeric_drift(ref, np.ones((4, 3)))
+    with pytest.raises(ValueError, match="2-D"):
+        NumericReference.fit(np.ones(4))
+    with pytest.raises(ValueError, match="n_bins"):
+        NumericReference.fit(np.ones((4, 1)), n_bins=0)
+    with pytest.raises(ValueError, match="real numbers"):
+        numeric_drift(ref, np.array([["a", "b"]]))
+
+
+def test_numeric_reference_is_immutable_and_round_trips():
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(500, 3))
+    ref = NumericReference.fit(data)
+    with pytest.raises(ValueError):
+        ref.sorted_values[0, 0] = 1.0
+    with pytest.raises(AttributeError):
+        ref.n_bins = 3
+    copy = NumericReference.from_state(ref.to_state())
+    win = rng.normal(size=(100, 3))
+    a, b = numeric_drift(ref, win), numeric_drift(copy, win)
+    for name in ("ks_statistic", "psi", "js", "wasserstein"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    before = win.copy()
+    numeric_drift(ref, win)
+    np.testing.assert_array_equal(win, before)  # the caller's array is untouched
+
+
+# ---- categorical -----------------------------------------------------------------------
+
+
+def check_categorical(ref_codes, win_codes, sizes):
+    reference = CategoricalReference.fit(ref_codes, sizes)
+    drift = categorical_drift(reference, win_codes)
+    for j, k in enumerate(sizes):
+        a = ref_codes[:, j][ref_codes[:, j] >= 0]
+        b = win_codes[:, j][win_codes[:, j] >= 0]
+        assert drift.n[j] == b.size and drift.skipped[j] == (win_codes[:, j] == -1).sum()
+        if a.size == 0 or b.size == 0:
+            assert math.isnan(drift.psi[j]) and math.isnan(drift.chi2_statistic[j])
+            continue
+        ref_counts = np.bincount(a, minlength=k + 1)
+        obs = np.bincount(b, minlength=k + 1)
+        p = smoothed(ref_counts)
+        q = smoothed(obs)
+        assert drift.psi[j] == pytest.approx(psi_formula(p, q), abs=1e-9)
+        tv = 0.5 * np.abs(obs / obs.sum() - ref_counts / ref_counts.sum()).sum()
+        assert drift.tv[j] == pytest.approx(tv, abs=1e-12)
+        assert drift.unseen_rate[j] == pytest.approx(obs[k] / b.size)
+        if k == 0:
+            assert math.isnan(drift.chi2_statistic[j])
+            continue
+        expected = b.size * p
+        chi = stats.chisquare(obs, expected)
+        assert drift.chi2_statistic[j] == pytest.approx(chi.statistic, rel=1e-9, abs=1e-9)
+        assert drift.chi2_p_value[j] == pytest.approx(chi.pvalue, abs=1e-9)
+    return drift
+
+
+def test_categorical_matches_scipy():
+    rng = np.random.default_rng(11)
+    sizes = [2, 5, 1, 12, 3]
+    ref = np.column_stack([rng.integers(-1, k, size=4000) for k in sizes])
+    win = np.column_stack([rng.integers(-1, k + 1, size=600) for k in sizes])  # with "other"
+    drift = check_categorical(ref, win, sizes)
+    assert (drift.unseen_rate > 0).all()
+    assert (drift.chi2_p_value[[0, 1, 3, 4]] < 1e-6).all()  # unseen values are drift
+
+
+@settings(deadline=None, max_examples=50)
+@given(
+    st.lists(st.integers(0, 6), min_size=1, max_size=4).flatmap(
+        lambda sizes: st.tuples(
+            st.just(sizes),
+            st.lists(st.tuples(*[st.integers(-1, k) for k in sizes]), max_size=50),
+            st.lists(st.tuples(*[st.integers(-1, k) for k in sizes]), max_size=30),
+        )
+    )
+)
+def test_categorical_property(data):
+    sizes, ref, win = data
+    ref = np.array(ref, dtype=np.int64).reshape(-1, len(sizes))
+    win = np.array(win, dtype=np.int64).reshape(-1, len(sizes))
+    check_categorical(ref, win, sizes)
+
+
+def test_categorical_validation_and_state():
+    ref = CategoricalReference.fit(np.array([[0, 1], [1, 2]]), [2, 3])
+    with pytest.raises(ValueError, match="must lie in -1"):
+        categorical_drift(ref, np.array([[3, 0]]))
+    with pytest.raises(ValueError, match="integer array"):
+        categorical_drift(ref, np.array([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="n_categories"):
+        CategoricalReference.fit(np.array([[0]]), [-1])
+    copy = CategoricalReference.from_state(ref.to_state())
+    win = np.array([[0, 2], [2, -1]])
+    np.testing.assert_array_equal(categorical_drift(ref, win).psi, categorical_drift(copy, win).psi)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(statistics).failed == 0
