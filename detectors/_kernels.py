@@ -1,0 +1,297 @@
+"""Shared arithmetic of the batch-vectorized change detectors.
+
+Every detector in :mod:`detectors` is "a running statistic, a threshold test, and a
+reset after an alarm". This module holds the pieces once:
+
+* prefix sums and running means that continue from a carried state
+  (:func:`running_mean`), running extrema that continue from a carried value
+  (:func:`running_min`, :func:`running_max`), "index of the last event so far"
+  (:func:`last_index`) and :func:`first_index`;
+* first-order linear recurrences evaluated by :func:`scipy.signal.lfilter` in the
+  same floating-point order as a Python loop (:func:`linear_recurrence`), also over
+  many independent segments at once (:func:`segmented_recurrence`), and river's
+  exponentially weighted mean on top of it (:func:`ewma`);
+* the restart-after-alarm loop (:func:`scan_with_restarts`): the only Python loop of a
+  detector, over alarms, never over samples.
+
+All functions are pure (arrays in, arrays out), compute in float64 and never write to
+their inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.signal import lfilter
+
+__all__ = [
+    "running_mean",
+    "running_min",
+    "running_max",
+    "last_index",
+    "first_index",
+    "linear_recurrence",
+    "segmented_recurrence",
+    "ewma",
+    "scan_with_restarts",
+]
+
+#: Smallest chunk scanned right after an alarm; chunks then double (galloping), so a
+#: stream with frequent alarms costs O(distance between alarms) per alarm.
+FIRST_CHUNK = 256
+#: Largest chunk scanned at once: bounds the temporaries of one scan.
+MAX_CHUNK = 1 << 16
+
+
+def running_mean(
+    x: np.ndarray, count: float, total: float, reference: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Running count and mean of ``x`` continuing from a carried state.
+
+    The mean after sample ``t`` is ``reference + (total + sum(x[:t+1] - reference)) /
+    (count + t + 1)``: a left-to-right prefix sum of the deviations from
+    ``reference``. With ``reference`` the stream's first value, a constant stream has
+    a mean that is exactly that constant (as river's incremental mean has); with
+    0/1 data and ``reference = 0`` the mean is the correctly rounded ``k / n``.
+
+    Parameters
+    ----------
+    x
+        The new samples (1-D float64).
+    count
+        Samples seen before ``x``.
+    total
+        Sum of ``previous - reference`` over the samples seen before ``x``.
+    reference
+        The shift applied before summing.
+
+    Returns
+    -------
+    counts, means, total
+        float64 arrays of the running counts and means, and the new ``total``.
+
+    Examples
+    --------
+    >>> counts, means, total = running_mean(np.array([1.0, 0.0, 1.0]), 1, 1.0)
+    >>> means.tolist(), total
+    ([1.0, 0.6666666666666666, 0.75], 3.0)
+    """
+    deviations = x - reference if reference != 0.0 else x
+    if total != 0.0:
+        # add the carried total first, so that the order is that of one long cumsum
+        sums = np.cumsum(np.concatenate(([total], deviations)))[1:]
+    else:
+        sums = np.cumsum(deviations)
+    counts = np.arange(count + 1, count + 1 + x.size, dtype=np.float64)
+    means = sums / counts
+    if reference != 0.0:
+        means += reference
+    new_total = float(sums[-1]) if x.size else total
+    return counts, means, new_total
+
+
+def running_min(values: np.ndarray, initial: float) -> np.ndarray:
+    """``min(initial, values[0], ..., values[t])`` for every ``t``.
+
+    Examples
+    --------
+    >>> running_min(np.array([3.0, 1.0, 2.0]), 2.0).tolist()
+    [2.0, 1.0, 1.0]
+    """
+    out = np.minimum.accumulate(values)
+    np.minimum(out, initial, out=out)
+    return out
+
+
+def running_max(values: np.ndarray, initial: float) -> np.ndarray:
+    """``max(initial, values[0], ..., values[t])`` for every ``t``.
+
+    Examples
+    --------
+    >>> running_max(np.array([1.0, 3.0, 2.0]), 2.0).tolist()
+    [2.0, 3.0, 3.0]
+    """
+    out = np.maximum.accumulate(values)
+    np.maximum(out, initial, out=out)
+    return out
+
+
+def previous(values: np.ndarray, initial: float) -> np.ndarray:
+    """``values`` shifted right by one, ``initial`` in front: the value *before* each
+    sample, e.g. the running minimum a new sample is compared with."""
+    out = np.empty_like(values)
+    if values.size:
+        out[0] = initial
+        out[1:] = values[:-1]
+    return out
+
+
+def last_index(mask: np.ndarray) -> np.ndarray:
+    """For every ``t``, the largest ``i <= t`` with ``mask[i]``, or -1 if none.
+
+    Examples
+    --------
+    >>> last_index(np.array([False, True, False, True])).tolist()
+    [-1, 1, 1, 3]
+    """
+    idx = np.where(mask, np.arange(mask.size), -1)
+    return np.maximum.accumulate(idx) if idx.size else idx
+
+
+def first_index(mask: np.ndarray) -> int:
+    """Index of the first True in ``mask``, or -1.
+
+    Examples
+    --------
+    >>> first_index(np.array([False, True, True])), first_index(np.zeros(2, bool))
+    (1, -1)
+    """
+    if mask.size == 0:
+        return -1
+    i = int(np.argmax(mask))
+    return i if mask[i] else -1
+
+
+def linear_recurrence(x: np.ndarray, gain: float, decay: float, initial: float) -> np.ndarray:
+    """``y[t] = gain * x[t] + decay * y[t-1]`` with ``y[-1] = initial``.
+
+    Evaluated by :func:`scipy.signal.lfilter`, whose direct form II transposed does,
+    per sample, ``z = decay * y`` (as ``0 * x - (-decay) * y``, exact) and then
+    ``y = z + gain * x``: the same two roundings, in the same order, as a Python loop
+    ``y = gain * x + decay * y`` (addition commutes). The result is bit-identical to
+    the loop.
+
+    Examples
+    --------
+    >>> linear_recurrence(np.array([1.0, 0.0]), 0.5, 0.5, 0.0).tolist()
+    [0.5, 0.25]
+    """
+    if x.size == 0:
+        return np.empty(0)
+    y, _ = lfilter([gain], [1.0, -decay], x, zi=[decay * initial])
+    return y
+
+
+def segmented_recurrence(
+    x: np.ndarray, starts: np.ndarray, initial: np.ndarray, gain: float, decay: float
+) -> np.ndarray:
+    """:func:`linear_recurrence` restarted at every ``starts[i]`` from ``initial[i]``.
+
+    Segment ``i`` covers ``x[starts[i]:starts[i+1]]`` (the last runs to the end).
+    Segments are grouped by length into power-of-two buckets, each bucket filtered as
+    one 2-D :func:`~scipy.signal.lfilter` call (rows are independent and computed
+    exactly as in the 1-D case): O(log n) calls whatever the number of segments, and
+    at most twice the input's memory.
+
+    Examples
+    --------
+    >>> segmented_recurrence(np.ones(4), np.array([0, 2]), np.array([0.0, 1.0]), 0.5, 0.5).tolist()
+    [0.5, 0.75, 1.0, 1.0]
+    """
+    n = x.size
+    out = np.empty(n)
+    if n == 0:
+        return out
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.diff(np.append(starts, n))
+    keep = lengths > 0
+    starts, lengths, initial = starts[keep], lengths[keep], np.asarray(initial)[keep]
+    if starts.size == 1:
+        out[starts[0] :] = linear_recurrence(x[starts[0] :], gain, decay, float(initial[0]))
+        return out
+    bucket = np.ceil(np.log2(lengths)).astype(np.int64)
+    for b in np.unique(bucket):
+        rows = np.flatnonzero(bucket == b)
+        width = int(lengths[rows].max())
+        cols = np.arange(width)
+        index = starts[rows, None] + cols
+        np.minimum(index, n - 1, out=index)  # padding reads a valid cell, then is dropped
+        y, _ = lfilter([gain], [1.0, -decay], x[index], axis=1, zi=(decay * initial[rows])[:, None])
+        valid = cols < lengths[rows, None]
+        out[index[valid]] = y[valid]
+    return out
+
+
+def ewma(x: np.ndarray, starts: np.ndarray, initial: np.ndarray, fresh: np.ndarray, alpha: float) -> np.ndarray:
+    """river's ``stats.EWMean(alpha)`` over segments: ``m = alpha * x + (1 - alpha) * m``,
+    where a fresh mean takes the first value as is (``m = x``).
+
+    Parameters
+    ----------
+    x
+        Samples.
+    starts
+        Segment starts (sorted, ``starts[0] == 0``); at each the mean restarts.
+    initial
+        The mean carried into each segment (ignored where ``fresh``).
+    fresh
+        Whether the segment's mean has seen no value yet.
+    alpha
+        The fading factor.
+
+    Examples
+    --------
+    >>> ewma(np.array([1.0, 0.0, 0.0]), np.array([0]), np.array([0.0]), np.array([True]), 0.5).tolist()
+    [1.0, 0.5, 0.25]
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    inside = starts < x.size  # a restart after the last sample has nothing to do
+    starts = starts[inside]
+    initial = np.asarray(initial, dtype=np.float64)[inside]
+    fresh = np.asarray(fresh, dtype=bool)[inside]
+    if fresh.any():
+        # the first value of a fresh segment is taken as is; the recurrence then
+        # starts one sample later from that value
+        initial[fresh] = x[starts[fresh]]
+        starts = starts.copy()
+        starts[fresh] += 1
+    decay = 1.0 - alpha
+    out = segmented_recurrence(x, starts, initial, alpha, decay)
+    if fresh.any():
+        first = starts[fresh] - 1
+        out[first] = x[first]
+    return out
+
+
+def scan_with_restarts(
+    x: np.ndarray,
+    scan: Callable[[np.ndarray], tuple[int, np.ndarray]],
+    reset: Callable[[], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``scan`` over ``x``, restarting the detector after every drift.
+
+    ``scan(chunk)`` processes ``chunk`` from the detector's current state and returns
+    ``(drift, warnings)``: the index of the first drift in ``chunk`` (-1 if none) and
+    the warning indices up to it. With no drift, it leaves the state as after the
+    whole chunk; after a drift the state is discarded and ``reset()`` is called (as
+    river does on the next update), then scanning resumes after the drift.
+
+    The loop runs once per drift and per chunk (chunks of at most ``MAX_CHUNK`` samples,
+    growing from ``FIRST_CHUNK`` after a drift), never per sample.
+
+    Returns
+    -------
+    drifts, warnings
+        int64 index arrays into ``x``.
+    """
+    n = x.size
+    drifts: list[int] = []
+    warnings: list[np.ndarray] = []
+    pos = 0
+    chunk = MAX_CHUNK
+    while pos < n:
+        end = min(n, pos + chunk)
+        drift, warn = scan(x[pos:end])
+        if len(warn):
+            warnings.append(np.asarray(warn, dtype=np.int64) + pos)
+        if drift < 0:
+            pos = end
+            chunk = min(2 * chunk, MAX_CHUNK)
+            continue
+        drifts.append(pos + drift)
+        reset()
+        pos += drift + 1
+        chunk = FIRST_CHUNK
+    warn_all = np.concatenate(warnings) if warnings else np.empty(0, dtype=np.int64)
+    return np.asarray(drifts, dtype=np.int64), warn_all

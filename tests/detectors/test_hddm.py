@@ -1,0 +1,132 @@
+"""HDDMA and HDDMW against river 0.26's per-sample loop (the oracle)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import drift
+
+from detectors._kernels import ewma, segmented_recurrence
+from detectors.hddm import HDDMA, HDDMW
+
+
+def river_run(detector, x: np.ndarray) -> tuple[list[int], list[int]]:
+    drifts, warnings = [], []
+    for i, value in enumerate(x.tolist()):
+        detector.update(value)
+        if detector.drift_detected:
+            drifts.append(i)
+        if detector.warning_detected:
+            warnings.append(i)
+    return drifts, warnings
+
+
+def ours(detector, x: np.ndarray, cuts=()) -> tuple[list[int], list[int]]:
+    drifts, warnings, start = [], [], 0
+    for part in np.split(x, sorted(cuts)):
+        result = detector.update(part)
+        drifts += (result.drifts + start).tolist()
+        warnings += (result.warnings + start).tolist()
+        start += part.size
+    return drifts, warnings
+
+
+def error_stream(seed: int, n: int, real: bool) -> np.ndarray:
+    """0/1 errors (or values in [0, 1]) whose rate changes up and down a few times."""
+    rng = np.random.default_rng(seed)
+    rate = np.full(n, rng.uniform(0, 0.6))
+    for _ in range(rng.integers(0, 5)):
+        at, to = int(rng.integers(0, n)), rng.uniform(0, 1)
+        ramp = int(rng.integers(1, 400))
+        rate[at:] = np.interp(np.arange(at, n), [at, at + ramp], [rate[at], to])
+    if real:
+        return np.clip(rate + rng.normal(0, 0.2, n), 0, 1)
+    return (rng.random(n) < rate).astype(np.float64)
+
+
+streams = st.builds(error_stream, st.integers(0, 2**32 - 1), st.integers(1, 4000), st.booleans())
+cut_lists = st.lists(st.integers(0, 4000), max_size=5)
+confidences = st.tuples(st.floats(1e-5, 0.05), st.floats(0.0, 0.1)).map(lambda c: (c[0], min(c[0] + c[1], 0.5)))
+
+
+@settings(deadline=None, max_examples=60)
+@given(x=streams, conf=confidences, two_sided=st.booleans(), cuts=cut_lists)
+def test_hddm_a_parity_with_river(x, conf, two_sided, cuts):
+    params = dict(drift_confidence=conf[0], warning_confidence=conf[1], two_sided_test=two_sided)
+    assert ours(HDDMA(**params), x, cuts) == river_run(drift.binary.HDDMA(**params), x)
+
+
+@settings(deadline=None, max_examples=60)
+@given(x=streams, conf=confidences, lambda_val=st.floats(0.005, 0.6), two_sided=st.booleans(), cuts=cut_lists)
+def test_hddm_w_parity_with_river(x, conf, lambda_val, two_sided, cuts):
+    params = dict(
+        drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided
+    )
+    assert ours(HDDMW(**params), x, cuts) == river_run(drift.binary.HDDMW(**params), x)
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+@pytest.mark.parametrize(("ours_cls", "river_cls"), [(HDDMA, drift.binary.HDDMA), (HDDMW, drift.binary.HDDMW)])
+def test_long_seeded_streams_with_several_drifts(ours_cls, river_cls, two_sided):
+    rng = np.random.default_rng(5)
+    rates = np.repeat([0.1, 0.4, 0.05, 0.5, 0.2, 0.6, 0.1, 0.3], 5000)
+    x = (rng.random(rates.size) < rates).astype(np.float64)
+    expected = river_run(river_cls(two_sided_test=two_sided), x)
+    assert len(expected[0]) >= 2
+    assert ours(ours_cls(two_sided_test=two_sided), x) == expected
+    assert ours(ours_cls(two_sided_test=two_sided), x, cuts=range(7, x.size, 7)) == expected
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    values=st.lists(st.floats(0, 1), min_size=1, max_size=300),
+    alpha=st.floats(0.001, 0.999),
+    restarts=st.lists(st.integers(1, 299), max_size=10, unique=True),
+)
+def test_ewma_is_bit_identical_to_rivers_ewmean(values, alpha, restarts):
+    from river import stats
+
+    x = np.array(values)
+    starts = np.array([0] + sorted(r for r in restarts if r < x.size))
+    expected = np.empty(x.size)
+    bounds = list(starts) + [x.size]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        mean = stats.EWMean(alpha)
+        for i in range(a, b):
+            mean.update(values[i])
+            expected[i] = mean.get()
+    got = ewma(x, starts, np.zeros(starts.size), np.ones(starts.size, dtype=bool), alpha)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_segmented_recurrence_matches_a_loop():
+    rng = np.random.default_rng(0)
+    x = rng.random(1000)
+    starts = np.unique(np.concatenate(([0], rng.integers(0, 1000, 40))))
+    initial = rng.random(starts.size)
+    expected = np.empty(x.size)
+    bounds = list(starts) + [x.size]
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        y = float(initial[k])
+        for i in range(a, b):
+            y = 0.3 * float(x[i]) + 0.7 * y
+            expected[i] = y
+    np.testing.assert_array_equal(segmented_recurrence(x, starts, initial, 0.3, 0.7), expected)
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "value"),
+    [
+        (HDDMA, "drift_confidence", 0.0),
+        (HDDMA, "warning_confidence", 1.0),
+        (HDDMA, "two_sided_test", "yes"),
+        (HDDMW, "lambda_val", 0.0),
+        (HDDMW, "lambda_val", 1.2),
+        (HDDMW, "drift_confidence", -0.1),
+    ],
+)
+def test_invalid_parameters(cls, name, value):
+    with pytest.raises(ValueError, match=name):
+        cls(**{name: value})

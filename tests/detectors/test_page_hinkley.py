@@ -1,0 +1,104 @@
+"""PageHinkley against river 0.26's per-sample loop (the oracle)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import drift
+
+from detectors.page_hinkley import PageHinkley
+
+
+def river_drifts(params: dict, x: np.ndarray) -> list[int]:
+    detector = drift.PageHinkley(**params)
+    found = []
+    for i, value in enumerate(x.tolist()):
+        detector.update(value)
+        if detector.drift_detected:
+            found.append(i)
+    return found
+
+
+def ours(params: dict, x: np.ndarray, cuts=()) -> list[int]:
+    detector = PageHinkley(**params)
+    found, start = [], 0
+    for part in np.split(x, sorted(cuts)):
+        found += (detector.update(part).drifts + start).tolist()
+        start += part.size
+    return found
+
+
+def shifting_stream(seed: int, n: int, gradual: bool, rounded: bool) -> np.ndarray:
+    """Gaussian noise around a mean that jumps (or ramps) a few times."""
+    rng = np.random.default_rng(seed)
+    level = np.zeros(n)
+    for _ in range(rng.integers(1, 5)):
+        at, size = int(rng.integers(0, n)), rng.normal(0, 3)
+        if gradual:
+            ramp = min(int(rng.integers(50, 500)), n - at)
+            level[at : at + ramp] += np.linspace(0, size, ramp)
+            level[at + ramp :] += size
+        else:
+            level[at:] += size
+    x = level + rng.normal(0, rng.uniform(0.2, 2), n)
+    return np.round(x) if rounded else x
+
+
+params_strategy = st.fixed_dictionaries(
+    {
+        "min_instances": st.integers(1, 80),
+        "delta": st.sampled_from([0.0, 0.005, 0.05, 0.3]),
+        "threshold": st.floats(1, 80),
+        "alpha": st.sampled_from([1.0, 1 - 0.0001, 0.999, 0.99, 0.9]),
+        "mode": st.sampled_from(["up", "down", "both"]),
+    }
+)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 4000),
+    gradual=st.booleans(),
+    rounded=st.booleans(),
+    params=params_strategy,
+    cuts=st.lists(st.integers(0, 4000), max_size=5),
+)
+def test_parity_with_river(seed, n, gradual, rounded, params, cuts):
+    x = shifting_stream(seed, n, gradual, rounded)
+    assert ours(params, x, cuts) == river_drifts(params, x)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_seeded_streams_with_several_drifts(seed):
+    x = shifting_stream(seed, 20_000, gradual=seed % 2 == 1, rounded=False)
+    expected = river_drifts({}, x)
+    assert len(expected) >= 2
+    assert ours({}, x) == expected
+    assert ours({}, x, cuts=range(7, 20_000, 7)) == expected
+
+
+def test_constant_stream_never_drifts_like_river():
+    x = np.full(5000, 0.1)
+    params = {"delta": 0.0, "threshold": 1e-9}
+    assert ours(params, x) == river_drifts(params, x) == []
+
+
+def test_river_docstring_example():
+    # river's own example: drift at index 1006 with random.Random(12345) data
+    import random
+
+    rng = random.Random(12345)
+    stream = np.array(rng.choices([0, 1], k=1000) + rng.choices(range(4, 8), k=1000), dtype=float)
+    assert PageHinkley().update(stream).drifts.tolist() == [1006]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("min_instances", 0), ("min_instances", 2.5), ("delta", -1.0), ("threshold", 0.0), ("alpha", 0.0), ("alpha", 1.5), ("mode", "sideways")],
+)
+def test_invalid_parameters(name, value):
+    with pytest.raises(ValueError, match=name):
+        PageHinkley(**{name: value})
