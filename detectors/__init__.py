@@ -1,9 +1,62 @@
 """driftline's numerical core: pure numpy/scipy, no I/O.
 
 Change detectors (river-exact, batch-vectorized), two-sample drift statistics against
-a reference, windowed performance metrics, and sequential tests.
+a reference, count windows, multiple-testing corrections, windowed performance
+metrics, and the sequential canary-versus-stable test.
+
+Examples
+--------
+>>> import numpy as np
+>>> from detectors import PageHinkley
+>>> ph = PageHinkley()
+>>> stream = np.r_[np.zeros(500), np.full(500, 5.0)]
+>>> ph.update(stream).drifts.tolist()  # doctest: +SKIP
+[521]
 """
 
 from detectors._base import ChangeDetector, Detection
+from detectors.adwin import ADWIN
+from detectors.ddm import DDM, EDDM
+from detectors.hddm import HDDMA, HDDMW
+from detectors.kswin import KSWIN
+from detectors.metrics import classification_metrics, regression_metrics
+from detectors.multiple_testing import benjamini_hochberg, bonferroni, reject
+from detectors.page_hinkley import PageHinkley
+from detectors.sequential import SequentialResult, TwoSampleMSPRT
+from detectors.statistics import (
+    CategoricalDrift,
+    CategoricalReference,
+    NumericDrift,
+    NumericReference,
+    categorical_drift,
+    numeric_drift,
+)
+from detectors.windows import CompletedWindow, SlidingWindow, TumblingWindow
 
-__all__ = ["ChangeDetector", "Detection"]
+__all__ = [
+    "ADWIN",
+    "DDM",
+    "EDDM",
+    "HDDMA",
+    "HDDMW",
+    "KSWIN",
+    "PageHinkley",
+    "ChangeDetector",
+    "Detection",
+    "NumericReference",
+    "NumericDrift",
+    "numeric_drift",
+    "CategoricalReference",
+    "CategoricalDrift",
+    "categorical_drift",
+    "bonferroni",
+    "benjamini_hochberg",
+    "reject",
+    "classification_metrics",
+    "regression_metrics",
+    "TwoSampleMSPRT",
+    "SequentialResult",
+    "SlidingWindow",
+    "TumblingWindow",
+    "CompletedWindow",
+]

@@ -335,10 +335,10 @@ class Schema:
             for k, v in f.items():
                 if k in ignored:
                     continue
-                if v is None:
+                if isinstance(v, str):
+                    seen[k] = False
+                else:  # numbers and booleans; null, lists and objects say nothing
                     seen.setdefault(k, True)
-                else:
-                    seen[k] = seen.get(k, True) and isinstance(v, (int, float))  # bool is an int
         names = list(seen)
         if numeric is not None or categorical is not None:
             num = list(numeric or [])
@@ -384,8 +384,9 @@ def columnarize(
     codes
         int64 (n, len(schema.categorical)); known categories 0..K-1, unseen K, missing -1.
     bad_rows
-        bool (n,): rows holding a value of the wrong type for a numeric feature
-        (a string that is not a number, an object, a list). Their numeric values are NaN.
+        bool (n,): rows holding a value of the wrong type: for a numeric feature a
+        string that is not a number, an object or a list; for a categorical one an
+        object or a list.
     unexpected
         How many feature values had a name outside the schema (counted, not used).
         Counted exactly whenever the number of keys differs from the schema's width;
@@ -413,10 +414,12 @@ def columnarize(
     for j, (name, vocab) in enumerate(zip(schema.categorical, schema.vocabularies)):
         other = len(vocab)
         get = vocab.get
-        codes[:, j] = [
-            -1 if v is None else get(v if isinstance(v, str) else _category(v), other)
-            for v in (f.get(name) for f in features)
-        ]
+        col = [f.get(name) for f in features]
+        codes[:, j] = [-1 if v is None else get(v if isinstance(v, str) else _category(v), other) for v in col]
+        for i in np.flatnonzero(codes[:, j] == other).tolist():  # rare: unseen values only
+            if isinstance(col[i], (dict, list)):
+                bad[i] = True
+                codes[i, j] = -1
     width = len(schema.numeric) + len(schema.categorical)
     unexpected = 0
     if sum(map(len, features)) != n * width:  # the common case skips the exact count

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from detectors.homogeneity import bucket_counts, chi2_homogeneity
 from detectors.metrics import classification_metrics, regression_metrics
 from detectors.multiple_testing import reject
 from detectors.sequential import TwoSampleMSPRT
@@ -101,14 +102,22 @@ def _canonical_label(v: Any) -> Any:
     return v
 
 
-def _edge(state: set[str], key: str, alarming: bool) -> bool:
-    """Edge trigger: True when ``key`` enters the alarming state."""
+REARM_WINDOWS = 3
+"""Consecutive normal windows after which an alarming check is re-armed (hysteresis,
+so that a drift hovering at the threshold does not alarm every other window)."""
+
+
+def _edge(state: dict[str, int], key: str, alarming: bool) -> bool:
+    """Edge trigger: True when ``key`` enters the alarming state. ``state`` maps each
+    alarming key to its run of normal windows since."""
     if alarming:
-        if key in state:
-            return False
-        state.add(key)
-        return True
-    state.discard(key)
+        fresh = key not in state
+        state[key] = 0
+        return fresh
+    if key in state:
+        state[key] += 1
+        if state[key] >= REARM_WINDOWS:
+            del state[key]
     return False
 
 
@@ -144,7 +153,7 @@ class VersionMonitor:
         self.events = 0
         self.labelled = 0
         self.last_ts: float | None = None
-        self.alarming: set[str] = set()
+        self.alarming: dict[str, int] = {}
         self.drift: tuple[FeatureStatistic, ...] = ()
         self.quality: dict[str, dict[str, float]] = {}
         self.performance: dict[str, float] = {}
@@ -152,6 +161,7 @@ class VersionMonitor:
         self.label_baseline: np.ndarray | None = None
         self.latency_ms: float | None = None
         self.detectors: dict[str, Any] = {}
+        self.recent = np.empty((0, 2))  # (index, error) of the last performance.window labelled events
 
     # -- predictions -------------------------------------------------------------------
     def add(self, rows: np.ndarray) -> list[Alarm]:
@@ -164,7 +174,7 @@ class VersionMonitor:
             else:
                 self.window = SlidingWindow(cfg.size, cfg.step, rows.shape[1])
         alarms: list[Alarm] = []
-        for values, _, _ in self.window.extend(rows, 0):
+        for values, _, _ in self.window.extend(rows, self.events - len(rows)):
             alarms.extend(self._on_window(values))
         return alarms
 
@@ -200,14 +210,15 @@ class VersionMonitor:
                 candidates.append((name, "ks", float(r.ks_statistic[j]), float(r.ks_p_value[j]), float(r.psi[j])))
         if codes.shape[1]:
             c = categorical_drift(m.cat_ref, codes)
+            chi2, chi2_p = chi2_homogeneity(m.cat_counts, bucket_counts(codes, m.cat_ref.n_categories + 1))
             for j, name in enumerate(schema.categorical):
                 if "chi2" in wanted:
-                    stats.append(FeatureStatistic(name, "chi2", float(c.chi2_statistic[j]), float(c.chi2_p_value[j]), cfg.drift.alpha))
+                    stats.append(FeatureStatistic(name, "chi2", float(chi2[j]), float(chi2_p[j]), cfg.drift.alpha))
                 if "psi" in wanted:
                     stats.append(FeatureStatistic(name, "psi", float(c.psi[j]), None, cfg.drift.psi_threshold))
                 quality[name] = {"missing_rate": float(c.missing_rate[j]),
                                  "unseen_rate": float(c.unseen_rate[j])}
-                candidates.append((name, "chi2", float(c.tv[j]), float(c.chi2_p_value[j]), float(c.psi[j])))
+                candidates.append((name, "chi2", float(c.tv[j]), float(chi2_p[j]), float(c.psi[j])))
         alarms = self._drift_alarms(candidates, "feature_drift", first, last, ts)
         alarms += self._quality_alarms(quality, first, last, ts)
         if cfg.drift.prediction and m.pred_kind is not None:
@@ -226,9 +237,11 @@ class VersionMonitor:
             r = numeric_drift(m.pred_ref, pred[:, None])
             stat, p, psi, det = float(r.ks_statistic[0]), float(r.ks_p_value[0]), float(r.psi[0]), "ks"
         else:
-            c = categorical_drift(m.pred_ref, pred[:, None].astype(np.int64))
-            stat, p, psi, det = float(c.tv[0]), float(c.chi2_p_value[0]), float(c.psi[0]), "chi2"
-            stats.append(FeatureStatistic("prediction", "chi2", float(c.chi2_statistic[0]), p, cfg.alpha, "prediction_drift"))
+            codes = pred[:, None].astype(np.int64)
+            c = categorical_drift(m.pred_ref, codes)
+            chi2, chi2_p = chi2_homogeneity(m.pred_counts, bucket_counts(codes, m.pred_ref.n_categories + 1))
+            stat, p, psi, det = float(c.tv[0]), float(chi2_p[0]), float(c.psi[0]), "chi2"
+            stats.append(FeatureStatistic("prediction", "chi2", float(chi2[0]), p, cfg.alpha, "prediction_drift"))
         if det == "ks":
             stats.append(FeatureStatistic("prediction", "ks", stat, p, cfg.alpha, "prediction_drift"))
         stats.append(FeatureStatistic("prediction", "psi", psi, None, cfg.psi_threshold, "prediction_drift"))
@@ -241,7 +254,10 @@ class VersionMonitor:
         cfg = self.model.settings.drift
         p = np.array([c[3] for c in candidates], dtype=np.float64)
         if cfg.alarm_on == "p_value":
-            significant = reject(p, cfg.alpha, cfg.correction)
+            if cfg.correction == "none":
+                significant = p <= cfg.alpha
+            else:
+                significant = reject(p, cfg.alpha, cfg.correction)
             effect = np.array([c[2] for c in candidates]) >= cfg.min_effect
             hit = significant & effect
         else:
@@ -277,7 +293,7 @@ class VersionMonitor:
         """rows: (n, 6) float64 [index, ts, y_true, y_pred, score, error]."""
         self.labelled += len(rows)
         alarms = self._concept(rows)
-        for values, _, _ in self.perf_window.extend(rows, 0):
+        for values, _, _ in self.perf_window.extend(rows, self.labelled - len(rows)):
             alarms.extend(self._on_perf_window(values))
         return alarms
 
@@ -291,14 +307,17 @@ class VersionMonitor:
                 self.detectors[name] = concept_detector(name, dict(perf.detector_params.get(name, {})))
         alarms = []
         err = rows[:, _L_ERR]
+        # the evidence of an alarm: the last `window` labelled events, whatever the batch cuts
+        recent = np.concatenate([self.recent, rows[:, [_L_IDX, _L_ERR]]])
+        offset = len(self.recent)
         for name, det in self.detectors.items():
             found = det.update(err)
             for i in np.asarray(found.drifts, dtype=np.int64).tolist():
-                lo = max(0, i - perf.window + 1)
-                recent = float(np.mean(err[lo:i + 1]))
+                ev = recent[max(0, offset + i - perf.window + 1): offset + i + 1]
                 alarms.append(self._alarm(
                     "concept_drift", name, "error_rate" if m.task != "regression" else "abs_error",
-                    recent, None, None, int(rows[lo, _L_IDX]), int(rows[i, _L_IDX]), float(rows[i, _L_TS])))
+                    float(ev[:, 1].mean()), None, None, int(ev[0, 0]), int(ev[-1, 0]), float(rows[i, _L_TS])))
+        self.recent = recent[-perf.window:].copy()
         return alarms
 
     def _on_perf_window(self, w: np.ndarray) -> list[Alarm]:
@@ -329,11 +348,13 @@ class VersionMonitor:
         return alarms
 
     def _label_drift(self, w: np.ndarray, first: int, last: int, ts: float) -> list[Alarm]:
-        """Label distribution of this window against the version's first window."""
+        """Label distribution of this window against the version's first labels (as many
+        as the feature reference holds, so that the baseline's own noise is small)."""
         m = self.model
         labels = w[:, _L_TRUE]
-        if self.label_baseline is None:
-            self.label_baseline = labels.copy()
+        if self.label_baseline is None or len(self.label_baseline) < m.settings.reference.size:
+            prev = self.label_baseline if self.label_baseline is not None else np.empty(0)
+            self.label_baseline = np.concatenate([prev, labels])[: m.settings.reference.size]
             return []
         cfg = m.settings.drift
         if m.task == "regression":
@@ -342,10 +363,12 @@ class VersionMonitor:
             stat, p = float(r.ks_statistic[0]), float(r.ks_p_value[0])
             det = "ks"
         else:
-            k = int(max(labels.max(), self.label_baseline.max())) + 1
-            ref = CategoricalReference.fit(self.label_baseline[:, None].astype(np.int64), [k])
-            c = categorical_drift(ref, labels[:, None].astype(np.int64))
-            stat, p = float(c.tv[0]), float(c.chi2_p_value[0])
+            k = np.array([int(max(labels.max(), self.label_baseline.max())) + 1])
+            base = bucket_counts(self.label_baseline[:, None].astype(np.int64), k)
+            now = bucket_counts(labels[:, None].astype(np.int64), k)
+            _, p_arr = chi2_homogeneity(base, now)
+            stat = 0.5 * float(np.abs(base[0] / base.sum() - now[0] / now.sum()).sum())  # total variation
+            p = float(p_arr[0])
             det = "chi2"
         hit = p < cfg.alpha and stat >= cfg.min_effect
         if _edge(self.alarming, "label_drift", hit):
@@ -379,11 +402,12 @@ class VersionMonitor:
             "window_type": type(self.window).__name__,
             "perf_window": self.perf_window.state_dict(),
             "events": self.events, "labelled": self.labelled, "last_ts": self.last_ts,
-            "alarming": sorted(self.alarming),
+            "alarming": dict(self.alarming),
             "drift": [vars_of(s) for s in self.drift],
             "quality": self.quality, "performance": self.performance, "baseline": self.baseline,
             "label_baseline": self.label_baseline, "latency_ms": self.latency_ms,
             "detectors": {k: d.state_dict() for k, d in self.detectors.items()},
+            "recent": self.recent,
         }
 
     def load_state(self, s: dict[str, Any]) -> None:
@@ -392,12 +416,13 @@ class VersionMonitor:
             self.window = cls.from_state(s["window"])
         self.perf_window = TumblingWindow.from_state(s["perf_window"])
         self.events, self.labelled, self.last_ts = s["events"], s["labelled"], s["last_ts"]
-        self.alarming = set(s["alarming"])
+        self.alarming = dict(s["alarming"])
         self.drift = tuple(FeatureStatistic(**d) for d in s["drift"])
         self.quality, self.performance, self.baseline = s["quality"], s["performance"], s["baseline"]
         lb = s["label_baseline"]
         self.label_baseline = None if lb is None else np.asarray(lb, dtype=np.float64)
         self.latency_ms = s["latency_ms"]
+        self.recent = np.asarray(s["recent"], dtype=np.float64).reshape(-1, 2)
         self.detectors = {}
         for name, st in s["detectors"].items():
             cls = type(concept_detector(name, {}))
@@ -434,7 +459,7 @@ class ModelMonitor:
         self.label_encoder = _Encoder()
         self.positive_code = 1.0
         self.regression: dict[str, TwoSampleMSPRT] = {}
-        self.regression_alarming: set[str] = set()
+        self.regression_alarming: dict[str, int] = {}
         self.dropped_features = 0
         if reference is not None:
             self._build_reference(reference.features, reference.prediction)
@@ -461,6 +486,7 @@ class ModelMonitor:
         num, codes = num[good], codes[good]
         self.num_ref = NumericReference.fit(num, n_bins=cfg.drift.psi_bins)
         self.cat_ref = CategoricalReference.fit(codes, [len(v) for v in self.schema.vocabularies])
+        self.cat_counts = bucket_counts(codes, self.cat_ref.n_categories + 1)
         self.ref_missing = {n: float(np.mean(~np.isfinite(num[:, j]))) if len(num) else 0.0
                             for j, n in enumerate(self.schema.numeric)}
         self.ref_missing.update({n: float(np.mean(codes[:, j] < 0)) if len(codes) else 0.0
@@ -473,6 +499,7 @@ class ModelMonitor:
             self.pred_kind = "categorical"
             codes_p = self.pred_encoder.codes(preds)
             self.pred_ref = CategoricalReference.fit(codes_p[:, None].astype(np.int64), [len(self.pred_encoder.vocab)])
+            self.pred_counts = bucket_counts(codes_p[:, None].astype(np.int64), self.pred_ref.n_categories + 1)
             self._pred_categories = len(self.pred_encoder.vocab)
         return np.flatnonzero(bad).tolist()
 
@@ -618,12 +645,12 @@ class ModelMonitor:
                 test = self.regression[canary] = TwoSampleMSPRT(alpha=cfg.alpha, tau=cfg.tau, min_samples=cfg.min_samples)
             sub = rows[sel]
             found = test.update(sub[:, _L_ERR], is_canary[sel])
-            for i in np.asarray(found.alarms, dtype=np.int64).tolist():
-                vm = self.versions[canary]
+            vm = self.versions[canary]
+            for i, diff in zip(found.alarms.tolist(), found.alarm_diffs.tolist()):
+                # statistic: how much higher the canary's error is; p-value <= alpha by construction
                 result.alarms.append(vm._alarm(
-                    "regression", "msprt", "error_rate", float(found.diff_at[i] if hasattr(found, "diff_at") else found.diff),
-                    cfg.alpha, float(found.p_value), int(sub[: i + 1, _L_IDX].min()), int(sub[i, _L_IDX]),
-                    float(sub[i, _L_TS])))
+                    "regression", "msprt", "error_rate", diff, cfg.alpha, None,
+                    int(sub[: i + 1, _L_IDX].min()), int(sub[i, _L_IDX]), float(sub[i, _L_TS])))
 
     def _latency_regression(self, result: EngineResult) -> None:
         cfg = self.settings.regression
@@ -648,6 +675,8 @@ class ModelMonitor:
             "schema": None if self.schema is None else self.schema.to_state(),
             "num_ref": None if self.num_ref is None else self.num_ref.to_state(),
             "cat_ref": None if self.cat_ref is None else self.cat_ref.to_state(),
+            "cat_counts": getattr(self, "cat_counts", None),
+            "pred_counts": getattr(self, "pred_counts", None),
             "pred_kind": self.pred_kind,
             "pred_ref": None if self.pred_ref is None else self.pred_ref.to_state(),
             "pred_vocab": dict(self.pred_encoder.vocab),
@@ -660,7 +689,7 @@ class ModelMonitor:
             "label_vocab": dict(self.label_encoder.vocab),
             "positive_code": self.positive_code,
             "regression": {name: t.state_dict() for name, t in self.regression.items()},
-            "regression_alarming": sorted(self.regression_alarming),
+            "regression_alarming": dict(self.regression_alarming),
             "dropped_features": self.dropped_features,
         }
 
@@ -671,6 +700,7 @@ class ModelMonitor:
         mm.schema = None if s["schema"] is None else Schema.from_state(s["schema"])
         mm.num_ref = None if s["num_ref"] is None else NumericReference.from_state(s["num_ref"])
         mm.cat_ref = None if s["cat_ref"] is None else CategoricalReference.from_state(s["cat_ref"])
+        mm.cat_counts, mm.pred_counts = s["cat_counts"], s["pred_counts"]
         mm.pred_kind = s["pred_kind"]
         if s["pred_ref"] is not None:
             ref_cls = NumericReference if mm.pred_kind == "numeric" else CategoricalReference
@@ -685,7 +715,7 @@ class ModelMonitor:
         mm.label_encoder = _Encoder(s["label_vocab"])
         mm.positive_code = float(s["positive_code"])
         mm.regression = {k: TwoSampleMSPRT.from_state(v) for k, v in s["regression"].items()}
-        mm.regression_alarming = set(s["regression_alarming"])
+        mm.regression_alarming = dict(s["regression_alarming"])
         mm.dropped_features = int(s["dropped_features"])
         for vname, vs in s["versions"].items():
             vm = mm.versions[vname] = VersionMonitor(mm, vname)
@@ -696,6 +726,11 @@ class ModelMonitor:
         if self.schema is None:
             return [VersionSnapshot(self.name, v, c, 0, False) for v, c in self.version_events.items()]
         return [vm.snapshot() for vm in self.versions.values()]
+
+
+def _alarm_order(a: Alarm) -> tuple:
+    """Within a batch, alarms go out in stream order, ties broken by name."""
+    return (a.last_index, a.model, a.version, a.kind, a.detector, a.feature or "")
 
 
 class Engine:
@@ -744,6 +779,7 @@ class Engine:
             labelled, counts = mm.join.match(fb)
             result.join.update(counts)
             mm.add_labelled(labelled, result)
+        result.alarms.sort(key=_alarm_order)
         return result
 
     def snapshot(self) -> list[VersionSnapshot]:
