@@ -35,10 +35,11 @@ __all__ = [
     "segmented_recurrence",
     "ewma",
     "scan_with_restarts",
+    "ranges",
+    "recurrence_table",
 ]
 
-#: Smallest chunk scanned right after an alarm; chunks then double (galloping), so a
-#: stream with frequent alarms costs O(distance between alarms) per alarm.
+#: Smallest chunk scanned right after an alarm (see :func:`scan_with_restarts`).
 FIRST_CHUNK = 256
 #: Largest chunk scanned at once: bounds the temporaries of one scan.
 MAX_CHUNK = 1 << 16
@@ -179,10 +180,10 @@ def segmented_recurrence(
     """:func:`linear_recurrence` restarted at every ``starts[i]`` from ``initial[i]``.
 
     Segment ``i`` covers ``x[starts[i]:starts[i+1]]`` (the last runs to the end).
-    Segments are grouped by length into power-of-two buckets, each bucket filtered as
+    Segments are grouped by length into power-of-four buckets, each bucket filtered as
     one 2-D :func:`~scipy.signal.lfilter` call (rows are independent and computed
     exactly as in the 1-D case): O(log n) calls whatever the number of segments, and
-    at most twice the input's memory.
+    at most four times the input's memory.
 
     Examples
     --------
@@ -200,7 +201,8 @@ def segmented_recurrence(
     if starts.size == 1:
         out[starts[0] :] = linear_recurrence(x[starts[0] :], gain, decay, float(initial[0]))
         return out
-    bucket = np.ceil(np.log2(lengths)).astype(np.int64)
+    # power-of-four buckets: few lfilter calls, at most 4x the input's memory
+    bucket = np.ceil(np.log2(lengths) / 2).astype(np.int64)
     for b in np.unique(bucket):
         rows = np.flatnonzero(bucket == b)
         width = int(lengths[rows].max())
@@ -267,8 +269,10 @@ def scan_with_restarts(
     whole chunk; after a drift the state is discarded and ``reset()`` is called (as
     river does on the next update), then scanning resumes after the drift.
 
-    The loop runs once per drift and per chunk (chunks of at most ``MAX_CHUNK`` samples,
-    growing from ``FIRST_CHUNK`` after a drift), never per sample.
+    The loop runs once per drift and per chunk, never per sample. Chunks hold at most
+    ``MAX_CHUNK`` samples; after a drift the next chunk is twice the distance between
+    the last two drifts (at least ``FIRST_CHUNK``), doubling while no drift is found,
+    so frequent drifts cost O(distance between drifts) each and rare ones O(1) scans.
 
     Returns
     -------
@@ -280,18 +284,64 @@ def scan_with_restarts(
     warnings: list[np.ndarray] = []
     pos = 0
     chunk = MAX_CHUNK
+    since_reset = 0  # samples scanned since the last drift in this call
     while pos < n:
         end = min(n, pos + chunk)
         drift, warn = scan(x[pos:end])
         if len(warn):
             warnings.append(np.asarray(warn, dtype=np.int64) + pos)
         if drift < 0:
+            since_reset += end - pos
             pos = end
             chunk = min(2 * chunk, MAX_CHUNK)
             continue
         drifts.append(pos + drift)
         reset()
+        # expect the next drift about as far away as this one was: scan twice that
+        since_reset += drift + 1
+        chunk = min(max(2 * since_reset, FIRST_CHUNK), MAX_CHUNK)
+        since_reset = 0
         pos += drift + 1
-        chunk = FIRST_CHUNK
     warn_all = np.concatenate(warnings) if warnings else np.empty(0, dtype=np.int64)
     return np.asarray(drifts, dtype=np.int64), warn_all
+
+
+def ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(starts[i], stops[i])`` without a loop.
+
+    Examples
+    --------
+    >>> ranges(np.array([0, 5]), np.array([2, 8])).tolist()
+    [0, 1, 5, 6, 7]
+    """
+    lengths = np.asarray(stops, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    keep = lengths > 0
+    starts, lengths = np.asarray(starts, dtype=np.int64)[keep], lengths[keep]
+    if lengths.size == 0:
+        return np.empty(0, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
+
+
+def recurrence_table(gain: float, decay: float, initial: float, limit: int = 1 << 20) -> np.ndarray | None:
+    """``table[k]``: the value of ``y = gain + decay * y`` after ``k`` steps from
+    ``initial``, up to the step where it stops changing (then it is constant for ever:
+    the same value goes through the same operations). None if it has not settled
+    within ``limit`` steps.
+
+    Examples
+    --------
+    >>> recurrence_table(0.25, 0.5, 1.0)[:3].tolist()
+    [1.0, 0.75, 0.625]
+    """
+    values = [np.array([initial])]
+    last, size = initial, 256
+    while sum(v.size for v in values) < limit:
+        y = linear_recurrence(np.ones(size), gain, decay, last)
+        values.append(y)
+        settled = np.flatnonzero(y[1:] == y[:-1])
+        if settled.size or y[0] == last:
+            table = np.concatenate(values)
+            return table[: np.flatnonzero(table[1:] == table[:-1])[0] + 1]
+        last, size = float(y[-1]), size * 2
+    return None

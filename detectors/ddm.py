@@ -12,6 +12,7 @@ from detectors._kernels import (
     first_index,
     last_index,
     previous,
+    ranges,
     running_max,
     running_mean,
     running_min,
@@ -104,10 +105,15 @@ class DDM(ChangeDetector):
         ps = p + s
         active = n > self.warm_start
         candidates = np.where(active, ps, math.inf)
-        new_min = active & (ps <= previous(running_min(candidates, self._ps_min), self._ps_min))
-        at = last_index(new_min)
-        p_min = np.where(at >= 0, p[at], self._p_min)
-        s_min = np.where(at >= 0, s[at], self._s_min)
+        if candidates.min() > self._ps_min:
+            # no new minimum in this chunk (the common case): the reference is constant
+            at = np.full(1, -1)
+            p_min, s_min = self._p_min, self._s_min
+        else:
+            new_min = active & (candidates <= previous(running_min(candidates, self._ps_min), self._ps_min))
+            at = last_index(new_min)
+            p_min = np.where(at >= 0, p[at], self._p_min)
+            s_min = np.where(at >= 0, s[at], self._s_min)
         drift_zone = active & (ps > p_min + self.drift_threshold * s_min)
         warning_zone = active & (ps > p_min + self.warning_threshold * s_min) & ~drift_zone
         drift = first_index(drift_zone)
@@ -235,17 +241,15 @@ class EDDM(ChangeDetector):
         setter = judged & ~drift_at
         if drift_error >= 0:
             setter[drift_error:] = False
-        error_number = np.zeros(x.size, dtype=np.int64)
-        error_number[errors] = np.arange(errors.size)
-        is_setter = np.zeros(x.size, dtype=bool)
-        is_setter[errors[setter]] = True
-        last_set = last_index(is_setter)
-        has = last_set >= 0
-        warning_value = np.full(x.size, self._warning)
-        warning_value[has] = level[error_number[last_set[has]]] < self.alpha
+        # the flag holds its value from one setting error to the next: intervals
+        end = int(errors[drift_error]) + 1 if drift_error >= 0 else x.size
+        set_at = errors[setter]
+        values = np.concatenate(([self._warning], level[setter] < self.alpha))
+        starts = np.concatenate(([0], set_at))
+        stops = np.append(set_at, end)
+        warnings = ranges(starts[values], stops[values])
         if drift_error >= 0:
-            drift = int(errors[drift_error])
-            return drift, np.flatnonzero(warning_value[: drift + 1])
+            return end - 1, warnings
         last = errors.size - 1
         self._n += x.size
         self._last_error = int(sample[last])
@@ -253,5 +257,5 @@ class EDDM(ChangeDetector):
         self._distance_sum = float(sums[last])
         self._distance_squares = float(squares[last])
         self._p2s_max = float(p2s_max[last])
-        self._warning = bool(warning_value[-1])
-        return -1, np.flatnonzero(warning_value)
+        self._warning = bool(values[-1])
+        return -1, warnings

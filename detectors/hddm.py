@@ -19,6 +19,7 @@ from detectors._kernels import (
     running_mean,
     running_min,
     scan_with_restarts,
+    recurrence_table,
     segmented_recurrence,
 )
 
@@ -245,6 +246,8 @@ class HDDMW(ChangeDetector):
         self._c_lambda_sq = (1 - self.lambda_val) ** 2
         self._log_drift = math.log(1 / self.drift_confidence)
         self._log_warning = math.log(1 / self.warning_confidence)
+        # ibc depends only on how many samples a SampleInfo has seen: a lookup table
+        self._ibc_table = recurrence_table(self._lambda_sq, self._c_lambda_sq, 1.0)
         self.reset()
 
     def reset(self) -> None:
@@ -261,6 +264,10 @@ class HDDMW(ChangeDetector):
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return scan_with_restarts(x, self._scan, self.reset)
+
+    def _ibc(self, count: np.ndarray) -> np.ndarray:
+        table = self._ibc_table
+        return table[np.minimum(count, table.size - 1)]
 
     def _bound(self, ibc: np.ndarray, log: float) -> np.ndarray:
         # river: math.sqrt(ibc * math.log(1 / confidence) / 2)
@@ -301,9 +308,13 @@ class HDDMW(ChangeDetector):
         initial_ewma = np.where(carried, s2[0], 0.0)
         initial_ibc = np.where(carried, s2[1], 1.0)
         s2_ewma = ewma(x, starts, initial_ewma, fresh, self.lambda_val)
-        s2_ibc = segmented_recurrence(np.ones(n), starts, initial_ibc, self._lambda_sq, self._c_lambda_sq)
+        if self._ibc_table is not None:
+            rows = np.arange(n)
+            s2_ibc = self._ibc(np.where(has, rows - at, s2[2] + rows + 1))
+        else:
+            s2_ibc = segmented_recurrence(np.ones(n), starts, initial_ibc, self._lambda_sq, self._c_lambda_sq)
+            s2_ibc[cut_rows] = 1.0
         s2_ewma[cut_rows] = 0.0
-        s2_ibc[cut_rows] = 1.0
         s2_init = ~new_cut
         both = (s1_count > 0) & s2_init
         diff = s2_ewma - s1_ewma if increase else s1_ewma - s2_ewma
@@ -326,8 +337,11 @@ class HDDMW(ChangeDetector):
         n = x.size
         ewma0, ibc0, count0 = self._total
         total_ewma = ewma(x, np.array([0]), np.array([ewma0]), np.array([count0 == 0]), self.lambda_val)
-        total_ibc = linear_recurrence(np.ones(n), self._lambda_sq, self._c_lambda_sq, ibc0)
         total_count = np.arange(count0 + 1, count0 + 1 + n)
+        if self._ibc_table is not None:
+            total_ibc = self._ibc(total_count)
+        else:
+            total_ibc = linear_recurrence(np.ones(n), self._lambda_sq, self._c_lambda_sq, ibc0)
         eps = self._bound(total_ibc, self._log_drift)
         incr_drift, incr_warning, incr_end = self._side(
             x, total_ewma, total_ibc, total_count, eps, self._incr_cut, self._incr_s1, self._incr_s2, True

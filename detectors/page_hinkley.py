@@ -125,20 +125,25 @@ class PageHinkley(ChangeDetector):
         deviation = x - means
         increase = linear_recurrence(deviation - self.delta, 1.0, self.alpha, self._sum_increase)
         decrease = linear_recurrence(deviation + self.delta, 1.0, self.alpha, self._sum_decrease)
-        min_increase = running_min(increase, self._min_increase)
-        max_decrease = running_max(decrease, self._max_decrease)
+        # s - running_min(s) <= max(s) - min(s): when a whole chunk's range stays under the
+        # threshold no alarm is possible, and the accumulations can be skipped
+        low, high = min(self._min_increase, float(increase.min())), max(self._max_decrease, float(decrease.max()))
+        up, down = self.mode != "down", self.mode != "up"
+        up = up and float(increase.max()) - low > self.threshold
+        down = down and high - float(decrease.min()) > self.threshold
         alarm = np.zeros(x.size, dtype=bool)
-        if self.mode != "down":
-            alarm |= increase - min_increase > self.threshold
-        if self.mode != "up":
-            alarm |= max_decrease - decrease > self.threshold
-        alarm &= counts >= self.min_instances
+        if up:
+            alarm |= increase - running_min(increase, self._min_increase) > self.threshold
+        if down:
+            alarm |= running_max(decrease, self._max_decrease) - decrease > self.threshold
+        if up or down:
+            alarm &= counts >= self.min_instances
         drift = first_index(alarm)
         if drift < 0:
             self._n = float(counts[-1])
             self._total = total
             self._sum_increase = float(increase[-1])
             self._sum_decrease = float(decrease[-1])
-            self._min_increase = float(min_increase[-1])
-            self._max_decrease = float(max_decrease[-1])
+            self._min_increase = low
+            self._max_decrease = high
         return drift, EMPTY_INDEX
