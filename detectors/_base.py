@@ -51,8 +51,8 @@ class Detection:
     refer to rows of the batch as given.
     """
 
-    drifts: Any = EMPTY_INDEX
-    warnings: Any = EMPTY_INDEX
+    drifts: Any = field(default_factory=lambda: EMPTY_INDEX)
+    warnings: Any = field(default_factory=lambda: EMPTY_INDEX)
     skipped: Any = 0
 
     @property

@@ -1,0 +1,334 @@
+"""ADWIN (adaptive windowing), batch-vectorized and exact to river 0.26's ``ADWIN``.
+
+Bifet, A. and Gavaldà, R. (2007). Learning from time-changing data with adaptive
+windowing. In Proceedings of the 2007 SIAM International Conference on Data Mining,
+pp. 443-448.
+
+How a batch is evaluated at once
+--------------------------------
+river's ADWIN keeps an exponential histogram: level ``i`` holds at most
+``max_buckets`` buckets of ``2**i`` samples, and a level that reaches
+``max_buckets + 1`` buckets merges its two oldest into one bucket of the next level.
+Two facts make the whole histogram a function of the samples seen since the last
+reset:
+
+* river 0.26 resets the detector on the sample after a drift (its ``update`` starts
+  with ``if self.drift_detected: self._reset()``), so between drifts buckets are only
+  ever inserted and merged, never deleted;
+* merges always take the two oldest buckets of a level, so bucket ``j`` of level ``i``
+  always holds samples ``[j * 2**i, (j + 1) * 2**i)`` of the segment, and how many
+  buckets of each level exist after ``n`` samples follows from ``n`` alone
+  (:func:`_created_counts`).
+
+So a batch is handled level by level (a loop over the O(log n) levels, each one numpy
+expression over all the batch's new buckets of that level), and every clock check of the
+batch is evaluated at once: one row per check, one column per bucket boundary, with the
+running sums taken along the rows by ``np.cumsum`` and ``np.subtract.accumulate``, which
+add left to right exactly as river's loop does. The window's running total and variance
+are prefix sums over the batch, again in river's order. The only Python loops are over
+levels, over drifts (each drift restarts the detector, so the rest of the batch is
+evaluated again from there), and one ``math.log`` per clock check (the libm ``log`` that
+river's compiled core calls, rather than numpy's vectorized one, whose last bit may
+differ).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from detectors._base import EMPTY_INDEX, ChangeDetector
+from detectors._kernels import scan_with_restarts
+
+__all__ = ["ADWIN"]
+
+# Above this many (check, bucket) cells, the checks of a batch are evaluated in pieces.
+_MAX_CELLS = 1 << 19
+
+
+def _created_counts(n: Any, max_buckets: int, n_levels: int | None = None) -> np.ndarray:
+    """How many buckets of each level were ever created after ``n`` insertions.
+
+    Level 0 receives every sample; a level merges its two oldest buckets each time it
+    reaches ``max_buckets + 1`` of them, which happens first at its ``max_buckets + 1``-th
+    bucket and then at every second one. Returns an int64 array of shape
+    ``n.shape + (n_levels,)`` (by default, as many levels as the largest ``n`` reaches).
+    """
+    n = np.asarray(n, dtype=np.int64)
+    levels = [n]
+    while (levels[-1] > max_buckets).any() if n_levels is None else len(levels) < n_levels:
+        c = levels[-1]
+        levels.append(np.where(c > max_buckets, 1 + (c - max_buckets - 1) // 2, 0))
+    return np.stack(levels, axis=-1)
+
+
+def _merge_pairs(totals: np.ndarray, variances: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Merge consecutive pairs of buckets of ``size`` samples, in river's arithmetic order."""
+    t0, t1 = totals[0::2], totals[1::2]
+    diff = t0 / size - t1 / size
+    merged_variances = (variances[0::2] + variances[1::2]) + size * 0.5 * diff * diff
+    return t0 + t1, merged_variances
+
+
+class ADWIN(ChangeDetector):
+    r"""ADWIN change detector (Bifet & Gavaldà, 2007), batch-vectorized.
+
+    Gives the same drift indices as ``river.drift.ADWIN`` (river 0.26) fed one sample at
+    a time, whatever the batch sizes.
+
+    Parameters
+    ----------
+    delta
+        Significance value, in (0, 1].
+    clock
+        The window is checked for a change every ``clock`` samples (an int >= 1).
+    max_buckets
+        Buckets kept per level of the exponential histogram before the two oldest are
+        merged (an int >= 1).
+    min_window_length
+        Smallest sub-window length considered at a cut (an int >= 1).
+    grace_period
+        No change is looked for until the window holds more than this many samples
+        (an int >= 0).
+
+    Notes
+    -----
+    After a drift, river 0.26 discards the whole window on the next sample (it rebuilds
+    its core), so this detector restarts from an empty window right after the drifting
+    sample; :attr:`width` is then 0. Memory is O(``max_buckets`` * log n) between
+    batches. Values are processed as float64; non-finite values are skipped and counted
+    by the base class.
+
+    Python loops: over the O(log n) levels of the histogram, over drifts, and one
+    ``math.log`` per clock check (see the module docstring); never over samples.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(7)
+    >>> stream = np.concatenate([rng.normal(0.0, 1.0, 1000), rng.normal(3.0, 1.0, 1000)])
+    >>> detector = ADWIN()
+    >>> found = detector.update(stream)
+    >>> bool(1000 <= found.drifts[0] < 1100)
+    True
+    """
+
+    _PARAMS = ("delta", "clock", "max_buckets", "min_window_length", "grace_period")
+    _STATE_KEYS = ("_width", "_total", "_variance", "_bucket_totals", "_bucket_variances")
+
+    def __init__(
+        self,
+        delta: float = 0.002,
+        clock: int = 32,
+        max_buckets: int = 5,
+        min_window_length: int = 5,
+        grace_period: int = 10,
+    ) -> None:
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta <= 1:
+            raise ValueError(f"delta must be a number in (0, 1], got {delta!r}")
+        for name, value, lowest in (
+            ("clock", clock, 1),
+            ("max_buckets", max_buckets, 1),
+            ("min_window_length", min_window_length, 1),
+            ("grace_period", grace_period, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+                raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
+        self.delta = float(delta)
+        self.clock = int(clock)
+        self.max_buckets = int(max_buckets)
+        self.min_window_length = int(min_window_length)
+        self.grace_period = int(grace_period)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen (river's ``_reset``)."""
+        self._reset_columns()
+        self._restart()
+
+    def _restart(self) -> None:
+        self._width = 0
+        self._total = 0.0
+        self._variance = 0.0
+        # Buckets alive in the histogram: level 0 first, oldest first within a level;
+        # how many sit on each level follows from ``_width``.
+        self._bucket_totals = np.empty(0, dtype=np.float64)
+        self._bucket_variances = np.empty(0, dtype=np.float64)
+
+    def _stream_started(self) -> bool:
+        return self._width > 0 or self._total != 0.0
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ADWIN":
+        """Rebuild a detector from :meth:`state_dict` output (also after a trip through
+        JSON, which turns the bucket arrays into lists)."""
+        detector = super().from_state(state)
+        for column in detector._columns or [detector]:
+            column._bucket_totals = np.asarray(column._bucket_totals, dtype=np.float64)
+            column._bucket_variances = np.asarray(column._bucket_variances, dtype=np.float64)
+        return detector
+
+    @property
+    def width(self) -> int:
+        """Samples in the current window (0 right after a drift)."""
+        return self._width
+
+    @property
+    def estimation(self) -> float:
+        """Mean of the current window (0.0 when it is empty)."""
+        return self._total / self._width if self._width else 0.0
+
+    def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        drifts, _ = scan_with_restarts(x, self._scan, self._restart)
+        return drifts, EMPTY_INDEX
+
+    def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
+        return self._advance(x), EMPTY_INDEX
+
+    def _advance(self, x: np.ndarray) -> int:
+        """Feed ``x`` from the current state; return the index of the first drift in
+        ``x`` (state then undefined: the caller restarts) or -1 (state advanced)."""
+        max_buckets = self.max_buckets
+        width0 = self._width
+        width1 = width0 + x.size
+        counts0 = _created_counts(width0, max_buckets)
+        counts1 = _created_counts(width1, max_buckets)
+        n_levels = counts1.size
+
+        # Window total and variance after each sample (river's incremental update).
+        totals = np.cumsum(np.concatenate(([self._total], x)))
+        widths = np.arange(width0 + 1, width1 + 1, dtype=np.float64)
+        previous = np.maximum(widths - 1.0, 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf, as in river
+            delta_v = x - totals[:-1] / previous
+            increments = (widths - 1.0) * delta_v * delta_v / widths
+        variances = np.cumsum(np.concatenate(([self._variance], increments)))
+
+        # Every bucket of every level that is alive at some point of the batch: the ones
+        # alive before it, then the ones it creates.
+        alive0 = _alive(counts0)
+        splits = np.cumsum(alive0)[:-1]
+        old_totals = np.split(self._bucket_totals, splits)
+        old_variances = np.split(self._bucket_variances, splits)
+        level_totals, level_variances, first_index = [], [], []
+        new_totals, new_variances = x, np.zeros_like(x)
+        for level in range(n_levels):
+            if level < counts0.size:
+                level_t = np.concatenate((old_totals[level], new_totals))
+                level_v = np.concatenate((old_variances[level], new_variances))
+                first = int(counts0[level] - alive0[level])
+            else:
+                level_t, level_v, first = new_totals, new_variances, 0
+            level_totals.append(level_t)
+            level_variances.append(level_v)
+            first_index.append(first)
+            if level + 1 < n_levels:
+                merged_before = int(counts0[level + 1]) if level + 1 < counts0.size else 0
+                n_merged = int(counts1[level + 1]) - merged_before
+                # Pairs start at block 2 * merged_before, the first block held here.
+                new_totals, new_variances = _merge_pairs(
+                    level_t[: 2 * n_merged], level_v[: 2 * n_merged], float(2**level)
+                )
+
+        hit = self._first_drift(width0, width1, totals, variances, level_totals, first_index)
+        if hit >= 0:
+            return hit
+
+        alive1 = _alive(counts1)
+        keep_t, keep_v = [], []
+        for level in range(n_levels):
+            stop = int(counts1[level]) - first_index[level]
+            keep_t.append(level_totals[level][stop - alive1[level] : stop])
+            keep_v.append(level_variances[level][stop - alive1[level] : stop])
+        self._width = width1
+        self._total = float(totals[-1])
+        self._variance = float(variances[-1])
+        self._bucket_totals = np.concatenate(keep_t)
+        self._bucket_variances = np.concatenate(keep_v)
+        return -1
+
+    def _first_drift(
+        self,
+        width0: int,
+        width1: int,
+        totals: np.ndarray,
+        variances: np.ndarray,
+        level_totals: list[np.ndarray],
+        first_index: list[int],
+    ) -> int:
+        """Evaluate every clock check in ``(width0, width1]`` at once; return the batch
+        index of the first check that finds a cut, or -1."""
+        clock, min_len, max_buckets = self.clock, self.min_window_length, self.max_buckets
+        # A check needs more than grace_period samples and room for two sub-windows.
+        lowest = max(self.grace_period + 1, 2 * min_len, width0 + 1)
+        first_check = -(-lowest // clock) * clock
+        if first_check > width1:
+            return -1
+        n_levels = len(level_totals)
+        cells = max_buckets * n_levels
+        step = max(1, _MAX_CELLS // cells) * clock
+        for begin in range(first_check, width1 + 1, step):
+            checks = np.arange(begin, min(width1, begin + step - clock) + 1, clock, dtype=np.int64)
+            hit = self._first_cut(checks, width0, totals, variances, level_totals, first_index)
+            if hit >= 0:
+                return hit
+        return -1
+
+    def _first_cut(
+        self,
+        checks: np.ndarray,
+        width0: int,
+        totals: np.ndarray,
+        variances: np.ndarray,
+        level_totals: list[np.ndarray],
+        first_index: list[int],
+    ) -> int:
+        max_buckets = self.max_buckets
+        n_levels = len(level_totals)
+        counts = _created_counts(checks, max_buckets, n_levels + 1)
+        alive = counts[:, :-1] - 2 * counts[:, 1:]
+        # Columns: levels from the top down, then buckets oldest first (river's scan).
+        slot = np.arange(max_buckets)
+        offsets = np.cumsum([0] + [t.size for t in level_totals])
+        first = offsets[:-1] - np.asarray(first_index)
+        index = (first + 2 * counts[:, 1:])[:, ::-1, None] + slot
+        valid = slot < alive[:, ::-1, None]
+        flat_totals = np.concatenate(level_totals)
+        index = np.where(valid, index, 0).reshape(checks.size, -1)
+        valid = valid.reshape(checks.size, -1)
+        bucket_totals = np.where(valid, flat_totals[index], 0.0)
+        sizes = np.where(valid, np.repeat(2 ** np.arange(n_levels - 1, -1, -1), max_buckets), 0)
+
+        at = checks - width0
+        n0 = np.cumsum(sizes, axis=1)
+        n1 = checks[:, None] - n0
+        u0 = np.cumsum(bucket_totals, axis=1)
+        u1 = np.subtract.accumulate(
+            np.concatenate((totals[at][:, None], bucket_totals), axis=1), axis=1
+        )[:, 1:]
+        min_len = self.min_window_length
+        rows, cols = np.nonzero(valid & (n0 >= min_len) & (n1 >= min_len))
+        if rows.size == 0:
+            return -1
+        n0 = n0[rows, cols].astype(np.float64)
+        n1 = n1[rows, cols].astype(np.float64)
+        delta_mean = u0[rows, cols] / n0 - u1[rows, cols] / n1
+        width = checks.astype(np.float64)
+        delta_prime = np.array(
+            [math.log(2.0 * math.log(w) / self.delta) for w in width.tolist()]
+        )[rows]
+        variance = (variances[at] / width)[rows]
+        m_recip = 1.0 / (n0 - min_len + 1.0) + 1.0 / (n1 - min_len + 1.0)
+        epsilon = np.sqrt(2.0 * m_recip * variance * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
+        cut = np.flatnonzero(np.abs(delta_mean) > epsilon)
+        if cut.size == 0:
+            return -1
+        return int(checks[rows[cut[0]]] - width0 - 1)
+
+
+def _alive(counts: np.ndarray) -> np.ndarray:
+    """Buckets alive per level, from the created counts of :func:`_created_counts`."""
+    return counts - 2 * np.append(counts[1:], 0)
