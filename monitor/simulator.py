@@ -26,7 +26,7 @@ should notice:
 Everything is driven by one seed: the same :class:`Scenario` gives the same records.
 The core (:func:`generate`) is a generator with bounded memory (labels waiting for their
 delay sit in a deque) and no I/O; :func:`publish` sends records to Kafka with
-kafka-python, and :func:`run_simulate` is the ``driftline simulate`` command.
+kafka-python, and :func:`produce_to_kafka` is the ``driftline simulate`` command.
 
 Examples
 --------
@@ -41,7 +41,6 @@ Examples
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -63,8 +62,7 @@ __all__ = [
     "generate",
     "encode",
     "publish",
-    "run_simulate",
-    "add_simulate_arguments",
+    "produce_to_kafka",
 ]
 
 log = logging.getLogger(__name__)
@@ -512,24 +510,7 @@ def publish(
     return stats
 
 
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``driftline simulate`` (see :func:`run_simulate`)."""
-    default = Scenario()
-    parser.add_argument("--bootstrap-servers", default="localhost:9092",
-                        help="Kafka bootstrap servers (default: %(default)s)")
-    parser.add_argument("--events", type=int, default=default.events,
-                        help="prediction events to send; the scenario scales with it "
-                             "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=default.seed, help="(default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="prediction events per second; 0: as fast as possible")
-    parser.add_argument("--predictions-topic", default="predictions")
-    parser.add_argument("--feedback-topic", default="feedback")
-    parser.add_argument("--repeat", action="store_true",
-                        help="start over with the next seed after each run, until stopped")
-
-
-def run_simulate(
+def produce_to_kafka(
     bootstrap_servers: str = "localhost:9092",
     events: int = 20_000,
     seed: int = 7,

@@ -207,16 +207,16 @@ def test_invalid_scenarios_name_the_field(kwargs, field):
 # deprecated since Python 3.11 (pyproject's filterwarnings should ignore it suite-wide).
 @pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")
 @pytest.mark.kafka
-def test_run_simulate_publishes_the_stream_to_kafka(tmp_path):
+def test_produce_to_kafka_publishes_the_stream_to_kafka(tmp_path):
     import io
 
     from monitor.embedded_broker import EmbeddedBroker
-    from monitor.simulator import run_simulate
+    from monitor.simulator import produce_to_kafka
 
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         broker.create_topics(["p", "f"], partitions=2)
         out = io.StringIO()
-        assert run_simulate(broker.bootstrap_servers, events=1500, seed=4,
+        assert produce_to_kafka(broker.bootstrap_servers, events=1500, seed=4,
                             predictions_topic="p", feedback_topic="f", stream=out) == 0
         expected = list(generate(Scenario(seed=4).scaled(1500)))
         got = _read_all(broker.bootstrap_servers, ["p", "f"], partitions=2,

@@ -1,0 +1,291 @@
+"""Every PromQL expression of the Grafana dashboards and the alert rules queries metrics
+that a running driftline really exports.
+
+Static checks (no service): the dashboards are valid JSON in the shape Grafana
+provisions, use the provisioned datasource by uid, and name only metrics of the contract.
+
+Live check (``demo_run`` in conftest.py: a demo scraped by a real Prometheus): each
+expression is evaluated and must return data:
+
+- dashboards: template variables are resolved the way Grafana does, from their own
+  ``label_values(...)`` queries against the same Prometheus (each must return values; a
+  multi-value variable becomes the regex ``a|b``, a single one its current value or the
+  first value); ``$__rate_interval``/``$__interval``/``$__range`` become ``1m``. Panel
+  targets are evaluated as they are; annotation expressions without their final
+  comparison (``... > 0`` only selects the moments to mark);
+- alert rules (the "metric part" rule): an alert fires on a condition that a healthy
+  demo need not meet, so the test evaluates, for each top-level ``or`` branch of the
+  expression, its left operand of the first top-level comparison, with every label
+  matcher relaxed to ``label=~".+"``. That returns data if and only if the metrics exist
+  and carry the labels the rule filters on, whatever their values: it holds whether or
+  not the alert condition does, and still fails for a misspelt metric or label name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+RULES = ROOT / "sinks" / "rules" / "driftline-alerts.yml"
+DATASOURCE_UID = "driftline-prometheus"
+
+CONTRACT = {
+    "driftline_events_consumed_total", "driftline_invalid_events_total",
+    "driftline_label_join_total", "driftline_alarms_total", "driftline_batch_duration_seconds",
+    "driftline_consumer_lag", "driftline_last_success_timestamp_seconds", "driftline_ready",
+    "driftline_webhook_deliveries_total", "driftline_webhook_outbox_pending",
+    "driftline_triggers_total", "driftline_feature_overflow_total", "driftline_drift_statistic",
+    "driftline_drift_p_value", "driftline_drift_threshold", "driftline_data_quality_ratio",
+    "driftline_performance", "driftline_model_events_total",
+    "driftline_model_labelled_events_total", "driftline_model_latency_seconds",
+    "driftline_reference_ready", "driftline_last_event_timestamp_seconds",
+}
+HISTOGRAMS = {"driftline_batch_duration_seconds"}
+BUILTIN_INTERVALS = ("$__rate_interval", "$__interval", "$__range")
+
+
+# ---- reading the expressions -----------------------------------------------------------
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for p in panels:
+        yield p
+        yield from _panels(p.get("panels", []))
+
+
+def dashboard_expressions(dashboard: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(where, kind, expr) with kind ``panel`` or ``annotation``."""
+    for p in _panels(dashboard["panels"]):
+        for t in p.get("targets", []):
+            yield f"panel {p['title']!r} {t['refId']}", "panel", t["expr"]
+    for a in dashboard["annotations"]["list"]:
+        if a.get("expr"):
+            yield f"annotation {a['name']!r}", "annotation", a["expr"]
+
+
+def variable_query(var: dict[str, Any]) -> str:
+    q = var["query"]
+    return q["query"] if isinstance(q, dict) else q
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(RULES.read_text())
+    return [(r.get("alert") or r.get("record"), r["expr"])
+            for g in rules["groups"] for r in g["rules"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bdriftline_[a-z0-9_]+", expr))
+
+
+# ---- PromQL surgery: comparisons and label matchers ------------------------------------
+
+_COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
+
+
+def _top_level(expr: str) -> Iterator[tuple[int, str]]:
+    """(position, character) of the characters outside brackets and strings."""
+    depth, quote, i = 0, None, 0
+    while i < len(expr):
+        c = expr[i]
+        if quote:
+            if c == "\\":
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "\"'`":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0:
+            yield i, c
+        i += 1
+
+
+def split_top_level_or(expr: str) -> list[str]:
+    """The branches of a top-level ``a or b or c``."""
+    text = expr
+    cuts = [i for i, _ in _top_level(text)
+            if re.match(r"\bor\b", text[i:i + 3]) and (i == 0 or not text[i - 1].isalnum() and text[i - 1] != "_")]
+    parts, start = [], 0
+    for i in cuts:
+        parts.append(text[start:i])
+        start = i + 2
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def left_of_comparison(expr: str) -> str:
+    """The left operand of the first top-level comparison (the whole expression if none)."""
+    for i, c in _top_level(expr):
+        if c in "<>=!" and expr[i:i + 2] != "=~" and expr[i:i + 2] != "!~":
+            if any(expr.startswith(op, i) for op in _COMPARISONS):
+                return expr[:i].strip()
+    return expr.strip()
+
+
+def relax_matchers(expr: str) -> str:
+    """Every label matcher ``l="v"``, ``l!="v"``, ``l=~"v"``, ``l!~"v"`` becomes ``l=~".+"``."""
+    return re.sub(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"', r'\1=~".+"', expr)
+
+
+def alert_metric_parts(expr: str) -> list[str]:
+    return [relax_matchers(left_of_comparison(branch)) for branch in split_top_level_or(expr)]
+
+
+def test_promql_surgery():
+    assert left_of_comparison('time() - x{what="batch"} > 300') == 'time() - x{what="batch"}'
+    assert left_of_comparison('sum(rate(x{a=~"b|c"}[5m])) > 0') == 'sum(rate(x{a=~"b|c"}[5m]))'
+    assert left_of_comparison('up{job=~"d.*"} == 0') == 'up{job=~"d.*"}'
+    assert left_of_comparison("(a < b) or (c > d)") == "(a < b) or (c > d)"
+    assert split_top_level_or("(a < b)\n or\n ((c > d) unless e)") == ["(a < b)", "((c > d) unless e)"]
+    assert split_top_level_or('x{outcome=~"failed|or"} or y') == ['x{outcome=~"failed|or"}', "y"]
+    assert relax_matchers('x{outcome=~"failed|rejected", job="d"}') == 'x{outcome=~".+", job=~".+"}'
+    assert alert_metric_parts('sum by (t) (increase(d{outcome=~"failed"}[15m])) > 0') == \
+        ['sum by (t) (increase(d{outcome=~".+"}[15m]))']
+
+
+# ---- static checks ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=[p.name for p in DASHBOARDS])
+def dashboard(request) -> dict[str, Any]:
+    return json.loads((ROOT / "grafana" / "dashboards" / request.param).read_text())
+
+
+def test_there_are_three_dashboards():
+    assert {p.stem for p in DASHBOARDS} == {"driftline-overview", "driftline-drift",
+                                            "driftline-performance"}
+    uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
+    assert len(set(uids)) == len(uids)
+
+
+def test_dashboard_shape(dashboard):
+    assert dashboard["schemaVersion"] >= 36
+    assert dashboard["title"].startswith("driftline / ")
+    ids = [p["id"] for p in _panels(dashboard["panels"])]
+    assert len(ids) == len(set(ids))
+    for p in _panels(dashboard["panels"]):
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, p["title"]
+        assert p["targets"], f"panel {p['title']!r} has no query"
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == DATASOURCE_UID
+            assert t["expr"].strip()
+    for v in dashboard["templating"]["list"]:
+        assert v["datasource"]["uid"] == DATASOURCE_UID
+        assert variable_query(v).startswith("label_values(")
+
+
+def test_dashboards_use_only_contract_metrics(dashboard):
+    exprs = [e for _, _, e in dashboard_expressions(dashboard)]
+    exprs += [variable_query(v) for v in dashboard["templating"]["list"]]
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert used, "no driftline metric queried"
+    for name in used:
+        base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in CONTRACT else name
+        assert name in CONTRACT or base in HISTOGRAMS, f"{name} is not a driftline metric"
+
+
+def test_dashboard_variables_are_all_used(dashboard):
+    text = json.dumps(dashboard["panels"]) + json.dumps(dashboard["annotations"])
+    text += json.dumps([variable_query(v) for v in dashboard["templating"]["list"]])
+    for v in dashboard["templating"]["list"]:
+        assert f"${v['name']}" in text, f"variable {v['name']} is never used"
+
+
+def test_alert_rules_use_only_contract_metrics():
+    for name, expr in rule_expressions():
+        for metric in metric_names(expr):
+            assert metric in CONTRACT, f"rule {name}: {metric} is not a driftline metric"
+
+
+# ---- live: against a running demo -------------------------------------------------------
+
+_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+
+
+def _substitute(expr: str, values: dict[str, str]) -> str:
+    for builtin in BUILTIN_INTERVALS:
+        expr = expr.replace(builtin, "1m")
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        assert name in values, f"unknown variable ${name} in {expr!r}"
+        return values[name]
+
+    return _VAR.sub(value, expr)
+
+
+def _label_values(prometheus: Any, query: str) -> list[str]:
+    m = re.fullmatch(r"label_values\((?:(.*),\s*)?([A-Za-z_][A-Za-z0-9_]*)\)", query.strip())
+    assert m, f"not a label_values() query: {query}"
+    selector, label = m.group(1), m.group(2)
+    if selector is None:
+        r = httpx.get(f"{prometheus.url}/api/v1/label/{label}/values", timeout=10)
+        return sorted(r.json()["data"])
+    r = httpx.get(f"{prometheus.url}/api/v1/series", params={"match[]": selector}, timeout=10)
+    body = r.json()
+    assert body["status"] == "success", f"{selector}: {body}"
+    return sorted({s[label] for s in body["data"] if label in s})
+
+
+def resolve_variables(prometheus: Any, dashboard: dict[str, Any]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for v in dashboard["templating"]["list"]:
+        query = _substitute(variable_query(v), values)
+        found = _label_values(prometheus, query)
+        assert found, f"{dashboard['uid']}: variable {v['name']} ({query}) has no values"
+        if v.get("multi") or v.get("includeAll"):
+            values[v["name"]] = "|".join(re.escape(x) for x in found)
+        else:
+            current = (v.get("current") or {}).get("value")
+            values[v["name"]] = current if current in found else found[0]
+    return values
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+@pytest.mark.prometheus
+@pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")
+def test_every_dashboard_query_returns_data(demo_run):
+    empty = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        values = resolve_variables(demo_run.prometheus, dashboard)
+        for where, kind, expr in dashboard_expressions(dashboard):
+            query = _substitute(expr, values)
+            if kind == "annotation":
+                query = left_of_comparison(query)
+            if not demo_run.prometheus.query(query):
+                empty.append(f"{path.name}: {where}: {query}")
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+@pytest.mark.prometheus
+@pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")
+def test_every_alert_rule_queries_existing_metrics(demo_run):
+    empty = []
+    for name, expr in rule_expressions():
+        for part in alert_metric_parts(expr):
+            if not demo_run.prometheus.query(part):
+                empty.append(f"{name}: {part}")
+    assert not empty, "alert rule parts without data:\n" + "\n".join(empty)
+    # The rule file loaded (Prometheus evaluates it): every alert is known.
+    r = httpx.get(f"{demo_run.prometheus.url}/api/v1/rules", timeout=10).json()
+    loaded = {rule["name"] for g in r["data"]["groups"] for rule in g["rules"]}
+    assert {n for n, _ in rule_expressions()} <= loaded
