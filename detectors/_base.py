@@ -209,8 +209,12 @@ class ChangeDetector:
             det._columns = [cls.from_state(c) for c in state["columns"]]
         else:
             for k in cls._STATE_KEYS:
-                value = state["fields"][k.lstrip("_")]
-                setattr(det, k, _plain(value))
+                value = _plain(state["fields"][k.lstrip("_")])
+                fresh = getattr(det, k)
+                if isinstance(fresh, np.ndarray) and not isinstance(value, np.ndarray):
+                    # a trip through JSON turns arrays into lists
+                    value = np.asarray(value, dtype=fresh.dtype)
+                setattr(det, k, value)
         return det
 
     def __repr__(self) -> str:

@@ -161,16 +161,6 @@ class ADWIN(ChangeDetector):
     def _stream_started(self) -> bool:
         return self._width > 0 or self._total != 0.0
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "ADWIN":
-        """Rebuild a detector from :meth:`state_dict` output (also after a trip through
-        JSON, which turns the bucket arrays into lists)."""
-        detector = super().from_state(state)
-        for column in detector._columns or [detector]:
-            column._bucket_totals = np.asarray(column._bucket_totals, dtype=np.float64)
-            column._bucket_variances = np.asarray(column._bucket_variances, dtype=np.float64)
-        return detector
-
     @property
     def width(self) -> int:
         """Samples in the current window (0 right after a drift)."""

@@ -292,15 +292,6 @@ class KSWIN(ChangeDetector):
     def _stream_started(self) -> bool:
         return self._n > 0
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "KSWIN":
-        """Rebuild a detector from :meth:`state_dict` output (also after a trip through
-        JSON, which turns the window into a list)."""
-        detector = super().from_state(state)
-        for column in detector._columns or [detector]:
-            column._window = np.asarray(column._window, dtype=np.float64)
-        return detector
-
     @property
     def p_value(self) -> float:
         """p-value of the last KS test performed (0.0 before any)."""

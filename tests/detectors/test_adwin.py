@@ -8,6 +8,7 @@ river is the oracle throughout: expected drift indices always come from feeding
 from __future__ import annotations
 
 import doctest
+import json
 
 import numpy as np
 import pytest
@@ -132,7 +133,9 @@ def test_state_round_trip_continues_as_uninterrupted(kind, seed, params, split):
 
     first = ADWIN(**params)
     found = feed(first, stream[:split], [])
-    restored = ADWIN.from_state(first.state_dict())
+    # the state survives a trip through JSON (arrays as lists)
+    state = json.loads(json.dumps(first.state_dict(), default=lambda a: a.tolist()))
+    restored = ADWIN.from_state(state)
     found += [split + i for i in feed(restored, stream[split:], [])]
     assert found == expected
     assert restored.width == uninterrupted.width
