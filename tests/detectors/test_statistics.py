@@ -64,9 +64,12 @@ def check_numeric(ref, win, n_bins=10):
             assert math.isnan(drift.ks_statistic[j]) and math.isnan(drift.psi[j])
             assert math.isnan(drift.wasserstein[j]) and math.isnan(drift.js[j])
             continue
-        ks = stats.ks_2samp(b, a, method="asymp")
-        assert drift.ks_statistic[j] == ks.statistic
-        assert drift.ks_p_value[j] == pytest.approx(ks.pvalue, abs=1e-9)
+        if a.size == b.size == 1:  # no asymptotic p-value (documented NaN)
+            assert drift.ks_statistic[j] == abs(a[0] != b[0]) and math.isnan(drift.ks_p_value[j])
+        else:
+            ks = stats.ks_2samp(b, a, method="asymp")
+            assert drift.ks_statistic[j] == ks.statistic
+            assert drift.ks_p_value[j] == pytest.approx(ks.pvalue, abs=1e-9)
         scale = max(1.0, float(np.abs(np.concatenate([a, b])).max()))
         assert drift.wasserstein[j] == pytest.approx(
             stats.wasserstein_distance(a, b), abs=1e-9 * scale
@@ -123,6 +126,23 @@ def test_numeric_property_against_scipy(data, n_bins):
     ref = np.array(ref, dtype=float).reshape(-1, d)
     win = np.array(win, dtype=float).reshape(-1, d)
     check_numeric(ref, win, n_bins=n_bins)
+
+
+def test_stephens_p_value_is_the_documented_formula_and_close_to_asymp():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(5000, 6))
+    win = rng.normal(np.linspace(0, 0.2, 6), 1.0, size=(400, 6))
+    reference = NumericReference.fit(ref)
+    fast = numeric_drift(reference, win, ks_method="stephens")
+    exact = numeric_drift(reference, win)
+    np.testing.assert_array_equal(fast.ks_statistic, exact.ks_statistic)
+    en = 5000 * 400 / 5400
+    factor = math.sqrt(en) + 0.12 + 0.11 / math.sqrt(en)
+    expected = [stats.kstwobign.sf(factor * d) for d in exact.ks_statistic]
+    np.testing.assert_allclose(fast.ks_p_value, expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fast.ks_p_value, exact.ks_p_value, atol=0.005)
+    with pytest.raises(ValueError, match="ks_method"):
+        numeric_drift(reference, win, ks_method="exact")
 
 
 def test_numeric_edge_cases():
