@@ -94,7 +94,7 @@ class KafkaSource:
         except KafkaError as exc:
             raise SourceError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from None
         self._consumer.subscribe([settings.predictions_topic, settings.feedback_topic],
-                                 listener=_Rebalance(self))
+                                 listener=_rebalance_listener(self))
 
     @property
     def connected(self) -> bool:
@@ -149,6 +149,15 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def _rebalance_listener(source: "KafkaSource"):
+    from kafka import ConsumerRebalanceListener
+
+    class _Listener(_Rebalance, ConsumerRebalanceListener):
+        pass
+
+    return _Listener(source)
 
 
 class _Rebalance:

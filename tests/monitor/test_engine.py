@@ -110,6 +110,8 @@ def test_worse_canary_raises_regression_with_rollback():
     rng = np.random.default_rng(12)
     stable = prediction_events(8_000, seed=13, version="v1")
     canary = prediction_events(3_000, seed=14, version="v2", id_prefix="c")
+    for e in canary:
+        e["latency_ms"] += 8.0  # ~12 ms -> ~20 ms
     events = stable[:2000] + [e for pair in zip(stable[2000:5000], canary) for e in pair] + stable[5000:]
     fb = []
     for e in events:
@@ -121,6 +123,8 @@ def test_worse_canary_raises_regression_with_rollback():
     assert reg and reg[0].version == "v2" and reg[0].action == "rollback" and reg[0].detector == "msprt"
     assert reg[0].statistic > 0.1
     assert not [a for a in alarms if a.kind == "regression" and a.version == "v1"]
+    latency = [a for a in alarms if a.kind == "regression" and a.detector == "latency"]
+    assert len(latency) == 1 and latency[0].version == "v2" and latency[0].statistic > latency[0].threshold
 
 
 def test_regression_task_performance_alarm():

@@ -1,0 +1,135 @@
+"""The service against a real Kafka-protocol broker (Tansu, started by conftest)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from monitor.app import Service
+from monitor.cli import main
+from monitor.config import load_settings
+from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def produce(broker, topic, events, raw=()):
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=10)
+    for e in events:
+        p.send(topic, key=e["model"].encode(), value=orjson.dumps(e))
+    for key, value in raw:
+        p.send(topic, key=key, value=value)
+    p.flush()
+    p.close()
+
+
+def settings_for(broker, topics, tmp_path, **extra):
+    return load_settings(
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
+               "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
+               "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
+               "poll_timeout_ms": 200},
+        defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}},
+        prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
+        checkpoint_interval_seconds=0, **extra)
+
+
+class Running:
+    """A Service in a thread; stop() joins it and returns its exit code."""
+
+    def __init__(self, settings):
+        self.service = Service(settings)
+        self.stop_event = threading.Event()
+        self.code = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.code = self.service.run(self.stop_event)
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+        return self.code
+
+
+def read_alarms(path):
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tmp_path):
+    fraud = prediction_events(6_000, model="fraud", seed=1, shift_at=4_000, shift=0.8)
+    churn = prediction_events(4_000, model="churn", seed=2)
+    preds = [e for pair in zip(fraud, churn) for e in pair] + fraud[len(churn):]
+    fb = feedback_for(fraud, seed=3, flip_after=4_500)
+    bad = [(b"fraud", b"{oops"), (b"fraud", orjson.dumps({"model": "fraud", "features": {}})),
+           (b"churn", orjson.dumps({"model": "churn", "id": "z", "features": []}))]
+    produce(broker, topics["predictions"], preds, raw=bad)
+    running = Running(settings_for(broker, topics, tmp_path))
+    svc = running.service
+    wait_for(lambda: svc.stats.predictions + svc.stats.invalid >= len(preds) + len(bad), 90, "predictions consumed")
+    produce(broker, topics["feedback"], fb)  # labels arrive after their predictions, as in life
+    wait_for(lambda: svc.stats.feedback >= len(fb), 60, "feedback consumed")
+    assert running.stop() == 0
+    kafka_alarms = read_alarms(tmp_path / "alarms.jsonl")
+
+    # the same events through `driftline replay`
+    (tmp_path / "p.jsonl").write_bytes(to_jsonl(preds) + b"".join(v + b"\n" for _, v in bad))
+    (tmp_path / "f.jsonl").write_bytes(to_jsonl(fb))
+    cfg = tmp_path / "replay.yml"
+    cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
+    out = tmp_path / "replay-alarms.jsonl"
+    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "--feedback", str(tmp_path / "f.jsonl"),
+                 "--config", str(cfg), "--alarms", str(out), "--quiet"]) == 0
+    replay_alarms = read_alarms(out)
+    key = lambda a: (a["model"], a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])  # noqa: E731
+    assert sorted(kafka_alarms, key=key) == sorted(replay_alarms, key=key)
+    kinds = {(a["model"], a["kind"]) for a in kafka_alarms}
+    assert ("fraud", "feature_drift") in kinds and ("fraud", "concept_drift") in kinds
+    assert not [a for a in kafka_alarms if a["model"] == "churn"]
+    drift = [a for a in kafka_alarms if a["kind"] == "feature_drift"]
+    assert drift[0]["feature"] == "x0" and drift[0]["first_index"] == 4000
+
+    # malformed records: in the dead-letter topic with their reasons, original bytes kept
+    consumer = KafkaConsumer(topics["dead_letter"], bootstrap_servers=broker.bootstrap_servers,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    letters = {m.value: dict(m.headers)["driftline-reason"].decode() for m in consumer}
+    consumer.close()
+    assert letters == {b"{oops": "invalid_json", bad[1][1]: "missing_field", bad[2][1]: "wrong_type"}
+    replay_dead = (tmp_path / "replay-alarms.jsonl.dead-letters.jsonl").read_bytes().splitlines()
+    assert sorted(orjson.loads(x)["reason"] for x in replay_dead) == ["invalid_json", "missing_field", "wrong_type"]
+
+
+def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tmp_path):
+    events = prediction_events(20_000, model="fraud", seed=5, shift_at=15_000, shift=0.8)
+    produce(broker, topics["predictions"], events)
+    settings = settings_for(broker, topics, tmp_path, )
+    first = Running(settings)
+    wait_for(lambda: first.service.stats.predictions >= 3_000, 90, "some events consumed")
+    assert first.stop() == 0  # stopped in the middle of the stream
+    consumed_first = first.service.stats.predictions
+    assert consumed_first < len(events)
+
+    second = Running(settings)  # resumes from the committed offsets and the checkpoint
+    wait_for(lambda: second.service.stats.predictions >= len(events) - consumed_first, 90, "the rest consumed")
+    time.sleep(1.0)
+    assert second.stop() == 0
+    assert first.service.stats.predictions + second.service.stats.predictions == len(events)
+    alarms = read_alarms(tmp_path / "alarms.jsonl")
+    assert [(a["feature"], a["first_index"]) for a in alarms if a["kind"] == "feature_drift"] == [("x0", 15000)]
