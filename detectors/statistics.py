@@ -116,6 +116,11 @@ def _searchsorted_rows(
     return positions - (np.arange(d, dtype=np.int64) * m)[:, None]
 
 
+def _take_rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``np.take_along_axis(a, index, axis=1)`` for 2-D arrays, as one flat ``take``."""
+    return a.ravel().take(index + (np.arange(a.shape[0]) * a.shape[1])[:, None])
+
+
 def _sorted_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Finite values of each column of an (n, d) array as sorted rows of a (d, max(n, 1))
     array padded with ``+inf``, and the number of finite values per column."""
@@ -482,8 +487,8 @@ def numeric_drift(reference: NumericReference, window: Any, ks_method: str = "as
     right = _searchsorted_rows(reference.sorted_values, rows, "right", reference._keys)
     right = np.where(valid, np.minimum(right, m[:, None]), 0)
     last_at_or_below = np.maximum(right - 1, 0)
-    tied = (right > 0) & (np.take_along_axis(reference.sorted_values, last_at_or_below, 1) == rows)
-    left = np.where(tied, np.take_along_axis(reference._tie_start, last_at_or_below, 1), right)
+    tied = (right > 0) & (_take_rows(reference.sorted_values, last_at_or_below) == rows)
+    left = np.where(tied, _take_rows(reference._tie_start, last_at_or_below), right)
 
     # KS: sup |F_ref - F_win| is reached just below or at a window value
     below = left / m_safe - index / n_safe
@@ -497,8 +502,7 @@ def numeric_drift(reference: NumericReference, window: Any, ks_method: str = "as
         whole = t // n_safe
         frac = (t - whole * n_safe) / n_safe
         return (
-            np.take_along_axis(reference._prefix, whole, 1)
-            + frac * np.take_along_axis(reference._centered, whole, 1)
+            _take_rows(reference._prefix, whole) + frac * _take_rows(reference._centered, whole)
         ) / m_safe
 
     grid = np.minimum(np.arange(n_max + 1, dtype=np.int64)[None, :] * m[:, None], (n * m)[:, None])
@@ -559,17 +563,27 @@ def _as_codes(codes: Any, n_categories: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _bucket_counts(codes: np.ndarray, n_categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bucket_layout(n_categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Where each feature's codes go in one flat bincount: per feature the slots
+    missing, 0 .. K_j - 1, other. Returns the (d,) shift to add to code + 0 (so that -1
+    lands on the feature's first slot), the (d, K_max + 2) gather index back to a padded
+    layout (padding points at the always-empty slot ``total``), and ``total``."""
+    slots = n_categories + 2
+    starts = np.concatenate([[0], np.cumsum(slots)[:-1]]).astype(np.int64)
+    total = int(slots.sum())
+    width = int(n_categories.max(initial=0)) + 2
+    column = np.arange(width)[None, :]
+    gather = np.where(column < slots[:, None], starts[:, None] + column, total)
+    return starts + 1, gather, total
+
+
+def _bucket_counts(
+    codes: np.ndarray, layout: tuple[np.ndarray, np.ndarray, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature counts of codes 0..K_j (K_j = other) as a (d, K_max + 1) array with
     zero padding, and the (d,) counts of missing codes (-1): one offset bincount."""
-    slots = n_categories + 2  # missing, K_j known categories, other
-    offsets = np.concatenate([[0], np.cumsum(slots)[:-1]])
-    total = int(slots.sum())
-    counts = np.bincount((codes + 1 + offsets[None, :]).ravel(), minlength=total + 1)
-    width = int(n_categories.max(initial=0)) + 2
-    gather = offsets[:, None] + np.arange(width)[None, :]
-    gather = np.where(np.arange(width)[None, :] < slots[:, None], gather, total)
-    counts = np.append(counts[: total], 0)[gather]
+    shift, gather, total = layout
+    counts = np.bincount((codes + shift).ravel(), minlength=total + 1)[gather]
     return counts[:, 1:], counts[:, 0]
 
 
@@ -598,10 +612,14 @@ class CategoricalReference:
     count: np.ndarray
     missing_rate: np.ndarray
     _smoothed: np.ndarray = field(init=False, repr=False)
+    _valid: np.ndarray = field(init=False, repr=False)
+    _layout: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         valid = np.arange(self.proportions.shape[1]) <= self.n_categories[:, None]
         object.__setattr__(self, "_smoothed", smooth_proportions(self.proportions, valid))
+        object.__setattr__(self, "_valid", valid)
+        object.__setattr__(self, "_layout", _bucket_layout(self.n_categories))
         _freeze(self)
 
     @property
@@ -634,7 +652,7 @@ class CategoricalReference:
             )
         sizes = sizes.astype(np.int64)
         arr = _as_codes(codes, sizes, "codes")
-        buckets, missing = _bucket_counts(arr, sizes)
+        buckets, missing = _bucket_counts(arr, _bucket_layout(sizes))
         count = buckets.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             proportions = np.where(count[:, None] > 0, buckets / count[:, None], 0.0)
@@ -735,10 +753,10 @@ def categorical_drift(reference: CategoricalReference, codes: Any) -> Categorica
         raise ValueError(f"reference must be a CategoricalReference, got {type(reference).__name__}")
     sizes = reference.n_categories
     arr = _as_codes(codes, sizes, "codes")
-    buckets, missing = _bucket_counts(arr, sizes)
+    buckets, missing = _bucket_counts(arr, reference._layout)
     n = buckets.sum(axis=1)
     usable = (n > 0) & (reference.count > 0)
-    valid = np.arange(buckets.shape[1]) <= sizes[:, None]
+    valid = reference._valid
     window_p = smooth_proportions(buckets, valid)
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = n[:, None] * reference._smoothed
@@ -749,10 +767,10 @@ def categorical_drift(reference: CategoricalReference, codes: Any) -> Categorica
         if testable.any():
             # chi2.sf without the distribution machinery (what scipy.stats.chi2 calls)
             p_value[testable] = special.chdtrc(sizes[testable], chi2[testable])
-        psi, _ = _psi_js(reference._smoothed, window_p)
+        psi = ((window_p - reference._smoothed) * np.log(window_p / reference._smoothed)).sum(1)
         raw = buckets / n[:, None]
         tv = 0.5 * np.abs(np.where(valid, raw - reference.proportions, 0.0)).sum(axis=1)
-        unseen = np.take_along_axis(buckets, sizes[:, None], axis=1)[:, 0] / n
+        unseen = buckets[np.arange(sizes.size), sizes] / n
         missing_rate = missing / np.float64(arr.shape[0])
     return CategoricalDrift(
         chi2_statistic=chi2,

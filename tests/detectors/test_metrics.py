@@ -46,7 +46,7 @@ rows = st.tuples(
 )
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=150)
 @given(st.lists(rows, min_size=0, max_size=40), st.sampled_from([1, 2]))
 def test_classification_against_river_and_pairwise_auc(window, positive):
     y_true, y_pred, y_score = (np.array(c, dtype=float).reshape(-1) for c in zip(*window)) if window \
@@ -113,7 +113,7 @@ regression_rows = st.tuples(
 )
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=150)
 @given(st.lists(regression_rows, min_size=0, max_size=40))
 def test_regression_against_river(window):
     y_true = np.array([r[0] for r in window], dtype=float)

@@ -69,7 +69,7 @@ def feed(test, values, is_candidate, cuts):
     return alarms, result
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None, max_examples=40)
 @given(
     seed=st.integers(0, 10_000),
     p_candidate=st.sampled_from([0.1, 0.2, 0.35]),

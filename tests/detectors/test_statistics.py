@@ -110,7 +110,7 @@ values_or_missing = st.one_of(
 )
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=150)
 @given(
     st.integers(1, 3).flatmap(
         lambda d: st.tuples(
@@ -227,7 +227,7 @@ def test_categorical_matches_scipy():
     assert (drift.chi2_p_value[[0, 1, 3, 4]] < 1e-6).all()  # unseen values are drift
 
 
-@settings(deadline=None, max_examples=50)
+@settings(deadline=None, max_examples=120)
 @given(
     st.lists(st.integers(0, 6), min_size=1, max_size=4).flatmap(
         lambda sizes: st.tuples(

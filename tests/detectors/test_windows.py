@@ -23,7 +23,7 @@ def expected_windows(stream, indices, size, step):
     return out
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=150)
 @given(
     size=st.integers(1, 8),
     step=st.integers(1, 10),
