@@ -46,23 +46,33 @@ from detectors._kernels import scan_with_restarts
 __all__ = ["ADWIN"]
 
 # Above this many (check, bucket) cells, the checks of a batch are evaluated in pieces.
-_MAX_CELLS = 1 << 19
+_MAX_CELLS = 1 << 16
 
 
-def _created_counts(n: Any, max_buckets: int, n_levels: int | None = None) -> np.ndarray:
+def _created_counts(n: Any, max_buckets: int, n_levels: int) -> np.ndarray:
     """How many buckets of each level were ever created after ``n`` insertions.
 
     Level 0 receives every sample; a level merges its two oldest buckets each time it
-    reaches ``max_buckets + 1`` of them, which happens first at its ``max_buckets + 1``-th
-    bucket and then at every second one. Returns an int64 array of shape
-    ``n.shape + (n_levels,)`` (by default, as many levels as the largest ``n`` reaches).
+    reaches ``max_buckets + 1`` of them, so ``c[i + 1] = max(0, (c[i] - max_buckets +
+    1) // 2)``, which unrolls to ``max(0, (n - (max_buckets - 1) * (2**i - 1)) >> i)``.
+    Returns an int64 array of shape ``np.shape(n) + (n_levels,)``.
+
+    Examples
+    --------
+    >>> _created_counts(12, 5, 4).tolist()
+    [12, 4, 0, 0]
     """
-    n = np.asarray(n, dtype=np.int64)
-    levels = [n]
-    while (levels[-1] > max_buckets).any() if n_levels is None else len(levels) < n_levels:
-        c = levels[-1]
-        levels.append(np.where(c > max_buckets, 1 + (c - max_buckets - 1) // 2, 0))
-    return np.stack(levels, axis=-1)
+    level = np.arange(n_levels, dtype=np.int64)
+    shifted = np.asarray(n, dtype=np.int64)[..., None] - (max_buckets - 1) * ((1 << level) - 1)
+    return np.maximum(shifted >> level, 0)
+
+
+def _level_counts(n: int, max_buckets: int) -> list[int]:
+    """:func:`_created_counts` of one ``n``, as Python ints, up to the top level."""
+    counts = [n]
+    while counts[-1] > max_buckets:
+        counts.append((counts[-1] - max_buckets + 1) // 2)
+    return counts
 
 
 def _merge_pairs(totals: np.ndarray, variances: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
@@ -184,9 +194,9 @@ class ADWIN(ChangeDetector):
         max_buckets = self.max_buckets
         width0 = self._width
         width1 = width0 + x.size
-        counts0 = _created_counts(width0, max_buckets)
-        counts1 = _created_counts(width1, max_buckets)
-        n_levels = counts1.size
+        counts0 = _level_counts(width0, max_buckets)
+        counts1 = _level_counts(width1, max_buckets)
+        n_levels = len(counts1)
 
         # Window total and variance after each sample (river's incremental update).
         totals = np.cumsum(np.concatenate(([self._total], x)))
@@ -197,42 +207,45 @@ class ADWIN(ChangeDetector):
             increments = (widths - 1.0) * delta_v * delta_v / widths
         variances = np.cumsum(np.concatenate(([self._variance], increments)))
 
-        # Every bucket of every level that is alive at some point of the batch: the ones
-        # alive before it, then the ones it creates.
-        alive0 = _alive(counts0)
-        splits = np.cumsum(alive0)[:-1]
-        old_totals = np.split(self._bucket_totals, splits)
-        old_variances = np.split(self._bucket_variances, splits)
+        # Per level, every bucket alive at some point of the batch: the ones alive
+        # before it, then the ones it creates; first_index[level] is the number (within
+        # its level) of the first one.
+        counts0 += [0] * (n_levels + 1 - len(counts0))
         level_totals, level_variances, first_index = [], [], []
         new_totals, new_variances = x, np.zeros_like(x)
+        held = 0
         for level in range(n_levels):
-            if level < counts0.size:
-                level_t = np.concatenate((old_totals[level], new_totals))
-                level_v = np.concatenate((old_variances[level], new_variances))
-                first = int(counts0[level] - alive0[level])
-            else:
-                level_t, level_v, first = new_totals, new_variances, 0
-            level_totals.append(level_t)
-            level_variances.append(level_v)
+            first = 2 * counts0[level + 1]
+            alive = counts0[level] - first
+            old_t = self._bucket_totals[held : held + alive]
+            old_v = self._bucket_variances[held : held + alive]
+            held += alive
+            if new_totals.size:
+                old_t = np.concatenate((old_t, new_totals)) if alive else new_totals
+                old_v = np.concatenate((old_v, new_variances)) if alive else new_variances
+            level_totals.append(old_t)
+            level_variances.append(old_v)
             first_index.append(first)
-            if level + 1 < n_levels:
-                merged_before = int(counts0[level + 1]) if level + 1 < counts0.size else 0
-                n_merged = int(counts1[level + 1]) - merged_before
-                # Pairs start at block 2 * merged_before, the first block held here.
+            # Merges into the next level take pairs from the oldest bucket held here.
+            n_merged = 2 * ((counts1[level + 1] if level + 1 < n_levels else 0) - counts0[level + 1])
+            if n_merged:
                 new_totals, new_variances = _merge_pairs(
-                    level_t[: 2 * n_merged], level_v[: 2 * n_merged], float(2**level)
+                    old_t[:n_merged], old_v[:n_merged], float(1 << level)
                 )
+            else:
+                new_totals = new_variances = x[:0]
 
         hit = self._first_drift(width0, width1, totals, variances, level_totals, first_index)
         if hit >= 0:
             return hit
 
-        alive1 = _alive(counts1)
+        counts1.append(0)
         keep_t, keep_v = [], []
         for level in range(n_levels):
-            stop = int(counts1[level]) - first_index[level]
-            keep_t.append(level_totals[level][stop - alive1[level] : stop])
-            keep_v.append(level_variances[level][stop - alive1[level] : stop])
+            start = 2 * counts1[level + 1] - first_index[level]
+            stop = counts1[level] - first_index[level]
+            keep_t.append(level_totals[level][start:stop])
+            keep_v.append(level_variances[level][start:stop])
         self._width = width1
         self._total = float(totals[-1])
         self._variance = float(variances[-1])
@@ -276,49 +289,42 @@ class ADWIN(ChangeDetector):
         level_totals: list[np.ndarray],
         first_index: list[int],
     ) -> int:
-        max_buckets = self.max_buckets
+        max_buckets, min_len = self.max_buckets, self.min_window_length
         n_levels = len(level_totals)
         counts = _created_counts(checks, max_buckets, n_levels + 1)
-        alive = counts[:, :-1] - 2 * counts[:, 1:]
         # Columns: levels from the top down, then buckets oldest first (river's scan).
+        # Level i holds buckets 2 * counts[i + 1] .. counts[i] - 1 at a check.
+        counts_here, counts_next = counts[:, n_levels - 1 :: -1], counts[:, n_levels:0:-1]
+        sizes = [t.size for t in level_totals]
+        level_start = np.cumsum([0] + sizes[:-1]) - np.asarray(first_index)
         slot = np.arange(max_buckets)
-        offsets = np.cumsum([0] + [t.size for t in level_totals])
-        first = offsets[:-1] - np.asarray(first_index)
-        index = (first + 2 * counts[:, 1:])[:, ::-1, None] + slot
-        valid = slot < alive[:, ::-1, None]
-        flat_totals = np.concatenate(level_totals)
-        index = np.where(valid, index, 0).reshape(checks.size, -1)
-        valid = valid.reshape(checks.size, -1)
-        bucket_totals = np.where(valid, flat_totals[index], 0.0)
-        sizes = np.where(valid, np.repeat(2 ** np.arange(n_levels - 1, -1, -1), max_buckets), 0)
-
-        at = checks - width0
-        n0 = np.cumsum(sizes, axis=1)
-        n1 = checks[:, None] - n0
-        u0 = np.cumsum(bucket_totals, axis=1)
-        u1 = np.subtract.accumulate(
-            np.concatenate((totals[at][:, None], bucket_totals), axis=1), axis=1
-        )[:, 1:]
-        min_len = self.min_window_length
-        rows, cols = np.nonzero(valid & (n0 >= min_len) & (n1 >= min_len))
-        if rows.size == 0:
-            return -1
-        n0 = n0[rows, cols].astype(np.float64)
-        n1 = n1[rows, cols].astype(np.float64)
-        delta_mean = u0[rows, cols] / n0 - u1[rows, cols] / n1
+        index = (level_start[::-1] + 2 * counts_next)[:, :, None] + slot
+        valid = slot < (counts_here - 2 * counts_next)[:, :, None]
+        # Padding cells read a 0.0 appended after the buckets: they repeat the cut
+        # before them (same n0, n1, u0, u1), so they change no decision.
+        flat_totals = np.concatenate(level_totals + [np.zeros(1)])
+        index = np.where(valid, index, flat_totals.size - 1).reshape(checks.size, -1)
+        bucket_totals = flat_totals[index]
+        bucket_sizes = np.repeat(2.0 ** np.arange(n_levels - 1, -1, -1), max_buckets)
+        n0 = np.cumsum(valid.reshape(checks.size, -1) * bucket_sizes, axis=1)
         width = checks.astype(np.float64)
-        delta_prime = np.array(
-            [math.log(2.0 * math.log(w) / self.delta) for w in width.tolist()]
-        )[rows]
-        variance = (variances[at] / width)[rows]
-        m_recip = 1.0 / (n0 - min_len + 1.0) + 1.0 / (n1 - min_len + 1.0)
-        epsilon = np.sqrt(2.0 * m_recip * variance * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
-        cut = np.flatnonzero(np.abs(delta_mean) > epsilon)
-        if cut.size == 0:
-            return -1
-        return int(checks[rows[cut[0]]] - width0 - 1)
+        n1 = width[:, None] - n0
+        u0 = np.cumsum(bucket_totals, axis=1)
+        at = checks - width0
+        u1 = np.empty((checks.size, bucket_totals.shape[1] + 1))
+        u1[:, 0] = totals[at]
+        u1[:, 1:] = bucket_totals
+        np.subtract.accumulate(u1, axis=1, out=u1)
+        # The cut after the last bucket has n1 == 0 (river's exit_flag): excluded here.
+        candidate = (n0 >= min_len) & (n1 >= min_len)
+        delta_prime = np.array([math.log(2.0 * math.log(w) / self.delta) for w in width.tolist()])
+        variance = variances[at] / width
+        with np.errstate(divide="ignore", invalid="ignore"):  # non-candidate cells
+            delta_mean = u0 / n0 - u1[:, 1:] / n1
+            m_recip = 1.0 / (n0 - (min_len - 1)) + 1.0 / (n1 - (min_len - 1))
+            epsilon = np.sqrt(2.0 * m_recip * variance[:, None] * delta_prime[:, None])
+            epsilon += (2.0 / 3.0 * delta_prime)[:, None] * m_recip
+            cut = candidate & (np.abs(delta_mean) > epsilon)
+        rows = np.flatnonzero(cut.any(axis=1))
+        return int(checks[rows[0]] - width0 - 1) if rows.size else -1
 
-
-def _alive(counts: np.ndarray) -> np.ndarray:
-    """Buckets alive per level, from the created counts of :func:`_created_counts`."""
-    return counts - 2 * np.append(counts[1:], 0)
