@@ -75,12 +75,18 @@ def _level_counts(n: int, max_buckets: int) -> list[int]:
     return counts
 
 
-def _merge_pairs(totals: np.ndarray, variances: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Merge consecutive pairs of buckets of ``size`` samples, in river's arithmetic order."""
+def _merge_pairs(
+    totals: np.ndarray, variances: np.ndarray | None, size: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge consecutive pairs of buckets of ``size`` samples, in river's arithmetic order
+    (``variances`` None: all zero, as for single samples, where ``0 + 0 + spread`` is
+    ``spread`` and ``t / 1.0`` is ``t``)."""
     t0, t1 = totals[0::2], totals[1::2]
-    diff = t0 / size - t1 / size
-    merged_variances = (variances[0::2] + variances[1::2]) + size * 0.5 * diff * diff
-    return t0 + t1, merged_variances
+    diff = t0 - t1 if size == 1.0 else t0 / size - t1 / size
+    spread = size * 0.5 * diff * diff
+    if variances is None:
+        return t0 + t1, spread
+    return t0 + t1, (variances[0::2] + variances[1::2]) + spread
 
 
 class ADWIN(ChangeDetector):
@@ -110,10 +116,13 @@ class ADWIN(ChangeDetector):
     its core), so this detector restarts from an empty window right after the drifting
     sample; :attr:`width` is then 0. Memory is O(``max_buckets`` * log n) between
     batches. Values are processed as float64; non-finite values are skipped and counted
-    by the base class.
+    by the base class; finite values so large that the window's sums overflow give
+    inf/nan statistics and, as in river, no cut. With ``max_buckets=1`` river 0.26's
+    core panics when it shrinks a window after a cut; this class reports that drift.
 
-    Python loops: over the O(log n) levels of the histogram, over drifts, and one
-    ``math.log`` per clock check (see the module docstring); never over samples.
+    Python loops: over the O(log n) levels of the histogram, over drifts, over blocks of
+    checks (to bound temporaries) and one ``math.log`` per clock check (see the module
+    docstring); never over samples.
 
     Examples
     --------
@@ -200,11 +209,13 @@ class ADWIN(ChangeDetector):
 
         # Window total and variance after each sample (river's incremental update).
         totals = np.cumsum(np.concatenate(([self._total], x)))
-        widths = np.arange(width0 + 1, width1 + 1, dtype=np.float64)
-        previous = np.maximum(widths - 1.0, 1.0)
-        with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf, as in river
-            delta_v = x - totals[:-1] / previous
-            increments = (widths - 1.0) * delta_v * delta_v / widths
+        before = np.arange(width0, width1, dtype=np.float64)  # window length before each
+        # huge values overflow to inf as in river; 0 / 0 at an empty window is replaced
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta_v = x - totals[:-1] / before
+            increments = before * delta_v * delta_v / (before + 1.0)
+        if width0 == 0:
+            increments[0] = 0.0
         variances = np.cumsum(np.concatenate(([self._variance], increments)))
 
         # Per level, every bucket alive at some point of the batch: the ones alive
@@ -212,7 +223,7 @@ class ADWIN(ChangeDetector):
         # its level) of the first one.
         counts0 += [0] * (n_levels + 1 - len(counts0))
         level_totals, level_variances, first_index = [], [], []
-        new_totals, new_variances = x, np.zeros_like(x)
+        new_totals, new_variances = x, None
         held = 0
         for level in range(n_levels):
             first = 2 * counts0[level + 1]
@@ -221,6 +232,8 @@ class ADWIN(ChangeDetector):
             old_v = self._bucket_variances[held : held + alive]
             held += alive
             if new_totals.size:
+                if new_variances is None:
+                    new_variances = np.zeros_like(new_totals)
                 old_t = np.concatenate((old_t, new_totals)) if alive else new_totals
                 old_v = np.concatenate((old_v, new_variances)) if alive else new_variances
             level_totals.append(old_t)
@@ -230,7 +243,7 @@ class ADWIN(ChangeDetector):
             n_merged = 2 * ((counts1[level + 1] if level + 1 < n_levels else 0) - counts0[level + 1])
             if n_merged:
                 new_totals, new_variances = _merge_pairs(
-                    old_t[:n_merged], old_v[:n_merged], float(1 << level)
+                    old_t[:n_merged], old_v[:n_merged] if level else None, float(1 << level)
                 )
             else:
                 new_totals = new_variances = x[:0]
