@@ -259,3 +259,24 @@ def test_categorical_validation_and_state():
 
 def test_docstring_examples():
     assert doctest.testmod(statistics).failed == 0
+
+
+def test_kstwo_sf_matches_scipy_on_every_branch():
+    # every branch of scipy's _kolmogn for the sf, including the vectorized Smirnov one
+    n = np.repeat([1.0, 50.0, 140.0, 141.0, 909.0, 1014.0, 3000.0, 20_000.0, 25_000.0], 60)
+    squared = np.tile(np.r_[np.linspace(0.01, 2.3, 30), np.linspace(2.19, 400.0, 30)], 9)
+    x = np.minimum(np.sqrt(squared / n), 0.999)
+    x = np.r_[x, 0.0, 1.0, 0.6, 0.3]
+    n = np.r_[n, 909.0, 909.0, 909.0, 4.0]
+    expected = stats.kstwo.sf(x, n)
+    np.testing.assert_allclose(statistics._kstwo_sf(x, n), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_ks_p_value_of_drifting_features_matches_scipy():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(10_000, 8))
+    win = rng.normal(np.linspace(0.05, 0.4, 8), 1.0, size=(1_000, 8))
+    drift = numeric_drift(NumericReference.fit(ref), win)
+    for j in range(8):
+        expected = stats.ks_2samp(win[:, j], ref[:, j], method="asymp").pvalue
+        assert drift.ks_p_value[j] == pytest.approx(expected, rel=1e-9, abs=1e-12)
