@@ -195,7 +195,10 @@ class ADWIN(ChangeDetector):
         return drifts, EMPTY_INDEX
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
-        return self._advance(x), EMPTY_INDEX
+        # Values near the float64 limit overflow the window's sums to inf and the cut
+        # statistics to nan, as in river's loop (where nan compares false: no cut).
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._advance(x), EMPTY_INDEX
 
     def _advance(self, x: np.ndarray) -> int:
         """Feed ``x`` from the current state; return the index of the first drift in
@@ -210,10 +213,10 @@ class ADWIN(ChangeDetector):
         # Window total and variance after each sample (river's incremental update).
         totals = np.cumsum(np.concatenate(([self._total], x)))
         before = np.arange(width0, width1, dtype=np.float64)  # window length before each
-        # huge values overflow to inf as in river; 0 / 0 at an empty window is replaced
-        with np.errstate(over="ignore", invalid="ignore"):
+        # 0 / 0 at an empty window is replaced below
+        with np.errstate(invalid="ignore"):
             delta_v = x - totals[:-1] / before
-            increments = before * delta_v * delta_v / (before + 1.0)
+        increments = before * delta_v * delta_v / (before + 1.0)
         if width0 == 0:
             increments[0] = 0.0
         variances = np.cumsum(np.concatenate(([self._variance], increments)))

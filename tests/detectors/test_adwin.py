@@ -164,6 +164,17 @@ def test_non_finite_values_are_skipped_and_counted():
     assert found.drifts.tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [[1e308, 1e308, -1e308, 5e307], [5e-324, 0.0, -5e-324, 1e-310], [0.0, -0.0, 1e-300, 3.0]],
+)
+def test_extreme_values_match_river_without_warnings(pattern):
+    stream = np.array(pattern * 150)
+    stream[300:] *= 0.5
+    for clock in (1, 32):
+        assert ADWIN(clock=clock).update(stream).drifts.tolist() == river_drifts(stream, clock=clock)
+
+
 def test_empty_batch_and_caller_array_untouched():
     detector = ADWIN()
     assert detector.update(np.empty(0)).drifts.size == 0
