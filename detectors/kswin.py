@@ -15,9 +15,12 @@ depends on ``h`` alone: the decision is a table over ``h`` computed once with sc
 (:func:`ks_table`). Per batch, all tests are one 2-D computation: the draws of every
 test come from the sampler at once (one row per test), every value is replaced by its
 rank among the batch's values, and :func:`ks_distances` sorts the (tests, 2 *
-stat_size) block of ranks and reads ``h`` off a running count. The only Python loops are
-over drifts (the detector restarts after each) and, in the default sampler, over the
-``stat_size`` draws of Floyd's sampling algorithm.
+stat_size) block of ranks and reads ``h`` off a running count. The Python loops are
+over drifts (the detector restarts after each), over blocks of a few thousand tests
+(to keep temporaries in cache), over the ``2 * stat_size`` positions of the running
+count and, in the default sampler, over the ``stat_size`` steps of Floyd's sampling
+algorithm: each step is one vector operation over all the tests of a block, and none of
+these loops runs once per sample.
 """
 
 from __future__ import annotations
@@ -212,8 +215,9 @@ class KSWIN(ChangeDetector):
     Memory is O(``window_size``); values are processed as float64, non-finite values
     are skipped and counted by the base class.
 
-    Python loops: over drifts, and over the ``stat_size`` steps of the default
-    sampler; never over samples.
+    Python loops: over drifts, over blocks of tests, over the ``2 * stat_size``
+    positions of :func:`ks_distances` and the ``stat_size`` steps of the default
+    sampler (see the module docstring); never over samples.
 
     Examples
     --------
