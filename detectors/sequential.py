@@ -265,11 +265,9 @@ class TwoSampleMSPRT:
             "type": type(self).__name__,
             "params": {name: getattr(self, name) for name in self._PARAMS},
             "fields": {
-                "n": self._n.copy(),
-                "sum": self._sum.copy(),
-                "sum_sq": self._sum_sq.copy(),
-                "shift": self._shift,
-                "max_log_lambda": self._max_log_lambda,
+                key.lstrip("_"): (value.copy() if isinstance(value, np.ndarray) else value)
+                for key in self._STATE_KEYS
+                for value in (getattr(self, key),)
             },
         }
 
