@@ -38,6 +38,8 @@ def encode_state(obj: Any) -> Any:
             if any(not isinstance(k, str) for k in obj) else {k: encode_state(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [encode_state(v) for v in obj]
+    if isinstance(obj, bytes):
+        return {"__bytes__": base64.b64encode(obj).decode("ascii")}
     if isinstance(obj, float) and not np.isfinite(obj):
         return {"__float__": repr(obj)}
     return obj
@@ -51,6 +53,8 @@ def decode_state(obj: Any) -> Any:
             return np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
         if "__pylist__" in obj:
             return np.array([decode_state(v) for v in obj["__pylist__"]], dtype=object)
+        if "__bytes__" in obj:
+            return base64.b64decode(obj["__bytes__"])
         if "__float__" in obj:
             return float(obj["__float__"])
         if "__dict__" in obj:

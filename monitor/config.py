@@ -82,7 +82,7 @@ class DriftSettings(_Strict):
     alarm_on: Literal["p_value", "psi"] = "p_value"
     """``p_value``: alarm when the corrected KS (numeric) or chi-squared (categorical)
     p-value is below ``alpha``; ``psi``: alarm when PSI exceeds ``psi_threshold``."""
-    alpha: float = Field(1e-4, gt=0, lt=1)
+    alpha: float = Field(1e-5, gt=0, lt=1)
     correction: Literal["bonferroni", "bh", "none"] = "bh"
     psi_threshold: float = Field(0.2, gt=0)
     psi_bins: int = Field(10, ge=2, le=100)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -362,17 +361,36 @@ def format_summary(
 # ---- running it -----------------------------------------------------------------------
 
 
-def _scrape_gauge(url: str, name: str) -> float | None:
-    """One sample of an unlabelled metric from a Prometheus text endpoint (None: absent,
-    nan: the endpoint did not answer)."""
+def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    """The samples of a Prometheus text endpoint by name (None: it did not answer)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = httpx.get(url, timeout=2.0).text
     except httpx.HTTPError:
-        return float("nan")
-    m = re.search(rf"^{re.escape(name)}(?:\{{\}})? (\S+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else None
+        return None
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return out
+
+
+def _caught_up(url: str | None, stats: PublishStats) -> bool:
+    """Whether the monitor has consumed every record sent and delivered its webhooks
+    (``driftline_events_consumed_total`` per stream against what was sent, and an empty
+    webhook outbox)."""
+    if url is None:
+        return True
+    samples = _scrape(url)
+    if samples is None:
+        return False
+    consumed = {labels.get("stream"): v for labels, v in samples.get("driftline_events_consumed_total", [])}
+    pending = samples.get("driftline_webhook_outbox_pending", [])
+    return (consumed.get("predictions", 0) >= stats.predictions
+            and consumed.get("feedback", 0) >= stats.feedback
+            and all(v == 0 for _, v in pending))
 
 
 def _counts(service: Any) -> tuple[int, int]:
@@ -535,25 +553,23 @@ def run_demo(
         stats = publish(generate(scenario), broker.bootstrap_servers, rate=rate or None,
                         stop=stop, on_progress=on_progress, progress_every=500)
 
-        # Let the monitor catch up: every prediction and label processed, nothing
-        # left in the webhook outbox.
+        # Let the monitor catch up: every record consumed, nothing left in the webhook
+        # outbox, three checks in a row (a trigger enters the outbox at a batch's end).
         deadline = time.monotonic() + catch_up_timeout
         produce_rate = stats.predictions / max(stats.seconds, 1e-9)
+        streak = 0
         while not stop.is_set() and not service_result and time.monotonic() < deadline:
-            consumed, labelled = _counts(service)
+            consumed, _ = _counts(service)
             progress.show(stats.predictions, produce_rate, consumed, len(tail.poll()),
                           len(receiver.triggers))
-            pending = _scrape_gauge(metrics_url, "driftline_webhook_outbox_pending") if metrics_url else 0.0
-            # None: the endpoint has no outbox gauge (no webhook sink); nan: scrape failed
-            if consumed >= stats.predictions and labelled >= stats.feedback and pending in (0.0, None):
+            streak = streak + 1 if _caught_up(metrics_url, stats) else 0
+            if streak >= 3:
                 break
-            stop.wait(0.25)
+            stop.wait(0.5)
         else:
             if not stop.is_set() and not service_result:
-                consumed, labelled = _counts(service)
-                log.warning("the monitor had not caught up after %.0fs: %d/%d predictions, "
-                            "%d/%d labels", catch_up_timeout, consumed, stats.predictions,
-                            labelled, stats.feedback)
+                log.warning("the monitor had not caught up after %.0fs (records not yet "
+                            "consumed or webhooks not yet delivered)", catch_up_timeout)
         time.sleep(0.5)  # the last batch's alarms reach the JSONL file at its commit
         progress.show(stats.predictions, produce_rate, _counts(service)[0], len(tail.poll()),
                       len(receiver.triggers), force=True)

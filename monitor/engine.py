@@ -46,7 +46,7 @@ from detectors.statistics import (
 from detectors.windows import SlidingWindow, TumblingWindow
 from monitor.alarms import Alarm
 from monitor.config import ModelSettings, Settings
-from monitor.decode import DeadLetter, DecodedBatch, Predictions, Schema, columnarize
+from monitor.decode import DeadLetter, DecodedBatch, FileRecord, Predictions, Schema, columnarize, dead_letter
 from monitor.join import LabelJoin, Labelled
 from monitor.snapshot import FeatureStatistic, VersionSnapshot
 
@@ -187,6 +187,7 @@ class VersionMonitor:
         lat = w[:, _LAT]
         lat = lat[np.isfinite(lat)]
         self.latency_ms = float(lat.mean()) if lat.size else None
+        latency_alarms = self._latency_regression(first, last, ts)
         d_num = len(schema.numeric)
         num = w[:, _FIXED:_FIXED + d_num]
         codes = w[:, _FIXED + d_num:].astype(np.int64)
@@ -227,7 +228,26 @@ class VersionMonitor:
             alarms += palarms
         self.drift = tuple(stats)
         self.quality = quality
-        return alarms
+        return alarms + latency_alarms
+
+    def _latency_regression(self, first: int, last: int, ts: float) -> list[Alarm]:
+        """A newer version whose window latency exceeds the model's latency baseline
+        (the stable version's first window) by more than the tolerance."""
+        m = self.model
+        cfg = m.settings.regression
+        if self.latency_ms is None or not cfg.enabled:
+            return []
+        if self.version == m.stable_version():
+            if m.latency_baseline is None:
+                m.latency_baseline = self.latency_ms
+            return []
+        base = m.latency_baseline
+        if base is None or base <= 0:
+            return []
+        limit = base * (1 + cfg.latency_tolerance)
+        if _edge(self.alarming, "latency", self.latency_ms > limit):
+            return [self._alarm("regression", "latency", "latency_ms", self.latency_ms, limit, None, first, last, ts)]
+        return []
 
     def _prediction_drift(self, pred: np.ndarray, first: int, last: int, ts: float):
         m = self.model
@@ -459,7 +479,7 @@ class ModelMonitor:
         self.label_encoder = _Encoder()
         self.positive_code = 1.0
         self.regression: dict[str, TwoSampleMSPRT] = {}
-        self.regression_alarming: dict[str, int] = {}
+        self.latency_baseline: float | None = None
         self.dropped_features = 0
         if reference is not None:
             self._build_reference(reference.features, reference.prediction)
@@ -520,7 +540,7 @@ class ModelMonitor:
                 feats, preds, sources = zip(*self._buffer)
                 bad = self._build_reference(list(feats), list(preds))
                 for i in bad:
-                    result.dead_letters.append(DeadLetter(*sources[i], "wrong_type", "a feature value has the wrong type"))
+                    result.dead_letters.append(dead_letter(sources[i], "wrong_type", "a feature value has the wrong type"))
                 self._buffer = []
                 if self.dropped_features:
                     result.feature_overflow[self.name] += self.dropped_features
@@ -538,15 +558,14 @@ class ModelMonitor:
         versions = np.asarray(p.versions[start:], dtype=object)
         if bad.any():
             for i in np.flatnonzero(bad).tolist():
-                result.dead_letters.append(DeadLetter(*p.sources[start + i], "wrong_type",
-                                                      "a numeric feature holds a value that is not a number"))
+                result.dead_letters.append(dead_letter(p.sources[start + i], "wrong_type",
+                                                       "a feature holds a value of the wrong type"))
             rows, versions = rows[~bad], versions[~bad]
         if len(rows) == 0:
             return
         for version in dict.fromkeys(versions.tolist()):
             vm = self._version(version)
             result.alarms.extend(vm.add(rows[versions == version]))
-        self._latency_regression(result)
 
     def _prediction_column(self, values: list[Any]) -> np.ndarray:
         if self.pred_kind == "numeric":
@@ -652,22 +671,6 @@ class ModelMonitor:
                     "regression", "msprt", "error_rate", diff, cfg.alpha, None,
                     int(sub[: i + 1, _L_IDX].min()), int(sub[i, _L_IDX]), float(sub[i, _L_TS])))
 
-    def _latency_regression(self, result: EngineResult) -> None:
-        cfg = self.settings.regression
-        stable = self.stable_version()
-        if not cfg.enabled or stable is None or stable not in self.versions:
-            return
-        base = self.versions[stable].latency_ms
-        for name, vm in self.versions.items():
-            if name == stable or vm.latency_ms is None or base is None or base <= 0:
-                continue
-            worse = vm.latency_ms > base * (1 + cfg.latency_tolerance)
-            if _edge(self.regression_alarming, f"latency:{name}", worse) and vm.last_ts is not None:
-                first = max(0, self.n_events - self.settings.window.size)
-                result.alarms.append(vm._alarm("regression", "latency", "latency_ms", vm.latency_ms,
-                                               base * (1 + cfg.latency_tolerance), None, first,
-                                               self.n_events - 1, vm.last_ts))
-
     # -- views and state --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -681,7 +684,8 @@ class ModelMonitor:
             "pred_ref": None if self.pred_ref is None else self.pred_ref.to_state(),
             "pred_vocab": dict(self.pred_encoder.vocab),
             "ref_missing": dict(self.ref_missing),
-            "buffer": [[f, p, list(src)] for f, p, src in self._buffer],
+            "buffer": [[f, p, [r.topic, r.partition, r.offset, r.timestamp, r.key, r.value]]
+                       for f, p, r in self._buffer],
             "versions": {name: vm.state_dict() for name, vm in self.versions.items()},
             "version_events": dict(self.version_events),
             "join": self.join.state_dict(),
@@ -689,7 +693,7 @@ class ModelMonitor:
             "label_vocab": dict(self.label_encoder.vocab),
             "positive_code": self.positive_code,
             "regression": {name: t.state_dict() for name, t in self.regression.items()},
-            "regression_alarming": dict(self.regression_alarming),
+            "latency_baseline": self.latency_baseline,
             "dropped_features": self.dropped_features,
         }
 
@@ -708,14 +712,14 @@ class ModelMonitor:
         mm.pred_encoder = _Encoder(s["pred_vocab"])
         mm._pred_categories = len(mm.pred_encoder.vocab)
         mm.ref_missing = dict(s["ref_missing"])
-        mm._buffer = [(f, p, tuple(src)) for f, p, src in s["buffer"]]
+        mm._buffer = [(f, p, FileRecord(*src)) for f, p, src in s["buffer"]]
         mm.version_events = Counter(s["version_events"])
         mm.join = LabelJoin.from_state(s["join"])
         mm.task = s["task"]
         mm.label_encoder = _Encoder(s["label_vocab"])
         mm.positive_code = float(s["positive_code"])
         mm.regression = {k: TwoSampleMSPRT.from_state(v) for k, v in s["regression"].items()}
-        mm.regression_alarming = dict(s["regression_alarming"])
+        mm.latency_baseline = s["latency_baseline"]
         mm.dropped_features = int(s["dropped_features"])
         for vname, vs in s["versions"].items():
             vm = mm.versions[vname] = VersionMonitor(mm, vname)

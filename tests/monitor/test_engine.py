@@ -150,3 +150,18 @@ def test_state_does_not_grow_with_the_stream():
         run(engine, interleave(ev, fb), 5000)
         sizes.append(len(orjson.dumps(encode_state(engine.state_dict()))))
     assert max(sizes[1:]) <= sizes[1] * 1.05
+
+
+def test_checkpoint_inside_the_reference_keeps_buffered_records():
+    ev = prediction_events(4_000, seed=40, shift_at=3_000, shift=1.0)
+    ev[500]["features"]["x1"] = [1]  # dead-lettered when the reference is built
+    recs = list(records(ev, "predictions"))
+    whole_alarms, whole_dead = run(Engine(SETTINGS), recs, 700)
+    first = Engine(SETTINGS)
+    a1, d1 = run(first, recs[:1400], 700)  # still collecting the reference
+    assert d1 == [] and not first.models["fraud"].reference_ready
+    second = Engine(SETTINGS)
+    second.load_state(decode_state(orjson.loads(orjson.dumps(encode_state(first.state_dict())))))
+    a2, d2 = run(second, recs[1400:], 700)
+    assert a1 + a2 == whole_alarms and [d.offset for d in d2] == [d.offset for d in whole_dead] == [500]
+    assert d2[0].value == recs[500].value

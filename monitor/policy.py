@@ -1,0 +1,240 @@
+"""The trigger policy: when alarms become a retrain or rollback request.
+
+The engine suggests an action per alarm (``retrain`` for drift, performance and
+data-quality alarms on the stable version, ``rollback`` for ``regression`` alarms on a
+newer version, ``none`` otherwise). The policy decides when those suggestions add up to
+a :class:`Trigger`, which the webhook sink records in its outbox and delivers.
+
+Rules, per (model, action):
+
+- only alarms whose ``action`` is ``retrain`` or ``rollback`` and whose ``kind`` is in
+  ``settings.kinds`` count;
+- they are kept as evidence while they are within ``window_seconds`` of the newest
+  counted alarm, in *event time* (``alarm.ts``), never the wall clock: a replay of the
+  same stream gives the same triggers with the same idempotency keys;
+- a trigger fires when the evidence holds at least ``min_alarms`` alarms and, for
+  ``retrain``, at least ``min_features`` distinct features (an alarm without a feature,
+  such as a concept-drift alarm, counts as one feature of its own);
+- after a trigger the evidence is cleared and alarms earlier than
+  ``trigger.ts + cooldown_seconds`` are ignored: they describe the problem the trigger
+  already reported.
+
+The state is bounded (evidence is pruned to the window and to ``max_evidence`` alarms
+per route) and exported with :meth:`TriggerPolicy.state_dict` for checkpoints.
+
+Examples
+--------
+>>> from monitor.alarms import Alarm
+>>> from monitor.config import TriggerPolicySettings
+>>> policy = TriggerPolicy(TriggerPolicySettings(min_alarms=2))
+>>> def alarm(ts, feature):
+...     return Alarm("fraud", "v7", "feature_drift", "ks", feature, 0.3, 0.1, 1e-6,
+...                  int(ts) * 10, int(ts) * 10 + 9, ts, "retrain")
+>>> policy.observe([alarm(100.0, "amount")])
+[]
+>>> [t.action for t in policy.observe([alarm(160.0, "country")])]
+['retrain']
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from monitor.alarms import Alarm
+from monitor.config import TriggerPolicySettings
+
+__all__ = ["Trigger", "TriggerPolicy", "TRIGGER_ACTIONS", "idempotency_key"]
+
+TRIGGER_ACTIONS: tuple[str, ...] = ("retrain", "rollback")
+
+_STATE_FORMAT = 1
+
+
+def idempotency_key(model: str, action: str, first_index: int, last_index: int) -> str:
+    """The idempotency key of a trigger: a SHA-256 hex digest of what identifies it.
+
+    The same model, action and evidence window (the smallest ``first_index`` and the
+    largest ``last_index`` of the evidence alarms) always give the same key, so a replay
+    after a crash produces the same key and the outbox and receivers can drop the repeat.
+
+    Examples
+    --------
+    >>> idempotency_key("fraud", "retrain", 0, 999)[:12]
+    '06443693dd12'
+    """
+    material = json.dumps(["driftline.trigger/v1", model, action, int(first_index), int(last_index)])
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A decision to request a retrain or a rollback.
+
+    Attributes
+    ----------
+    model, version
+        The model, and the version of the alarm that completed the evidence (for a
+        rollback: the newer version that regressed).
+    action
+        ``retrain`` or ``rollback``.
+    alarms
+        The evidence, oldest first (event time).
+    idempotency_key
+        See :func:`idempotency_key`.
+    first_index, last_index
+        The evidence window in the model's prediction events.
+    ts
+        Event time of the newest evidence alarm.
+    """
+
+    model: str
+    version: str
+    action: str
+    alarms: tuple[Alarm, ...]
+    idempotency_key: str
+    first_index: int
+    last_index: int
+    ts: float
+
+
+@dataclass
+class _Route:
+    """Evidence and cooldown of one (model, action)."""
+
+    evidence: list[Alarm] = field(default_factory=list)  # sorted by ts
+    latest_ts: float = -math.inf
+    cooldown_until: float = -math.inf
+
+
+def _ts(alarm: Alarm) -> float:
+    return alarm.ts
+
+
+class TriggerPolicy:
+    """Turns alarms into retrain / rollback triggers (see the module docstring).
+
+    Parameters
+    ----------
+    settings
+        ``webhooks.policy`` of the configuration.
+    max_evidence
+        Alarms kept per (model, action) at most; the oldest go first beyond it.
+    """
+
+    def __init__(self, settings: TriggerPolicySettings, max_evidence: int = 1000) -> None:
+        if max_evidence < 1:
+            raise ValueError(f"max_evidence must be a positive integer, got {max_evidence!r}")
+        self.settings = settings
+        self.max_evidence = max_evidence
+        self._kinds = frozenset(settings.kinds)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all evidence and cooldowns."""
+        self._routes: dict[tuple[str, str], _Route] = {}
+
+    def observe(self, alarms: Iterable[Alarm]) -> list[Trigger]:
+        """Count ``alarms`` (in the order given) and return the triggers they complete.
+
+        Parameters
+        ----------
+        alarms
+            Alarms of one batch; those that do not count are ignored.
+
+        Returns
+        -------
+        list of Trigger
+            In the order they fired; empty most of the time.
+        """
+        triggers: list[Trigger] = []
+        settings = self.settings
+        for alarm in alarms:
+            if alarm.action not in TRIGGER_ACTIONS or alarm.kind not in self._kinds:
+                continue
+            route = self._routes.setdefault((alarm.model, alarm.action), _Route())
+            if alarm.ts < route.cooldown_until:
+                continue
+            route.latest_ts = max(route.latest_ts, alarm.ts)
+            horizon = route.latest_ts - settings.window_seconds
+            if alarm.ts < horizon:
+                continue  # arrived late, already outside the window
+            evidence = route.evidence
+            bisect.insort_right(evidence, alarm, key=_ts)
+            drop = bisect.bisect_left(evidence, horizon, key=_ts)
+            drop = max(drop, len(evidence) - self.max_evidence)
+            if drop > 0:
+                del evidence[:drop]
+            if len(evidence) < settings.min_alarms:
+                continue
+            if alarm.action == "retrain" and (
+                len({a.feature for a in evidence}) < settings.min_features
+            ):
+                continue
+            triggers.append(self._fire(alarm, route))
+        return triggers
+
+    def _fire(self, alarm: Alarm, route: _Route) -> Trigger:
+        evidence = tuple(route.evidence)
+        first = min(a.first_index for a in evidence)
+        last = max(a.last_index for a in evidence)
+        route.evidence = []
+        route.cooldown_until = route.latest_ts + self.settings.cooldown_seconds
+        return Trigger(
+            model=alarm.model,
+            version=alarm.version,
+            action=alarm.action,
+            alarms=evidence,
+            idempotency_key=idempotency_key(alarm.model, alarm.action, first, last),
+            first_index=first,
+            last_index=last,
+            ts=route.latest_ts,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's state as plain JSON-compatible values (for checkpoints)."""
+        routes = []
+        for (model, action), route in sorted(self._routes.items()):
+            routes.append({
+                "model": model,
+                "action": action,
+                "latest_ts": route.latest_ts if math.isfinite(route.latest_ts) else None,
+                "cooldown_until": (
+                    route.cooldown_until if math.isfinite(route.cooldown_until) else None
+                ),
+                "evidence": [a.to_dict() for a in route.evidence],
+            })
+        return {"format": _STATE_FORMAT, "routes": routes}
+
+    @classmethod
+    def from_state(
+        cls, settings: TriggerPolicySettings, state: dict[str, Any], max_evidence: int = 1000
+    ) -> "TriggerPolicy":
+        """Rebuild a policy from :meth:`state_dict` output.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is not a state of this format.
+        """
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                f"trigger policy state has format {state.get('format')!r}, expected "
+                f"{_STATE_FORMAT}: it was written by another driftline version; delete the "
+                "checkpoint to start the policy afresh"
+            )
+        policy = cls(settings, max_evidence=max_evidence)
+        for entry in state["routes"]:
+            route = _Route(
+                evidence=sorted((Alarm.from_dict(a) for a in entry["evidence"]), key=_ts),
+                latest_ts=-math.inf if entry["latest_ts"] is None else float(entry["latest_ts"]),
+                cooldown_until=(
+                    -math.inf if entry["cooldown_until"] is None else float(entry["cooldown_until"])
+                ),
+            )
+            policy._routes[(entry["model"], entry["action"])] = route
+        return policy
