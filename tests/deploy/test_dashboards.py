@@ -113,17 +113,35 @@ def _top_level(expr: str) -> Iterator[tuple[int, str]]:
         i += 1
 
 
-def split_top_level_or(expr: str) -> list[str]:
-    """The branches of a top-level ``a or b or c``."""
-    text = expr
-    cuts = [i for i, _ in _top_level(text)
-            if re.match(r"\bor\b", text[i:i + 3]) and (i == 0 or not text[i - 1].isalnum() and text[i - 1] != "_")]
+def _split_set_operator(expr: str, op: str) -> list[str]:
+    """The operands of a top-level ``a <op> b <op> c`` (``or``, ``and``, ``unless``)."""
+    cuts = [i for i, _ in _top_level(expr)
+            if re.match(rf"{op}\b", expr[i:i + len(op) + 1])
+            and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] == "_"))]
     parts, start = [], 0
     for i in cuts:
-        parts.append(text[start:i])
-        start = i + 2
-    parts.append(text[start:])
+        parts.append(expr[start:i])
+        start = i + len(op)
+    parts.append(expr[start:])
     return [p.strip() for p in parts if p.strip()]
+
+
+def split_top_level_or(expr: str) -> list[str]:
+    return _split_set_operator(expr, "or")
+
+
+def _unwrap(expr: str) -> str:
+    """``expr`` without parentheses that enclose all of it."""
+    expr = expr.strip()
+    while expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for i, c in enumerate(expr):
+            depth += c == "("
+            depth -= c == ")"
+            if depth == 0 and i < len(expr) - 1:
+                return expr
+        expr = expr[1:-1].strip()
+    return expr
 
 
 def left_of_comparison(expr: str) -> str:
@@ -141,7 +159,20 @@ def relax_matchers(expr: str) -> str:
 
 
 def alert_metric_parts(expr: str) -> list[str]:
-    return [relax_matchers(left_of_comparison(branch)) for branch in split_top_level_or(expr)]
+    """Every ``or`` branch; of ``a and b`` / ``a unless b`` the left operand (the right one
+    only filters); then the left operand of the comparison; recursively, through
+    enclosing parentheses; label matchers relaxed."""
+    out = []
+    for branch in split_top_level_or(_unwrap(expr)):
+        part = _unwrap(branch)
+        for op in ("and", "unless"):
+            part = _unwrap(_split_set_operator(part, op)[0])
+        left = _unwrap(left_of_comparison(part))
+        if left != part or len(split_top_level_or(left)) > 1:
+            out += alert_metric_parts(left)
+        else:
+            out.append(relax_matchers(left))
+    return out
 
 
 def test_promql_surgery():
@@ -154,6 +185,10 @@ def test_promql_surgery():
     assert relax_matchers('x{outcome=~"failed|rejected", job="d"}') == 'x{outcome=~".+", job=~".+"}'
     assert alert_metric_parts('sum by (t) (increase(d{outcome=~"failed"}[15m])) > 0') == \
         ['sum by (t) (increase(d{outcome=~".+"}[15m]))']
+    assert alert_metric_parts("(p < t)\n or\n ((s > t) unless p)") == ["p", "s"]
+    assert alert_metric_parts('(x{m=~"a"} < 0.9 * max_over_time(x[6h])) or (y > 1)') == \
+        ['x{m=~".+"}', "y"]
+    assert alert_metric_parts("sum(a) / sum(b) > 0.01") == ["sum(a) / sum(b)"]
 
 
 # ---- static checks ----------------------------------------------------------------------
@@ -214,6 +249,15 @@ def test_alert_rules_use_only_contract_metrics():
 
 # ---- live: against a running demo -------------------------------------------------------
 
+def live(test):
+    """Marks of the tests that need the running demo (conftest's ``demo_run``)."""
+    for mark in (pytest.mark.slow, pytest.mark.kafka, pytest.mark.prometheus,
+                 # kafka-python 3.0.12 loads its schemas with deprecated importlib calls
+                 pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")):
+        test = mark(test)
+    return test
+
+
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
@@ -249,17 +293,16 @@ def resolve_variables(prometheus: Any, dashboard: dict[str, Any]) -> dict[str, s
         found = _label_values(prometheus, query)
         assert found, f"{dashboard['uid']}: variable {v['name']} ({query}) has no values"
         if v.get("multi") or v.get("includeAll"):
-            values[v["name"]] = "|".join(re.escape(x) for x in found)
+            # As Grafana formats a multi-value variable for Prometheus: a regex whose
+            # backslashes are escaped again inside the PromQL string.
+            values[v["name"]] = "|".join(re.escape(x) for x in found).replace("\\", "\\\\")
         else:
             current = (v.get("current") or {}).get("value")
             values[v["name"]] = current if current in found else found[0]
     return values
 
 
-@pytest.mark.slow
-@pytest.mark.kafka
-@pytest.mark.prometheus
-@pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")
+@live
 def test_every_dashboard_query_returns_data(demo_run):
     empty = []
     for path in DASHBOARDS:
@@ -274,10 +317,7 @@ def test_every_dashboard_query_returns_data(demo_run):
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
-@pytest.mark.slow
-@pytest.mark.kafka
-@pytest.mark.prometheus
-@pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")
+@live
 def test_every_alert_rule_queries_existing_metrics(demo_run):
     empty = []
     for name, expr in rule_expressions():
