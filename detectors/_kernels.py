@@ -34,6 +34,7 @@ __all__ = [
     "linear_recurrence",
     "segmented_recurrence",
     "ewma",
+    "restart_loop",
     "scan_with_restarts",
     "ranges",
     "recurrence_table",
@@ -43,6 +44,9 @@ __all__ = [
 FIRST_CHUNK = 256
 #: Largest chunk scanned at once: bounds the temporaries of one scan.
 MAX_CHUNK = 1 << 16
+
+EMPTY = np.empty(0, dtype=np.int64)
+EMPTY.setflags(write=False)
 
 
 def running_mean(
@@ -256,54 +260,88 @@ def ewma(x: np.ndarray, starts: np.ndarray, initial: np.ndarray, fresh: np.ndarr
     return out
 
 
+def restart_loop(
+    size: int,
+    scan: Callable[[int, int], tuple[int, np.ndarray]],
+    reset: Callable[[], None],
+    first_chunk: int = FIRST_CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The restart-after-alarm loop over ``size`` events, by position.
+
+    ``scan(start, stop)`` processes events ``start .. stop - 1`` from the detector's
+    current state and returns ``(drift, warnings)``: the position of the first drift
+    (-1 if none) and the warning indices up to it, both as the caller numbers them
+    (positions for :func:`scan_with_restarts`; a detector that scans over a subset of
+    its samples, such as EDDM over its errors, returns sample rows for the warnings).
+    With no drift, ``scan`` leaves the state as after ``stop``; after a drift the state
+    is discarded and ``reset()`` is called (as river does on the next update), then
+    scanning resumes after the drift.
+
+    The loop runs once per drift and per chunk, never per event. Chunks hold at most
+    ``MAX_CHUNK`` events; after a drift the next chunk is twice the distance between
+    the last two drifts (at least ``first_chunk``), doubling while no drift is found,
+    so frequent drifts cost O(distance between drifts) each and rare ones O(1) scans.
+
+    Returns
+    -------
+    drifts, warnings
+        int64 arrays: the drift positions and the concatenated warnings.
+    """
+    drifts: list[int] = []
+    warnings: list[np.ndarray] = []
+    pos = 0
+    chunk = MAX_CHUNK
+    since_reset = 0  # events scanned since the last drift in this call
+    while pos < size:
+        end = min(size, pos + chunk)
+        drift, warn = scan(pos, end)
+        if len(warn):
+            warnings.append(warn)
+        if drift < 0:
+            since_reset += end - pos
+            pos = end
+            chunk = min(2 * chunk, MAX_CHUNK)
+            continue
+        drifts.append(drift)
+        reset()
+        # expect the next drift about as far away as this one was: scan twice that
+        since_reset += drift + 1 - pos
+        chunk = min(max(2 * since_reset, first_chunk), MAX_CHUNK)
+        since_reset = 0
+        pos = drift + 1
+    if not warnings:
+        warn_all = EMPTY
+    elif len(warnings) == 1:
+        warn_all = np.asarray(warnings[0], dtype=np.int64)
+    else:
+        warn_all = np.concatenate(warnings).astype(np.int64, copy=False)
+    return np.asarray(drifts, dtype=np.int64), warn_all
+
+
 def scan_with_restarts(
     x: np.ndarray,
     scan: Callable[[np.ndarray], tuple[int, np.ndarray]],
     reset: Callable[[], None],
+    first_chunk: int = FIRST_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``scan`` over ``x``, restarting the detector after every drift.
 
     ``scan(chunk)`` processes ``chunk`` from the detector's current state and returns
     ``(drift, warnings)``: the index of the first drift in ``chunk`` (-1 if none) and
-    the warning indices up to it. With no drift, it leaves the state as after the
-    whole chunk; after a drift the state is discarded and ``reset()`` is called (as
-    river does on the next update), then scanning resumes after the drift.
-
-    The loop runs once per drift and per chunk, never per sample. Chunks hold at most
-    ``MAX_CHUNK`` samples; after a drift the next chunk is twice the distance between
-    the last two drifts (at least ``FIRST_CHUNK``), doubling while no drift is found,
-    so frequent drifts cost O(distance between drifts) each and rare ones O(1) scans.
+    the warning indices up to it, relative to ``chunk``. The chunks and restarts are
+    those of :func:`restart_loop`.
 
     Returns
     -------
     drifts, warnings
         int64 index arrays into ``x``.
     """
-    n = x.size
-    drifts: list[int] = []
-    warnings: list[np.ndarray] = []
-    pos = 0
-    chunk = MAX_CHUNK
-    since_reset = 0  # samples scanned since the last drift in this call
-    while pos < n:
-        end = min(n, pos + chunk)
-        drift, warn = scan(x[pos:end])
-        if len(warn):
-            warnings.append(np.asarray(warn, dtype=np.int64) + pos)
-        if drift < 0:
-            since_reset += end - pos
-            pos = end
-            chunk = min(2 * chunk, MAX_CHUNK)
-            continue
-        drifts.append(pos + drift)
-        reset()
-        # expect the next drift about as far away as this one was: scan twice that
-        since_reset += drift + 1
-        chunk = min(max(2 * since_reset, FIRST_CHUNK), MAX_CHUNK)
-        since_reset = 0
-        pos += drift + 1
-    warn_all = np.concatenate(warnings) if warnings else np.empty(0, dtype=np.int64)
-    return np.asarray(drifts, dtype=np.int64), warn_all
+
+    def scan_range(start: int, stop: int) -> tuple[int, np.ndarray]:
+        drift, warn = scan(x[start:stop])
+        return (start + drift if drift >= 0 else -1), (warn + start if len(warn) else EMPTY)
+
+    return restart_loop(x.size, scan_range, reset, first_chunk)
 
 
 def ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from detectors._kernels import (
     last_index,
     previous,
     ranges,
-    running_max,
+    restart_loop,
     running_mean,
     running_min,
     scan_with_restarts,
@@ -156,6 +156,10 @@ class EDDM(ChangeDetector):
     ``var ** 0.5`` (``pow``, not ``sqrt``) differ by a few units in the last place,
     which could change an alarm only at an exact tie (none seen in the parity tests).
 
+    The work is done in error space: the gaps between errors and their prefix sums
+    are computed once per batch, and a restart after a drift only re-runs the
+    arithmetic over the errors that follow it (no per-restart pass over the samples).
+
     Examples
     --------
     >>> import numpy as np
@@ -208,54 +212,123 @@ class EDDM(ChangeDetector):
         self._warning = False  # river's warning flag persists between errors
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset)
-
-    def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         errors = np.flatnonzero(x == 1)
         if errors.size == 0:
             self._n += x.size
-            return -1, np.arange(x.size) if self._warning else EMPTY_INDEX
-        sample = self._n + 1 + errors  # river's 1-based sample number of each error
-        distance = np.diff(sample, prepend=self._last_error)
-        if self._n_errors == 0:
-            self._reference = int(distance[0])
-        shifted = (distance - self._reference).astype(np.float64)
-        sums = np.cumsum(np.concatenate(([float(self._distance_sum)], shifted)))[1:]
-        squares = np.cumsum(np.concatenate(([float(self._distance_squares)], shifted * shifted)))[1:]
-        count = np.arange(self._n_errors + 1, self._n_errors + 1 + errors.size, dtype=np.float64)
-        mean = self._reference + sums / count
-        with np.errstate(invalid="ignore", divide="ignore"):
-            variance = np.where(count > 1, (squares - sums * sums / count) / (count - 1), 0.0)
+            return EMPTY_INDEX, (np.arange(x.size) if self._warning else EMPTY_INDEX)
+        # Everything that does not depend on where the detector restarts is computed once
+        # per batch: the distances between consecutive errors (after a restart at an
+        # error, the next distance is the same gap) and their prefix sums, exact
+        # integers in float64 (below 2**53).
+        gaps = np.empty(errors.size, dtype=np.float64)
+        gaps[0] = self._n + 1 + errors[0] - self._last_error
+        np.subtract(errors[1:], errors[:-1], out=gaps[1:])
+        prefix = np.zeros((2, errors.size + 1))
+        np.cumsum(gaps, out=prefix[0, 1:])
+        np.cumsum(gaps * gaps, out=prefix[1, 1:])
+        batch = _EDDMBatch(self, x.size, errors, gaps, prefix)
+        drift_errors, warnings = restart_loop(errors.size, batch.scan, batch.reset)
+        batch.finish()
+        return errors[drift_errors], warnings
+
+
+class _EDDMBatch:
+    """EDDM over one batch, in error space: ``scan(a, b)`` runs errors ``a .. b-1``
+    from the detector's state; the sample rows between errors carry the warning flag.
+
+    River numbers the samples since its last reset from 1; row ``i`` of the batch is
+    sample ``i - origin``.
+    """
+
+    __slots__ = ("det", "size", "errors", "gaps", "prefix", "steps", "origin", "row")
+
+    def __init__(self, det: EDDM, size: int, errors: np.ndarray, gaps: np.ndarray, prefix: np.ndarray) -> None:
+        self.det, self.size, self.errors, self.gaps, self.prefix = det, size, errors, gaps, prefix
+        self.steps = np.arange(1.0, errors.size + 1.0)
+        self.origin = -(det._n + 1)
+        self.row = 0  # first row not yet covered by a scan
+
+    def reset(self) -> None:
+        # called after a drift at row self.row - 1: river restarts its count after it
+        self.det.reset()
+        self.origin = self.row - 1
+
+    def scan(self, a: int, b: int) -> tuple[int, np.ndarray]:
+        det, errors = self.det, self.errors
+        if det._n_errors == 0:
+            det._reference = int(self.gaps[a])
+        ref = float(det._reference)
+        steps = self.steps[: b - a]
+        # sums of (distance - reference) and of its square since the reset: integers,
+        # exact in float64, equal to a left-to-right sum of the shifted distances
+        raw = self.prefix[:, a + 1 : b + 1] - self.prefix[:, a : a + 1]
+        sums = raw[0] - ref * steps
+        squares = raw[1] - (2 * ref) * raw[0]
+        squares += (ref * ref) * steps
+        if det._n_errors:
+            sums += det._distance_sum
+            squares += det._distance_squares
+        count = steps + det._n_errors
+        mean = sums / count
+        mean += ref
+        # count - 1 is 0 only for the first error since a reset, whose sums are 0: the
+        # variance is then 0 / 1 = 0 (river's Var returns 0 for one value)
+        variance = squares - sums * sums / count
+        count -= 1.0
+        count[0] = max(count[0], 1.0)
+        variance /= count
         np.maximum(variance, 0.0, out=variance)  # cancellation can leave -tiny for a constant
-        p2s = mean + 2 * np.sqrt(variance)
-        active = sample > self.warm_start
-        candidates = np.where(active, p2s, -math.inf)
-        new_max = active & (p2s > previous(running_max(candidates, self._p2s_max), self._p2s_max))
-        p2s_max = running_max(candidates, self._p2s_max)
-        judged = active & ~new_max & (count > self.warm_start)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            level = p2s / p2s_max
-        drift_at = judged & (level < self.beta)
-        drift_error = first_index(drift_at)
-        # the flag is set at judged errors that are not drifts; elsewhere it persists
-        setter = judged & ~drift_at
-        if drift_error >= 0:
-            setter[drift_error:] = False
-        # the flag holds its value from one setting error to the next: intervals
-        end = int(errors[drift_error]) + 1 if drift_error >= 0 else x.size
-        set_at = errors[setter]
-        values = np.concatenate(([self._warning], level[setter] < self.alpha))
-        starts = np.concatenate(([0], set_at))
-        stops = np.append(set_at, end)
-        warnings = ranges(starts[values], stops[values])
-        if drift_error >= 0:
-            return end - 1, warnings
-        last = errors.size - 1
-        self._n += x.size
-        self._last_error = int(sample[last])
-        self._n_errors += errors.size
-        self._distance_sum = float(sums[last])
-        self._distance_squares = float(squares[last])
-        self._p2s_max = float(p2s_max[last])
-        self._warning = bool(values[-1])
+        np.sqrt(variance, out=variance)
+        variance *= 2
+        p2s = np.add(mean, variance, out=mean)
+        # errors are judged once sample > warm_start (a suffix: samples increase), and
+        # compared with the maximum once count > warm_start (a suffix too)
+        active = int(np.searchsorted(errors[a:b], det.warm_start + self.origin, side="right"))
+        judged_from = max(active, det.warm_start - det._n_errors)
+        tail = p2s[active:]
+        before = np.empty_like(tail)  # the maximum each active error is compared with
+        if tail.size:
+            before[0] = det._p2s_max
+            np.maximum.accumulate(tail[:-1], out=before[1:])
+            np.maximum(before[1:], det._p2s_max, out=before[1:])
+        level = tail / before
+        judged = tail <= before
+        judged[: judged_from - active] = False
+        drift_at = judged & (level < det.beta)
+        drift = int(np.argmax(drift_at)) if drift_at.any() else -1
+        if drift >= 0:
+            judged[drift:] = False
+        # the flag changes only at judged errors that are not drifts, and persists
+        setter = np.flatnonzero(judged) + (a + active)
+        values = np.empty(setter.size + 1, dtype=bool)
+        values[0] = det._warning
+        np.less(level[setter - (a + active)], det.alpha, out=values[1:])
+        if drift >= 0:
+            end = int(errors[a + active + drift]) + 1
+        else:
+            end = int(errors[b]) if b < errors.size else self.size
+        if values.any():
+            bounds = np.empty(setter.size + 2, dtype=np.int64)
+            bounds[0], bounds[-1] = self.row, end
+            bounds[1:-1] = errors[setter]
+            warnings = ranges(bounds[:-1][values], bounds[1:][values])
+        else:
+            warnings = EMPTY_INDEX
+        self.row = end
+        if drift >= 0:
+            return a + active + drift, warnings
+        last = b - a - 1
+        det._last_error = int(errors[b - 1]) - self.origin
+        det._n_errors += b - a
+        det._distance_sum = int(sums[last])
+        det._distance_squares = int(squares[last])
+        if tail.size:
+            det._p2s_max = max(float(before[-1]), float(tail[-1]))
+        det._warning = bool(values[-1])
         return -1, warnings
+
+    def finish(self) -> None:
+        """The rows after the last error, and the sample count."""
+        # the last scan covered the rows up to the end (or up to a drift after which no
+        # error came: the fresh detector has no warning there)
+        self.det._n = self.size - 1 - self.origin
