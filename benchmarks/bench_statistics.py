@@ -21,7 +21,14 @@ the per-repeat ratios.
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# One BLAS thread: on a shared 2-core machine, BLAS worker threads spinning in the
+# loop's small dot products (wasserstein_distance) make the baseline erratically slow.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
 import statistics
 import time
 from typing import Callable

@@ -263,11 +263,13 @@ def test_docstring_examples():
 
 def test_kstwo_sf_matches_scipy_on_every_branch():
     # every branch of scipy's _kolmogn for the sf, including the vectorized Smirnov one
-    n = np.repeat([1.0, 50.0, 140.0, 141.0, 909.0, 1014.0, 3000.0, 20_000.0, 25_000.0], 60)
-    squared = np.tile(np.r_[np.linspace(0.01, 2.3, 30), np.linspace(2.19, 400.0, 30)], 9)
+    sizes = [1.0, 50.0, 140.0, 141.0, 909.0, 1014.0, 3000.0, 20_000.0, 25_000.0]
+    n = np.repeat(sizes, 60)
+    squared = np.tile(np.r_[np.linspace(0.01, 2.3, 30), np.linspace(2.19, 400.0, 30)], len(sizes))
     x = np.minimum(np.sqrt(squared / n), 0.999)
-    x = np.r_[x, 0.0, 1.0, 0.6, 0.3]
-    n = np.r_[n, 909.0, 909.0, 909.0, 4.0]
+    large_n = 150_000.0  # Pelz-Good without the n <= 100000 Durbin-matrix exception
+    x = np.r_[x, 0.0, 1.0, 0.6, 0.3, np.sqrt(np.linspace(0.01, 2.1, 10) / large_n)]
+    n = np.r_[n, 909.0, 909.0, 909.0, 4.0, np.full(10, large_n)]
     expected = stats.kstwo.sf(x, n)
     np.testing.assert_allclose(statistics._kstwo_sf(x, n), expected, rtol=1e-9, atol=1e-12)
 
