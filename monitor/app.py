@@ -52,6 +52,7 @@ class BatchStats:
         self.invalid = 0
         self.alarms = 0
         self.batches = 0
+        self.last_batch_seconds = 0.0
         self.started = time.monotonic()
 
     @property
@@ -135,6 +136,7 @@ class Service:
         self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
         self._ready = {"kafka": False, "reference": False, "consuming": False}
         self._last_checkpoint = 0.0
+        self._last_lag = 0.0
         self._committed: dict[tuple[str, int], int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -175,6 +177,7 @@ class Service:
                     break
                 else:
                     self._maybe_checkpoint(source, force=False)
+                    self._report_lag(source)  # an idle consumer's lag falls to 0 on the gauge too
                 self._set_ready("consuming", True)
                 self._set_ready("reference", self.engine.reference_ready)
             self._finish(source)
@@ -215,15 +218,23 @@ class Service:
         st.invalid += len(dead)
         st.alarms += len(result.alarms)
         st.batches += 1
-        tel.observe_batch(time.perf_counter() - t0, len(records))
+        st.last_batch_seconds = time.perf_counter() - t0
+        tel.observe_batch(st.last_batch_seconds, len(records))
         tel.mark_success("batch")
         if flushed:
             self._maybe_checkpoint(source, force=False)
-        if st.batches % 20 == 1:
-            for (topic, partition), lag in source.lag().items():
-                tel.set_lag(topic, partition, lag)
+        self._report_lag(source)
         if self.on_batch is not None:
             self.on_batch(st)
+
+    def _report_lag(self, source: Source) -> None:
+        """Consumer lag per partition, at most every 2 seconds (it asks the broker)."""
+        now = time.monotonic()
+        if now - self._last_lag < 2.0:
+            return
+        self._last_lag = now
+        for (topic, partition), lag in source.lag().items():
+            self.telemetry.set_lag(topic, partition, lag)
 
     def _flush_all(self) -> bool:
         ok = True

@@ -87,13 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a simulated model, an embedded broker and the monitor, end to end")
     demo.add_argument("--events", type=int, default=None, help="prediction events to simulate")
     demo.add_argument("--seed", type=int, default=None)
-    demo.add_argument("--metrics-port", type=int, default=None)
+    demo.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default 9308; 0: any free port)")
+    demo.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    demo.add_argument("--partitions", type=int, default=None, help="partitions of the demo topics")
+    demo.add_argument("--keep-running", action="store_true", help="keep the monitor up after the summary (Ctrl-C ends)")
+    demo.add_argument("--out-dir", type=Path, default=None, help="keep alarms, dead letters and state here")
 
     sim = sub.add_parser("simulate", help="produce the demo's simulated events to a Kafka cluster")
     sim.add_argument("--bootstrap-servers", required=True)
     sim.add_argument("--events", type=int, default=None)
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    sim.add_argument("--predictions-topic", default=None)
+    sim.add_argument("--feedback-topic", default=None)
+    sim.add_argument("--repeat", action="store_true", help="start over at the end, forever")
     return p
 
 
@@ -192,16 +199,19 @@ class _Progress:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
-    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed),
-                                ("metrics_port", args.metrics_port)) if v is not None}
-    return run_demo(**kwargs)
+    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("metrics_port", args.metrics_port),
+                                ("rate", args.rate), ("partitions", args.partitions),
+                                ("out_dir", args.out_dir)) if v is not None}
+    return run_demo(keep_running=args.keep_running, **kwargs)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from monitor.simulator import produce_to_kafka
 
-    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("rate", args.rate)) if v is not None}
-    produce_to_kafka(args.bootstrap_servers, **kwargs)
+    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("rate", args.rate),
+                                ("predictions_topic", args.predictions_topic),
+                                ("feedback_topic", args.feedback_topic)) if v is not None}
+    produce_to_kafka(args.bootstrap_servers, repeat=args.repeat, **kwargs)
     return EXIT_OK
 
 

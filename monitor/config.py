@@ -16,6 +16,7 @@ Per-model settings live under ``defaults`` and are overridden per model under
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,11 +39,12 @@ __all__ = [
     "WebhookTarget",
     "TriggerPolicySettings",
     "load_settings",
+    "reference_table",
 ]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 # ---- per-model settings --------------------------------------------------------------
@@ -55,6 +57,7 @@ class ReferenceSettings(_Strict):
     """``stream``: the first ``size`` prediction events of the model (no config needed);
     ``file``: a JSONL or CSV file of past prediction events at ``path``."""
     path: Path | None = None
+    """Reference file for source file."""
     size: int = Field(5000, ge=100, le=1_000_000)
     """Events in the reference (for ``file``: at most this many are read)."""
 
@@ -123,6 +126,7 @@ class PerformanceSettings(_Strict):
 
 class RegressionSettings(_Strict):
     enabled: bool = True
+    """Compare newer versions against the stable one (error rate and latency)."""
     stable_version: str | None = None
     """The stable version; default: the version with the most prediction events."""
     alpha: float = Field(0.01, gt=0, lt=1)
@@ -146,7 +150,9 @@ class ModelSettings(_Strict):
     numeric_features: list[str] | None = None
     """Numeric features; None: inferred from the reference."""
     categorical_features: list[str] | None = None
+    """Categorical features; None: inferred from the reference (strings are categorical)."""
     ignore_features: list[str] = []
+    """Features never monitored (ids, free text)."""
     reference: ReferenceSettings = ReferenceSettings()
     window: WindowSettings = WindowSettings()
     drift: DriftSettings = DriftSettings()
@@ -164,43 +170,67 @@ class ModelSettings(_Strict):
 
 class KafkaSettings(_Strict):
     bootstrap_servers: str = "localhost:9092"
+    """Kafka bootstrap servers, comma-separated."""
     group_id: str = "driftline"
+    """Consumer group; instances of one group share the partitions (scale out)."""
     client_id: str = "driftline"
+    """Kafka client id."""
     predictions_topic: str = "predictions"
+    """Topic of prediction events (keyed by model)."""
     feedback_topic: str = "feedback"
+    """Topic of feedback (label) events, co-partitioned with predictions."""
     dead_letter_topic: str = "driftline-dead-letters"
+    """Records that break the event contract go here, with the reason in headers."""
     alarms_topic: str | None = None
     """Publish alarms to this topic too (None: off)."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a new consumer group starts."""
     session_timeout_ms: int = Field(10_000, ge=1000)
+    """Consumer-group session timeout (a join takes about half of it)."""
     max_poll_records: int = Field(5000, ge=1)
+    """Records per batch (one batch goes through the whole pipeline at a time)."""
     poll_timeout_ms: int = Field(500, ge=1)
+    """How long one poll waits for records."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol."""
     sasl_mechanism: str | None = None
+    """SASL mechanism (PLAIN, SCRAM-SHA-256, ...)."""
     sasl_username: str | None = None
+    """SASL user name."""
     sasl_password: SecretStr | None = None
+    """SASL password (set it through the environment; never logged)."""
 
 
 class PrometheusSettings(_Strict):
     enabled: bool = True
+    """Serve /metrics, /healthz and /readyz."""
     host: str = "0.0.0.0"
+    """Address the metrics server binds."""
     port: int = Field(9308, ge=0, le=65535)
     """0 picks a free port (tests)."""
 
 
 class WebhookTarget(_Strict):
     name: str
+    """Target name (a metric label; keep it short)."""
     url: str
+    """Where the trigger is POSTed (http:// or https://)."""
     preset: Literal["generic", "github", "gitlab", "slack"] = "generic"
+    """Payload format: generic JSON, GitHub repository_dispatch, GitLab pipeline trigger, Slack message."""
     actions: list[Literal["retrain", "rollback"]] = ["retrain", "rollback"]
+    """Which triggers this target receives."""
     secret_env: str | None = None
     """Name of the environment variable holding the HMAC secret (never the secret)."""
     token_env: str | None = None
     """Name of the environment variable holding a bearer / trigger token (GitHub, GitLab)."""
     github_event_type: str = "driftline-{action}"
+    """repository_dispatch event type for the github preset."""
     gitlab_ref: str = "main"
+    """Branch or tag the gitlab preset runs the pipeline on."""
     timeout_seconds: float = Field(10.0, gt=0)
+    """Timeout of one delivery attempt."""
     max_attempts: int = Field(8, ge=1)
+    """Attempts before a trigger is marked failed."""
 
     @model_validator(mode="after")
     def _scheme(self) -> "WebhookTarget":
@@ -214,11 +244,13 @@ class TriggerPolicySettings(_Strict):
         Literal["data_quality", "feature_drift", "prediction_drift", "performance",
                 "concept_drift", "regression"]
     ] = ["feature_drift", "prediction_drift", "performance", "concept_drift", "regression"]
+    """Alarm kinds that count as evidence for a trigger."""
     min_alarms: int = Field(1, ge=1)
     """Alarms (of the counted kinds) needed within ``window_seconds`` to trigger."""
     min_features: int = Field(1, ge=1)
     """Distinct features among those alarms needed to trigger a retrain."""
     window_seconds: float = Field(3600.0, gt=0)
+    """Evidence window in event time."""
     cooldown_seconds: float = Field(6 * 3600.0, ge=0)
     """After a trigger, no other of the same (model, action) for this long."""
     dry_run: bool = False
@@ -227,9 +259,12 @@ class TriggerPolicySettings(_Strict):
 
 class WebhookSettings(_Strict):
     targets: list[WebhookTarget] = []
+    """Webhook targets (see the table of target fields)."""
     policy: TriggerPolicySettings = TriggerPolicySettings()
     retry_base_seconds: float = Field(1.0, gt=0)
+    """First retry delay (exponential backoff with full jitter)."""
     retry_max_seconds: float = Field(300.0, gt=0)
+    """Longest retry delay."""
 
 
 class Settings(BaseSettings):
@@ -240,6 +275,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     kafka: KafkaSettings = KafkaSettings()
@@ -255,7 +291,9 @@ class Settings(BaseSettings):
     alarms_jsonl: Path | None = None
     """Append alarms to this JSONL file too."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level."""
     log_format: Literal["text", "json"] = "text"
+    """Log format (json: one object per line)."""
 
     @model_validator(mode="after")
     def _models_valid(self) -> "Settings":
@@ -349,3 +387,35 @@ def format_validation_error(exc: ValidationError, source: Path | None = None) ->
             given_s = f" (got {given!r})"
         lines.append(f"  {loc}: {err['msg']}{given_s}")
     return "\n".join(lines)
+
+
+def reference_table() -> str:
+    """The configuration reference as a Markdown table (every setting, its environment
+    variable and its default), generated from the models so that the README cannot
+    drift from the code: ``python -c "from monitor.config import reference_table;
+    print(reference_table())"``."""
+    rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            path = f"{prefix}{name}"
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{path}.")
+                continue
+            item = typing.get_args(ann)[0] if typing.get_origin(ann) is list else None
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                rows.append(f"| `{path}` | `DRIFTLINE_{path.upper().replace('.', '__')}` (JSON) | `[]` | "
+                            f"{info.description or ''} |")
+                walk(item, f"{path}[].")
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump()
+            shown = "" if default is None else f"`{default}`"
+            env = "DRIFTLINE_" + path.upper().replace(".", "__")
+            doc = (info.description or "").replace("\n", " ").replace("|", "\\|")
+            rows.append(f"| `{path}` | `{env}` | {shown} | {doc} |")
+
+    walk(Settings, "")
+    return "\n".join(rows)

@@ -412,7 +412,8 @@ class VersionMonitor:
     def snapshot(self) -> VersionSnapshot:
         m = self.model
         return VersionSnapshot(
-            model=m.name, version=self.version, events=self.events, labelled=self.labelled,
+            model=m.name, version=self.version, events=m.version_events.get(self.version, self.events),
+            labelled=self.labelled,
             reference_ready=True, drift=self.drift, quality={k: dict(v) for k, v in self.quality.items()},
             performance=dict(self.performance), latency_ms=self.latency_ms, last_event_ts=self.last_ts)
 
@@ -529,8 +530,14 @@ class ModelMonitor:
         index = np.arange(self.n_events, self.n_events + n, dtype=np.int64)
         self.n_events += n
         self.version_events.update(p.versions)
-        for outcome, count in self.join.add_predictions(p.ids, p.versions, index, p.prediction, p.scores, p.ts).items():
-            result.join[outcome] += count
+        early_pairs, counts = self.join.add_predictions(p.ids, p.versions, index, p.prediction, p.scores, p.ts)
+        result.join.update(counts)
+        self._monitor_predictions(p, index, result)
+        if len(early_pairs):  # labels that had arrived before these predictions
+            self.add_labelled(early_pairs, result)
+
+    def _monitor_predictions(self, p: Predictions, index: np.ndarray, result: EngineResult) -> None:
+        n = len(p)
         start = 0
         if self.schema is None:
             take = min(n, self.settings.reference.size - len(self._buffer))

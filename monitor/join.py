@@ -1,19 +1,24 @@
 """The label join: feedback events find their prediction by (model, id).
 
-One :class:`LabelJoin` per model holds the predictions still waiting for a label,
-bounded two ways: a time-to-live in *event time* (so that a replay and a live run
-expire the same predictions) and a maximum count (the oldest are evicted beyond it).
+One :class:`LabelJoin` per model holds two bounded buffers:
+
+* predictions still waiting for their label, and
+* labels that arrived before their prediction (Kafka fetches the two topics
+  independently, so while a consumer catches up on a backlog, feedback can be read
+  ahead of the predictions it refers to).
+
+Both are bounded two ways: a time-to-live in *event time* (so that a replay and a live
+run expire the same entries) and a maximum count (the oldest are evicted beyond).
 
 Outcomes (the ``outcome`` label of ``driftline_label_join_total``):
 
 ``matched``
-    the feedback found its prediction;
+    the feedback met its prediction (whichever came first);
 ``self_contained``
-    the feedback carried its own ``prediction`` (and no waiting prediction matched),
-    so it needed no join;
+    the feedback carried its own ``prediction`` and no waiting prediction matched, so it
+    needed no join;
 ``unmatched``
-    no waiting prediction and no ``prediction`` of its own: counted and dropped (a label
-    that arrives before its prediction, or after the prediction expired);
+    a label waited for its prediction until the TTL or the count bound dropped it;
 ``expired`` / ``evicted``
     predictions that left the buffer without a label, by TTL or by the count bound.
 """
@@ -34,7 +39,7 @@ __all__ = ["LabelJoin", "Labelled"]
 
 @dataclass
 class Labelled:
-    """Joined (prediction, label) pairs of one model, in feedback arrival order."""
+    """Joined (prediction, label) pairs of one model, in the order they were joined."""
 
     versions: list[str] = field(default_factory=list)
     index: list[int] = field(default_factory=list)
@@ -47,17 +52,44 @@ class Labelled:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def append(self, version: str, index: int, ts: float, label: Any, prediction: Any, scores: Any) -> None:
+        self.versions.append(version)
+        self.index.append(index)
+        self.ts.append(ts)
+        self.labels.append(label)
+        self.prediction.append(prediction)
+        self.scores.append(scores)
+
+
+def _bound(buffer: dict[str, tuple], max_size: int, horizon: float, ts_at: int) -> tuple[int, int]:
+    """Drop the oldest entries beyond ``max_size`` and those older than ``horizon``
+    (entries are in arrival order, close to event-time order); returns (evicted, expired)."""
+    evicted = max(0, len(buffer) - max_size)
+    expired = 0
+    it = iter(buffer.items())
+    for _ in range(evicted):
+        next(it)
+    for _, entry in it:
+        if entry[ts_at] >= horizon:
+            break
+        expired += 1
+    drop = evicted + expired
+    if drop:
+        keys = iter(buffer)
+        for key in [next(keys) for _ in range(drop)]:
+            del buffer[key]
+    return evicted, expired
+
 
 class LabelJoin:
-    """Pending predictions of one model, waiting for their feedback.
+    """Predictions waiting for their labels, and labels waiting for their predictions.
 
     Parameters
     ----------
     ttl_seconds
-        A prediction older (in event time) than the newest event seen minus this is
-        expired.
+        An entry older (in event time) than the newest event seen minus this is dropped.
     max_pending
-        At most this many predictions wait; the oldest are evicted beyond.
+        At most this many predictions wait, and at most this many early labels.
     """
 
     def __init__(self, ttl_seconds: float, max_pending: int) -> None:
@@ -65,10 +97,12 @@ class LabelJoin:
         self.max_pending = int(max_pending)
         # id -> (version, index, prediction, scores, ts); dict order = arrival order
         self._pending: dict[str, tuple[str, int, Any, Any, float]] = {}
+        # id -> (ts, label); labels that came before their prediction
+        self._early: dict[str, tuple[float, Any]] = {}
         self._clock = -math.inf
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._early)
 
     def add_predictions(
         self,
@@ -78,82 +112,79 @@ class LabelJoin:
         prediction: list[Any],
         scores: list[Any],
         ts: list[float],
-    ) -> Counter[str]:
-        """Hold predictions until their feedback arrives; returns expired/evicted counts."""
-        pending = self._pending
-        pending.update(
-            zip(ids, zip(versions, index.tolist(), prediction, scores, ts))
-        )
+    ) -> tuple[Labelled, Counter[str]]:
+        """Hold predictions until their feedback arrives. Returns the pairs completed by
+        labels that were already waiting, and the outcome counts."""
+        out = Labelled()
+        counts: Counter[str] = Counter()
+        entries = zip(versions, index.tolist(), prediction, scores, ts)
+        if self._early:  # rare: labels read ahead of their predictions
+            pop = self._early.pop
+            rest = []
+            for pid, entry in zip(ids, entries):
+                label = pop(pid, None)
+                if label is None:
+                    rest.append((pid, entry))
+                else:
+                    out.append(entry[0], entry[1], entry[4], label[1], entry[2], entry[3])
+            counts["matched"] += len(out)
+            self._pending.update(rest)
+        else:
+            self._pending.update(zip(ids, entries))
         if ts:
             self._clock = max(self._clock, max(ts))
-        return self._prune()
+        counts.update(self._prune())
+        return out, counts
 
     def match(self, feedback: Feedback) -> tuple[Labelled, Counter[str]]:
-        """Join a batch of feedback; returns the labelled pairs and outcome counts."""
+        """Join a batch of feedback; returns the labelled pairs and outcome counts.
+        Feedback whose prediction has not arrived (and that carries no prediction of its
+        own) waits for it."""
         out = Labelled()
         counts: Counter[str] = Counter()
         pop = self._pending.pop
+        early = self._early
         for pid, ts, label, pred, version, scores in zip(
             feedback.ids, feedback.ts, feedback.labels, feedback.prediction,
             feedback.versions, feedback.scores,
         ):
             hit = pop(pid, None)
             if hit is not None:
-                out.versions.append(hit[0])
-                out.index.append(hit[1])
-                out.prediction.append(hit[2])
-                out.scores.append(hit[3])
-                out.ts.append(hit[4])
-                out.labels.append(label)
+                out.append(hit[0], hit[1], hit[4], label, hit[2], hit[3])
                 counts["matched"] += 1
             elif pred is not None:
-                out.versions.append(version or "default")
-                out.index.append(-1)
-                out.prediction.append(pred)
-                out.scores.append(scores)
-                out.ts.append(ts)
-                out.labels.append(label)
+                out.append(version or "default", -1, ts, label, pred, scores)
                 counts["self_contained"] += 1
             else:
-                counts["unmatched"] += 1
+                early[pid] = (ts, label)
         if feedback.ts:
             self._clock = max(self._clock, max(feedback.ts))
         counts.update(self._prune())
         return out, counts
 
     def _prune(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        pending = self._pending
-        excess = len(pending) - self.max_pending
-        if excess > 0:
-            for key in list(self._iter_keys(excess)):
-                del pending[key]
-            counts["evicted"] += excess
         horizon = self._clock - self.ttl_seconds
-        expired = 0
-        for key, entry in pending.items():  # arrival order ~ event-time order
-            if entry[4] >= horizon:
-                break
-            expired += 1
+        counts: Counter[str] = Counter()
+        evicted, expired = _bound(self._pending, self.max_pending, horizon, ts_at=4)
+        if evicted:
+            counts["evicted"] += evicted
         if expired:
-            for key in list(self._iter_keys(expired)):
-                del pending[key]
             counts["expired"] += expired
+        if self._early:
+            lost = sum(_bound(self._early, self.max_pending, horizon, ts_at=0))
+            if lost:
+                counts["unmatched"] += lost
         return counts
 
-    def _iter_keys(self, n: int):
-        it = iter(self._pending)
-        for _ in range(n):
-            yield next(it)
-
     def state_dict(self) -> dict[str, Any]:
-        entries = list(self._pending.items())
         return {
             "ttl_seconds": self.ttl_seconds,
             "max_pending": self.max_pending,
             "clock": self._clock if math.isfinite(self._clock) else None,
-            "ids": [k for k, _ in entries],
-            "entries": [list(v) for _, v in entries],
+            "ids": list(self._pending),
+            "entries": [list(v) for v in self._pending.values()],
+            "early_ids": list(self._early),
+            "early": [list(v) for v in self._early.values()],
         }
 
     @classmethod
@@ -161,4 +192,5 @@ class LabelJoin:
         join = cls(state["ttl_seconds"], state["max_pending"])
         join._clock = -math.inf if state["clock"] is None else float(state["clock"])
         join._pending = {k: tuple(v) for k, v in zip(state["ids"], state["entries"])}  # type: ignore[misc]
+        join._early = {k: tuple(v) for k, v in zip(state["early_ids"], state["early"])}  # type: ignore[misc]
         return join
