@@ -9,12 +9,12 @@ the loop runs, per feature, ``scipy.stats.ks_2samp(method="asymp")`` (the p-valu
 reproduce; ``method="auto"`` would be the exact distribution and far slower),
 ``scipy.stats.wasserstein_distance``, ``np.histogram`` over the same quantile edges,
 ``jensenshannon`` and PSI by numpy. The KS p-value's cost depends on the statistic
-(scipy picks its algorithm by ``n D^2``), hence the two windows. Categorical: 5 features with 3 to 40
-categories; ours is one ``categorical_drift`` call, the loop ``np.bincount`` +
-``scipy.stats.chisquare`` + PSI by numpy per feature. The reference side is prepared
-once outside the timings on both sides (``fit`` is timed on its own line). Ours and the
-loop alternate within each repeat; the table shows medians of each and the median of
-the per-repeat ratios.
+(scipy picks its algorithm by ``n D^2``), hence the two windows. Categorical: 5
+features with 3 to 40 categories; ours is one ``categorical_drift`` call, the loop
+``np.bincount`` + ``scipy.stats.chisquare`` + PSI by numpy per feature. The reference
+side is prepared once outside the timings on both sides (``fit`` is timed on its own
+line). Ours and the loop alternate within each repeat; the table shows medians of each
+and the median of the per-repeat ratios.
 """
 
 from __future__ import annotations
@@ -137,7 +137,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     rows = numeric_case(args.repeats) + categorical_case(args.repeats)
-    print(f"| case | driftline (ms) | per-feature scipy loop (ms) | speed-up (target >= {TARGET:.0f}x) |")
+    print(
+        "| case | driftline (ms) | per-feature scipy loop (ms) "
+        f"| speed-up (target >= {TARGET:.0f}x) |"
+    )
     print("| --- | ---: | ---: | ---: |")
     for label, ours, theirs, ratio in rows:
         if theirs is None:

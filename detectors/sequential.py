@@ -233,7 +233,8 @@ class TwoSampleMSPRT:
                 self.reset()
                 start += at + 1
                 continue
-            self._n, self._sum, self._sum_sq = n[:, -1].copy(), total[:, -1].copy(), total_sq[:, -1].copy()
+            self._n = n[:, -1].copy()
+            self._sum, self._sum_sq = total[:, -1].copy(), total_sq[:, -1].copy()
             self._max_log_lambda = max(self._max_log_lambda, float(log_lambda.max()))
             break
         return SequentialResult(

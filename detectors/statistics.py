@@ -747,7 +747,9 @@ class CategoricalReference:
                 missing_rate=np.array(state["missing_rate"], dtype=np.float64),
             )
         except KeyError as exc:
-            raise ValueError(f"state: expected a CategoricalReference state, missing {exc}") from None
+            raise ValueError(
+                f"state: expected a CategoricalReference state, missing {exc}"
+            ) from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -822,7 +824,9 @@ def categorical_drift(reference: CategoricalReference, codes: Any) -> Categorica
     ([0.25], True)
     """
     if not isinstance(reference, CategoricalReference):
-        raise ValueError(f"reference must be a CategoricalReference, got {type(reference).__name__}")
+        raise ValueError(
+            f"reference must be a CategoricalReference, got {type(reference).__name__}"
+        )
     sizes = reference.n_categories
     arr = _as_codes(codes, sizes, "codes")
     buckets, missing = _bucket_counts(arr, reference._layout)

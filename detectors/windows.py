@@ -190,7 +190,8 @@ class SlidingWindow:
         values = np.asarray(state["values"], dtype=window.dtype)
         if values.shape != (slots.size, window.n_columns):
             raise ValueError(
-                f"state: values must have shape {(slots.size, window.n_columns)}, got {values.shape}"
+                f"state: values must have shape {(slots.size, window.n_columns)}, "
+                f"got {values.shape}"
             )
         window._values[slots] = values
         window._indices[slots] = np.asarray(state["indices"], dtype=np.int64)

@@ -49,8 +49,10 @@ rows = st.tuples(
 @settings(deadline=None, max_examples=150)
 @given(st.lists(rows, min_size=0, max_size=40), st.sampled_from([1, 2]))
 def test_classification_against_river_and_pairwise_auc(window, positive):
-    y_true, y_pred, y_score = (np.array(c, dtype=float).reshape(-1) for c in zip(*window)) if window \
-        else (np.empty(0),) * 3
+    if window:
+        y_true, y_pred, y_score = (np.array(c, dtype=float) for c in zip(*window))
+    else:
+        y_true = y_pred = y_score = np.empty(0)
     got = classification_metrics(y_true, y_pred, y_score, positive=positive)
     valid = np.isfinite(y_true) & np.isfinite(y_pred) & np.isfinite(y_score)
     t, p, s = y_true[valid], y_pred[valid], y_score[valid]
