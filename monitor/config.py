@@ -86,9 +86,13 @@ class DriftSettings(_Strict):
     """``p_value``: alarm when the corrected KS (numeric) or chi-squared (categorical)
     p-value is below ``alpha``; ``psi``: alarm when PSI exceeds ``psi_threshold``."""
     alpha: float = Field(1e-5, gt=0, lt=1)
+    """Significance level of a drift alarm, after the correction across features."""
     correction: Literal["bonferroni", "bh", "none"] = "bh"
+    """Multiple-testing correction across a model's features (Benjamini-Hochberg by default)."""
     psi_threshold: float = Field(0.2, gt=0)
+    """PSI above which ``alarm_on: psi`` alarms (0.1-0.2: moderate, >0.2: large shift)."""
     psi_bins: int = Field(10, ge=2, le=100)
+    """Bins for PSI and Jensen-Shannon, from reference quantiles."""
     min_effect: float = Field(0.05, ge=0)
     """Minimum KS statistic (numeric) or total-variation distance (categorical) for an
     alarm, so that a huge window cannot alarm on a negligible shift."""
