@@ -37,14 +37,15 @@ def produce(broker, topic, events, raw=()):
 
 
 def settings_for(broker, topics, tmp_path, **extra):
-    return load_settings(
+    base = dict(
         kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
                "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
                "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
                "poll_timeout_ms": 200},
         defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}},
         prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
-        checkpoint_interval_seconds=0, **extra)
+        checkpoint_interval_seconds=0)
+    return load_settings(**{**base, **extra})
 
 
 class Running:
