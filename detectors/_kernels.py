@@ -20,6 +20,7 @@ their inputs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "scan_with_restarts",
     "ranges",
     "recurrence_table",
+    "powers",
 ]
 
 #: Smallest chunk scanned right after an alarm (see :func:`scan_with_restarts`).
@@ -383,3 +385,25 @@ def recurrence_table(gain: float, decay: float, initial: float, limit: int = 1 <
             return table[: np.flatnonzero(table[1:] == table[:-1])[0] + 1]
         last, size = float(y[-1]), size * 2
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _power_table(base: float) -> np.ndarray:
+    table = np.power(base, np.arange(MAX_CHUNK + 1, dtype=np.float64))
+    table.setflags(write=False)
+    return table
+
+
+def powers(base: float, size: int) -> np.ndarray:
+    """``base ** arange(size)`` (read-only), from a table shared by every detector with
+    the same ``base`` when ``size <= MAX_CHUNK + 1``: the decay of a linear filter's
+    initial condition after ``k`` steps, ``decay ** k``, as one gather.
+
+    Examples
+    --------
+    >>> powers(0.5, 3).tolist()
+    [1.0, 0.5, 0.25]
+    """
+    if size <= MAX_CHUNK + 1:
+        return _power_table(float(base))[:size]
+    return np.power(base, np.arange(size, dtype=np.float64))

@@ -10,11 +10,14 @@ import numpy as np
 
 from detectors._base import ChangeDetector
 from detectors._kernels import (
+    EMPTY,
     ewma,
     first_index,
     last_index,
     linear_recurrence,
+    powers,
     previous,
+    ranges,
     running_max,
     running_mean,
     running_min,
@@ -205,10 +208,10 @@ class HDDMW(ChangeDetector):
     Input is 1 for an error and 0 for a correct prediction, or any value in [0, 1].
     The EWMAs (river's ``stats.EWMean``: the first value is taken as is, then
     ``m = lambda * x + (1 - lambda) * m``) and the bound terms
-    ``ibc = lambda**2 + (1 - lambda)**2 * ibc`` are evaluated by ``lfilter``, in the
-    loop's floating-point order, restarting at every cut point in one bucketed 2-D
-    call (:func:`detectors._kernels.segmented_recurrence`): they are bit-identical to
-    river's.
+    ``ibc = lambda**2 + (1 - lambda)**2 * ibc`` are evaluated by ``lfilter`` (or a
+    table by sample count), in the loop's floating-point order: bit-identical to
+    river's. The EWMA after the cut point, restarted at every cut, is first estimated
+    in closed form (see ``_side``) and filtered exactly only where a test could fire.
 
     Examples
     --------
@@ -248,6 +251,15 @@ class HDDMW(ChangeDetector):
         self._log_warning = math.log(1 / self.warning_confidence)
         # ibc depends only on how many samples a SampleInfo has seen: a lookup table
         self._ibc_table = recurrence_table(self._lambda_sq, self._c_lambda_sq, 1.0)
+        if self._ibc_table is not None:
+            # the cut test's bound by sample count, and the smallest ibc a sample reaches
+            self._eps_table = self._bound(self._ibc_table, self._log_drift)
+            ibc_floor = float(self._ibc_table.min())
+        else:
+            self._eps_table = None
+            ibc_floor = self.lambda_val / (2 - self.lambda_val) * (1 - 1e-9)
+        # no test can fire while the EWMAs differ by less than this (both ibc >= floor)
+        self._least_bound = float(self._bound(2 * ibc_floor, min(self._log_drift, self._log_warning)))
         self.reset()
 
     def reset(self) -> None:
@@ -277,86 +289,179 @@ class HDDMW(ChangeDetector):
         self,
         x: np.ndarray,
         total_ewma: np.ndarray,
-        total_ibc: np.ndarray,
-        total_count: np.ndarray,
-        eps: np.ndarray,
+        total_count0: int,
+        bounded: np.ndarray,
+        before: float,
         cut: float,
         s1: list,
         s2: list,
         increase: bool,
     ) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One side's cut points and tests: (drift, warning, end state)."""
+        """One side's cut points and tests: (drift, warning, end state).
+
+        ``bounded`` is the total EWMA plus (increase) or minus (decrease) the cut
+        bound, ``before`` the total EWMA before ``x[0]`` and ``total_count0`` the
+        samples the total had seen before it.
+
+        The EWMA ``s2`` of the samples after the last cut restarts at every cut;
+        filtering it exactly over every segment is what costs, so it is first
+        estimated in closed form: an EWMA restarted after a cut at ``c`` differs from
+        the total EWMA by ``(1 - lambda) ** (t - c) * (x[c + 1] - total[c])``. Only
+        where that estimate comes within a safety margin (far above its rounding
+        error) of the smallest bound any test can have is ``s2`` filtered exactly, by
+        the loop's recurrence; the tests there are river's, on river's values.
+        """
         n = x.size
         if increase:
-            bounded = total_ewma + eps
-            new_cut = bounded < previous(running_min(bounded, cut), cut)
             cuts = running_min(bounded, cut)
+            new_cut = np.empty(n, dtype=bool)
+            new_cut[0] = bounded[0] < cut
+            np.less(bounded[1:], cuts[:-1], out=new_cut[1:])
         else:
-            bounded = total_ewma - eps
-            new_cut = bounded > previous(running_max(bounded, cut), cut)
             cuts = running_max(bounded, cut)
-        at = last_index(new_cut)
-        has = at >= 0
-        s1_ewma = np.where(has, total_ewma[at], s1[0])
-        s1_ibc = np.where(has, total_ibc[at], s1[1])
-        s1_count = np.where(has, total_count[at], s1[2])
-        # s2 restarts (fresh, not updated) at every cut, and is updated with every other sample
-        cut_rows = np.flatnonzero(new_cut)
-        starts = np.concatenate(([0], cut_rows + 1))
-        carried = np.concatenate(([True], np.zeros(cut_rows.size, dtype=bool)))
-        fresh = ~carried | (s2[2] == 0)
-        initial_ewma = np.where(carried, s2[0], 0.0)
-        initial_ibc = np.where(carried, s2[1], 1.0)
-        s2_ewma = ewma(x, starts, initial_ewma, fresh, self.lambda_val)
-        if self._ibc_table is not None:
-            rows = np.arange(n)
-            s2_ibc = self._ibc(np.where(has, rows - at, s2[2] + rows + 1))
+            new_cut = np.empty(n, dtype=bool)
+            new_cut[0] = bounded[0] > cut
+            np.greater(bounded[1:], cuts[:-1], out=new_cut[1:])
+        at = last_index(new_cut)  # -1: the cut is from before this chunk
+        # s1 after each row: the total at the last cut (index -1 reads the carried s1)
+        ewma_ext = np.empty(n + 1)
+        ewma_ext[:n] = total_ewma
+        ewma_ext[n] = s1[0]
+        s1_ewma = ewma_ext[at]
+        # closed-form estimate of s2: the segment starting at row j starts from x[j]
+        # (from the carried s2 for the one that began before this chunk)
+        decay = 1.0 - self.lambda_val
+        first = np.empty(n + 1)
+        first[:n] = x
+        first[n] = 0.0  # a cut at the last row starts no segment in this chunk
+        if s2[2] > 0:
+            first[0] = s2[0]
+        first[0] -= before
+        np.subtract(first[1:], total_ewma, out=first[1:])
+        first *= decay
+        start = at + 1
+        age = np.arange(-1, n - 1) - at
+        np.maximum(age, 0, out=age)  # -1 at a cut row, where s2 is not initialised
+        estimate = first[start]
+        estimate *= powers(decay, n)[age]
+        estimate += total_ewma
+        diff = np.subtract(estimate, s1_ewma, out=estimate) if increase else np.subtract(s1_ewma, estimate, out=estimate)
+        scale = max(1.0, float(np.abs(x).max()), abs(before), abs(s1[0]), abs(s2[0]))
+        close = diff > self._least_bound - scale * 1e-10 / self.lambda_val
+        close &= ~new_cut  # s2 is initialised
+        if s1[2] == 0:
+            close &= at >= 0  # s1 is initialised
+        candidates = np.flatnonzero(close)
+        # s2 exactly at the candidates (at the last row only if the chunk has no
+        # drift: see _s2_at_end)
+        wanted = candidates
+        s2_exact = EMPTY
+        if wanted.size:
+            seg_start = start[wanted]
+            head = np.flatnonzero(np.diff(seg_start, prepend=-1))  # first wanted row of each segment
+            seg_first = seg_start[head]
+            seg_stop = np.append(wanted[head[1:] - 1], wanted[-1]) + 1
+            lengths = seg_stop - seg_first
+            offsets = np.cumsum(lengths) - lengths
+            carried = (seg_first == 0) & (s2[2] > 0)
+            exact = ewma(
+                x[ranges(seg_first, seg_stop)], offsets, np.where(carried, s2[0], 0.0), ~carried, self.lambda_val
+            )
+            s2_exact = exact[np.repeat(offsets - seg_first, np.diff(np.append(head, wanted.size))) + wanted]
+        drift = np.zeros(n, dtype=bool)
+        warning = np.zeros(n, dtype=bool)
+        if candidates.size:
+            k = candidates.size
+            cand_at = at[candidates]
+            s1_ibc = np.where(cand_at >= 0, self._total_ibc(total_count0 + 1 + cand_at), s1[1])
+            s2_ibc = self._s2_ibc(candidates - cand_at, s2, cand_at >= 0)
+            sub = s2_exact[:k] - s1_ewma[candidates] if increase else s1_ewma[candidates] - s2_exact[:k]
+            ibc_sum = s1_ibc + s2_ibc
+            drift[candidates] = sub > self._bound(ibc_sum, self._log_drift)
+            warning[candidates] = sub > self._bound(ibc_sum, self._log_warning)
+        last_at = int(at[-1])
+        if last_at >= 0:
+            s1_end = [float(total_ewma[last_at]), float(self._total_ibc(np.array([total_count0 + 1 + last_at]))[0]), total_count0 + 1 + last_at]
         else:
-            s2_ibc = segmented_recurrence(np.ones(n), starts, initial_ibc, self._lambda_sq, self._c_lambda_sq)
-            s2_ibc[cut_rows] = 1.0
-        s2_ewma[cut_rows] = 0.0
-        s2_init = ~new_cut
-        both = (s1_count > 0) & s2_init
-        diff = s2_ewma - s1_ewma if increase else s1_ewma - s2_ewma
-        ibc_sum = s1_ibc + s2_ibc
-        drift = both & (diff > self._bound(ibc_sum, self._log_drift))
-        warning = both & (diff > self._bound(ibc_sum, self._log_warning))
-        since_cut = np.arange(n) - at  # samples in s2 after the last cut in this chunk
-        end = {
-            "cut": float(cuts[-1]),
-            "s1": [float(s1_ewma[-1]), float(s1_ibc[-1]), int(s1_count[-1])],
-            "s2": [
-                float(s2_ewma[-1]),
-                float(s2_ibc[-1]),
-                int(since_cut[-1]) if has[-1] else s2[2] + n,
-            ],
-        }
-        return drift, warning, end
+            s1_end = list(s1)
+        if new_cut[-1]:
+            s2_end = [0.0, 1.0, 0]
+        else:
+            since = n - 1 - last_at
+            s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
+            s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
+        return drift, warning, {"cut": float(cuts[-1]), "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2}
+
+    def _s2_at_end(self, end: dict) -> list:
+        """The side's s2 after the chunk, once it is known to be kept: its EWMA is
+        filtered exactly over the segment after the chunk's last cut only."""
+        s2 = end["s2"]
+        if s2[0] is not None:
+            return s2
+        x, at, s2_in = end["x"], end["at"], end["s2_in"]
+        if at < 0 and s2_in[2] > 0:
+            value = linear_recurrence(x, self.lambda_val, 1.0 - self.lambda_val, s2_in[0])[-1]
+        else:
+            segment = x[at + 1 :]
+            value = linear_recurrence(segment[1:], self.lambda_val, 1.0 - self.lambda_val, float(segment[0]))
+            value = value[-1] if value.size else segment[0]
+        return [float(value), s2[1], s2[2]]
+
+    def _total_ibc(self, count: np.ndarray) -> np.ndarray:
+        """ibc of a sample that has seen ``count`` values (``count >= 1``)."""
+        if self._ibc_table is not None:
+            return self._ibc(count)
+        return self._ibc_steps(1.0, count)
+
+    def _s2_ibc(self, since: np.ndarray, s2: list, cut_in_chunk: np.ndarray) -> np.ndarray:
+        """ibc of s2 ``since`` samples after its cut in this chunk, or, for the segment
+        carried in, after ``since`` more samples from the carried one."""
+        if self._ibc_table is not None:
+            return self._ibc(np.where(cut_in_chunk, since, s2[2] + since))
+        return np.where(cut_in_chunk, self._ibc_steps(1.0, since), self._ibc_steps(s2[1], since))
+
+    def _ibc_steps(self, ibc: float, steps: np.ndarray) -> np.ndarray:
+        """ibc after ``steps`` updates from ``ibc`` (no settled table: lambda tiny)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        path = np.empty(int(steps.max()) + 1 if steps.size else 1)
+        path[0] = ibc
+        path[1:] = linear_recurrence(np.ones(path.size - 1), self._lambda_sq, self._c_lambda_sq, ibc)
+        return path[steps]
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         n = x.size
         ewma0, ibc0, count0 = self._total
-        total_ewma = ewma(x, np.array([0]), np.array([ewma0]), np.array([count0 == 0]), self.lambda_val)
-        total_count = np.arange(count0 + 1, count0 + 1 + n)
-        if self._ibc_table is not None:
-            total_ibc = self._ibc(total_count)
+        decay = 1.0 - self.lambda_val
+        if count0 == 0:  # river's EWMean takes its first value as is
+            total_ewma = np.empty(n)
+            total_ewma[0] = x[0]
+            total_ewma[1:] = linear_recurrence(x[1:], self.lambda_val, decay, float(x[0]))
+        else:
+            total_ewma = linear_recurrence(x, self.lambda_val, decay, ewma0)
+        if self._eps_table is not None:
+            if count0 + 1 >= self._eps_table.size - 1:
+                eps = self._eps_table[-1]  # settled: the same bound for every row
+            else:
+                eps = self._eps_table[np.minimum(np.arange(count0 + 1, count0 + 1 + n), self._eps_table.size - 1)]
+            total_ibc_end = float(self._ibc_table[min(count0 + n, self._ibc_table.size - 1)])
         else:
             total_ibc = linear_recurrence(np.ones(n), self._lambda_sq, self._c_lambda_sq, ibc0)
-        eps = self._bound(total_ibc, self._log_drift)
+            eps = self._bound(total_ibc, self._log_drift)
+            total_ibc_end = float(total_ibc[-1])
         incr_drift, incr_warning, incr_end = self._side(
-            x, total_ewma, total_ibc, total_count, eps, self._incr_cut, self._incr_s1, self._incr_s2, True
+            x, total_ewma, count0, total_ewma + eps, ewma0, self._incr_cut, self._incr_s1, self._incr_s2, True
         )
         decr_drift = decr_warning = None
         if self.two_sided_test:
             decr_drift, decr_warning, decr_end = self._side(
-                x, total_ewma, total_ibc, total_count, eps, self._decr_cut, self._decr_s1, self._decr_s2, False
+                x, total_ewma, count0, total_ewma - eps, ewma0, self._decr_cut, self._decr_s1, self._decr_s2, False
             )
         drift_zone, warning_zone = _alarms(incr_drift, incr_warning, decr_drift, decr_warning)
         drift = first_index(drift_zone)
         if drift >= 0:
             return drift, np.flatnonzero(warning_zone[: drift + 1])
-        self._total = [float(total_ewma[-1]), float(total_ibc[-1]), int(total_count[-1])]
-        self._incr_cut, self._incr_s1, self._incr_s2 = incr_end["cut"], incr_end["s1"], incr_end["s2"]
+        self._total = [float(total_ewma[-1]), total_ibc_end, count0 + n]
+        self._incr_cut, self._incr_s1, self._incr_s2 = incr_end["cut"], incr_end["s1"], self._s2_at_end(incr_end)
         if self.two_sided_test:
-            self._decr_cut, self._decr_s1, self._decr_s2 = decr_end["cut"], decr_end["s1"], decr_end["s2"]
+            self._decr_cut, self._decr_s1, self._decr_s2 = decr_end["cut"], decr_end["s1"], self._s2_at_end(decr_end)
         return drift, np.flatnonzero(warning_zone)
