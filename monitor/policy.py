@@ -67,7 +67,9 @@ def idempotency_key(model: str, action: str, first_index: int, last_index: int) 
     >>> idempotency_key("fraud", "retrain", 0, 999)[:12]
     '06443693dd12'
     """
-    material = json.dumps(["driftline.trigger/v1", model, action, int(first_index), int(last_index)])
+    material = json.dumps(
+        ["driftline.trigger/v1", model, action, int(first_index), int(last_index)]
+    )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 

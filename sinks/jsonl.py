@@ -1,0 +1,121 @@
+"""Alarms appended to a JSON Lines file (``Settings.alarms_jsonl``), one alarm a line.
+
+``flush()`` writes the buffered alarms, flushes and ``fsync``s the file: when it returns
+the lines are on disk. A write that fails part-way is cut back to the last complete
+flush, so a retried flush does not leave a torn line or a duplicate behind.
+
+Examples
+--------
+>>> sink = JsonlSink(tmp / "alarms.jsonl")          # doctest: +SKIP
+>>> sink.write([alarm]); sink.flush(); sink.close()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from monitor.alarms import Alarm
+from sinks.exceptions import SinkError
+
+__all__ = ["JsonlSink"]
+
+log = logging.getLogger(__name__)
+
+
+class JsonlSink:
+    """Appends alarms to ``path`` as JSON lines.
+
+    Parameters
+    ----------
+    path
+        The file (and its parent directories) is created on the first flush.
+    """
+
+    name = "jsonl"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._buffer: list[Alarm] = []
+        self._file: io.FileIO | None = None
+
+    @property
+    def pending(self) -> int:
+        """Alarms written but not yet flushed."""
+        return len(self._buffer)
+
+    def write(self, alarms: Sequence[Alarm]) -> None:
+        self._buffer.extend(alarms)
+
+    def _open(self) -> io.FileIO:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Unbuffered: nothing is left in a Python buffer to be written later by close().
+            self._file = open(self.path, "ab", buffering=0)
+        return self._file
+
+    def flush(self) -> None:
+        """Append the buffered alarms and fsync.
+
+        Raises
+        ------
+        sinks.SinkError
+            When the file cannot be written; the alarms stay buffered.
+        """
+        if not self._buffer:
+            return
+        data = b"".join(
+            json.dumps(a.to_dict(), separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
+            for a in self._buffer
+        )
+        start: int | None = None
+        try:
+            handle = self._open()
+            start = handle.seek(0, os.SEEK_END)
+            view = memoryview(data)
+            while view:
+                written = handle.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the file accepted no bytes")
+                view = view[written:]
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            self._rewind(start)
+            raise SinkError(
+                f"cannot append {len(self._buffer)} alarm(s) to {str(self.path)!r} ({exc}); "
+                "they are kept and retried at the next flush: check the disk and permissions"
+            ) from None
+        self._buffer.clear()
+
+    def _rewind(self, start: int | None) -> None:
+        """Cut a partly written flush off and reopen at the next attempt."""
+        if self._file is None:
+            return
+        try:
+            if start is not None:
+                self._file.truncate(start)
+        except OSError as exc:
+            log.warning("could not cut a partial write off %s (%s): the next flush may "
+                        "follow a torn line", self.path, exc)
+        finally:
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.debug("closing %s after a failed write: %s", self.path, exc)
+            self._file = None
+
+    def close(self) -> None:
+        """Flush (logging a failure: unflushed alarms are replayed from Kafka) and close."""
+        try:
+            self.flush()
+        except SinkError as exc:
+            log.warning("JSONL sink closing with %d unwritten alarm(s): %s", len(self._buffer), exc)
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None

@@ -1,0 +1,251 @@
+"""The durable webhook outbox: one SQLite row per (target, trigger).
+
+The webhook sink inserts a row for every target a trigger goes to, in one transaction,
+before the service commits the Kafka offsets that caused the trigger (``INSERT OR
+IGNORE``: a trigger replayed after a crash has the same idempotency key and is not
+added twice). The delivery thread then works through the rows that are due::
+
+    pending --2xx--> delivered
+       |  \\--connection error, timeout, 5xx, 429--> pending (attempts + 1, next_attempt_at)
+       |---other 4xx, or max_attempts reached--> failed
+
+Rows hold the generic trigger payload only: tokens and secrets are added when a request
+is built and never reach the file. The database is in WAL mode with
+``synchronous=FULL``, so a committed insert survives a power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["Outbox", "OutboxRow", "OutboxEntry"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    target          TEXT    NOT NULL,
+    idempotency_key TEXT    NOT NULL,
+    model           TEXT    NOT NULL,
+    action          TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    status          TEXT    NOT NULL DEFAULT 'pending'
+                            CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,
+    last_error      TEXT,
+    created_at      REAL    NOT NULL,
+    delivered_at    REAL,
+    PRIMARY KEY (target, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """What the sink records: a trigger's payload for one target."""
+
+    target: str
+    idempotency_key: str
+    model: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored delivery, as read back."""
+
+    target: str
+    idempotency_key: str
+    model: str
+    action: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+
+_COLUMNS = (
+    "target, idempotency_key, model, action, payload, status, attempts, next_attempt_at, "
+    "last_error, created_at, delivered_at"
+)
+
+
+def _row(values: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(
+        target=values[0],
+        idempotency_key=values[1],
+        model=values[2],
+        action=values[3],
+        payload=json.loads(values[4]),
+        status=values[5],
+        attempts=values[6],
+        next_attempt_at=values[7],
+        last_error=values[8],
+        created_at=values[9],
+        delivered_at=values[10],
+    )
+
+
+class Outbox:
+    """A SQLite outbox file shared by the sink (inserts) and the delivery thread.
+
+    Parameters
+    ----------
+    path
+        The database file (created with its table if missing), normally
+        ``<state_dir>/outbox.sqlite3``.
+    clock
+        Wall-clock seconds, for ``created_at`` and for what is due.
+    busy_timeout_seconds
+        How long a statement waits for a lock held by another connection before it fails.
+
+    Notes
+    -----
+    One connection, used under a lock by both threads: every statement is short, and
+    this keeps transactions simple. ``close()`` must be called (it closes the
+    connection).
+    """
+
+    def __init__(
+        self, path: str | Path, clock: Any = time.time, busy_timeout_seconds: float = 10.0
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False,
+            timeout=busy_timeout_seconds,
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def add(self, entries: Iterable[OutboxEntry]) -> list[OutboxEntry]:
+        """Insert ``entries`` in one transaction; those already present are left as they are.
+
+        Returns
+        -------
+        list of OutboxEntry
+            The entries that were new (the others were recorded before: a replay).
+
+        Raises
+        ------
+        sqlite3.Error
+            When the transaction could not be committed (nothing was added).
+        """
+        now = self._clock()
+        added: list[OutboxEntry] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for e in entries:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO deliveries (target, idempotency_key, model, "
+                        "action, payload, next_attempt_at, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (e.target, e.idempotency_key, e.model, e.action,
+                         json.dumps(e.payload, separators=(",", ":")), now, now),
+                    )
+                    if cursor.rowcount == 1:
+                        added.append(e)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return added
+
+    def due(self, now: float | None = None, limit: int = 100) -> list[OutboxRow]:
+        """Pending rows whose next attempt is due, oldest first."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'pending' "
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?",
+                (now, limit),
+            )
+            return [_row(v) for v in cursor.fetchall()]
+
+    def next_due_at(self) -> float | None:
+        """When the earliest pending row is due (None: nothing pending)."""
+        with self._lock:
+            (value,) = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        return value
+
+    def pending_count(self) -> int:
+        with self._lock:
+            (value,) = self._db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        return int(value)
+
+    def get(self, target: str, key: str) -> OutboxRow | None:
+        with self._lock:
+            values = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deliveries WHERE target = ? AND idempotency_key = ?",
+                (target, key),
+            ).fetchone()
+        return None if values is None else _row(values)
+
+    def rows(self) -> list[OutboxRow]:
+        """Every row, oldest first (for inspection and tests)."""
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT {_COLUMNS} FROM deliveries ORDER BY created_at, target, idempotency_key"
+            )
+            return [_row(v) for v in cursor.fetchall()]
+
+    def mark_delivered(self, target: str, key: str, attempts: int) -> None:
+        self._update(target, key, "status = 'delivered', attempts = ?, delivered_at = ?, "
+                     "last_error = NULL", (attempts, self._clock()))
+
+    def mark_retry(self, target: str, key: str, attempts: int, next_attempt_at: float,
+                   error: str) -> None:
+        self._update(target, key, "attempts = ?, next_attempt_at = ?, last_error = ?",
+                     (attempts, next_attempt_at, error))
+
+    def mark_failed(self, target: str, key: str, attempts: int, error: str) -> None:
+        self._update(target, key, "status = 'failed', attempts = ?, last_error = ?",
+                     (attempts, error))
+
+    def _update(self, target: str, key: str, assignments: str, values: tuple[Any, ...]) -> None:
+        with self._lock:
+            # Only pending rows change: a delivered row is never reopened.
+            self._db.execute(
+                f"UPDATE deliveries SET {assignments} "
+                "WHERE target = ? AND idempotency_key = ? AND status = 'pending'",
+                (*values, target, key),
+            )
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Delete delivered and failed rows created more than ``older_than_seconds`` ago.
+
+        A replay never reaches back further than the last committed offsets, so rows
+        much older than a checkpoint interval cannot be needed for de-duplication.
+        """
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?",
+                (self._clock() - older_than_seconds,),
+            )
+            return cursor.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

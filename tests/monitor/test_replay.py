@@ -1,0 +1,81 @@
+"""`driftline replay` and file references, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import orjson
+import pytest
+
+from monitor.cli import main
+from monitor.config import load_settings
+from monitor.exceptions import ReferenceLoadError
+from monitor.reference import load_reference
+from tests.monitor.streams import prediction_events, to_jsonl
+
+
+def _alarms(path):
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()]
+
+
+def test_replay_with_a_jsonl_reference_file_monitors_from_the_first_event(tmp_path):
+    reference = prediction_events(3_000, seed=50)
+    live = prediction_events(4_000, seed=51, shift_at=2_000, shift=1.0, id_prefix="live")
+    (tmp_path / "ref.jsonl").write_bytes(to_jsonl(reference))
+    (tmp_path / "live.jsonl").write_bytes(to_jsonl(live))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"defaults:\n  reference: {{source: file, path: {tmp_path / 'ref.jsonl'}, size: 3000}}\n")
+    out = tmp_path / "alarms.jsonl"
+    assert main(["replay", "--predictions", str(tmp_path / "live.jsonl"), "--config", str(cfg),
+                 "--alarms", str(out), "--quiet"]) == 0
+    drift = [a for a in _alarms(out) if a["kind"] == "feature_drift"]
+    # windows start at the stream's first event, since no event is spent on the reference
+    assert [(a["feature"], a["first_index"], a["last_index"]) for a in drift] == [("x0", 2000, 2999)]
+
+
+def test_csv_reference_and_its_errors(tmp_path):
+    path = tmp_path / "ref.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "amount", "country", "prediction"])
+        w.writerow(["fraud", "12.5", "DE", "0.9"])
+        w.writerow(["fraud", "", "FR", "0.1"])
+        w.writerow(["other", "1", "US", "0.5"])
+    ref = load_reference(path, "fraud", 100)
+    assert ref.features == [{"amount": 12.5, "country": "DE"}, {"amount": None, "country": "FR"}]
+    assert ref.prediction == [0.9, 0.1]
+    with pytest.raises(ReferenceLoadError, match="no prediction events of model 'nobody'"):
+        load_reference(path, "nobody", 100)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"model": "fraud", "features": {}}\nnot json\n')
+    with pytest.raises(ReferenceLoadError, match="bad.jsonl:2"):
+        load_reference(bad, "fraud", 100)
+
+
+def test_replay_exit_codes_and_dead_letter_file(tmp_path, capsys):
+    events = prediction_events(100, seed=52)
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(to_jsonl(events) + b"this is not json\n")
+    out = tmp_path / "a.jsonl"
+    assert main(["replay", "--predictions", str(path), "--alarms", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "replayed 100 predictions" in err and "1 invalid" in err
+    dead = [orjson.loads(x) for x in (tmp_path / "a.jsonl.dead-letters.jsonl").read_bytes().splitlines()]
+    assert dead == [{"reason": "invalid_json", "detail": dead[0]["detail"], "topic": "predictions",
+                     "partition": 0, "offset": 100, "key": None, "value": "this is not json",
+                     "value_base64": None}]
+    assert main(["replay", "--predictions", str(tmp_path / "missing.jsonl"), "--alarms", str(out)]) == 3
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text("defaults:\n  reference: {source: file, path: /nonexistent/ref.jsonl}\nmodels:\n  fraud: {}\n")
+    assert main(["replay", "--predictions", str(path), "--alarms", str(out), "--config", str(cfg)]) == 3
+    assert "/nonexistent/ref.jsonl" in capsys.readouterr().err
+
+
+def test_run_without_a_broker_fails_with_exit_code_3(tmp_path, monkeypatch):
+    from monitor.embedded_broker import free_port
+
+    monkeypatch.setenv("DRIFTLINE_KAFKA__BOOTSTRAP_TIMEOUT_MS", "1500")
+    port = free_port()  # nothing listens there
+    code = main(["run", "--bootstrap-servers", f"127.0.0.1:{port}", "--state-dir", str(tmp_path),
+                 "--metrics-port", "0"])
+    assert code == 3

@@ -1,0 +1,114 @@
+"""sinks.outbox.Outbox over a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sinks.outbox import Outbox, OutboxEntry
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry(key: str, target: str = "ci") -> OutboxEntry:
+    return OutboxEntry(target, key, "fraud", "retrain", {"idempotency_key": key, "n": 1})
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: Clock):
+    box = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+    yield box
+    box.close()
+
+
+def test_the_database_is_in_wal_mode(outbox: Outbox) -> None:
+    db = sqlite3.connect(outbox.path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        db.close()
+
+
+def test_insert_or_ignore_per_target_and_key(outbox: Outbox) -> None:
+    assert outbox.add([entry("k1"), entry("k1", target="slack")]) == [
+        entry("k1"), entry("k1", target="slack")]
+    assert outbox.add([entry("k1"), entry("k2")]) == [entry("k2")]
+    assert {(r.target, r.idempotency_key) for r in outbox.rows()} == {
+        ("ci", "k1"), ("slack", "k1"), ("ci", "k2")}
+    assert outbox.pending_count() == 3
+
+
+def test_rows_survive_a_reopen(tmp_path: Path, clock: Clock) -> None:
+    first = Outbox(tmp_path / "o.sqlite3", clock=clock)
+    first.add([entry("k1")])
+    first.close()
+    second = Outbox(tmp_path / "o.sqlite3", clock=clock)
+    try:
+        (row,) = second.due()
+        assert (row.status, row.attempts, row.payload) == ("pending", 0,
+                                                           {"idempotency_key": "k1", "n": 1})
+    finally:
+        second.close()
+
+
+def test_due_respects_next_attempt_and_status(outbox: Outbox, clock: Clock) -> None:
+    outbox.add([entry("k1"), entry("k2"), entry("k3")])
+    outbox.mark_retry("ci", "k1", attempts=1, next_attempt_at=1010.0, error="HTTP 500")
+    outbox.mark_delivered("ci", "k2", attempts=1)
+    assert [r.idempotency_key for r in outbox.due()] == ["k3"]
+    assert outbox.next_due_at() == 1000.0
+    clock.now = 1010.0
+    assert [r.idempotency_key for r in outbox.due()] == ["k3", "k1"]
+    row = outbox.get("ci", "k1")
+    assert row is not None and (row.attempts, row.last_error) == (1, "HTTP 500")
+
+
+def test_a_delivered_row_is_never_reopened(outbox: Outbox) -> None:
+    outbox.add([entry("k1")])
+    outbox.mark_delivered("ci", "k1", attempts=2)
+    outbox.mark_retry("ci", "k1", attempts=3, next_attempt_at=0.0, error="late")
+    outbox.mark_failed("ci", "k1", attempts=3, error="late")
+    row = outbox.get("ci", "k1")
+    assert row is not None
+    assert (row.status, row.attempts, row.last_error, row.delivered_at) == (
+        "delivered", 2, None, 1000.0)
+    assert outbox.due() == [] and outbox.next_due_at() is None
+
+
+def test_prune_removes_only_old_finished_rows(outbox: Outbox, clock: Clock) -> None:
+    outbox.add([entry("old-delivered"), entry("old-failed"), entry("old-pending")])
+    outbox.mark_delivered("ci", "old-delivered", 1)
+    outbox.mark_failed("ci", "old-failed", 1, "HTTP 400")
+    clock.now += 100.0
+    outbox.add([entry("new")])
+    outbox.mark_delivered("ci", "new", 1)
+    assert outbox.prune(older_than_seconds=50.0) == 2
+    assert {r.idempotency_key for r in outbox.rows()} == {"old-pending", "new"}
+
+
+def test_a_failed_transaction_adds_nothing(tmp_path: Path, clock: Clock) -> None:
+    box = Outbox(tmp_path / "o.sqlite3", clock=clock, busy_timeout_seconds=0.05)
+    blocker = sqlite3.connect(tmp_path / "o.sqlite3", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            box.add([entry("k1"), entry("k2")])
+        blocker.execute("ROLLBACK")
+        assert box.pending_count() == 0
+        assert len(box.add([entry("k1"), entry("k2")])) == 2
+    finally:
+        blocker.close()
+        box.close()
