@@ -250,7 +250,7 @@ class Deliverer:
         self._client.close()
 
     def _run(self) -> None:
-        self._report_pending()
+        self.report_pending()
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -277,7 +277,8 @@ class Deliverer:
                 log.info("removed %d webhook outbox rows older than %.0f days",
                          removed, _RETENTION_SECONDS / 86400)
 
-    def _report_pending(self) -> None:
+    def report_pending(self) -> None:
+        """Report the outbox's pending count to the telemetry."""
         self.telemetry.set_outbox_pending(self.outbox.pending_count())
 
     # ---- one pass -----------------------------------------------------------------
@@ -292,7 +293,7 @@ class Deliverer:
             self._attempt(row)
             attempted += 1
         if attempted:
-            self._report_pending()
+            self.report_pending()
         return attempted
 
     def _attempt(self, row: OutboxRow) -> None:

@@ -230,7 +230,7 @@ class WebhookSink:
                      trigger.action, trigger.model, trigger.version, trigger.idempotency_key[:12],
                      len(trigger_entries), payload["reason"])
         self._pending = []
-        self.telemetry.set_outbox_pending(self.outbox.pending_count())
+        self.deliverer.report_pending()
         self.deliverer.notify()
 
     def _dry_run(self, triggers: Sequence[Trigger]) -> None:
