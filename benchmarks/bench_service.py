@@ -59,12 +59,12 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 def bare_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
-    """Events/s of a kafka-python consumer that only reads (same fetch settings)."""
+    """Events/s of a kafka-python consumer that only reads (the service's consumer settings)."""
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                      auto_offset_reset="earliest", session_timeout_ms=6000, max_poll_records=5000,
-                      fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                      auto_offset_reset="earliest", session_timeout_ms=6000, max_poll_records=5000)
+    c.subscribe([topic, topic + "-feedback"])  # the same subscription as the service
     seen, first = 0, None
     while seen < n:
         for recs in c.poll(timeout_ms=500, max_records=5000).values():

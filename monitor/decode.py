@@ -19,6 +19,7 @@ Reason codes (the ``reason`` label of ``driftline_invalid_events_total``):
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence, Union
 
@@ -412,6 +413,38 @@ def _category(v: Any) -> str | None:
     return str(v)
 
 
+def _numeric_block(features: Sequence[dict[str, Any]], names: list[str]) -> np.ndarray | None:
+    """The fast path: every row has every numeric feature, all numbers or null; one
+    C-level pass (itemgetter) and one conversion. None when a row lacks a key or holds
+    a value numpy cannot convert (then the column path finds the rows)."""
+    if not names:
+        return np.empty((len(features), 0), dtype=np.float64)
+    get = operator.itemgetter(*names)
+    try:
+        rows = list(map(get, features))
+        block = np.array(rows, dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return block.reshape(len(features), len(names))
+
+
+def _numeric_columns(features: Sequence[dict[str, Any]], names: list[str], bad: np.ndarray) -> np.ndarray:
+    """Column by column, marking the rows whose value is not a number in ``bad``."""
+    numeric = np.empty((len(features), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        col = [f.get(name) for f in features]
+        try:
+            numeric[:, j] = np.array(col, dtype=np.float64)
+        except (TypeError, ValueError):
+            for i, v in enumerate(col):  # rare: only a column that holds a bad value
+                try:
+                    numeric[i, j] = np.float64(v) if v is not None else np.nan
+                except (TypeError, ValueError):
+                    numeric[i, j] = np.nan
+                    bad[i] = True
+    return numeric
+
+
 def columnarize(
     features: Sequence[dict[str, Any]], schema: Schema
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -437,29 +470,27 @@ def columnarize(
     Numeric strings such as ``"1.5"`` are accepted as numbers (numpy's conversion).
     """
     n = len(features)
-    numeric = np.empty((n, len(schema.numeric)), dtype=np.float64)
     bad = np.zeros(n, dtype=bool)
-    for j, name in enumerate(schema.numeric):
-        col = [f.get(name) for f in features]
-        try:
-            numeric[:, j] = np.array(col, dtype=np.float64)
-        except (TypeError, ValueError):
-            for i, v in enumerate(col):  # rare: only a column that holds a bad value
-                try:
-                    numeric[i, j] = np.float64(v) if v is not None else np.nan
-                except (TypeError, ValueError):
-                    numeric[i, j] = np.nan
-                    bad[i] = True
+    numeric = _numeric_block(features, schema.numeric)
+    if numeric is None:
+        numeric = _numeric_columns(features, schema.numeric, bad)
     codes = np.empty((n, len(schema.categorical)), dtype=np.int64)
     for j, (name, vocab) in enumerate(zip(schema.categorical, schema.vocabularies)):
         other = len(vocab)
-        get = vocab.get
+        lookup = {**vocab, None: -1}
+        get = lookup.get
         col = [f.get(name) for f in features]
-        codes[:, j] = [-1 if v is None else get(v if isinstance(v, str) else _category(v), other) for v in col]
-        for i in np.flatnonzero(codes[:, j] == other).tolist():  # rare: unseen values only
-            if isinstance(col[i], (dict, list)):
+        try:
+            codes[:, j] = [get(v, other) for v in col]
+        except TypeError:  # an unhashable value (object, list): found below
+            codes[:, j] = [get(v, other) if not isinstance(v, (dict, list)) else other for v in col]
+        for i in np.flatnonzero(codes[:, j] == other).tolist():  # rare: unseen or non-string values
+            v = col[i]
+            if isinstance(v, (dict, list)):
                 bad[i] = True
                 codes[i, j] = -1
+            elif not isinstance(v, str):
+                codes[i, j] = vocab.get(_category(v), other)
     width = len(schema.numeric) + len(schema.categorical)
     unexpected = 0
     if sum(map(len, features)) != n * width:  # the common case skips the exact count

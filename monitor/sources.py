@@ -88,8 +88,6 @@ class KafkaSource:
                 heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
                 max_poll_records=settings.max_poll_records,
                 bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
-                fetch_max_bytes=64 * 1024 * 1024,
-                max_partition_fetch_bytes=16 * 1024 * 1024,
                 **kafka_client_options(settings),
             )
         except KafkaError as exc:

@@ -95,3 +95,12 @@ def test_every_record_accounted_for():
     raw[20] = orjson.dumps({"model": "fraud"})
     out = _decode(raw)
     assert out.n_predictions + len(out.dead_letters) == len(raw)
+
+
+def test_categorical_values_that_are_not_strings_use_their_text():
+    schema, _ = Schema.infer([{"c": "a"}, {"c": True}, {"c": 5}], None, None, [], 10)
+    assert schema.categorical == ["c"]
+    vocab = schema.vocabularies[0]
+    _, codes, bad, _ = columnarize([{"c": True}, {"c": 5}, {"c": "a"}, {"c": "new"}, {"c": {"x": 1}}], schema)
+    assert codes[:, 0].tolist() == [vocab["true"], vocab["5"], vocab["a"], len(vocab), -1]
+    assert bad.tolist() == [False, False, False, False, True]
