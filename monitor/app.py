@@ -153,7 +153,8 @@ class Service:
         from sinks.factory import start_metrics_server
 
         self._metrics_server = start_metrics_server(
-            self.settings.prometheus, self.registry, self.engine.snapshot, self.readiness)
+            self.settings.prometheus, self.registry, self.engine.snapshot, self.readiness,
+            on_overflow=self.telemetry.record_feature_overflow)
         self.metrics_port = self._metrics_server.port
 
     def run(self, stop: threading.Event | None = None) -> int:
@@ -178,6 +179,7 @@ class Service:
                 else:
                     self._maybe_checkpoint(source, force=False)
                     self._report_lag(source)  # an idle consumer's lag falls to 0 on the gauge too
+                    self.telemetry.mark_success("batch")  # an empty poll is a healthy batch
                 self._set_ready("consuming", True)
                 self._set_ready("reference", self.engine.reference_ready)
             self._finish(source)
@@ -200,9 +202,7 @@ class Service:
         for outcome, count in result.join.items():
             tel.record_join(outcome, count)
         for model, count in result.feature_overflow.items():
-            record = getattr(tel, "record_feature_overflow", None)
-            if record is not None:
-                record(model, count)
+            tel.record_feature_overflow(model, count)
         for alarm in result.alarms:
             tel.record_alarm(alarm.model, alarm.kind)
             log.info("alarm %s %s/%s %s %s=%.4g [%d..%d]", alarm.kind, alarm.model, alarm.version,
@@ -255,7 +255,10 @@ class Service:
         if offsets == self._committed and not force:
             return
         if self._store is not None:
-            self._store.save({"version": 1, "offsets": offsets, "engine": self.engine.state_dict()})
+            policies = {getattr(sink, "name", str(i)): sink.policy.state_dict()
+                        for i, sink in enumerate(self.sinks) if hasattr(sink, "policy")}
+            self._store.save({"version": 1, "offsets": offsets, "engine": self.engine.state_dict(),
+                              "policies": policies})
             self.telemetry.mark_success("checkpoint")
         source.commit(offsets)
         self._committed = offsets
@@ -269,6 +272,12 @@ class Service:
         if state is None:
             return
         self.engine.load_state(state["engine"])
+        from monitor.policy import TriggerPolicy
+
+        for i, sink in enumerate(self.sinks):  # evidence and cooldowns of the trigger policy
+            saved = state.get("policies", {}).get(getattr(sink, "name", str(i)))
+            if saved is not None and hasattr(sink, "policy"):
+                sink.policy = TriggerPolicy.from_state(saved)
         source.seek({tuple(k) if isinstance(k, list) else k: v for k, v in state["offsets"].items()})
         self._committed = dict(state["offsets"])
         log.info("restored checkpoint %s (%d models)", self._store.path, len(self.engine.models))

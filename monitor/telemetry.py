@@ -1,6 +1,7 @@
 """What the service reports about itself, behind a small interface.
 
-The service loop calls a :class:`Telemetry`; ``sinks.prometheus.PrometheusTelemetry``
+The service loop calls a :class:`Telemetry` (the webhook sink reports through its own
+``sinks.delivery.WebhookTelemetry``, which PrometheusTelemetry implements too); ``sinks.prometheus.PrometheusTelemetry``
 implements it with prometheus-client counters and histograms, and
 :class:`NullTelemetry` (the default) does nothing, so that ``monitor`` runs and is
 tested without a metrics registry.
@@ -42,6 +43,9 @@ class Telemetry(Protocol):
     def set_ready(self, component: str, ready: bool) -> None:
         """Readiness of ``kafka``, ``reference`` or ``consuming``."""
 
+    def record_feature_overflow(self, model: str, count: int) -> None:
+        """``count`` features of ``model`` beyond the per-model cap (not monitored)."""
+
 
 class NullTelemetry:
     """Telemetry that records nothing."""
@@ -68,4 +72,7 @@ class NullTelemetry:
         pass
 
     def set_ready(self, component: str, ready: bool) -> None:
+        pass
+
+    def record_feature_overflow(self, model: str, count: int) -> None:
         pass

@@ -33,3 +33,16 @@ def topics(broker):
     }
     broker.create_topics(list(names.values()), partitions=2)
     return names
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI configures the root logger (as an entry point should); put it back after
+    each test so that a handler bound to a closed capture stream does not outlive it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
