@@ -20,7 +20,7 @@ from sinks.prometheus import OVERFLOW_FEATURE, EngineCollector, PrometheusTeleme
 
 RULES = Path(__file__).resolve().parents[2] / "sinks" / "rules" / "driftline-alerts.yml"
 
-# The contract with the alert rules and the Grafana dashboards (README-sinks.md).
+# The contract with the alert rules and the Grafana dashboards (README.md, "Metrics").
 CONTRACT = {
     "driftline_events_consumed_total": "counter",
     "driftline_invalid_events_total": "counter",

@@ -67,7 +67,7 @@ def test_any_of_several_v1_digests_may_match_for_secret_rotation() -> None:
     assert not verify("other", b"x", header, now=NOW)
 
 
-README = Path(__file__).resolve().parents[2] / "README-sinks.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_block(after: str, language: str) -> str:
