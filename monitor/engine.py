@@ -481,6 +481,7 @@ class ModelMonitor:
         self.positive_code = 1.0
         self.regression: dict[str, TwoSampleMSPRT] = {}
         self.latency_baseline: float | None = None
+        self.regressed: set[str] = set()  # versions already found worse than the stable one
         self.dropped_features = 0
         if reference is not None:
             self._build_reference(reference.features, reference.prediction)
@@ -594,6 +595,7 @@ class ModelMonitor:
                 oldest = min(self.versions.values(), key=lambda v: v.last_ts or -math.inf)
                 del self.versions[oldest.version]
                 self.regression.pop(oldest.version, None)
+                self.regressed.discard(oldest.version)
                 self.version_events.pop(oldest.version, None)
             vm = self.versions[version] = VersionMonitor(self, version)
         return vm
@@ -664,15 +666,16 @@ class ModelMonitor:
                 continue
             is_canary = versions == canary
             sel = is_stable | is_canary
-            if not is_canary.any():
-                continue
+            if not is_canary.any() or canary in self.regressed:
+                continue  # a version found worse is reported once: a rollback is due, not a stream of alarms
             test = self.regression.get(canary)
             if test is None:
                 test = self.regression[canary] = TwoSampleMSPRT(alpha=cfg.alpha, tau=cfg.tau, min_samples=cfg.min_samples)
             sub = rows[sel]
             found = test.update(sub[:, _L_ERR], is_canary[sel])
             vm = self.versions[canary]
-            for i, diff in zip(found.alarms.tolist(), found.alarm_diffs.tolist()):
+            for i, diff in zip(found.alarms.tolist()[:1], found.alarm_diffs.tolist()[:1]):
+                self.regressed.add(canary)
                 # statistic: how much higher the canary's error is; p-value <= alpha by construction
                 result.alarms.append(vm._alarm(
                     "regression", "msprt", "error_rate", diff, cfg.alpha, None,
@@ -701,6 +704,7 @@ class ModelMonitor:
             "positive_code": self.positive_code,
             "regression": {name: t.state_dict() for name, t in self.regression.items()},
             "latency_baseline": self.latency_baseline,
+            "regressed": sorted(self.regressed),
             "dropped_features": self.dropped_features,
         }
 
@@ -727,6 +731,7 @@ class ModelMonitor:
         mm.positive_code = float(s["positive_code"])
         mm.regression = {k: TwoSampleMSPRT.from_state(v) for k, v in s["regression"].items()}
         mm.latency_baseline = s["latency_baseline"]
+        mm.regressed = set(s["regressed"])
         mm.dropped_features = int(s["dropped_features"])
         for vname, vs in s["versions"].items():
             vm = mm.versions[vname] = VersionMonitor(mm, vname)

@@ -120,6 +120,8 @@ def test_worse_canary_raises_regression_with_rollback():
         fb.append({"model": "fraud", "id": e["id"], "ts": e["ts"] + 1, "label": 1 - truth if wrong else truth})
     alarms, _ = run(Engine(SETTINGS), interleave(events, fb, lag=50), 1000)
     reg = [a for a in alarms if a.kind == "regression"]
+    msprt = [a for a in reg if a.detector == "msprt"]
+    assert len(msprt) == 1, "a version found worse is reported once"
     assert reg and reg[0].version == "v2" and reg[0].action == "rollback" and reg[0].detector == "msprt"
     assert reg[0].statistic > 0.1
     assert not [a for a in alarms if a.kind == "regression" and a.version == "v1"]
