@@ -25,8 +25,6 @@ system-deps:
 	    echo "note: install Debian's 'prometheus' and 'docker-compose' packages for the full suite" >&2; \
 	  fi; \
 	fi
-	@# the Debian package starts a prometheus service where systemd runs; tests start their own.
-	@-pkill -x prometheus >/dev/null 2>&1 || true
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest
@@ -34,8 +32,12 @@ test: $(STAMP) system-deps
 demo: $(STAMP)
 	$(VENV)/bin/driftline demo
 
+# Every benchmark, each printing its table (BENCHMARKS.md records them); several minutes.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_detectors.py
+	$(PY) benchmarks/bench_statistics.py
+	$(PY) benchmarks/bench_quality.py
+	$(PY) benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -11,7 +11,7 @@ Two parts, both registered on a registry the caller passes in (never the global 
   per-feature statistics cost nothing between scrapes.
 
 The metric names are a contract with the alert rules (``sinks/rules/driftline-alerts.yml``)
-and the Grafana dashboards; README-sinks.md lists them.
+and the Grafana dashboards; the README ("Metrics") lists them.
 
 Examples
 --------
