@@ -46,7 +46,17 @@ from detectors.statistics import (
 from detectors.windows import SlidingWindow, TumblingWindow
 from monitor.alarms import Alarm
 from monitor.config import ModelSettings, Settings
-from monitor.decode import DeadLetter, DecodedBatch, FileRecord, Predictions, Schema, columnarize, dead_letter
+from monitor.decode import (
+    DeadLetter,
+    DecodedBatch,
+    FileRecord,
+    Predictions,
+    Schema,
+    columnarize,
+    columnarize_raw,
+    dead_letter,
+    decode_features,
+)
 from monitor.join import LabelJoin, Labelled
 from monitor.snapshot import FeatureStatistic, VersionSnapshot
 
@@ -542,7 +552,7 @@ class ModelMonitor:
         start = 0
         if self.schema is None:
             take = min(n, self.settings.reference.size - len(self._buffer))
-            self._buffer.extend(zip(p.features[:take], p.prediction[:take], p.sources[:take]))
+            self._buffer.extend(zip(decode_features(p.features[:take]), p.prediction[:take], p.sources[:take]))
             start = take
             if len(self._buffer) >= self.settings.reference.size:
                 feats, preds, sources = zip(*self._buffer)
@@ -554,9 +564,8 @@ class ModelMonitor:
                     result.feature_overflow[self.name] += self.dropped_features
             if start == n:
                 return
-        feats = p.features[start:] if start else p.features
-        num, codes, bad, _ = columnarize(feats, self.schema)
-        rows = np.empty((len(feats), _FIXED + num.shape[1] + codes.shape[1]), dtype=np.float64)
+        num, codes, bad = columnarize_raw(p.features[start:] if start else p.features, self.schema)
+        rows = np.empty((n - start, _FIXED + num.shape[1] + codes.shape[1]), dtype=np.float64)
         rows[:, _IDX] = index[start:]
         rows[:, _TS] = p.ts[start:]
         rows[:, _LAT] = p.latency_ms[start:]

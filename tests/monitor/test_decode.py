@@ -104,3 +104,27 @@ def test_categorical_values_that_are_not_strings_use_their_text():
     _, codes, bad, _ = columnarize([{"c": True}, {"c": 5}, {"c": "a"}, {"c": "new"}, {"c": {"x": 1}}], schema)
     assert codes[:, 0].tolist() == [vocab["true"], vocab["5"], vocab["a"], len(vocab), -1]
     assert bad.tolist() == [False, False, False, False, True]
+
+
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(-1e6, 1e6, allow_nan=False),
+                   st.sampled_from(["a", "b", "zz", ""]), st.just([1]), st.just({"k": 1}))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["x", "y", "c", "extra"]), _VALUE, max_size=4),
+                min_size=1, max_size=12))
+def test_raw_columns_equal_dict_columns(rows):
+    """The fast path (features decoded into the schema's struct) and the dict path give
+    the same columns and flag the same rows, whatever the values."""
+    import msgspec
+
+    schema = Schema(["x", "y"], ["c"], [{"a": 0, "b": 1, "true": 2, "5": 3}])
+    raws = [msgspec.Raw(orjson.dumps(r)) for r in rows]
+    from monitor.decode import columnarize_raw
+
+    num_r, codes_r, bad_r = columnarize_raw(raws, schema)
+    num_d, codes_d, bad_d, _ = columnarize(rows, schema)
+    np.testing.assert_array_equal(bad_r, bad_d)
+    ok = ~bad_d
+    np.testing.assert_array_equal(num_r[ok], num_d[ok])
+    np.testing.assert_array_equal(codes_r[ok], codes_d[ok])
