@@ -35,7 +35,7 @@ import numpy as np
 
 from detectors.homogeneity import bucket_counts, chi2_homogeneity
 from detectors.metrics import classification_metrics, regression_metrics
-from detectors.multiple_testing import reject
+from detectors.multiple_testing import benjamini_hochberg, bonferroni
 from detectors.sequential import TwoSampleMSPRT
 from detectors.statistics import (
     CategoricalReference,
@@ -230,6 +230,13 @@ class VersionMonitor:
                 quality[name] = {"missing_rate": float(c.missing_rate[j]),
                                  "unseen_rate": float(c.unseen_rate[j])}
                 candidates.append((name, "chi2", float(c.tv[j]), float(chi2_p[j]), float(c.psi[j])))
+        # p-values corrected across the model's features: what the gauges show and what
+        # the alarms (and the alert rules) compare with alpha
+        adjusted = _adjust([c[3] for c in candidates], cfg.drift.correction)
+        by_feature = {c[0]: a for c, a in zip(candidates, adjusted.tolist())}
+        stats = [FeatureStatistic(s.feature, s.detector, s.statistic, by_feature[s.feature], s.threshold, s.kind)
+                 if s.p_value is not None else s for s in stats]
+        candidates = [(c[0], c[1], c[2], a, c[4]) for c, a in zip(candidates, adjusted.tolist())]
         alarms = self._drift_alarms(candidates, "feature_drift", first, last, ts)
         alarms += self._quality_alarms(quality, first, last, ts)
         if cfg.drift.prediction and m.pred_kind is not None:
@@ -282,12 +289,10 @@ class VersionMonitor:
         if not candidates:
             return []
         cfg = self.model.settings.drift
-        p = np.array([c[3] for c in candidates], dtype=np.float64)
+        p = np.array([c[3] for c in candidates], dtype=np.float64)  # already corrected
         if cfg.alarm_on == "p_value":
-            if cfg.correction == "none":
-                significant = p <= cfg.alpha
-            else:
-                significant = reject(p, cfg.alpha, cfg.correction)
+            with np.errstate(invalid="ignore"):
+                significant = p <= cfg.alpha  # NaN (no test) is never significant
             effect = np.array([c[2] for c in candidates]) >= cfg.min_effect
             hit = significant & effect
         else:
@@ -751,6 +756,16 @@ class ModelMonitor:
         if self.schema is None:
             return [VersionSnapshot(self.name, v, c, 0, False) for v, c in self.version_events.items()]
         return [vm.snapshot() for vm in self.versions.values()]
+
+
+def _adjust(p_values: Sequence[float], correction: str) -> np.ndarray:
+    """p-values corrected for testing several features at once (NaN: no test)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if correction == "bh" and p.size:
+        return benjamini_hochberg(p)
+    if correction == "bonferroni" and p.size:
+        return bonferroni(p)
+    return p
 
 
 def _alarm_order(a: Alarm) -> tuple:

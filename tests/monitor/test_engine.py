@@ -167,3 +167,27 @@ def test_checkpoint_inside_the_reference_keeps_buffered_records():
     a2, d2 = run(second, recs[1400:], 700)
     assert a1 + a2 == whole_alarms and [d.offset for d in d2] == [d.offset for d in whole_dead] == [500]
     assert d2[0].value == recs[500].value
+
+
+def test_gauges_show_ks_against_the_reference_with_the_bh_correction():
+    """The statistics the engine exposes agree with scipy on the raw events: KS of the
+    window against the reference, p-values corrected by Benjamini-Hochberg."""
+    from scipy import stats
+
+    ev = prediction_events(3_000, seed=60, shift_at=2_000, shift=0.15)
+    engine = Engine(SETTINGS)
+    run(engine, list(records(ev, "predictions")), 1000)
+    (snap,) = engine.snapshot()
+    got = {s.feature: s for s in snap.drift if s.detector == "ks"}
+    x = np.array([[e["features"][f"x{j}"] for j in range(3)] for e in ev])
+    raw = [stats.ks_2samp(x[2000:, j], x[:2000, j], method="asymp") for j in range(3)]
+    country = np.array([e["features"]["country"] for e in ev])
+    table = np.array([[np.sum(country[:2000] == c) for c in ("DE", "FR", "US")],
+                      [np.sum(country[2000:] == c) for c in ("DE", "FR", "US")]])
+    chi2_p = stats.chi2_contingency(table, correction=False).pvalue
+    corrected = stats.false_discovery_control([r.pvalue for r in raw] + [chi2_p], method="bh")
+    for j in range(3):
+        assert got[f"x{j}"].statistic == pytest.approx(raw[j].statistic, abs=1e-12)
+        assert got[f"x{j}"].p_value == pytest.approx(corrected[j], rel=1e-9)
+    chi2 = next(s for s in snap.drift if s.detector == "chi2")
+    assert chi2.p_value == pytest.approx(corrected[3], rel=1e-9)
