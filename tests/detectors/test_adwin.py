@@ -18,26 +18,12 @@ from river import drift as river_drift
 
 import detectors.adwin
 from detectors.adwin import ADWIN
+from tests.detectors.oracle import feed, river_indices
 
 
 def river_drifts(stream: np.ndarray, **params) -> list[int]:
     """Indices where river's ADWIN, fed one sample at a time, signals a drift."""
-    detector = river_drift.ADWIN(**params)
-    found = []
-    for i, value in enumerate(stream.tolist()):
-        detector.update(value)
-        if detector.drift_detected:
-            found.append(i)
-    return found
-
-
-def feed(detector: ADWIN, stream: np.ndarray, cuts: list[int]) -> list[int]:
-    """Feed ``stream`` cut at ``cuts``; return the drift indices in stream coordinates."""
-    found = []
-    bounds = [0, *sorted(set(cuts)), len(stream)]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        found.extend((detector.update(stream[start:stop]).drifts + start).tolist())
-    return found
+    return river_indices(river_drift.ADWIN(**params), stream)
 
 
 def make_stream(kind: str, n: int, seed: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from scipy import stats
 
 import detectors.kswin
 from detectors.kswin import KSWIN, NumpySampler, ks_distances, ks_table
+from tests.detectors.oracle import feed, river_indices
 
 
 class RiverDraws:
@@ -43,22 +44,7 @@ class RiverDraws:
 
 def river_drifts(stream: np.ndarray, **params) -> list[int]:
     """Indices where river's KSWIN, fed one sample at a time, signals a drift."""
-    detector = river_drift.KSWIN(**params)
-    found = []
-    for i, value in enumerate(stream.tolist()):
-        detector.update(value)
-        if detector.drift_detected:
-            found.append(i)
-    return found
-
-
-def feed(detector: KSWIN, stream: np.ndarray, cuts: list[int]) -> list[int]:
-    """Feed ``stream`` cut at ``cuts``; return the drift indices in stream coordinates."""
-    found = []
-    bounds = [0, *sorted(set(cuts)), len(stream)]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        found.extend((detector.update(stream[start:stop]).drifts + start).tolist())
-    return found
+    return river_indices(river_drift.KSWIN(**params), stream)
 
 
 def make_stream(kind: str, n: int, seed: int) -> np.ndarray:

@@ -1,0 +1,30 @@
+"""River as the oracle: run a river detector one sample at a time, and feed one of ours
+batch by batch, both returning indices in stream coordinates."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def river_indices(detector: Any, stream: np.ndarray, warnings: bool = False) -> list[int] | tuple[list[int], list[int]]:
+    """Indices where ``detector`` (a river drift detector), fed one sample at a time,
+    signals a drift (and, with ``warnings``, where ``warning_detected`` is set)."""
+    drifts, warns = [], []
+    for i, value in enumerate(stream.tolist()):
+        detector.update(value)
+        if detector.drift_detected:
+            drifts.append(i)
+        if warnings and getattr(detector, "warning_detected", False):
+            warns.append(i)
+    return (drifts, warns) if warnings else drifts
+
+
+def feed(detector: Any, stream: np.ndarray, cuts: Sequence[int]) -> list[int]:
+    """Feed ``stream`` to one of ours cut at ``cuts``; the drift indices in stream coordinates."""
+    found = []
+    bounds = [0, *sorted(set(cuts)), len(stream)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        found.extend((detector.update(stream[start:stop]).drifts + start).tolist())
+    return found
