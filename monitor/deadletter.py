@@ -24,20 +24,43 @@ __all__ = ["KafkaDeadLetters", "FileDeadLetters"]
 log = logging.getLogger(__name__)
 
 
-class FileDeadLetters:
-    """Append dead letters as JSON lines to a file."""
+class _DeadLetters:
+    """Buffer on ``write``; ``flush`` makes the buffer durable (subclasses' ``_deliver``)
+    and empties it only then; ``close`` flushes and releases (``_release``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self) -> None:
         self._pending: list[DeadLetter] = []
-        self._fh = None
 
     def write(self, letters: Sequence[DeadLetter]) -> None:
         self._pending.extend(letters)
 
     def flush(self) -> None:
-        if not self._pending:
-            return
+        if self._pending:
+            self._deliver()
+            self._pending.clear()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._release()
+
+    def _deliver(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _release(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FileDeadLetters(_DeadLetters):
+    """Append dead letters as JSON lines to a file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._fh = None
+
+    def _deliver(self) -> None:
         try:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,18 +70,14 @@ class FileDeadLetters:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             raise SinkError(f"cannot write dead letters to {self.path}: {exc.strerror}") from None
-        self._pending.clear()
 
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+    def _release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
-class KafkaDeadLetters:
+class KafkaDeadLetters(_DeadLetters):
     """Produce dead letters to the dead-letter topic: the original bytes as the value,
     the original key, and headers ``driftline-reason``, ``driftline-detail`` and
     ``driftline-source`` (topic/partition/offset)."""
@@ -68,16 +87,11 @@ class KafkaDeadLetters:
 
         from monitor.sources import kafka_client_options
 
+        super().__init__()
         self.topic = settings.dead_letter_topic
         self._producer = producer or KafkaProducer(acks="all", linger_ms=20, **kafka_client_options(settings))
-        self._pending: list[DeadLetter] = []
 
-    def write(self, letters: Sequence[DeadLetter]) -> None:
-        self._pending.extend(letters)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
+    def _deliver(self) -> None:
         from kafka.errors import KafkaError
 
         try:
@@ -94,10 +108,6 @@ class KafkaDeadLetters:
                 f.get(timeout=30)
         except KafkaError as exc:
             raise SinkError(f"cannot produce dead letters to {self.topic}: {exc}") from None
-        self._pending.clear()
 
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._producer.close(timeout=5)
+    def _release(self) -> None:
+        self._producer.close(timeout=5)
