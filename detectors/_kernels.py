@@ -40,6 +40,7 @@ __all__ = [
     "ranges",
     "recurrence_table",
     "powers",
+    "geometric_sums",
 ]
 
 #: Smallest chunk scanned right after an alarm (see :func:`scan_with_restarts`).
@@ -407,3 +408,34 @@ def powers(base: float, size: int) -> np.ndarray:
     if size <= MAX_CHUNK + 1:
         return _power_table(float(base))[:size]
     return np.power(base, np.arange(size, dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=16)
+def _geometric_table(base: float) -> np.ndarray:
+    steps = np.arange(MAX_CHUNK + 1, dtype=np.float64)
+    if base == 1.0:
+        table = steps
+    else:
+        # (1 - base**k) / (1 - base) with expm1/log1p: accurate to a few ulp even when
+        # base is within 1e-12 of 1 (where 1 - base**k cancels)
+        table = -np.expm1(steps * np.log1p(base - 1.0)) / (1.0 - base)
+    table.setflags(write=False)
+    return table
+
+
+def geometric_sums(base: float, size: int) -> np.ndarray:
+    """``1 + base + ... + base ** (k - 1)`` for ``k`` in ``arange(size)`` (read-only):
+    the value after ``k`` steps of ``y = base * y + 1`` from 0, in closed form, to a
+    few units in the last place; from a shared table when ``size <= MAX_CHUNK + 1``.
+
+    Examples
+    --------
+    >>> geometric_sums(0.5, 4).tolist()
+    [0.0, 1.0, 1.5, 1.75]
+    """
+    if size <= MAX_CHUNK + 1:
+        return _geometric_table(float(base))[:size]
+    steps = np.arange(size, dtype=np.float64)
+    if base == 1.0:
+        return steps
+    return -np.expm1(steps * np.log1p(base - 1.0)) / (1.0 - base)

@@ -71,6 +71,42 @@ def test_parity_with_river(seed, n, gradual, rounded, params, cuts):
     assert ours(params, x, cuts) == river_drifts(params, x)
 
 
+def river_statistics(params: dict, x: np.ndarray) -> np.ndarray:
+    """river's test statistic after every judged sample, on a detector that never
+    fires: max(increase - min, max - decrease) as the mode looks at them."""
+    detector = drift.PageHinkley(**{**params, "threshold": 1e300})
+    found = []
+    for value in x.tolist():
+        detector.update(value)
+        if detector._x_mean.n >= detector.min_instances:
+            up = detector._sum_increase - detector._min_increase
+            down = detector._max_decrease - detector._sum_decrease
+            found.append({"up": up, "down": down, "both": max(up, down)}[detector.mode])
+    return np.array(found)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(50, 3000),
+    rounded=st.booleans(),
+    params=params_strategy,
+    quantile=st.floats(0.5, 1.0),
+    side=st.sampled_from([-1e-9, 1e-9]),
+)
+def test_parity_with_river_near_the_threshold(seed, n, rounded, params, quantile, side):
+    # the threshold a hair (1e-9 relative) below or above a value river's statistic
+    # actually takes: the closed-form decrease sum and the prefix-sum mean must not
+    # move an alarm across it
+    x = shifting_stream(seed, n, False, rounded)
+    statistics = river_statistics(params, x)
+    statistics = statistics[statistics > 0]
+    if statistics.size == 0:
+        return
+    params = {**params, "threshold": float(np.quantile(statistics, quantile, method="lower")) * (1 + side)}
+    assert ours(params, x) == river_drifts(params, x)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_long_seeded_streams_with_several_drifts(seed):
     x = shifting_stream(seed, 20_000, gradual=seed % 2 == 1, rounded=False)
