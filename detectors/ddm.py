@@ -12,7 +12,6 @@ from detectors._kernels import (
     first_index,
     last_index,
     previous,
-    ranges,
     restart_loop,
     running_mean,
     running_min,
@@ -218,15 +217,21 @@ class EDDM(ChangeDetector):
             return EMPTY_INDEX, (np.arange(x.size) if self._warning else EMPTY_INDEX)
         # Everything that does not depend on where the detector restarts is computed once
         # per batch: the distances between consecutive errors (after a restart at an
-        # error, the next distance is the same gap) and their prefix sums, exact
-        # integers in float64 (below 2**53).
-        gaps = np.empty(errors.size, dtype=np.float64)
-        gaps[0] = self._n + 1 + errors[0] - self._last_error
+        # error, the next distance is the same gap) and a table of prefix sums, exact
+        # integers in float64 (below 2**53): rows sum(gap), sum(gap ** 2), count, 1.
+        first_gap = self._n + 1 + int(errors[0]) - self._last_error
+        table = np.empty((4, errors.size + 1))
+        table[:2, 0] = 0.0
+        # the prefix sums of the gaps telescope: first gap + errors[k] - errors[0]
+        np.add(errors, float(first_gap - int(errors[0])), out=table[0, 1:])
+        gaps = np.empty(errors.size, dtype=np.int64 if first_gap < 2**31 else np.float64)
+        gaps[0] = first_gap
         np.subtract(errors[1:], errors[:-1], out=gaps[1:])
-        prefix = np.zeros((2, errors.size + 1))
-        np.cumsum(gaps, out=prefix[0, 1:])
-        np.cumsum(gaps * gaps, out=prefix[1, 1:])
-        batch = _EDDMBatch(self, x.size, errors, gaps, prefix)
+        np.square(gaps, out=gaps)
+        table[1, 1:] = np.cumsum(gaps)  # in int64 (when squares cannot overflow): faster
+        table[2] = np.arange(errors.size + 1.0)
+        table[3] = 1.0
+        batch = _EDDMBatch(self, x.size, errors, table)
         drift_errors, warnings = restart_loop(errors.size, batch.scan, batch.reset)
         batch.finish()
         return errors[drift_errors], warnings
@@ -240,11 +245,12 @@ class _EDDMBatch:
     sample ``i - origin``.
     """
 
-    __slots__ = ("det", "size", "errors", "gaps", "prefix", "steps", "origin", "row")
+    __slots__ = ("det", "size", "errors", "table", "coef", "origin", "row")
 
-    def __init__(self, det: EDDM, size: int, errors: np.ndarray, gaps: np.ndarray, prefix: np.ndarray) -> None:
-        self.det, self.size, self.errors, self.gaps, self.prefix = det, size, errors, gaps, prefix
-        self.steps = np.arange(1.0, errors.size + 1.0)
+    def __init__(self, det: EDDM, size: int, errors: np.ndarray, table: np.ndarray) -> None:
+        self.det, self.size, self.errors, self.table = det, size, errors, table
+        # the table's rows to the shifted sums and squares (see scan)
+        self.coef = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
         self.origin = -(det._n + 1)
         self.row = 0  # first row not yet covered by a scan
 
@@ -254,77 +260,110 @@ class _EDDMBatch:
         self.origin = self.row - 1
 
     def scan(self, a: int, b: int) -> tuple[int, np.ndarray]:
-        det, errors = self.det, self.errors
+        det, errors, table = self.det, self.errors, self.table
         if det._n_errors == 0:
-            det._reference = int(self.gaps[a])
+            # the first distance since the reset (the gaps were squared in the table)
+            det._reference = int(table[0, a + 1] - table[0, a])
         ref = float(det._reference)
-        steps = self.steps[: b - a]
         # sums of (distance - reference) and of its square since the reset: integers,
-        # exact in float64, equal to a left-to-right sum of the shifted distances
-        raw = self.prefix[:, a + 1 : b + 1] - self.prefix[:, a : a + 1]
-        sums = raw[0] - ref * steps
-        squares = raw[1] - (2 * ref) * raw[0]
-        squares += (ref * ref) * steps
-        if det._n_errors:
-            sums += det._distance_sum
-            squares += det._distance_squares
-        count = steps + det._n_errors
-        mean = sums / count
-        mean += ref
+        # exact in float64 whatever the order of the operations, so one product with the
+        # table gives both, equal to a left-to-right sum of the shifted distances
+        p1, p2 = float(table[0, a]), float(table[1, a])
+        s0, q0 = det._distance_sum, det._distance_squares
+        coef = self.coef
+        coef[0, 2], coef[0, 3] = -ref, ref * a - p1 + s0
+        coef[1, 0], coef[1, 2] = -2.0 * ref, ref * ref
+        coef[1, 3] = 2.0 * ref * p1 - p2 - ref * ref * a + q0
+        sums, squares = coef @ table[:, a + 1 : b + 1]
+        count = table[2, a + 1 : b + 1] + float(det._n_errors - a)  # errors since the reset
+        # p2s = mean + 2 * std, computed after a free leading cell (see `extended` below)
+        p2s_ext = np.empty(b - a + 1)
+        p2s = p2s_ext[1:]
+        np.divide(sums, count, out=p2s)
+        p2s += ref
+        variance = sums * sums
+        variance /= count
+        np.subtract(squares, variance, out=variance)
         # count - 1 is 0 only for the first error since a reset, whose sums are 0: the
         # variance is then 0 / 1 = 0 (river's Var returns 0 for one value)
-        variance = squares - sums * sums / count
         count -= 1.0
-        count[0] = max(count[0], 1.0)
+        if det._n_errors == 0:
+            count[0] = 1.0
         variance /= count
-        np.maximum(variance, 0.0, out=variance)  # cancellation can leave -tiny for a constant
+        if abs(s0) + (float(table[0, b]) - p1) + ref * (b - a) >= 2.0**26:
+            # sums * sums may round: then cancellation can leave -tiny for a constant
+            # (when it is exact, squares >= sums * sums / count holds after rounding too)
+            np.maximum(variance, 0.0, out=variance)
         np.sqrt(variance, out=variance)
         variance *= 2
-        p2s = np.add(mean, variance, out=mean)
+        p2s += variance
         # errors are judged once sample > warm_start (a suffix: samples increase), and
         # compared with the maximum once count > warm_start (a suffix too)
-        active = int(np.searchsorted(errors[a:b], det.warm_start + self.origin, side="right"))
+        limit = det.warm_start + self.origin
+        active = 0 if errors[a] > limit else int(np.searchsorted(errors[a:b], limit, side="right"))
         judged_from = max(active, det.warm_start - det._n_errors)
-        tail = p2s[active:]
-        before = np.empty_like(tail)  # the maximum each active error is compared with
-        if tail.size:
-            before[0] = det._p2s_max
-            np.maximum.accumulate(tail[:-1], out=before[1:])
-            np.maximum(before[1:], det._p2s_max, out=before[1:])
+        # the maximum each active error is compared with: a running maximum that starts
+        # from the carried one, in the cell before the first active error; it is
+        # constant from the largest value on, which is often the carried one
+        extended = p2s_ext[active:]
+        extended[0] = det._p2s_max
+        top = int(np.argmax(extended))
+        largest = float(extended[top])
+        tail = extended[1:]
+        if top == 0:
+            before = largest
+        else:
+            before = np.empty(tail.size)
+            np.maximum.accumulate(extended[:top], out=before[:top])
+            before[top:] = largest
         level = tail / before
         judged = tail <= before
-        judged[: judged_from - active] = False
-        drift_at = judged & (level < det.beta)
-        drift = int(np.argmax(drift_at)) if drift_at.any() else -1
+        if judged_from > active:
+            judged[: judged_from - active] = False
+        low = level < det.alpha  # judged errors that set the warning flag (beta <= alpha)
+        low &= judged
+        drift = -1
+        if low.any():
+            drift = first_index(judged & (level < det.beta))
+            if drift >= 0:
+                # the drift error does not touch the flag
+                judged[drift:] = False
+                low[drift:] = False
+        first = a + active  # the error at tail[0]
         if drift >= 0:
-            judged[drift:] = False
-        # the flag changes only at judged errors that are not drifts, and persists
-        setter = np.flatnonzero(judged) + (a + active)
-        values = np.empty(setter.size + 1, dtype=bool)
-        values[0] = det._warning
-        np.less(level[setter - (a + active)], det.alpha, out=values[1:])
-        if drift >= 0:
-            end = int(errors[a + active + drift]) + 1
+            end = int(errors[first + drift]) + 1
         else:
             end = int(errors[b]) if b < errors.size else self.size
-        if values.any():
-            bounds = np.empty(setter.size + 2, dtype=np.int64)
-            bounds[0], bounds[-1] = self.row, end
-            bounds[1:-1] = errors[setter]
-            warnings = ranges(bounds[:-1][values], bounds[1:][values])
+        if low.any():
+            # the flag changes only at judged errors, and persists on the rows between:
+            # the warnings are the runs between the errors where it turns on and off
+            setter = np.flatnonzero(judged)
+            values = np.empty(setter.size + 1, dtype=bool)
+            values[0] = det._warning
+            np.take(low, setter, out=values[1:])
+            toggles = errors[setter[np.flatnonzero(values[1:] != values[:-1])] + first].tolist()
+            if values[0]:
+                toggles.insert(0, self.row)
+            if values[-1]:
+                toggles.append(end)
+            warnings = np.concatenate([np.arange(on, off) for on, off in zip(toggles[::2], toggles[1::2])])
+            flag = bool(values[-1])
+        elif det._warning:
+            # on until the first judged error turns it off
+            off = first_index(judged)
+            warnings = np.arange(self.row, end if off < 0 else int(errors[first + off]))
+            flag = off < 0
         else:
-            warnings = EMPTY_INDEX
+            warnings, flag = EMPTY_INDEX, False
         self.row = end
         if drift >= 0:
-            return a + active + drift, warnings
-        last = b - a - 1
+            return first + drift, warnings
         det._last_error = int(errors[b - 1]) - self.origin
         det._n_errors += b - a
-        det._distance_sum = int(sums[last])
-        det._distance_squares = int(squares[last])
-        if tail.size:
-            det._p2s_max = max(float(before[-1]), float(tail[-1]))
-        det._warning = bool(values[-1])
+        det._distance_sum = int(sums[-1])
+        det._distance_squares = int(squares[-1])
+        det._p2s_max = largest
+        det._warning = flag
         return -1, warnings
 
     def finish(self) -> None:
