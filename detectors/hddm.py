@@ -230,6 +230,8 @@ class HDDMW(ChangeDetector):
     """
 
     _PARAMS: ClassVar[tuple[str, ...]] = ("drift_confidence", "warning_confidence", "lambda_val", "two_sided_test")
+    #: relative safety margin of the closed-form s2 estimate (its error is ~1e-16 / lambda)
+    _MARGIN: ClassVar[float] = 1e-10
     # a "sample" (river's SampleInfo) is (ewma, ibc, count); count 0 is "not init"
     _STATE_KEYS: ClassVar[tuple[str, ...]] = ("_total", "_incr_cut", "_incr_s1", "_incr_s2", "_decr_cut", "_decr_s1", "_decr_s2")
 
@@ -347,38 +349,42 @@ class HDDMW(ChangeDetector):
         estimate += total_ewma
         diff = np.subtract(estimate, s1_ewma, out=estimate) if increase else np.subtract(s1_ewma, estimate, out=estimate)
         scale = max(1.0, float(np.abs(x).max()), abs(before), abs(s1[0]), abs(s2[0]))
-        close = diff > self._least_bound - scale * 1e-10 / self.lambda_val
+        # the estimate is within `margin` of river's s2 (far above its rounding error)
+        margin = scale * self._MARGIN / self.lambda_val
+        close = diff > self._least_bound - margin
         close &= ~new_cut  # s2 is initialised
         if s1[2] == 0:
             close &= at >= 0  # s1 is initialised
         candidates = np.flatnonzero(close)
-        # s2 exactly at the candidates (at the last row only if the chunk has no
-        # drift: see _s2_at_end)
-        wanted = candidates
-        s2_exact = EMPTY
-        if wanted.size:
-            seg_start = start[wanted]
-            head = np.flatnonzero(np.diff(seg_start, prepend=-1))  # first wanted row of each segment
-            seg_first = seg_start[head]
-            seg_stop = np.append(wanted[head[1:] - 1], wanted[-1]) + 1
-            lengths = seg_stop - seg_first
-            offsets = np.cumsum(lengths) - lengths
-            carried = (seg_first == 0) & (s2[2] > 0)
-            exact = ewma(
-                x[ranges(seg_first, seg_stop)], offsets, np.where(carried, s2[0], 0.0), ~carried, self.lambda_val
-            )
-            s2_exact = exact[np.repeat(offsets - seg_first, np.diff(np.append(head, wanted.size))) + wanted]
         drift = np.zeros(n, dtype=bool)
         warning = np.zeros(n, dtype=bool)
         if candidates.size:
-            k = candidates.size
+            # the tests on the estimate, with their bounds; only a row within `margin` of a
+            # bound needs river's s2 exactly, and no row after the first sure drift matters
             cand_at = at[candidates]
             s1_ibc = np.where(cand_at >= 0, self._total_ibc(total_count0 + 1 + cand_at), s1[1])
             s2_ibc = self._s2_ibc(candidates - cand_at, s2, cand_at >= 0)
-            sub = s2_exact[:k] - s1_ewma[candidates] if increase else s1_ewma[candidates] - s2_exact[:k]
             ibc_sum = s1_ibc + s2_ibc
-            drift[candidates] = sub > self._bound(ibc_sum, self._log_drift)
-            warning[candidates] = sub > self._bound(ibc_sum, self._log_warning)
+            drift_bound = self._bound(ibc_sum, self._log_drift)
+            warning_bound = self._bound(ibc_sum, self._log_warning)
+            sub = diff[candidates]
+            sure = first_index(sub > drift_bound + margin)
+            if sure >= 0:
+                k = sure + 1
+                candidates, sub, drift_bound, warning_bound = (
+                    candidates[:k], sub[:k], drift_bound[:k], warning_bound[:k]
+                )
+                cand_at = cand_at[:k]
+            is_drift = sub > drift_bound
+            is_warning = sub > warning_bound
+            unsure = np.flatnonzero((np.abs(sub - drift_bound) <= margin) | (np.abs(sub - warning_bound) <= margin))
+            if unsure.size:
+                exact = self._s2_exact(x, candidates[unsure], start, s2)
+                exact_sub = exact - s1_ewma[candidates[unsure]] if increase else s1_ewma[candidates[unsure]] - exact
+                is_drift[unsure] = exact_sub > drift_bound[unsure]
+                is_warning[unsure] = exact_sub > warning_bound[unsure]
+            drift[candidates] = is_drift
+            warning[candidates] = is_warning
         last_at = int(at[-1])
         if last_at >= 0:
             s1_end = [float(total_ewma[last_at]), float(self._total_ibc(np.array([total_count0 + 1 + last_at]))[0]), total_count0 + 1 + last_at]
@@ -391,6 +397,19 @@ class HDDMW(ChangeDetector):
             s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
             s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
         return drift, warning, {"cut": float(cuts[-1]), "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2}
+
+    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, start: np.ndarray, s2: list) -> np.ndarray:
+        """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's
+        order from the start of its segment (``start[row]``: the row after its cut)."""
+        seg_start = start[wanted]
+        head = np.flatnonzero(np.diff(seg_start, prepend=-1))  # first wanted row of each segment
+        seg_first = seg_start[head]
+        seg_stop = np.append(wanted[head[1:] - 1], wanted[-1]) + 1
+        lengths = seg_stop - seg_first
+        offsets = np.cumsum(lengths) - lengths
+        carried = (seg_first == 0) & (s2[2] > 0)
+        exact = ewma(x[ranges(seg_first, seg_stop)], offsets, np.where(carried, s2[0], 0.0), ~carried, self.lambda_val)
+        return exact[np.repeat(offsets - seg_first, np.diff(np.append(head, wanted.size))) + wanted]
 
     def _s2_at_end(self, end: dict) -> list:
         """The side's s2 after the chunk, once it is known to be kept: its EWMA is
