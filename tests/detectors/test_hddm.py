@@ -58,28 +58,26 @@ def test_hddm_a_parity_with_river(x, conf, two_sided, cuts):
     assert ours(HDDMA(**params), x, cuts) == river_run(drift.binary.HDDMA(**params), x)
 
 
-@settings(deadline=None, max_examples=60)
-@given(x=streams, conf=confidences, lambda_val=st.floats(0.005, 0.6), two_sided=st.booleans(), cuts=cut_lists)
-def test_hddm_w_parity_with_river(x, conf, lambda_val, two_sided, cuts):
-    params = dict(
-        drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided
-    )
-    assert ours(HDDMW(**params), x, cuts) == river_run(drift.binary.HDDMW(**params), x)
-
-
 class _AlwaysExactHDDMW(HDDMW):
     # every row that could fire is within the margin: river's s2 is filtered exactly
     _MARGIN = 1e3
 
 
-@settings(deadline=None, max_examples=30)
-@given(x=streams, conf=confidences, lambda_val=st.floats(0.005, 0.6), two_sided=st.booleans(), cuts=cut_lists)
-def test_hddm_w_exact_path_parity_with_river(x, conf, lambda_val, two_sided, cuts):
-    # the closed-form estimate decides most rows; this runs the exact s2 path on all
+@settings(deadline=None, max_examples=80)
+@given(
+    x=streams,
+    conf=confidences,
+    lambda_val=st.floats(0.005, 0.6),
+    two_sided=st.booleans(),
+    cuts=cut_lists,
+    cls=st.sampled_from([HDDMW, _AlwaysExactHDDMW]),
+)
+def test_hddm_w_parity_with_river(x, conf, lambda_val, two_sided, cuts, cls):
+    # the closed-form estimate decides most rows; _AlwaysExactHDDMW runs the exact path
     params = dict(
         drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided
     )
-    assert ours(_AlwaysExactHDDMW(**params), x, cuts) == river_run(drift.binary.HDDMW(**params), x)
+    assert ours(cls(**params), x, cuts) == river_run(drift.binary.HDDMW(**params), x)
 
 
 @pytest.mark.parametrize("two_sided", [False, True])
