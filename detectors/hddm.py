@@ -324,27 +324,30 @@ class HDDMW(ChangeDetector):
             new_cut = np.empty(n, dtype=bool)
             new_cut[0] = bounded[0] > cut
             np.greater(bounded[1:], cuts[:-1], out=new_cut[1:])
-        at = last_index(new_cut)  # -1: the cut is from before this chunk
-        # s1 after each row: the total at the last cut (index -1 reads the carried s1)
-        ewma_ext = np.empty(n + 1)
-        ewma_ext[:n] = total_ewma
-        ewma_ext[n] = s1[0]
-        s1_ewma = ewma_ext[at]
-        # closed-form estimate of s2: the segment starting at row j starts from x[j]
-        # (from the carried s2 for the one that began before this chunk)
+        # the segments between cuts: 0 is the one carried in, k starts after the k-th cut
+        # of the chunk; per-segment values are gathered by segment number
+        segment = np.cumsum(new_cut)
+        cut_rows = np.flatnonzero(new_cut)
+        seg_at = np.empty(cut_rows.size + 1, dtype=np.int64)
+        seg_at[0] = -1
+        seg_at[1:] = cut_rows
+        at = seg_at[segment]  # the last cut (-1: from before this chunk)
+        # s1 after each row: the total at the last cut (or the carried s1)
+        seg_s1 = np.empty(cut_rows.size + 1)
+        seg_s1[0] = s1[0]
+        np.take(total_ewma, cut_rows, out=seg_s1[1:])
+        s1_ewma = seg_s1[segment]
+        # closed-form estimate of s2: the segment after a cut at c starts from x[c + 1]
+        # (from the carried s2, or x[0], for the one that began before this chunk)
         decay = 1.0 - self.lambda_val
-        first = np.empty(n + 1)
-        first[:n] = x
-        first[n] = 0.0  # a cut at the last row starts no segment in this chunk
-        if s2[2] > 0:
-            first[0] = s2[0]
-        first[0] -= before
-        np.subtract(first[1:], total_ewma, out=first[1:])
-        first *= decay
-        start = at + 1
+        seg_first = np.empty(cut_rows.size + 1)
+        seg_first[0] = (s2[0] if s2[2] > 0 else float(x[0])) - before
+        # a cut at the last row starts no segment in this chunk: any value will do
+        np.subtract(x[np.minimum(cut_rows + 1, n - 1)], seg_s1[1:], out=seg_first[1:])
+        seg_first *= decay
         age = np.arange(-1, n - 1) - at
         np.maximum(age, 0, out=age)  # -1 at a cut row, where s2 is not initialised
-        estimate = first[start]
+        estimate = seg_first[segment]
         estimate *= powers(decay, n)[age]
         estimate += total_ewma
         diff = np.subtract(estimate, s1_ewma, out=estimate) if increase else np.subtract(s1_ewma, estimate, out=estimate)
@@ -379,7 +382,7 @@ class HDDMW(ChangeDetector):
             is_warning = sub > warning_bound
             unsure = np.flatnonzero((np.abs(sub - drift_bound) <= margin) | (np.abs(sub - warning_bound) <= margin))
             if unsure.size:
-                exact = self._s2_exact(x, candidates[unsure], start, s2)
+                exact = self._s2_exact(x, candidates[unsure], at, s2)
                 exact_sub = exact - s1_ewma[candidates[unsure]] if increase else s1_ewma[candidates[unsure]] - exact
                 is_drift[unsure] = exact_sub > drift_bound[unsure]
                 is_warning[unsure] = exact_sub > warning_bound[unsure]
@@ -398,10 +401,10 @@ class HDDMW(ChangeDetector):
             s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
         return drift, warning, {"cut": float(cuts[-1]), "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2}
 
-    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, start: np.ndarray, s2: list) -> np.ndarray:
+    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list) -> np.ndarray:
         """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's
-        order from the start of its segment (``start[row]``: the row after its cut)."""
-        seg_start = start[wanted]
+        order from the start of its segment (the row after its cut ``at[row]``)."""
+        seg_start = at[wanted] + 1
         head = np.flatnonzero(np.diff(seg_start, prepend=-1))  # first wanted row of each segment
         seg_first = seg_start[head]
         seg_stop = np.append(wanted[head[1:] - 1], wanted[-1]) + 1
