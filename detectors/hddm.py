@@ -314,48 +314,60 @@ class HDDMW(ChangeDetector):
         the loop's recurrence; the tests there are river's, on river's values.
         """
         n = x.size
-        if increase:
-            cuts = running_min(bounded, cut)
-            new_cut = np.empty(n, dtype=bool)
-            new_cut[0] = bounded[0] < cut
-            np.less(bounded[1:], cuts[:-1], out=new_cut[1:])
-        else:
-            cuts = running_max(bounded, cut)
-            new_cut = np.empty(n, dtype=bool)
-            new_cut[0] = bounded[0] > cut
-            np.greater(bounded[1:], cuts[:-1], out=new_cut[1:])
-        # the segments between cuts: 0 is the one carried in, k starts after the k-th cut
-        # of the chunk; per-segment values are gathered by segment number
-        segment = np.cumsum(new_cut)
-        cut_rows = np.flatnonzero(new_cut)
-        seg_at = np.empty(cut_rows.size + 1, dtype=np.int64)
-        seg_at[0] = -1
-        seg_at[1:] = cut_rows
-        at = seg_at[segment]  # the last cut (-1: from before this chunk)
-        # s1 after each row: the total at the last cut (or the carried s1)
-        seg_s1 = np.empty(cut_rows.size + 1)
-        seg_s1[0] = s1[0]
-        np.take(total_ewma, cut_rows, out=seg_s1[1:])
-        s1_ewma = seg_s1[segment]
+        decay = 1.0 - self.lambda_val
         # closed-form estimate of s2: the segment after a cut at c starts from x[c + 1]
         # (from the carried s2, or x[0], for the one that began before this chunk)
-        decay = 1.0 - self.lambda_val
-        seg_first = np.empty(cut_rows.size + 1)
-        seg_first[0] = (s2[0] if s2[2] > 0 else float(x[0])) - before
-        # a cut at the last row starts no segment in this chunk: any value will do
-        np.subtract(x[np.minimum(cut_rows + 1, n - 1)], seg_s1[1:], out=seg_first[1:])
-        seg_first *= decay
-        age = np.arange(-1, n - 1) - at
-        np.maximum(age, 0, out=age)  # -1 at a cut row, where s2 is not initialised
-        estimate = seg_first[segment]
-        estimate *= powers(decay, n)[age]
+        carried_first = decay * ((s2[0] if s2[2] > 0 else float(x[0])) - before)
+        extremum = float(bounded.min()) if increase else float(bounded.max())
+        if (extremum >= cut) if increase else (extremum <= cut):
+            # no cut in this chunk (common once the detector has settled): one segment
+            new_cut = None
+            end_cut = cut
+            at = np.full(n, -1, dtype=np.int64)
+            s1_ewma = np.broadcast_to(np.float64(s1[0]), (n,))
+            estimate = powers(decay, n) * carried_first
+        else:
+            if increase:
+                cuts = running_min(bounded, cut)
+                new_cut = np.empty(n, dtype=bool)
+                new_cut[0] = bounded[0] < cut
+                np.less(bounded[1:], cuts[:-1], out=new_cut[1:])
+            else:
+                cuts = running_max(bounded, cut)
+                new_cut = np.empty(n, dtype=bool)
+                new_cut[0] = bounded[0] > cut
+                np.greater(bounded[1:], cuts[:-1], out=new_cut[1:])
+            end_cut = float(cuts[-1])
+            # the segments between cuts: 0 is the one carried in, k starts after the k-th
+            # cut of the chunk; per-segment values are gathered by segment number
+            segment = np.cumsum(new_cut)
+            cut_rows = np.flatnonzero(new_cut)
+            seg_at = np.empty(cut_rows.size + 1, dtype=np.int64)
+            seg_at[0] = -1
+            seg_at[1:] = cut_rows
+            at = seg_at[segment]  # the last cut (-1: from before this chunk)
+            # s1 after each row: the total at the last cut (or the carried s1)
+            seg_s1 = np.empty(cut_rows.size + 1)
+            seg_s1[0] = s1[0]
+            np.take(total_ewma, cut_rows, out=seg_s1[1:])
+            s1_ewma = seg_s1[segment]
+            seg_first = np.empty(cut_rows.size + 1)
+            seg_first[0] = carried_first
+            # a cut at the last row starts no segment in this chunk: any value will do
+            np.subtract(x[np.minimum(cut_rows + 1, n - 1)], seg_s1[1:], out=seg_first[1:])
+            seg_first[1:] *= decay
+            age = np.arange(-1, n - 1) - at
+            np.maximum(age, 0, out=age)  # -1 at a cut row, where s2 is not initialised
+            estimate = seg_first[segment]
+            estimate *= powers(decay, n)[age]
         estimate += total_ewma
         diff = np.subtract(estimate, s1_ewma, out=estimate) if increase else np.subtract(s1_ewma, estimate, out=estimate)
         scale = max(1.0, float(np.abs(x).max()), abs(before), abs(s1[0]), abs(s2[0]))
         # the estimate is within `margin` of river's s2 (far above its rounding error)
         margin = scale * self._MARGIN / self.lambda_val
         close = diff > self._least_bound - margin
-        close &= ~new_cut  # s2 is initialised
+        if new_cut is not None:
+            close &= ~new_cut  # s2 is initialised
         if s1[2] == 0:
             close &= at >= 0  # s1 is initialised
         candidates = np.flatnonzero(close)
@@ -393,13 +405,13 @@ class HDDMW(ChangeDetector):
             s1_end = [float(total_ewma[last_at]), float(self._total_ibc(np.array([total_count0 + 1 + last_at]))[0]), total_count0 + 1 + last_at]
         else:
             s1_end = list(s1)
-        if new_cut[-1]:
+        if new_cut is not None and new_cut[-1]:
             s2_end = [0.0, 1.0, 0]
         else:
             since = n - 1 - last_at
             s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
             s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
-        return drift, warning, {"cut": float(cuts[-1]), "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2}
+        return drift, warning, {"cut": end_cut, "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2}
 
     def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list) -> np.ndarray:
         """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's
