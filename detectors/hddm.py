@@ -376,9 +376,12 @@ class HDDMW(ChangeDetector):
         if candidates.size:
             # the tests on the estimate, with their bounds; only a row within `margin` of a
             # bound needs river's s2 exactly, and no row after the first sure drift matters
-            cand_at = at[candidates]
-            s1_ibc = np.where(cand_at >= 0, self._total_ibc(total_count0 + 1 + cand_at), s1[1])
-            s2_ibc = self._s2_ibc(candidates - cand_at, s2, cand_at >= 0)
+            if new_cut is None:  # one segment, carried in
+                s1_ibc, s2_ibc = s1[1], self._s2_ibc(candidates + 1, s2, False)
+            else:
+                cand_at = at[candidates]
+                s1_ibc = np.where(cand_at >= 0, self._total_ibc(total_count0 + 1 + cand_at), s1[1])
+                s2_ibc = self._s2_ibc(candidates - cand_at, s2, cand_at >= 0)
             ibc_sum = s1_ibc + s2_ibc
             drift_bound = self._bound(ibc_sum, self._log_drift)
             warning_bound = self._bound(ibc_sum, self._log_warning)
@@ -389,7 +392,6 @@ class HDDMW(ChangeDetector):
                 candidates, sub, drift_bound, warning_bound = (
                     candidates[:k], sub[:k], drift_bound[:k], warning_bound[:k]
                 )
-                cand_at = cand_at[:k]
             is_drift = sub > drift_bound
             is_warning = sub > warning_bound
             unsure = np.flatnonzero((np.abs(sub - drift_bound) <= margin) | (np.abs(sub - warning_bound) <= margin))
@@ -411,7 +413,10 @@ class HDDMW(ChangeDetector):
             since = n - 1 - last_at
             s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
             s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
-        return drift, warning, {"cut": end_cut, "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2}
+        return drift, warning, {
+            "cut": end_cut, "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2,
+            "before": before, "total": float(total_ewma[-1]),
+        }
 
     def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list) -> np.ndarray:
         """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's
@@ -433,7 +438,12 @@ class HDDMW(ChangeDetector):
         if s2[0] is not None:
             return s2
         x, at, s2_in = end["x"], end["at"], end["s2_in"]
-        if at < 0 and s2_in[2] > 0:
+        if at < 0 and s2_in[2] > 0 and s2_in[0] == end["before"]:
+            # s2 and the total are the same EWMA of the same samples from the same value:
+            # once they have met they are equal for ever (the usual case for a segment
+            # that has lasted a few hundred samples)
+            value = end["total"]
+        elif at < 0 and s2_in[2] > 0:
             value = linear_recurrence(x, self.lambda_val, 1.0 - self.lambda_val, s2_in[0])[-1]
         else:
             segment = x[at + 1 :]
