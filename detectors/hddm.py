@@ -10,7 +10,6 @@ import numpy as np
 
 from detectors._base import ChangeDetector
 from detectors._kernels import (
-    EMPTY,
     ewma,
     first_index,
     last_index,
@@ -23,7 +22,6 @@ from detectors._kernels import (
     running_min,
     scan_with_restarts,
     recurrence_table,
-    segmented_recurrence,
 )
 
 __all__ = ["HDDMA", "HDDMW"]
