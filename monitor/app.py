@@ -33,7 +33,7 @@ from monitor.decode import decode_batch
 from monitor.engine import Engine, ReferenceData
 from monitor.exceptions import ConfigError, ReferenceLoadError
 from monitor.reference import load_reference
-from monitor.sources import KafkaSource, Source
+from monitor.sources import KafkaSource, ProcessKafkaSource, Source
 from monitor.telemetry import NullTelemetry, Telemetry
 from sinks.exceptions import SinkError
 
@@ -164,11 +164,15 @@ class Service:
         restore = self._install_signals(stop)
         try:
             self._start_metrics()
-            source = self._source or KafkaSource(self.settings.kafka)
+            if self._source is None:
+                kafka = self.settings.kafka
+                self._source = ProcessKafkaSource(kafka) if kafka.consumer_process else KafkaSource(kafka)
+            source = self._source
             self._source = source
             if self._dead_letters is None:
                 self._dead_letters = KafkaDeadLetters(self.settings.kafka)
             self._restore(source)
+            self._last_checkpoint = time.monotonic()  # the first checkpoint comes one interval in
             self._set_ready("kafka", True)
             while not stop.is_set():
                 records = source.poll()

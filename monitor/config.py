@@ -195,6 +195,9 @@ class KafkaSettings(_Strict):
     """Records per batch (one batch goes through the whole pipeline at a time)."""
     poll_timeout_ms: int = Field(500, ge=1)
     """How long one poll waits for records."""
+    consumer_process: bool = True
+    """Run the Kafka consumer in a child process that fetches and parses the next batches
+    while the service processes the current one (uses a second core)."""
     bootstrap_timeout_ms: int = Field(30_000, ge=100)
     """How long to wait for the brokers at start before failing (exit code 3)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Protocol, Sequence, Union
 
 import msgspec
 import numpy as np
@@ -57,9 +57,8 @@ class RawRecord(Protocol):
     value: bytes | None
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    """A record read from a JSONL file (the replay source)."""
+class FileRecord(NamedTuple):
+    """A record read from a JSONL file (the replay source), or rebuilt from a checkpoint."""
 
     topic: str
     partition: int

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
+import queue
 import re
+import time
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, NamedTuple, Protocol, Sequence
 
 from monitor.config import KafkaSettings
 from monitor.decode import FileRecord, RawRecord
 from monitor.exceptions import SourceError
 
-__all__ = ["Source", "KafkaSource", "JsonlSource", "kafka_client_options"]
+__all__ = ["Source", "KafkaSource", "ProcessKafkaSource", "KafkaRecord", "JsonlSource", "kafka_client_options"]
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +136,202 @@ class KafkaSource:
                 self._consumer.seek(tp, off)
                 self._positions[(tp.topic, tp.partition)] = off
 
-    def lag(self) -> dict[tuple[str, int], int]:
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        """The end offset of every assigned partition (asks the broker)."""
         assigned = list(self._consumer.assignment())
         if not assigned:
             return {}
-        ends = self._consumer.end_offsets(assigned)
-        out = {}
-        for tp in assigned:
-            pos = self._positions.get((tp.topic, tp.partition))
-            if pos is None:
-                continue
-            out[(tp.topic, tp.partition)] = max(0, ends.get(tp, pos) - pos)
-        return out
+        return {(tp.topic, tp.partition): end for tp, end in self._consumer.end_offsets(assigned).items()}
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return _lag(self.end_offsets(), self._positions)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def _lag(ends: dict[tuple[str, int], int], positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    return {tp: max(0, end - positions[tp]) for tp, end in ends.items() if tp in positions}
+
+
+class KafkaRecord(NamedTuple):
+    """A consumed record as it crosses from the consumer process (a tuple: cheap to
+    pickle and to build)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+class ProcessKafkaSource:
+    """A :class:`KafkaSource` in a child process, prefetching the next batches while
+    this process decodes and detects.
+
+    kafka-python parses records in Python (about 5 us per event here) and so does
+    decoding; in one process the two add up. Here the consumer process polls ahead (at
+    most ``_PREFETCH`` batches, so memory stays bounded) and the records cross a pipe as
+    plain tuples. Offsets are still committed only through :meth:`commit`, which the
+    consumer process runs for this one and answers; the consumer process exits when
+    this one closes it, or when this process disappears.
+    """
+
+    _PREFETCH = 3
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        import multiprocessing
+
+        self.settings = settings
+        self.exhausted = False
+        self._positions: dict[tuple[str, int], int] = {}
+        ctx = multiprocessing.get_context("spawn")  # no inherited threads or sockets
+        self._data = ctx.Queue(maxsize=self._PREFETCH)
+        self._commands = ctx.Queue()
+        self._replies = ctx.Queue()
+        self._proc = ctx.Process(target=_consumer_process, name="driftline-consumer",
+                                 args=(settings, self._data, self._commands, self._replies, os.getpid()),
+                                 daemon=True)
+        self._proc.start()
+        deadline = time.monotonic() + settings.bootstrap_timeout_ms / 1000 + 60
+        while True:
+            try:
+                kind, detail = self._replies.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive() or time.monotonic() > deadline:
+                    self._stop()
+                    raise SourceError(
+                        "the Kafka consumer process did not start (a script that runs the "
+                        "Service needs an `if __name__ == \"__main__\":` guard, or set "
+                        "kafka.consumer_process: false)") from None
+        if kind == "error":
+            self._stop()
+            raise SourceError(detail)
+
+    def poll(self) -> list[KafkaRecord]:
+        try:
+            kind, payload, assignment = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
+        except queue.Empty:
+            self._check_alive()
+            return []
+        if kind == "error":
+            raise SourceError(payload)
+        assigned = set(map(tuple, assignment))
+        for tp in [tp for tp in self._positions if tp not in assigned]:
+            del self._positions[tp]  # revoked: another instance owns it now
+        positions = self._positions
+        make = KafkaRecord._make
+        records = []
+        for r in payload:
+            tp = (r[0], r[1])
+            if r[2] < positions.get(tp, -1):
+                continue  # fetched before a seek to a checkpoint: already counted there
+            records.append(make(r))
+            positions[tp] = r[2] + 1
+        return records
+
+    def _check_alive(self) -> None:
+        if not self._proc.is_alive():
+            raise SourceError(f"the Kafka consumer process exited (code {self._proc.exitcode}); see its log")
+
+    def _ask(self, command: str, argument: object, timeout: float) -> object:
+        self._check_alive()
+        self._commands.put((command, argument))
+        kind, detail = self._replies.get(timeout=timeout)
+        if kind == "error":
+            raise SourceError(f"{command} failed in the Kafka consumer process: {detail}")
+        return detail
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        return dict(self._positions)
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        self._ask("commit", offsets, timeout=60)
+
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        self._ask("seek", offsets, timeout=60)
+        self._positions.update(offsets)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        try:
+            ends = self._ask("end_offsets", None, timeout=10)
+        except queue.Empty:
+            return {}
+        return _lag(ends, self._positions)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._commands.put(("close", None))
+            self._proc.join(timeout=15)
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+        for q in (self._data, self._commands, self._replies):
+            q.cancel_join_thread()
+            q.close()
+
+
+def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: int) -> None:
+    """The consumer process: poll ahead into ``data``; run commands from ``commands``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when to stop
+    try:
+        source = KafkaSource(settings)
+    except SourceError as exc:
+        replies.put(("error", str(exc)))
+        return
+    replies.put(("ready", None))
+    pending = None
+    try:
+        while os.getppid() == parent:
+            try:
+                command, argument = commands.get_nowait()
+            except queue.Empty:
+                command = None
+            if command == "close":
+                break
+            if command is not None:
+                replies.put(_run(source, command, argument))
+                continue
+            if pending is None:
+                records = source.poll()
+                if records:
+                    pending = ("batch", [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+                                         for r in records], source.assignment())
+                continue
+            try:
+                data.put(pending, timeout=0.05)  # full: the service is behind; keep serving commands
+                pending = None
+            except queue.Full:
+                pass
+    finally:
+        source.close()
+
+
+def _run(source: KafkaSource, command: str, argument) -> tuple[str, object]:
+    from kafka.errors import KafkaError
+
+    try:
+        if command == "commit":
+            source.commit(argument)
+            return ("ok", None)
+        if command == "seek":
+            source.seek(argument)
+            return ("ok", None)
+        if command == "end_offsets":
+            return ("ok", source.end_offsets())
+    except KafkaError as exc:
+        return ("error", f"{type(exc).__name__}: {exc}")
+    return ("error", f"unknown command {command!r}")
 
 
 def _rebalance_listener(source: "KafkaSource"):

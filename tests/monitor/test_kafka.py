@@ -117,10 +117,13 @@ def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tm
     assert sorted(orjson.loads(x)["reason"] for x in replay_dead) == ["invalid_json", "missing_field", "wrong_type"]
 
 
-def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tmp_path):
+@pytest.mark.parametrize("consumer_process", [True, False], ids=["consumer-process", "in-process"])
+def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tmp_path, consumer_process):
     events = prediction_events(20_000, model="fraud", seed=5, shift_at=15_000, shift=0.8)
     produce(broker, topics["predictions"], events)
-    settings = settings_for(broker, topics, tmp_path, )
+    settings = settings_for(broker, topics, tmp_path)
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"consumer_process": consumer_process})})
     first = Running(settings)
     wait_for(lambda: first.service.stats.predictions >= 3_000, 90, "some events consumed")
     assert first.stop() == 0  # stopped in the middle of the stream

@@ -99,14 +99,16 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(broker, topics, tmp_p
         wait_for(lambda: 0 < consumed(metrics_port) < len(events), 60, "the monitor to be mid-stream")
         probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group,
                               enable_auto_commit=False)
-        # the checkpoint interval is an hour: nothing is committed before the signal
-        assert all(probe.committed(TopicPartition(topics["predictions"], p)) is None for p in (0, 1))
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        parts = [TopicPartition(topics["predictions"], p) for p in (0, 1)]
-        committed = {p.partition: probe.committed(p) for p in parts}
-        probe.close()
+        try:
+            # the checkpoint interval is an hour: nothing is committed before the signal
+            assert all(probe.committed(TopicPartition(topics["predictions"], p)) is None for p in (0, 1))
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            parts = [TopicPartition(topics["predictions"], p) for p in (0, 1)]
+            committed = {p.partition: probe.committed(p) for p in parts}
+        finally:
+            probe.close()
         assert any(c for c in committed.values()), f"nothing committed at shutdown: {committed}"
         total = sum(c or 0 for c in committed.values())
         assert 0 < total < len(events)  # stopped mid-stream, committed what it had processed
