@@ -284,6 +284,9 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when to stop
+    # at exit, do not wait to push buffered batches into a pipe nobody may read any more
+    data.cancel_join_thread()
+    replies.cancel_join_thread()
     try:
         source = KafkaSource(settings)
     except SourceError as exc:

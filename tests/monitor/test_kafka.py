@@ -137,3 +137,44 @@ def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tm
     assert first.service.stats.predictions + second.service.stats.predictions == len(events)
     alarms = read_alarms(tmp_path / "alarms.jsonl")
     assert [(a["feature"], a["first_index"]) for a in alarms if a["kind"] == "feature_drift"] == [("x0", 15000)]
+
+
+def test_consumer_process_exits_when_the_service_process_dies(broker, topics, tmp_path):
+    """A killed service must not leave its consumer process behind (it would hold a
+    group membership and a core)."""
+    import os
+    import subprocess
+    import sys
+
+    events = prediction_events(30_000, model="fraud", seed=7)
+    produce(broker, topics["predictions"], events)  # enough that the consumer is busy prefetching
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from monitor.config import KafkaSettings\n"
+        "from monitor.sources import ProcessKafkaSource\n"
+        "if __name__ == '__main__':\n"
+        f"    s = KafkaSettings(bootstrap_servers={broker.bootstrap_servers!r}, group_id='die',\n"
+        f"                      predictions_topic={topics['predictions']!r}, feedback_topic={topics['feedback']!r},\n"
+        "                      session_timeout_ms=6000, max_poll_records=500)\n"
+        "    src = ProcessKafkaSource(s)\n"
+        "    while not src.poll():\n"
+        "        pass\n"
+        "    print(src._proc.pid, flush=True)\n"
+        "    os._exit(0)  # no close(): the process just disappears\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         cwd=os.getcwd())
+    child = int(out.stdout.split()[0])
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{child}/status") as fh:
+                return "State:\tZ" in fh.read()
+        except FileNotFoundError:
+            return True
+
+    try:
+        wait_for(gone, 30, f"consumer process {child} to exit")
+    finally:
+        if not gone():
+            os.kill(child, 9)  # clean up what the test started, even when it fails
