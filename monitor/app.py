@@ -281,7 +281,7 @@ class Service:
         for i, sink in enumerate(self.sinks):  # evidence and cooldowns of the trigger policy
             saved = state.get("policies", {}).get(getattr(sink, "name", str(i)))
             if saved is not None and hasattr(sink, "policy"):
-                sink.policy = TriggerPolicy.from_state(saved)
+                sink.policy = TriggerPolicy.from_state(self.settings.webhooks.policy, saved)
         source.seek({tuple(k) if isinstance(k, list) else k: v for k, v in state["offsets"].items()})
         self._committed = dict(state["offsets"])
         log.info("restored checkpoint %s (%d models)", self._store.path, len(self.engine.models))

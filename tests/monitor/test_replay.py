@@ -85,3 +85,36 @@ def test_run_without_a_broker_fails_with_exit_code_3(tmp_path, monkeypatch, caps
     # kafka-python 3.0 leaves the refused connection's socket open: collect it here,
     # under this test's filter, rather than in whichever test runs next
     gc.collect()
+
+
+def test_trigger_policy_state_survives_a_restart(tmp_path):
+    """Evidence gathered before a restart still counts after it: the policy is
+    checkpointed with the engine and restored into the new webhook sink."""
+    from monitor.app import Service
+    from monitor.sources import JsonlSource
+
+    events = prediction_events(4_000, seed=70, shift_at=3_000, shift=1.0)
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(to_jsonl(events))
+    settings = load_settings(
+        defaults={"reference": {"size": 2000}, "window": {"size": 1000}},
+        prometheus={"enabled": False}, state_dir=tmp_path / "state", checkpoint_interval_seconds=0,
+        webhooks={"targets": [{"name": "ci", "url": "http://127.0.0.1:9/hook"}],
+                  "policy": {"min_alarms": 3, "dry_run": True}})
+
+    def service():
+        src = JsonlSource(path, None, predictions_topic="predictions", feedback_topic="feedback")
+        from monitor.deadletter import FileDeadLetters
+        return Service(settings, source=src, dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"))
+
+    first = service()
+    webhook = next(s for s in first.sinks if hasattr(s, "policy"))
+    assert first.run() == 0
+    before = webhook.policy.state_dict()
+    assert any(r["evidence"] for r in before["routes"]), "the shift should leave evidence (2 of 3 alarms)"
+
+    second = service()
+    second._restore(second._source)  # what run() does first
+    restored = next(s for s in second.sinks if hasattr(s, "policy"))
+    assert restored.policy.state_dict() == before
+    second.close()
