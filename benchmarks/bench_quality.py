@@ -37,7 +37,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.config import Settings  # noqa: E402
-from monitor.decode import FileRecord, decode_batch  # noqa: E402
+from monitor.decode import Record, decode_batch  # noqa: E402
 from monitor.engine import Engine  # noqa: E402
 
 N_NUM, N_CAT = 10, 3
@@ -94,9 +94,9 @@ def run_stream(preds, fb, settings):
     """Interleave (feedback LABEL_DELAY records after its prediction) and run."""
     records = []
     for i, p in enumerate(preds):
-        records.append(FileRecord("predictions", 0, i, -1, None, p))
+        records.append(Record("predictions", 0, i, -1, None, p))
         if i >= LABEL_DELAY:
-            records.append(FileRecord("feedback", 0, i, -1, None, fb[i - LABEL_DELAY]))
+            records.append(Record("feedback", 0, i, -1, None, fb[i - LABEL_DELAY]))
     engine = Engine(settings)
     alarms = []
     for s in range(0, len(records), BATCH):

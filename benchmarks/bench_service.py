@@ -115,7 +115,7 @@ sys.path.insert(0, {root!r})
 sys.path.insert(0, {bench!r})
 from bench_service import events
 from monitor.config import Settings
-from monitor.decode import FileRecord, decode_batch
+from monitor.decode import Record, decode_batch
 from monitor.engine import Engine
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -129,7 +129,7 @@ while n < {total}:
     # fresh ids each round, so that the label join's buffer fills up to its bound
     values = [v.replace(b'"id":"', b'"id":"%d-' % n, 1) for v in block]
     for s in range(0, len(values), 5000):
-        recs = [FileRecord("predictions", 0, n + i, -1, None, v) for i, v in enumerate(values[s:s + 5000])]
+        recs = [Record("predictions", 0, n + i, -1, None, v) for i, v in enumerate(values[s:s + 5000])]
         engine.process(decode_batch(recs, "predictions", "feedback"))
         n += len(recs)
     if n in (1_000_000, {total}):

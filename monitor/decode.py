@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "RawRecord",
+    "Record",
     "DeadLetter",
     "Predictions",
     "Feedback",
@@ -57,8 +58,10 @@ class RawRecord(Protocol):
     value: bytes | None
 
 
-class FileRecord(NamedTuple):
-    """A record read from a JSONL file (the replay source), or rebuilt from a checkpoint."""
+class Record(NamedTuple):
+    """A record as driftline holds it: read from a JSONL file (replay), handed over by
+    the Kafka consumer process, or rebuilt from a checkpoint (a plain tuple: cheap to
+    build and to pickle)."""
 
     topic: str
     partition: int

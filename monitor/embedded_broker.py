@@ -16,7 +16,7 @@ from pathlib import Path
 
 from monitor.exceptions import SourceError
 
-__all__ = ["EmbeddedBroker", "broker_binary", "free_port"]
+__all__ = ["EmbeddedBroker", "broker_binary", "free_port", "stop_process"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def broker_binary() -> Path:
@@ -102,13 +114,8 @@ class EmbeddedBroker:
             admin.close()
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
+        if self._proc is not None:
+            stop_process(self._proc)
         self._proc = None
         if self._log_file is not None:
             self._log_file.close()

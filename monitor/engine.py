@@ -49,7 +49,7 @@ from monitor.config import ModelSettings, Settings
 from monitor.decode import (
     DeadLetter,
     DecodedBatch,
-    FileRecord,
+    Record,
     Predictions,
     Schema,
     columnarize,
@@ -737,7 +737,7 @@ class ModelMonitor:
         mm.pred_encoder = _Encoder(s["pred_vocab"])
         mm._pred_categories = len(mm.pred_encoder.vocab)
         mm.ref_missing = dict(s["ref_missing"])
-        mm._buffer = [(f, p, FileRecord(*src)) for f, p, src in s["buffer"]]
+        mm._buffer = [(f, p, Record(*src)) for f, p, src in s["buffer"]]
         mm.version_events = Counter(s["version_events"])
         mm.join = LabelJoin.from_state(s["join"])
         mm.task = s["task"]

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol, Sequence
 
 from monitor.config import KafkaSettings
-from monitor.decode import FileRecord, RawRecord
+from monitor.decode import RawRecord, Record
 from monitor.exceptions import SourceError
 
-__all__ = ["Source", "KafkaSource", "ProcessKafkaSource", "KafkaRecord", "JsonlSource", "kafka_client_options"]
+__all__ = ["Source", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +157,6 @@ def _lag(ends: dict[tuple[str, int], int], positions: dict[tuple[str, int], int]
     return {tp: max(0, end - positions[tp]) for tp, end in ends.items() if tp in positions}
 
 
-class KafkaRecord(NamedTuple):
-    """A consumed record as it crosses from the consumer process (a tuple: cheap to
-    pickle and to build)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-
-
 class ProcessKafkaSource:
     """A :class:`KafkaSource` in a child process, prefetching the next batches while
     this process decodes and detects.
@@ -203,6 +191,13 @@ class ProcessKafkaSource:
                 kind, detail = self._replies.get(timeout=0.2)
                 break
             except queue.Empty:
+                if not self._proc.is_alive():
+                    self._proc.join(timeout=5)  # its last reply may still be in the pipe
+                    try:
+                        kind, detail = self._replies.get(timeout=1)
+                        break
+                    except queue.Empty:
+                        pass
                 if not self._proc.is_alive() or time.monotonic() > deadline:
                     self._stop()
                     raise SourceError(
@@ -213,7 +208,7 @@ class ProcessKafkaSource:
             self._stop()
             raise SourceError(detail)
 
-    def poll(self) -> list[KafkaRecord]:
+    def poll(self) -> list[Record]:
         try:
             kind, payload, assignment = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
         except queue.Empty:
@@ -225,7 +220,7 @@ class ProcessKafkaSource:
         for tp in [tp for tp in self._positions if tp not in assigned]:
             del self._positions[tp]  # revoked: another instance owns it now
         positions = self._positions
-        make = KafkaRecord._make
+        make = Record._make
         records = []
         for r in payload:
             tp = (r[0], r[1])
@@ -286,11 +281,10 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when to stop
     # at exit, do not wait to push buffered batches into a pipe nobody may read any more
     data.cancel_join_thread()
-    replies.cancel_join_thread()
     try:
         source = KafkaSource(settings)
     except SourceError as exc:
-        replies.put(("error", str(exc)))
+        replies.put(("error", str(exc)))  # flushed at exit: the parent is waiting for it
         return
     replies.put(("ready", None))
     pending = None
@@ -317,6 +311,8 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
             except queue.Full:
                 pass
     finally:
+        if os.getppid() != parent:
+            replies.cancel_join_thread()  # nobody will read a reply any more
         source.close()
 
 
@@ -367,7 +363,7 @@ class _Rebalance:
 _TS = re.compile(rb'"ts"\s*:\s*(-?[0-9][0-9.eE+-]*)')
 
 
-def _lines(path: Path, topic: str) -> Iterator[tuple[float, int, FileRecord]]:
+def _lines(path: Path, topic: str) -> Iterator[tuple[float, int, Record]]:
     """(ts, order, record) per non-empty line; a line without a readable ts keeps the
     previous line's ts so that file order is kept."""
     last_ts = float("-inf")
@@ -386,7 +382,7 @@ def _lines(path: Path, topic: str) -> Iterator[tuple[float, int, FileRecord]]:
                     last_ts = float(m.group(1))
                 except ValueError:
                     pass
-            yield last_ts, n, FileRecord(topic, 0, n, -1, None, line)
+            yield last_ts, n, Record(topic, 0, n, -1, None, line)
 
 
 class JsonlSource:
@@ -415,7 +411,7 @@ class JsonlSource:
         self._positions: dict[tuple[str, int], int] = {}
         self.records_read = 0
 
-    def poll(self) -> list[FileRecord]:
+    def poll(self) -> list[Record]:
         out = []
         for _, rec in self._merged:
             out.append(rec)

@@ -28,3 +28,19 @@ def feed(detector: Any, stream: np.ndarray, cuts: Sequence[int]) -> list[int]:
     for start, stop in zip(bounds[:-1], bounds[1:]):
         found.extend((detector.update(stream[start:stop]).drifts + start).tolist())
     return found
+
+
+def river_both(detector: Any, stream: np.ndarray) -> tuple[list[int], list[int]]:
+    """River's drift and warning indices (for detectors with a warning zone)."""
+    return river_indices(detector, stream, warnings=True)  # type: ignore[return-value]
+
+
+def feed_both(detector: Any, stream: np.ndarray, cuts: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Our drift and warning indices, feeding ``stream`` cut at ``cuts``."""
+    drifts, warnings, start = [], [], 0
+    for part in np.split(stream, sorted(cuts)):
+        result = detector.update(part)
+        drifts += (result.drifts + start).tolist()
+        warnings += (result.warnings + start).tolist()
+        start += part.size
+    return drifts, warnings

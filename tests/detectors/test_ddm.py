@@ -9,27 +9,8 @@ from hypothesis import strategies as st
 from river import drift
 
 from detectors.ddm import DDM, EDDM
-
-
-def river_run(detector, x: np.ndarray) -> tuple[list[int], list[int]]:
-    drifts, warnings = [], []
-    for i, value in enumerate(x.tolist()):
-        detector.update(value)
-        if detector.drift_detected:
-            drifts.append(i)
-        if detector.warning_detected:
-            warnings.append(i)
-    return drifts, warnings
-
-
-def ours(detector, x: np.ndarray, cuts=()) -> tuple[list[int], list[int]]:
-    drifts, warnings, start = [], [], 0
-    for part in np.split(x, sorted(cuts)):
-        result = detector.update(part)
-        drifts += (result.drifts + start).tolist()
-        warnings += (result.warnings + start).tolist()
-        start += part.size
-    return drifts, warnings
+from tests.detectors.oracle import feed_both as ours
+from tests.detectors.oracle import river_both as river_run
 
 
 def error_stream(seed: int, n: int) -> np.ndarray:

@@ -59,8 +59,8 @@ def to_jsonl(events: list[dict[str, Any]]) -> bytes:
 
 
 def records(events: list[dict[str, Any]], topic: str) -> Iterator[Any]:
-    from monitor.decode import FileRecord
+    from monitor.decode import Record
 
     for i, e in enumerate(events):
         value = e if isinstance(e, bytes) else orjson.dumps(e)
-        yield FileRecord(topic, 0, i, -1, None, value)
+        yield Record(topic, 0, i, -1, None, value)

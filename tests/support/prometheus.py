@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import httpx
 import yaml
 
-from monitor.embedded_broker import free_port
+from monitor.embedded_broker import free_port, stop_process
 
 __all__ = ["PrometheusServer", "prometheus_binary"]
 
@@ -194,13 +194,7 @@ class PrometheusServer:
             self._client.close()
             self._client = None
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=5)
+            stop_process(self._proc, timeout=10)
             self._proc = None
         if self._log_file is not None:
             self._log_file.close()
