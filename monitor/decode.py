@@ -124,15 +124,6 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, keep: np.ndarray) -> "Predictions":
-        """The rows where ``keep`` is True."""
-        idx = np.flatnonzero(keep).tolist()
-        out = Predictions(self.model)
-        for name in ("versions", "ids", "ts", "features", "prediction", "scores", "latency_ms", "sources"):
-            src = getattr(self, name)
-            setattr(out, name, [src[i] for i in idx])
-        return out
-
 
 @dataclass
 class Feedback:
