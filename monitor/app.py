@@ -168,7 +168,6 @@ class Service:
                 kafka = self.settings.kafka
                 self._source = ProcessKafkaSource(kafka) if kafka.consumer_process else KafkaSource(kafka)
             source = self._source
-            self._source = source
             if self._dead_letters is None:
                 self._dead_letters = KafkaDeadLetters(self.settings.kafka)
             self._restore(source)
