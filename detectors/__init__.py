@@ -17,6 +17,7 @@ Examples
 from detectors._base import ChangeDetector, Detection
 from detectors.adwin import ADWIN
 from detectors.ddm import DDM, EDDM
+from detectors.fhddm import FHDDM
 from detectors.hddm import HDDMA, HDDMW
 from detectors.kswin import KSWIN
 from detectors.metrics import classification_metrics, regression_metrics
@@ -37,6 +38,7 @@ __all__ = [
     "ADWIN",
     "DDM",
     "EDDM",
+    "FHDDM",
     "HDDMA",
     "HDDMW",
     "KSWIN",

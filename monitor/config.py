@@ -109,7 +109,7 @@ class QualitySettings(_Strict):
     """Alarm when this share of a categorical feature's window is unseen categories."""
 
 
-ConceptDetector = Literal["ddm", "eddm", "hddm_a", "hddm_w", "adwin", "page_hinkley", "kswin"]
+ConceptDetector = Literal["ddm", "eddm", "fhddm", "hddm_a", "hddm_w", "adwin", "page_hinkley", "kswin"]
 
 
 class PerformanceSettings(_Strict):

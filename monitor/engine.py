@@ -75,14 +75,14 @@ MAX_VERSIONS = 32
 
 def concept_detector(name: str, params: dict[str, Any]):
     """A concept-drift detector by its config name, with river's parameter names."""
-    from detectors import ADWIN, DDM, EDDM, HDDMA, HDDMW, KSWIN, PageHinkley
+    from detectors import ADWIN, DDM, EDDM, FHDDM, HDDMA, HDDMW, KSWIN, PageHinkley
 
-    classes = {"ddm": DDM, "eddm": EDDM, "hddm_a": HDDMA, "hddm_w": HDDMW, "adwin": ADWIN,
-               "page_hinkley": PageHinkley, "kswin": KSWIN}
+    classes = {"ddm": DDM, "eddm": EDDM, "fhddm": FHDDM, "hddm_a": HDDMA, "hddm_w": HDDMW,
+               "adwin": ADWIN, "page_hinkley": PageHinkley, "kswin": KSWIN}
     return classes[name](**params)
 
 
-_BINARY_ONLY = {"ddm", "eddm"}
+_BINARY_ONLY = {"ddm", "eddm", "fhddm"}
 
 
 @dataclass

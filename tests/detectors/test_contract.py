@@ -20,6 +20,7 @@ DETECTORS = [
     ("detectors.ddm", "EDDM", "binary"),
     ("detectors.hddm", "HDDMA", "binary"),
     ("detectors.hddm", "HDDMW", "binary"),
+    ("detectors.fhddm", "FHDDM", "binary"),
     ("detectors.adwin", "ADWIN", "real"),
     ("detectors.kswin", "KSWIN", "real"),
 ]
