@@ -81,6 +81,7 @@ class KafkaSource:
         self.settings = settings
         self.exhausted = False
         self._pending_seek: dict[tuple[str, int], int] = {}
+        self._to_seek: list = []  # assigned partitions whose checkpoint seek is due
         self._positions: dict[tuple[str, int], int] = {}
         try:
             self._consumer = KafkaConsumer(
@@ -105,6 +106,10 @@ class KafkaSource:
     def poll(self) -> list[RawRecord]:
         batches = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
                                       max_records=self.settings.max_poll_records)
+        if self._to_seek:  # partitions assigned with a checkpoint offset waiting
+            for tp in self._apply_seeks(self._to_seek):
+                batches.pop(tp, None)  # fetched from before the seek: fetched again after it
+            self._to_seek = []
         records: list[RawRecord] = []
         for tp, recs in batches.items():
             if recs:
@@ -129,12 +134,26 @@ class KafkaSource:
         self._pending_seek.update(offsets)
         self._apply_seeks(self._consumer.assignment())
 
-    def _apply_seeks(self, assigned) -> None:
+    def _apply_seeks(self, assigned) -> list:
+        """Seek assigned partitions to their checkpoint offsets, unless the group has
+        committed further since (another instance owned the partition meanwhile: its
+        commit wins, and this instance's state for it is older than the stream).
+        Returns the partitions it moved. Not callable from the rebalance callback
+        (kafka-python runs that on its IO thread, where blocking calls are refused)."""
+        moved = []
         for tp in assigned:
             off = self._pending_seek.pop((tp.topic, tp.partition), None)
-            if off is not None:
-                self._consumer.seek(tp, off)
-                self._positions[(tp.topic, tp.partition)] = off
+            if off is None:
+                continue
+            committed = self._consumer.committed(tp)
+            if committed is not None and committed > off:
+                log.warning("%s/%d: the group committed offset %d, past this instance's checkpoint "
+                            "(%d); resuming from the commit", tp.topic, tp.partition, committed, off)
+                off = committed
+            self._consumer.seek(tp, off)
+            self._positions[(tp.topic, tp.partition)] = off
+            moved.append(tp)
+        return moved
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
         """The end offset of every assigned partition (asks the broker)."""
@@ -249,8 +268,9 @@ class ProcessKafkaSource:
         self._ask("commit", offsets, timeout=60)
 
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        # positions follow the records that arrive: the consumer process may resume
+        # from a newer commit than the checkpoint, and offsets must never go back
         self._ask("seek", offsets, timeout=60)
-        self._positions.update(offsets)
 
     def lag(self) -> dict[tuple[str, int], int]:
         try:
@@ -343,9 +363,9 @@ def _rebalance_listener(source: "KafkaSource"):
 
 
 class _Rebalance:
-    """Applies checkpoint seeks when partitions are assigned; forgets positions of
-    revoked partitions (the service commits after every checkpoint, so nothing
-    processed is left uncommitted beyond the last checkpoint)."""
+    """Notes which newly assigned partitions have a checkpoint seek due (the next poll
+    applies it); forgets positions of revoked partitions (the service commits after
+    every checkpoint, so nothing processed is left uncommitted beyond the last one)."""
 
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -355,7 +375,8 @@ class _Rebalance:
             self.source._positions.pop((tp.topic, tp.partition), None)
 
     def on_partitions_assigned(self, assigned) -> None:
-        self.source._apply_seeks(assigned)
+        pending = self.source._pending_seek
+        self.source._to_seek.extend(tp for tp in assigned if (tp.topic, tp.partition) in pending)
 
 
 # ---- files -----------------------------------------------------------------------------

@@ -178,3 +178,39 @@ def test_consumer_process_exits_when_the_service_process_dies(broker, topics, tm
     finally:
         if not gone():
             os.kill(child, 9)  # clean up what the test started, even when it fails
+
+
+@pytest.mark.parametrize("consumer_process", [True, False], ids=["consumer-process", "in-process"])
+def test_a_stale_checkpoint_does_not_rewind_past_the_groups_commit(broker, topics, tmp_path, consumer_process):
+    """Instance A checkpoints at X and stops; instance B (its own state) goes on and
+    commits Y > X; A restarts: it resumes from Y (its checkpoint is older than the
+    stream), counts nothing twice and never moves the commit back."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    events = prediction_events(12_000, model="fraud", seed=9)
+    produce(broker, topics["predictions"], events[:4_000])
+
+    def settings(state):
+        s = settings_for(broker, topics, tmp_path / state)
+        return s.model_copy(update={"kafka": s.kafka.model_copy(update={"consumer_process": consumer_process})})
+
+    a = Running(settings("a"))
+    wait_for(lambda: a.service.stats.predictions >= 4_000, 60, "A consumed the first part")
+    assert a.stop() == 0
+    produce(broker, topics["predictions"], events[4_000:])
+    b = Running(settings("b"))
+    wait_for(lambda: b.service.stats.predictions >= 8_000, 60, "B consumed the rest")
+    assert b.stop() == 0
+
+    again = Running(settings("a"))
+    wait_for(lambda: again.service._ready.get("kafka"), 30, "A restarted")
+    time.sleep(4)  # long enough to fetch everything again, were it to rewind
+    assert again.stop() == 0
+    assert again.service.stats.predictions == 0
+    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=settings("a").kafka.group_id,
+                          enable_auto_commit=False)
+    try:
+        committed = sum(probe.committed(TopicPartition(topics["predictions"], p)) or 0 for p in (0, 1))
+    finally:
+        probe.close()
+    assert committed == len(events)
