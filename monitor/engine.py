@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from detectors import ADWIN, DDM, EDDM, FHDDM, HDDMA, HDDMW, KSWIN, PageHinkley
 from detectors.homogeneity import bucket_counts, chi2_homogeneity
 from detectors.metrics import classification_metrics, regression_metrics
 from detectors.multiple_testing import benjamini_hochberg, bonferroni
@@ -60,7 +61,7 @@ from monitor.decode import (
 from monitor.join import LabelJoin, Labelled
 from monitor.snapshot import FeatureStatistic, VersionSnapshot
 
-__all__ = ["Engine", "EngineResult", "ModelMonitor", "ReferenceData", "concept_detector"]
+__all__ = ["Engine", "EngineResult", "ModelMonitor", "ReferenceData", "CONCEPT_DETECTORS", "concept_detector"]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,14 @@ MAX_VERSIONS = 32
 """Versions tracked per model; the least recently seen is dropped beyond (bounds state)."""
 
 
+CONCEPT_DETECTORS = {"ddm": DDM, "eddm": EDDM, "fhddm": FHDDM, "hddm_a": HDDMA, "hddm_w": HDDMW,
+                     "adwin": ADWIN, "page_hinkley": PageHinkley, "kswin": KSWIN}
+"""Concept-drift detectors by their config name (``performance.concept_detectors``)."""
+
+
 def concept_detector(name: str, params: dict[str, Any]):
     """A concept-drift detector by its config name, with river's parameter names."""
-    from detectors import ADWIN, DDM, EDDM, FHDDM, HDDMA, HDDMW, KSWIN, PageHinkley
-
-    classes = {"ddm": DDM, "eddm": EDDM, "fhddm": FHDDM, "hddm_a": HDDMA, "hddm_w": HDDMW,
-               "adwin": ADWIN, "page_hinkley": PageHinkley, "kswin": KSWIN}
-    return classes[name](**params)
+    return CONCEPT_DETECTORS[name](**params)
 
 
 _BINARY_ONLY = {"ddm", "eddm", "fhddm"}
@@ -459,10 +461,7 @@ class VersionMonitor:
         self.label_baseline = None if lb is None else np.asarray(lb, dtype=np.float64)
         self.latency_ms = s["latency_ms"]
         self.recent = np.asarray(s["recent"], dtype=np.float64).reshape(-1, 2)
-        self.detectors = {}
-        for name, st in s["detectors"].items():
-            cls = type(concept_detector(name, {}))
-            self.detectors[name] = cls.from_state(st)
+        self.detectors = {name: CONCEPT_DETECTORS[name].from_state(st) for name, st in s["detectors"].items()}
 
 
 def vars_of(stat: FeatureStatistic) -> dict[str, Any]:

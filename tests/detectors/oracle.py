@@ -44,3 +44,17 @@ def feed_both(detector: Any, stream: np.ndarray, cuts: Sequence[int] = ()) -> tu
         warnings += (result.warnings + start).tolist()
         start += part.size
     return drifts, warnings
+
+
+def error_stream(seed: int, n: int, real: bool = False) -> np.ndarray:
+    """0/1 errors (or, with ``real``, values in [0, 1]) whose rate changes up and down a
+    few times, abruptly or along a ramp."""
+    rng = np.random.default_rng(seed)
+    rate = np.full(n, rng.uniform(0, 0.6))
+    for _ in range(rng.integers(0, 5)):
+        at, to = int(rng.integers(0, n)), rng.uniform(0, 1)
+        ramp = int(rng.integers(1, 400))
+        rate[at:] = np.interp(np.arange(at, n), [at, at + ramp], [rate[at], to])
+    if real:
+        return np.clip(rate + rng.normal(0, 0.2, n), 0, 1)
+    return (rng.random(n) < rate).astype(np.float64)

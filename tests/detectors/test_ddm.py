@@ -10,18 +10,8 @@ from river import drift
 
 from detectors.ddm import DDM, EDDM
 from tests.detectors.oracle import feed_both as ours
+from tests.detectors.oracle import error_stream
 from tests.detectors.oracle import river_both as river_run
-
-
-def error_stream(seed: int, n: int) -> np.ndarray:
-    """0/1 errors whose rate changes a few times (abruptly or along a ramp)."""
-    rng = np.random.default_rng(seed)
-    rate = np.full(n, rng.uniform(0, 0.6))
-    for _ in range(rng.integers(0, 5)):
-        at, to = int(rng.integers(0, n)), rng.uniform(0, 1)
-        ramp = int(rng.integers(1, 400))
-        rate[at:] = np.interp(np.arange(at, n), [at, at + ramp], [rate[at], to])
-    return (rng.random(n) < rate).astype(np.float64)
 
 
 streams = st.builds(error_stream, st.integers(0, 2**32 - 1), st.integers(1, 4000))
