@@ -1,6 +1,6 @@
 """Service throughput through a real broker, replay throughput, and memory over a long stream.
 
-    .venv/bin/python benchmarks/bench_service.py [--events N] [--repeats K] [--memory-events M]
+    .venv/bin/python benchmarks/bench_service.py [--events N] [--repeats K] [--memory-events M] [--no-memory]
 
 1. Kafka: N prediction events (20 numeric and 5 categorical features) are produced to
    an embedded Tansu broker; then, in the same run, a bare kafka-python consumer that
@@ -76,13 +76,14 @@ def bare_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
     return rate
 
 
-def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path) -> float:
+def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, fast_parser: bool = True) -> float:
     from monitor.app import Service
     from monitor.config import load_settings
 
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "group_id": group, "predictions_topic": topic,
-               "feedback_topic": topic + "-feedback", "session_timeout_ms": 6000, "poll_timeout_ms": 500},
+               "feedback_topic": topic + "-feedback", "session_timeout_ms": 6000, "poll_timeout_ms": 500,
+               "fast_record_parser": fast_parser},
         prometheus={"enabled": False}, state_dir=state, alarms_jsonl=state / "alarms.jsonl")
     stop = threading.Event()
     marks: dict[str, float] = {}
@@ -150,12 +151,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-events", type=int, default=5_000_000)
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     args = ap.parse_args()
 
     from monitor.embedded_broker import EmbeddedBroker
 
     values = events(args.events)
-    bare, ours = [], []
+    bare, ours, slow = [], [], []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         tmp = Path(tmp)
         broker.create_topics(["bench", "bench-feedback"], partitions=1)
@@ -165,12 +167,16 @@ def main() -> None:
         for k in range(args.repeats):
             bare.append(bare_consumer(broker.bootstrap_servers, "bench", args.events, f"bare-{k}"))
             ours.append(driftline_run(broker.bootstrap_servers, "bench", args.events, f"ours-{k}", tmp / f"s{k}"))
-            print(f"run {k}: bare {bare[-1]:,.0f}/s, driftline {ours[-1]:,.0f}/s", file=sys.stderr)
+            slow.append(driftline_run(broker.bootstrap_servers, "bench", args.events, f"slow-{k}", tmp / f"p{k}",
+                                      fast_parser=False))
+            print(f"run {k}: bare {bare[-1]:,.0f}/s, driftline {ours[-1]:,.0f}/s, "
+                  f"with kafka-python's parser {slow[-1]:,.0f}/s", file=sys.stderr)
         path = tmp / "events.jsonl"
         path.write_bytes(b"\n".join(values) + b"\n")
         rep = [replay(path, tmp) for _ in range(args.repeats)]
-    m1, m5 = memory(args.memory_events)
     b, o, r = statistics.median(bare), statistics.median(ours), statistics.median(rep)
+    sl = statistics.median(slow)
+    ratios = sorted(x / y for x, y in zip(ours, bare))
     print(f"driftline service throughput ({args.events:,} events, {N_NUM} numeric + {N_CAT} categorical "
           f"features, median of {args.repeats})")
     print()
@@ -178,10 +184,15 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| bare kafka-python consumer (reads only) | {b:,.0f} | 1.00 |")
     print(f"| driftline run (default detectors) | {o:,.0f} | {o / b:.2f} |")
+    print(f"| driftline run, kafka-python's record parser (`kafka.fast_record_parser: false`) "
+          f"| {sl:,.0f} | {sl / b:.2f} |")
     print(f"| driftline replay (JSONL file) | {r:,.0f} | - |")
     print()
-    print(f"resident memory: {m1:.0f} MB after 1,000,000 events, {m5:.0f} MB after "
-          f"{args.memory_events:,} ({(m5 / m1 - 1) * 100:+.1f}%)")
+    print("driftline/bare per run (paired, same run): " + ", ".join(f"{x:.2f}" for x in ratios))
+    if not args.no_memory:
+        m1, m5 = memory(args.memory_events)
+        print(f"resident memory: {m1:.0f} MB after 1,000,000 events, {m5:.0f} MB after "
+              f"{args.memory_events:,} ({(m5 / m1 - 1) * 100:+.1f}%)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ checkpoint, commit — one batch through the whole line before the next is polle
 Ordering per batch (what makes "never lost" true)::
 
     records = source.poll()
-    decoded = decode_batch(records)            # bad records -> dead letters
+    decoded = decode_batch(records)            # bad records -> dead letters (the consumer
+                                               # process decodes its batches itself)
     result  = engine.process(decoded)          # alarms
     dead_letters.write(...); sink.write(alarms) for every sink
     dead_letters.flush(); sink.flush() for every sink   # durable, or SinkError
@@ -29,7 +30,8 @@ from typing import Any, Callable, Sequence
 from monitor.checkpoint import CheckpointStore
 from monitor.config import Settings
 from monitor.deadletter import FileDeadLetters, KafkaDeadLetters
-from monitor.decode import decode_batch
+from monitor.decode import DecodedBatch, decode_batch
+from monitor.runtime import steady_gc
 from monitor.engine import Engine, ReferenceData
 from monitor.exceptions import ConfigError, ReferenceLoadError
 from monitor.reference import load_reference
@@ -138,6 +140,7 @@ class Service:
         self._last_checkpoint = 0.0
         self._last_lag = 0.0
         self._committed: dict[tuple[str, int], int] = {}
+        self._shared: set[str] = set()  # models whose schema the source decodes with
 
     # -- lifecycle ----------------------------------------------------------------------
     def readiness(self) -> dict[str, bool]:
@@ -171,31 +174,37 @@ class Service:
             if self._dead_letters is None:
                 self._dead_letters = KafkaDeadLetters(self.settings.kafka)
             self._restore(source)
+            self._share_schemas(source)
             self._last_checkpoint = time.monotonic()  # the first checkpoint comes one interval in
             self._set_ready("kafka", True)
-            while not stop.is_set():
-                records = source.poll()
-                if records:
-                    self._process(records, source)
-                elif source.exhausted:
-                    break
-                else:
-                    self._maybe_checkpoint(source, force=False)
-                    self._report_lag(source)  # an idle consumer's lag falls to 0 on the gauge too
-                    self.telemetry.mark_success("batch")  # an empty poll is a healthy batch
-                self._set_ready("consuming", True)
-                self._set_ready("reference", self.engine.reference_ready)
+            with steady_gc():
+                while not stop.is_set():
+                    batch = source.poll()
+                    if isinstance(batch, DecodedBatch) or batch:
+                        self._process(batch, source)
+                    elif source.exhausted:
+                        break
+                    else:
+                        self._maybe_checkpoint(source, force=False)
+                        self._report_lag(source)  # an idle consumer's lag falls to 0 on the gauge too
+                        self.telemetry.mark_success("batch")  # an empty poll is a healthy batch
+                    self._set_ready("consuming", True)
+                    self._set_ready("reference", self.engine.reference_ready)
             self._finish(source)
             return 0
         finally:
             restore()
             self.close()
 
-    def _process(self, records: Sequence[Any], source: Source) -> None:
+    def _process(self, batch: Sequence[Any] | DecodedBatch, source: Source) -> None:
         t0 = time.perf_counter()
         s = self.settings.kafka
-        decoded = decode_batch(records, s.predictions_topic, s.feedback_topic)
+        if isinstance(batch, DecodedBatch):  # decoded by the consumer process
+            decoded = batch
+        else:
+            decoded = decode_batch(batch, s.predictions_topic, s.feedback_topic)
         result = self.engine.process(decoded)
+        self._share_schemas(source)
         dead = decoded.dead_letters + result.dead_letters
         tel = self.telemetry
         tel.record_events("predictions", decoded.n_predictions)
@@ -215,20 +224,31 @@ class Service:
             sink.write(result.alarms)
         flushed = self._flush_all()
         st = self.stats
-        st.records += len(records)
+        st.records += decoded.n_records
         st.predictions += decoded.n_predictions
         st.feedback += decoded.n_feedback
         st.invalid += len(dead)
         st.alarms += len(result.alarms)
         st.batches += 1
         st.last_batch_seconds = time.perf_counter() - t0
-        tel.observe_batch(st.last_batch_seconds, len(records))
+        tel.observe_batch(st.last_batch_seconds, decoded.n_records)
         tel.mark_success("batch")
         if flushed:
             self._maybe_checkpoint(source, force=False)
         self._report_lag(source)
         if self.on_batch is not None:
             self.on_batch(st)
+
+    def _share_schemas(self, source: Source) -> None:
+        """Give a decoding source the schemas the engine learned since the last batch."""
+        share = getattr(source, "share_schemas", None)
+        if share is None or len(self._shared) == len(self.engine.models):
+            return
+        new = {name: mm.schema.to_state() for name, mm in self.engine.models.items()
+               if name not in self._shared and mm.schema is not None}
+        if new:
+            share(new)
+            self._shared.update(new)
 
     def _report_lag(self, source: Source) -> None:
         """Consumer lag per partition, at most every 2 seconds (it asks the broker)."""

@@ -568,7 +568,14 @@ class ModelMonitor:
                     result.feature_overflow[self.name] += self.dropped_features
             if start == n:
                 return
-        num, codes, bad = columnarize_raw(p.features[start:] if start else p.features, self.schema)
+        cols = p.columns
+        if cols is not None:  # decoded where the batch was decoded, with this schema
+            if start or cols.fingerprint != self.schema.fingerprint():
+                raise RuntimeError(f"model {self.name!r}: a batch's columns were decoded with another schema")
+            num, codes, bad, bad_sources = cols.numeric, cols.codes, cols.bad, cols.bad_sources
+        else:
+            num, codes, bad = columnarize_raw(p.features[start:] if start else p.features, self.schema)
+            bad_sources = [p.sources[start + i] for i in np.flatnonzero(bad).tolist()]
         rows = np.empty((n - start, _FIXED + num.shape[1] + codes.shape[1]), dtype=np.float64)
         rows[:, _IDX] = index[start:]
         rows[:, _TS] = p.ts[start:]
@@ -577,10 +584,9 @@ class ModelMonitor:
         rows[:, _FIXED:_FIXED + num.shape[1]] = num
         rows[:, _FIXED + num.shape[1]:] = codes
         versions = np.asarray(p.versions[start:], dtype=object)
-        if bad.any():
-            for i in np.flatnonzero(bad).tolist():
-                result.dead_letters.append(dead_letter(p.sources[start + i], "wrong_type",
-                                                       "a feature holds a value of the wrong type"))
+        if bad_sources:
+            for src in bad_sources:
+                result.dead_letters.append(dead_letter(src, "wrong_type", "a feature holds a value of the wrong type"))
             rows, versions = rows[~bad], versions[~bad]
         if len(rows) == 0:
             return

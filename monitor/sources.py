@@ -1,11 +1,13 @@
 """Sources: where batches of raw records come from.
 
-Both sources give batches of records (objects with ``topic``, ``partition``,
-``offset``, ``timestamp`` (ms), ``key``, ``value``) and take commits of the offsets
-after everything a batch caused is durable:
+Sources give batches of records (objects with ``topic``, ``partition``, ``offset``,
+``timestamp`` (ms), ``key``, ``value``), or batches they decoded themselves
+(:class:`~monitor.decode.DecodedBatch`), and take commits of the offsets after
+everything a batch caused is durable:
 
 * :class:`KafkaSource`: a kafka-python consumer in a consumer group, subscribed to the
   prediction and feedback topics, auto-commit off, batch polling, manual commits.
+* :class:`ProcessKafkaSource`: the same in a child process that also decodes.
 * :class:`JsonlSource`: one or two JSONL files (predictions, feedback) replayed in
   event-time order, for ``driftline replay``.
 """
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol, Sequence
 
 from monitor.config import KafkaSettings
-from monitor.decode import RawRecord, Record
+from monitor.decode import BatchDecoder, DecodedBatch, RawRecord, Record
 from monitor.exceptions import SourceError
+from monitor.kafka_records import install as install_fast_parser
+from monitor.runtime import steady_gc
 
 __all__ = ["Source", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
 
@@ -34,8 +38,8 @@ class Source(Protocol):
     exhausted: bool
     """True once a finite source has nothing more to give."""
 
-    def poll(self) -> Sequence[RawRecord]:
-        """The next batch (possibly empty)."""
+    def poll(self) -> Sequence[RawRecord] | DecodedBatch:
+        """The next batch: records (possibly none), or a batch the source decoded."""
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Next offset to read per (topic, partition), after the records polled so far."""
@@ -96,6 +100,8 @@ class KafkaSource:
             )
         except KafkaError as exc:
             raise SourceError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from None
+        if settings.fast_record_parser:
+            install_fast_parser(self._consumer)
         self._consumer.subscribe([settings.predictions_topic, settings.feedback_topic],
                                  listener=_rebalance_listener(self))
 
@@ -180,12 +186,15 @@ class ProcessKafkaSource:
     """A :class:`KafkaSource` in a child process, prefetching the next batches while
     this process decodes and detects.
 
-    kafka-python parses records in Python (about 5 us per event here) and so does
-    decoding; in one process the two add up. Here the consumer process polls ahead (at
-    most ``_PREFETCH`` batches, so memory stays bounded) and the records cross a pipe as
-    plain tuples. Offsets are still committed only through :meth:`commit`, which the
-    consumer process runs for this one and answers; the consumer process exits when
-    this one closes it, or when this process disappears.
+    Fetching, parsing and decoding take about as long as detection; in one process they
+    add up. Here the consumer process polls ahead (at most ``_PREFETCH`` batches, so
+    memory stays bounded) and decodes each batch with a
+    :class:`~monitor.decode.BatchDecoder`: what crosses the pipe is a
+    :class:`~monitor.decode.DecodedBatch`, with the feature columns of every model
+    whose schema the engine has shared (:meth:`share_schemas`). Offsets are still
+    committed only through :meth:`commit`, which the consumer process runs for this one
+    and answers; the consumer process exits when this one closes it, or when this
+    process disappears.
     """
 
     _PREFETCH = 3
@@ -227,7 +236,8 @@ class ProcessKafkaSource:
             self._stop()
             raise SourceError(detail)
 
-    def poll(self) -> list[Record]:
+    def poll(self) -> DecodedBatch | list[Record]:
+        """The next decoded batch, or an empty list when none came within the poll timeout."""
         try:
             kind, payload, assignment = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
         except queue.Empty:
@@ -238,16 +248,13 @@ class ProcessKafkaSource:
         assigned = set(map(tuple, assignment))
         for tp in [tp for tp in self._positions if tp not in assigned]:
             del self._positions[tp]  # revoked: another instance owns it now
-        positions = self._positions
-        make = Record._make
-        records = []
-        for r in payload:
-            tp = (r[0], r[1])
-            if r[2] < positions.get(tp, -1):
-                continue  # fetched before a seek to a checkpoint: already counted there
-            records.append(make(r))
-            positions[tp] = r[2] + 1
-        return records
+        self._positions.update(payload.positions)
+        return payload
+
+    def share_schemas(self, schemas: dict[str, dict]) -> None:
+        """Give the consumer process these models' schemas (``Schema.to_state()``), so
+        that it decodes their feature columns from now on."""
+        self._ask("schemas", schemas, timeout=60)
 
     def _check_alive(self) -> None:
         if not self._proc.is_alive():
@@ -307,6 +314,9 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
         replies.put(("error", str(exc)))  # flushed at exit: the parent is waiting for it
         return
     replies.put(("ready", None))
+    steady_gc().__enter__()  # for the rest of this process's life
+    decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
+    delivered: dict[tuple[str, int], int] = {}  # partition -> next offset handed over
     pending = None
     try:
         while os.getppid() == parent:
@@ -316,14 +326,21 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
                 command = None
             if command == "close":
                 break
+            if command == "schemas":
+                decoder.set_schemas(argument)
+                replies.put(("ok", None))
+                continue
             if command is not None:
                 replies.put(_run(source, command, argument))
                 continue
             if pending is None:
                 records = source.poll()
+                assignment = source.assignment()
+                records = _unseen(records, delivered, assignment) if records else records
                 if records:
-                    pending = ("batch", [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
-                                         for r in records], source.assignment())
+                    batch = decoder.decode(records)
+                    batch.positions = {tp: delivered[tp] for tp in {(r.topic, r.partition) for r in records}}
+                    pending = ("batch", batch, assignment)
                 continue
             try:
                 data.put(pending, timeout=0.05)  # full: the service is behind; keep serving commands
@@ -334,6 +351,23 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
         if os.getppid() != parent:
             replies.cancel_join_thread()  # nobody will read a reply any more
         source.close()
+
+
+def _unseen(records: list[RawRecord], delivered: dict[tuple[str, int], int],
+            assignment: list[tuple[str, int]]) -> list[RawRecord]:
+    """The records not handed over before (a seek to a checkpoint can fetch again what
+    was already in flight); ``delivered`` follows them."""
+    assigned = set(assignment)
+    for tp in [tp for tp in delivered if tp not in assigned]:
+        del delivered[tp]  # revoked: another instance owns it now
+    out = []
+    for r in records:
+        tp = (r.topic, r.partition)
+        if r.offset < delivered.get(tp, -1):
+            continue
+        out.append(r)
+        delivered[tp] = r.offset + 1
+    return out
 
 
 def _run(source: KafkaSource, command: str, argument) -> tuple[str, object]:

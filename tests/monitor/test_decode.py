@@ -128,3 +128,90 @@ def test_raw_columns_equal_dict_columns(rows):
     ok = ~bad_d
     np.testing.assert_array_equal(num_r[ok], num_d[ok])
     np.testing.assert_array_equal(codes_r[ok], codes_d[ok])
+
+
+# ---- BatchDecoder: the consumer process's decoder -------------------------------------------
+
+_SCHEMAS = {
+    "a": Schema(["x", "y"], ["c"], [{"p": 0, "q": 1}]),
+    "b": Schema(["x"], ["c", "d"], [{"p": 0}, {"r": 0, "s": 1}]),
+}
+_NUMBER = st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False), st.integers(-3, 3), st.booleans())
+_CATEGORY = st.one_of(st.none(), st.sampled_from(["p", "q", "r", "s", "new"]), st.integers(0, 2))
+_FEATURE = st.one_of(_NUMBER, _CATEGORY)
+_FEATURES = st.fixed_dictionaries({}, optional={"x": _NUMBER, "y": _NUMBER, "c": _CATEGORY, "d": _CATEGORY,
+                                                "e": _FEATURE})
+_EVENT = st.fixed_dictionaries(
+    {"model": st.sampled_from(["a"] * 12 + ["b"] * 12 + ["u"]),
+     "id": st.one_of(st.text(min_size=1, max_size=3), st.integers(0, 9), st.text(max_size=1)),
+     "features": st.one_of(_FEATURES, _FEATURES, _FEATURES,
+                           st.dictionaries(st.sampled_from(["x", "y", "c", "d", "e"]), _FEATURE, max_size=5))},
+    optional={"version": st.sampled_from(["v1", "v2"] * 10 + [""]), "ts": st.floats(0, 2e9),
+              "prediction": st.one_of(st.floats(0, 1), st.sampled_from(["yes", "no"])),
+              "latency_ms": st.floats(0, 100)})
+_RAW = st.one_of(
+    *[_EVENT.map(orjson.dumps)] * 40,
+    st.sampled_from([b"{not json", b"[1]", b"", b'{"id": "1", "features": {}}', b'{"model": "", "id": 1, "features": {}}',
+                     b'{"model": "a", "id": 1, "features": {"x": "text"}}', b'{"model": "a", "id": 1, "features": 3}',
+                     b'{"model": "a", "id": 1, "features": {}, "ts": 1e999}']),
+)
+
+
+def _records(values, topics):
+    from monitor.decode import Record
+
+    return [Record(t, 0, i, 1_000 + i, None, v) for i, (v, t) in enumerate(zip(values, topics))]
+
+
+def _same(x, y):
+    return x == y or (isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_RAW, st.sampled_from(["predictions"] * 5 + ["feedback"])), min_size=1, max_size=12),
+       st.sampled_from([(), ("a",), ("a", "b")]))
+def test_batch_decoder_equals_decode_batch_then_columns(items, known):
+    """Whichever path a batch takes (one typed pass, or the general one), the consumer
+    process's decoder gives what decode_batch plus columnarize_raw give: the same dead
+    letters, the same rows, the same columns."""
+    from monitor.decode import BatchDecoder, columnarize_raw
+
+    recs = _records([v for v, _ in items], [t for _, t in items])
+    decoder = BatchDecoder("predictions", "feedback")
+    decoder.set_schemas({m: _SCHEMAS[m].to_state() for m in known})
+    got = decoder.decode(recs)
+    want = decode_batch(recs, "predictions", "feedback")
+    assert got.n_records == want.n_records == len(recs)
+    assert sorted((d.offset, d.reason) for d in got.dead_letters) == sorted((d.offset, d.reason) for d in want.dead_letters)
+    assert got.predictions.keys() == want.predictions.keys()
+    for model, w in want.predictions.items():
+        g = got.predictions[model]
+        for name in ("versions", "ids", "ts", "prediction", "scores", "latency_ms"):
+            assert all(map(_same, getattr(g, name), getattr(w, name))) and len(getattr(g, name)) == len(getattr(w, name))
+        if model not in known:
+            assert g.columns is None and [bytes(f) for f in g.features] == [bytes(f) for f in w.features]
+            continue
+        num, codes, bad = columnarize_raw(w.features, _SCHEMAS[model])
+        assert g.columns.fingerprint == _SCHEMAS[model].fingerprint()
+        np.testing.assert_array_equal(g.columns.bad, bad)
+        np.testing.assert_array_equal(g.columns.numeric[~bad], num[~bad])
+        np.testing.assert_array_equal(g.columns.codes[~bad], codes[~bad])
+        assert [r.offset for r in g.columns.bad_sources] == [w.sources[i].offset for i in np.flatnonzero(bad)]
+    assert {m: f.ids for m, f in got.feedback.items()} == {m: f.ids for m, f in want.feedback.items()}
+
+
+def test_batch_decoder_takes_one_pass_when_every_model_has_a_schema():
+    """The fast path is taken (no raw features left to decode) for a clean batch of
+    known models, and not when one record belongs to a model without a schema."""
+    from monitor.decode import BatchDecoder
+
+    events = [{"model": m, "id": i, "features": {"x": 1.5, "c": "p"}} for i, m in enumerate("abab")]
+    decoder = BatchDecoder("predictions", "feedback")
+    decoder.set_schemas({m: s.to_state() for m, s in _SCHEMAS.items()})
+    out = decoder.decode(_records([orjson.dumps(e) for e in events], ["predictions"] * 4))
+    assert {m: p.columns.numeric[:, 0].tolist() for m, p in out.predictions.items()} == {"a": [1.5, 1.5], "b": [1.5, 1.5]}
+    assert all(p.sources == [] and p.features == [] for p in out.predictions.values())
+    events.append({"model": "u", "id": 9, "features": {"x": 1.0}})
+    out = decoder.decode(_records([orjson.dumps(e) for e in events], ["predictions"] * 5))
+    assert out.predictions["u"].columns is None and len(out.predictions["u"].features) == 1
+    assert out.predictions["a"].columns is not None

@@ -117,6 +117,39 @@ def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tm
     assert sorted(orjson.loads(x)["reason"] for x in replay_dead) == ["invalid_json", "missing_field", "wrong_type"]
 
 
+def test_consumer_process_decodes_columns_once_the_schema_is_shared(broker, topics, tmp_path):
+    """After a model's reference is built, the consumer process decodes its features into
+    columns (the engine's schema is shared with it); the alarms stay those of a replay."""
+    events = prediction_events(9_000, model="fraud", seed=8, shift_at=6_000, shift=0.8)
+    produce(broker, topics["predictions"], events)
+    settings = settings_for(broker, topics, tmp_path)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"max_poll_records": 500})})
+    running = Running(settings)
+    svc = running.service
+    seen = {"columns": 0, "raw": 0}
+    process = svc.engine.process
+
+    def counting(batch):
+        for p in batch.predictions.values():
+            seen["columns" if p.columns is not None else "raw"] += len(p)
+        return process(batch)
+
+    svc.engine.process = counting
+    wait_for(lambda: svc.stats.predictions >= len(events), 90, "predictions consumed")
+    assert running.stop() == 0
+    assert seen["columns"] >= 2_000 and seen["raw"] >= 2_000  # the reference came raw
+    (tmp_path / "p.jsonl").write_bytes(to_jsonl(events))
+    cfg = tmp_path / "replay.yml"
+    cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
+    out = tmp_path / "replay-alarms.jsonl"
+    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "--config", str(cfg),
+                 "--alarms", str(out), "--quiet"]) == 0
+    key = lambda a: (a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])  # noqa: E731
+    alarms = sorted(read_alarms(tmp_path / "alarms.jsonl"), key=key)
+    assert alarms == sorted(read_alarms(out), key=key)
+    assert [(a["feature"], a["first_index"]) for a in alarms if a["kind"] == "feature_drift"] == [("x0", 6000)]
+
+
 @pytest.mark.parametrize("consumer_process", [True, False], ids=["consumer-process", "in-process"])
 def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tmp_path, consumer_process):
     events = prediction_events(20_000, model="fraud", seed=5, shift_at=15_000, shift=0.8)
