@@ -6,8 +6,11 @@
    an embedded Tansu broker; then, in the same run, a bare kafka-python consumer that
    only reads the topic (the client's limit) and ``driftline run`` (the Service with its
    Kafka source, default detectors, JSONL alarm sink, checkpoints) each consume all of
-   it in a fresh consumer group. Events/s is measured from the first record received
-   to the last one processed (the group join is excluded from both). Median of K runs.
+   it in a fresh consumer group and a fresh Python process (the bare consumer's imports
+   only kafka-python). Events/s is measured from the first record received to the last
+   one processed (the group join is excluded from both). Median of K runs, and the
+   ratio of each run pair. A third row runs driftline with kafka-python's own record
+   parser (``kafka.fast_record_parser: false``).
 2. Replay: the same events from a JSONL file through ``driftline replay``'s pipeline.
 3. Memory: resident set size of a subprocess that runs the engine over a generated
    stream, after 1,000,000 and after M events (default 5,000,000).
@@ -24,9 +27,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import orjson
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,6 +34,9 @@ N_NUM, N_CAT = 20, 5
 
 
 def events(n: int, seed: int = 0) -> list[bytes]:
+    import numpy as np
+    import orjson
+
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, N_NUM)).round(4)
     cats = rng.choice(np.array(["a", "b", "c", "d"]), size=(n, N_CAT))
@@ -101,6 +104,14 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     return n / (marks["last"] - marks["first"])
 
 
+def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, parser: str) -> float:
+    """Events/s of one consumer run in a fresh Python process, as each runs in life: the
+    bare consumer imports kafka-python only, driftline what `driftline run` imports."""
+    out = subprocess.run([sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser],
+                         capture_output=True, text=True, check=True, timeout=900)
+    return float(out.stdout.split()[-1])
+
+
 def replay(path: Path, state: Path) -> float:
     from monitor.cli import main
 
@@ -152,7 +163,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-events", type=int, default=5_000_000)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    ap.add_argument("--role", nargs=6, help=argparse.SUPPRESS)  # one consumer run, in its own process
     args = ap.parse_args()
+    if args.role:
+        role, bootstrap, n, group, state, fast = args.role
+        if role == "bare":
+            rate = bare_consumer(bootstrap, "bench", int(n), group)
+        else:
+            rate = driftline_run(bootstrap, "bench", int(n), group, Path(state), fast_parser=fast == "fast")
+        print(rate)
+        return
 
     from monitor.embedded_broker import EmbeddedBroker
 
@@ -165,10 +185,11 @@ def main() -> None:
         produce(broker.bootstrap_servers, "bench", values)
         print(f"produced {args.events:,} events in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for k in range(args.repeats):
-            bare.append(bare_consumer(broker.bootstrap_servers, "bench", args.events, f"bare-{k}"))
-            ours.append(driftline_run(broker.bootstrap_servers, "bench", args.events, f"ours-{k}", tmp / f"s{k}"))
-            slow.append(driftline_run(broker.bootstrap_servers, "bench", args.events, f"slow-{k}", tmp / f"p{k}",
-                                      fast_parser=False))
+            bare.append(run_in_process("bare", broker.bootstrap_servers, args.events, f"bare-{k}", tmp, ""))
+            ours.append(run_in_process("driftline", broker.bootstrap_servers, args.events, f"ours-{k}",
+                                       tmp / f"s{k}", "fast"))
+            slow.append(run_in_process("driftline", broker.bootstrap_servers, args.events, f"slow-{k}",
+                                       tmp / f"p{k}", "kafka-python"))
             print(f"run {k}: bare {bare[-1]:,.0f}/s, driftline {ours[-1]:,.0f}/s, "
                   f"with kafka-python's parser {slow[-1]:,.0f}/s", file=sys.stderr)
         path = tmp / "events.jsonl"

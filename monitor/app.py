@@ -4,8 +4,8 @@ checkpoint, commit — one batch through the whole line before the next is polle
 Ordering per batch (what makes "never lost" true)::
 
     records = source.poll()
-    decoded = decode_batch(records)            # bad records -> dead letters (the consumer
-                                               # process decodes its batches itself)
+    decoded = decode(records)                  # bad records -> dead letters (the consumer
+                                               # process decodes batches when it has time)
     result  = engine.process(decoded)          # alarms
     dead_letters.write(...); sink.write(alarms) for every sink
     dead_letters.flush(); sink.flush() for every sink   # durable, or SinkError
@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from monitor.checkpoint import CheckpointStore
 from monitor.config import Settings
 from monitor.deadletter import FileDeadLetters, KafkaDeadLetters
-from monitor.decode import DecodedBatch, decode_batch
+from monitor.decode import BatchDecoder, DecodedBatch
 from monitor.runtime import steady_gc
 from monitor.engine import Engine, ReferenceData
 from monitor.exceptions import ConfigError, ReferenceLoadError
@@ -140,7 +140,8 @@ class Service:
         self._last_checkpoint = 0.0
         self._last_lag = 0.0
         self._committed: dict[tuple[str, int], int] = {}
-        self._shared: set[str] = set()  # models whose schema the source decodes with
+        self.decoder = BatchDecoder(settings.kafka.predictions_topic, settings.kafka.feedback_topic)
+        self._shared: set[str] = set()  # models whose schema the decoders know
 
     # -- lifecycle ----------------------------------------------------------------------
     def readiness(self) -> dict[str, bool]:
@@ -198,11 +199,7 @@ class Service:
 
     def _process(self, batch: Sequence[Any] | DecodedBatch, source: Source) -> None:
         t0 = time.perf_counter()
-        s = self.settings.kafka
-        if isinstance(batch, DecodedBatch):  # decoded by the consumer process
-            decoded = batch
-        else:
-            decoded = decode_batch(batch, s.predictions_topic, s.feedback_topic)
+        decoded = batch if isinstance(batch, DecodedBatch) else self.decoder.decode(batch)
         result = self.engine.process(decoded)
         self._share_schemas(source)
         dead = decoded.dead_letters + result.dead_letters
@@ -240,14 +237,17 @@ class Service:
             self.on_batch(st)
 
     def _share_schemas(self, source: Source) -> None:
-        """Give a decoding source the schemas the engine learned since the last batch."""
-        share = getattr(source, "share_schemas", None)
-        if share is None or len(self._shared) == len(self.engine.models):
+        """Give the decoders (this process's, and a decoding source's) the schemas the
+        engine learned since the last batch."""
+        if len(self._shared) == len(self.engine.models):
             return
         new = {name: mm.schema.to_state() for name, mm in self.engine.models.items()
                if name not in self._shared and mm.schema is not None}
         if new:
-            share(new)
+            self.decoder.set_schemas(new)
+            share = getattr(source, "share_schemas", None)
+            if share is not None:
+                share(new)
             self._shared.update(new)
 
     def _report_lag(self, source: Source) -> None:

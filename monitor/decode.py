@@ -172,8 +172,6 @@ class DecodedBatch:
     n_feedback: int = 0
     n_records: int = 0
     """Records the batch was decoded from (events plus dead letters)."""
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    """Where a source that decodes (the consumer process) had read to, per partition."""
 
 
 # The event contract as msgspec structs: decoding and type checks run in C, so that a
@@ -326,13 +324,24 @@ def _by_model(out: DecodedBatch, events: list[Any], recs: list[RawRecord], extra
     return groups
 
 
+_ID, _VERSION, _TS, _PREDICTION, _SCORES, _LATENCY, _FEATURES = map(
+    operator.attrgetter, ("id", "version", "ts", "prediction", "scores", "latency_ms", "features"))
+
+
 def _ts(events: list[Any], recs: list[RawRecord]) -> list[float]:
-    return [e.ts if e.ts is not None else (r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else 0.0)
-            for e, r in zip(events, recs)]
+    """Event times: the event's ``ts``, else the record's timestamp (ms), else 0."""
+    ts = list(map(_TS, events))
+    if None in ts:
+        ts = [t if t is not None else (r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else 0.0)
+              for t, r in zip(ts, recs)]
+    return ts
 
 
 def _ids(events: list[Any]) -> list[str]:
-    return [e.id if type(e.id) is str else str(e.id) for e in events]
+    ids = list(map(_ID, events))
+    if set(map(type, ids)) != {str}:  # integer ids become their text
+        ids = [i if type(i) is str else str(i) for i in ids]
+    return ids
 
 
 def _check_prediction(e: PredictionEvent) -> str | None:
@@ -344,14 +353,17 @@ def _check_prediction(e: PredictionEvent) -> str | None:
 def _predictions(model: str, evs: list[Any], rs: list[RawRecord], **rest: Any) -> Predictions:
     """One model's rows of decoded prediction events (``rest``: features and sources, or
     columns)."""
+    latency = list(map(_LATENCY, evs))
+    if None in latency:
+        latency = [math.nan if v is None else v for v in latency]
     return Predictions(
         model,
-        versions=[e.version for e in evs],
+        versions=list(map(_VERSION, evs)),
         ids=_ids(evs),
         ts=_ts(evs, rs),
-        prediction=[e.prediction for e in evs],
-        scores=[e.scores for e in evs],
-        latency_ms=[math.nan if e.latency_ms is None else e.latency_ms for e in evs],
+        prediction=list(map(_PREDICTION, evs)),
+        scores=list(map(_SCORES, evs)),
+        latency_ms=latency,
         **rest,
     )
 
@@ -451,8 +463,7 @@ class BatchDecoder:
         if len(events) != len(recs):
             return False  # a value held two JSON texts
         kinds = set(map(type, events))
-        if (_EmptyModel in kinds or "" in {e.id for e in events} or "" in {e.version for e in events}
-                or np.isinf(np.array([e.ts for e in events], dtype=np.float64)).any()):
+        if _EmptyModel in kinds:
             return False
         if len(kinds) == 1:
             groups = {types[kinds.pop()]: (events, recs)}
@@ -464,12 +475,18 @@ class BatchDecoder:
                     g = groups[types[type(e)]] = ([], [])
                 g[0].append(e)
                 g[1].append(r)
+        built = []
         for model, (evs, rs) in groups.items():
-            fingerprint, schema = self._schemas[model]
-            num, codes = _columns([e.features for e in evs], schema)
-            columns = Columns(fingerprint, num, codes, np.zeros(len(evs), dtype=bool), [])
-            group = out.predictions[model] = _predictions(model, evs, rs, columns=columns)
-            out.n_predictions += len(group)
+            p = _predictions(model, evs, rs)
+            if "" in p.ids or "" in p.versions or np.isinf(np.array(p.ts, dtype=np.float64)).any():
+                return False  # the general path dead-letters them
+            built.append((p, evs))
+        for p, evs in built:
+            fingerprint, schema = self._schemas[p.model]
+            num, codes = _columns(list(map(_FEATURES, evs)), schema)
+            p.columns = Columns(fingerprint, num, codes, np.zeros(len(evs), dtype=bool), [])
+            out.predictions[p.model] = p
+            out.n_predictions += len(p)
         return True
 
 

@@ -544,7 +544,11 @@ class ModelMonitor:
         n = len(p)
         index = np.arange(self.n_events, self.n_events + n, dtype=np.int64)
         self.n_events += n
-        self.version_events.update(p.versions)
+        first = p.versions[0] if n else None
+        if n and p.versions.count(first) == n:  # the common case: one version per batch
+            self.version_events[first] += n
+        else:
+            self.version_events.update(p.versions)
         early_pairs, counts = self.join.add_predictions(p.ids, p.versions, index, p.prediction, p.scores, p.ts)
         result.join.update(counts)
         self._monitor_predictions(p, index, result)
@@ -583,16 +587,20 @@ class ModelMonitor:
         rows[:, _PRED] = self._prediction_column(p.prediction[start:])
         rows[:, _FIXED:_FIXED + num.shape[1]] = num
         rows[:, _FIXED + num.shape[1]:] = codes
-        versions = np.asarray(p.versions[start:], dtype=object)
+        versions = p.versions[start:] if start else p.versions
         if bad_sources:
             for src in bad_sources:
                 result.dead_letters.append(dead_letter(src, "wrong_type", "a feature holds a value of the wrong type"))
-            rows, versions = rows[~bad], versions[~bad]
+            keep = ~bad
+            rows, versions = rows[keep], [v for v, k in zip(versions, keep.tolist()) if k]
         if len(rows) == 0:
             return
-        for version in dict.fromkeys(versions.tolist()):
-            vm = self._version(version)
-            result.alarms.extend(vm.add(rows[versions == version]))
+        if versions.count(versions[0]) == len(versions):  # one version: no split
+            result.alarms.extend(self._version(versions[0]).add(rows))
+            return
+        names = np.asarray(versions, dtype=object)
+        for version in dict.fromkeys(versions):
+            result.alarms.extend(self._version(version).add(rows[names == version]))
 
     def _prediction_column(self, values: list[Any]) -> np.ndarray:
         if self.pred_kind == "numeric":

@@ -188,16 +188,23 @@ class ProcessKafkaSource:
 
     Fetching, parsing and decoding take about as long as detection; in one process they
     add up. Here the consumer process polls ahead (at most ``_PREFETCH`` batches, so
-    memory stays bounded) and decodes each batch with a
-    :class:`~monitor.decode.BatchDecoder`: what crosses the pipe is a
+    memory stays bounded) and shares the decoding with the service: while batches wait
+    in the queue (the service is the busier one) it decodes each with a
+    :class:`~monitor.decode.BatchDecoder` and sends a
     :class:`~monitor.decode.DecodedBatch`, with the feature columns of every model
-    whose schema the engine has shared (:meth:`share_schemas`). Offsets are still
+    whose schema the engine has shared (:meth:`share_schemas`); when the queue is empty
+    (the service waits) it sends the records and the service decodes them. Either way
+    the result is the same (decoding is a pure function of the records and schemas),
+    and the work settles where there is a free core. Offsets are still
     committed only through :meth:`commit`, which the consumer process runs for this one
     and answers; the consumer process exits when this one closes it, or when this
     process disappears.
     """
 
     _PREFETCH = 3
+    _DECODE: str = "when-busy"
+    """Where batches are decoded: "when-busy" (see above), "always" in the consumer
+    process, or "never" (tests and benchmarks pin one)."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         import multiprocessing
@@ -210,7 +217,8 @@ class ProcessKafkaSource:
         self._commands = ctx.Queue()
         self._replies = ctx.Queue()
         self._proc = ctx.Process(target=_consumer_process, name="driftline-consumer",
-                                 args=(settings, self._data, self._commands, self._replies, os.getpid()),
+                                 args=(settings, self._data, self._commands, self._replies, os.getpid(),
+                                       self._DECODE),
                                  daemon=True)
         self._proc.start()
         deadline = time.monotonic() + settings.bootstrap_timeout_ms / 1000 + 60
@@ -237,7 +245,8 @@ class ProcessKafkaSource:
             raise SourceError(detail)
 
     def poll(self) -> DecodedBatch | list[Record]:
-        """The next decoded batch, or an empty list when none came within the poll timeout."""
+        """The next batch, decoded or not (see the class); an empty list when none came
+        within the poll timeout."""
         try:
             kind, payload, assignment = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
         except queue.Empty:
@@ -245,11 +254,12 @@ class ProcessKafkaSource:
             return []
         if kind == "error":
             raise SourceError(payload)
+        batch, positions = payload
         assigned = set(map(tuple, assignment))
         for tp in [tp for tp in self._positions if tp not in assigned]:
             del self._positions[tp]  # revoked: another instance owns it now
-        self._positions.update(payload.positions)
-        return payload
+        self._positions.update(positions)
+        return batch if isinstance(batch, DecodedBatch) else list(map(Record._make, batch))
 
     def share_schemas(self, schemas: dict[str, dict]) -> None:
         """Give the consumer process these models' schemas (``Schema.to_state()``), so
@@ -301,7 +311,7 @@ class ProcessKafkaSource:
             q.close()
 
 
-def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: int) -> None:
+def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: int, decode: str) -> None:
     """The consumer process: poll ahead into ``data``; run commands from ``commands``."""
     import signal
 
@@ -338,9 +348,12 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
                 assignment = source.assignment()
                 records = _unseen(records, delivered, assignment) if records else records
                 if records:
-                    batch = decoder.decode(records)
-                    batch.positions = {tp: delivered[tp] for tp in {(r.topic, r.partition) for r in records}}
-                    pending = ("batch", batch, assignment)
+                    positions = {tp: delivered[tp] for tp in {(r.topic, r.partition) for r in records}}
+                    # the service waits (nothing queued): hand the records over as they are
+                    # and let it decode; it is busy: decode here meanwhile
+                    here = decode == "always" or (decode == "when-busy" and not data.empty())
+                    batch = decoder.decode(records) if here else _tuples(records)
+                    pending = ("batch", (batch, positions), assignment)
                 continue
             try:
                 data.put(pending, timeout=0.05)  # full: the service is behind; keep serving commands
@@ -351,6 +364,13 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
         if os.getppid() != parent:
             replies.cancel_join_thread()  # nobody will read a reply any more
         source.close()
+
+
+def _tuples(records: list[RawRecord]) -> list[tuple]:
+    """Records as plain tuples of :class:`~monitor.decode.Record`'s fields (cheap to pickle)."""
+    if type(records[0]) is Record:  # driftline's parser made them
+        return list(map(tuple, records))
+    return [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records]
 
 
 def _unseen(records: list[RawRecord], delivered: dict[tuple[str, int], int],

@@ -12,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from monitor.app import Service
 from monitor.cli import main
 from monitor.config import load_settings
+from monitor.decode import DecodedBatch
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -117,13 +118,29 @@ def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tm
     assert sorted(orjson.loads(x)["reason"] for x in replay_dead) == ["invalid_json", "missing_field", "wrong_type"]
 
 
-def test_consumer_process_decodes_columns_once_the_schema_is_shared(broker, topics, tmp_path):
-    """After a model's reference is built, the consumer process decodes its features into
-    columns (the engine's schema is shared with it); the alarms stay those of a replay."""
+@pytest.mark.parametrize("decode, fast_parser", [("always", True), ("never", False)])
+def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, monkeypatch, decode, fast_parser):
+    """After a model's reference is built, its features arrive as columns, decoded by the
+    consumer process (the engine's schema is shared with it) or by the service; the
+    alarms stay those of a replay either way."""
+    from monitor.sources import ProcessKafkaSource
+
+    monkeypatch.setattr(ProcessKafkaSource, "_DECODE", decode)
+    polled = {"decoded": 0, "records": 0}
+    poll = ProcessKafkaSource.poll
+
+    def counting_poll(self):
+        batch = poll(self)
+        if batch or isinstance(batch, DecodedBatch):
+            polled["decoded" if isinstance(batch, DecodedBatch) else "records"] += 1
+        return batch
+
+    monkeypatch.setattr(ProcessKafkaSource, "poll", counting_poll)
     events = prediction_events(9_000, model="fraud", seed=8, shift_at=6_000, shift=0.8)
     produce(broker, topics["predictions"], events)
     settings = settings_for(broker, topics, tmp_path)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"max_poll_records": 500})})
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"max_poll_records": 500, "fast_record_parser": fast_parser})})
     running = Running(settings)
     svc = running.service
     seen = {"columns": 0, "raw": 0}
@@ -138,6 +155,8 @@ def test_consumer_process_decodes_columns_once_the_schema_is_shared(broker, topi
     wait_for(lambda: svc.stats.predictions >= len(events), 90, "predictions consumed")
     assert running.stop() == 0
     assert seen["columns"] >= 2_000 and seen["raw"] >= 2_000  # the reference came raw
+    assert polled["decoded" if decode == "always" else "records"] >= 18 and not polled[
+        "records" if decode == "always" else "decoded"]
     (tmp_path / "p.jsonl").write_bytes(to_jsonl(events))
     cfg = tmp_path / "replay.yml"
     cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
