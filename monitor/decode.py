@@ -356,9 +356,12 @@ def _predictions(model: str, evs: list[Any], rs: list[RawRecord], **rest: Any) -
     latency = list(map(_LATENCY, evs))
     if None in latency:
         latency = [math.nan if v is None else v for v in latency]
+    versions = list(map(_VERSION, evs))
+    if versions and versions.count(versions[0]) == len(versions):
+        versions = [versions[0]] * len(versions)  # one object: later comparisons are by identity
     return Predictions(
         model,
-        versions=list(map(_VERSION, evs)),
+        versions=versions,
         ids=_ids(evs),
         ts=_ts(evs, rs),
         prediction=list(map(_PREDICTION, evs)),

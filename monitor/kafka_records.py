@@ -160,12 +160,53 @@ def _fast_class(base: type) -> type:
         committed = object()
 
     class FastPartitionRecords(base):  # type: ignore[misc, valid-type]
+        """Records of one partition's fetch: parsed a batch at a time into lists, and
+        taken as slices of them (no per-record generator step)."""
+
         _driftline_fast = True
 
-        def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
-            if key_deserializer is not None or value_deserializer is not None or self.isolation_level == committed:
-                yield from super()._unpack_records(tp, records, key_deserializer, value_deserializer)
-                return
+        def __init__(self, fetch_offset, tp, records, key_deserializer=None, value_deserializer=None, **kwargs):
+            super().__init__(fetch_offset, tp, records, key_deserializer=key_deserializer,
+                             value_deserializer=value_deserializer, **kwargs)
+            self._fast = (key_deserializer is None and value_deserializer is None
+                          and self.isolation_level != committed)
+            if self._fast:  # replaces kafka-python's record iterator (not started yet)
+                self.record_iterator = self._blocks(tp, records)
+                self._block: list = []
+                self._at = 0
+                self._skipping = True
+
+        def take(self, n=None):
+            if not self._fast:
+                return super().take(n)
+            self._maybe_raise_next_inline_exception()
+            out: list = []
+            try:
+                while n is None or len(out) < n:
+                    block, at = self._block, self._at
+                    if at >= len(block):
+                        block = next(self.record_iterator, None) if self.record_iterator is not None else None
+                        if block is None:
+                            break
+                        at = 0
+                        if self._skipping:  # from inside a compressed batch: start at the fetch offset
+                            while at < len(block) and block[at].offset < self.fetch_offset:
+                                at += 1
+                            self._skipping = at == len(block)
+                        self._block, self._at = block, at
+                        continue
+                    end = len(block) if n is None else min(len(block), at + n - len(out))
+                    out += block[at:end]
+                    self._at = end
+                    self.next_fetch_offset = block[end - 1].offset + 1
+            except Exception as exc:  # as kafka-python: records first, the error on the next take
+                if not out:
+                    raise
+                self._next_inline_exception = exc
+            return out
+
+        def _blocks(self, tp, records):
+            """Each batch's records as a list; at the end, kafka-python's bookkeeping."""
             topic, partition = tp.topic, tp.partition
             batch = records.next_batch()
             last_batch = None
@@ -189,20 +230,19 @@ def _fast_class(base: type) -> type:
                     except (CorruptBatch, IndexError) as exc:
                         raise errors.CorruptRecordError(
                             f"Found invalid record structure in {tp} at offset {batch.base_offset}: {exc!r}")
-                    self.records_read += len(parsed)
                     self.bytes_read += batch.size_in_bytes
-                    for rec in parsed:
-                        self.next_fetch_offset = rec[2] + 1
-                        yield rec
                 else:  # legacy message format: kafka-python's records
+                    parsed = []
                     for record in batch:
                         if self.check_crcs and not record.validate_crc():
                             raise errors.CorruptRecordError(
                                 f"Record for partition {tp} at offset {record.offset} failed crc check")
-                        self.records_read += 1
                         self.bytes_read += record.size_in_bytes
-                        self.next_fetch_offset = record.offset + 1
-                        yield Record(topic, partition, record.offset, record.timestamp, record.key, record.value)
+                        parsed.append(Record(topic, partition, record.offset, record.timestamp, record.key,
+                                             record.value))
+                self.records_read += len(parsed)
+                if parsed:
+                    yield parsed
                 batch = records.next_batch()
             if last_batch is not None and last_batch.magic == 2:
                 self.next_fetch_offset = last_batch.next_offset

@@ -46,10 +46,12 @@ def _buffer(batches: list[list[tuple]], codec: int, base: int) -> bytes:
 
 def _take(cls, buf: bytes, fetch_offset: int, check_crcs: bool = True) -> list[tuple]:
     part = cls(fetch_offset, TP, MemoryRecords(buf), check_crcs=check_crcs)
-    out = []
-    while part:  # until drained, in pieces, as poll's max_records cuts them
-        out.extend(part.take(7))
-    return [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in out], part.next_fetch_offset
+    takes = []
+    while part:  # until drained, in pieces, as poll's max_records cuts them; the position after each
+        got = part.take(7)
+        takes.append(([(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in got],
+                      part.next_fetch_offset))
+    return takes
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
