@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -79,7 +81,15 @@ def bare_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
     return rate
 
 
-def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, fast_parser: bool = True) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, fast_parser: bool = True,
+                  broker_pid: int | None = None) -> tuple[float, dict[str, float]]:
+    """Events/s of the Service, and the CPU each process used per event (us) meanwhile."""
     from monitor.app import Service
     from monitor.config import load_settings
 
@@ -91,25 +101,40 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     stop = threading.Event()
     marks: dict[str, float] = {}
 
+    cpu: dict[str, list[float]] = {}
+
+    def processes() -> dict[str, int]:
+        pids = {"service": os.getpid(), "consumer": svc._source._proc.pid}
+        return pids | ({"broker": broker_pid} if broker_pid else {})
+
     def on_batch(stats) -> None:
-        marks.setdefault("first", time.perf_counter() - stats.last_batch_seconds)
+        if "first" not in marks:
+            marks["first"] = time.perf_counter() - stats.last_batch_seconds
+            cpu.update({name: [cpu_seconds(pid)] for name, pid in processes().items()})
+            marks["first_n"] = stats.predictions  # CPU is counted from the end of the first batch
         if stats.predictions >= n:
             marks["last"] = time.perf_counter()
+            for name, pid in processes().items():
+                cpu[name].append(cpu_seconds(pid))
             stop.set()
 
     svc = Service(settings, on_batch=on_batch)
     thread = threading.Thread(target=svc.run, args=(stop,), daemon=True)
     thread.start()
     thread.join(timeout=600)
-    return n / (marks["last"] - marks["first"])
+    per_event = {k: (b - a) / (n - marks["first_n"]) * 1e6 for k, (a, b) in cpu.items()}
+    return n / (marks["last"] - marks["first"]), per_event
 
 
-def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, parser: str) -> float:
-    """Events/s of one consumer run in a fresh Python process, as each runs in life: the
-    bare consumer imports kafka-python only, driftline what `driftline run` imports."""
-    out = subprocess.run([sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser],
-                         capture_output=True, text=True, check=True, timeout=900)
-    return float(out.stdout.split()[-1])
+def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, parser: str,
+                   broker_pid: int) -> tuple[float, dict[str, float]]:
+    """Events/s of one consumer run in a fresh Python process, as each runs in life (the
+    bare consumer imports kafka-python only, driftline what `driftline run` imports),
+    and for driftline the CPU per event of its processes and the broker's."""
+    out = subprocess.run([sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser,
+                          str(broker_pid)], capture_output=True, text=True, check=True, timeout=900)
+    result = json.loads(out.stdout.splitlines()[-1])
+    return result["rate"], result["cpu"]
 
 
 def replay(path: Path, state: Path) -> float:
@@ -163,21 +188,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-events", type=int, default=5_000_000)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    ap.add_argument("--role", nargs=6, help=argparse.SUPPRESS)  # one consumer run, in its own process
+    ap.add_argument("--role", nargs=7, help=argparse.SUPPRESS)  # one consumer run, in its own process
     args = ap.parse_args()
     if args.role:
-        role, bootstrap, n, group, state, fast = args.role
+        role, bootstrap, n, group, state, fast, broker_pid = args.role
         if role == "bare":
-            rate = bare_consumer(bootstrap, "bench", int(n), group)
+            rate, cpu = bare_consumer(bootstrap, "bench", int(n), group), {}
         else:
-            rate = driftline_run(bootstrap, "bench", int(n), group, Path(state), fast_parser=fast == "fast")
-        print(rate)
+            rate, cpu = driftline_run(bootstrap, "bench", int(n), group, Path(state), fast_parser=fast == "fast",
+                                      broker_pid=int(broker_pid))
+        print(json.dumps({"rate": rate, "cpu": cpu}))
         return
 
     from monitor.embedded_broker import EmbeddedBroker
 
     values = events(args.events)
-    bare, ours, slow = [], [], []
+    bare, ours, slow, cpu = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         tmp = Path(tmp)
         broker.create_topics(["bench", "bench-feedback"], partitions=1)
@@ -185,11 +211,14 @@ def main() -> None:
         produce(broker.bootstrap_servers, "bench", values)
         print(f"produced {args.events:,} events in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for k in range(args.repeats):
-            bare.append(run_in_process("bare", broker.bootstrap_servers, args.events, f"bare-{k}", tmp, ""))
-            ours.append(run_in_process("driftline", broker.bootstrap_servers, args.events, f"ours-{k}",
-                                       tmp / f"s{k}", "fast"))
+            pid = broker._proc.pid
+            bare.append(run_in_process("bare", broker.bootstrap_servers, args.events, f"bare-{k}", tmp, "", pid)[0])
+            rate, used = run_in_process("driftline", broker.bootstrap_servers, args.events, f"ours-{k}",
+                                        tmp / f"s{k}", "fast", pid)
+            ours.append(rate)
+            cpu.append(used)
             slow.append(run_in_process("driftline", broker.bootstrap_servers, args.events, f"slow-{k}",
-                                       tmp / f"p{k}", "kafka-python"))
+                                       tmp / f"p{k}", "kafka-python", pid)[0])
             print(f"run {k}: bare {bare[-1]:,.0f}/s, driftline {ours[-1]:,.0f}/s, "
                   f"with kafka-python's parser {slow[-1]:,.0f}/s", file=sys.stderr)
         path = tmp / "events.jsonl"
@@ -210,6 +239,8 @@ def main() -> None:
     print(f"| driftline replay (JSONL file) | {r:,.0f} | - |")
     print()
     print("driftline/bare per run (paired, same run): " + ", ".join(f"{x:.2f}" for x in ratios))
+    print("CPU per event during driftline run (median us): " + ", ".join(
+        f"{name} {statistics.median(c[name] for c in cpu):.2f}" for name in cpu[0]))
     if not args.no_memory:
         m1, m5 = memory(args.memory_events)
         print(f"resident memory: {m1:.0f} MB after 1,000,000 events, {m5:.0f} MB after "

@@ -12,6 +12,9 @@ Two steps, both batch-at-a-time:
    :class:`Schema`. A value of the wrong type rejects its row (reason
    ``wrong_type``), never the batch.
 
+:class:`BatchDecoder` does both for models whose schema it knows, in one msgspec pass
+when the batch is clean; the service and its Kafka consumer process each run one.
+
 Reason codes (the ``reason`` label of ``driftline_invalid_events_total``):
 ``invalid_json``, ``not_an_object``, ``missing_field``, ``wrong_type``, ``empty_value``.
 """
