@@ -664,7 +664,7 @@ def columnarize_raw(
     try:
         rows = schema.decoder().decode(b"[" + b",".join(raws) + b"]")
     except (msgspec.DecodeError, msgspec.ValidationError):
-        num, codes, bad, _ = columnarize(decode_features(raws), schema)
+        num, codes, bad = columnarize(decode_features(raws), schema)
         return num, codes, bad
     num, codes = _columns(rows, schema)
     return num, codes, np.zeros(len(rows), dtype=bool)
@@ -711,7 +711,7 @@ def _codes(col: list[Any], vocab: dict[str, int], bad: np.ndarray | None = None)
 
 def columnarize(
     features: Sequence[dict[str, Any]], schema: Schema
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One model's feature dicts to columns.
 
     Returns
@@ -724,10 +724,8 @@ def columnarize(
         bool (n,): rows holding a value of the wrong type: for a numeric feature a
         string that is not a number, an object or a list; for a categorical one an
         object or a list.
-    unexpected
-        How many feature values had a name outside the schema (counted, not used).
-        Counted exactly whenever the number of keys differs from the schema's width;
-        a row that both lacks one feature and adds another is not seen.
+
+    Features outside the schema are ignored.
 
     Notes
     -----
@@ -741,9 +739,4 @@ def columnarize(
     codes = np.empty((n, len(schema.categorical)), dtype=np.int64)
     for j, (name, vocab) in enumerate(zip(schema.categorical, schema.vocabularies)):
         codes[:, j] = _codes([f.get(name) if isinstance(f, dict) else None for f in features], vocab, bad)
-    width = len(schema.numeric) + len(schema.categorical)
-    unexpected = 0
-    if sum(map(len, features)) != n * width:  # the common case skips the exact count
-        known = set(schema.numeric) | set(schema.categorical)
-        unexpected = sum(1 for f in features for k in f if k not in known)
-    return numeric, codes, bad, unexpected
+    return numeric, codes, bad

@@ -207,11 +207,19 @@ class VersionMonitor:
         quality: dict[str, dict[str, float]] = {}
         candidates: list[tuple[str, str, float, float, float]] = []  # feature, det, stat, p, effect
         wanted = set(cfg.drift.statistics)
-        if d_num:
-            r = numeric_drift(m.num_ref, num)
+        r = numeric_drift(m.num_ref, num) if d_num else None
+        if codes.shape[1]:
+            c = categorical_drift(m.cat_ref, codes)
+            chi2, chi2_p = chi2_homogeneity(m.cat_counts, bucket_counts(codes, m.cat_ref.n_categories + 1))
+        # p-values corrected across the model's features: what the gauges show and what
+        # the alarms (and the alert rules) compare with alpha
+        adjusted = _adjust(np.concatenate([r.ks_p_value if r is not None else [],
+                                           chi2_p if codes.shape[1] else []]), cfg.drift.correction).tolist()
+        if r is not None:
             for j, name in enumerate(schema.numeric):
+                p = adjusted[j]
                 if "ks" in wanted:
-                    stats.append(FeatureStatistic(name, "ks", float(r.ks_statistic[j]), float(r.ks_p_value[j]), cfg.drift.alpha))
+                    stats.append(FeatureStatistic(name, "ks", float(r.ks_statistic[j]), p, cfg.drift.alpha))
                 if "psi" in wanted:
                     stats.append(FeatureStatistic(name, "psi", float(r.psi[j]), None, cfg.drift.psi_threshold))
                 if "js" in wanted:
@@ -220,25 +228,17 @@ class VersionMonitor:
                     stats.append(FeatureStatistic(name, "wasserstein", float(r.wasserstein[j]), None, None))
                 quality[name] = {"missing_rate": float(r.missing_rate[j]),
                                  "out_of_range_rate": float(r.out_of_range_rate[j])}
-                candidates.append((name, "ks", float(r.ks_statistic[j]), float(r.ks_p_value[j]), float(r.psi[j])))
+                candidates.append((name, "ks", float(r.ks_statistic[j]), p, float(r.psi[j])))
         if codes.shape[1]:
-            c = categorical_drift(m.cat_ref, codes)
-            chi2, chi2_p = chi2_homogeneity(m.cat_counts, bucket_counts(codes, m.cat_ref.n_categories + 1))
             for j, name in enumerate(schema.categorical):
+                p = adjusted[d_num + j]
                 if "chi2" in wanted:
-                    stats.append(FeatureStatistic(name, "chi2", float(chi2[j]), float(chi2_p[j]), cfg.drift.alpha))
+                    stats.append(FeatureStatistic(name, "chi2", float(chi2[j]), p, cfg.drift.alpha))
                 if "psi" in wanted:
                     stats.append(FeatureStatistic(name, "psi", float(c.psi[j]), None, cfg.drift.psi_threshold))
                 quality[name] = {"missing_rate": float(c.missing_rate[j]),
                                  "unseen_rate": float(c.unseen_rate[j])}
-                candidates.append((name, "chi2", float(c.tv[j]), float(chi2_p[j]), float(c.psi[j])))
-        # p-values corrected across the model's features: what the gauges show and what
-        # the alarms (and the alert rules) compare with alpha
-        adjusted = _adjust([c[3] for c in candidates], cfg.drift.correction)
-        by_feature = {c[0]: a for c, a in zip(candidates, adjusted.tolist())}
-        stats = [FeatureStatistic(s.feature, s.detector, s.statistic, by_feature[s.feature], s.threshold, s.kind)
-                 if s.p_value is not None else s for s in stats]
-        candidates = [(c[0], c[1], c[2], a, c[4]) for c, a in zip(candidates, adjusted.tolist())]
+                candidates.append((name, "chi2", float(c.tv[j]), p, float(c.psi[j])))
         alarms = self._drift_alarms(candidates, "feature_drift", first, last, ts)
         alarms += self._quality_alarms(quality, first, last, ts)
         if cfg.drift.prediction and m.pred_kind is not None:
@@ -517,7 +517,7 @@ class ModelMonitor:
         cfg = self.settings
         self.schema, self.dropped_features = Schema.infer(
             features, cfg.numeric_features, cfg.categorical_features, cfg.ignore_features, cfg.max_features)
-        num, codes, bad, _ = columnarize(features, self.schema)
+        num, codes, bad = columnarize(features, self.schema)
         good = ~bad
         num, codes = num[good], codes[good]
         self.num_ref = NumericReference.fit(num, n_bins=cfg.drift.psi_bins)

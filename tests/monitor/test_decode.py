@@ -63,12 +63,11 @@ def test_schema_inference_and_columns():
     feats = [{"a": 1.0, "b": "x", "c": True}, {"a": None, "b": "y", "c": False}, {"a": 2, "b": None}]
     schema, dropped = Schema.infer(feats, None, None, [], 10)
     assert schema.numeric == ["a", "c"] and schema.categorical == ["b"] and dropped == 0
-    num, codes, bad, unexpected = columnarize(
+    num, codes, bad = columnarize(
         [{"a": 3.5, "b": "y"}, {"a": "oops", "b": "zzz"}, {"b": None, "extra": 1}], schema)
     np.testing.assert_array_equal(bad, [False, True, False])
     assert num[0, 0] == 3.5 and np.isnan(num[1, 0]) and np.isnan(num[2, 0])
     assert codes[:, 0].tolist() == [schema.vocabularies[0]["y"], 2, -1]  # 2 = unseen ("other")
-    assert unexpected == 1
 
 
 def test_schema_cap_counts_dropped_features():
@@ -82,7 +81,7 @@ def test_schema_cap_counts_dropped_features():
                           st.integers(-1000, 1000)), min_size=1, max_size=30))
 def test_numeric_column_matches_per_value_conversion(values):
     schema = Schema(["a"], [], [])
-    num, _, bad, _ = columnarize([{"a": v} for v in values], schema)
+    num, _, bad = columnarize([{"a": v} for v in values], schema)
     expected = [np.nan if v is None else float(v) for v in values]
     np.testing.assert_array_equal(num[:, 0], expected)
     assert not bad.any()
@@ -101,7 +100,7 @@ def test_categorical_values_that_are_not_strings_use_their_text():
     schema, _ = Schema.infer([{"c": "a"}, {"c": True}, {"c": 5}], None, None, [], 10)
     assert schema.categorical == ["c"]
     vocab = schema.vocabularies[0]
-    _, codes, bad, _ = columnarize([{"c": True}, {"c": 5}, {"c": "a"}, {"c": "new"}, {"c": {"x": 1}}], schema)
+    _, codes, bad = columnarize([{"c": True}, {"c": 5}, {"c": "a"}, {"c": "new"}, {"c": {"x": 1}}], schema)
     assert codes[:, 0].tolist() == [vocab["true"], vocab["5"], vocab["a"], len(vocab), -1]
     assert bad.tolist() == [False, False, False, False, True]
 
@@ -123,7 +122,7 @@ def test_raw_columns_equal_dict_columns(rows):
     from monitor.decode import columnarize_raw
 
     num_r, codes_r, bad_r = columnarize_raw(raws, schema)
-    num_d, codes_d, bad_d, _ = columnarize(rows, schema)
+    num_d, codes_d, bad_d = columnarize(rows, schema)
     np.testing.assert_array_equal(bad_r, bad_d)
     ok = ~bad_d
     np.testing.assert_array_equal(num_r[ok], num_d[ok])
