@@ -6,7 +6,7 @@ import gc
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["steady_gc"]
+__all__ = ["steady_gc", "tune_gc"]
 
 GC_THRESHOLDS = (10_000, 10, 10)
 """Allocations between young collections (CPython's default is 700), and young
@@ -25,12 +25,19 @@ def steady_gc() -> Iterator[None]:
     at start is frozen (never scanned again) and collections run less often. Cycles are
     still collected, so memory stays bounded. Undone on exit.
     """
-    old = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    old = tune_gc()
     try:
         yield
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+def tune_gc() -> tuple[int, int, int]:
+    """:func:`steady_gc` for the rest of the process's life (the Kafka consumer
+    process); returns the thresholds it replaced."""
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return old

@@ -27,7 +27,7 @@ from monitor.config import KafkaSettings
 from monitor.decode import BatchDecoder, DecodedBatch, RawRecord, Record
 from monitor.exceptions import SourceError
 from monitor.kafka_records import install as install_fast_parser
-from monitor.runtime import steady_gc
+from monitor.runtime import tune_gc
 
 __all__ = ["Source", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
 
@@ -324,7 +324,7 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
         replies.put(("error", str(exc)))  # flushed at exit: the parent is waiting for it
         return
     replies.put(("ready", None))
-    steady_gc().__enter__()  # for the rest of this process's life
+    tune_gc()
     decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
     delivered: dict[tuple[str, int], int] = {}  # partition -> next offset handed over
     pending = None
