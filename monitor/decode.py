@@ -190,13 +190,20 @@ _PREDICTION_FIELDS: list[tuple[str, Any, Any]] = [
     ("scores", Union[dict[str, float], None], None),
     ("latency_ms", Union[float, None], None),
 ]
-_FEATURES_FIELD = 1
+
+
+def _prediction_fields(features: Any) -> list[tuple]:
+    """msgspec.defstruct fields of a prediction event, ``features`` of the given type."""
+    fields = []
+    for name, tp, default in _PREDICTION_FIELDS:
+        tp = features if name == "features" else tp
+        fields.append((name, tp) if default is msgspec.NODEFAULT else (name, tp, default))
+    return fields
+
 
 # gc=False: decoded JSON holds no reference cycles, so the collector need not track them.
-PredictionEvent = msgspec.defstruct(
-    "PredictionEvent",
-    [("model", str)] + [(n, t) if d is msgspec.NODEFAULT else (n, t, d) for n, t, d in _PREDICTION_FIELDS],
-    gc=False, module=__name__)
+PredictionEvent = msgspec.defstruct("PredictionEvent", [("model", str)] + _prediction_fields(msgspec.Raw),
+                                    gc=False, module=__name__)
 
 
 class FeedbackEvent(msgspec.Struct, gc=False):
@@ -229,18 +236,26 @@ def _reason(exc: Exception, raw: bytes | None) -> tuple[str, str]:
     return "wrong_type", msg
 
 
+def _decode_array(decoder: Any, values: list[bytes | None]) -> list[Any] | None:
+    """The values decoded as one JSON array (one call: the common case), or None when
+    one of them is empty, does not decode, or holds two JSON texts."""
+    if not all(values):
+        return None
+    try:
+        events = decoder.decode(b"[" + b",".join(values) + b"]")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return events if len(events) == len(values) else None
+
+
 def _decode_all(records: list[RawRecord], kind: type) -> tuple[list[Any], list[RawRecord], list[DeadLetter]]:
     """Decode records of one kind; the whole batch as one JSON array when every record
     is valid (the common case), else record by record to find the bad ones."""
     one, many = _DECODERS[kind]
     values = [r.value for r in records]
-    if all(values):
-        try:
-            events = many.decode(b"[" + b",".join(values) + b"]")
-            if len(events) == len(records):  # else a value held two JSON texts: one by one
-                return events, records, []
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass  # a bad record somewhere: one by one
+    events = _decode_array(many, values)
+    if events is not None:
+        return events, records, []
     good, kept, dead = [], [], []
     for rec, raw in zip(records, values):
         try:
@@ -313,15 +328,24 @@ def _by_model(out: DecodedBatch, events: list[Any], recs: list[RawRecord], extra
     )
     if clean and len(distinct) == 1:  # the common case: no per-event work
         return {models[0]: (events, recs)}
-    groups: dict[str, tuple[list[Any], list[RawRecord]]] = {}
+    kept_events, kept_recs = [], []
     for e, r in zip(events, recs):
         problem = _check_common(e) or (extra(e) if extra is not None else None)
         if problem is not None:
             out.dead_letters.append(dead_letter(r, "wrong_type", problem))
-            continue
-        g = groups.get(e.model)
+        else:
+            kept_events.append(e)
+            kept_recs.append(r)
+    return _group([e.model for e in kept_events], kept_events, kept_recs)
+
+
+def _group(keys: list[str], events: list[Any], recs: list[RawRecord]) -> dict[str, tuple[list[Any], list[RawRecord]]]:
+    """Events and their records by key (a model), each group in arrival order."""
+    groups: dict[str, tuple[list[Any], list[RawRecord]]] = {}
+    for key, e, r in zip(keys, events, recs):
+        g = groups.get(key)
         if g is None:
-            g = groups[e.model] = ([], [])
+            g = groups[key] = ([], [])
         g[0].append(e)
         g[1].append(r)
     return groups
@@ -458,29 +482,17 @@ class BatchDecoder:
 
     def _decode_typed(self, recs: list[RawRecord], out: DecodedBatch) -> bool:
         """The one-pass path; False (``out`` untouched) when the batch needs the other."""
-        values = [r.value for r in recs]
-        if not all(values):
-            return False
         decoder, types = self._decoder()
-        try:
-            events = decoder.decode(b"[" + b",".join(values) + b"]")
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        events = _decode_array(decoder, [r.value for r in recs])
+        if events is None:
             return False
-        if len(events) != len(recs):
-            return False  # a value held two JSON texts
         kinds = set(map(type, events))
         if _EmptyModel in kinds:
             return False
         if len(kinds) == 1:
             groups = {types[kinds.pop()]: (events, recs)}
         else:
-            groups = {}
-            for e, r in zip(events, recs):
-                g = groups.get(types[type(e)])
-                if g is None:
-                    g = groups[types[type(e)]] = ([], [])
-                g[0].append(e)
-                g[1].append(r)
+            groups = _group([types[type(e)] for e in events], events, recs)
         built = []
         for model, (evs, rs) in groups.items():
             p = _predictions(model, evs, rs)
@@ -502,10 +514,8 @@ class _EmptyModel(msgspec.Struct, tag_field="model", tag="", gc=False):
 
 def _typed_prediction(model: str, schema: "Schema") -> type:
     """A prediction event of ``model`` with its features as ``schema``'s struct."""
-    fields = [(name, tp, default) if default is not msgspec.NODEFAULT else (name, tp)
-              for name, tp, default in _PREDICTION_FIELDS]
-    fields[_FEATURES_FIELD] = ("features", schema.features_type())
-    return msgspec.defstruct("Prediction", fields, tag_field="model", tag=model, gc=False)
+    return msgspec.defstruct("Prediction", _prediction_fields(schema.features_type()),
+                             tag_field="model", tag=model, gc=False)
 
 
 # ---- columns -----------------------------------------------------------------------------
