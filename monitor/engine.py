@@ -545,17 +545,20 @@ class ModelMonitor:
         index = np.arange(self.n_events, self.n_events + n, dtype=np.int64)
         self.n_events += n
         first = p.versions[0] if n else None
-        if n and p.versions.count(first) == n:  # the common case: one version per batch
-            self.version_events[first] += n
+        only = first if n and p.versions.count(first) == n else None  # the common case: one version
+        if only is not None:
+            self.version_events[only] += n
         else:
             self.version_events.update(p.versions)
         early_pairs, counts = self.join.add_predictions(p.ids, p.versions, index, p.prediction, p.scores, p.ts)
         result.join.update(counts)
-        self._monitor_predictions(p, index, result)
+        self._monitor_predictions(p, index, result, only)
         if len(early_pairs):  # labels that had arrived before these predictions
             self.add_labelled(early_pairs, result)
 
-    def _monitor_predictions(self, p: Predictions, index: np.ndarray, result: EngineResult) -> None:
+    def _monitor_predictions(self, p: Predictions, index: np.ndarray, result: EngineResult,
+                             only: str | None) -> None:
+        """``only``: the batch's one version, None when it has several."""
         n = len(p)
         start = 0
         if self.schema is None:
@@ -587,19 +590,19 @@ class ModelMonitor:
         rows[:, _PRED] = self._prediction_column(p.prediction[start:])
         rows[:, _FIXED:_FIXED + num.shape[1]] = num
         rows[:, _FIXED + num.shape[1]:] = codes
-        versions = p.versions[start:] if start else p.versions
         if bad_sources:
             for src in bad_sources:
                 result.dead_letters.append(dead_letter(src, "wrong_type", "a feature holds a value of the wrong type"))
-            keep = ~bad
-            rows, versions = rows[keep], [v for v, k in zip(versions, keep.tolist()) if k]
+            rows = rows[~bad]
         if len(rows) == 0:
             return
-        if versions.count(versions[0]) == len(versions):  # one version: no split
-            result.alarms.extend(self._version(versions[0]).add(rows))
+        if only is not None:  # one version: no split
+            result.alarms.extend(self._version(only).add(rows))
             return
-        names = np.asarray(versions, dtype=object)
-        for version in dict.fromkeys(versions):
+        names = np.asarray(p.versions[start:], dtype=object)
+        if bad_sources:
+            names = names[~bad]
+        for version in dict.fromkeys(names.tolist()):
             result.alarms.extend(self._version(version).add(rows[names == version]))
 
     def _prediction_column(self, values: list[Any]) -> np.ndarray:
