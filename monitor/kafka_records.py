@@ -137,13 +137,14 @@ def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def install(consumer: Any) -> bool:
-    """Give ``consumer`` (a kafka-python ``KafkaConsumer`` without deserializers) the
-    fast record iterator. Returns False, changing nothing, when this kafka-python does
+    """Give ``consumer`` (a kafka-python ``KafkaConsumer`` without deserializers)
+    driftline's record parser. Returns False, changing nothing, when this kafka-python does
     not have the internals it relies on."""
     fetcher = getattr(consumer, "_fetcher", None)
     base = getattr(fetcher, "PartitionRecords", None)
-    if base is None or not callable(getattr(base, "_unpack_records", None)):
-        log.info("this kafka-python has no PartitionRecords; using its own record parser")
+    needed = ("take", "drain", "_maybe_raise_next_inline_exception")  # what FastPartitionRecords builds on
+    if base is None or not all(callable(getattr(base, name, None)) for name in needed):
+        log.info("this kafka-python's PartitionRecords is not the one expected; using its own record parser")
         return False
     if getattr(base, "_driftline_fast", False):
         return True
