@@ -20,7 +20,7 @@ from detectors.ddm import DDM, EDDM
 from detectors.fhddm import FHDDM
 from detectors.hddm import HDDMA, HDDMW
 from detectors.kswin import KSWIN
-from detectors.metrics import classification_metrics, regression_metrics
+from detectors.metrics import classification_metrics, multiclass_metrics, regression_metrics
 from detectors.multiple_testing import benjamini_hochberg, bonferroni, reject
 from detectors.page_hinkley import PageHinkley
 from detectors.sequential import SequentialResult, TwoSampleMSPRT
@@ -55,6 +55,7 @@ __all__ = [
     "benjamini_hochberg",
     "reject",
     "classification_metrics",
+    "multiclass_metrics",
     "regression_metrics",
     "TwoSampleMSPRT",
     "SequentialResult",

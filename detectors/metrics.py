@@ -1,18 +1,21 @@
 """Model performance over windows of labelled predictions.
 
-Both functions take either one window (1-D arrays, a dict of floats back) or a stack
-of k windows of equal length ((k, w) arrays, a dict of (k,) arrays back), since one
-batch can complete several windows. Rows with a non-finite value in any input are
-skipped and counted (``skipped``); ``n`` is the number of rows used.
+:func:`classification_metrics` and :func:`regression_metrics` take either one window
+(1-D arrays, a dict of floats back) or a stack of k windows of equal length ((k, w)
+arrays, a dict of (k,) arrays back), since one batch can complete several windows;
+:func:`multiclass_metrics` takes one window (its per-class results differ in size from
+window to window). Rows with a non-finite value in any input are skipped and counted
+(``skipped``); ``n`` is the number of rows used.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_metrics", "regression_metrics", "PROBABILITY_CLIP"]
+__all__ = ["classification_metrics", "multiclass_metrics", "regression_metrics", "PROBABILITY_CLIP"]
 
 # Scores are clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] for log loss, as
 # river.metrics.LogLoss and scikit-learn (before 1.5) do.
@@ -138,6 +141,168 @@ def classification_metrics(
     result["n"] = n.astype(np.int64)
     result["skipped"] = (truth.shape[1] - n).astype(np.int64)
     return _out(result, one_window)
+
+
+def _class_codes(name: str, values: Any) -> np.ndarray:
+    """``values`` as a 1-D float64 array of class codes (NaN: missing)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf" or arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class codes (integers >= 0, NaN for missing), "
+                         f"got dtype {arr.dtype} and shape {arr.shape}")
+    arr = arr.astype(np.float64, copy=False)
+    known = arr[np.isfinite(arr)]
+    if (known < 0).any() or (known != np.floor(known)).any():
+        raise ValueError(f"{name} must hold class codes (integers >= 0, NaN for missing), "
+                         f"got {known[(known < 0) | (known != np.floor(known))][0]!r}")
+    return arr
+
+
+def multiclass_metrics(
+    y_true: Any, y_pred: Any, scores: Any = None, n_classes: int | None = None, max_classes: int = 10
+) -> dict[str, Any]:
+    """Macro and micro precision, recall and F1, one-vs-rest ROC AUC and the recall of
+    the most frequent classes, for one window of class codes.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        Class codes 0 .. n_classes - 1 as numbers, shape (w,); NaN means missing.
+    scores
+        Optional (w, n_classes) scores: column c is the score of class c (a probability
+        or any number that ranks rows; only the order within a column matters).
+    n_classes
+        The number of class codes; by default the number of score columns, else the
+        largest code plus one.
+    max_classes
+        At most this many classes get a per-class recall (see Notes).
+
+    Returns
+    -------
+    dict
+        ``macro_precision, macro_recall, macro_f1, micro_precision, micro_recall,
+        micro_f1, roc_auc`` (floats), ``n, skipped, classes, roc_auc_classes,
+        roc_auc_n, roc_auc_skipped`` (ints), ``class_recall`` (dict code -> float) and
+        ``class_support`` (dict code -> int), both in the order of the rule below.
+
+    Raises
+    ------
+    ValueError
+        When an input has the wrong shape or dtype, a code is negative, fractional or
+        not below ``n_classes``, or ``max_classes`` is negative.
+
+    Notes
+    -----
+    * Labels: a row is used when ``y_true`` and ``y_pred`` are both finite (``n``),
+      else skipped (``skipped``). For class c, ``tp`` counts rows with both codes c,
+      its support the rows with ``y_true == c``, its predictions those with
+      ``y_pred == c``.
+    * Macro averages are over the ``classes`` present in the window (in ``y_true`` or
+      ``y_pred``): per-class precision ``tp / predictions``, recall ``tp / support``
+      and F1 ``2 tp / (predictions + support)``, each 0 when its denominator is 0, as
+      river's ``MacroPrecision``, ``MacroRecall``, ``MacroF1`` and scikit-learn (with
+      ``zero_division=0``) do. Micro precision, recall and F1 are all equal to the
+      accuracy (single-label classes). Every one is NaN when ``n`` is 0.
+    * ROC AUC one-vs-rest is the mean, over the classes c with at least one row of
+      class c and one of another class, of the Mann-Whitney probability that a row of
+      class c has a higher ``scores[:, c]`` than a row of another class, ties counting
+      1/2 (scikit-learn's ``roc_auc_score(multi_class="ovr", average="macro")`` when
+      every class is present). It uses the rows with a finite ``y_true`` and all their
+      scores finite (``roc_auc_n``; ``y_pred`` may be missing); rows with a label but
+      a missing score are skipped and counted in ``roc_auc_skipped``;
+      ``roc_auc_classes`` is the number of classes averaged. NaN without ``scores``
+      or when no class qualifies.
+    * Per-class recall is given for the ``max_classes`` classes with the largest
+      support in the window (the most frequent true classes), ties going to the
+      smaller code; classes with no support are left out (their recall is undefined).
+    * Cost: O(w + n_classes) for the label metrics (``np.bincount``), O(n_classes w
+      log w) time and O(n_classes w) memory for ROC AUC (one ranking per class).
+
+    Examples
+    --------
+    >>> m = multiclass_metrics([0, 1, 2, 2, 2], [0, 0, 2, 2, 1],
+    ...                        scores=[[.8, .1, .1], [.5, .4, .1], [.1, .2, .7], [.2, .2, .6], [.1, .5, .4]])
+    >>> round(m["macro_precision"], 4), round(m["macro_recall"], 4), m["micro_f1"]
+    (0.5, 0.5556, 0.6)
+    >>> m["roc_auc"], m["class_recall"]
+    (0.9166666666666666, {2: 0.6666666666666666, 0: 1.0, 1: 0.0})
+    """
+    truth = _class_codes("y_true", y_true)
+    predicted = _class_codes("y_pred", y_pred)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"y_pred must have the shape of y_true {truth.shape}, got {predicted.shape}")
+    if isinstance(max_classes, bool) or not isinstance(max_classes, (int, np.integer)) or max_classes < 0:
+        raise ValueError(f"max_classes must be an integer >= 0, got {max_classes!r}")
+    score = None
+    if scores is not None:
+        score = np.asarray(scores)
+        if score.dtype.kind not in "biuf" or score.ndim != 2 or score.shape[0] != truth.shape[0]:
+            raise ValueError(f"scores must be a (w, n_classes) array of numbers with w = {truth.shape[0]} "
+                             f"rows, got dtype {score.dtype} and shape {score.shape}")
+        score = score.astype(np.float64, copy=False)
+    if n_classes is None:
+        if score is not None:
+            n_classes = score.shape[1]
+        else:
+            known = np.concatenate([truth[np.isfinite(truth)], predicted[np.isfinite(predicted)]])
+            n_classes = int(known.max()) + 1 if known.size else 0
+    elif score is not None and score.shape[1] != n_classes:
+        raise ValueError(f"scores must have n_classes = {n_classes} columns, got {score.shape[1]}")
+    k = int(n_classes)
+    for name, codes in (("y_true", truth), ("y_pred", predicted)):
+        if (codes[np.isfinite(codes)] >= k).any():
+            raise ValueError(f"{name} holds a code >= n_classes = {k}; codes must be 0 .. n_classes - 1")
+
+    valid = np.isfinite(truth) & np.isfinite(predicted)
+    n = int(valid.sum())
+    t = truth[valid].astype(np.int64)
+    p = predicted[valid].astype(np.int64)
+    support = np.bincount(t, minlength=k)
+    predictions = np.bincount(p, minlength=k)
+    tp = np.bincount(t[t == p], minlength=k)
+    present = (support + predictions) > 0
+    n_present = int(present.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predictions > 0, tp / predictions, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(support + predictions > 0, 2 * tp / (support + predictions), 0.0)
+    macro = {name: float(values[present].sum() / n_present) if n_present else math.nan
+             for name, values in (("precision", precision), ("recall", recall), ("f1", f1))}
+    micro = float(tp.sum() / n) if n else math.nan
+
+    roc_auc, auc_classes, auc_n, auc_skipped = math.nan, 0, 0, 0
+    if score is not None:
+        labelled = np.isfinite(truth)
+        scored = labelled & np.isfinite(score).all(axis=1)
+        auc_n, auc_skipped = int(scored.sum()), int((labelled & ~scored).sum())
+        positive = (truth[None, :] == np.arange(k, dtype=np.float64)[:, None]) & scored[None, :]  # (k, w)
+        n_positive = positive.sum(axis=1)
+        n_negative = auc_n - n_positive
+        ranks = _midranks(score.T, np.broadcast_to(scored, positive.shape))
+        u_statistic = (ranks * positive).sum(axis=1) - n_positive * (n_positive + 1) / 2.0
+        defined = (n_positive > 0) & (n_negative > 0)
+        auc_classes = int(defined.sum())
+        if auc_classes:
+            roc_auc = float((u_statistic[defined] / (n_positive[defined] * n_negative[defined])).mean())
+
+    order = np.argsort(-support, kind="stable")[:max_classes]  # stable: ties keep the smaller code first
+    order = order[support[order] > 0].tolist()
+    return {
+        "macro_precision": macro["precision"],
+        "macro_recall": macro["recall"],
+        "macro_f1": macro["f1"],
+        "micro_precision": micro,
+        "micro_recall": micro,
+        "micro_f1": micro,
+        "roc_auc": roc_auc,
+        "n": n,
+        "skipped": int(truth.shape[0] - n),
+        "classes": n_present,
+        "roc_auc_classes": auc_classes,
+        "roc_auc_n": auc_n,
+        "roc_auc_skipped": auc_skipped,
+        "class_recall": {c: float(recall[c]) for c in order},
+        "class_support": {c: int(support[c]) for c in order},
+    }
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:

@@ -727,6 +727,8 @@ class CategoricalReference:
         ([[0.333, 0.667, 0.0]], [0.25])
         """
         sizes = np.asarray(n_categories)
+        if sizes.size == 0:  # no categorical feature (an all-numeric model): d = 0
+            sizes = sizes.astype(np.int64).reshape(0)
         if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or (sizes < 0).any():
             raise ValueError(
                 f"n_categories must be a sequence of d integers >= 0, got {n_categories!r}"

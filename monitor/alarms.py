@@ -10,7 +10,7 @@ The JSON form is the contract of ``../shared/ARCHITECTURE.md`` (and of the READM
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = ["Alarm", "AlarmKind", "ALARM_KINDS"]
@@ -59,6 +59,12 @@ class Alarm:
     action
         What the engine suggests: ``retrain``, ``rollback`` or ``none``; the trigger
         policy of the webhook sink decides what is actually sent.
+    origin
+        Where the indices start: the source position (``topic/partition/offset``, or the
+        line for a replay) of the first prediction record the model's state counted. With it the
+        indices name source positions, so trigger keys never collide across restarts,
+        wiped checkpoints and instances. Not part of the alarm's JSON contract (a replay
+        and a Kafka run of the same events give equal alarms), nor of equality.
     """
 
     model: str
@@ -73,15 +79,22 @@ class Alarm:
     last_index: int
     ts: float
     action: str = "none"
+    origin: str | None = field(default=None, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+    def to_dict(self, origin: bool = False) -> dict[str, Any]:
+        """The alarm's JSON form (the contract); ``origin`` adds the origin (for
+        checkpoints of the trigger policy)."""
+        d = {f.name: getattr(self, f.name) for f in _CONTRACT}
         d["statistic"] = _num(self.statistic)
         d["threshold"] = _num(self.threshold)
         d["p_value"] = _num(self.p_value)
+        if origin:
+            d["origin"] = self.origin
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Alarm":
-        fields = cls.__dataclass_fields__
-        return cls(**{k: d.get(k) for k in fields if k in d})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+_CONTRACT = tuple(f for f in fields(Alarm) if f.name != "origin")

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from monitor.exceptions import CheckpointError
+
 __all__ = ["CheckpointStore", "encode_state", "decode_state"]
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,12 @@ class CheckpointStore:
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
-        return decode_state(orjson.loads(self.path.read_bytes()))
+        try:
+            return decode_state(orjson.loads(self.path.read_bytes()))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {self.path} cannot be read ({exc}); move it away to start afresh from the "
+                "committed offsets (each model's reference is then rebuilt from the stream)") from None
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,13 +4,15 @@
      +-- ConfigError        the configuration is invalid (the message names the field)
      +-- ReferenceLoadError  a reference file cannot be read or is unusable
      +-- SourceError        a source (Kafka, file) cannot be read
+     +-- CheckpointError    a checkpoint cannot be read or was written by another format
      +-- ContractError      one record breaks the event contract (never escapes a batch:
                             it is dead-lettered with ``reason``)
 """
 
 from __future__ import annotations
 
-__all__ = ["DriftlineError", "ConfigError", "ReferenceLoadError", "SourceError", "ContractError"]
+__all__ = ["DriftlineError", "ConfigError", "ReferenceLoadError", "SourceError", "CheckpointError",
+           "ContractError"]
 
 
 class DriftlineError(Exception):
@@ -27,6 +29,11 @@ class ReferenceLoadError(DriftlineError):
 
 class SourceError(DriftlineError):
     """A source cannot be read."""
+
+
+class CheckpointError(DriftlineError):
+    """A checkpoint cannot be read, or was written in another format; the message says
+    which file and what to do."""
 
 
 class ContractError(DriftlineError):

@@ -10,6 +10,16 @@ One :class:`LabelJoin` per model holds two bounded buffers:
 Both are bounded two ways: a time-to-live in *event time* (so that a replay and a live
 run expire the same entries) and a maximum count (the oldest are evicted beyond).
 
+Several versions of a model may score the same request id (a shadow or a canary
+beside the stable version): a label goes to the prediction of every version with its
+id, whenever each arrives. Predictions wait per (id, version); a label that arrives
+after them completes all of them at once. A label that arrives before them waits, and
+goes on waiting after its first match, so that each version's prediction with its id
+arriving within the TTL gets it, once (a repeated prediction of the same version does
+not). While more than one version is active (has had a prediction within the TTL), a
+label that completed predictions is kept in the same way, for a version whose
+prediction of that id comes later; with one version it is not needed, and not kept.
+
 Outcomes (the ``outcome`` label of ``driftline_label_join_total``):
 
 ``matched``
@@ -62,9 +72,11 @@ class Labelled:
         self.scores.append(scores)
 
 
-def _bound(buffer: dict[str, tuple], max_size: int, horizon: float, ts_at: int) -> tuple[int, int]:
+def _bound(buffer: dict[Any, tuple], max_size: int, horizon: float, ts_at: int,
+           keep_dropped: bool = False) -> Any:
     """Drop the oldest entries beyond ``max_size`` and those older than ``horizon``
-    (entries are in arrival order, close to event-time order); returns (evicted, expired)."""
+    (entries are in arrival order, close to event-time order); returns (evicted,
+    expired), or with ``keep_dropped`` the dropped entries."""
     evicted = max(0, len(buffer) - max_size)
     expired = 0
     it = iter(buffer.items())
@@ -75,11 +87,14 @@ def _bound(buffer: dict[str, tuple], max_size: int, horizon: float, ts_at: int) 
             break
         expired += 1
     drop = evicted + expired
+    dropped = []
     if drop:
         keys = iter(buffer)
         for key in [next(keys) for _ in range(drop)]:
-            del buffer[key]
-    return evicted, expired
+            entry = buffer.pop(key)
+            if keep_dropped:
+                dropped.append(entry)
+    return dropped if keep_dropped else (evicted, expired)
 
 
 class LabelJoin:
@@ -93,13 +108,19 @@ class LabelJoin:
         At most this many predictions wait, and at most this many early labels.
     """
 
+    MAX_VERSIONS = 64
+    """Versions whose predictions a label looks for; the least recently seen is
+    forgotten beyond (its waiting predictions then expire)."""
+
     def __init__(self, ttl_seconds: float, max_pending: int) -> None:
         self.ttl_seconds = float(ttl_seconds)
         self.max_pending = int(max_pending)
-        # id -> (version, index, prediction, scores, ts); dict order = arrival order
-        self._pending: dict[str, tuple[str, int, Any, Any, float]] = {}
-        # id -> (ts, label); labels that came before their prediction
-        self._early: dict[str, tuple[float, Any]] = {}
+        # (id, version) -> (version, index, prediction, scores, ts); dict order = arrival order
+        self._pending: dict[tuple[str, str], tuple[str, int, Any, Any, float]] = {}
+        # version -> event time of its last prediction, least recently seen first
+        self._versions: dict[str, float] = {}
+        # id -> (ts, label, versions it was given to); labels that came before their prediction
+        self._early: dict[str, tuple[float, Any, tuple[str, ...]]] = {}
         self._clock = -math.inf
 
     def __len__(self) -> int:
@@ -119,21 +140,30 @@ class LabelJoin:
         out = Labelled()
         counts: Counter[str] = Counter()
         entries = zip(versions, index.tolist(), prediction, scores, ts)
+        keys = zip(ids, versions)
         if self._early:  # rare: labels read ahead of their predictions
-            pop = self._early.pop
+            early = self._early
             rest = []
-            for pid, entry in zip(ids, entries):
-                label = pop(pid, None)
+            for key, entry in zip(keys, entries):
+                label = early.get(key[0])
                 if label is None:
-                    rest.append((pid, entry))
-                else:
+                    rest.append((key, entry))
+                elif entry[0] not in label[2]:  # each version gets the label once
+                    early[key[0]] = (label[0], label[1], label[2] + (entry[0],))
                     out.append(entry[0], entry[1], entry[4], label[1], entry[2], entry[3])
-            counts["matched"] += len(out)
+            if len(out):
+                counts["matched"] += len(out)
             self._pending.update(rest)
         else:
-            self._pending.update(zip(ids, entries))
+            self._pending.update(zip(keys, entries))
         if ts:
             self._clock = max(self._clock, max(ts))
+        seen = self._versions
+        for version in dict.fromkeys(versions):
+            seen.pop(version, None)
+            seen[version] = self._clock
+        while len(seen) > self.MAX_VERSIONS:
+            del seen[next(iter(seen))]
         counts.update(self._prune())
         return out, counts
 
@@ -145,19 +175,28 @@ class LabelJoin:
         counts: Counter[str] = Counter()
         pop = self._pending.pop
         early = self._early
+        versions = list(self._versions)
+        horizon = self._clock - self.ttl_seconds
+        keep_given = sum(1 for t in self._versions.values() if t >= horizon) > 1
         for pid, ts, label, pred, version, scores in zip(
             feedback.ids, feedback.ts, feedback.labels, feedback.prediction,
             feedback.versions, feedback.scores,
         ):
-            hit = pop(pid, None)
-            if hit is not None:
-                out.append(hit[0], hit[1], hit[4], label, hit[2], hit[3])
-                counts["matched"] += 1
+            hits = 0
+            for v in versions:
+                hit = pop((pid, v), None)
+                if hit is not None:
+                    out.append(hit[0], hit[1], hit[4], label, hit[2], hit[3])
+                    hits += 1
+            if hits:
+                counts["matched"] += hits
+                if keep_given:  # for a version whose prediction of this id is still to come
+                    early[pid] = (ts, label, tuple(out.versions[-hits:]))
             elif pred is not None:
                 out.append(version or "default", -1, ts, label, pred, scores)
                 counts["self_contained"] += 1
             else:
-                early[pid] = (ts, label)
+                early[pid] = (ts, label, ())
         if feedback.ts:
             self._clock = max(self._clock, max(feedback.ts))
         counts.update(self._prune())
@@ -172,7 +211,8 @@ class LabelJoin:
         if expired:
             counts["expired"] += expired
         if self._early:
-            lost = sum(_bound(self._early, self.max_pending, horizon, ts_at=0))
+            dropped = _bound(self._early, self.max_pending, horizon, ts_at=0, keep_dropped=True)
+            lost = sum(1 for entry in dropped if not entry[2])  # never given to a prediction
             if lost:
                 counts["unmatched"] += lost
         return counts
@@ -185,7 +225,8 @@ class LabelJoin:
             "ttl_seconds": self.ttl_seconds,
             "max_pending": self.max_pending,
             "clock": self._clock if math.isfinite(self._clock) else None,
-            "pending": orjson.dumps([list(self._pending), list(self._pending.values())]),
+            "pending": orjson.dumps([[k[0] for k in self._pending], list(self._pending.values())]),
+            "versions": [list(self._versions), list(self._versions.values())],
             "early": orjson.dumps([list(self._early), list(self._early.values())]),
         }
 
@@ -194,7 +235,9 @@ class LabelJoin:
         join = cls(state["ttl_seconds"], state["max_pending"])
         join._clock = -math.inf if state["clock"] is None else float(state["clock"])
         ids, entries = orjson.loads(state["pending"])
-        join._pending = {k: tuple(v) for k, v in zip(ids, entries)}  # type: ignore[misc]
+        join._pending = {(k, v[0]): tuple(v) for k, v in zip(ids, entries)}  # type: ignore[misc]
+        names, last_seen = state["versions"]
+        join._versions = dict(zip(names, last_seen))
         ids, entries = orjson.loads(state["early"])
-        join._early = {k: tuple(v) for k, v in zip(ids, entries)}  # type: ignore[misc]
+        join._early = {k: (v[0], v[1], tuple(v[2])) for k, v in zip(ids, entries)}
         return join

@@ -55,20 +55,31 @@ TRIGGER_ACTIONS: tuple[str, ...] = ("retrain", "rollback")
 _STATE_FORMAT = 1
 
 
-def idempotency_key(model: str, action: str, first_index: int, last_index: int) -> str:
+def idempotency_key(model: str, version: str, action: str, origins: Iterable[str | None],
+                    first_index: int, last_index: int, evidence: Iterable[Alarm] = ()) -> str:
     """The idempotency key of a trigger: a SHA-256 hex digest of what identifies it.
 
-    The same model, action and evidence window (the smallest ``first_index`` and the
-    largest ``last_index`` of the evidence alarms) always give the same key, so a replay
-    after a crash produces the same key and the outbox and receivers can drop the repeat.
+    A trigger is identified by its model, version and action and by where its evidence
+    sits in the source: the evidence window (the smallest ``first_index`` and the
+    largest ``last_index`` of its alarms) counted from the model's ``origin``, the
+    source position of the first prediction record the model's state counted. The same trigger
+    re-emitted (a replay after a crash, a restart from a checkpoint) has the same
+    origin and indices, so the same key; any two different triggers differ in one of
+    them, whichever instance fired them: state rebuilt from scratch (a rebalance to
+    another instance, a wiped checkpoint) starts at a later position, so with another
+    origin. Two triggers on the same window (a cooldown of 0 and two alarms of one
+    window) differ in their ``evidence``: what each alarm says (kind, detector, feature,
+    window) is part of the key.
 
     Examples
     --------
-    >>> idempotency_key("fraud", "retrain", 0, 999)[:12]
-    '06443693dd12'
+    >>> idempotency_key("fraud", "v7", "retrain", ["predictions/3/1200"], 0, 999)[:12]
+    'e8b564d3d2af'
     """
     material = json.dumps(
-        ["driftline.trigger/v1", model, action, int(first_index), int(last_index)]
+        ["driftline.trigger/v2", model, version, action, sorted({o or "" for o in origins}),
+         int(first_index), int(last_index),
+         sorted([a.kind, a.detector, a.feature or "", a.first_index, a.last_index] for a in evidence)]
     )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -191,7 +202,8 @@ class TriggerPolicy:
             version=alarm.version,
             action=alarm.action,
             alarms=evidence,
-            idempotency_key=idempotency_key(alarm.model, alarm.action, first, last),
+            idempotency_key=idempotency_key(alarm.model, alarm.version, alarm.action,
+                                            (a.origin for a in evidence), first, last, evidence),
             first_index=first,
             last_index=last,
             ts=route.latest_ts,
@@ -208,7 +220,7 @@ class TriggerPolicy:
                 "cooldown_until": (
                     route.cooldown_until if math.isfinite(route.cooldown_until) else None
                 ),
-                "evidence": [a.to_dict() for a in route.evidence],
+                "evidence": [a.to_dict(origin=True) for a in route.evidence],
             })
         return {"format": _STATE_FORMAT, "routes": routes}
 

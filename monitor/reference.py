@@ -9,6 +9,7 @@ ignored); empty cells are missing values, cells that parse as numbers are number
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -73,4 +74,15 @@ def load_reference(path: Path, model: str, limit: int) -> ReferenceData:
         raise ReferenceLoadError(f"cannot read reference file {path}: {exc.strerror}") from None
     if not features:
         raise ReferenceLoadError(f"reference file {path} holds no prediction events of model {model!r}")
-    return ReferenceData(features, prediction)
+    return ReferenceData(features, prediction, fingerprint=reference_fingerprint(path, limit))
+
+
+def reference_fingerprint(path: Path, limit: int) -> str:
+    """What identifies a file reference: its path, the number of events read and a
+    digest of its content; a checkpoint keeps it, so that a changed file is applied
+    on restart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file:{Path(path).resolve()}:{limit}:{digest.hexdigest()}"

@@ -50,6 +50,12 @@ class VersionSnapshot:
         Mean model latency over the last window, when events carry ``latency_ms``.
     last_event_ts
         Event time of the last prediction event.
+    mixed_features
+        The model's features (or ``prediction``) whose reference values hold both
+        numbers and strings, which are therefore not monitored.
+    class_recall
+        ``{class: recall}`` over the last labelled window, for the most frequent classes
+        of a multi-class model (bounded).
     """
 
     model: str
@@ -62,3 +68,5 @@ class VersionSnapshot:
     performance: dict[str, float] = field(default_factory=dict)
     latency_ms: float | None = None
     last_event_ts: float | None = None
+    mixed_features: tuple[str, ...] = ()
+    class_recall: dict[str, float] = field(default_factory=dict)

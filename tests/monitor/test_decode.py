@@ -97,7 +97,9 @@ def test_every_record_accounted_for():
 
 
 def test_categorical_values_that_are_not_strings_use_their_text():
-    schema, _ = Schema.infer([{"c": "a"}, {"c": True}, {"c": 5}], None, None, [], 10)
+    # a third strings: mixed by inference (not monitored), categorical when configured
+    assert Schema.infer([{"c": "a"}, {"c": True}, {"c": 5}], None, None, [], 10)[0].categorical == []
+    schema, _ = Schema.infer([{"c": "a"}, {"c": True}, {"c": 5}], None, ["c"], [], 10)
     assert schema.categorical == ["c"]
     vocab = schema.vocabularies[0]
     _, codes, bad = columnarize([{"c": True}, {"c": 5}, {"c": "a"}, {"c": "new"}, {"c": {"x": 1}}], schema)

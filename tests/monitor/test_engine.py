@@ -90,7 +90,7 @@ def test_wrong_type_row_is_dead_lettered_and_the_rest_processed():
     assert sorted(d.offset for d in dead) == [100, 2500, 2600]
     assert {d.reason for d in dead} == {"wrong_type"}
     snap = {s.version: s for s in engine.snapshot()}
-    assert snap["v1"].events == 3_000  # every prediction event of the version, reference included
+    assert snap["v1"].events == 2_997  # every accepted prediction event, reference included; a dead letter leaves no trace
 
 
 def test_unseen_categories_and_missing_values_raise_data_quality_alarms():
@@ -191,3 +191,171 @@ def test_gauges_show_ks_against_the_reference_with_the_bh_correction():
         assert got[f"x{j}"].p_value == pytest.approx(corrected[j], rel=1e-9)
     chi2 = next(s for s in snap.drift if s.detector == "chi2")
     assert chi2.p_value == pytest.approx(corrected[3], rel=1e-9)
+
+
+# ---- one bad record changes nothing; state that is rebuilt never reuses a key ------------
+
+
+def _offset_records(events, topic, start):
+    """Records at Kafka offsets from ``start`` (as a consumer resuming there reads them)."""
+    return [r._replace(offset=r.offset + start) for r in records(events, topic)]
+
+
+def _triggers(alarms):
+    from monitor.config import TriggerPolicySettings
+    from monitor.policy import TriggerPolicy
+
+    return TriggerPolicy(TriggerPolicySettings(cooldown_seconds=0)).observe(alarms)
+
+
+def test_alarms_carry_the_origin_of_the_state_that_counted_them():
+    ev = prediction_events(5_000, seed=21, shift_at=3_000, shift=1.0)
+    alarms, _ = run(Engine(SETTINGS), _offset_records(ev, "predictions", 700), 1000)
+    assert alarms and {a.origin for a in alarms} == {"predictions/0/700"}
+    assert "origin" not in alarms[0].to_dict()  # not part of the alarm contract
+
+
+def test_trigger_keys_repeat_for_a_replay_and_never_for_rebuilt_state():
+    """The same events from the same position give the same keys (a crash, a replay);
+    state rebuilt from a later position (a rebalance, a wiped checkpoint) counts its
+    indices from another origin, so a trigger at the same indices gets another key."""
+    ev = prediction_events(12_000, seed=22, shift_at=6_000, shift=1.0)
+    first = _triggers(run(Engine(SETTINGS), _offset_records(ev, "predictions", 0), 2000)[0])
+    again = _triggers(run(Engine(SETTINGS), _offset_records(ev, "predictions", 0), 3000)[0])
+    assert first and [t.idempotency_key for t in first] == [t.idempotency_key for t in again]
+    # the same content read from a later position: same indices, another origin
+    later = _triggers(run(Engine(SETTINGS), _offset_records(ev, "predictions", 50_000), 2000)[0])
+    assert [(t.first_index, t.last_index) for t in later] == [(t.first_index, t.last_index) for t in first]
+    assert not {t.idempotency_key for t in later} & {t.idempotency_key for t in first}
+
+
+def test_a_dead_lettered_event_leaves_no_trace_in_the_indices():
+    ev = prediction_events(12_000, seed=23, shift_at=7_000, shift=1.0)
+    fb = feedback_for(ev, seed=24, flip_after=9_000)
+    clean, _ = run(Engine(SETTINGS), interleave(ev, fb), 2500)
+    bad = {"model": ev[0]["model"], "id": "intruder", "ts": ev[100]["ts"], "version": "v1",
+           "features": {**ev[100]["features"], "x0": "B"}, "prediction": 0.5}
+    dirty, dead = run(Engine(SETTINGS), interleave(ev[:100] + [bad] + ev[100:], fb), 2500)
+    assert [d.reason for d in dead] == ["wrong_type"]
+    assert [(a.kind, a.feature, a.first_index, a.last_index) for a in dirty] == \
+        [(a.kind, a.feature, a.first_index, a.last_index) for a in clean]
+    assert any(a.kind in ("concept_drift", "performance") for a in clean)
+
+
+def test_one_bad_record_in_the_reference_window_is_dead_lettered_not_learned():
+    ev = prediction_events(8_000, seed=25)
+    ev[300]["features"]["x0"] = "abc"
+    engine = Engine(SETTINGS)
+    alarms, dead = run(engine, list(records(ev, "predictions")), 1000)
+    assert [(d.offset, d.reason) for d in dead] == [(300, "wrong_type")]
+    assert alarms == []
+    assert "x0" in engine.models[ev[0]["model"]].schema.numeric
+
+
+@pytest.mark.parametrize("features", [
+    lambda rng: {"a": float(rng.normal()), "b": float(rng.normal())},  # all numeric
+    lambda rng: {"a": float(rng.normal()), "flag": bool(rng.random() < 0.3)},  # numeric and boolean
+    lambda rng: {"c": str(rng.choice(["x", "y", "z"])), "d": str(rng.choice(["p", "q"]))},  # all categorical
+], ids=["numeric", "numeric+boolean", "categorical"])
+@pytest.mark.parametrize("prediction", ["score", "class", "none"])
+def test_every_model_shape_runs(features, prediction):
+    rng = np.random.default_rng(26)
+    ev = []
+    for i in range(6_000):
+        e = {"model": "m", "id": i, "ts": 1.7e9 + i, "features": features(rng)}
+        if prediction == "score":
+            e["prediction"] = float(rng.random())
+        elif prediction == "class":
+            e["prediction"] = str(rng.choice(["A", "B", "C"]))
+        ev.append(e)
+    alarms, dead = run(Engine(SETTINGS), list(records(ev, "predictions")), 1500)
+    assert alarms == [] and dead == []
+
+
+def test_a_mixed_feature_is_reported_and_not_monitored(caplog):
+    rng = np.random.default_rng(27)
+    ev = [{"model": "m", "id": i, "ts": 1.7e9 + i,
+           "features": {"a": float(rng.normal()), "zip": int(rng.integers(10_000, 99_999)) if i % 10 else "N/A"}}
+          for i in range(5_000)]
+    engine = Engine(SETTINGS)
+    with caplog.at_level("WARNING", logger="monitor.engine"):
+        alarms, dead = run(engine, list(records(ev, "predictions")), 1000)
+    mm = engine.models["m"]
+    assert mm.mixed_features == ["zip"] and mm.schema.numeric == ["a"] and mm.schema.categorical == []
+    assert "'m': zip hold both numbers and strings" in caplog.text
+    assert alarms == [] and dead == []
+
+
+def test_models_beyond_max_models_are_dead_lettered():
+    settings = load_settings(max_models=3, defaults={"reference": {"size": 100}})
+    ev = [{"model": f"m{i % 5}", "id": i, "ts": 1.7e9 + i, "features": {"a": float(i % 7)}} for i in range(500)]
+    engine = Engine(settings)
+    _, dead = run(engine, list(records(ev, "predictions")), 100)
+    assert sorted(engine.models) == ["m0", "m1", "m2"]
+    assert len(dead) == 200 and {d.reason for d in dead} == {"model_limit"}
+    fb = [{"model": "m4", "id": 4, "label": 1}]
+    _, dead = run(engine, list(records(fb, "feedback")), 10)
+    assert [d.reason for d in dead] == ["model_limit"] and "m4" not in engine.models
+
+
+def test_a_changed_reference_is_applied_on_restart(tmp_path, caplog):
+    from monitor.engine import stream_fingerprint
+    from monitor.reference import load_reference
+    from tests.monitor.streams import to_jsonl
+
+    ref_path = tmp_path / "ref.jsonl"
+    ref_path.write_bytes(to_jsonl(prediction_events(2_000, seed=28)))
+    model = prediction_events(1, seed=28)[0]["model"]
+    settings = load_settings(models={model: {"reference": {"source": "file", "path": str(ref_path), "size": 2000}}})
+    loader = lambda name: load_reference(ref_path, name, 2000) if name == model else None  # noqa: E731
+    first = Engine(settings, reference_loader=loader)
+    run(first, list(records(prediction_events(3_000, seed=29), "predictions")), 1000)
+    state = decode_state(orjson.loads(orjson.dumps(encode_state(first.state_dict()))))
+    old_ref = first.models[model].num_ref.to_state()
+
+    # unchanged file: the checkpoint's reference stays
+    same = Engine(settings, reference_loader=loader)
+    same.load_state(state)
+    assert same.models[model].reference_fingerprint == first.models[model].reference_fingerprint
+
+    # a new file: applied, and logged
+    ref_path.write_bytes(to_jsonl(prediction_events(2_000, seed=30, shift_at=0, shift=2.0)))
+    changed = Engine(settings, reference_loader=loader)
+    with caplog.at_level("INFO", logger="monitor.engine"):
+        changed.load_state(state)
+    mm = changed.models[model]
+    assert "the reference changed since the checkpoint" in caplog.text
+    assert mm.num_ref.to_state()["sorted_values"].tolist() != old_ref["sorted_values"].tolist()
+    assert mm.n_events == 3_000  # indices go on
+    assert stream_fingerprint(mm.settings) != mm.reference_fingerprint
+
+
+def test_multi_class_models_get_macro_micro_and_one_vs_rest_metrics():
+    rng = np.random.default_rng(31)
+    classes = ["bird", "cat", "dog", "fish"]
+    recs = []
+    for i in range(6_000):
+        y = str(rng.choice(classes))
+        pred = y if rng.random() < 0.8 else str(rng.choice(classes))
+        scores = {c: (0.7 if c == pred else 0.1) for c in classes}
+        recs.append(("predictions", {"model": "mc", "id": i, "ts": 1e9 + i, "features": {"a": float(rng.normal())},
+                                     "prediction": pred, "scores": scores}))
+        recs.append(("feedback", {"model": "mc", "id": i, "ts": 1e9 + i, "label": y}))
+    from monitor.decode import Record
+
+    engine = Engine(SETTINGS)
+    run(engine, [Record(t, 0, i, -1, None, orjson.dumps(e)) for i, (t, e) in enumerate(recs)], 2000)
+    (snap,) = engine.snapshot()
+    perf = snap.performance
+    assert perf["f1_micro"] == pytest.approx(perf["accuracy"])
+    assert 0.75 < perf["precision_macro"] < 0.95 and 0.75 < perf["recall_macro"] < 0.95
+    assert 0.75 < perf["f1_macro"] < 0.95 and 0.85 < perf["roc_auc_ovr"] < 1.0
+    assert set(snap.class_recall) == set(classes)
+    assert "1" not in engine.models["mc"].label_encoder.vocab  # no phantom positive class
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_what_to_do():
+    from monitor.exceptions import CheckpointError
+
+    with pytest.raises(CheckpointError, match="move the checkpoint away"):
+        Engine(SETTINGS).load_state({"models": {}})

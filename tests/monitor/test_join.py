@@ -62,3 +62,65 @@ def test_state_round_trip():
     lab1, c1 = j.match(_fb(["a", "x"], [5.0, 5.0]))
     lab2, c2 = k.match(_fb(["a", "x"], [5.0, 5.0]))
     assert c1 == c2 and lab1 == lab2
+
+
+def test_a_label_reaches_every_version_scoring_its_id():
+    """Shadow and canary versions score the same request ids: each gets the label."""
+    j = LabelJoin(ttl_seconds=100, max_pending=100)
+    _add(j, ["a", "b"], [0.0, 0.0], version="v1")
+    _add(j, ["a", "b"], [0.5, 0.5], version="shadow")
+    lab, counts = j.match(_fb(["a", "b"], [1.0, 1.0]))
+    assert counts == {"matched": 4}
+    assert sorted(zip(lab.versions, lab.labels)) == [("shadow", 1), ("shadow", 1), ("v1", 1), ("v1", 1)]
+    assert len(j) == 2  # two versions active: the labels are kept for a third one's predictions
+
+
+def test_a_label_between_two_versions_predictions_reaches_both():
+    j = LabelJoin(ttl_seconds=100, max_pending=100)
+    _add(j, ["x"], [0.0], version="v1")
+    _add(j, ["y"], [0.0], version="v2")  # two versions active
+    lab, _ = j.match(_fb(["a"], [1.0]))  # no prediction of "a" yet: waits
+    _add(j, ["a"], [2.0], version="v1")
+    lab, counts = j.match(_fb(["x"], [3.0]))
+    assert counts == {"matched": 1} and lab.versions == ["v1"]
+    lab, counts = _add(j, ["x"], [4.0], version="v2")  # v2 scores "x" after its label came
+    assert counts == {"matched": 1} and lab.versions == ["v2"]
+
+
+def test_one_version_keeps_no_label_it_gave():
+    j = LabelJoin(ttl_seconds=100, max_pending=100)
+    _add(j, ["a", "b"], [0.0, 0.0])
+    j.match(_fb(["a", "b"], [1.0, 1.0]))
+    assert len(j) == 0
+
+
+def test_an_early_label_reaches_each_version_once():
+    j = LabelJoin(ttl_seconds=100, max_pending=100)
+    j.match(_fb(["a"], [0.0]))
+    lab, counts = _add(j, ["a"], [1.0], version="v1")
+    assert counts == {"matched": 1} and lab.versions == ["v1"]
+    lab, counts = _add(j, ["a"], [2.0], version="v2")
+    assert counts == {"matched": 1} and lab.versions == ["v2"]
+    lab, counts = _add(j, ["a"], [3.0], version="v1")  # a repeat of v1's prediction: not joined again
+    assert counts == {} and len(lab) == 0
+
+
+def test_an_early_label_that_was_given_is_not_counted_unmatched_when_it_leaves():
+    j = LabelJoin(ttl_seconds=10, max_pending=10)
+    j.match(_fb(["a", "ghost"], [0.0, 0.0]))
+    _add(j, ["a"], [1.0])
+    _, counts = _add(j, ["x"], [50.0])  # both early labels expire; only "ghost" was never given
+    assert counts["unmatched"] == 1
+
+
+def test_state_round_trip_keeps_versions_and_given_labels():
+    j = LabelJoin(ttl_seconds=100, max_pending=100)
+    j.match(_fb(["a"], [0.0]))
+    _add(j, ["a"], [1.0], version="v1")
+    _add(j, ["b"], [1.0], version="v1")
+    _add(j, ["b"], [1.0], version="v2")
+    k = LabelJoin.from_state(j.state_dict())
+    lab, _ = k.add_predictions(["a"], ["v1"], np.array([5]), [0.5], [None], [2.0])
+    assert len(lab) == 0  # v1 already had "a"'s label
+    lab, counts = k.match(_fb(["b"], [3.0]))
+    assert counts == {"matched": 2} and sorted(lab.versions) == ["v1", "v2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 
 import orjson
 import pytest
@@ -63,8 +64,9 @@ def test_replay_exit_codes_and_dead_letter_file(tmp_path, capsys):
     assert "replayed 100 predictions" in err and "1 invalid" in err
     dead = [orjson.loads(x) for x in (tmp_path / "a.jsonl.dead-letters.jsonl").read_bytes().splitlines()]
     assert dead == [{"reason": "invalid_json", "detail": dead[0]["detail"], "topic": "predictions",
-                     "partition": 0, "offset": 100, "key": None, "value": "this is not json",
-                     "value_base64": None}]
+                     "partition": 0, "offset": 100, "key": None, "key_base64": None,
+                     "value": "this is not json", "value_base64": None, "size": 16,
+                     "sha256": hashlib.sha256(b"this is not json").hexdigest()}]
     assert main(["replay", "--predictions", str(tmp_path / "missing.jsonl"), "--alarms", str(out)]) == 3
     cfg = tmp_path / "bad.yml"
     cfg.write_text("defaults:\n  reference: {source: file, path: /nonexistent/ref.jsonl}\nmodels:\n  fraud: {}\n")

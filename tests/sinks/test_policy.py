@@ -27,7 +27,8 @@ def test_one_counted_alarm_triggers_with_the_defaults(make_alarm: MakeAlarm) -> 
     (trigger,) = policy().observe([make_alarm(1000.0, index=3)])
     assert (trigger.model, trigger.version, trigger.action) == ("fraud", "v7", "retrain")
     assert (trigger.first_index, trigger.last_index, trigger.ts) == (300, 399, 1000.0)
-    assert trigger.idempotency_key == idempotency_key("fraud", "retrain", 300, 399)
+    assert trigger.idempotency_key == idempotency_key("fraud", "v7", "retrain", [None], 300, 399,
+                                                      trigger.alarms)
 
 
 def test_alarms_without_an_action_or_of_uncounted_kinds_are_ignored(make_alarm: MakeAlarm) -> None:
@@ -113,14 +114,32 @@ def test_a_state_of_another_format_is_refused() -> None:
         TriggerPolicy.from_state(TriggerPolicySettings(), {"format": 99, "routes": []})
 
 
-def test_the_key_depends_on_model_action_and_window_only() -> None:
-    key = idempotency_key("fraud", "retrain", 0, 999)
+def test_the_key_names_model_version_action_origin_and_window() -> None:
+    origin = ["predictions/3/1200"]
+    key = idempotency_key("fraud", "v1", "retrain", origin, 0, 999)
     assert len(key) == 64 and int(key, 16) >= 0
-    assert key == idempotency_key("fraud", "retrain", 0, 999)
-    assert len({key, idempotency_key("fraud", "rollback", 0, 999),
-                idempotency_key("churn", "retrain", 0, 999),
-                idempotency_key("fraud", "retrain", 1, 999),
-                idempotency_key("fraud", "retrain", 0, 998)}) == 5
+    assert key == idempotency_key("fraud", "v1", "retrain", origin, 0, 999)
+    assert len({key, idempotency_key("fraud", "v1", "rollback", origin, 0, 999),
+                idempotency_key("churn", "v1", "retrain", origin, 0, 999),
+                idempotency_key("fraud", "v2", "retrain", origin, 0, 999),
+                # the same indices counted from another origin: state rebuilt elsewhere
+                idempotency_key("fraud", "v1", "retrain", ["predictions/3/5000"], 0, 999),
+                idempotency_key("fraud", "v1", "retrain", origin, 1, 999),
+                idempotency_key("fraud", "v1", "retrain", origin, 0, 998)}) == 7
+
+
+def test_two_triggers_on_one_window_get_two_keys(make_alarm: MakeAlarm) -> None:
+    """With no cooldown, two alarms of one window (a feature and the prediction) are two
+    triggers: one key each, or the outbox would drop the second."""
+    quick = TriggerPolicy(TriggerPolicySettings(cooldown_seconds=0))
+    triggers = quick.observe([make_alarm(1000.0, index=3, feature="x0"),
+                              make_alarm(1000.0, index=3, kind="prediction_drift", feature="prediction")])
+    assert len(triggers) == 2 and triggers[0].first_index == triggers[1].first_index
+    assert triggers[0].idempotency_key != triggers[1].idempotency_key
+    again = TriggerPolicy(TriggerPolicySettings(cooldown_seconds=0)).observe(
+        [make_alarm(1000.0, index=3, feature="x0"),
+         make_alarm(1000.0, index=3, kind="prediction_drift", feature="prediction")])
+    assert [t.idempotency_key for t in again] == [t.idempotency_key for t in triggers]
 
 
 # ---- properties: the same triggers however the stream is cut ---------------------------

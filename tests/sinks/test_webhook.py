@@ -48,7 +48,7 @@ def test_a_trigger_is_delivered_signed_with_its_idempotency_key(
     sink.write([make_alarm(1000.0, index=2)])
     sink.flush()
     (request,) = receiver.wait_accepted(1)
-    key = idempotency_key("fraud", "retrain", 200, 299)
+    key = idempotency_key("fraud", "v7", "retrain", [None], 200, 299, [make_alarm(1000.0, index=2)])
     assert request.signature_valid is True
     assert request.headers["idempotency-key"] == key
     assert request.headers["x-driftline-event"] == "retrain"
@@ -89,7 +89,8 @@ def test_server_errors_are_retried_until_delivered_exactly_once(
     accepted = receiver.wait_accepted(2)
     wait_until(lambda: deliveries(metric, "delivered") == 2)
     assert sorted(r.idempotency_key for r in accepted) == sorted(
-        [idempotency_key("fraud", "retrain", 0, 99), idempotency_key("fraud", "retrain", 100, 199)])
+        [idempotency_key("fraud", "v7", "retrain", [None], 0, 99, [make_alarm(1000.0, index=0)]),
+         idempotency_key("fraud", "v7", "retrain", [None], 100, 199, [make_alarm(2000.0, index=1)])])
     assert receiver.duplicates == 0
     assert len(receiver.requests) == 5
     assert deliveries(metric, "retried") == 3
