@@ -13,9 +13,16 @@ Ordering per batch (what makes "never lost" true)::
         checkpoint(engine state + offsets)     # atomically, to state_dir
         source.commit(offsets)
 
-A sink that fails keeps its alarms and the commit is skipped; the next batch retries
-its flush. A crash replays from the last committed offsets with the state of the
-checkpoint written just before that commit, so nothing is counted twice or lost.
+A sink that fails keeps its alarms and the commit is held; the next batch, or the
+next empty poll while the topics are quiet, retries its flush, and no checkpoint or
+commit happens on any path (batch, idle, shutdown) until every flush succeeded. A
+crash replays from the last committed offsets with the state of the checkpoint written
+just before that commit, so nothing is counted twice or lost.
+
+A broker outage or a rebalance is ridden out: polls return nothing, a commit that is
+refused or unanswered is retried a few seconds later (never taken as done), and the
+health check every 2 seconds sets ``/readyz`` (``kafka``: the brokers answer;
+``partitions``: some are assigned; ``consuming``: records arrive, or there is no lag).
 """
 
 from __future__ import annotations
@@ -35,13 +42,23 @@ from monitor.runtime import steady_gc
 from monitor.engine import Engine, ReferenceData
 from monitor.exceptions import ConfigError, ReferenceLoadError
 from monitor.reference import load_reference
-from monitor.sources import KafkaSource, ProcessKafkaSource, Source
+from monitor.sources import KafkaSource, ProcessKafkaSource, Source, SourceStatus
 from monitor.telemetry import NullTelemetry, Telemetry
 from sinks.exceptions import SinkError
 
 __all__ = ["Service", "BatchStats"]
 
 log = logging.getLogger(__name__)
+
+_HEALTH_INTERVAL = 2.0
+_HOLD_FIRST_DELAY = 0.5
+_HOLD_MAX_DELAY = 10.0
+"""Retry delays of a flush that failed, while no further batch is polled."""
+"""Seconds between health checks (lag, assignment, broker reachability: asks the broker)."""
+_COMMIT_RETRY_SECONDS = 2.0
+"""A commit that was not done (rebalance, outage) is tried again this much later."""
+_WARN_EVERY = 10.0
+"""A target that keeps failing to flush is warned about at most this often."""
 
 
 class BatchStats:
@@ -136,9 +153,16 @@ class Service:
             sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir))
         self.sinks = list(sinks)
         self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
-        self._ready = {"kafka": False, "reference": False, "consuming": False}
+        self._ready = {"kafka": False, "partitions": False, "consuming": False, "reference": False}
         self._last_checkpoint = 0.0
-        self._last_lag = 0.0
+        self._last_health = 0.0
+        self._last_progress = time.monotonic()  # a record arrived, or the lag was 0
+        self._behind = 0  # total lag at the last health check that knew it
+        self._broker_errors = 0  # the source's running total, as last reported
+        self._assigned = 0  # partitions assigned at the last health check
+        self._flushed = True  # the last flush of every sink and the dead letters succeeded
+        self._flush_warned: dict[str, float] = {}
+        self._retry_commit_at = 0.0
         self._committed: dict[tuple[str, int], int] = {}
         self.decoder = BatchDecoder(settings.kafka.predictions_topic, settings.kafka.feedback_topic)
         self._shared: set[str] = set()  # models whose schema the decoders know
@@ -183,13 +207,12 @@ class Service:
                     batch = source.poll()
                     if isinstance(batch, DecodedBatch) or batch:
                         self._process(batch, source)
+                        if not self._flushed:
+                            self._hold(source, stop)
                     elif source.exhausted:
                         break
                     else:
-                        self._maybe_checkpoint(source, force=False)
-                        self._report_lag(source)  # an idle consumer's lag falls to 0 on the gauge too
-                        self.telemetry.mark_success("batch")  # an empty poll is a healthy batch
-                    self._set_ready("consuming", True)
+                        self._idle(source)
                     self._set_ready("reference", self.engine.reference_ready)
             self._finish(source)
             return 0
@@ -230,11 +253,39 @@ class Service:
         st.last_batch_seconds = time.perf_counter() - t0
         tel.observe_batch(st.last_batch_seconds, decoded.n_records)
         tel.mark_success("batch")
+        self._last_progress = time.monotonic()
+        self._set_ready("consuming", True)
         if flushed:
             self._maybe_checkpoint(source, force=False)
-        self._report_lag(source)
+        self._check_health(source)
         if self.on_batch is not None:
             self.on_batch(st)
+
+    def _hold(self, source: Source, stop: threading.Event) -> None:
+        """A sink or the dead-letter writer could not flush: poll no further batch until
+        it can, so that what they hold stays bounded (one batch's alarms and dead
+        letters) however long the outage; retry with a capped backoff. The commit waits
+        too; /readyz reports ``consuming`` false meanwhile."""
+        delay = _HOLD_FIRST_DELAY
+        self._set_ready("consuming", False)
+        while not stop.wait(delay):
+            if self._flush_all():
+                self._set_ready("consuming", True)
+                self._maybe_checkpoint(source, force=False)
+                return
+            delay = min(delay * 2, _HOLD_MAX_DELAY)
+
+    def _idle(self, source: Source) -> None:
+        """An empty poll: retry a failed flush, then checkpoint and commit only if every
+        flush succeeded (a quiet topic must not commit past alarms or dead letters
+        that are not durable yet), and check health."""
+        if self._flush_all():
+            self._maybe_checkpoint(source, force=False)
+        self._check_health(source)
+        if self._ready["kafka"] and self._ready["partitions"] and self._ready["consuming"]:
+            # a quiet topic is a healthy (empty) batch, for the DriftlineNotConsuming
+            # alert; an unreachable broker, no partition or a stall is not
+            self.telemetry.mark_success("batch")
 
     def _share_schemas(self, source: Source) -> None:
         """Give the decoders (this process's, and a decoding source's) the schemas the
@@ -246,47 +297,105 @@ class Service:
         if new:
             self.decoder.set_schemas(new)
             share = getattr(source, "share_schemas", None)
-            if share is not None:
-                share(new)
+            if share is not None and share(new) is False:
+                return  # not taken in time: shared again after the next batch
             self._shared.update(new)
 
-    def _report_lag(self, source: Source) -> None:
-        """Consumer lag per partition, at most every 2 seconds (it asks the broker)."""
+    def _check_health(self, source: Source) -> None:
+        """At most every 2 seconds (it asks the broker): consumer lag per partition, and
+        readiness: ``kafka`` (the brokers answered), ``partitions`` (some assigned),
+        ``consuming`` (false when nothing arrived for ``kafka.stall_timeout_seconds``
+        while the partitions have lag)."""
         now = time.monotonic()
-        if now - self._last_lag < 2.0:
+        if now - self._last_health < _HEALTH_INTERVAL:
             return
-        self._last_lag = now
-        for (topic, partition), lag in source.lag().items():
-            self.telemetry.set_lag(topic, partition, lag)
+        self._last_health = now
+        status_of = getattr(source, "status", None)
+        status: SourceStatus = status_of() if status_of is not None else SourceStatus(source.lag())
+        tel = self.telemetry
+        if status.broker_errors > self._broker_errors:
+            tel.record_broker_errors(status.broker_errors - self._broker_errors)
+        self._broker_errors = status.broker_errors
+        reachable = status.error is None
+        if reachable != self._ready["kafka"]:
+            if reachable:
+                log.info("Kafka answers again: consuming on")
+            else:
+                log.warning("Kafka does not answer (%s): /readyz reports kafka not ready; "
+                            "offsets are committed once it is back", status.error)
+        self._set_ready("kafka", reachable)
+        if status.assigned is not None:
+            tel.set_assigned_partitions(status.assigned)
+            if status.assigned != self._assigned and reachable:
+                log.log(logging.INFO if status.assigned else logging.WARNING,
+                        "%d partition(s) assigned to this instance%s", status.assigned,
+                        "" if status.assigned else ": /readyz reports partitions not ready")
+                self._assigned = status.assigned
+            self._set_ready("partitions", status.assigned > 0)
+        if status.lag is not None:
+            for (topic, partition), lag in status.lag.items():
+                tel.set_lag(topic, partition, lag)
+            self._behind = sum(status.lag.values())
+            if self._behind == 0:
+                self._last_progress = now  # caught up: a quiet topic is not a stall
+        idle = now - self._last_progress
+        stalled = self._behind > 0 and idle > self.settings.kafka.stall_timeout_seconds
+        if stalled and self._ready["consuming"]:
+            log.warning("nothing consumed for %.0f s while %d record(s) wait: /readyz reports "
+                        "consuming not ready (kafka.stall_timeout_seconds)", idle, self._behind)
+        self._set_ready("consuming", not stalled)
 
     def _flush_all(self) -> bool:
+        """Flush the dead letters and every sink; whether all succeeded (remembered:
+        no checkpoint or commit is taken while it is False)."""
         ok = True
+        now = time.monotonic()
         for target in [self._dead_letters, *self.sinks]:
+            name = getattr(target, "name", type(target).__name__)
             try:
                 target.flush()
             except SinkError as exc:
                 ok = False
-                log.warning("%s could not flush (offsets not committed; retrying next batch): %s",
-                            getattr(target, "name", type(target).__name__), exc)
+                # warned once per 10 s: an idle loop retries twice a second
+                warn = now - self._flush_warned.get(name, -_WARN_EVERY) >= _WARN_EVERY
+                level = logging.WARNING if warn else logging.DEBUG
+                if warn:
+                    self._flush_warned[name] = now
+                log.log(level, "%s could not flush (offsets not committed until it does; retrying): %s",
+                        name, exc)
+            else:
+                if self._flush_warned.pop(name, None) is not None:
+                    log.info("%s flushed again: offsets are committed from now on", name)
+        self._flushed = ok
         return ok
 
-    def _maybe_checkpoint(self, source: Source, force: bool) -> None:
+    def _maybe_checkpoint(self, source: Source, force: bool) -> bool:
+        """Checkpoint and commit when due (always when ``force``), and only if the last
+        flush succeeded; whether the offsets are committed now."""
+        if not self._flushed:
+            return False  # on every path: never past an alarm or a dead letter not yet durable
         now = time.monotonic()
-        if not force and now - self._last_checkpoint < self.settings.checkpoint_interval_seconds:
-            return
+        if not force and (now - self._last_checkpoint < self.settings.checkpoint_interval_seconds
+                          or now < self._retry_commit_at):
+            return False
         offsets = source.offsets()
         if offsets == self._committed and not force:
-            return
+            return True
         if self._store is not None:
             policies = {getattr(sink, "name", str(i)): sink.policy.state_dict()
                         for i, sink in enumerate(self.sinks) if hasattr(sink, "policy")}
             self._store.save({"version": 1, "offsets": offsets, "engine": self.engine.state_dict(),
                               "policies": policies})
             self.telemetry.mark_success("checkpoint")
-        source.commit(offsets)
+        if source.commit(offsets) is False:
+            # refused by a rebalance or unanswered: not done. The checkpoint stands (a
+            # restart resumes from it); the commit is tried again shortly.
+            self._retry_commit_at = now + _COMMIT_RETRY_SECONDS
+            return False
         self._committed = offsets
         self._last_checkpoint = now
         self.telemetry.mark_success("commit")
+        return True
 
     def _restore(self, source: Source) -> None:
         if self._store is None:
@@ -306,10 +415,22 @@ class Service:
         log.info("restored checkpoint %s (%d models)", self._store.path, len(self.engine.models))
 
     def _finish(self, source: Source) -> None:
+        st = self.stats
+        log.info("stopping after %d predictions, %d feedback events and %d invalid records "
+                 "(%d alarms)", st.predictions, st.feedback, st.invalid, st.alarms)
         if self._flush_all():
-            self._maybe_checkpoint(source, force=True)
-        else:
-            log.error("sinks could not flush at shutdown; offsets left uncommitted, the last batches will be replayed")
+            if not self._maybe_checkpoint(source, force=True):
+                log.warning("the offsets could not be committed at shutdown (see above): this "
+                            "instance resumes from the checkpoint just written; an instance that "
+                            "takes its partitions over consumes again from the group's last commit")
+            return
+        offsets = source.offsets()
+        behind = sum(max(0, off - self._committed.get(tp, 0)) for tp, off in offsets.items()
+                     if tp in self._committed)
+        log.error("a sink or the dead-letter writer could not flush at shutdown: offsets stay at the "
+                  "last commit, so the %d event(s) consumed since (and any partition never committed) "
+                  "will be consumed again at the next start, and their alarms and dead letters "
+                  "written then", behind)
 
     def close(self) -> None:
         for target in [*self.sinks, self._dead_letters]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -113,8 +114,30 @@ class EmbeddedBroker:
         finally:
             admin.close()
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id (None when not running)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def freeze(self) -> None:
+        """Stop the broker process (SIGSTOP): connections stay open and nothing answers,
+        as in a network partition or a stalled broker; :meth:`thaw` resumes it with its
+        data (unlike a restart, which loses the in-memory storage)."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen broker (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise SourceError("the embedded broker is not running: start() it first")
+        self._proc.send_signal(sig)
+
     def stop(self) -> None:
         if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGCONT)  # a frozen broker cannot act on SIGTERM
             stop_process(self._proc)
         self._proc = None
         if self._log_file is not None:

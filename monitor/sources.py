@@ -15,6 +15,7 @@ everything a batch caused is durable:
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 import queue
@@ -29,7 +30,7 @@ from monitor.exceptions import SourceError
 from monitor.kafka_records import install as install_fast_parser
 from monitor.runtime import tune_gc
 
-__all__ = ["Source", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
+__all__ = ["Source", "SourceStatus", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ class Source(Protocol):
     def offsets(self) -> dict[tuple[str, int], int]:
         """Next offset to read per (topic, partition), after the records polled so far."""
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Record that everything before ``offsets`` is processed and durable."""
+    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+        """Record that everything before ``offsets`` is processed and durable; False
+        when the commit was not done (the brokers are unreachable, the group is
+        rebalancing): the caller keeps the offsets and commits again later."""
 
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         """Start reading at these offsets (from a checkpoint) where partitions are ours."""
@@ -56,12 +59,44 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+class SourceStatus(NamedTuple):
+    """What a source knows about its brokers and partitions (see ``status()``).
+
+    Attributes
+    ----------
+    lag
+        Records behind the end of each assigned partition; None when unknown (the
+        brokers did not answer).
+    assigned
+        Partitions assigned to this instance; None when the source has no group.
+    error
+        Why the brokers could not be reached just now (None: they answered).
+    broker_errors
+        Failed requests to the brokers since the source started (polls, probes,
+        commits), a running total.
+    """
+
+    lag: dict[tuple[str, int], int] | None
+    assigned: int | None = None
+    error: str | None = None
+    broker_errors: int = 0
+
+
+# kafka-python's errors that a rebalance causes: the commit belongs to a generation the
+# group has left behind. Not a failure: the partitions are committed again by whoever
+# owns them after the rejoin (this instance, or another one from the last commit).
+# Matched by name: kafka-python is imported only where a Kafka source is used.
+_REBALANCE_ERRORS = ("RebalanceInProgressError", "CommitFailedError", "IllegalGenerationError",
+                     "UnknownMemberIdError", "FencedInstanceIdError")
+
+
 def kafka_client_options(settings: KafkaSettings) -> dict[str, object]:
     """Connection options shared by consumer, producer and admin (incl. SASL/SSL)."""
     opts: dict[str, object] = {
         "bootstrap_servers": settings.bootstrap_servers.split(","),
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
+        "request_timeout_ms": settings.request_timeout_ms,
     }
     if settings.sasl_mechanism:
         opts["sasl_mechanism"] = settings.sasl_mechanism
@@ -76,6 +111,11 @@ class KafkaSource:
 
     Offsets are committed only through :meth:`commit`, which the service calls after
     sinks flushed and the checkpoint was written.
+
+    Broker outages and rebalances are ridden out, never raised: a poll that fails
+    returns no records (kafka-python reconnects by itself), a commit refused by a
+    rebalance or unanswered returns False (the service commits again later), and
+    :meth:`status` says whether the brokers answer, for the readiness check.
     """
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -87,6 +127,9 @@ class KafkaSource:
         self._pending_seek: dict[tuple[str, int], int] = {}
         self._to_seek: list = []  # assigned partitions whose checkpoint seek is due
         self._positions: dict[tuple[str, int], int] = {}
+        self.broker_errors = 0
+        self._last_error: str | None = None
+        self._warned = 0.0  # monotonic time of the last broker warning (rate-limited)
         try:
             self._consumer = KafkaConsumer(
                 group_id=settings.group_id,
@@ -109,13 +152,39 @@ class KafkaSource:
     def connected(self) -> bool:
         return bool(self._consumer.assignment())
 
+    def _broker_failed(self, what: str, exc: Exception) -> str:
+        """Count a failed request to the brokers and log it (a warning at most every
+        10 s: an outage of minutes must not flood the log)."""
+        self.broker_errors += 1
+        text = str(exc)
+        name = type(exc).__name__
+        self._last_error = f"{what}: {text if text.startswith(name) else f'{name}: {text}'}"
+        now = time.monotonic()
+        if now - self._warned >= 10.0:
+            self._warned = now
+            log.warning("Kafka %s failed (%s); retrying: kafka-python reconnects by itself",
+                        what, self._last_error)
+        else:
+            log.debug("Kafka %s failed: %s", what, self._last_error)
+        return self._last_error
+
     def poll(self) -> list[RawRecord]:
-        batches = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
-                                      max_records=self.settings.max_poll_records)
+        from kafka.errors import KafkaError
+
+        try:
+            batches = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
+                                          max_records=self.settings.max_poll_records)
+        except KafkaError as exc:  # the brokers are away: nothing fetched this time
+            self._broker_failed("poll", exc)
+            time.sleep(min(1.0, self.settings.poll_timeout_ms / 1000))  # do not spin on a dead broker
+            return []
         if self._to_seek:  # partitions assigned with a checkpoint offset waiting
-            for tp in self._apply_seeks(self._to_seek):
-                batches.pop(tp, None)  # fetched from before the seek: fetched again after it
-            self._to_seek = []
+            moved, waiting = self._apply_seeks(self._to_seek)
+            for tp in [*moved, *waiting]:
+                # fetched from before the seek: fetched again after it (a seek that
+                # could not be done yet is retried at the next poll, its records dropped)
+                batches.pop(tp, None)
+            self._to_seek = waiting
         records: list[RawRecord] = []
         for tp, recs in batches.items():
             if recs:
@@ -126,56 +195,112 @@ class KafkaSource:
     def offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._positions)
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+        """Commit the offsets of the partitions this instance owns; False when the
+        commit was not done: refused by a rebalance (after the rejoin the service
+        commits again, and partitions no longer owned are left to their new owner) or
+        not answered by the brokers. Never raises for either."""
         from kafka import TopicPartition
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
         assigned = self._consumer.assignment()
         mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                 for (t, p), o in offsets.items() if TopicPartition(t, p) in assigned}
-        if mine:
-            self._consumer.commit(offsets=mine)
+        if not mine:
+            return True
+        try:
+            self._consumer.commit(offsets=mine, timeout_ms=self.settings.request_timeout_ms)
+        except KafkaError as exc:
+            if type(exc).__name__ in _REBALANCE_ERRORS:
+                log.info("commit refused by a rebalance (%s); committing again after the rejoin",
+                         type(exc).__name__)
+            else:
+                self._broker_failed("commit", exc)
+            return False
+        return True
 
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         self._pending_seek.update(offsets)
-        self._apply_seeks(self._consumer.assignment())
+        _, waiting = self._apply_seeks(self._consumer.assignment())
+        self._to_seek.extend(tp for tp in waiting if tp not in self._to_seek)
 
-    def _apply_seeks(self, assigned) -> list:
+    def _apply_seeks(self, assigned) -> tuple[list, list]:
         """Seek assigned partitions to their checkpoint offsets, unless the group has
         committed further since (another instance owned the partition meanwhile: its
         commit wins, and this instance's state for it is older than the stream).
-        Returns the partitions it moved. Not callable from the rebalance callback
-        (kafka-python runs that on its IO thread, where blocking calls are refused)."""
-        moved = []
+        Returns the partitions it moved, and those whose seek must wait (the brokers
+        did not answer). Not callable from the rebalance callback (kafka-python runs
+        that on its IO thread, where blocking calls are refused)."""
+        from kafka.errors import KafkaError
+
+        moved, waiting = [], []
         for tp in assigned:
-            off = self._pending_seek.pop((tp.topic, tp.partition), None)
+            off = self._pending_seek.get((tp.topic, tp.partition))
             if off is None:
                 continue
-            committed = self._consumer.committed(tp)
+            try:
+                committed = self._consumer.committed(tp, timeout_ms=self.settings.request_timeout_ms)
+            except KafkaError as exc:
+                self._broker_failed("reading the committed offset", exc)
+                waiting.append(tp)
+                continue
             if committed is not None and committed > off:
                 log.warning("%s/%d: the group committed offset %d, past this instance's checkpoint "
                             "(%d); resuming from the commit", tp.topic, tp.partition, committed, off)
                 off = committed
             self._consumer.seek(tp, off)
+            del self._pending_seek[(tp.topic, tp.partition)]
             self._positions[(tp.topic, tp.partition)] = off
             moved.append(tp)
-        return moved
+        return moved, waiting
 
-    def end_offsets(self) -> dict[tuple[str, int], int]:
-        """The end offset of every assigned partition (asks the broker)."""
+    def end_offsets(self, timeout_ms: int | None = None) -> dict[tuple[str, int], int]:
+        """The end offset of every assigned partition (asks the broker; raises
+        kafka-python's ``KafkaError`` when it does not answer within ``timeout_ms``)."""
         assigned = list(self._consumer.assignment())
         if not assigned:
             return {}
-        return {(tp.topic, tp.partition): end for tp, end in self._consumer.end_offsets(assigned).items()}
+        ends = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms or self.settings.request_timeout_ms)
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
 
     def assignment(self) -> list[tuple[str, int]]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
+    def probe(self) -> tuple[dict[tuple[str, int], int] | None, int, str | None]:
+        """Ask the brokers for the end offsets of the assigned partitions (of the
+        predictions topic's partition 0 when none is assigned, so that an outage shows
+        either way): ``(ends or None, partitions assigned, error or None)``."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        assigned = list(self._consumer.assignment())
+        timeout = min(self.settings.request_timeout_ms, _PROBE_TIMEOUT_MS)
+        try:
+            if assigned:
+                ends = self._consumer.end_offsets(assigned, timeout_ms=timeout)
+            else:
+                self._consumer.end_offsets([TopicPartition(self.settings.predictions_topic, 0)],
+                                           timeout_ms=timeout)
+                ends = {}
+        except KafkaError as exc:
+            return None, len(assigned), self._broker_failed("end-offset request", exc)
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}, len(assigned), None
+
+    def status(self) -> SourceStatus:
+        ends, assigned, error = self.probe()
+        lag = None if ends is None else _lag(ends, self._positions)
+        return SourceStatus(lag, assigned, error, self.broker_errors)
+
     def lag(self) -> dict[tuple[str, int], int]:
-        return _lag(self.end_offsets(), self._positions)
+        return self.status().lag or {}
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+_PROBE_TIMEOUT_MS = 5000
+"""At most this long for a health probe (end offsets): an outage shows within seconds."""
 
 
 def _lag(ends: dict[tuple[str, int], int], positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -199,6 +324,12 @@ class ProcessKafkaSource:
     committed only through :meth:`commit`, which the consumer process runs for this one
     and answers; the consumer process exits when this one closes it, or when this
     process disappears.
+
+    Requests to the consumer process carry an id and its replies repeat it: a reply
+    that comes after its request timed out is recognised and dropped, never taken
+    for the answer to a later request. A request that times out has a defined
+    outcome: ``status``/``lag`` unknown, ``commit`` not done (the service commits
+    again later), ``share_schemas`` not shared (shared again with the next batch).
     """
 
     _PREFETCH = 3
@@ -212,25 +343,28 @@ class ProcessKafkaSource:
         self.settings = settings
         self.exhausted = False
         self._positions: dict[tuple[str, int], int] = {}
+        self._ids = itertools.count(1)  # request ids; 0 is the start-up reply
+        self.stale_replies = 0  # replies dropped because their request had timed out
+        self._timeouts = 0  # requests the consumer process did not answer in time
         ctx = multiprocessing.get_context("spawn")  # no inherited threads or sockets
         self._data = ctx.Queue(maxsize=self._PREFETCH)
         self._commands = ctx.Queue()
         self._replies = ctx.Queue()
         self._proc = ctx.Process(target=_consumer_process, name="driftline-consumer",
                                  args=(settings, self._data, self._commands, self._replies, os.getpid(),
-                                       self._DECODE),
+                                       self._DECODE, _logging_setup()),
                                  daemon=True)
         self._proc.start()
         deadline = time.monotonic() + settings.bootstrap_timeout_ms / 1000 + 60
         while True:
             try:
-                kind, detail = self._replies.get(timeout=0.2)
+                _, kind, detail = self._replies.get(timeout=0.2)
                 break
             except queue.Empty:
                 if not self._proc.is_alive():
                     self._proc.join(timeout=5)  # its last reply may still be in the pipe
                     try:
-                        kind, detail = self._replies.get(timeout=1)
+                        _, kind, detail = self._replies.get(timeout=1)
                         break
                     except queue.Empty:
                         pass
@@ -261,44 +395,81 @@ class ProcessKafkaSource:
         self._positions.update(positions)
         return batch if isinstance(batch, DecodedBatch) else list(map(Record._make, batch))
 
-    def share_schemas(self, schemas: dict[str, dict]) -> None:
+    def share_schemas(self, schemas: dict[str, dict]) -> bool:
         """Give the consumer process these models' schemas (``Schema.to_state()``), so
-        that it decodes their feature columns from now on."""
-        self._ask("schemas", schemas, timeout=60)
+        that it decodes their feature columns from now on; False when it did not
+        answer in time (share them again later: decoding is the same either way)."""
+        return self._ask("schemas", schemas, timeout=self._patience()) is not _TIMED_OUT
 
     def _check_alive(self) -> None:
         if not self._proc.is_alive():
             raise SourceError(f"the Kafka consumer process exited (code {self._proc.exitcode}); see its log")
 
+    def _patience(self) -> float:
+        """How long to wait for a reply: the consumer process may first finish a poll
+        or a request of its own that runs into the request timeout."""
+        s = self.settings
+        return (2 * s.request_timeout_ms + s.poll_timeout_ms) / 1000 + 5.0
+
     def _ask(self, command: str, argument: object, timeout: float) -> object:
+        """Send a request and wait for the reply with its id; replies to earlier
+        requests that timed out are dropped. Returns the reply, or ``_TIMED_OUT``;
+        raises :class:`SourceError` for an error reply or a dead consumer process."""
         self._check_alive()
-        self._commands.put((command, argument))
-        kind, detail = self._replies.get(timeout=timeout)
-        if kind == "error":
-            raise SourceError(f"{command} failed in the Kafka consumer process: {detail}")
-        return detail
+        request = next(self._ids)
+        self._commands.put((request, command, argument))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                answered, kind, detail = self._replies.get(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                self._check_alive()
+                if time.monotonic() >= deadline:
+                    self._timeouts += 1
+                    log.warning("the Kafka consumer process did not answer %s within %.0f s "
+                                "(taken as not done; a late answer will be ignored)", command, timeout)
+                    return _TIMED_OUT
+                continue
+            if answered != request:
+                self.stale_replies += 1
+                log.debug("dropping a late reply to request %s (waiting for %s)", answered, request)
+                continue
+            if kind == "error":
+                raise SourceError(f"{command} failed in the Kafka consumer process: {detail}")
+            return detail
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._positions)
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        self._ask("commit", offsets, timeout=60)
+    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+        """Commit in the consumer process; False when not done (a rebalance refused
+        it, the brokers or the consumer process did not answer in time)."""
+        return self._ask("commit", offsets, timeout=self._patience()) is True
 
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         # positions follow the records that arrive: the consumer process may resume
         # from a newer commit than the checkpoint, and offsets must never go back
-        self._ask("seek", offsets, timeout=60)
+        if self._ask("seek", offsets, timeout=self._patience()) is _TIMED_OUT:
+            raise SourceError("the Kafka consumer process did not take the checkpoint's offsets in "
+                              f"{self._patience():.0f} s: check that the brokers answer, then restart")
+
+    def status(self) -> SourceStatus:
+        """Lag, assignment and broker health, from the consumer process; unknown lag
+        and an error when it does not answer in time."""
+        reply = self._ask("status", None, timeout=self._patience())
+        if reply is _TIMED_OUT:
+            return SourceStatus(None, None, "the Kafka consumer process did not answer in time",
+                                self._timeouts)
+        ends, assigned, error, broker_errors = reply  # type: ignore[misc]
+        lag = None if ends is None else _lag(ends, self._positions)
+        return SourceStatus(lag, assigned, error, broker_errors + self._timeouts)
 
     def lag(self) -> dict[tuple[str, int], int]:
-        try:
-            ends = self._ask("end_offsets", None, timeout=10)
-        except queue.Empty:
-            return {}
-        return _lag(ends, self._positions)  # type: ignore[arg-type]
+        return self.status().lag or {}
 
     def close(self) -> None:
         if self._proc.is_alive():
-            self._commands.put(("close", None))
+            self._commands.put((0, "close", None))
             self._proc.join(timeout=15)
         self._stop()
 
@@ -311,19 +482,48 @@ class ProcessKafkaSource:
             q.close()
 
 
-def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: int, decode: str) -> None:
-    """The consumer process: poll ahead into ``data``; run commands from ``commands``."""
+_TIMED_OUT = object()
+"""What :meth:`ProcessKafkaSource._ask` returns when no reply came in time."""
+
+
+def _logging_setup() -> tuple[int, logging.Formatter | None]:
+    """This process's log level and format, for the consumer process (a spawned
+    process starts with logging unconfigured: its warnings would lose their format)."""
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else None
+    try:
+        import pickle
+
+        pickle.dumps(formatter)
+    except Exception:  # noqa: BLE001 - any formatter that cannot cross: the default one
+        formatter = None
+    return root.level, formatter
+
+
+def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: int, decode: str,
+                      logging_setup: tuple[int, logging.Formatter | None] = (logging.WARNING, None)) -> None:
+    """The consumer process: poll ahead into ``data``; run commands from ``commands``
+    and answer each in ``replies`` with its request id."""
     import signal
+    import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when to stop
+    # this process's entry point: log as the service does (level and format), to stderr
+    level, formatter = logging_setup
+    handler = logging.StreamHandler(sys.stderr)
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(level)
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, level))
     # at exit, do not wait to push buffered batches into a pipe nobody may read any more
     data.cancel_join_thread()
     try:
         source = KafkaSource(settings)
     except SourceError as exc:
-        replies.put(("error", str(exc)))  # flushed at exit: the parent is waiting for it
+        replies.put((0, "error", str(exc)))  # flushed at exit: the parent is waiting for it
         return
-    replies.put(("ready", None))
+    replies.put((0, "ready", None))
     tune_gc()
     decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
     delivered: dict[tuple[str, int], int] = {}  # partition -> next offset handed over
@@ -331,17 +531,17 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
     try:
         while os.getppid() == parent:
             try:
-                command, argument = commands.get_nowait()
+                request, command, argument = commands.get_nowait()
             except queue.Empty:
                 command = None
             if command == "close":
                 break
             if command == "schemas":
                 decoder.set_schemas(argument)
-                replies.put(("ok", None))
+                replies.put((request, "ok", None))
                 continue
             if command is not None:
-                replies.put(_run(source, command, argument))
+                replies.put((request, *_run(source, command, argument)))
                 continue
             if pending is None:
                 records = source.poll()
@@ -391,17 +591,18 @@ def _unseen(records: list[RawRecord], delivered: dict[tuple[str, int], int],
 
 
 def _run(source: KafkaSource, command: str, argument) -> tuple[str, object]:
+    """Run one request of the service in the consumer process: ``(kind, detail)``."""
     from kafka.errors import KafkaError
 
     try:
         if command == "commit":
-            source.commit(argument)
-            return ("ok", None)
+            return ("ok", source.commit(argument))
         if command == "seek":
             source.seek(argument)
             return ("ok", None)
-        if command == "end_offsets":
-            return ("ok", source.end_offsets())
+        if command == "status":
+            ends, assigned, error = source.probe()
+            return ("ok", (ends, assigned, error, source.broker_errors))
     except KafkaError as exc:
         return ("error", f"{type(exc).__name__}: {exc}")
     return ("error", f"unknown command {command!r}")
@@ -418,8 +619,8 @@ def _rebalance_listener(source: "KafkaSource"):
 
 class _Rebalance:
     """Notes which newly assigned partitions have a checkpoint seek due (the next poll
-    applies it); forgets positions of revoked partitions (the service commits after
-    every checkpoint, so nothing processed is left uncommitted beyond the last one)."""
+    applies it); forgets positions of revoked partitions (their new owner resumes from
+    the group's last commit)."""
 
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -427,10 +628,12 @@ class _Rebalance:
     def on_partitions_revoked(self, revoked) -> None:
         for tp in revoked:
             self.source._positions.pop((tp.topic, tp.partition), None)
+        self.source._to_seek = [tp for tp in self.source._to_seek if tp not in revoked]
 
     def on_partitions_assigned(self, assigned) -> None:
         pending = self.source._pending_seek
-        self.source._to_seek.extend(tp for tp in assigned if (tp.topic, tp.partition) in pending)
+        self.source._to_seek.extend(tp for tp in assigned if (tp.topic, tp.partition) in pending
+                                    and tp not in self.source._to_seek)
 
 
 # ---- files -----------------------------------------------------------------------------
@@ -501,8 +704,8 @@ class JsonlSource:
     def offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._positions)
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        pass  # a replay starts from the beginning every time
+    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+        return True  # a replay starts from the beginning every time
 
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         pass

@@ -41,7 +41,14 @@ class Telemetry(Protocol):
         """``what`` (``batch``, ``commit``, ``checkpoint``, ``webhook``) just succeeded."""
 
     def set_ready(self, component: str, ready: bool) -> None:
-        """Readiness of ``kafka``, ``reference`` or ``consuming``."""
+        """Readiness of ``kafka`` (the brokers answer), ``partitions`` (at least one is
+        assigned), ``consuming`` (not stalled behind lag) or ``reference``."""
+
+    def record_broker_errors(self, count: int) -> None:
+        """``count`` more requests to the Kafka brokers failed or went unanswered."""
+
+    def set_assigned_partitions(self, count: int) -> None:
+        """Partitions the consumer group assigned to this instance."""
 
     def record_feature_overflow(self, model: str, count: int) -> None:
         """``count`` features of ``model`` beyond the per-model cap (not monitored)."""
@@ -72,6 +79,12 @@ class NullTelemetry:
         pass
 
     def set_ready(self, component: str, ready: bool) -> None:
+        pass
+
+    def record_broker_errors(self, count: int) -> None:
+        pass
+
+    def set_assigned_partitions(self, count: int) -> None:
         pass
 
     def record_feature_overflow(self, model: str, count: int) -> None:
