@@ -56,7 +56,13 @@ class JsonlSink:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Unbuffered: nothing is left in a Python buffer to be written later by close().
-            self._file = open(self.path, "ab", buffering=0)
+            handle = open(self.path, "ab", buffering=0)
+            try:
+                _cut_torn_line(handle, self.path)
+            except OSError:
+                handle.close()
+                raise
+            self._file = handle
         return self._file
 
     def flush(self) -> None:
@@ -119,3 +125,31 @@ class JsonlSink:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def _cut_torn_line(handle: io.FileIO, path: Path, chunk: int = 1 << 16) -> None:
+    """Cut the file back to its last complete line: a process killed in the middle of a
+    write leaves part of a line, which the next alarm would be glued to. That write was
+    never flushed, so the offsets behind it were not committed and its alarms come
+    again after the restart."""
+    end = handle.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    with open(path, "rb") as reader:
+        position = end
+        while position > 0:
+            start = max(0, position - chunk)
+            reader.seek(start)
+            block = reader.read(position - start)
+            if position == end and block.endswith(b"\n"):
+                return  # the usual case: the file ends with a complete line
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            position = start
+        else:
+            keep = 0
+    log.warning("%s ended with %d bytes of an unfinished line (a write cut short by a crash); "
+                "removed: those alarms are emitted again", path, end - keep)
+    handle.truncate(keep)

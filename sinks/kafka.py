@@ -6,6 +6,12 @@ acknowledged for the next flush. Delivery is at least once: an alarm whose
 acknowledgement was lost is sent again, so consumers that must not count twice key on
 ``(model, version, kind, detector, feature, first_index, last_index)``.
 
+:class:`KafkaPublisher` holds what this sink and the dead-letter writer
+(:class:`monitor.deadletter.KafkaDeadLetters`) share: a producer created at the first
+flush, every record kept until the broker acknowledged it, each record in flight at most
+once (a flush that timed out leaves it in flight: the next flush waits for it rather than
+sending a second copy), and one refused record never holding back the others.
+
 Examples
 --------
 >>> from monitor.config import KafkaSettings
@@ -17,10 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError
 from kafka.net.compat import KafkaNetClient
 
 from monitor.alarms import Alarm
@@ -28,61 +35,98 @@ from monitor.config import KafkaSettings
 from monitor.exceptions import ConfigError
 from sinks.exceptions import SinkError
 
-__all__ = ["KafkaAlarmSink"]
+__all__ = ["KafkaAlarmSink", "KafkaPublisher", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
+Headers = list[tuple[str, bytes]]
 
-def _encode(alarm: Alarm) -> bytes:
-    return json.dumps(alarm.to_dict(), separators=(",", ":"), allow_nan=False).encode("utf-8")
+_SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
+"""Refusals of a record for its size: by the producer (``max_request_size``) or by the
+broker (``message.max.bytes`` or the topic's ``max.message.bytes``)."""
 
 
-class KafkaAlarmSink:
-    """Publishes alarms to ``settings.alarms_topic``.
+@dataclass
+class Outgoing:
+    """One record waiting for the broker's acknowledgement.
+
+    Attributes
+    ----------
+    item
+        What the publisher encodes into the record (an alarm, a dead letter).
+    future
+        The send in flight, or None when the record is to be sent (again).
+    limit
+        Bytes the record may take, for publishers that shrink a record the broker
+        refused for its size (None: not used).
+    """
+
+    item: Any
+    future: Any = None
+    limit: int | None = None
+
+
+class KafkaPublisher:
+    """Publish records to one topic and keep each until the broker acknowledged it.
+
+    Subclasses say how an item becomes a record (:meth:`_record`) and, optionally, how
+    to make a record smaller after a size refusal (:meth:`_shrink`).
 
     Parameters
     ----------
     settings
-        ``kafka`` of the configuration: brokers, security and ``alarms_topic``.
+        ``kafka`` of the configuration: brokers and security.
+    topic
+        Where the records go.
+    what
+        What the records are, in messages ("alarm(s)", "dead letter(s)").
+    client_suffix
+        Appended to ``settings.client_id`` (the broker's logs and quotas tell the
+        producers apart).
     flush_timeout_seconds
         How long ``flush()`` waits for acknowledgements (and for metadata when sending).
-
-    Raises
-    ------
-    ConfigError
-        When ``settings.alarms_topic`` is not set.
-
-    Notes
-    -----
-    The producer is created at the first flush: a broker that is down at start makes
-    flushes fail (and offsets stay uncommitted) instead of crashing the service.
+    max_request_size
+        The producer's ``max_request_size`` (bytes of one record, as kafka-python
+        estimates them); None keeps kafka-python's default of 1 MiB.
+    producer
+        A producer to use instead of one made from ``settings`` (it is closed by
+        :meth:`close` all the same).
     """
 
-    name = "kafka"
-
-    def __init__(self, settings: KafkaSettings, *, flush_timeout_seconds: float = 10.0) -> None:
-        if not settings.alarms_topic:
-            raise ConfigError(
-                "kafka.alarms_topic is not set: name the topic alarms are published to, "
-                "or do not build the Kafka alarm sink"
-            )
+    def __init__(self, settings: KafkaSettings, topic: str, *, what: str, client_suffix: str,
+                 flush_timeout_seconds: float = 10.0, max_request_size: int | None = None,
+                 producer: KafkaProducer | None = None) -> None:
         self.settings = settings
-        self.topic = settings.alarms_topic
+        self.topic = topic
         self.flush_timeout_seconds = flush_timeout_seconds
-        self._pending: list[Alarm] = []
-        self._producer: KafkaProducer | None = None
+        self._what = what
+        self._client_suffix = client_suffix
+        self._max_request_size = max_request_size
+        self._pending: list[Outgoing] = []
+        self._producer: KafkaProducer | None = producer
 
     @property
     def pending(self) -> int:
-        """Alarms not yet acknowledged by the broker."""
+        """Records not yet acknowledged by the broker."""
         return len(self._pending)
 
+    # -- what subclasses provide ----------------------------------------------------------
+    def _record(self, entry: Outgoing) -> tuple[bytes | None, bytes, Headers]:
+        """Key, value and headers of ``entry``'s record."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _shrink(self, entry: Outgoing) -> bool:
+        """Make ``entry``'s record smaller after a size refusal; False when it cannot
+        (the refusal is then reported at every flush until the limit is raised)."""
+        return False
+
+    # -- the producer ---------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
         s = self.settings
         timeout_ms = int(self.flush_timeout_seconds * 1000)
         config: dict[str, Any] = {
             "bootstrap_servers": s.bootstrap_servers.split(","),
-            "client_id": f"{s.client_id}-alarms",
+            "client_id": f"{s.client_id}-{self._client_suffix}",
             "acks": "all",
             "security_protocol": s.security_protocol,
             "max_block_ms": timeout_ms,
@@ -90,6 +134,8 @@ class KafkaAlarmSink:
             "bootstrap_timeout_ms": timeout_ms,
             "linger_ms": 5,
         }
+        if self._max_request_size is not None:
+            config["max_request_size"] = self._max_request_size
         if s.sasl_mechanism is not None:
             config["sasl_mechanism"] = s.sasl_mechanism
             config["sasl_plain_username"] = s.sasl_username
@@ -114,62 +160,138 @@ class KafkaAlarmSink:
                     opened.close()
                 raise SinkError(
                     f"cannot connect to Kafka at {self.settings.bootstrap_servers} to publish "
-                    f"alarms ({exc}); {len(self._pending)} alarm(s) kept "
+                    f"{self._what} ({exc}); {len(self._pending)} {self._what} kept "
                     "for the next flush: check kafka.bootstrap_servers and the broker"
                 ) from None
         return self._producer
 
-    def write(self, alarms: Sequence[Alarm]) -> None:
-        self._pending.extend(alarms)
+    # -- the sink interface ---------------------------------------------------------------
+    def _add(self, items: Sequence[Any], limit: int | None = None) -> None:
+        self._pending.extend(Outgoing(item, limit=limit) for item in items)
 
     def flush(self) -> None:
-        """Publish the buffered alarms and wait for the broker's acknowledgements.
+        """Send what is not in flight yet, wait for the acknowledgements, and forget only
+        the acknowledged records.
 
         Raises
         ------
         sinks.SinkError
-            When some alarms were not acknowledged in time; those are kept.
+            When some records were not acknowledged in time; those are kept (and those
+            still in flight stay in flight) for the next flush.
         """
         if not self._pending:
             return
         producer = self._ensure_producer()
-        sent = []
         error: Exception | None = None
-        for alarm in self._pending:
+        for _ in range(3):  # a record refused for its size is shrunk and sent again at once
+            error = self._send(producer) or error
             try:
-                sent.append((alarm, producer.send(self.topic, key=alarm.model.encode("utf-8"),
-                                                  value=_encode(alarm))))
-            except KafkaError as exc:  # metadata not available within max_block_ms
-                error = exc
+                producer.flush(timeout=self.flush_timeout_seconds)
+            except KafkaError as exc:  # timed out: the records stay in flight
+                error = error or exc
+            resized = False
+            for entry in self._pending:
+                future = entry.future
+                if future is not None and future.failed() and isinstance(future.exception, _SIZE_ERRORS):
+                    error = error or future.exception
+                    entry.future = None
+                    resized = self._shrink(entry) or resized
+            self._pending = [e for e in self._pending if not (e.future is not None and e.future.succeeded())]
+            if not self._pending or not resized:
                 break
-        try:
-            producer.flush(timeout=self.flush_timeout_seconds)
-        except KafkaError as exc:
-            error = error or exc
-        unsent = self._pending[len(sent):]
-        failed = [alarm for alarm, future in sent if not (future.is_done and future.succeeded())]
-        if not failed and not unsent:
-            self._pending = []
+        if not self._pending:
             return
-        for _, future in sent:
-            if future.is_done and future.failed() and error is None:
-                error = future.exception
-        self._pending = failed + unsent
+        for entry in self._pending:
+            if entry.future is not None and entry.future.failed():
+                error = error or entry.future.exception
         raise SinkError(
-            f"{len(self._pending)} alarm(s) were not acknowledged by Kafka topic "
+            f"{len(self._pending)} {self._what} not acknowledged by Kafka topic "
             f"{self.topic!r} within {self.flush_timeout_seconds}s "
             f"({type(error).__name__ if error else 'timeout'}: {error}); they are kept for the "
             "next flush: check the broker and that the topic exists"
         )
+
+    def _send(self, producer: KafkaProducer) -> Exception | None:
+        """Send every record that is not in flight; the first error, if any."""
+        error: Exception | None = None
+        for entry in self._pending:
+            future = entry.future
+            if future is not None:
+                if not future.is_done or future.succeeded():
+                    continue  # in flight (wait for it) or acknowledged (forgotten after the flush)
+                error = error or future.exception  # failed: sent again below
+                entry.future = None
+            while True:
+                key, value, headers = self._record(entry)
+                try:
+                    entry.future = producer.send(self.topic, key=key, value=value, headers=headers)
+                    break
+                except _SIZE_ERRORS as exc:  # refused before sending: max_request_size
+                    if not self._shrink(entry):
+                        error = error or exc
+                        break
+                except KafkaTimeoutError as exc:
+                    # no metadata for the topic within max_block_ms: every other send
+                    # would wait as long, so the rest waits for the next flush
+                    return error or exc
+                except KafkaError as exc:
+                    error = error or exc
+                    break
+        return error
 
     def close(self) -> None:
         """Flush what can be flushed (a failure is logged) and close the producer."""
         try:
             self.flush()
         except SinkError as exc:
-            log.warning("Kafka alarm sink closing with %d unpublished alarm(s): %s",
-                        len(self._pending), exc)
+            log.warning("Kafka topic %r: closing with %d unpublished %s: %s",
+                        self.topic, len(self._pending), self._what, exc)
         finally:
             if self._producer is not None:
                 self._producer.close(timeout=self.flush_timeout_seconds)
                 self._producer = None
+
+
+def _encode(alarm: Alarm) -> bytes:
+    return json.dumps(alarm.to_dict(), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+class KafkaAlarmSink(KafkaPublisher):
+    """Publishes alarms to ``settings.alarms_topic``.
+
+    Parameters
+    ----------
+    settings
+        ``kafka`` of the configuration: brokers, security and ``alarms_topic``.
+    flush_timeout_seconds
+        How long ``flush()`` waits for acknowledgements (and for metadata when sending).
+
+    Raises
+    ------
+    ConfigError
+        When ``settings.alarms_topic`` is not set.
+
+    Notes
+    -----
+    The producer is created at the first flush: a broker that is down at start makes
+    flushes fail (and offsets stay uncommitted) instead of crashing the service.
+    """
+
+    name = "kafka"
+
+    def __init__(self, settings: KafkaSettings, *, flush_timeout_seconds: float = 10.0,
+                 producer: KafkaProducer | None = None) -> None:
+        if not settings.alarms_topic:
+            raise ConfigError(
+                "kafka.alarms_topic is not set: name the topic alarms are published to, "
+                "or do not build the Kafka alarm sink"
+            )
+        super().__init__(settings, settings.alarms_topic, what="alarm(s)", client_suffix="alarms",
+                         flush_timeout_seconds=flush_timeout_seconds, producer=producer)
+
+    def write(self, alarms: Sequence[Alarm]) -> None:
+        self._add(alarms)
+
+    def _record(self, entry: Outgoing) -> tuple[bytes | None, bytes, Headers]:
+        alarm: Alarm = entry.item
+        return alarm.model.encode("utf-8"), _encode(alarm), []

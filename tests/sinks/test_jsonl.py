@@ -74,3 +74,29 @@ def test_a_full_disk_is_a_sink_error(make_alarm, caplog) -> None:
     assert sink.pending == 1
     sink.close()  # tries once more, logs, and releases the file
     assert "closing with 1 unwritten alarm(s)" in caplog.text
+
+
+def test_a_line_torn_by_a_crash_is_cut_back_before_appending(tmp_path, caplog):
+    path = tmp_path / "alarms.jsonl"
+    path.write_bytes(b'{"model":"a"}\n{"model":"fra')  # killed in the middle of a write
+    alarm = Alarm("fraud", "v1", "feature_drift", "ks", "x0", 0.3, 1e-5, 1e-9, 0, 999, 1.0, "retrain")
+    sink = JsonlSink(path)
+    with caplog.at_level("WARNING", logger="sinks.jsonl"):
+        sink.write([alarm])
+        sink.flush()
+    sink.close()
+    lines = path.read_bytes().splitlines()
+    assert lines[0] == b'{"model":"a"}' and len(lines) == 2
+    assert json.loads(lines[1]) == alarm.to_dict()
+    assert "unfinished line" in caplog.text
+
+
+def test_a_file_that_is_only_a_torn_line_is_emptied_first(tmp_path):
+    path = tmp_path / "alarms.jsonl"
+    path.write_bytes(b'{"model":"fra')
+    sink = JsonlSink(path)
+    sink.write([Alarm("m", "v", "data_quality", "missing_rate", "a", 0.5, 0.1, None, 0, 9, 1.0)])
+    sink.flush()
+    sink.close()
+    (line,) = path.read_bytes().splitlines()
+    assert json.loads(line)["model"] == "m"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import socket
 import time
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from monitor.config import KafkaSettings
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.embedded_broker import EmbeddedBroker
 from monitor.exceptions import ConfigError
 from sinks.exceptions import SinkError
 from sinks.kafka import KafkaAlarmSink
@@ -70,7 +71,13 @@ def test_alarms_are_published_as_json_keyed_by_model(broker: EmbeddedBroker, top
 @pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 def test_a_broker_that_is_down_keeps_the_alarms_until_it_is_back(make_alarm, caplog) -> None:
     caplog.set_level(logging.CRITICAL + 1, logger="kafka")
-    port = free_port()
+    # The port is held by a bound socket that does not listen (connections to it are
+    # refused, as to a broker that is down) until the broker has bound it too
+    # (SO_REUSEADDR on both): no other process can take it in between.
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", alarms_topic=TOPIC)
     sink = KafkaAlarmSink(settings, flush_timeout_seconds=1.0)
     try:
@@ -82,6 +89,7 @@ def test_a_broker_that_is_down_keeps_the_alarms_until_it_is_back(make_alarm, cap
         gc.collect()
         assert sink.pending == 1
         with EmbeddedBroker(port=port) as broker:
+            held.close()
             broker.create_topics([TOPIC])
             sink.flush_timeout_seconds = 10.0
             sink.write([make_alarm(index=1)])
@@ -91,6 +99,7 @@ def test_a_broker_that_is_down_keeps_the_alarms_until_it_is_back(make_alarm, cap
             got = read_back(broker.bootstrap_servers, TOPIC, 2)
             assert [value["first_index"] for _, value in got] == [0, 100]
     finally:
+        held.close()
         sink.close()
 
 
