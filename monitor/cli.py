@@ -1,8 +1,9 @@
 """The ``driftline`` command.
 
 Subcommands: ``run`` (Kafka), ``replay`` (JSONL files, no broker), ``check-config``,
-``demo`` (everything on an embedded broker) and ``simulate`` (produce the demo's
-simulated events to a Kafka cluster).
+``demo`` (everything on an embedded broker), ``simulate`` (produce the demo's
+simulated events to a Kafka cluster) and ``webhooks list`` / ``webhooks resend`` (inspect
+the webhook outbox, re-send failed triggers).
 
 Exit codes (documented in the README):
 
@@ -16,15 +17,18 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from monitor.config import load_settings
-from monitor.exceptions import ConfigError, ReferenceLoadError, SourceError
+from monitor.config import Settings, load_settings
+from monitor.exceptions import CheckpointError, ConfigError, ReferenceLoadError, SourceError
+from monitor.logs import protect_secrets, secrets_of, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -33,25 +37,14 @@ log = logging.getLogger("driftline")
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": record.created, "level": record.levelname, "logger": record.name,
-               "message": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
 def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    setup_logging(level, fmt)
+
+
+def _configure_logging(settings: Settings) -> None:
+    # Every configured webhook URL, token and secret is redacted from every line.
+    _setup_logging(settings.log_level, settings.log_format)
+    protect_secrets(secrets_of(settings, os.environ))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--predictions-topic", default=None)
     sim.add_argument("--feedback-topic", default=None)
     sim.add_argument("--repeat", action="store_true", help="start over at the end, forever")
+
+    wh = sub.add_parser("webhooks", help="inspect the webhook outbox and re-send failed triggers")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True)
+
+    def outbox_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help="YAML config file (also DRIFTLINE_CONFIG)")
+        sp.add_argument("--state-dir", type=Path, help="where the service keeps outbox.sqlite3")
+        sp.add_argument("--target", help="only deliveries to this target")
+
+    ls = wh_sub.add_parser("list", help="list deliveries in the outbox, newest last")
+    outbox_args(ls)
+    ls.add_argument("--status", choices=["pending", "delivered", "failed"])
+    ls.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    rs = wh_sub.add_parser("resend", help="make failed deliveries pending again (same key)")
+    outbox_args(rs)
+    which = rs.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", help="the idempotency key, or its first 8+ characters "
+                       "(the logs show 12)")
+    which.add_argument("--all-failed", action="store_true", help="every failed delivery")
     return p
 
 
@@ -137,7 +151,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import Service
 
     settings = load_settings(args.config, **_overrides(args))  # sources deep-merge: flags > env > file
-    _setup_logging(settings.log_level, settings.log_format)
+    _configure_logging(settings)
     service = Service(settings)
     log.info("driftline consuming %s and %s from %s as group %s",
              settings.kafka.predictions_topic, settings.kafka.feedback_topic,
@@ -154,9 +168,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     over["alarms_jsonl"] = args.alarms
     over.setdefault("prometheus", {"enabled": False})
     settings = load_settings(args.config, **over)
+    _configure_logging(settings)  # before the targets are dropped: their URLs stay secret
     if not args.with_webhooks:
         settings = settings.model_copy(update={"webhooks": settings.webhooks.model_copy(update={"targets": []})})
-    _setup_logging(settings.log_level, settings.log_format)
     k = settings.kafka
     source = JsonlSource(args.predictions, args.feedback, predictions_topic=k.predictions_topic,
                          feedback_topic=k.feedback_topic, batch_size=args.batch_size)
@@ -215,16 +229,101 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_outbox(args: argparse.Namespace) -> tuple[Settings, Any]:
+    from sinks.factory import OUTBOX_FILE
+    from sinks.outbox import Outbox
+
+    settings = load_settings(args.config, **_overrides(args))
+    _configure_logging(settings)
+    path = settings.state_dir / OUTBOX_FILE
+    if not path.is_file():
+        raise SourceError(
+            f"no webhook outbox at {str(path)!r}: give the service's state directory with "
+            "--state-dir (or state_dir in --config)"
+        )
+    return settings, Outbox(path)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cmd_webhooks_list(args: argparse.Namespace) -> int:
+    _, outbox = _open_outbox(args)
+    try:
+        rows = outbox.rows(status=args.status, target=args.target, limit=args.limit)
+    finally:
+        outbox.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps({
+                "target": row.target, "idempotency_key": row.idempotency_key,
+                "model": row.model, "action": row.action, "status": row.status,
+                "attempts": row.attempts, "created_at": row.created_at,
+                "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
+                "delivered_at": row.delivered_at, "last_error": row.last_error,
+            }))
+        return EXIT_OK
+    print(f"{'status':<10} {'target':<16} {'action':<8} {'model':<16} {'key':<12} "
+          f"{'attempts':>8}  {'created (UTC)':<20}  last error")
+    for row in rows:
+        error = (row.last_error or "").replace("\n", " ")
+        print(f"{row.status:<10} {row.target:<16} {row.action:<8} {row.model:<16} "
+              f"{row.idempotency_key[:12]:<12} {row.attempts:>8}  {_when(row.created_at):<20}  "
+              f"{error[:80]}")
+    return EXIT_OK
+
+
+def _cmd_webhooks_resend(args: argparse.Namespace) -> int:
+    settings, outbox = _open_outbox(args)
+    try:
+        try:
+            rows = outbox.resend(key_prefix=args.key, target=args.target)
+        except ValueError as exc:
+            raise ConfigError(f"--key: {exc}") from None
+        if not rows and args.key is not None:
+            others = [r for r in outbox.rows(target=args.target)
+                      if r.idempotency_key.startswith(args.key)]
+            found = ", ".join(f"{r.target}: {r.status}" for r in others)
+            raise ConfigError(
+                f"--key {args.key!r} matches no failed delivery"
+                + (f" (its deliveries are {found}; only failed ones are re-sent)" if others
+                   else f"{' to ' + repr(args.target) if args.target else ''}: "
+                        "`driftline webhooks list --status failed` shows the failed ones")
+            )
+    finally:
+        outbox.close()
+    configured = {t.name for t in settings.webhooks.targets}
+    for row in rows:
+        print(f"re-queued {row.action} for {row.model} (key {row.idempotency_key[:12]}) "
+              f"to target {row.target!r}")
+        if configured and row.target not in configured:
+            print(f"  warning: target {row.target!r} is not in this configuration; a service "
+                  "without it marks the delivery failed again", file=sys.stderr)
+    print(f"{len(rows)} delivery(ies) pending again, with the same Idempotency-Key: a running "
+          "service sends them within seconds, otherwise the next start does.")
+    return EXIT_OK
+
+
+def _cmd_webhooks(args: argparse.Namespace) -> int:
+    if args.webhooks_command == "list":
+        return _cmd_webhooks_list(args)
+    return _cmd_webhooks_resend(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": _cmd_run, "replay": _cmd_replay, "check-config": _cmd_check_config,
-                "demo": _cmd_demo, "simulate": _cmd_simulate}
+                "demo": _cmd_demo, "simulate": _cmd_simulate, "webhooks": _cmd_webhooks}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
         print(f"driftline: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, ReferenceLoadError) as exc:
+    except (SourceError, ReferenceLoadError, CheckpointError) as exc:
         print(f"driftline: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

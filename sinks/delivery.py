@@ -13,8 +13,14 @@ Outcomes (counted as ``driftline_webhook_deliveries_total{outcome}``):
 - ``retried``: a connection error, a timeout, a 5xx or a 429; the row is tried again
   after an exponential backoff with full jitter (``retry_base_seconds * 2**(attempt-1)``
   capped at ``retry_max_seconds``, a uniform draw below that), or after the
-  ``Retry-After`` the target asked for (seconds or an HTTP date).
-- ``failed``: the same, but ``target.max_attempts`` attempts have been made.
+  ``Retry-After`` the target asked for (seconds or an HTTP date). No retry is put off
+  past the row's horizon (``queued_at + target.max_retry_seconds``): the last attempt
+  comes at the horizon.
+- ``failed``: the same, but the horizon has passed (by default 3 days after the
+  trigger was recorded), or ``target.max_attempts`` attempts were made when it is set.
+  The row stays in the outbox as ``failed`` (counted by the
+  ``driftline_webhook_outbox_failed`` gauge, logged at ERROR) until ``driftline webhooks
+  resend`` makes it pending again.
 - ``rejected``: any other answer (4xx other than 429, 3xx): the target refuses the
   request as configured; it is logged as a configuration error and not retried.
 
@@ -80,6 +86,9 @@ class WebhookTelemetry(Protocol):
     def set_outbox_pending(self, count: int) -> None:
         """Rows waiting in the outbox."""
 
+    def set_outbox_failed(self, count: int) -> None:
+        """Rows in the outbox that failed for good (until re-sent)."""
+
     def record_trigger(self, model: str, action: str) -> None:
         """A trigger was recorded in the outbox."""
 
@@ -97,6 +106,9 @@ class NullWebhookTelemetry:
         pass
 
     def set_outbox_pending(self, count: int) -> None:
+        pass
+
+    def set_outbox_failed(self, count: int) -> None:
         pass
 
     def record_trigger(self, model: str, action: str) -> None:
@@ -168,6 +180,20 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, seconds)
 
 
+class _Unreachable(DeliveryError):
+    """The target did not answer at all (refused, or no answer in time): not this row's fault."""
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for a log line: 45s, 12m, 3.5h."""
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
 class Deliverer:
     """Sends due outbox rows on a daemon thread until :meth:`stop`.
 
@@ -187,7 +213,9 @@ class Deliverer:
         Jitter source (seed it for reproducible tests).
     idle_seconds
         Longest sleep when nothing is due (new rows wake the thread at once through
-        :meth:`notify`).
+        :meth:`notify`; rows re-sent by another process are seen within this time).
+    transport
+        The httpx transport (default: httpx's own); tests wrap it to count attempts.
     """
 
     def __init__(
@@ -201,6 +229,7 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         idle_seconds: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.outbox = outbox
         self.targets = dict(targets)
@@ -210,7 +239,9 @@ class Deliverer:
         self.idle_seconds = idle_seconds
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
-        self._client = httpx.Client(follow_redirects=False, headers={"User-Agent": _USER_AGENT})
+        self._client = httpx.Client(
+            follow_redirects=False, headers={"User-Agent": _USER_AGENT}, transport=transport
+        )
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -276,27 +307,55 @@ class Deliverer:
             if removed:
                 log.info("removed %d webhook outbox rows older than %.0f days",
                          removed, _RETENTION_SECONDS / 86400)
+                self.report_pending()
 
     def report_pending(self) -> None:
-        """Report the outbox's pending count to the telemetry."""
+        """Report the outbox's pending and failed counts to the telemetry."""
         self.telemetry.set_outbox_pending(self.outbox.pending_count())
+        self.telemetry.set_outbox_failed(self.outbox.failed_count())
 
     # ---- one pass -----------------------------------------------------------------
 
     def deliver_due(self, limit: int = 50) -> int:
-        """Attempt every row due now (at most ``limit``); returns how many were attempted."""
+        """Attempt every row due now (at most ``limit``); returns how many were attempted.
+
+        When a target cannot be reached (connection refused, no answer in time), its
+        other rows due in this pass are not attempted: they wait until the retry of the
+        row that found it down (their attempt counts unchanged). A receiver down for
+        hours then costs one attempt per backoff period, not one per row, and a target
+        that hangs cannot hold the thread for ``timeout_seconds`` times its backlog while
+        other targets wait.
+        """
         rows = self.outbox.due(self._clock(), limit=limit)
         attempted = 0
+        unreachable: dict[str, float] = {}  # target -> when the row that found it down retries
         for row in rows:
             if self._stop.is_set():
                 break
-            self._attempt(row)
+            if row.target in unreachable:
+                self.outbox.defer(row.target, row.idempotency_key, unreachable[row.target])
+                continue
+            retry_at = self._attempt(row)
             attempted += 1
+            if retry_at is not None:
+                unreachable[row.target] = retry_at
         if attempted:
             self.report_pending()
         return attempted
 
-    def _attempt(self, row: OutboxRow) -> None:
+    def _give_up(self, row: OutboxRow, target: WebhookTarget, attempts: int, error: str,
+                 now: float) -> None:
+        self.outbox.mark_failed(row.target, row.idempotency_key, attempts, error)
+        self.telemetry.record_webhook(target.name, row.action, "failed")
+        short_key = row.idempotency_key[:12]
+        log.error("webhook %s for %s (key %s) to target %r failed for good after %d attempts "
+                  "over %s: %s. Check the receiver, then re-send it with `driftline webhooks "
+                  "resend --key %s --target %s` (or --all-failed)",
+                  row.action, row.model, short_key, target.name, attempts,
+                  _duration(now - row.queued_at), error, short_key, target.name)
+
+    def _attempt(self, row: OutboxRow) -> float | None:
+        """One attempt at ``row``; returns its retry time when the target was unreachable."""
         attempts = row.attempts + 1
         resolved = self.targets.get(row.target)
         short_key = row.idempotency_key[:12]
@@ -307,7 +366,7 @@ class Deliverer:
             log.error("webhook %s for %s (key %s) was recorded for target %r, which is no longer "
                       "configured: marked failed; add the target back to deliver it",
                       row.action, row.model, short_key, row.target)
-            return
+            return None
         target = resolved.target
         try:
             self._send(resolved, row)
@@ -318,31 +377,39 @@ class Deliverer:
                 self.telemetry.record_webhook(target.name, row.action, "rejected")
                 log.error("webhook target %r rejected %s for %s (key %s): %s. This is a "
                           "configuration error: check the target's url, preset and token; "
-                          "the trigger is marked failed and will not be retried",
-                          target.name, row.action, row.model, short_key, error)
-            elif attempts >= target.max_attempts:
-                self.outbox.mark_failed(row.target, row.idempotency_key, attempts, error)
-                self.telemetry.record_webhook(target.name, row.action, "failed")
-                log.error("webhook %s for %s (key %s) to target %r failed after %d attempts, "
-                          "giving up: %s; raise the target's max_attempts or check the receiver",
-                          row.action, row.model, short_key, target.name, attempts, error)
-            else:
-                delay = exc.retry_after
-                if delay is None:
-                    delay = backoff_delay(attempts, self.retry_base_seconds,
-                                          self.retry_max_seconds, self._rng)
-                self.outbox.mark_retry(row.target, row.idempotency_key, attempts,
-                                       self._clock() + delay, error)
-                self.telemetry.record_webhook(target.name, row.action, "retried")
-                log.warning("webhook %s for %s (key %s) to target %r, attempt %d of %d: %s; "
-                            "retrying in %.2fs", row.action, row.model, short_key, target.name,
-                            attempts, target.max_attempts, error, delay)
-            return
+                          "the trigger is marked failed and not retried: once fixed, re-send "
+                          "it with `driftline webhooks resend --key %s --target %s`",
+                          target.name, row.action, row.model, short_key, error, short_key,
+                          target.name)
+                return None
+            now = self._clock()
+            horizon = row.queued_at + target.max_retry_seconds
+            if now >= horizon or (target.max_attempts is not None
+                                  and attempts >= target.max_attempts):
+                self._give_up(row, target, attempts, error, now)
+                return None
+            delay = exc.retry_after
+            if delay is None:
+                delay = backoff_delay(attempts, self.retry_base_seconds,
+                                      self.retry_max_seconds, self._rng)
+            # The last attempt comes at the horizon rather than never.
+            next_at = min(now + delay, horizon)
+            self.outbox.mark_retry(row.target, row.idempotency_key, attempts, next_at, error)
+            self.telemetry.record_webhook(target.name, row.action, "retried")
+            # An outage of hours means hundreds of attempts per row: the first few and
+            # then every power of two are warnings, the rest are kept at INFO.
+            level = logging.WARNING if attempts <= 3 or attempts & (attempts - 1) == 0 \
+                else logging.INFO
+            log.log(level, "webhook %s for %s (key %s) to target %r, attempt %d: %s; retrying "
+                    "in %.2fs (gives up in %s)", row.action, row.model, short_key, target.name,
+                    attempts, error, next_at - now, _duration(horizon - now))
+            return next_at if isinstance(exc, _Unreachable) else None
         self.outbox.mark_delivered(row.target, row.idempotency_key, attempts)
         self.telemetry.record_webhook(target.name, row.action, "delivered")
         self.telemetry.mark_success("webhook")
         log.info("webhook %s for %s (key %s) delivered to target %r (attempt %d)",
                  row.action, row.model, short_key, target.name, attempts)
+        return None
 
     def _send(self, resolved: ResolvedTarget, row: OutboxRow) -> None:
         """One request; returns on 2xx, raises DeliveryError otherwise."""
@@ -362,9 +429,13 @@ class Deliverer:
                 target.url, content=rendered.body, headers=headers, timeout=target.timeout_seconds
             )
         except httpx.TimeoutException as exc:
-            raise DeliveryError(
+            raise _Unreachable(
                 f"no answer within {target.timeout_seconds}s ({type(exc).__name__})",
                 retryable=True,
+            ) from None
+        except httpx.ConnectError as exc:
+            raise _Unreachable(
+                f"connection failed ({type(exc).__name__}: {exc})", retryable=True
             ) from None
         except httpx.TransportError as exc:
             raise DeliveryError(

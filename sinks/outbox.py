@@ -7,9 +7,11 @@ added twice). The delivery thread then works through the rows that are due::
 
     pending --2xx--> delivered
        |  \\--connection error, timeout, 5xx, 429--> pending (attempts + 1, next_attempt_at)
-       |---other 4xx, or max_attempts reached--> failed
+       |---other 4xx, or the retry horizon (or max_attempts) reached--> failed
+    failed --resend (``driftline webhooks resend``)--> pending (attempts 0, queued_at now)
 
-Rows hold the generic trigger payload only: tokens and secrets are added when a request
+``queued_at`` is when the row was recorded or last re-sent: the retry horizon
+(``max_retry_seconds``) counts from it. Rows hold the generic trigger payload only: tokens and secrets are added when a request
 is built and never reach the file. The database is in WAL mode with
 ``synchronous=FULL``, so a committed insert survives a power loss.
 """
@@ -24,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Outbox", "OutboxRow", "OutboxEntry"]
+__all__ = ["Outbox", "OutboxRow", "OutboxEntry", "STATUSES", "MIN_KEY_PREFIX"]
+
+MIN_KEY_PREFIX = 8
+"""Shortest key prefix :meth:`Outbox.resend` accepts (logs show the first 12 characters)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -40,10 +45,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error      TEXT,
     created_at      REAL    NOT NULL,
     delivered_at    REAL,
+    queued_at       REAL,
     PRIMARY KEY (target, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
 """
+
+STATUSES: tuple[str, ...] = ("pending", "delivered", "failed")
 
 
 @dataclass(frozen=True)
@@ -72,11 +80,13 @@ class OutboxRow:
     last_error: str | None
     created_at: float
     delivered_at: float | None
+    queued_at: float
+    """When the row was recorded or last re-sent (the retry horizon counts from here)."""
 
 
 _COLUMNS = (
     "target, idempotency_key, model, action, payload, status, attempts, next_attempt_at, "
-    "last_error, created_at, delivered_at"
+    "last_error, created_at, delivered_at, COALESCE(queued_at, created_at)"
 )
 
 
@@ -93,6 +103,7 @@ def _row(values: tuple[Any, ...]) -> OutboxRow:
         last_error=values[8],
         created_at=values[9],
         delivered_at=values[10],
+        queued_at=values[11],
     )
 
 
@@ -130,9 +141,17 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error:
             self._db.close()
             raise
+
+    def _migrate(self) -> None:
+        # Files written before queued_at existed get the column; COALESCE in the reads
+        # stands in for its NULLs (their horizon counts from created_at).
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        if "queued_at" not in columns:
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN queued_at REAL")
 
     def add(self, entries: Iterable[OutboxEntry]) -> list[OutboxEntry]:
         """Insert ``entries`` in one transaction; those already present are left as they are.
@@ -155,10 +174,10 @@ class Outbox:
                 for e in entries:
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO deliveries (target, idempotency_key, model, "
-                        "action, payload, next_attempt_at, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "action, payload, next_attempt_at, created_at, queued_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (e.target, e.idempotency_key, e.model, e.action,
-                         json.dumps(e.payload, separators=(",", ":")), now, now),
+                         json.dumps(e.payload, separators=(",", ":")), now, now, now),
                     )
                     if cursor.rowcount == 1:
                         added.append(e)
@@ -170,12 +189,13 @@ class Outbox:
         return added
 
     def due(self, now: float | None = None, limit: int = 100) -> list[OutboxRow]:
-        """Pending rows whose next attempt is due, oldest first."""
+        """Pending rows whose next attempt is due: earliest due first, then those tried
+        least (a row that keeps failing does not stay ahead of the others)."""
         now = self._clock() if now is None else now
         with self._lock:
             cursor = self._db.execute(
                 f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'pending' "
-                "AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?",
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at, attempts, created_at LIMIT ?",
                 (now, limit),
             )
             return [_row(v) for v in cursor.fetchall()]
@@ -189,9 +209,18 @@ class Outbox:
         return value
 
     def pending_count(self) -> int:
+        """Rows waiting to be delivered."""
+        return self.count("pending")
+
+    def failed_count(self) -> int:
+        """Rows that failed for good (until re-sent)."""
+        return self.count("failed")
+
+    def count(self, status: str) -> int:
+        """Rows with ``status`` (one of :data:`STATUSES`)."""
         with self._lock:
             (value,) = self._db.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+                "SELECT COUNT(*) FROM deliveries WHERE status = ?", (status,)
             ).fetchone()
         return int(value)
 
@@ -203,13 +232,85 @@ class Outbox:
             ).fetchone()
         return None if values is None else _row(values)
 
-    def rows(self) -> list[OutboxRow]:
-        """Every row, oldest first (for inspection and tests)."""
+    def rows(
+        self, status: str | None = None, target: str | None = None, limit: int | None = None
+    ) -> list[OutboxRow]:
+        """Rows, oldest first, optionally only those with ``status`` / for ``target``."""
+        where, values = self._where(status=status, target=target)
         with self._lock:
             cursor = self._db.execute(
-                f"SELECT {_COLUMNS} FROM deliveries ORDER BY created_at, target, idempotency_key"
+                f"SELECT {_COLUMNS} FROM deliveries{where} "
+                "ORDER BY created_at, target, idempotency_key LIMIT ?",
+                (*values, -1 if limit is None else limit),
             )
             return [_row(v) for v in cursor.fetchall()]
+
+    @staticmethod
+    def _where(
+        status: str | None = None, target: str | None = None, key_prefix: str | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
+        clauses: list[str] = []
+        values: list[Any] = []
+        if status is not None:
+            clauses.append("status = ?")
+            values.append(status)
+        if target is not None:
+            clauses.append("target = ?")
+            values.append(target)
+        if key_prefix is not None:
+            # substr, not LIKE: a key prefix holding % or _ matches only itself.
+            clauses.append("substr(idempotency_key, 1, ?) = ?")
+            values.extend([len(key_prefix), key_prefix])
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(values)
+
+    def resend(self, *, key_prefix: str | None = None, target: str | None = None) -> list[OutboxRow]:
+        """Make failed rows pending again, due now, with their attempts and horizon reset.
+
+        The delivery thread of a running service (it reads the file every few seconds)
+        or of the next start sends them, with the same ``Idempotency-Key``.
+
+        Parameters
+        ----------
+        key_prefix
+            Only rows whose idempotency key starts with this (at least
+            :data:`MIN_KEY_PREFIX` characters; the logs show 12); None: every failed row.
+        target
+            Only rows for this target.
+
+        Returns
+        -------
+        list of OutboxRow
+            The rows re-queued, as they are now.
+
+        Raises
+        ------
+        ValueError
+            When ``key_prefix`` is shorter than :data:`MIN_KEY_PREFIX`.
+        """
+        if key_prefix is not None and len(key_prefix) < MIN_KEY_PREFIX:
+            raise ValueError(
+                f"the key {key_prefix!r} is too short: give at least {MIN_KEY_PREFIX} "
+                "characters of the idempotency key (the logs show 12)"
+            )
+        where, values = self._where(status="failed", target=target, key_prefix=key_prefix)
+        now = self._clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                chosen = self._db.execute(
+                    f"SELECT target, idempotency_key FROM deliveries{where}", values
+                ).fetchall()
+                self._db.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, "
+                    f"next_attempt_at = ?, queued_at = ?{where}",
+                    (now, now, *values),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return [row for t, k in chosen if (row := self.get(t, k)) is not None]
 
     def mark_delivered(self, target: str, key: str, attempts: int) -> None:
         self._update(target, key, "status = 'delivered', attempts = ?, delivered_at = ?, "
@@ -223,6 +324,10 @@ class Outbox:
     def mark_failed(self, target: str, key: str, attempts: int, error: str) -> None:
         self._update(target, key, "status = 'failed', attempts = ?, last_error = ?",
                      (attempts, error))
+
+    def defer(self, target: str, key: str, next_attempt_at: float) -> None:
+        """Put off a pending row's next attempt to ``next_attempt_at`` (attempts unchanged)."""
+        self._update(target, key, "next_attempt_at = MAX(next_attempt_at, ?)", (next_attempt_at,))
 
     def _update(self, target: str, key: str, assignments: str, values: tuple[Any, ...]) -> None:
         with self._lock:

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import httpx
+
 from monitor.alarms import Alarm
 from monitor.config import WebhookSettings, WebhookTarget
 from monitor.exceptions import ConfigError
@@ -105,7 +107,7 @@ class WebhookSink:
         The SQLite outbox file, normally ``<state_dir>/outbox.sqlite3``, or an open
         :class:`sinks.outbox.Outbox` (the sink closes it in :meth:`close`).
     telemetry
-        Delivery counters, pending gauge and trigger counter.
+        Delivery counters, pending and failed gauges and trigger counter.
     policy
         The trigger policy (pass one rebuilt from a checkpoint); default: a new one from
         ``settings.policy``. Its state is :attr:`policy`, to checkpoint with the offsets.
@@ -113,6 +115,8 @@ class WebhookSink:
         Where ``secret_env`` / ``token_env`` are looked up (read once, here).
     clock, rng
         Wall clock and jitter source of the delivery thread.
+    transport
+        The delivery thread's httpx transport (default: httpx's); tests wrap it.
     start
         Start the delivery thread now (rows pending from an earlier run are delivered).
 
@@ -136,6 +140,7 @@ class WebhookSink:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        transport: httpx.BaseTransport | None = None,
         start: bool = True,
     ) -> None:
         self.settings = settings
@@ -161,7 +166,7 @@ class WebhookSink:
             self.outbox, self.targets, self.telemetry,
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
-            clock=clock, rng=rng,
+            clock=clock, rng=rng, transport=transport,
         )
         if start and not settings.policy.dry_run:
             self.deliverer.start()

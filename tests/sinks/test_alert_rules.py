@@ -13,8 +13,8 @@ HERE = Path(__file__).resolve().parent
 RULES = HERE.parents[1] / "sinks" / "rules" / "driftline-alerts.yml"
 RULE_TESTS = HERE / "rules_test.yml"
 REQUIRED = {"DriftlineFeatureDrift", "DriftlinePerformanceDrop", "DriftlineInvalidEventsHigh",
-            "DriftlineConsumerLagHigh", "DriftlineWebhookFailures", "DriftlineNotConsuming",
-            "DriftlineDown"}
+            "DriftlineConsumerLagHigh", "DriftlineWebhookFailures", "DriftlineWebhookTriggersFailed",
+            "DriftlineNotConsuming", "DriftlineDown"}
 
 pytestmark = pytest.mark.prometheus
 

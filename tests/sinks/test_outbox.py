@@ -112,3 +112,77 @@ def test_a_failed_transaction_adds_nothing(tmp_path: Path, clock: Clock) -> None
     finally:
         blocker.close()
         box.close()
+
+
+def test_resend_makes_failed_rows_pending_again_with_attempts_and_horizon_reset(
+    outbox: Outbox, clock: Clock
+) -> None:
+    outbox.add([entry("aaaaaaaa-1"), entry("aaaaaaaa-1", target="slack"), entry("bbbbbbbb-2"),
+                entry("cccccccc-3")])
+    outbox.mark_failed("ci", "aaaaaaaa-1", 900, "HTTP 503")
+    outbox.mark_failed("slack", "aaaaaaaa-1", 4, "HTTP 400")
+    outbox.mark_failed("ci", "bbbbbbbb-2", 12, "refused")
+    outbox.mark_delivered("ci", "cccccccc-3", 1)
+    assert (outbox.failed_count(), outbox.pending_count()) == (3, 0)
+    clock.now = 5000.0
+
+    (row,) = outbox.resend(key_prefix="aaaaaaaa", target="slack")
+    assert (row.target, row.status, row.attempts, row.queued_at, row.next_attempt_at) == (
+        "slack", "pending", 0, 5000.0, 5000.0)
+    assert row.created_at == 1000.0 and row.last_error == "HTTP 400"
+    assert outbox.get("ci", "aaaaaaaa-1").status == "failed"  # type: ignore[union-attr]
+
+    assert {(r.target, r.idempotency_key) for r in outbox.resend()} == {
+        ("ci", "aaaaaaaa-1"), ("ci", "bbbbbbbb-2")}
+    assert outbox.resend() == []
+    assert outbox.resend(key_prefix="cccccccc") == []  # delivered rows are never reopened
+    assert (outbox.failed_count(), outbox.pending_count(), outbox.count("delivered")) == (0, 3, 1)
+    assert sorted(r.idempotency_key for r in outbox.due()) == [
+        "aaaaaaaa-1", "aaaaaaaa-1", "bbbbbbbb-2"]
+
+
+def test_resend_needs_eight_characters_of_a_key_and_takes_them_literally(
+    outbox: Outbox,
+) -> None:
+    outbox.add([entry("ab%_cdefgh")])
+    outbox.mark_failed("ci", "ab%_cdefgh", 1, "x")
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        outbox.resend(key_prefix="ab%_")
+    assert outbox.resend(key_prefix="ab%_cdeX") == []
+    assert len(outbox.resend(key_prefix="ab%_cdef")) == 1
+
+
+def test_rows_filters_by_status_and_target(outbox: Outbox) -> None:
+    outbox.add([entry("k1"), entry("k2"), entry("k1", target="slack")])
+    outbox.mark_failed("ci", "k2", 3, "HTTP 500")
+    assert [r.idempotency_key for r in outbox.rows(status="failed")] == ["k2"]
+    assert [r.target for r in outbox.rows(target="slack")] == ["slack"]
+    assert len(outbox.rows(limit=2)) == 2
+
+
+def test_an_outbox_from_before_queued_at_is_migrated(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE deliveries (
+            target TEXT NOT NULL, idempotency_key TEXT NOT NULL, model TEXT NOT NULL,
+            action TEXT NOT NULL, payload TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+            last_error TEXT, created_at REAL NOT NULL, delivered_at REAL,
+            PRIMARY KEY (target, idempotency_key));
+        INSERT INTO deliveries (target, idempotency_key, model, action, payload, attempts,
+                                next_attempt_at, created_at)
+            VALUES ('ci', 'k-old', 'fraud', 'retrain', '{}', 7, 900.0, 800.0);
+    """)
+    db.commit()
+    db.close()
+    box = Outbox(path, clock=clock)
+    try:
+        (row,) = box.rows()
+        assert (row.idempotency_key, row.attempts, row.queued_at) == ("k-old", 7, 800.0)
+        box.add([entry("k-new")])
+        assert box.get("ci", "k-new").queued_at == 1000.0  # type: ignore[union-attr]
+    finally:
+        box.close()

@@ -8,7 +8,14 @@
 """
 
 from tests.support.prometheus import PrometheusServer, prometheus_binary
-from tests.support.receiver import ReceivedRequest, Reply, Stall, WebhookReceiver
+from tests.support.receiver import (
+    ReceivedRequest,
+    Reply,
+    Reset,
+    SlowBody,
+    Stall,
+    WebhookReceiver,
+)
 
 __all__ = [
     "PrometheusServer",
@@ -17,4 +24,6 @@ __all__ = [
     "ReceivedRequest",
     "Reply",
     "Stall",
+    "Reset",
+    "SlowBody",
 ]

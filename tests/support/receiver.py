@@ -9,9 +9,15 @@ records every request. A *script* makes it misbehave first, one step per request
   ``Reply(400, echo=True)`` to echo the request body in the answer);
 - ``Stall(2.0)``: process the request, then answer only after 2 s (past a client timeout,
   so the sender retries a request that was in fact processed);
+- ``Reset()``: read the request and cut the connection with a TCP reset, no answer
+  (``Reset(process=True)``: after processing it, so the sender retries what was done);
+- ``SlowBody(0.2)``: process, then send the answer's body a byte at a time over 0.2 s;
 
-then it answers 200. Refused connections: build it with ``start=False`` (its port is
-chosen at once) and call :meth:`start` later.
+then it answers 200. After the script, ``chooser(request, n)`` (when given) picks the
+step of each request, ``n`` being how many requests with its key came before: a seeded
+chooser draws faults at random yet the same for the same request whatever the timing.
+Refused connections: build it with ``start=False`` (its port is chosen at once) and call
+:meth:`start` later; :meth:`stop` and :meth:`start` again make an outage (same port).
 
 Examples
 --------
@@ -25,6 +31,9 @@ Examples
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +44,7 @@ from urllib.parse import parse_qs
 from monitor.embedded_broker import free_port
 from sinks.signing import SIGNATURE_HEADER, verify
 
-__all__ = ["WebhookReceiver", "ReceivedRequest", "Reply", "Stall"]
+__all__ = ["WebhookReceiver", "ReceivedRequest", "Reply", "Stall", "Reset", "SlowBody", "Step"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,23 @@ class Stall:
     seconds: float
 
 
-Step = Reply | Stall
+@dataclass(frozen=True)
+class Reset:
+    """Read the request, then reset the connection without answering."""
+
+    process: bool = False
+    """Process the request first (the sender cannot know it was)."""
+
+
+@dataclass(frozen=True)
+class SlowBody:
+    """Process, then answer 200 with a body sent a byte at a time over ``seconds``."""
+
+    seconds: float
+    size: int = 8
+
+
+Step = Reply | Stall | Reset | SlowBody
 
 
 @dataclass
@@ -71,8 +96,15 @@ class ReceivedRequest:
     signature_valid: bool | None = None
     """None when the receiver has no secret."""
     status: int = 0
+    """The status answered (0: none, the connection was reset)."""
     duplicate: bool = False
     processed: bool = False
+    fault: str = "ok"
+    """What the receiver did: ok, reply, stall, reset, slow_body, bad_signature."""
+
+    @property
+    def delivery_id(self) -> str | None:
+        return self.headers.get("x-driftline-delivery")
 
     @property
     def idempotency_key(self) -> str | None:
@@ -89,6 +121,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the handler threads
     receiver: "WebhookReceiver"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A sender that timed out has hung up before a stalled answer: expected here.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -102,14 +140,29 @@ class _Handler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body, at=time.monotonic(),
         )
-        status, headers, answer, stall = self.server.receiver._handle(request)
-        if stall:
-            self.server.receiver._stopping.wait(stall)
+        receiver = self.server.receiver
+        status, headers, answer, step = receiver._handle(request)
+        if isinstance(step, Reset):
+            # SO_LINGER 0: close() sends a RST, as a crashing proxy or receiver does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if isinstance(step, Stall):
+            receiver._stopping.wait(step.seconds)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
+        if isinstance(step, SlowBody) and answer:
+            pause = step.seconds / len(answer)
+            for i in range(len(answer)):
+                self.wfile.write(answer[i:i + 1])
+                if receiver._stopping.wait(pause):
+                    break
+            return
         self.wfile.write(answer)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -131,6 +184,11 @@ class WebhookReceiver:
         Start listening on ``__enter__``; False: refuse connections until :meth:`start`.
     path
         The path of :attr:`url`.
+    chooser
+        ``chooser(request, n) -> Step | None`` for requests after the script (None: 200).
+    clock
+        The wall clock signatures are checked against (the sender's fake clock, in tests
+        that jump hours ahead).
     """
 
     def __init__(
@@ -141,9 +199,14 @@ class WebhookReceiver:
         port: int | None = None,
         start: bool = True,
         path: str = "/hook",
+        chooser: Callable[[ReceivedRequest, int], Step | None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self.secret = secret
         self._script = list(script)
+        self._chooser = chooser
+        self._seen: dict[str, int] = {}
         self.port = port if port is not None else free_port()
         self.path = path
         self._autostart = start
@@ -162,25 +225,48 @@ class WebhookReceiver:
 
     # ---- the application -------------------------------------------------------------
 
-    def _handle(self, request: ReceivedRequest) -> tuple[int, dict[str, str], bytes, float]:
+    def _handle(
+        self, request: ReceivedRequest
+    ) -> tuple[int, dict[str, str], bytes, Step | None]:
         with self._cond:
             self.requests.append(request)
             try:
                 if self.secret is not None:
                     request.signature_valid = verify(
-                        self.secret, request.body, request.headers.get(SIGNATURE_HEADER.lower())
+                        self.secret, request.body,
+                        request.headers.get(SIGNATURE_HEADER.lower()), now=self._clock(),
                     )
                     if not request.signature_valid:
                         request.status = 401
-                        return 401, {}, b"bad signature", 0.0
-                step = self._script.pop(0) if self._script else None
+                        request.fault = "bad_signature"
+                        return 401, {}, b"bad signature", None
+                key = request.idempotency_key or ""
+                seen = self._seen.get(key, 0)
+                self._seen[key] = seen + 1
+                if self._script:
+                    step = self._script.pop(0)
+                elif self._chooser is not None:
+                    step = self._chooser(request, seen)
+                else:
+                    step = None
                 if isinstance(step, Reply):
                     request.status = step.status
+                    request.fault = "reply"
                     headers = {"Retry-After": step.retry_after} if step.retry_after else {}
-                    return step.status, headers, request.body if step.echo else b"", 0.0
+                    return step.status, headers, request.body if step.echo else b"", step
+                if isinstance(step, Reset):
+                    request.fault = "reset"
+                    if step.process:
+                        self._process(request)
+                    return 0, {}, b"", step
                 self._process(request)
                 request.status = 200
-                return 200, {}, b"ok", step.seconds if isinstance(step, Stall) else 0.0
+                if isinstance(step, Stall):
+                    request.fault = "stall"
+                elif isinstance(step, SlowBody):
+                    request.fault = "slow_body"
+                    return 200, {}, b"ok".ljust(step.size, b"."), step
+                return 200, {}, b"ok", step
             finally:
                 self._cond.notify_all()
 
@@ -227,8 +313,10 @@ class WebhookReceiver:
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> "WebhookReceiver":
+        """Listen (again, after :meth:`stop`: on the same port)."""
         if self._server is not None:
             return self
+        self._stopping.clear()
         server = _Server(("127.0.0.1", self.port), _Handler)
         server.receiver = self
         self._server = server
@@ -239,7 +327,12 @@ class WebhookReceiver:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def stop(self) -> None:
+        """Stop listening (connections are refused) and finish the requests in flight."""
         self._stopping.set()  # cut stalls short
         if self._server is not None:
             self._server.shutdown()
