@@ -18,6 +18,7 @@ their modules import.
 from __future__ import annotations
 
 import argparse
+import sys
 import importlib
 import inspect
 import statistics
@@ -80,8 +81,16 @@ def time_river(cls, values: list) -> tuple[float, int]:
     return len(values) / (time.perf_counter() - start), drifts
 
 
+TARGETS = {"PageHinkley": 20.0, "DDM": 20.0, "EDDM": 20.0, "HDDM_A": 50.0, "HDDM_W": 50.0,
+           "KSWIN": 100.0, "ADWIN": 1.0}
+"""BENCHMARKS.md's targets: speed-up over river at batch 10,000 (FHDDM has none)."""
+TARGET_BATCH = 10_000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a detector misses its target (BENCHMARKS.md)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100,000 samples, one repeat")
     parser.add_argument("--only", nargs="*", help="detector labels to run")
@@ -91,6 +100,7 @@ def main() -> None:
     header = f"| {'detector':<11} | {'batch':>6} | {'ours samples/s':>14} | {'river samples/s':>15} | {'ratio':>6} | {'drifts (ours/river)':>19} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    missed = []
     for label, module, name, river_cls, kind in ROWS:
         if args.only and label not in args.only:
             continue
@@ -115,6 +125,12 @@ def main() -> None:
                 f" {f'{runs[0][1]} / {river_runs[0][1]}':>19} |",
                 flush=True,
             )
+            if batch == TARGET_BATCH and label in TARGETS and rate / river_rate < TARGETS[label]:
+                missed.append(f"{label}: {rate / river_rate:.1f}x river, target {TARGETS[label]:.0f}x")
+    if missed:
+        print("targets missed: " + "; ".join(missed), file=sys.stderr)
+    if args.check and missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--stable-events", type=int, default=600_000)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--length", type=int, default=40_000)
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a target is missed: at most 1 false alarm per 100,000 stable "
+                         "events, every sudden shift detected within 5,000 events")
     args = ap.parse_args()
     settings = Settings()
     change = args.length // 2
@@ -150,6 +153,17 @@ def main() -> None:
     for a in false_alarms[:10]:
         print(f"  {a.kind}/{a.detector} {a.feature} [{a.first_index}..{a.last_index}] stat={a.statistic:.4g} p={a.p_value}")
     print(f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s through decode+join+engine)")
+    sudden = next(r for r in rows if r[0] == "sudden")
+    missed = []
+    if fa_rate > 1.0:
+        missed.append(f"{fa_rate:.2f} false alarms per 100,000 stable events (target: at most 1)")
+    if sudden[1] < sudden[2] or (sudden[4] is not None and sudden[4] > 5_000):
+        missed.append(f"sudden shifts: {sudden[1]}/{sudden[2]} detected, worst delay {sudden[4]} "
+                      "(target: all, within 5,000 events)")
+    if missed:
+        print("targets missed: " + "; ".join(missed), file=sys.stderr)
+    if args.check and missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

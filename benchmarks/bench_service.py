@@ -1,19 +1,29 @@
 """Service throughput through a real broker, replay throughput, and memory over a long stream.
 
-    .venv/bin/python benchmarks/bench_service.py [--events N] [--repeats K] [--memory-events M] [--no-memory]
+    .venv/bin/python benchmarks/bench_service.py [--events N] [--repeats K] [--seed S]
+        [--memory-events M] [--no-memory] [--check]
 
-1. Kafka: N prediction events (20 numeric and 5 categorical features) are produced to
-   an embedded Tansu broker; then, in the same run, a bare kafka-python consumer that
-   only reads the topic (the client's limit) and ``driftline run`` (the Service with its
-   Kafka source, default detectors, JSONL alarm sink, checkpoints) each consume all of
-   it in a fresh consumer group and a fresh Python process (the bare consumer's imports
-   only kafka-python). Events/s is measured from the first record received to the last
-   one processed (the group join is excluded from both). Median of K runs, and the
-   ratio of each run pair. A third row runs driftline with kafka-python's own record
-   parser (``kafka.fast_record_parser: false``).
+1. Kafka: N prediction events (20 numeric and 5 categorical features) and one label per
+   prediction are produced to an embedded Tansu broker (``bench`` and
+   ``bench-feedback``, one partition each): 90% of the labels soon after their
+   prediction, 10% late (2,000 to 5,000 predictions later), so that the label join and
+   the performance detectors are in the measured path. Then a bare kafka-python consumer
+   that only reads both topics (the client's limit), ``driftline run`` (the Service with
+   its Kafka source, default detectors, JSONL alarm sink, checkpoints) and ``driftline
+   run`` with kafka-python's own record parser (``kafka.fast_record_parser: false``)
+   each consume all of it in a fresh consumer group and a fresh Python process (the bare
+   consumer's imports only kafka-python), in an order shuffled per round (seeded).
+   Both are clocked the same way: from the moment ``KafkaConsumer.poll`` first returns a
+   record in the process that polls (the bare consumer; driftline's consumer process,
+   whatever it prefetches after that) to the last record read (bare) or processed
+   (driftline); the group join is excluded from both. One warm-up round runs first and
+   is discarded (it is printed, marked so). Median of K rounds, and each round's ratio.
 2. Replay: the same events from a JSONL file through ``driftline replay``'s pipeline.
 3. Memory: resident set size of a subprocess that runs the engine over a generated
    stream, after 1,000,000 and after M events (default 5,000,000).
+
+``--check`` exits 1 when a target of BENCHMARKS.md is missed: driftline at least 0.8 of
+the bare consumer (ratio of the medians), memory within 10% from 1,000,000 to M events.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -33,6 +44,54 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 N_NUM, N_CAT = 20, 5
+LATE_SHARE, LATE_MIN, LATE_MAX = 0.10, 2_000, 5_000
+"""A tenth of the labels arrives 2,000 to 5,000 predictions after its prediction."""
+TARGET_RATIO, TARGET_MEMORY_GROWTH = 0.8, 0.10
+
+FIRST_RECORD_ENV = "DRIFTLINE_BENCH_FIRST_RECORD"
+"""A file path: the process that polls Kafka writes there the CLOCK_MONOTONIC time
+(system-wide on Linux) at which ``KafkaConsumer.poll`` first returned a record."""
+
+
+def _clock_first_record() -> None:
+    """Wrap ``KafkaConsumer.poll`` to record when it first returns a record.
+
+    Installed in the bare consumer's process and in driftline's consumer process: that
+    one is started with multiprocessing's spawn, which runs this script again as
+    ``__mp_main__`` with the same environment, so both contenders' clocks start at the
+    same event (the first record received from the broker), whatever is prefetched after.
+    """
+    path = os.environ.get(FIRST_RECORD_ENV)
+    if not path:
+        return
+    from kafka import KafkaConsumer
+
+    poll = KafkaConsumer.poll
+    done = [False]
+
+    def timed(self, *args, **kwargs):
+        out = poll(self, *args, **kwargs)
+        if out and not done[0]:
+            now = time.monotonic()
+            done[0] = True
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                return out  # another poller of this run was first
+            os.write(fd, repr(now).encode())
+            os.close(fd)
+        return out
+
+    KafkaConsumer.poll = timed
+
+
+if __name__ in ("__main__", "__mp_main__"):
+    _clock_first_record()
+
+
+def first_record_time() -> float:
+    """The time :func:`_clock_first_record` wrote for this process's run."""
+    return float(Path(os.environ[FIRST_RECORD_ENV]).read_text())
 
 
 def events(n: int, seed: int = 0) -> list[bytes]:
@@ -52,31 +111,54 @@ def events(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+def labels(n: int, seed: int = 0) -> list[tuple[int, bytes]]:
+    """One label per prediction, each with the prediction index after which it is sent:
+    most right after their prediction, LATE_SHARE of them LATE_MIN to LATE_MAX later."""
+    import numpy as np
+    import orjson
+
+    rng = np.random.default_rng(seed + 1)
+    x0 = np.random.default_rng(seed).normal(size=(n, N_NUM)).round(4)[:, 0]
+    label = rng.random(n) < 1 / (1 + np.exp(-x0))  # a calibrated model's labels
+    late = rng.random(n) < LATE_SHARE
+    after = np.arange(n) + np.where(late, rng.integers(LATE_MIN, LATE_MAX + 1, n), 0)
+    order = np.argsort(after, kind="stable")
+    return [(int(after[i]), orjson.dumps({"model": "m", "id": str(i), "ts": 1.7e9 + int(i) + 30.0,
+                                          "label": int(label[i])})) for i in order]
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], feedback: list[tuple[int, bytes]]) -> None:
+    """Predictions to ``topic``, each label to ``topic-feedback`` once the prediction it
+    is due after has been sent (late ones at the end if the stream ends first)."""
     from kafka import KafkaProducer
 
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024,
                       max_request_size=8 * 1024 * 1024)
-    for v in values:
+    k = 0
+    for i, v in enumerate(values):
         p.send(topic, key=b"m", value=v)
+        while k < len(feedback) and feedback[k][0] <= i:
+            p.send(topic + "-feedback", key=b"m", value=feedback[k][1])
+            k += 1
+    for _, v in feedback[k:]:
+        p.send(topic + "-feedback", key=b"m", value=v)
     p.flush()
     p.close()
 
 
 def bare_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
-    """Events/s of a kafka-python consumer that only reads (the service's consumer settings)."""
+    """Records/s of a kafka-python consumer that only reads ``n`` records (predictions
+    and labels; the service's consumer settings), from its first record received."""
     from kafka import KafkaConsumer
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                       auto_offset_reset="earliest", session_timeout_ms=6000, max_poll_records=5000)
     c.subscribe([topic, topic + "-feedback"])  # the same subscription as the service
-    seen, first = 0, None
+    seen = 0
     while seen < n:
         for recs in c.poll(timeout_ms=500, max_records=5000).values():
-            if first is None:
-                first = time.perf_counter()
             seen += len(recs)
-    rate = n / (time.perf_counter() - first)
+    rate = n / (time.monotonic() - first_record_time())
     c.close()
     return rate
 
@@ -89,7 +171,9 @@ def cpu_seconds(pid: int) -> float:
 
 def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, fast_parser: bool = True,
                   broker_pid: int | None = None) -> tuple[float, dict[str, float]]:
-    """Events/s of the Service, and the CPU each process used per event (us) meanwhile."""
+    """Records/s of the Service over ``n`` predictions and their ``n`` labels (from the
+    first record its consumer process received), and the CPU each process used per
+    record (us) from the end of its first batch."""
     from monitor.app import Service
     from monitor.config import load_settings
 
@@ -108,12 +192,11 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
         return pids | ({"broker": broker_pid} if broker_pid else {})
 
     def on_batch(stats) -> None:
-        if "first" not in marks:
-            marks["first"] = time.perf_counter() - stats.last_batch_seconds
+        if "first_n" not in marks:
             cpu.update({name: [cpu_seconds(pid)] for name, pid in processes().items()})
-            marks["first_n"] = stats.predictions  # CPU is counted from the end of the first batch
-        if stats.predictions >= n:
-            marks["last"] = time.perf_counter()
+            marks["first_n"] = stats.predictions + stats.feedback  # CPU from the end of the first batch
+        if stats.predictions >= n and stats.feedback >= n:
+            marks["last"] = time.monotonic()
             for name, pid in processes().items():
                 cpu[name].append(cpu_seconds(pid))
             stop.set()
@@ -122,28 +205,36 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     thread = threading.Thread(target=svc.run, args=(stop,), daemon=True)
     thread.start()
     thread.join(timeout=600)
-    per_event = {k: (b - a) / (n - marks["first_n"]) * 1e6 for k, (a, b) in cpu.items()}
-    return n / (marks["last"] - marks["first"]), per_event
+    per_record = {k: (b - a) / (2 * n - marks["first_n"]) * 1e6 for k, (a, b) in cpu.items()}
+    return 2 * n / (marks["last"] - first_record_time()), per_record
 
 
 def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, parser: str,
                    broker_pid: int) -> tuple[float, dict[str, float]]:
-    """Events/s of one consumer run in a fresh Python process, as each runs in life (the
+    """Records/s of one consumer run in a fresh Python process, as each runs in life (the
     bare consumer imports kafka-python only, driftline what `driftline run` imports),
-    and for driftline the CPU per event of its processes and the broker's."""
+    and for driftline the CPU per record of its processes and the broker's. The process
+    gets a fresh file in FIRST_RECORD_ENV for its first-record clock."""
+    clock = Path(tempfile.mkdtemp(prefix="bench-clock-")) / "first-record"
     out = subprocess.run([sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser,
-                          str(broker_pid)], capture_output=True, text=True, check=True, timeout=900)
+                          str(broker_pid)], capture_output=True, text=True, check=True, timeout=900,
+                         env={**os.environ, FIRST_RECORD_ENV: str(clock)})
+    clock.unlink()
+    clock.parent.rmdir()
     result = json.loads(out.stdout.splitlines()[-1])
     return result["rate"], result["cpu"]
 
 
-def replay(path: Path, state: Path) -> float:
+def replay(path: Path, feedback: Path, state: Path) -> float:
+    """Records/s (predictions and labels) through ``driftline replay``."""
     from monitor.cli import main
 
     t = time.perf_counter()
-    code = main(["replay", "--predictions", str(path), "--alarms", str(state / "replay-alarms.jsonl"), "--quiet"])
+    code = main(["replay", "--predictions", str(path), "--feedback", str(feedback),
+                 "--alarms", str(state / "replay-alarms.jsonl"), "--quiet"])
     assert code == 0
-    return sum(1 for _ in open(path, "rb")) / (time.perf_counter() - t)
+    records = sum(1 for _ in open(path, "rb")) + sum(1 for _ in open(feedback, "rb"))
+    return records / (time.perf_counter() - t)
 
 
 MEMORY_CHILD = r"""
@@ -185,7 +276,10 @@ def memory(total: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=300_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="measured rounds (after one warm-up round)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the contenders' order per round")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a target is missed (BENCHMARKS.md)")
     ap.add_argument("--memory-events", type=int, default=5_000_000)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--role", nargs=7, help=argparse.SUPPRESS)  # one consumer run, in its own process
@@ -193,7 +287,7 @@ def main() -> None:
     if args.role:
         role, bootstrap, n, group, state, fast, broker_pid = args.role
         if role == "bare":
-            rate, cpu = bare_consumer(bootstrap, "bench", int(n), group), {}
+            rate, cpu = bare_consumer(bootstrap, "bench", 2 * int(n), group), {}
         else:
             rate, cpu = driftline_run(bootstrap, "bench", int(n), group, Path(state), fast_parser=fast == "fast",
                                       broker_pid=int(broker_pid))
@@ -203,48 +297,77 @@ def main() -> None:
     from monitor.embedded_broker import EmbeddedBroker
 
     values = events(args.events)
-    bare, ours, slow, cpu = [], [], [], []
+    feedback = labels(args.events)
+    results: dict[str, list[float]] = {"bare": [], "driftline": [], "kafka-python parser": []}
+    cpu = []
+    shuffle = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         tmp = Path(tmp)
         broker.create_topics(["bench", "bench-feedback"], partitions=1)
         t = time.perf_counter()
-        produce(broker.bootstrap_servers, "bench", values)
-        print(f"produced {args.events:,} events in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        for k in range(args.repeats):
-            pid = broker._proc.pid
-            bare.append(run_in_process("bare", broker.bootstrap_servers, args.events, f"bare-{k}", tmp, "", pid)[0])
-            rate, used = run_in_process("driftline", broker.bootstrap_servers, args.events, f"ours-{k}",
-                                        tmp / f"s{k}", "fast", pid)
-            ours.append(rate)
-            cpu.append(used)
-            slow.append(run_in_process("driftline", broker.bootstrap_servers, args.events, f"slow-{k}",
-                                       tmp / f"p{k}", "kafka-python", pid)[0])
-            print(f"run {k}: bare {bare[-1]:,.0f}/s, driftline {ours[-1]:,.0f}/s, "
-                  f"with kafka-python's parser {slow[-1]:,.0f}/s", file=sys.stderr)
-        path = tmp / "events.jsonl"
+        produce(broker.bootstrap_servers, "bench", values, feedback)
+        print(f"produced {args.events:,} predictions and {len(feedback):,} labels "
+              f"({LATE_SHARE:.0%} late) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        pid = broker._proc.pid
+        contenders = {
+            "bare": ("bare", ""),
+            "driftline": ("driftline", "fast"),
+            "kafka-python parser": ("driftline", "kafka-python"),
+        }
+        for k in range(args.repeats + 1):  # round 0 is the warm-up, discarded
+            order = list(contenders)
+            shuffle.shuffle(order)
+            got = {}
+            for name in order:
+                role, parser = contenders[name]
+                got[name], used = run_in_process(role, broker.bootstrap_servers, args.events,
+                                                 f"{name.split()[0]}-{k}", tmp / f"{role}-{parser}-{k}",
+                                                 parser, pid)
+                if name == "driftline" and k > 0:
+                    cpu.append(used)
+            if k > 0:
+                for name, rate in got.items():
+                    results[name].append(rate)
+            print(f"{'warm-up (discarded)' if k == 0 else f'round {k}'}, order {' / '.join(order)}: "
+                  f"bare {got['bare']:,.0f}/s, driftline {got['driftline']:,.0f}/s, "
+                  f"with kafka-python's parser {got['kafka-python parser']:,.0f}/s", file=sys.stderr)
+        path, labels_path = tmp / "events.jsonl", tmp / "labels.jsonl"
         path.write_bytes(b"\n".join(values) + b"\n")
-        rep = [replay(path, tmp) for _ in range(args.repeats)]
+        labels_path.write_bytes(b"\n".join(v for _, v in feedback) + b"\n")
+        rep = [replay(path, labels_path, tmp) for _ in range(args.repeats)]
+    bare, ours, slow = results["bare"], results["driftline"], results["kafka-python parser"]
     b, o, r = statistics.median(bare), statistics.median(ours), statistics.median(rep)
     sl = statistics.median(slow)
     ratios = sorted(x / y for x, y in zip(ours, bare))
-    print(f"driftline service throughput ({args.events:,} events, {N_NUM} numeric + {N_CAT} categorical "
-          f"features, median of {args.repeats})")
+    print(f"driftline service throughput ({args.events:,} predictions + {args.events:,} labels, "
+          f"{LATE_SHARE:.0%} of them late; {N_NUM} numeric + {N_CAT} categorical features; "
+          f"median of {args.repeats} rounds after one warm-up round, discarded)")
     print()
-    print("| what | events/s | ratio |")
+    print("| what | records/s | ratio |")
     print("|---|---|---|")
     print(f"| bare kafka-python consumer (reads only) | {b:,.0f} | 1.00 |")
     print(f"| driftline run (default detectors) | {o:,.0f} | {o / b:.2f} |")
     print(f"| driftline run, kafka-python's record parser (`kafka.fast_record_parser: false`) "
           f"| {sl:,.0f} | {sl / b:.2f} |")
-    print(f"| driftline replay (JSONL file) | {r:,.0f} | - |")
+    print(f"| driftline replay (JSONL files, predictions and labels) | {r:,.0f} | - |")
     print()
-    print("driftline/bare per run (paired, same run): " + ", ".join(f"{x:.2f}" for x in ratios))
-    print("CPU per event during driftline run (median us): " + ", ".join(
+    print("driftline/bare per round (paired, same round): " + ", ".join(f"{x:.2f}" for x in ratios))
+    print("CPU per record during driftline run (median us): " + ", ".join(
         f"{name} {statistics.median(c[name] for c in cpu):.2f}" for name in cpu[0]))
+    missed = []
+    if o / b < TARGET_RATIO:
+        missed.append(f"driftline run is {o / b:.2f} of the bare consumer (target: at least {TARGET_RATIO})")
     if not args.no_memory:
         m1, m5 = memory(args.memory_events)
         print(f"resident memory: {m1:.0f} MB after 1,000,000 events, {m5:.0f} MB after "
               f"{args.memory_events:,} ({(m5 / m1 - 1) * 100:+.1f}%)")
+        if m5 / m1 - 1 > TARGET_MEMORY_GROWTH:
+            missed.append(f"memory grew {(m5 / m1 - 1) * 100:+.1f}% (target: within "
+                          f"{TARGET_MEMORY_GROWTH:.0%})")
+    if missed:
+        print("targets missed: " + "; ".join(missed), file=sys.stderr)
+    if args.check and missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import statistics
 import time
 from typing import Callable
@@ -135,6 +136,8 @@ def categorical_case(repeats: int) -> list[tuple[str, float, float | None, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit 1 when a case is below the {TARGET:.0f}x target")
     args = parser.parse_args()
     rows = numeric_case(args.repeats) + categorical_case(args.repeats)
     print(
@@ -147,6 +150,12 @@ def main() -> None:
             print(f"| {label} | {ours * 1e3:.2f} | - | - |")
         else:
             print(f"| {label} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | {ratio:.1f}x |")
+    missed = [f"{label}: {ratio:.1f}x" for label, _, theirs, ratio in rows
+              if theirs is not None and ratio < TARGET]
+    if missed:
+        print(f"below the {TARGET:.0f}x target: " + "; ".join(missed), file=sys.stderr)
+    if args.check and missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

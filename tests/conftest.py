@@ -1,14 +1,33 @@
 """Fixtures shared by every test directory: a real Kafka-protocol broker (Tansu) for
-the session, and unique topic names per test."""
+the session, and unique topic names per test; the suite's rules: no test passes by
+skipping (tests/skip_policy.py), and hypothesis runs reproducibly under CI and
+``make test``."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from monitor.embedded_broker import EmbeddedBroker
+from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
+
+# Reproducible property tests: the same examples on every run (derandomize), so a CI
+# failure is one anyone can rerun; the failing example's blob printed for
+# @reproduce_failure; no example database (examples saved by an earlier run would change
+# what this one tries); no deadline or too-slow check (a shared CI machine's timing is not
+# the code's). max_examples is the default for tests that do not set their own.
+settings.register_profile(
+    "ci", derandomize=True, print_blob=True, deadline=None, max_examples=100, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+elif os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
 
 _counter = itertools.count()
 
@@ -46,3 +65,21 @@ def _restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _collector_untouched():
+    """No test leaves the pytest process's garbage collector tuned (the service tunes it
+    for its run, an entry point's business): a test that does, e.g. by leaving a service
+    thread running, fails here, and the collector is put back for the next one."""
+    import gc
+
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    yield
+    now = gc.get_threshold(), gc.get_freeze_count()
+    if now != (threshold, frozen):
+        gc.set_threshold(*threshold)
+        if frozen == 0:
+            gc.unfreeze()
+        pytest.fail(f"the test left the collector changed: thresholds {now[0]} (were {threshold}), "
+                    f"{now[1]} objects frozen (were {frozen}); stop what it started")

@@ -4,18 +4,45 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from river import drift
 
 from detectors._kernels import ewma, segmented_recurrence
 from detectors.hddm import HDDMA, HDDMW
 from tests.detectors.oracle import feed_both as ours
-from tests.detectors.oracle import error_stream
+from tests.detectors.firing import firing_share
 from tests.detectors.oracle import river_both as river_run
 
 
-streams = st.builds(error_stream, st.integers(0, 2**32 - 1), st.integers(1, 4000), st.booleans())
+def rising_error_stream(seed: int, n: int, at: int, before: float, rise: float, ramp: int,
+                        real: bool, later: bool) -> np.ndarray:
+    """Errors at rate ``before`` until ``at``, then ``rise`` higher along ``ramp``
+    samples: 0/1, or with ``real`` values in [0, 1] around the rate; with ``later``, the
+    rate moves again, up or down, later on (as :func:`tests.detectors.oracle.error_stream`)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    rate = before + rise * np.clip((t - at + 1) / ramp, 0.0, 1.0)
+    if later:
+        rate[(at + n) // 2:] = rng.uniform(0.0, 1.0)
+    if real:
+        return np.clip(rate + rng.normal(0.0, 0.2, n), 0.0, 1.0)
+    return (rng.random(n) < np.clip(rate, 0.0, 1.0)).astype(np.float64)
+
+
+@st.composite
+def rising_streams(draw: st.DrawFn) -> np.ndarray:
+    """An error stream whose rate rises enough for river's HDDM_A and HDDM_W to fire in
+    most draws: 500 to 4,000 samples, a rise of 0.25 to 0.6 between a fifth and three
+    fifths of the way (tests/detectors/firing.py checks the share)."""
+    n = draw(st.integers(500, 4000))
+    return rising_error_stream(
+        draw(st.integers(0, 2**32 - 1)), n, int(n * draw(st.floats(0.2, 0.6))),
+        draw(st.floats(0.0, 0.3)), draw(st.floats(0.25, 0.6)), draw(st.integers(1, 300)),
+        draw(st.booleans()), draw(st.booleans()))
+
+
+streams = rising_streams()
 cut_lists = st.lists(st.integers(0, 4000), max_size=5)
 confidences = st.tuples(st.floats(1e-5, 0.05), st.floats(0.0, 0.1)).map(lambda c: (c[0], min(c[0] + c[1], 0.5)))
 
@@ -24,7 +51,9 @@ confidences = st.tuples(st.floats(1e-5, 0.05), st.floats(0.0, 0.1)).map(lambda c
 @given(x=streams, conf=confidences, two_sided=st.booleans(), cuts=cut_lists)
 def test_hddm_a_parity_with_river(x, conf, two_sided, cuts):
     params = dict(drift_confidence=conf[0], warning_confidence=conf[1], two_sided_test=two_sided)
-    assert ours(HDDMA(**params), x, cuts) == river_run(drift.binary.HDDMA(**params), x)
+    expected = river_run(drift.binary.HDDMA(**params), x)
+    event("river fires" if expected[0] else "river is silent")
+    assert ours(HDDMA(**params), x, cuts) == expected
 
 
 class _AlwaysExactHDDMW(HDDMW):
@@ -32,11 +61,16 @@ class _AlwaysExactHDDMW(HDDMW):
     _MARGIN = 1e3
 
 
+# Mostly EWMA weights up to 0.1 (river's default is 0.05): with heavier ones the bound
+# is so wide that river's HDDM_W rarely fires; one draw in five keeps them.
+lambdas = st.sampled_from([(0.005, 0.1)] * 4 + [(0.1, 0.6)]).flatmap(lambda r: st.floats(*r))
+
+
 @settings(deadline=None, max_examples=80)
 @given(
     x=streams,
     conf=confidences,
-    lambda_val=st.floats(0.005, 0.6),
+    lambda_val=lambdas,
     two_sided=st.booleans(),
     cuts=cut_lists,
     cls=st.sampled_from([HDDMW, _AlwaysExactHDDMW]),
@@ -46,7 +80,25 @@ def test_hddm_w_parity_with_river(x, conf, lambda_val, two_sided, cuts, cls):
     params = dict(
         drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided
     )
-    assert ours(cls(**params), x, cuts) == river_run(drift.binary.HDDMW(**params), x)
+    expected = river_run(drift.binary.HDDMW(**params), x)
+    event("river fires" if expected[0] else "river is silent")
+    assert ours(cls(**params), x, cuts) == expected
+
+
+hddm_a_params = st.builds(lambda conf, two_sided: dict(drift_confidence=conf[0], warning_confidence=conf[1],
+                                                       two_sided_test=two_sided),
+                          confidences, st.booleans())
+hddm_w_params = st.builds(lambda conf, lambda_val, two_sided: dict(
+    drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided),
+    confidences, lambdas, st.booleans())
+
+
+@pytest.mark.parametrize(("cls", "params"), [("HDDMA", hddm_a_params), ("HDDMW", hddm_w_params)])
+def test_the_parity_streams_mostly_hold_a_drift_river_detects(cls, params):
+    detector = getattr(drift.binary, cls)
+    share = firing_share(st.tuples(streams, params),
+                         lambda case: river_run(detector(**case[1]), case[0])[0], examples=60)
+    assert share >= 0.5, f"river's {cls} fires on only {share:.0%} of the parity examples"
 
 
 @pytest.mark.parametrize("two_sided", [False, True])

@@ -50,14 +50,23 @@ def settings_for(broker, topics, tmp_path, **extra):
 
 
 class Running:
-    """A Service in a thread; stop() joins it and returns its exit code."""
+    """A Service in a thread; stop() joins it and returns its exit code.
 
-    def __init__(self, settings):
-        self.service = Service(settings)
+    ``start=False`` builds the service without starting it, so that a spy can be
+    installed before its first batch; start() then starts it. Other keyword arguments go
+    to :class:`Service`."""
+
+    def __init__(self, settings, *, start=True, **service_kwargs):
+        self.service = Service(settings, **service_kwargs)
         self.stop_event = threading.Event()
         self.code = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        if start:
+            self.start()
+
+    def start(self):
         self.thread.start()
+        return self
 
     def _run(self):
         self.code = self.service.run(self.stop_event)
@@ -141,7 +150,7 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     settings = settings_for(broker, topics, tmp_path)
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
         update={"max_poll_records": 500, "fast_record_parser": fast_parser})})
-    running = Running(settings)
+    running = Running(settings, start=False)
     svc = running.service
     seen = {"columns": 0, "raw": 0}
     process = svc.engine.process
@@ -151,9 +160,11 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
             seen["columns" if p.columns is not None else "raw"] += len(p)
         return process(batch)
 
-    svc.engine.process = counting
+    svc.engine.process = counting  # before the first batch: every event is seen
+    running.start()
     wait_for(lambda: svc.stats.predictions >= len(events), 90, "predictions consumed")
     assert running.stop() == 0
+    assert seen["columns"] + seen["raw"] == len(events)
     assert seen["columns"] >= 2_000 and seen["raw"] >= 2_000  # the reference came raw
     assert polled["decoded" if decode == "always" else "records"] >= 18 and not polled[
         "records" if decode == "always" else "decoded"]
@@ -169,22 +180,61 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     assert [(a["feature"], a["first_index"]) for a in alarms if a["kind"] == "feature_drift"] == [("x0", 6000)]
 
 
+class PauseAfter:
+    """An ``on_batch`` hook that holds the service once it has consumed ``count``
+    predictions, until released: the test stops it there, mid-stream by construction
+    rather than by speed."""
+
+    def __init__(self, count):
+        self.count = count
+        self.paused = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, stats):
+        if stats.predictions >= self.count and not self.paused.is_set():
+            self.paused.set()
+            assert self.release.wait(120), "the test never released the service"
+
+    def stop(self, running):
+        """Stop ``running`` while it is held here: it finishes no further batch."""
+        assert self.paused.wait(90), f"the service never reached {self.count} predictions"
+        running.stop_event.set()
+        self.release.set()
+        return running.stop()
+
+
+def committed_total(broker, group, topic):
+    """The group's committed offsets on ``topic``'s two partitions, summed."""
+    from kafka import TopicPartition
+
+    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group,
+                          enable_auto_commit=False)
+    try:
+        return sum(probe.committed(TopicPartition(topic, p)) or 0 for p in (0, 1))
+    finally:
+        probe.close()
+
+
 @pytest.mark.parametrize("consumer_process", [True, False], ids=["consumer-process", "in-process"])
 def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tmp_path, consumer_process):
     events = prediction_events(20_000, model="fraud", seed=5, shift_at=15_000, shift=0.8)
     produce(broker, topics["predictions"], events)
     settings = settings_for(broker, topics, tmp_path)
     settings = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"consumer_process": consumer_process})})
-    first = Running(settings)
-    wait_for(lambda: first.service.stats.predictions >= 3_000, 90, "some events consumed")
-    assert first.stop() == 0  # stopped in the middle of the stream
+        update={"kafka": settings.kafka.model_copy(update={"consumer_process": consumer_process,
+                                                           "max_poll_records": 500})})
+    pause = PauseAfter(3_000)
+    first = Running(settings, on_batch=pause)
+    assert pause.stop(first) == 0  # held after its batch that reached 3,000: mid-stream
     consumed_first = first.service.stats.predictions
-    assert consumed_first < len(events)
+    assert 3_000 <= consumed_first < len(events)
+    assert committed_total(broker, settings.kafka.group_id, topics["predictions"]) == consumed_first
 
     second = Running(settings)  # resumes from the committed offsets and the checkpoint
-    wait_for(lambda: second.service.stats.predictions >= len(events) - consumed_first, 90, "the rest consumed")
-    time.sleep(1.0)
+    # Once the group's commit is at the end of both partitions, the second instance has
+    # read every record it would ever read: a record counted twice would have shown.
+    wait_for(lambda: committed_total(broker, settings.kafka.group_id, topics["predictions"]) >= len(events),
+             90, "the rest consumed and committed")
     assert second.stop() == 0
     assert first.service.stats.predictions + second.service.stats.predictions == len(events)
     alarms = read_alarms(tmp_path / "alarms.jsonl")
@@ -237,8 +287,6 @@ def test_a_stale_checkpoint_does_not_rewind_past_the_groups_commit(broker, topic
     """Instance A checkpoints at X and stops; instance B (its own state) goes on and
     commits Y > X; A restarts: it resumes from Y (its checkpoint is older than the
     stream), counts nothing twice and never moves the commit back."""
-    from kafka import KafkaConsumer, TopicPartition
-
     events = prediction_events(12_000, model="fraud", seed=9)
     produce(broker, topics["predictions"], events[:4_000])
 
@@ -255,14 +303,19 @@ def test_a_stale_checkpoint_does_not_rewind_past_the_groups_commit(broker, topic
     assert b.stop() == 0
 
     again = Running(settings("a"))
-    wait_for(lambda: again.service._ready.get("kafka"), 30, "A restarted")
-    time.sleep(4)  # long enough to fetch everything again, were it to rewind
+    # One more record at the end of each partition: once A has counted both, it has read
+    # past everything it could have rewound to (a partition is read in order), so a
+    # rewind would have been counted too.
+    sentinels = prediction_events(2, model="fraud", seed=10)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    for partition, event in enumerate(sentinels):
+        producer.send(topics["predictions"], key=b"fraud", value=orjson.dumps(event), partition=partition)
+    producer.flush()
+    producer.close()
+    wait_for(lambda: again.service.stats.predictions >= 2, 60, "A read the two new records")
+    group = settings("a").kafka.group_id
+    wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(events) + 2, 30,
+             "A committed them")
     assert again.stop() == 0
-    assert again.service.stats.predictions == 0
-    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=settings("a").kafka.group_id,
-                          enable_auto_commit=False)
-    try:
-        committed = sum(probe.committed(TopicPartition(topics["predictions"], p)) or 0 for p in (0, 1))
-    finally:
-        probe.close()
-    assert committed == len(events)
+    assert again.service.stats.predictions == 2
+    assert committed_total(broker, group, topics["predictions"]) == len(events) + 2

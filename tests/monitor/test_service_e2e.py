@@ -8,15 +8,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from monitor.embedded_broker import free_port
 from tests.monitor.streams import feedback_for, prediction_events
 from tests.monitor.test_kafka import Running, produce, read_alarms, settings_for, wait_for
-from tests.support.prometheus import PrometheusServer, prometheus_binary
+from tests.support.prometheus import PrometheusServer
 from tests.support.receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
@@ -25,7 +25,6 @@ SECRET = "e2e-webhook-secret-value"
 
 
 @pytest.mark.prometheus
-@pytest.mark.skipif(prometheus_binary() is None, reason="Debian's prometheus is not installed (make test installs it)")
 def test_prometheus_sees_what_the_monitor_computed_and_ci_gets_a_signed_trigger(
         broker, topics, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("E2E_SECRET", SECRET)
@@ -74,12 +73,16 @@ def test_prometheus_sees_what_the_monitor_computed_and_ci_gets_a_signed_trigger(
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_zero(broker, topics, tmp_path):
+    # Half the stream is produced before the start; the other half just before the
+    # signal, so that records are usually still in flight (fetched, not processed) when
+    # it comes. Whatever the machine's speed, the commit must equal what the process
+    # says it processed, no more (a prefetched record counted as done) and no less.
     events = prediction_events(40_000, model="fraud", seed=22)
+    produced = events[:20_000]
     feedback = feedback_for(events[:10_000], seed=23)
-    produce(broker, topics["predictions"], events)
+    produce(broker, topics["predictions"], produced)
     produce(broker, topics["feedback"], feedback)
     group = f"sigterm-{topics['predictions']}"
-    metrics_port = free_port()
     env = {**os.environ,
            "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
            "DRIFTLINE_KAFKA__GROUP_ID": group,
@@ -89,34 +92,51 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(broker, topics, tmp_p
            "DRIFTLINE_KAFKA__SESSION_TIMEOUT_MS": "6000",
            "DRIFTLINE_KAFKA__MAX_POLL_RECORDS": "500",
            "DRIFTLINE_PROMETHEUS__HOST": "127.0.0.1",
-           "DRIFTLINE_PROMETHEUS__PORT": str(metrics_port),
+           "DRIFTLINE_PROMETHEUS__PORT": "0",  # bound by the process, read from its log
            "DRIFTLINE_CHECKPOINT_INTERVAL_SECONDS": "3600"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "monitor.cli", "run", "--state-dir", str(tmp_path / "state"),
          "--alarms-jsonl", str(tmp_path / "alarms.jsonl")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err_lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(iter(proc.stderr.readline, b"")),
+                              daemon=True)
+    reader.start()
     try:
-        wait_for(lambda: 0 < consumed(metrics_port) < len(events), 60, "the monitor to be mid-stream")
+        def metrics_port() -> int | None:
+            m = re.search(rb"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)",
+                          b"".join(list(err_lines)))
+            return int(m.group(1)) if m else None
+
+        wait_for(lambda: metrics_port() is not None, 60, "the metrics endpoint")
+        port = metrics_port()
+        wait_for(lambda: consumed(port) > 0, 60, "the monitor to consume")
         probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group,
                               enable_auto_commit=False)
         try:
             # the checkpoint interval is an hour: nothing is committed before the signal
             assert all(probe.committed(TopicPartition(topics["predictions"], p)) is None for p in (0, 1))
+            produce(broker, topics["predictions"], events[len(produced):])
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err.decode()[-2000:]
+            assert proc.wait(timeout=60) == 0, b"".join(err_lines).decode()[-2000:]
             parts = [TopicPartition(topics["predictions"], p) for p in (0, 1)]
             committed = {p.partition: probe.committed(p) for p in parts}
         finally:
             probe.close()
+        reader.join(timeout=10)
+        err = b"".join(err_lines)
         assert any(c for c in committed.values()), f"nothing committed at shutdown: {committed}"
         total = sum(c or 0 for c in committed.values())
-        assert 0 < total < len(events)  # stopped mid-stream, committed what it had processed
+        stopped = re.search(rb"stopping after (\d+) predictions", err)
+        assert stopped, err.decode()[-2000:]
+        assert 0 < total == int(stopped.group(1)) <= len(events)  # committed what it processed
         assert b"finishing the current batch" in err
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
+        reader.join(timeout=10)
+        proc.stderr.close()
 
 
 def consumed(port: int) -> float:
