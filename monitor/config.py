@@ -185,6 +185,8 @@ class KafkaSettings(_Strict):
     """Topic of feedback (label) events, co-partitioned with predictions."""
     dead_letter_topic: str = "driftline-dead-letters"
     """Records that break the event contract go here, with the reason in headers."""
+    dead_letter_max_bytes: int = Field(1_000_000, ge=8192)
+    """Bytes one dead-letter record may take (key, value and headers): a longer value is cut to fit and marked truncated (its original size and SHA-256 in headers). The default is under Kafka's default message.max.bytes (1 MiB)."""
     alarms_topic: str | None = None
     """Publish alarms to this topic too (None: off)."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
@@ -204,6 +206,10 @@ class KafkaSettings(_Strict):
     kafka-python's own."""
     bootstrap_timeout_ms: int = Field(30_000, ge=100)
     """How long to wait for the brokers at start before failing (exit code 3)."""
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    """How long one request to the brokers (fetch, commit, end offsets) may take; an unanswered commit is retried later, never taken as done. Must exceed the fetch wait (500 ms)."""
+    stall_timeout_seconds: float = Field(60.0, gt=0)
+    """/readyz reports `consuming` false when no record arrived for this long while the assigned partitions have lag (a stuck consumer, not a quiet topic)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """Kafka security protocol."""
     sasl_mechanism: str | None = None
@@ -242,13 +248,17 @@ class WebhookTarget(_Strict):
     """Branch or tag the gitlab preset runs the pipeline on."""
     timeout_seconds: float = Field(10.0, gt=0)
     """Timeout of one delivery attempt."""
-    max_attempts: int = Field(8, ge=1)
-    """Attempts before a trigger is marked failed."""
+    max_retry_seconds: float = Field(3 * 24 * 3600.0, gt=0)
+    """How long a trigger is retried after it is recorded (or re-sent) before it is marked failed: 3 days, as Stripe does, so a receiver down over a weekend still gets it."""
+    max_attempts: int | None = Field(None, ge=1)
+    """Also mark a trigger failed after this many attempts (default: no limit, only max_retry_seconds)."""
 
     @model_validator(mode="after")
     def _scheme(self) -> "WebhookTarget":
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+            # The value is not repeated: a webhook URL can itself be a credential (Slack).
+            raise ValueError(f"url of target {self.name!r} must start with http:// or "
+                             "https:// (the value is not shown: a webhook URL can be a secret)")
         return self
 
 
@@ -276,8 +286,8 @@ class WebhookSettings(_Strict):
     policy: TriggerPolicySettings = TriggerPolicySettings()
     retry_base_seconds: float = Field(1.0, gt=0)
     """First retry delay (exponential backoff with full jitter)."""
-    retry_max_seconds: float = Field(300.0, gt=0)
-    """Longest retry delay."""
+    retry_max_seconds: float = Field(600.0, gt=0)
+    """Cap of the backoff: once reached, retries come at a uniform draw below it (5 min apart on average)."""
 
 
 class Settings(BaseSettings):
@@ -297,6 +307,8 @@ class Settings(BaseSettings):
     defaults: ModelSettings = ModelSettings()
     models: dict[str, dict[str, Any]] = {}
     """Per-model overrides of ``defaults`` (same keys, deep-merged)."""
+    max_models: int = Field(100, ge=1, le=100_000)
+    """Models tracked at most (each has its state and its metric series); events of further models are dead-lettered with reason ``model_limit``. Models named under ``models`` are always tracked."""
     state_dir: Path = Path("./driftline-state")
     """Checkpoints and the webhook outbox live here."""
     checkpoint_interval_seconds: float = Field(10.0, ge=0)
@@ -394,7 +406,9 @@ def format_validation_error(exc: ValidationError, source: Path | None = None) ->
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         given = err.get("input")
-        if isinstance(given, (dict, list)) or "password" in loc or "secret" in loc:
+        # Credentials are never echoed (a Slack webhook URL is one).
+        hidden = any(word in loc for word in ("password", "secret", "token", "url"))
+        if isinstance(given, (dict, list)) or hidden:
             given_s = ""
         else:
             given_s = f" (got {given!r})"

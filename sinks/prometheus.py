@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 OVERFLOW_FEATURE = "__overflow__"
 """The ``feature`` label value that features beyond the per-model cap are folded into."""
 
-READINESS_COMPONENTS: tuple[str, ...] = ("kafka", "reference", "consuming")
+READINESS_COMPONENTS: tuple[str, ...] = ("kafka", "partitions", "consuming", "reference")
 
 _BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_SIZE_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10_000, 50_000, 100_000)
@@ -115,12 +115,24 @@ class PrometheusTelemetry:
         self.ready = Gauge(
             "driftline_ready", "1 when the component is ready.",
             ["component"], registry=registry)
+        self.broker_errors = Counter(
+            "driftline_broker_errors_total",
+            "Requests to the Kafka brokers that failed or went unanswered (polls, probes, "
+            "commits); rising during an outage, flat once the brokers are back.",
+            registry=registry)
+        self.assigned_partitions = Gauge(
+            "driftline_assigned_partitions", "Partitions assigned to this instance by the group.",
+            registry=registry)
         self.webhook_deliveries = Counter(
             "driftline_webhook_deliveries_total",
             "Webhook delivery attempts by outcome (delivered, retried, failed, rejected, dry_run).",
             ["target", "action", "outcome"], registry=registry)
         self.outbox_pending = Gauge(
             "driftline_webhook_outbox_pending", "Webhook deliveries waiting in the outbox.",
+            registry=registry)
+        self.outbox_failed = Gauge(
+            "driftline_webhook_outbox_failed",
+            "Webhook deliveries that failed for good (`driftline webhooks resend` re-sends them).",
             registry=registry)
         self.triggers = Counter(
             "driftline_triggers_total", "Retrain / rollback triggers recorded in the outbox.",
@@ -162,6 +174,12 @@ class PrometheusTelemetry:
             self._readiness[component] = bool(ready)
         self.ready.labels(component).set(1 if ready else 0)
 
+    def record_broker_errors(self, count: int) -> None:
+        self.broker_errors.inc(count)
+
+    def set_assigned_partitions(self, count: int) -> None:
+        self.assigned_partitions.set(count)
+
     # ---- sinks ------------------------------------------------------------------------
 
     def record_webhook(self, target: str, action: str, outcome: str) -> None:
@@ -175,6 +193,9 @@ class PrometheusTelemetry:
 
     def set_outbox_pending(self, count: int) -> None:
         self.outbox_pending.set(count)
+
+    def set_outbox_failed(self, count: int) -> None:
+        self.outbox_failed.set(count)
 
     def record_trigger(self, model: str, action: str) -> None:
         self.triggers.labels(model, action).inc()
@@ -311,6 +332,13 @@ class EngineCollector(Collector):
         last_event = GaugeMetricFamily(
             "driftline_last_event_timestamp_seconds", "Event time of the last prediction.",
             labels=mv)
+        mixed = GaugeMetricFamily(
+            "driftline_mixed_features", "Features whose reference values mix numbers and "
+            "strings (not monitored until configured).", labels=["model"])
+        class_recall = GaugeMetricFamily(
+            "driftline_class_recall", "Recall of each of the most frequent classes over the "
+            "last labelled window (multi-class models).", labels=[*mv, "class"])
+        mixed_seen: set[str] = set()
 
         for snap in snapshots:
             keep = kept[snap.model]
@@ -353,6 +381,11 @@ class EngineCollector(Collector):
             reference_ready.add_metric(ids, 1.0 if snap.reference_ready else 0.0)
             if snap.last_event_ts is not None:
                 last_event.add_metric(ids, snap.last_event_ts)
+            for cls, value in snap.class_recall.items():
+                class_recall.add_metric([*ids, cls], value)
+            if snap.model not in mixed_seen:
+                mixed_seen.add(snap.model)
+                mixed.add_metric([snap.model], len(snap.mixed_features))
 
         yield from (statistic, p_value, threshold, quality, performance, events, labelled,
-                    latency, reference_ready, last_event)
+                    latency, reference_ready, last_event, mixed, class_recall)

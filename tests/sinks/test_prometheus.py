@@ -31,8 +31,11 @@ CONTRACT = {
     "driftline_consumer_lag": "gauge",
     "driftline_last_success_timestamp_seconds": "gauge",
     "driftline_ready": "gauge",
+    "driftline_broker_errors_total": "counter",
+    "driftline_assigned_partitions": "gauge",
     "driftline_webhook_deliveries_total": "counter",
     "driftline_webhook_outbox_pending": "gauge",
+    "driftline_webhook_outbox_failed": "gauge",
     "driftline_triggers_total": "counter",
     "driftline_feature_overflow_total": "counter",
     "driftline_drift_statistic": "gauge",
@@ -45,6 +48,8 @@ CONTRACT = {
     "driftline_model_latency_seconds": "gauge",
     "driftline_reference_ready": "gauge",
     "driftline_last_event_timestamp_seconds": "gauge",
+    "driftline_mixed_features": "gauge",
+    "driftline_class_recall": "gauge",
 }
 
 FRAUD = VersionSnapshot(
@@ -133,7 +138,8 @@ def test_telemetry_records_what_it_is_told(registry, metric) -> None:
 
 
 def test_readiness_starts_false_and_follows_set_ready(telemetry, metric) -> None:
-    assert telemetry.readiness() == {"kafka": False, "reference": False, "consuming": False}
+    assert telemetry.readiness() == {"kafka": False, "partitions": False, "consuming": False,
+                                     "reference": False}
     assert metric("driftline_ready", component="kafka") == 0
     telemetry.set_ready("kafka", True)
     assert telemetry.readiness()["kafka"] is True
@@ -288,9 +294,10 @@ def test_metrics_healthz_and_readyz(registry, telemetry, serve) -> None:
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503
         assert not_ready.json() == {
-            "ready": False, "not_ready": ["consuming", "kafka", "reference"],
-            "components": {"kafka": False, "reference": False, "consuming": False}}
+            "ready": False, "not_ready": ["consuming", "kafka", "partitions", "reference"],
+            "components": {"kafka": False, "partitions": False, "consuming": False, "reference": False}}
         telemetry.set_ready("kafka", True)
+        telemetry.set_ready("partitions", True)
         telemetry.set_ready("reference", True)
         assert client.get("/readyz").json()["not_ready"] == ["consuming"]
         telemetry.set_ready("consuming", True)
