@@ -43,7 +43,7 @@ system-deps:
 # Every test, none skipped (tests/skip_policy.py fails a skip not listed there), with
 # hypothesis's reproducible "ci" profile (tests/conftest.py).
 test: system-deps $(STAMP)
-	HYPOTHESIS_PROFILE=ci $(PY) -m pytest
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -n 2 --dist loadgroup
 
 demo: $(STAMP)
 	$(VENV)/bin/driftline demo

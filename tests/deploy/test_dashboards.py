@@ -31,23 +31,15 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import yaml
+from tests.sinks.test_prometheus import CONTRACT as METRIC_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 RULES = ROOT / "sinks" / "rules" / "driftline-alerts.yml"
 DATASOURCE_UID = "driftline-prometheus"
 
-CONTRACT = {
-    "driftline_events_consumed_total", "driftline_invalid_events_total",
-    "driftline_label_join_total", "driftline_alarms_total", "driftline_batch_duration_seconds",
-    "driftline_consumer_lag", "driftline_last_success_timestamp_seconds", "driftline_ready",
-    "driftline_webhook_deliveries_total", "driftline_webhook_outbox_pending",
-    "driftline_triggers_total", "driftline_feature_overflow_total", "driftline_drift_statistic",
-    "driftline_drift_p_value", "driftline_drift_threshold", "driftline_data_quality_ratio",
-    "driftline_performance", "driftline_model_events_total",
-    "driftline_model_labelled_events_total", "driftline_model_latency_seconds",
-    "driftline_reference_ready", "driftline_last_event_timestamp_seconds",
-}
+# the metrics of the README's contract, as tests/sinks/test_prometheus.py holds them
+CONTRACT = set(METRIC_TYPES)
 HISTOGRAMS = {"driftline_batch_duration_seconds"}
 BUILTIN_INTERVALS = ("$__rate_interval", "$__interval", "$__range")
 
