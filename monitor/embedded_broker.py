@@ -7,6 +7,7 @@ dependency) on 127.0.0.1 with in-memory storage. Production uses Apache Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 from monitor.exceptions import SourceError
 
@@ -128,6 +130,15 @@ class EmbeddedBroker:
     def thaw(self) -> None:
         """Resume a frozen broker (SIGCONT)."""
         self._signal(signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """:meth:`freeze` for the block, :meth:`thaw` after it whatever happens."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None or self._proc.poll() is not None:

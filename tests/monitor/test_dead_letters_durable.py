@@ -234,16 +234,6 @@ def private_broker(tmp_path, name, topics):
         yield b
 
 
-@contextmanager
-def frozen(b):
-    """SIGSTOP the broker process for the block; SIGCONT whatever happens."""
-    os.kill(b._proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(b._proc.pid, signal.SIGCONT)
-
-
 def check_dead_letters(records, positions):
     """Every hostile record is among ``records`` with its reason, original key, size and
     hash, its value intact or cut to fit (and then marked truncated)."""
@@ -331,7 +321,7 @@ def test_a_dead_letter_topic_that_cannot_be_written_holds_the_commit_until_it_ca
     with private_broker(tmp_path, "dlq", [topics["dead_letter"]]) as dlq:
         dlq_kafka = settings.kafka.model_copy(update={"bootstrap_servers": dlq.bootstrap_servers})
         acked: set = set()
-        with frozen(dlq):
+        with dlq.frozen():
             source = CheckedSource(settings.kafka, positions, acked)
             letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=2.0)
             running = Running(Service(settings, source=source, dead_letters=letters))
@@ -374,7 +364,7 @@ def test_a_dead_letter_topic_back_while_running_gets_every_dead_letter(broker, t
         acked: set = set()
         source = CheckedSource(settings.kafka, positions, acked)
         letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=2.0)
-        with frozen(dlq):
+        with dlq.frozen():
             running = Running(Service(settings, source=source, dead_letters=letters))
             svc = running.service
             try:
@@ -510,7 +500,7 @@ def test_a_kafka_alarm_sink_that_cannot_publish_holds_the_commit_and_nothing_is_
     with private_broker(tmp_path, "alarms", [topics["alarms"]]) as private:
         alarm_kafka = settings.kafka.model_copy(update={"bootstrap_servers": private.bootstrap_servers,
                                                         "alarms_topic": topics["alarms"]})
-        with frozen(private):
+        with private.frozen():
             sink = CountingKafkaAlarms(alarm_kafka, flush_timeout_seconds=2.0)
             running = Running(Service(settings, sinks=[sink]))
             svc = running.service
