@@ -15,11 +15,8 @@ the original bytes.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +25,7 @@ import orjson
 from monitor.config import KafkaSettings
 from monitor.decode import DeadLetter
 from sinks.exceptions import SinkError
+from sinks.jsonl import LineFile
 from sinks.kafka import Headers, KafkaPublisher, Outgoing
 
 __all__ = ["KafkaDeadLetters", "FileDeadLetters", "DEFAULT_MAX_BYTES", "digest"]
@@ -68,7 +66,7 @@ class FileDeadLetters:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._pending: list[DeadLetter] = []
-        self._fh: io.FileIO | None = None
+        self._lines = LineFile(self.path, "dead letters")
 
     @property
     def pending(self) -> int:
@@ -90,52 +88,20 @@ class FileDeadLetters:
             return
         data = b"".join(orjson.dumps({**d.to_dict(), "size": len(d.value or b""), "sha256": digest(d.value)})
                         + b"\n" for d in self._pending)
-        start: int | None = None
         try:
-            if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                # unbuffered: nothing waits in a Python buffer to be written by close()
-                self._fh = open(self.path, "ab", buffering=0)
-            start = self._fh.seek(0, os.SEEK_END)
-            view = memoryview(data)
-            while view:
-                written = self._fh.write(view)
-                if not written:
-                    raise OSError(errno.EIO, "the file accepted no bytes")
-                view = view[written:]
-            os.fsync(self._fh.fileno())
+            self._lines.append(data)
         except OSError as exc:
-            self._rewind(start)
             raise SinkError(f"cannot write {len(self._pending)} dead letter(s) to {self.path} "
                             f"({exc.strerror or exc}); they are kept for the next flush: "
                             "check the disk and permissions") from None
         self._pending.clear()
-
-    def _rewind(self, start: int | None) -> None:
-        """Cut a partly written flush off; the next flush reopens the file."""
-        if self._fh is None:
-            return
-        try:
-            if start is not None:
-                self._fh.truncate(start)
-        except OSError as exc:
-            log.warning("could not cut a partial write off %s (%s): the next flush may follow "
-                        "a torn line", self.path, exc)
-        finally:
-            try:
-                self._fh.close()
-            except OSError as exc:
-                log.debug("closing %s after a failed write: %s", self.path, exc)
-            self._fh = None
 
     def close(self) -> None:
         """Flush (raising :class:`~sinks.SinkError` when it cannot) and close the file."""
         try:
             self.flush()
         finally:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._lines.close()
 
 
 class KafkaDeadLetters(KafkaPublisher):

@@ -23,9 +23,84 @@ from typing import Sequence
 from monitor.alarms import Alarm
 from sinks.exceptions import SinkError
 
-__all__ = ["JsonlSink"]
+__all__ = ["JsonlSink", "LineFile"]
 
 log = logging.getLogger(__name__)
+
+
+class LineFile:
+    """A file of lines appended durably: :meth:`append` writes whole lines and fsyncs.
+
+    A write that fails part-way is cut back to where it started (so a retry leaves
+    neither a torn line nor a duplicate), and a line torn by a crash (a process killed
+    in the middle of a write) is cut off when the file is first opened, so that the
+    next line is not glued to it. The JSONL alarm sink and the dead-letter file of a
+    replay both write through one.
+
+    Parameters
+    ----------
+    path
+        The file (and its parent directories) is created at the first append.
+    what
+        What the lines are, for the log line about a torn line.
+    """
+
+    def __init__(self, path: str | Path, what: str = "lines") -> None:
+        self.path = Path(path)
+        self.what = what
+        self._file: io.FileIO | None = None
+
+    def append(self, data: bytes) -> None:
+        """Append ``data`` (whole lines) and fsync; raises OSError, the file as before."""
+        start: int | None = None
+        try:
+            handle = self._open()
+            start = handle.seek(0, os.SEEK_END)
+            view = memoryview(data)
+            while view:
+                written = handle.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the file accepted no bytes")
+                view = view[written:]
+            os.fsync(handle.fileno())
+        except OSError:
+            self._rewind(start)
+            raise
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self) -> io.FileIO:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Unbuffered: nothing is left in a Python buffer to be written later by close().
+            handle = open(self.path, "ab", buffering=0)
+            try:
+                _cut_torn_line(handle, self.path, self.what)
+            except OSError:
+                handle.close()
+                raise
+            self._file = handle
+        return self._file
+
+    def _rewind(self, start: int | None) -> None:
+        """Cut a partly written append off and reopen at the next one."""
+        if self._file is None:
+            return
+        try:
+            if start is not None:
+                self._file.truncate(start)
+        except OSError as exc:
+            log.warning("could not cut a partial write off %s (%s): the next write may "
+                        "follow a torn line", self.path, exc)
+        finally:
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.debug("closing %s after a failed write: %s", self.path, exc)
+            self._file = None
 
 
 class JsonlSink:
@@ -42,7 +117,7 @@ class JsonlSink:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._buffer: list[Alarm] = []
-        self._file: io.FileIO | None = None
+        self._lines = LineFile(self.path, "alarms")
 
     @property
     def pending(self) -> int:
@@ -51,19 +126,6 @@ class JsonlSink:
 
     def write(self, alarms: Sequence[Alarm]) -> None:
         self._buffer.extend(alarms)
-
-    def _open(self) -> io.FileIO:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Unbuffered: nothing is left in a Python buffer to be written later by close().
-            handle = open(self.path, "ab", buffering=0)
-            try:
-                _cut_torn_line(handle, self.path)
-            except OSError:
-                handle.close()
-                raise
-            self._file = handle
-        return self._file
 
     def flush(self) -> None:
         """Append the buffered alarms and fsync.
@@ -79,41 +141,14 @@ class JsonlSink:
             json.dumps(a.to_dict(), separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
             for a in self._buffer
         )
-        start: int | None = None
         try:
-            handle = self._open()
-            start = handle.seek(0, os.SEEK_END)
-            view = memoryview(data)
-            while view:
-                written = handle.write(view)
-                if not written:
-                    raise OSError(errno.EIO, "the file accepted no bytes")
-                view = view[written:]
-            os.fsync(handle.fileno())
+            self._lines.append(data)
         except OSError as exc:
-            self._rewind(start)
             raise SinkError(
                 f"cannot append {len(self._buffer)} alarm(s) to {str(self.path)!r} ({exc}); "
                 "they are kept and retried at the next flush: check the disk and permissions"
             ) from None
         self._buffer.clear()
-
-    def _rewind(self, start: int | None) -> None:
-        """Cut a partly written flush off and reopen at the next attempt."""
-        if self._file is None:
-            return
-        try:
-            if start is not None:
-                self._file.truncate(start)
-        except OSError as exc:
-            log.warning("could not cut a partial write off %s (%s): the next flush may "
-                        "follow a torn line", self.path, exc)
-        finally:
-            try:
-                self._file.close()
-            except OSError as exc:
-                log.debug("closing %s after a failed write: %s", self.path, exc)
-            self._file = None
 
     def close(self) -> None:
         """Flush (logging a failure: unflushed alarms are replayed from Kafka) and close."""
@@ -122,15 +157,13 @@ class JsonlSink:
         except SinkError as exc:
             log.warning("JSONL sink closing with %d unwritten alarm(s): %s", len(self._buffer), exc)
         finally:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._lines.close()
 
 
-def _cut_torn_line(handle: io.FileIO, path: Path, chunk: int = 1 << 16) -> None:
+def _cut_torn_line(handle: io.FileIO, path: Path, what: str, chunk: int = 1 << 16) -> None:
     """Cut the file back to its last complete line: a process killed in the middle of a
-    write leaves part of a line, which the next alarm would be glued to. That write was
-    never flushed, so the offsets behind it were not committed and its alarms come
+    write leaves part of a line, which the next one would be glued to. That write was
+    never flushed, so the offsets behind it were not committed and its lines come
     again after the restart."""
     end = handle.seek(0, os.SEEK_END)
     if end == 0:
@@ -151,5 +184,5 @@ def _cut_torn_line(handle: io.FileIO, path: Path, chunk: int = 1 << 16) -> None:
         else:
             keep = 0
     log.warning("%s ended with %d bytes of an unfinished line (a write cut short by a crash); "
-                "removed: those alarms are emitted again", path, end - keep)
+                "removed: those %s are written again", path, end - keep, what)
     handle.truncate(keep)
