@@ -156,6 +156,13 @@ def _service(tmp_path, source, **kafka):
     return svc, stop, thread
 
 
+def _not_consuming_across_a_health_check(svc) -> bool:
+    if "consuming" not in _readyz(svc)[1]["not_ready"]:
+        return False
+    time.sleep(2.1)  # the health check's interval: the next check has run
+    return "consuming" in _readyz(svc)[1]["not_ready"]
+
+
 def _readyz(svc) -> tuple[int, dict]:
     r = httpx.get(f"http://127.0.0.1:{svc.metrics_port}/readyz", timeout=5)
     return r.status_code, r.json()
@@ -165,7 +172,9 @@ def test_a_stalled_consumer_is_not_ready(tmp_path):
     source = _StuckSource(SourceStatus(lag={("predictions", 0): 100}, assigned=1))
     svc, stop, thread = _service(tmp_path, source)
     try:
-        wait_for(lambda: svc.metrics_port and "consuming" in _readyz(svc)[1]["not_ready"], 30,
+        # consuming starts not ready (nothing polled yet): wait until a health check, which
+        # runs every 2 s, has found the stall and it stays so across the next one
+        wait_for(lambda: svc.metrics_port and _not_consuming_across_a_health_check(svc), 30,
                  "consuming not ready")
         code, body = _readyz(svc)
         # (reference: no model has been seen, so no reference is built either)
