@@ -38,6 +38,7 @@ from sinks.exceptions import SinkError
 from sinks.jsonl import JsonlSink
 from sinks.kafka import KafkaAlarmSink
 from tests.monitor.streams import prediction_events, to_jsonl
+from tests.support.runs import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(400),
               # kafka-python 3.0 leaves the socket of a refused or timed-out connection to
@@ -118,26 +119,6 @@ def settings_for(broker, topics, tmp_path, **extra):
         prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
         checkpoint_interval_seconds=0)
     return load_settings(**{**base, **extra})
-
-
-def read_topic(bootstrap, topic, count, timeout=60.0):
-    """Every record of ``topic`` (all partitions) until ``count`` arrived or the deadline."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = None
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        got = []
-        while len(got) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                got.extend(records)
-        return got
-    finally:
-        consumer.close()
 
 
 def committed(bootstrap, group, topic, partitions=(0, 1)):

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from monitor.config import KafkaSettings
 from monitor.deadletter import FileDeadLetters, KafkaDeadLetters
@@ -22,6 +22,7 @@ from monitor.decode import DeadLetter
 from monitor.embedded_broker import EmbeddedBroker
 from sinks.exceptions import SinkError
 from sinks.kafka import KafkaAlarmSink
+from tests.support.runs import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300),
               # kafka-python 3.0 leaves the socket of a timed-out connection to the garbage
@@ -31,25 +32,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300),
 
 def letter(offset: int, value: bytes | None, *, key: bytes | None = b"fraud", reason: str = "invalid_json") -> DeadLetter:
     return DeadLetter("predictions", 0, offset, key, value, reason, f"detail of {offset}")
-
-
-def read_back(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = None
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        got: list = []
-        while len(got) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                got.extend(records)
-        return got
-    finally:
-        consumer.close()
 
 
 def by_offset(records) -> dict[int, object]:
@@ -90,7 +72,7 @@ def test_values_too_large_are_cut_to_fit_with_their_size_and_hash(broker, topics
         assert writer.pending == 0
     finally:
         writer.close()
-    got = by_offset(read_back(broker.bootstrap_servers, topics["dead_letter"], len(letters)))
+    got = by_offset(read_topic(broker.bootstrap_servers, topics["dead_letter"], len(letters)))
     assert sorted(got) == [0, 1, 2, 3]
     for r in got.values():
         assert len(r.key or b"") + len(r.value) + sum(len(k) + len(v) for k, v in r.headers) <= 20_000
@@ -121,7 +103,7 @@ def test_a_record_refused_for_its_size_is_halved_until_it_fits_and_holds_back_no
         assert writer.pending == 0
     finally:
         writer.close()
-    got = by_offset(read_back(broker.bootstrap_servers, topics["dead_letter"], 3))
+    got = by_offset(read_topic(broker.bootstrap_servers, topics["dead_letter"], 3))
     assert got[0].value == b"small-11-by" and got[2].value == b"another"
     h = dict(got[1].headers)
     assert h["driftline-truncated"] == b"true" and h["driftline-original-size"] == b"1500000"
@@ -148,7 +130,7 @@ def test_a_frozen_broker_keeps_dead_letters_in_flight_until_it_is_back(tmp_path)
             flush_until_done(writer)  # thawed: a later flush gets the acknowledgements
         finally:
             writer.close()
-        got = by_offset(read_back(b.bootstrap_servers, "dlq", 4))
+        got = by_offset(read_topic(b.bootstrap_servers, "dlq", 4))
         assert sorted(got) == [0, 1, 2, 3]
         assert dict(got[1].headers)["driftline-truncated"] == b"true" and got[2].value == b"\xff"
 
@@ -171,7 +153,7 @@ def test_a_frozen_broker_keeps_alarms_in_flight_until_it_is_back(tmp_path, make_
             flush_until_done(sink)  # thawed: a later flush publishes them
         finally:
             sink.close()
-        got = read_back(b.bootstrap_servers, "alarms", 3)
+        got = read_topic(b.bootstrap_servers, "alarms", 3)
         assert {orjson.loads(r.value)["first_index"] for r in got} == {0, 100, 200}
 
 

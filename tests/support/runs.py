@@ -271,3 +271,25 @@ def replay(tmp: Path, predictions: list[dict], feedback: list[dict], config: Pat
         root.handlers[:] = handlers
         root.setLevel(level)
     return read_alarms(out)
+
+
+def read_topic(bootstrap, topic, count, timeout=60.0):
+    """Every record of ``topic`` (all partitions) until ``count`` arrived or the deadline."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = None
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        got = []
+        while len(got) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                got.extend(records)
+        return got
+    finally:
+        consumer.close()
