@@ -778,21 +778,22 @@ class ModelMonitor:
         the model's first events (indexed and joined, not monitored: they are the
         reference, which takes as many of the next events as were dead-lettered)."""
         buffered, self._buffer = self._buffer, []
-        prediction = [b.prediction for b in buffered]
-        num, codes, bad = self._infer_schema([b.features for b in buffered], prediction)
+        num, codes, bad = self._infer_schema([b.features for b in buffered], [b.prediction for b in buffered])
+        kept = []
         for b, is_bad in zip(buffered, bad.tolist()):
             if is_bad:
                 result.dead_letters.append(dead_letter(b.source, "wrong_type", _WRONG_TYPE))
+            else:
+                kept.append(b)
         if self.dropped_features:
             result.feature_overflow[self.name] += self.dropped_features
-        kept = [b for b, is_bad in zip(buffered, bad.tolist()) if not is_bad]
+        prediction = [b.prediction for b in kept]
+        self._extend_reference(num[~bad], codes[~bad], prediction)
         if kept:
             _, _, early = self._accept([b.id for b in kept], [b.version for b in kept], [b.ts for b in kept],
-                                       [b.prediction for b in kept], [b.scores for b in kept], result)
-        good = ~bad
-        self._extend_reference(num[good], codes[good], [p for p, g in zip(prediction, good.tolist()) if g])
-        if kept and len(early):
-            self.add_labelled(early, result)
+                                       prediction, [b.scores for b in kept], result)
+            if len(early):
+                self.add_labelled(early, result)
 
     def _accept(self, ids: list[str], versions: list[str], ts: list[float], prediction: list[Any],
                 scores: list[Any], result: EngineResult) -> tuple[np.ndarray, str | None, Labelled]:
