@@ -16,6 +16,7 @@ RUN python -m venv /opt/driftline
 WORKDIR /src
 # Dependencies first, so that a code change does not reinstall them.
 COPY pyproject.toml README.md LICENSE ./
+COPY driftline ./driftline
 COPY monitor ./monitor
 COPY detectors ./detectors
 COPY sinks ./sinks

@@ -34,14 +34,14 @@ BATCHES = (10_000, 1_000)
 
 # (label, our module, our class, river class, stream kind)
 ROWS = [
-    ("PageHinkley", "detectors.page_hinkley", "PageHinkley", drift.PageHinkley, "real"),
-    ("DDM", "detectors.ddm", "DDM", drift.binary.DDM, "binary"),
-    ("EDDM", "detectors.ddm", "EDDM", drift.binary.EDDM, "binary"),
-    ("HDDM_A", "detectors.hddm", "HDDMA", drift.binary.HDDMA, "binary"),
-    ("HDDM_W", "detectors.hddm", "HDDMW", drift.binary.HDDMW, "binary"),
-    ("FHDDM", "detectors.fhddm", "FHDDM", drift.binary.FHDDM, "binary"),
-    ("ADWIN", "detectors.adwin", "ADWIN", drift.ADWIN, "real"),
-    ("KSWIN", "detectors.kswin", "KSWIN", drift.KSWIN, "real"),
+    ("PageHinkley", "driftline.detectors.page_hinkley", "PageHinkley", drift.PageHinkley, "real"),
+    ("DDM", "driftline.detectors.ddm", "DDM", drift.binary.DDM, "binary"),
+    ("EDDM", "driftline.detectors.ddm", "EDDM", drift.binary.EDDM, "binary"),
+    ("HDDM_A", "driftline.detectors.hddm", "HDDMA", drift.binary.HDDMA, "binary"),
+    ("HDDM_W", "driftline.detectors.hddm", "HDDMW", drift.binary.HDDMW, "binary"),
+    ("FHDDM", "driftline.detectors.fhddm", "FHDDM", drift.binary.FHDDM, "binary"),
+    ("ADWIN", "driftline.detectors.adwin", "ADWIN", drift.ADWIN, "real"),
+    ("KSWIN", "driftline.detectors.kswin", "KSWIN", drift.KSWIN, "real"),
 ]
 TARGETS = {"PageHinkley": 20, "DDM": 20, "EDDM": 20, "HDDM_A": 50, "HDDM_W": 50}
 

@@ -36,9 +36,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.config import Settings  # noqa: E402
-from monitor.decode import Record, decode_batch  # noqa: E402
-from monitor.engine import Engine  # noqa: E402
+from driftline.monitor.config import Settings  # noqa: E402
+from driftline.monitor.decode import Record, decode_batch  # noqa: E402
+from driftline.monitor.engine import Engine  # noqa: E402
 
 N_NUM, N_CAT = 10, 3
 CATS = np.array(["a", "b", "c", "d", "e"])

@@ -174,8 +174,8 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     """Records/s of the Service over ``n`` predictions and their ``n`` labels (from the
     first record its consumer process received), and the CPU each process used per
     record (us) from the end of its first batch."""
-    from monitor.app import Service
-    from monitor.config import load_settings
+    from driftline.app import Service
+    from driftline.monitor.config import load_settings
 
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "group_id": group, "predictions_topic": topic,
@@ -227,7 +227,7 @@ def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, p
 
 def replay(path: Path, feedback: Path, state: Path) -> float:
     """Records/s (predictions and labels) through ``driftline replay``."""
-    from monitor.cli import main
+    from driftline.cli import main
 
     t = time.perf_counter()
     code = main(["replay", "--predictions", str(path), "--feedback", str(feedback),
@@ -242,9 +242,9 @@ import sys, resource
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {bench!r})
 from bench_service import events
-from monitor.config import Settings
-from monitor.decode import Record, decode_batch
-from monitor.engine import Engine
+from driftline.monitor.config import Settings
+from driftline.monitor.decode import Record, decode_batch
+from driftline.monitor.engine import Engine
 def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -294,7 +294,7 @@ def main() -> None:
         print(json.dumps({"rate": rate, "cpu": cpu}))
         return
 
-    from monitor.embedded_broker import EmbeddedBroker
+    from driftline.demo.embedded_broker import EmbeddedBroker
 
     values = events(args.events)
     feedback = labels(args.events)

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from detectors.statistics import (
+from driftline.detectors.statistics import (
     CategoricalReference,
     NumericReference,
     categorical_drift,

@@ -14,17 +14,17 @@ Examples
 [521]
 """
 
-from detectors._base import ChangeDetector, Detection
-from detectors.adwin import ADWIN
-from detectors.ddm import DDM, EDDM
-from detectors.fhddm import FHDDM
-from detectors.hddm import HDDMA, HDDMW
-from detectors.kswin import KSWIN
-from detectors.metrics import classification_metrics, multiclass_metrics, regression_metrics
-from detectors.multiple_testing import benjamini_hochberg, bonferroni, reject
-from detectors.page_hinkley import PageHinkley
-from detectors.sequential import SequentialResult, TwoSampleMSPRT
-from detectors.statistics import (
+from driftline.detectors._base import ChangeDetector, Detection
+from driftline.detectors.adwin import ADWIN
+from driftline.detectors.ddm import DDM, EDDM
+from driftline.detectors.fhddm import FHDDM
+from driftline.detectors.hddm import HDDMA, HDDMW
+from driftline.detectors.kswin import KSWIN
+from driftline.detectors.metrics import classification_metrics, multiclass_metrics, regression_metrics
+from driftline.detectors.multiple_testing import benjamini_hochberg, bonferroni, reject
+from driftline.detectors.page_hinkley import PageHinkley
+from driftline.detectors.sequential import SequentialResult, TwoSampleMSPRT
+from driftline.detectors.statistics import (
     CategoricalDrift,
     CategoricalReference,
     NumericDrift,
@@ -32,7 +32,7 @@ from detectors.statistics import (
     categorical_drift,
     numeric_drift,
 )
-from detectors.windows import CompletedWindow, SlidingWindow, TumblingWindow
+from driftline.detectors.windows import CompletedWindow, SlidingWindow, TumblingWindow
 
 __all__ = [
     "ADWIN",

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors._base import EMPTY_INDEX, ChangeDetector
-from detectors._kernels import scan_with_restarts
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._kernels import scan_with_restarts
 
 __all__ = ["ADWIN"]
 

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors._base import EMPTY_INDEX, ChangeDetector
-from detectors._kernels import (
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._kernels import (
     first_index,
     last_index,
     previous,
@@ -64,7 +64,7 @@ class DDM(ChangeDetector):
     Examples
     --------
     >>> import numpy as np
-    >>> from detectors.ddm import DDM
+    >>> from driftline.detectors.ddm import DDM
     >>> rng = np.random.default_rng(42)
     >>> stream = np.concatenate([rng.random(1000) < 0.2, rng.random(1000) < 0.6])
     >>> result = DDM().update(stream)
@@ -162,7 +162,7 @@ class EDDM(ChangeDetector):
     Examples
     --------
     >>> import numpy as np
-    >>> from detectors.ddm import EDDM
+    >>> from driftline.detectors.ddm import EDDM
     >>> rng = np.random.default_rng(42)
     >>> stream = np.concatenate([rng.random(1000) < 0.2, rng.random(1000) < 0.6])
     >>> EDDM(alpha=0.8, beta=0.75).update(stream).drifts

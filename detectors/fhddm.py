@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors._base import EMPTY_INDEX, ChangeDetector
-from detectors._kernels import first_index, running_max, scan_with_restarts
-from detectors.ddm import _check_int
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._kernels import first_index, running_max, scan_with_restarts
+from driftline.detectors.ddm import _check_int
 
 __all__ = ["FHDDM"]
 
@@ -45,7 +45,7 @@ class FHDDM(ChangeDetector):
     Examples
     --------
     >>> import numpy as np
-    >>> from detectors.fhddm import FHDDM
+    >>> from driftline.detectors.fhddm import FHDDM
     >>> rng = np.random.default_rng(42)
     >>> stream = np.concatenate([rng.random(1000) < 0.6, rng.random(1000) < 0.2])
     >>> FHDDM().update(stream).drifts.tolist()[:1]

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors._base import ChangeDetector
-from detectors._kernels import (
+from driftline.detectors._base import ChangeDetector
+from driftline.detectors._kernels import (
     ewma,
     first_index,
     last_index,
@@ -85,7 +85,7 @@ class HDDMA(ChangeDetector):
     Examples
     --------
     >>> import numpy as np
-    >>> from detectors.hddm import HDDMA
+    >>> from driftline.detectors.hddm import HDDMA
     >>> rng = np.random.default_rng(42)
     >>> stream = np.concatenate([rng.random(1000) < 0.2, rng.random(1000) < 0.6])
     >>> HDDMA().update(stream).drifts
@@ -214,7 +214,7 @@ class HDDMW(ChangeDetector):
     Examples
     --------
     >>> import numpy as np
-    >>> from detectors.hddm import HDDMW
+    >>> from driftline.detectors.hddm import HDDMW
     >>> rng = np.random.default_rng(42)
     >>> stream = np.concatenate([rng.random(1000) < 0.2, rng.random(1000) < 0.6])
     >>> HDDMW().update(stream).drifts

@@ -1,6 +1,6 @@
 """Two-sample chi-squared test of homogeneity, vectorized across features.
 
-:func:`detectors.statistics.categorical_drift` tests a window against the reference
+:func:`driftline.detectors.statistics.categorical_drift` tests a window against the reference
 *proportions* (goodness of fit, as ``scipy.stats.chisquare``), which treats the
 reference as exact. When the reference is itself a sample of a few thousand events,
 that under-states the noise (the statistic is inflated by about ``1 + n/m`` for a

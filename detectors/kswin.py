@@ -33,8 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import stats
 
-from detectors._base import EMPTY_INDEX, ChangeDetector
-from detectors._kernels import first_index, scan_with_restarts
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._kernels import first_index, scan_with_restarts
 
 __all__ = ["KSWIN", "NumpySampler", "Sampler", "ks_distances", "ks_table"]
 

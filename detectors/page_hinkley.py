@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors._base import EMPTY_INDEX, ChangeDetector
-from detectors._kernels import (
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._kernels import (
     first_index,
     geometric_sums,
     linear_recurrence,
@@ -58,7 +58,7 @@ class PageHinkley(ChangeDetector):
     Examples
     --------
     >>> import numpy as np
-    >>> from detectors.page_hinkley import PageHinkley
+    >>> from driftline.detectors.page_hinkley import PageHinkley
     >>> rng = np.random.default_rng(12345)
     >>> stream = np.concatenate([rng.integers(0, 2, 1000), rng.integers(4, 8, 1000)])
     >>> PageHinkley().update(stream).drifts

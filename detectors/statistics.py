@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import special, stats
 
-from detectors._base import as_batch
+from driftline.detectors._base import as_batch
 
 __all__ = [
     "PROPORTION_EPSILON",

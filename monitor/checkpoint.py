@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitor.exceptions import CheckpointError
+from driftline.monitor.exceptions import CheckpointError
 
 __all__ = ["CheckpointStore", "encode_state", "decode_state"]
 

@@ -28,7 +28,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from monitor.exceptions import ConfigError
+from driftline.monitor.exceptions import ConfigError
 
 __all__ = [
     "Settings",
@@ -419,7 +419,7 @@ def format_validation_error(exc: ValidationError, source: Path | None = None) ->
 def reference_table() -> str:
     """The configuration reference as a Markdown table (every setting, its environment
     variable and its default), generated from the models so that the README cannot
-    drift from the code: ``python -c "from monitor.config import reference_table;
+    drift from the code: ``python -c "from driftline.monitor.config import reference_table;
     print(reference_table())"``."""
     rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
 

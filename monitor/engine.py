@@ -33,21 +33,21 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from detectors import ADWIN, DDM, EDDM, FHDDM, HDDMA, HDDMW, KSWIN, PageHinkley
-from detectors.homogeneity import bucket_counts, chi2_homogeneity
-from detectors.metrics import classification_metrics, multiclass_metrics, regression_metrics
-from detectors.multiple_testing import benjamini_hochberg, bonferroni
-from detectors.sequential import TwoSampleMSPRT
-from detectors.statistics import (
+from driftline.detectors import ADWIN, DDM, EDDM, FHDDM, HDDMA, HDDMW, KSWIN, PageHinkley
+from driftline.detectors.homogeneity import bucket_counts, chi2_homogeneity
+from driftline.detectors.metrics import classification_metrics, multiclass_metrics, regression_metrics
+from driftline.detectors.multiple_testing import benjamini_hochberg, bonferroni
+from driftline.detectors.sequential import TwoSampleMSPRT
+from driftline.detectors.statistics import (
     CategoricalReference,
     NumericReference,
     categorical_drift,
     numeric_drift,
 )
-from detectors.windows import SlidingWindow, TumblingWindow
-from monitor.alarms import Alarm
-from monitor.config import ModelSettings, Settings
-from monitor.decode import (
+from driftline.detectors.windows import SlidingWindow, TumblingWindow
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import ModelSettings, Settings
+from driftline.monitor.decode import (
     TYPE_SHARE,
     DeadLetter,
     DecodedBatch,
@@ -62,9 +62,9 @@ from monitor.decode import (
     infer_feature_types,
     infer_prediction_kind,
 )
-from monitor.exceptions import CheckpointError
-from monitor.join import LabelJoin, Labelled
-from monitor.snapshot import FeatureStatistic, VersionSnapshot
+from driftline.monitor.exceptions import CheckpointError
+from driftline.monitor.join import LabelJoin, Labelled
+from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
 
 __all__ = ["Engine", "EngineResult", "ModelMonitor", "ReferenceData", "CONCEPT_DETECTORS", "concept_detector"]
 
@@ -611,7 +611,7 @@ class ModelMonitor:
 
     @property
     def pred_kind(self) -> str | None:
-        """The kind of the model's predictions (see :class:`~monitor.decode.Schema`)."""
+        """The kind of the model's predictions (see :class:`~driftline.monitor.decode.Schema`)."""
         return None if self.schema is None else self.schema.prediction
 
     def stable_version(self) -> str | None:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitor.decode import Feedback
+from driftline.monitor.decode import Feedback
 
 __all__ = ["LabelJoin", "Labelled"]
 

@@ -5,7 +5,7 @@ kafka-python parses every record of a fetch in Python through several layers (a
 5 us per record here, nearly all of a bare consumer's time. Driftline needs only the
 offset, timestamp, key and value of each record, so :func:`install` gives one consumer's
 fetcher a ``PartitionRecords`` class that parses each v2 record batch (Kafka >= 0.11)
-into a list of :class:`~monitor.decode.Record` tuples at once (:func:`parse_batch`: one
+into a list of :class:`~driftline.monitor.decode.Record` tuples at once (:func:`parse_batch`: one
 Python loop over the record lengths, numpy for every other field) and serves the
 fetcher's ``take(n)`` as slices of it: about 4x less CPU per record. Everything else
 stays kafka-python's: group membership, fetch requests, positions, batch CRC checks,
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.decode import Record
+from driftline.monitor.decode import Record
 
 __all__ = ["install", "parse_batch"]
 

@@ -126,7 +126,7 @@ def secrets_of(settings: Any, environ: Mapping[str, str]) -> list[str]:
     Parameters
     ----------
     settings
-        A :class:`monitor.config.Settings`.
+        A :class:`driftline.monitor.config.Settings`.
     environ
         Where the targets' ``secret_env`` / ``token_env`` variables are read.
     """

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from monitor.engine import ReferenceData
-from monitor.exceptions import ReferenceLoadError
+from driftline.monitor.engine import ReferenceData
+from driftline.monitor.exceptions import ReferenceLoadError
 
 __all__ = ["load_reference"]
 

@@ -2,7 +2,7 @@
 
 Sources give batches of records (objects with ``topic``, ``partition``, ``offset``,
 ``timestamp`` (ms), ``key``, ``value``), or batches they decoded themselves
-(:class:`~monitor.decode.DecodedBatch`), and take commits of the offsets after
+(:class:`~driftline.monitor.decode.DecodedBatch`), and take commits of the offsets after
 everything a batch caused is durable:
 
 * :class:`KafkaSource`: a kafka-python consumer in a consumer group, subscribed to the
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol, Sequence
 
-from monitor.config import KafkaSettings
-from monitor.decode import BatchDecoder, DecodedBatch, RawRecord, Record
-from monitor.exceptions import SourceError
-from monitor.kafka_records import install as install_fast_parser
-from monitor.runtime import tune_gc
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.decode import BatchDecoder, DecodedBatch, RawRecord, Record
+from driftline.monitor.exceptions import SourceError
+from driftline.monitor.kafka_records import install as install_fast_parser
+from driftline.monitor.runtime import tune_gc
 
 __all__ = ["Source", "SourceStatus", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
 
@@ -315,8 +315,8 @@ class ProcessKafkaSource:
     add up. Here the consumer process polls ahead (at most ``_PREFETCH`` batches, so
     memory stays bounded) and shares the decoding with the service: while batches wait
     in the queue (the service is the busier one) it decodes each with a
-    :class:`~monitor.decode.BatchDecoder` and sends a
-    :class:`~monitor.decode.DecodedBatch`, with the feature columns of every model
+    :class:`~driftline.monitor.decode.BatchDecoder` and sends a
+    :class:`~driftline.monitor.decode.DecodedBatch`, with the feature columns of every model
     whose schema the engine has shared (:meth:`share_schemas`); when the queue is empty
     (the service waits) it sends the records and the service decodes them. Either way
     the result is the same (decoding is a pure function of the records and schemas),
@@ -567,7 +567,7 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
 
 
 def _tuples(records: list[RawRecord]) -> list[tuple]:
-    """Records as plain tuples of :class:`~monitor.decode.Record`'s fields (cheap to pickle)."""
+    """Records as plain tuples of :class:`~driftline.monitor.decode.Record`'s fields (cheap to pickle)."""
     if type(records[0]) is Record:  # driftline's parser made them
         return list(map(tuple, records))
     return [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records]

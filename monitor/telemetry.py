@@ -1,13 +1,13 @@
 """What the service reports about itself, behind a small interface.
 
 The service loop calls a :class:`Telemetry` (the webhook sink reports through its own
-``sinks.delivery.WebhookTelemetry``, which PrometheusTelemetry implements too); ``sinks.prometheus.PrometheusTelemetry``
+``driftline.sinks.delivery.WebhookTelemetry``, which PrometheusTelemetry implements too); ``driftline.sinks.prometheus.PrometheusTelemetry``
 implements it with prometheus-client counters and histograms, and
 :class:`NullTelemetry` (the default) does nothing, so that ``monitor`` runs and is
 tested without a metrics registry.
 
 Per-feature statistics are *not* pushed through this interface: the Prometheus sink
-reads them from :meth:`monitor.engine.Engine.snapshot` at scrape time.
+reads them from :meth:`driftline.monitor.engine.Engine.snapshot` at scrape time.
 """
 
 from __future__ import annotations

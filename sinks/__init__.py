@@ -1,33 +1,6 @@
-"""driftline's outputs: Prometheus metrics, webhooks, Kafka and JSONL alarm sinks."""
+"""driftline's outputs: Prometheus metrics, webhooks (with the trigger policy), Kafka and
+JSONL alarm sinks, and the dead-letter writers.
 
-from sinks.base import Sink
-from sinks.delivery import NullWebhookTelemetry, WebhookTelemetry
-from sinks.exceptions import DeliveryError, SinkBackpressureError, SinkError
-from sinks.factory import build_sinks, start_metrics_server
-from sinks.http import MetricsServer
-from sinks.jsonl import JsonlSink
-from sinks.kafka import KafkaAlarmSink
-from sinks.outbox import Outbox
-from sinks.prometheus import EngineCollector, PrometheusTelemetry
-from sinks.signing import sign, verify
-from sinks.webhook import WebhookSink
-
-__all__ = [
-    "Sink",
-    "SinkError",
-    "SinkBackpressureError",
-    "DeliveryError",
-    "PrometheusTelemetry",
-    "EngineCollector",
-    "MetricsServer",
-    "WebhookSink",
-    "WebhookTelemetry",
-    "NullWebhookTelemetry",
-    "Outbox",
-    "JsonlSink",
-    "KafkaAlarmSink",
-    "build_sinks",
-    "start_metrics_server",
-    "sign",
-    "verify",
-]
+Import what you use from its module (``driftline.sinks.webhook``, ...): this package
+imports nothing at load, so that loading one sink does not load them all.
+"""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from monitor.alarms import Alarm
+from driftline.monitor.alarms import Alarm
 
 __all__ = ["Sink"]
 

@@ -5,7 +5,7 @@ Each due row is sent once per attempt, with::
     Idempotency-Key: <trigger key>          the same on every attempt and after restarts
     X-Driftline-Event: retrain | rollback
     X-Driftline-Delivery: <uuid4>           new on every attempt
-    X-Driftline-Signature: t=...,v1=...     when the target has a secret (sinks.signing)
+    X-Driftline-Signature: t=...,v1=...     when the target has a secret (driftline.sinks.signing)
 
 Outcomes (counted as ``driftline_webhook_deliveries_total{outcome}``):
 
@@ -46,11 +46,11 @@ from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import httpx
 
-from monitor.config import WebhookTarget
-from sinks.exceptions import DeliveryError
-from sinks.outbox import Outbox, OutboxRow
-from sinks.presets import render
-from sinks.signing import SIGNATURE_HEADER, sign
+from driftline.monitor.config import WebhookTarget
+from driftline.sinks.exceptions import DeliveryError
+from driftline.sinks.outbox import Outbox, OutboxRow
+from driftline.sinks.presets import render
+from driftline.sinks.signing import SIGNATURE_HEADER, sign
 
 __all__ = [
     "WebhookTelemetry",

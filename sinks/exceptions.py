@@ -1,16 +1,19 @@
 """Exceptions of the sinks package.
 
-    SinkError                   a sink could not make its alarms durable or deliver them
-     +-- SinkBackpressureError  the destination asked to slow down (retry_after seconds)
-    DeliveryError               one webhook request failed (carries whether to retry)
+    DriftlineError (driftline.monitor.exceptions)
+     +-- SinkError               a sink could not make its alarms durable or deliver them
+     |    +-- SinkBackpressureError  the destination asked to slow down (retry_after seconds)
+     +-- DeliveryError           one webhook request failed (carries whether to retry)
 """
 
 from __future__ import annotations
 
+from driftline.monitor.exceptions import DriftlineError
+
 __all__ = ["SinkError", "SinkBackpressureError", "DeliveryError"]
 
 
-class SinkError(Exception):
+class SinkError(DriftlineError):
     """A sink could not flush; what it holds is kept for the next flush."""
 
 
@@ -20,7 +23,7 @@ class SinkBackpressureError(SinkError):
         self.retry_after = retry_after
 
 
-class DeliveryError(Exception):
+class DeliveryError(DriftlineError):
     def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable

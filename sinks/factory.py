@@ -3,8 +3,8 @@
 Examples
 --------
 >>> from prometheus_client import CollectorRegistry
->>> from monitor.config import load_settings
->>> from sinks.prometheus import PrometheusTelemetry
+>>> from driftline.monitor.config import load_settings
+>>> from driftline.sinks.prometheus import PrometheusTelemetry
 >>> settings = load_settings()                                            # doctest: +SKIP
 >>> registry = CollectorRegistry()
 >>> telemetry = PrometheusTelemetry(registry)
@@ -20,18 +20,18 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry
 
-from monitor.config import PrometheusSettings, Settings
-from monitor.policy import TriggerPolicy
-from monitor.snapshot import VersionSnapshot
-from monitor.telemetry import Telemetry
-from sinks.base import Sink
-from sinks.delivery import WebhookTelemetry
-from sinks.exceptions import SinkError
-from sinks.http import MetricsServer
-from sinks.jsonl import JsonlSink
-from sinks.kafka import KafkaAlarmSink
-from sinks.prometheus import EngineCollector
-from sinks.webhook import WebhookSink
+from driftline.monitor.config import PrometheusSettings, Settings
+from driftline.sinks.policy import TriggerPolicy
+from driftline.monitor.snapshot import VersionSnapshot
+from driftline.monitor.telemetry import Telemetry
+from driftline.sinks.base import Sink
+from driftline.sinks.delivery import WebhookTelemetry
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.http import MetricsServer
+from driftline.sinks.jsonl import JsonlSink
+from driftline.sinks.kafka import KafkaAlarmSink
+from driftline.sinks.prometheus import EngineCollector
+from driftline.sinks.webhook import WebhookSink
 
 __all__ = ["build_sinks", "start_metrics_server", "OUTBOX_FILE"]
 
@@ -49,9 +49,9 @@ def build_sinks(
 ) -> list[Sink]:
     """The configured alarm sinks, in the order the service should flush them.
 
-    - :class:`sinks.jsonl.JsonlSink` when ``alarms_jsonl`` is set;
-    - :class:`sinks.kafka.KafkaAlarmSink` when ``kafka.alarms_topic`` is set;
-    - :class:`sinks.webhook.WebhookSink` when ``webhooks.targets`` is not empty (its outbox
+    - :class:`driftline.sinks.jsonl.JsonlSink` when ``alarms_jsonl`` is set;
+    - :class:`driftline.sinks.kafka.KafkaAlarmSink` when ``kafka.alarms_topic`` is set;
+    - :class:`driftline.sinks.webhook.WebhookSink` when ``webhooks.targets`` is not empty (its outbox
       is ``<state_dir>/outbox.sqlite3``).
 
     Parameters
@@ -59,8 +59,8 @@ def build_sinks(
     settings
         The whole configuration.
     telemetry
-        Normally the service's :class:`sinks.prometheus.PrometheusTelemetry`. Telemetry
-        without the webhook methods (``monitor.telemetry.NullTelemetry``, metrics
+        Normally the service's :class:`driftline.sinks.prometheus.PrometheusTelemetry`. Telemetry
+        without the webhook methods (``driftline.monitor.telemetry.NullTelemetry``, metrics
         disabled) or None: webhook deliveries are not counted.
     state_dir
         Overrides ``settings.state_dir`` (created if missing).
@@ -71,7 +71,7 @@ def build_sinks(
 
     Raises
     ------
-    monitor.exceptions.ConfigError
+    driftline.monitor.exceptions.ConfigError
         A webhook target's secret or token variable is missing (named in the message).
     sinks.SinkError
         The state directory or the outbox cannot be created.

@@ -12,7 +12,7 @@ Routes:
 Examples
 --------
 >>> from prometheus_client import CollectorRegistry
->>> from monitor.config import PrometheusSettings
+>>> from driftline.monitor.config import PrometheusSettings
 >>> settings = PrometheusSettings(host="127.0.0.1", port=0)
 >>> with MetricsServer(settings, CollectorRegistry(), lambda: {"kafka": True}) as server:
 ...     server.port > 0
@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from monitor.config import PrometheusSettings
+from driftline.monitor.config import PrometheusSettings
 
 __all__ = ["MetricsServer"]
 

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from monitor.alarms import Alarm
-from sinks.exceptions import SinkError
+from driftline.monitor.alarms import Alarm
+from driftline.sinks.exceptions import SinkError
 
 __all__ = ["JsonlSink", "LineFile"]
 

@@ -7,14 +7,14 @@ acknowledgement was lost is sent again, so consumers that must not count twice k
 ``(model, version, kind, detector, feature, first_index, last_index)``.
 
 :class:`KafkaPublisher` holds what this sink and the dead-letter writer
-(:class:`monitor.deadletter.KafkaDeadLetters`) share: a producer created at the first
+(:class:`driftline.sinks.deadletter.KafkaDeadLetters`) share: a producer created at the first
 flush, every record kept until the broker acknowledged it, each record in flight at most
 once (a flush that timed out leaves it in flight: the next flush waits for it rather than
 sending a second copy), and one refused record never holding back the others.
 
 Examples
 --------
->>> from monitor.config import KafkaSettings
+>>> from driftline.monitor.config import KafkaSettings
 >>> sink = KafkaAlarmSink(KafkaSettings(alarms_topic="driftline-alarms"))  # doctest: +SKIP
 >>> sink.write(alarms); sink.flush(); sink.close()                         # doctest: +SKIP
 """
@@ -30,10 +30,10 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError
 from kafka.net.compat import KafkaNetClient
 
-from monitor.alarms import Alarm
-from monitor.config import KafkaSettings
-from monitor.exceptions import ConfigError
-from sinks.exceptions import SinkError
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.exceptions import ConfigError
+from driftline.sinks.exceptions import SinkError
 
 __all__ = ["KafkaAlarmSink", "KafkaPublisher", "Outgoing"]
 

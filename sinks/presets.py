@@ -16,7 +16,7 @@ Examples
 >>> payload = {"schema": "driftline.trigger/v1", "idempotency_key": "ab12", "model": "fraud",
 ...            "version": "v7", "action": "retrain", "reason": "2 alarms", "evidence": [],
 ...            "first_index": 0, "last_index": 999, "created_at": 1763900400.0}
->>> from monitor.config import WebhookTarget
+>>> from driftline.monitor.config import WebhookTarget
 >>> target = WebhookTarget(name="ci", url="https://api.github.com/repos/o/r/dispatches",
 ...                        preset="github", token_env="GH_TOKEN")
 >>> request = render(target, payload, token="t0ken")
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlencode
 
-from monitor.config import WebhookTarget
-from monitor.policy import Trigger
+from driftline.monitor.config import WebhookTarget
+from driftline.sinks.policy import Trigger
 
 __all__ = [
     "PAYLOAD_SCHEMA",

@@ -2,11 +2,11 @@
 
 Two parts, both registered on a registry the caller passes in (never the global one):
 
-- :class:`PrometheusTelemetry` implements :class:`monitor.telemetry.Telemetry` (and the
-  webhook sink's :class:`sinks.delivery.WebhookTelemetry`) with plain counters,
+- :class:`PrometheusTelemetry` implements :class:`driftline.monitor.telemetry.Telemetry` (and the
+  webhook sink's :class:`driftline.sinks.delivery.WebhookTelemetry`) with plain counters,
   histograms and a few gauges: what the service loop counts as it goes.
 - :class:`EngineCollector` is a custom collector: at every scrape it calls a snapshot
-  provider (``Engine.snapshot``) and turns the :class:`monitor.snapshot.VersionSnapshot`
+  provider (``Engine.snapshot``) and turns the :class:`driftline.monitor.snapshot.VersionSnapshot`
   values into gauge and counter families. Nothing is pushed per batch, so thousands of
   per-feature statistics cost nothing between scrapes.
 
@@ -16,7 +16,7 @@ and the Grafana dashboards; the README ("Metrics") lists them.
 Examples
 --------
 >>> from prometheus_client import CollectorRegistry, generate_latest
->>> from monitor.snapshot import FeatureStatistic, VersionSnapshot
+>>> from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
 >>> registry = CollectorRegistry()
 >>> telemetry = PrometheusTelemetry(registry)
 >>> snapshot = VersionSnapshot("fraud", "v7", events=1200, labelled=300, reference_ready=True,
@@ -40,8 +40,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.snapshot import FeatureStatistic, VersionSnapshot
-from sinks.delivery import OUTCOMES
+from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
+from driftline.sinks.delivery import OUTCOMES
 
 __all__ = [
     "PrometheusTelemetry",
@@ -145,7 +145,7 @@ class PrometheusTelemetry:
         for component in components:
             self.ready.labels(component).set(0)
 
-    # ---- monitor.telemetry.Telemetry ------------------------------------------------
+    # ---- driftline.monitor.telemetry.Telemetry ------------------------------------------------
 
     def record_events(self, stream: str, count: int) -> None:
         self.events.labels(stream).inc(count)
@@ -206,7 +206,7 @@ class PrometheusTelemetry:
     # ---- readiness --------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        """Readiness of each component, for :class:`sinks.http.MetricsServer`'s /readyz."""
+        """Readiness of each component, for :class:`driftline.sinks.http.MetricsServer`'s /readyz."""
         with self._lock:
             return dict(self._readiness)
 
@@ -231,7 +231,7 @@ class EngineCollector(Collector):
     Parameters
     ----------
     snapshot_provider
-        Returns the current :class:`monitor.snapshot.VersionSnapshot` of every (model,
+        Returns the current :class:`driftline.monitor.snapshot.VersionSnapshot` of every (model,
         version); called once per scrape, from the HTTP server's thread.
     max_features_per_model
         Distinct ``feature`` label values per model at most; the rest are folded into

@@ -1,21 +1,21 @@
 """The webhook sink: retrain / rollback triggers, recorded durably, delivered with retries.
 
-Per batch (the :class:`sinks.base.Sink` order):
+Per batch (the :class:`driftline.sinks.base.Sink` order):
 
-1. ``write(alarms)`` runs the :class:`monitor.policy.TriggerPolicy` and keeps the
+1. ``write(alarms)`` runs the :class:`driftline.sinks.policy.TriggerPolicy` and keeps the
    triggers it returns in memory;
 2. ``flush()`` inserts one outbox row per (trigger, target receiving its action) in a
    single SQLite transaction and returns only when it is committed; the service commits
    Kafka offsets after that, so a trigger is on disk before its offsets are committed.
    A trigger already in the outbox (a replay) is not added again;
-3. a background :class:`sinks.delivery.Deliverer` sends the rows and retries them.
+3. a background :class:`driftline.sinks.delivery.Deliverer` sends the rows and retries them.
 
 With ``webhooks.policy.dry_run`` the sink logs each request it would record and counts
 it as ``dry_run``; nothing is written or sent.
 
 Examples
 --------
->>> from monitor.config import WebhookSettings, WebhookTarget
+>>> from driftline.monitor.config import WebhookSettings, WebhookTarget
 >>> settings = WebhookSettings(targets=[WebhookTarget(name="ci", url="http://127.0.0.1:9/hook")])
 >>> sink = WebhookSink(settings, outbox=tmp / "outbox.sqlite3")   # doctest: +SKIP
 >>> sink.write(alarms); sink.flush()                                   # doctest: +SKIP
@@ -34,14 +34,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 
-from monitor.alarms import Alarm
-from monitor.config import WebhookSettings, WebhookTarget
-from monitor.exceptions import ConfigError
-from monitor.policy import Trigger, TriggerPolicy
-from sinks.delivery import Deliverer, NullWebhookTelemetry, ResolvedTarget, WebhookTelemetry
-from sinks.exceptions import SinkError
-from sinks.outbox import Outbox, OutboxEntry
-from sinks.presets import TOKEN_REQUIRED, render, trigger_payload
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import WebhookSettings, WebhookTarget
+from driftline.monitor.exceptions import ConfigError
+from driftline.sinks.policy import Trigger, TriggerPolicy
+from driftline.sinks.delivery import Deliverer, NullWebhookTelemetry, ResolvedTarget, WebhookTelemetry
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.outbox import Outbox, OutboxEntry
+from driftline.sinks.presets import TOKEN_REQUIRED, render, trigger_payload
 
 __all__ = ["WebhookSink", "resolve_targets"]
 
@@ -105,7 +105,7 @@ class WebhookSink:
         ``webhooks`` of the configuration (targets, policy, backoff).
     outbox
         The SQLite outbox file, normally ``<state_dir>/outbox.sqlite3``, or an open
-        :class:`sinks.outbox.Outbox` (the sink closes it in :meth:`close`).
+        :class:`driftline.sinks.outbox.Outbox` (the sink closes it in :meth:`close`).
     telemetry
         Delivery counters, pending and failed gauges and trigger counter.
     policy

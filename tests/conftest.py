@@ -12,7 +12,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, settings
 
-from monitor.embedded_broker import EmbeddedBroker
+from driftline.demo.embedded_broker import EmbeddedBroker
 from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 
 # Reproducible property tests: the same examples on every run (derandomize), so a CI

@@ -41,7 +41,7 @@ _DEMO_SCRIPT = """
 import json, os, signal, sys
 # stopped with Ctrl-C as in a terminal, even where the suite runs with SIGINT ignored
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from monitor.demo import run_demo
+from driftline.demo.scenario import run_demo
 
 summary_path = sys.argv[1]
 
@@ -142,7 +142,7 @@ class DemoProcess:
 @dataclass
 class DemoRun:
     """What the demo and dashboard tests read: the demo's output, its detections and the
-    triggers its receiver accepted (as :mod:`monitor.demo` builds them), the seconds
+    triggers its receiver accepted (as :mod:`driftline.demo.scenario` builds them), the seconds
     until its summary, and the Prometheus scraping it (None for the demo tests)."""
 
     prometheus: PrometheusServer | None
@@ -153,8 +153,8 @@ class DemoRun:
 
 
 def _demo_run(process: DemoProcess, prometheus: PrometheusServer | None) -> DemoRun:
-    from monitor.demo import Detection, ReceivedTrigger
-    from monitor.simulator import Scenario
+    from driftline.demo.scenario import Detection, ReceivedTrigger
+    from driftline.demo.simulator import Scenario
 
     data, seconds = process.summary(timeout=150)
     injections = {i.name: i for i in Scenario(seed=DEMO_SEED).scaled(DEMO_EVENTS).injections()}

@@ -123,7 +123,7 @@ def test_the_mounted_files_exist():
 
 
 def test_compose_driftline_config_is_valid():
-    from monitor.config import load_settings
+    from driftline.monitor.config import load_settings
 
     settings = load_settings(ROOT / "deploy/driftline.yml")
     assert settings.webhooks.policy.dry_run is True

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.demo import AlarmTail, Detection, WebhookReceiver, match_detections
-from monitor.simulator import Scenario
+from driftline.demo.scenario import AlarmTail, Detection, WebhookReceiver, match_detections
+from driftline.demo.simulator import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 LIVE = [pytest.mark.slow, pytest.mark.kafka,
@@ -60,7 +60,7 @@ def test_alarm_tail_reads_complete_lines_only(tmp_path):
 def test_receiver_verifies_signatures_and_drops_repeats():
     import httpx
 
-    from sinks.signing import SIGNATURE_HEADER, sign
+    from driftline.sinks.signing import SIGNATURE_HEADER, sign
 
     body = b'{"action": "retrain", "model": "fraud"}'
     with WebhookReceiver("s3cret") as receiver:
@@ -153,7 +153,7 @@ def test_ctrl_c_stops_everything(tmp_path):
         # Ctrl-C as in a terminal, even when the suite runs where SIGINT is ignored (a
         # background job inherits SIG_IGN, which Python then keeps)
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "from monitor.demo import run_demo\n"
+        "from driftline.demo.scenario import run_demo\n"
         "sys.exit(run_demo(events=200_000, rate=2000, metrics_port=0))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monitor.simulator import (
+from driftline.demo.simulator import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     Scenario,
@@ -210,8 +210,8 @@ def test_invalid_scenarios_name_the_field(kwargs, field):
 def test_produce_to_kafka_publishes_the_stream_to_kafka(tmp_path):
     import io
 
-    from monitor.embedded_broker import EmbeddedBroker
-    from monitor.simulator import produce_to_kafka
+    from driftline.demo.embedded_broker import EmbeddedBroker
+    from driftline.demo.simulator import produce_to_kafka
 
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         broker.create_topics(["p", "f"], partitions=2)

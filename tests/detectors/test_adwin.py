@@ -16,8 +16,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from river import drift as river_drift
 
-import detectors.adwin
-from detectors.adwin import ADWIN
+import driftline.detectors.adwin
+from driftline.detectors.adwin import ADWIN
 from tests.detectors.firing import firing_share
 from tests.detectors.oracle import feed, river_indices
 
@@ -242,5 +242,5 @@ def test_defaults_match_river():
 
 
 def test_docstring_examples_run():
-    failures, _ = doctest.testmod(detectors.adwin, verbose=False)
+    failures, _ = doctest.testmod(driftline.detectors.adwin, verbose=False)
     assert failures == 0

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 
 # (module, class, kind of stream it watches)
 DETECTORS = [
-    ("detectors.page_hinkley", "PageHinkley", "real"),
-    ("detectors.ddm", "DDM", "binary"),
-    ("detectors.ddm", "EDDM", "binary"),
-    ("detectors.hddm", "HDDMA", "binary"),
-    ("detectors.hddm", "HDDMW", "binary"),
-    ("detectors.fhddm", "FHDDM", "binary"),
-    ("detectors.adwin", "ADWIN", "real"),
-    ("detectors.kswin", "KSWIN", "real"),
+    ("driftline.detectors.page_hinkley", "PageHinkley", "real"),
+    ("driftline.detectors.ddm", "DDM", "binary"),
+    ("driftline.detectors.ddm", "EDDM", "binary"),
+    ("driftline.detectors.hddm", "HDDMA", "binary"),
+    ("driftline.detectors.hddm", "HDDMW", "binary"),
+    ("driftline.detectors.fhddm", "FHDDM", "binary"),
+    ("driftline.detectors.adwin", "ADWIN", "real"),
+    ("driftline.detectors.kswin", "KSWIN", "real"),
 ]
 
 
@@ -188,7 +188,7 @@ def test_invalid_parameters_name_the_parameter(make, kind):
 
 def test_detectors_import_no_io_libraries():
     code = (
-        "import sys, detectors.page_hinkley, detectors.ddm, detectors.hddm, detectors._kernels\n"
+        "import sys, driftline.detectors.page_hinkley, driftline.detectors.ddm, driftline.detectors.hddm, driftline.detectors._kernels\n"
         "bad = {'kafka', 'httpx', 'prometheus_client', 'pydantic', 'river'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )

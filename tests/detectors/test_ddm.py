@@ -8,7 +8,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from river import drift
 
-from detectors.ddm import DDM, EDDM
+from driftline.detectors.ddm import DDM, EDDM
 from tests.detectors.oracle import feed_both as ours
 from tests.detectors.firing import firing_share
 from tests.detectors.oracle import river_both as river_run

@@ -6,7 +6,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from river.drift.binary import FHDDM as RiverFHDDM
 
-from detectors.fhddm import FHDDM
+from driftline.detectors.fhddm import FHDDM
 from tests.detectors.firing import firing_share
 from tests.detectors.oracle import feed, river_indices
 
@@ -84,6 +84,6 @@ def test_invalid_parameters_name_themselves(kwargs, name):
 def test_docstring_example_runs():
     import doctest
 
-    import detectors.fhddm
+    import driftline.detectors.fhddm
 
-    assert doctest.testmod(detectors.fhddm).failed == 0
+    assert doctest.testmod(driftline.detectors.fhddm).failed == 0

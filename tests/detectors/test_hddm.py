@@ -8,8 +8,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from river import drift
 
-from detectors._kernels import ewma, segmented_recurrence
-from detectors.hddm import HDDMA, HDDMW
+from driftline.detectors._kernels import ewma, segmented_recurrence
+from driftline.detectors.hddm import HDDMA, HDDMW
 from tests.detectors.oracle import feed_both as ours
 from tests.detectors.firing import firing_share
 from tests.detectors.oracle import river_both as river_run

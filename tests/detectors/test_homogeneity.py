@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-from detectors.homogeneity import bucket_counts, chi2_homogeneity
+from driftline.detectors.homogeneity import bucket_counts, chi2_homogeneity
 
 
 @settings(max_examples=60, deadline=None)

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from river import drift as river_drift
 from scipy import stats
 
-import detectors.kswin
-from detectors.kswin import KSWIN, NumpySampler, ks_distances, ks_table
+import driftline.detectors.kswin
+from driftline.detectors.kswin import KSWIN, NumpySampler, ks_distances, ks_table
 from tests.detectors.firing import firing_share
 from tests.detectors.oracle import feed, river_indices
 
@@ -327,5 +327,5 @@ def test_defaults_match_river():
 
 
 def test_docstring_examples_run():
-    failures, _ = doctest.testmod(detectors.kswin, verbose=False)
+    failures, _ = doctest.testmod(driftline.detectors.kswin, verbose=False)
     assert failures == 0

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import metrics as river_metrics
 
-from detectors import metrics
-from detectors.metrics import classification_metrics, regression_metrics
+from driftline.detectors import metrics
+from driftline.detectors.metrics import classification_metrics, regression_metrics
 
 
 def pairwise_auc(labels, scores):
@@ -160,7 +160,7 @@ def test_docstring_examples():
 
 from collections import Counter  # noqa: E402
 
-from detectors.metrics import multiclass_metrics  # noqa: E402
+from driftline.detectors.metrics import multiclass_metrics  # noqa: E402
 
 
 @st.composite

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from detectors import multiple_testing
-from detectors.multiple_testing import benjamini_hochberg, bonferroni, reject
+from driftline.detectors import multiple_testing
+from driftline.detectors.multiple_testing import benjamini_hochberg, bonferroni, reject
 
 p_or_nan = st.one_of(st.floats(0, 1), st.just(0.0), st.just(1.0), st.just(float("nan")))
 

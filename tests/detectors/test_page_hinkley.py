@@ -8,7 +8,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from river import drift
 
-from detectors.page_hinkley import PageHinkley
+from driftline.detectors.page_hinkley import PageHinkley
 from tests.detectors.firing import firing_share
 
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors import sequential
-from detectors.sequential import TwoSampleMSPRT
+from driftline.detectors import sequential
+from driftline.detectors.sequential import TwoSampleMSPRT
 
 
 def loop_msprt(values, is_candidate, alpha, tau, min_samples):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from detectors import statistics
-from detectors.statistics import (
+from driftline.detectors import statistics
+from driftline.detectors.statistics import (
     PROPORTION_EPSILON,
     CategoricalReference,
     NumericReference,

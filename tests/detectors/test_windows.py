@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors import windows
-from detectors.windows import SlidingWindow, TumblingWindow
+from driftline.detectors import windows
+from driftline.detectors.windows import SlidingWindow, TumblingWindow
 
 
 def expected_windows(stream, indices, size, step):

@@ -59,7 +59,7 @@ def to_jsonl(events: list[dict[str, Any]]) -> bytes:
 
 
 def records(events: list[dict[str, Any]], topic: str) -> Iterator[Any]:
-    from monitor.decode import Record
+    from driftline.monitor.decode import Record
 
     for i, e in enumerate(events):
         value = e if isinstance(e, bytes) else orjson.dumps(e)

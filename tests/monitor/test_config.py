@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.cli import main
-from monitor.config import load_settings
-from monitor.exceptions import ConfigError
+from driftline.cli import main
+from driftline.monitor.config import load_settings
+from driftline.monitor.exceptions import ConfigError
 
 
 def test_precedence_flags_over_env_over_file(tmp_path, monkeypatch):

@@ -28,15 +28,15 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from monitor.app import Service
-from monitor.cli import main
-from monitor.config import load_settings
-from monitor.deadletter import KafkaDeadLetters
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.sources import KafkaSource
-from sinks.exceptions import SinkError
-from sinks.jsonl import JsonlSink
-from sinks.kafka import KafkaAlarmSink
+from driftline.app import Service
+from driftline.cli import main
+from driftline.monitor.config import load_settings
+from driftline.sinks.deadletter import KafkaDeadLetters
+from driftline.demo.embedded_broker import EmbeddedBroker
+from driftline.monitor.sources import KafkaSource
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.jsonl import JsonlSink
+from driftline.sinks.kafka import KafkaAlarmSink
 from tests.monitor.streams import prediction_events, to_jsonl
 from tests.support.runs import read_topic
 
@@ -386,7 +386,7 @@ def test_driftline_run_dead_letters_hostile_records(broker, topics, tmp_path):
     env["PYTHONPATH"] = str(REPO)
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg),
+        proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "run", "--config", str(cfg),
                                  "--log-level", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: at_end(broker, group, topics["predictions"], ends) or proc.poll() is not None,
@@ -519,8 +519,8 @@ def test_invalid_bytes_inside_strings_are_dead_lettered_never_raised():
     decoding) but keeps ``features`` raw: an invalid byte inside a feature's string is
     dead-lettered by the engine (``wrong_type``), before the model's schema is known
     and after, never raised out of it."""
-    from monitor.decode import Record, decode_batch
-    from monitor.engine import Engine
+    from driftline.monitor.decode import Record, decode_batch
+    from driftline.monitor.engine import Engine
 
     events = prediction_events(300, model="fraud", seed=47)
     good = [Record("p", 0, i, 0, b"fraud", orjson.dumps(e)) for i, e in enumerate(events)]

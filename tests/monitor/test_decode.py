@@ -5,7 +5,7 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from monitor.decode import Schema, columnarize, decode_batch
+from driftline.monitor.decode import Schema, columnarize, decode_batch
 from tests.monitor.streams import prediction_events, records
 
 
@@ -121,7 +121,7 @@ def test_raw_columns_equal_dict_columns(rows):
 
     schema = Schema(["x", "y"], ["c"], [{"a": 0, "b": 1, "true": 2, "5": 3}])
     raws = [msgspec.Raw(orjson.dumps(r)) for r in rows]
-    from monitor.decode import columnarize_raw
+    from driftline.monitor.decode import columnarize_raw
 
     num_r, codes_r, bad_r = columnarize_raw(raws, schema)
     num_d, codes_d, bad_d = columnarize(rows, schema)
@@ -159,7 +159,7 @@ _RAW = st.one_of(
 
 
 def _records(values, topics):
-    from monitor.decode import Record
+    from driftline.monitor.decode import Record
 
     return [Record(t, 0, i, 1_000 + i, None, v) for i, (v, t) in enumerate(zip(values, topics))]
 
@@ -175,7 +175,7 @@ def test_batch_decoder_equals_decode_batch_then_columns(items, known):
     """Whichever path a batch takes (one typed pass, or the general one), the consumer
     process's decoder gives what decode_batch plus columnarize_raw give: the same dead
     letters, the same rows, the same columns."""
-    from monitor.decode import BatchDecoder, columnarize_raw
+    from driftline.monitor.decode import BatchDecoder, columnarize_raw
 
     recs = _records([v for v, _ in items], [t for _, t in items])
     decoder = BatchDecoder("predictions", "feedback")
@@ -204,7 +204,7 @@ def test_batch_decoder_equals_decode_batch_then_columns(items, known):
 def test_batch_decoder_takes_one_pass_when_every_model_has_a_schema():
     """The fast path is taken (no raw features left to decode) for a clean batch of
     known models, and not when one record belongs to a model without a schema."""
-    from monitor.decode import BatchDecoder
+    from driftline.monitor.decode import BatchDecoder
 
     events = [{"model": m, "id": i, "features": {"x": 1.5, "c": "p"}} for i, m in enumerate("abab")]
     decoder = BatchDecoder("predictions", "feedback")

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from hypothesis import find, given, settings, strategies as st
 
-from monitor.decode import BatchDecoder, DecodedBatch, Record, Schema, columnarize_raw, decode_batch
+from driftline.monitor.decode import BatchDecoder, DecodedBatch, Record, Schema, columnarize_raw, decode_batch
 
 PRED, FB = "predictions", "feedback"
 
@@ -195,7 +195,7 @@ def _assert_alone_equals_together(decode, recs: list[Record]) -> int:
 def _array_join_accepts(topic: str, pieces: list[bytes]) -> bool:
     """Whether the old decoder, one JSON array of the joined pieces with a count check,
     took these pieces as valid events."""
-    from monitor.decode import FeedbackEvent, PredictionEvent
+    from driftline.monitor.decode import FeedbackEvent, PredictionEvent
 
     kind = FeedbackEvent if topic == FB else PredictionEvent
     try:
@@ -207,7 +207,7 @@ def _array_join_accepts(topic: str, pieces: list[bytes]) -> bool:
 
 def _is_merge(topic: str, pieces: list[bytes]) -> bool:
     """Pieces the old decoder accepted although one of them is not an event alone."""
-    from monitor.decode import FeedbackEvent, PredictionEvent
+    from driftline.monitor.decode import FeedbackEvent, PredictionEvent
 
     kind = FeedbackEvent if topic == FB else PredictionEvent
 

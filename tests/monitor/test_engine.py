@@ -6,10 +6,10 @@ import numpy as np
 import orjson
 import pytest
 
-from monitor.checkpoint import decode_state, encode_state
-from monitor.config import load_settings
-from monitor.decode import decode_batch
-from monitor.engine import Engine
+from driftline.monitor.checkpoint import decode_state, encode_state
+from driftline.monitor.config import load_settings
+from driftline.monitor.decode import decode_batch
+from driftline.monitor.engine import Engine
 from tests.monitor.streams import feedback_for, prediction_events, records
 
 SETTINGS = load_settings(defaults={"reference": {"size": 2000}, "window": {"size": 1000},
@@ -202,8 +202,8 @@ def _offset_records(events, topic, start):
 
 
 def _triggers(alarms):
-    from monitor.config import TriggerPolicySettings
-    from monitor.policy import TriggerPolicy
+    from driftline.monitor.config import TriggerPolicySettings
+    from driftline.sinks.policy import TriggerPolicy
 
     return TriggerPolicy(TriggerPolicySettings(cooldown_seconds=0)).observe(alarms)
 
@@ -278,7 +278,7 @@ def test_a_mixed_feature_is_reported_and_not_monitored(caplog):
            "features": {"a": float(rng.normal()), "zip": int(rng.integers(10_000, 99_999)) if i % 10 else "N/A"}}
           for i in range(5_000)]
     engine = Engine(SETTINGS)
-    with caplog.at_level("WARNING", logger="monitor.engine"):
+    with caplog.at_level("WARNING", logger="driftline.monitor.engine"):
         alarms, dead = run(engine, list(records(ev, "predictions")), 1000)
     mm = engine.models["m"]
     assert mm.mixed_features == ["zip"] and mm.schema.numeric == ["a"] and mm.schema.categorical == []
@@ -299,8 +299,8 @@ def test_models_beyond_max_models_are_dead_lettered():
 
 
 def test_a_changed_reference_is_applied_on_restart(tmp_path, caplog):
-    from monitor.engine import stream_fingerprint
-    from monitor.reference import load_reference
+    from driftline.monitor.engine import stream_fingerprint
+    from driftline.monitor.reference import load_reference
     from tests.monitor.streams import to_jsonl
 
     ref_path = tmp_path / "ref.jsonl"
@@ -321,7 +321,7 @@ def test_a_changed_reference_is_applied_on_restart(tmp_path, caplog):
     # a new file: applied, and logged
     ref_path.write_bytes(to_jsonl(prediction_events(2_000, seed=30, shift_at=0, shift=2.0)))
     changed = Engine(settings, reference_loader=loader)
-    with caplog.at_level("INFO", logger="monitor.engine"):
+    with caplog.at_level("INFO", logger="driftline.monitor.engine"):
         changed.load_state(state)
     mm = changed.models[model]
     assert "the reference changed since the checkpoint" in caplog.text
@@ -341,7 +341,7 @@ def test_multi_class_models_get_macro_micro_and_one_vs_rest_metrics():
         recs.append(("predictions", {"model": "mc", "id": i, "ts": 1e9 + i, "features": {"a": float(rng.normal())},
                                      "prediction": pred, "scores": scores}))
         recs.append(("feedback", {"model": "mc", "id": i, "ts": 1e9 + i, "label": y}))
-    from monitor.decode import Record
+    from driftline.monitor.decode import Record
 
     engine = Engine(SETTINGS)
     run(engine, [Record(t, 0, i, -1, None, orjson.dumps(e)) for i, (t, e) in enumerate(recs)], 2000)
@@ -355,7 +355,7 @@ def test_multi_class_models_get_macro_micro_and_one_vs_rest_metrics():
 
 
 def test_a_checkpoint_of_another_format_is_refused_with_what_to_do():
-    from monitor.exceptions import CheckpointError
+    from driftline.monitor.exceptions import CheckpointError
 
     with pytest.raises(CheckpointError, match="move the checkpoint away"):
         Engine(SETTINGS).load_state({"models": {}})

@@ -19,9 +19,9 @@ import time
 import httpx
 import pytest
 
-from monitor.app import Service
-from monitor.config import load_settings
-from monitor.sources import _TIMED_OUT, ProcessKafkaSource, SourceStatus
+from driftline.app import Service
+from driftline.monitor.config import load_settings
+from driftline.monitor.sources import _TIMED_OUT, ProcessKafkaSource, SourceStatus
 from tests.support.runs import wait_for
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -39,7 +39,7 @@ def _source(request_timeout_ms: int = 1000) -> ProcessKafkaSource:
     from ``_commands`` and answers in ``_replies``."""
     import itertools
 
-    from monitor.config import KafkaSettings
+    from driftline.monitor.config import KafkaSettings
 
     src = ProcessKafkaSource.__new__(ProcessKafkaSource)
     src.settings = KafkaSettings(request_timeout_ms=request_timeout_ms, poll_timeout_ms=100)
@@ -93,7 +93,7 @@ def test_a_timed_out_request_is_not_done_and_unknown():
 
 
 def test_an_error_reply_raises_with_the_command_named():
-    from monitor.exceptions import SourceError
+    from driftline.monitor.exceptions import SourceError
 
     src = _source()
     src._replies.put((1, "error", "KafkaTimeoutError: boom"))

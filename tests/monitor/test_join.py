@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitor.decode import Feedback
-from monitor.join import LabelJoin
+from driftline.monitor.decode import Feedback
+from driftline.monitor.join import LabelJoin
 
 
 def _add(join, ids, ts, version="v1"):

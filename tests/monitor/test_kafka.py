@@ -9,10 +9,10 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from monitor.app import Service
-from monitor.cli import main
-from monitor.config import load_settings
-from monitor.decode import DecodedBatch
+from driftline.app import Service
+from driftline.cli import main
+from driftline.monitor.config import load_settings
+from driftline.monitor.decode import DecodedBatch
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -132,7 +132,7 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     """After a model's reference is built, its features arrive as columns, decoded by the
     consumer process (the engine's schema is shared with it) or by the service; the
     alarms stay those of a replay either way."""
-    from monitor.sources import ProcessKafkaSource
+    from driftline.monitor.sources import ProcessKafkaSource
 
     monkeypatch.setattr(ProcessKafkaSource, "_DECODE", decode)
     polled = {"decoded": 0, "records": 0}
@@ -253,8 +253,8 @@ def test_consumer_process_exits_when_the_service_process_dies(broker, topics, tm
     script = tmp_path / "die.py"
     script.write_text(
         "import os, sys, time\n"
-        "from monitor.config import KafkaSettings\n"
-        "from monitor.sources import ProcessKafkaSource\n"
+        "from driftline.monitor.config import KafkaSettings\n"
+        "from driftline.monitor.sources import ProcessKafkaSource\n"
         "if __name__ == '__main__':\n"
         f"    s = KafkaSettings(bootstrap_servers={broker.bootstrap_servers!r}, group_id='die',\n"
         f"                      predictions_topic={topics['predictions']!r}, feedback_topic={topics['feedback']!r},\n"

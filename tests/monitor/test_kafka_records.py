@@ -13,9 +13,9 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
-from monitor.config import KafkaSettings
-from monitor.kafka_records import _fast_class, parse_batch
-from monitor.sources import KafkaSource
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.kafka_records import _fast_class, parse_batch
+from driftline.monitor.sources import KafkaSource
 
 TP = TopicPartition("t", 3)
 FAST = _fast_class(Fetcher.PartitionRecords)

@@ -1,4 +1,4 @@
-"""monitor.logs: the process's one handler redacts every configured secret, whoever logs."""
+"""driftline.monitor.logs: the process's one handler redacts every configured secret, whoever logs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from monitor.config import load_settings
-from monitor.logs import QUIET_LOGGERS, REDACTED, RedactingFormatter, secrets_of, setup_logging
+from driftline.monitor.config import load_settings
+from driftline.monitor.logs import QUIET_LOGGERS, REDACTED, RedactingFormatter, secrets_of, setup_logging
 
 SLACK = "https://hooks.slack.com/services/T0AAAA/B0BBBB/credentialXYZ123"
 
@@ -52,12 +52,12 @@ def test_every_logger_at_every_level_is_redacted(fmt: str) -> None:
     logging.getLogger("driftline").debug("posting to %s", SLACK)
     logging.getLogger("httpx").warning("HTTP Request: POST %s", "https://ci.example/hook")
     logging.getLogger("httpcore.http11").error("path /services/T0AAAA/B0BBBB/credentialXYZ123")
-    logging.getLogger("sinks.delivery").info("token %s and secret %s", ENVIRON["T"], secret)
+    logging.getLogger("driftline.sinks.delivery").info("token %s and secret %s", ENVIRON["T"], secret)
     try:
         raise RuntimeError(f"failed with kafka-pass-4242 and {secret}")
     except RuntimeError:
-        logging.getLogger("monitor.app").exception("a crash")
-    logging.getLogger("monitor.app").warning("stack of %s", SLACK, stack_info=True)
+        logging.getLogger("driftline.app").exception("a crash")
+    logging.getLogger("driftline.app").warning("stack of %s", SLACK, stack_info=True)
     text = stream.getvalue()
     assert text.count(REDACTED) >= 7
     for value in (SLACK, "credentialXYZ123", "ci.example/hook", ENVIRON["T"], "kafka-pass-4242",
@@ -72,7 +72,7 @@ def test_libraries_that_log_urls_are_held_at_warning() -> None:
     for name in ("httpx", "httpcore", "urllib3", "kafka"):
         assert name in QUIET_LOGGERS
         assert not logging.getLogger(name).isEnabledFor(logging.INFO)
-    assert logging.getLogger("sinks.delivery").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("driftline.sinks.delivery").isEnabledFor(logging.DEBUG)
 
 
 def test_longer_secrets_are_replaced_first() -> None:
@@ -82,7 +82,7 @@ def test_longer_secrets_are_replaced_first() -> None:
 
 
 def test_an_invalid_url_in_the_config_is_not_echoed() -> None:
-    from monitor.exceptions import ConfigError
+    from driftline.monitor.exceptions import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         load_settings(webhooks={"targets": [{"name": "s", "url": "hooks.slack.com/services/T/B/zz99"}]})
@@ -92,7 +92,7 @@ def test_an_invalid_url_in_the_config_is_not_echoed() -> None:
 def test_protect_secrets_extends_the_installed_handler_only() -> None:
     stream = io.StringIO()
     setup_logging("INFO", "text", stream=stream)
-    from monitor.logs import protect_secrets
+    from driftline.monitor.logs import protect_secrets
 
     assert protect_secrets(["late-secret-99"]) == 1
     logging.getLogger("driftline").warning("value late-secret-99")

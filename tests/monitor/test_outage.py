@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from monitor.embedded_broker import EmbeddedBroker
+from driftline.demo.embedded_broker import EmbeddedBroker
 from tests.monitor.streams import feedback_for, prediction_events
 from tests.support.runs import DriftlineProcess, metric_values, read_alarms, replay, wait_for, write_config
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from monitor.config import reference_table
+from driftline.monitor.config import reference_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _SECTION = re.compile(r"(<!-- reference-table:start -->\n)(.*?)(<!-- reference-table:end -->)", re.S)

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from monitor.sources import ProcessKafkaSource
+from driftline.monitor.sources import ProcessKafkaSource
 from tests.monitor.streams import prediction_events
 from tests.support.runs import DriftlineProcess, metric_values, wait_for, write_config
 

@@ -9,10 +9,10 @@ import hashlib
 import orjson
 import pytest
 
-from monitor.cli import main
-from monitor.config import load_settings
-from monitor.exceptions import ReferenceLoadError
-from monitor.reference import load_reference
+from driftline.cli import main
+from driftline.monitor.config import load_settings
+from driftline.monitor.exceptions import ReferenceLoadError
+from driftline.monitor.reference import load_reference
 from tests.monitor.streams import prediction_events, to_jsonl
 
 
@@ -76,7 +76,7 @@ def test_replay_exit_codes_and_dead_letter_file(tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 def test_run_without_a_broker_fails_with_exit_code_3(tmp_path, monkeypatch, capsys):
-    from monitor.embedded_broker import free_port
+    from driftline.demo.embedded_broker import free_port
 
     monkeypatch.setenv("DRIFTLINE_KAFKA__BOOTSTRAP_TIMEOUT_MS", "1500")
     port = free_port()  # nothing listens there
@@ -92,8 +92,8 @@ def test_run_without_a_broker_fails_with_exit_code_3(tmp_path, monkeypatch, caps
 def test_trigger_policy_state_survives_a_restart(tmp_path):
     """Evidence gathered before a restart still counts after it: the policy is
     checkpointed with the engine and restored into the new webhook sink."""
-    from monitor.app import Service
-    from monitor.sources import JsonlSource
+    from driftline.app import Service
+    from driftline.monitor.sources import JsonlSource
 
     events = prediction_events(4_000, seed=70, shift_at=3_000, shift=1.0)
     path = tmp_path / "p.jsonl"
@@ -106,7 +106,7 @@ def test_trigger_policy_state_survives_a_restart(tmp_path):
 
     def service():
         src = JsonlSource(path, None, predictions_topic="predictions", feedback_topic="feedback")
-        from monitor.deadletter import FileDeadLetters
+        from driftline.sinks.deadletter import FileDeadLetters
         return Service(settings, source=src, dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"))
 
     first = service()

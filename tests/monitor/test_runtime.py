@@ -1,6 +1,6 @@
 import gc
 
-from monitor.runtime import GC_THRESHOLDS, steady_gc
+from driftline.monitor.runtime import GC_THRESHOLDS, steady_gc
 
 
 def test_steady_gc_freezes_start_state_and_restores_the_collector():

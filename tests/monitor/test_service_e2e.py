@@ -95,7 +95,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(broker, topics, tmp_p
            "DRIFTLINE_PROMETHEUS__PORT": "0",  # bound by the process, read from its log
            "DRIFTLINE_CHECKPOINT_INTERVAL_SECONDS": "3600"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "run", "--state-dir", str(tmp_path / "state"),
+        [sys.executable, "-m", "driftline.cli", "run", "--state-dir", str(tmp_path / "state"),
          "--alarms-jsonl", str(tmp_path / "alarms.jsonl")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err_lines: list[bytes] = []

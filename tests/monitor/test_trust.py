@@ -33,9 +33,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from scipy.stats import rankdata
 
-from monitor.app import Service
-from monitor.config import load_settings
-from sinks.prometheus import EngineCollector
+from driftline.app import Service
+from driftline.monitor.config import load_settings
+from driftline.sinks.prometheus import EngineCollector
 from tests.monitor.streams import feedback_for, prediction_events
 from tests.monitor.zoo import (
     FeatureSpec,
@@ -92,7 +92,7 @@ def test_item1_all_numeric_model_exits_0_when_its_reference_fills(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["DRIFTLINE_DEFAULTS__REFERENCE__SIZE"] = "1000"
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "monitor.cli", "replay", "--predictions", str(tmp_path / "p.jsonl"),
+    done = subprocess.run([sys.executable, "-m", "driftline.cli", "replay", "--predictions", str(tmp_path / "p.jsonl"),
                            "--alarms", str(tmp_path / "a.jsonl"), "--quiet"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

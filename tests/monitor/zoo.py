@@ -500,15 +500,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def replay_stream(stream: Stream, workdir: Path, *, config: dict[str, Any] | None = None,
                   extra_args: tuple[str, ...] = ()) -> Outcome:
-    """``driftline replay`` of ``stream`` in-process through the CLI (``monitor.cli.main``),
+    """``driftline replay`` of ``stream`` in-process through the CLI (``driftline.cli.main``),
     keeping a handle on the service it builds to read the engine afterwards."""
     from unittest import mock
 
     import yaml
 
-    import monitor.app
-    import monitor.cli
-    from monitor.cli import main
+    import driftline.app
+    import driftline.cli
+    from driftline.cli import main
 
     workdir.mkdir(parents=True, exist_ok=True)
     p, f, out = workdir / "p.jsonl", workdir / "f.jsonl", workdir / "alarms.jsonl"
@@ -523,15 +523,15 @@ def replay_stream(stream: Stream, workdir: Path, *, config: dict[str, Any] | Non
         argv += ["--config", str(cfg)]
     built: list[Any] = []
 
-    class Capturing(monitor.app.Service):
+    class Capturing(driftline.app.Service):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             built.append(self)
 
     # The CLI replaces the root logger's handlers, as an entry point does; here the test's
     # (pytest's capture, caplog) stay, so that a test can read what the service logged.
-    with mock.patch.object(monitor.app, "Service", Capturing), \
-            mock.patch.object(monitor.cli, "_setup_logging", lambda *args, **kwargs: None):
+    with mock.patch.object(driftline.app, "Service", Capturing), \
+            mock.patch.object(driftline.cli, "_setup_logging", lambda *args, **kwargs: None):
         code = main(argv)
     engine = built[0].engine
     return Outcome(code, _read_jsonl(out),
@@ -586,13 +586,13 @@ def read_dead_letter_topic(broker: Any, topic: str, expected: int, timeout: floa
 
 def run_kafka(broker: Any, topics: dict[str, str], stream: Stream, workdir: Path, *,
               timeout: float = 240.0, **settings: Any) -> Outcome:
-    """The :class:`monitor.app.Service` over the embedded broker on ``stream`` (default
+    """The :class:`driftline.app.Service` over the embedded broker on ``stream`` (default
     thresholds): produce, consume until every record is processed, stop; its outcome."""
     import threading
     import time
 
-    from monitor.app import Service
-    from monitor.config import load_settings
+    from driftline.app import Service
+    from driftline.monitor.config import load_settings
 
     total = produce_stream(broker, topics, stream)
     base: dict[str, Any] = dict(

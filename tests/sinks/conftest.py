@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.alarms import Alarm
-from monitor.config import TriggerPolicySettings, WebhookSettings, WebhookTarget
-from sinks.prometheus import PrometheusTelemetry
-from sinks.webhook import WebhookSink
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import TriggerPolicySettings, WebhookSettings, WebhookTarget
+from driftline.sinks.prometheus import PrometheusTelemetry
+from driftline.sinks.webhook import WebhookSink
 from tests.support import PrometheusServer, WebhookReceiver, prometheus_binary
 
 SECRET = "whsec-5f1c9e-driftline-test-signing-secret"

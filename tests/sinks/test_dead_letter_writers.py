@@ -1,4 +1,4 @@
-"""The dead-letter writers (monitor.deadletter) and the Kafka publisher they share with
+"""The dead-letter writers (driftline.sinks.deadletter) and the Kafka publisher they share with
 the Kafka alarm sink, against a real Kafka-protocol broker (Tansu) and a real file:
 records cut to fit with their original size and hash, one refused record never holding
 back the others, and nothing sent twice while it is in flight or dropped while the
@@ -16,12 +16,12 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from monitor.config import KafkaSettings
-from monitor.deadletter import FileDeadLetters, KafkaDeadLetters
-from monitor.decode import DeadLetter
-from monitor.embedded_broker import EmbeddedBroker
-from sinks.exceptions import SinkError
-from sinks.kafka import KafkaAlarmSink
+from driftline.monitor.config import KafkaSettings
+from driftline.sinks.deadletter import FileDeadLetters, KafkaDeadLetters
+from driftline.monitor.decode import DeadLetter
+from driftline.demo.embedded_broker import EmbeddedBroker
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.kafka import KafkaAlarmSink
 from tests.support.runs import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300),

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.config import WebhookTarget
-from sinks.delivery import backoff_delay, parse_retry_after
-from sinks.presets import GITHUB_CLIENT_PAYLOAD_MAX_KEYS, render
+from driftline.monitor.config import WebhookTarget
+from driftline.sinks.delivery import backoff_delay, parse_retry_after
+from driftline.sinks.presets import GITHUB_CLIENT_PAYLOAD_MAX_KEYS, render
 
 
 @given(attempt=st.integers(1, 200), base=st.floats(0.001, 10), cap=st.floats(0.001, 1000),

@@ -1,4 +1,4 @@
-"""sinks.factory: what build_sinks and start_metrics_server make from the settings."""
+"""driftline.sinks.factory: what build_sinks and start_metrics_server make from the settings."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from monitor.config import PrometheusSettings, Settings
-from monitor.exceptions import ConfigError
-from monitor.snapshot import VersionSnapshot
-from monitor.telemetry import NullTelemetry
-from sinks.factory import OUTBOX_FILE, build_sinks, start_metrics_server
-from sinks.jsonl import JsonlSink
-from sinks.kafka import KafkaAlarmSink
-from sinks.webhook import WebhookSink
+from driftline.monitor.config import PrometheusSettings, Settings
+from driftline.monitor.exceptions import ConfigError
+from driftline.monitor.snapshot import VersionSnapshot
+from driftline.monitor.telemetry import NullTelemetry
+from driftline.sinks.factory import OUTBOX_FILE, build_sinks, start_metrics_server
+from driftline.sinks.jsonl import JsonlSink
+from driftline.sinks.kafka import KafkaAlarmSink
+from driftline.sinks.webhook import WebhookSink
 
 
 def close_all(sinks: list) -> None:

@@ -1,4 +1,4 @@
-"""sinks.jsonl.JsonlSink over real files."""
+"""driftline.sinks.jsonl.JsonlSink over real files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.alarms import Alarm
-from sinks.exceptions import SinkError
-from sinks.jsonl import JsonlSink
+from driftline.monitor.alarms import Alarm
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.jsonl import JsonlSink
 
 
 def read(path: Path) -> list[dict]:
@@ -81,7 +81,7 @@ def test_a_line_torn_by_a_crash_is_cut_back_before_appending(tmp_path, caplog):
     path.write_bytes(b'{"model":"a"}\n{"model":"fra')  # killed in the middle of a write
     alarm = Alarm("fraud", "v1", "feature_drift", "ks", "x0", 0.3, 1e-5, 1e-9, 0, 999, 1.0, "retrain")
     sink = JsonlSink(path)
-    with caplog.at_level("WARNING", logger="sinks.jsonl"):
+    with caplog.at_level("WARNING", logger="driftline.sinks.jsonl"):
         sink.write([alarm])
         sink.flush()
     sink.close()

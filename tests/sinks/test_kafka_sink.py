@@ -1,4 +1,4 @@
-"""sinks.kafka.KafkaAlarmSink against a real Kafka-protocol broker (Tansu)."""
+"""driftline.sinks.kafka.KafkaAlarmSink against a real Kafka-protocol broker (Tansu)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from monitor.config import KafkaSettings
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.exceptions import ConfigError
-from sinks.exceptions import SinkError
-from sinks.kafka import KafkaAlarmSink
+from driftline.monitor.config import KafkaSettings
+from driftline.demo.embedded_broker import EmbeddedBroker
+from driftline.monitor.exceptions import ConfigError
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.kafka import KafkaAlarmSink
 
 pytestmark = pytest.mark.kafka
 

@@ -1,4 +1,4 @@
-"""sinks.outbox.Outbox over a real SQLite file."""
+"""driftline.sinks.outbox.Outbox over a real SQLite file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.outbox import Outbox, OutboxEntry
+from driftline.sinks.outbox import Outbox, OutboxEntry
 
 
 class Clock:

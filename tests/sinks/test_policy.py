@@ -1,4 +1,4 @@
-"""monitor.policy.TriggerPolicy: when alarms become retrain / rollback triggers.
+"""driftline.sinks.policy.TriggerPolicy: when alarms become retrain / rollback triggers.
 
 (Here rather than in tests/monitor/ because the sinks engineer owns the policy.)
 """
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.alarms import Alarm
-from monitor.config import TriggerPolicySettings
-from monitor.policy import Trigger, TriggerPolicy, idempotency_key
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import TriggerPolicySettings
+from driftline.sinks.policy import Trigger, TriggerPolicy, idempotency_key
 
 MakeAlarm = Callable[..., Alarm]
 

@@ -1,4 +1,4 @@
-"""sinks.prometheus and sinks.http: the metric contract, the collector, the server, and a
+"""driftline.sinks.prometheus and driftline.sinks.http: the metric contract, the collector, the server, and a
 real Prometheus scraping it."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.config import PrometheusSettings
-from monitor.snapshot import FeatureStatistic, VersionSnapshot
-from monitor.telemetry import Telemetry
-from sinks.http import MetricsServer
-from sinks.prometheus import OVERFLOW_FEATURE, EngineCollector, PrometheusTelemetry
+from driftline.monitor.config import PrometheusSettings
+from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
+from driftline.monitor.telemetry import Telemetry
+from driftline.sinks.http import MetricsServer
+from driftline.sinks.prometheus import OVERFLOW_FEATURE, EngineCollector, PrometheusTelemetry
 
 RULES = Path(__file__).resolve().parents[2] / "sinks" / "rules" / "driftline-alerts.yml"
 

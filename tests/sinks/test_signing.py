@@ -1,4 +1,4 @@
-"""sinks.signing: the signature scheme receivers verify."""
+"""driftline.sinks.signing: the signature scheme receivers verify."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.config import TriggerPolicySettings
-from monitor.policy import TriggerPolicy
-from sinks.presets import trigger_payload
-from sinks.signing import sign, verify
+from driftline.monitor.config import TriggerPolicySettings
+from driftline.sinks.policy import TriggerPolicy
+from driftline.sinks.presets import trigger_payload
+from driftline.sinks.signing import sign, verify
 
 NOW = 1_763_900_000
 

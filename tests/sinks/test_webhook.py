@@ -11,11 +11,11 @@ from typing import Callable
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.alarms import Alarm
-from monitor.exceptions import ConfigError
-from monitor.policy import idempotency_key
-from sinks.exceptions import SinkError
-from sinks.outbox import Outbox
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.exceptions import ConfigError
+from driftline.sinks.policy import idempotency_key
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.outbox import Outbox
 from tests.support import Reply, Stall, WebhookReceiver
 
 MakeAlarm = Callable[..., Alarm]

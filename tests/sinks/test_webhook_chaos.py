@@ -30,9 +30,9 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from monitor.alarms import Alarm
-from monitor.config import WebhookSettings, WebhookTarget
-from sinks.outbox import Outbox
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import WebhookSettings, WebhookTarget
+from driftline.sinks.outbox import Outbox
 from tests.support import Reply, Reset, SlowBody, Stall, WebhookReceiver
 from tests.support.receiver import ReceivedRequest, Step
 
@@ -358,7 +358,7 @@ def test_past_the_horizon_a_trigger_fails_visibly_and_resend_delivers_it(
         assert part in text, part
     assert receiver.url not in caplog.text
 
-    cli = [sys.executable, "-m", "monitor.cli", "webhooks"]
+    cli = [sys.executable, "-m", "driftline.cli", "webhooks"]
     listed = subprocess.run([*cli, "list", "--status", "failed", "--state-dir", str(tmp_path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert listed.returncode == 0, listed.stderr

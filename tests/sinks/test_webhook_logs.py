@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from monitor.embedded_broker import free_port
+from driftline.demo.embedded_broker import free_port
 from tests.monitor.streams import prediction_events
 from tests.monitor.test_kafka import produce
 from tests.support import Reply, Reset, WebhookReceiver
@@ -116,7 +116,7 @@ def test_no_secret_or_target_url_in_any_log_line_or_metric(broker, topics, tmp_p
     with closed, slack, generic, gitlab, out_path.open("wb") as out_file, \
             err_path.open("wb") as err_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "run", "--config", str(config_file),
+            [sys.executable, "-m", "driftline.cli", "run", "--config", str(config_file),
              "--log-level", "DEBUG"],
             cwd=ROOT, env=env, stdout=out_file, stderr=err_file)
         try:

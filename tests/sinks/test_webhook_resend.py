@@ -15,7 +15,7 @@ from typing import Callable
 from tests.support import Reply
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "monitor.cli", "webhooks"]
+CLI = [sys.executable, "-m", "driftline.cli", "webhooks"]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -4,7 +4,7 @@ The crash tests must hit a point of the service's loop deterministically, and th
 production code has no test hooks. This module is the subprocess's entry point instead:
 it imports driftline, wraps one method so that its Nth call kills the process with
 SIGKILL (no ``finally``, no ``atexit``, no flush: as a power loss or the OOM killer
-would), then calls :func:`monitor.cli.main` with the real command-line arguments::
+would), then calls :func:`driftline.cli.main` with the real command-line arguments::
 
     CRASHPOINT=outbox CRASHPOINT_AT=2 python -m tests.support.crashpoint run --config c.yml
 
@@ -67,7 +67,7 @@ def _counting(original: Callable[..., Any], at: int, before: bool = False) -> Ca
 def _half_written_save(original: Callable[..., Any], at: int) -> Callable[..., Any]:
     import orjson
 
-    from monitor.checkpoint import encode_state
+    from driftline.monitor.checkpoint import encode_state
 
     calls = {"n": 0}
 
@@ -117,24 +117,24 @@ def install(point: str, at: int) -> None:
     if at < 1:
         raise ValueError(f"CRASHPOINT_AT must be 1 or more, got {at}")
     if point == "engine":
-        from monitor.engine import Engine
+        from driftline.monitor.engine import Engine
 
         Engine.process = _counting(Engine.process, at)  # type: ignore[method-assign]
     elif point == "outbox":
-        from sinks.outbox import Outbox
+        from driftline.sinks.outbox import Outbox
 
         Outbox.add = _counting(Outbox.add, at)  # type: ignore[method-assign]
     elif point == "checkpoint":
-        from monitor.checkpoint import CheckpointStore
+        from driftline.monitor.checkpoint import CheckpointStore
 
         CheckpointStore.save = _half_written_save(CheckpointStore.save, at)  # type: ignore[method-assign]
     elif point == "commit":
-        from monitor.sources import KafkaSource, ProcessKafkaSource
+        from driftline.monitor.sources import KafkaSource, ProcessKafkaSource
 
         for cls in (KafkaSource, ProcessKafkaSource):
             cls.commit = _counting(cls.commit, at)  # type: ignore[method-assign]
     elif point == "jsonl":
-        from sinks.jsonl import JsonlSink
+        from driftline.sinks.jsonl import JsonlSink
 
         JsonlSink.flush = _torn_jsonl_flush(JsonlSink.flush, at)  # type: ignore[method-assign]
     else:
@@ -142,7 +142,7 @@ def install(point: str, at: int) -> None:
 
 
 def _report_port(path: Path) -> None:
-    from monitor.app import Service
+    from driftline.app import Service
 
     start = Service._start_metrics
 
@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
     port_file = os.environ.get("CRASHPOINT_PORT_FILE")
     if port_file:
         _report_port(Path(port_file))
-    from monitor.cli import main as cli_main
+    from driftline.cli import main as cli_main
 
     return cli_main(argv)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import httpx
 import yaml
 
-from monitor.embedded_broker import free_port, stop_process
+from driftline.demo.embedded_broker import free_port, stop_process
 
 __all__ = ["PrometheusServer", "prometheus_binary"]
 

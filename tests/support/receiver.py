@@ -1,7 +1,7 @@
 """A real webhook receiver on 127.0.0.1 for tests: verifies, de-duplicates, records.
 
 It behaves as a careful receiving application would: it checks the
-``X-Driftline-Signature`` with :func:`sinks.signing.verify` (401 when invalid), processes
+``X-Driftline-Signature`` with :func:`driftline.sinks.signing.verify` (401 when invalid), processes
 each ``Idempotency-Key`` once (a repeat is answered 200 and counted as a duplicate), and
 records every request. A *script* makes it misbehave first, one step per request:
 
@@ -41,8 +41,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs
 
-from monitor.embedded_broker import free_port
-from sinks.signing import SIGNATURE_HEADER, verify
+from driftline.demo.embedded_broker import free_port
+from driftline.sinks.signing import SIGNATURE_HEADER, verify
 
 __all__ = ["WebhookReceiver", "ReceivedRequest", "Reply", "Stall", "Reset", "SlowBody", "Step"]
 

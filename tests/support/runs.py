@@ -248,7 +248,7 @@ def replay(tmp: Path, predictions: list[dict], feedback: list[dict], config: Pat
            *, with_webhooks: bool = False, state_dir: Path | None = None,
            batch_size: int | None = None, name: str = "replay") -> list[dict[str, Any]]:
     """``driftline replay`` of the events (in-process, through the CLI); its alarms."""
-    from monitor.cli import main
+    from driftline.cli import main
 
     p, f, out = tmp / f"{name}-p.jsonl", tmp / f"{name}-f.jsonl", tmp / f"{name}-alarms.jsonl"
     p.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in predictions))

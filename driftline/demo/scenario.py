@@ -2,14 +2,14 @@
 
 What it runs, all on 127.0.0.1 and all stopped at the end (also on Ctrl-C):
 
-1. an embedded Kafka-protocol broker (:class:`monitor.embedded_broker.EmbeddedBroker`)
+1. an embedded Kafka-protocol broker (:class:`driftline.demo.embedded_broker.EmbeddedBroker`)
    with the ``predictions``, ``feedback`` and dead-letter topics;
 2. a webhook receiver (:class:`WebhookReceiver`, a real HTTP server) that checks each
-   request's HMAC signature (:func:`sinks.signing.verify`) and records the retrain and
+   request's HMAC signature (:func:`driftline.sinks.signing.verify`) and records the retrain and
    rollback triggers it gets;
-3. the monitor service (:class:`monitor.app.Service`) in a thread, with its Prometheus
+3. the monitor service (:class:`driftline.app.Service`) in a thread, with its Prometheus
    endpoint, a JSONL alarms file and two webhook targets (retrain, rollback);
-4. the simulator (:mod:`monitor.simulator`), producing a fraud model's predictions and
+4. the simulator (:mod:`driftline.demo.simulator`), producing a fraud model's predictions and
    delayed labels with three changes injected at known events.
 
 It then prints, for each injected change, when and by which detector it was detected,
@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from monitor.simulator import Injection, PublishStats, Scenario, generate, publish
+from driftline.demo.simulator import Injection, PublishStats, Scenario, generate, publish
 
 __all__ = [
     "DEMO_SECRET_ENV",
@@ -133,7 +133,7 @@ class WebhookReceiver:
         self.close()
 
     def _accept(self, path: str, headers: Any, body: bytes) -> int:
-        from sinks.signing import SIGNATURE_HEADER, verify
+        from driftline.sinks.signing import SIGNATURE_HEADER, verify
 
         if not verify(self._secret, body, headers.get(SIGNATURE_HEADER)):
             with self._lock:
@@ -216,14 +216,14 @@ def demo_settings(
     secret_env: str = DEMO_SECRET_ENV,
     metrics_host: str = "127.0.0.1",
 ) -> Any:
-    """The monitor's settings for the demo (a :class:`monitor.config.Settings`).
+    """The monitor's settings for the demo (a :class:`driftline.monitor.config.Settings`).
 
     Reference from the first 2,000 events, drift windows of 1,000 events, performance
     windows of 500 labels; triggers within 3,600 s of event time, with a cooldown of
     1,800 s (3,600 simulated events) so that the later concept drift gets its own
     retrain trigger after the feature shift's.
     """
-    from monitor.config import load_settings
+    from driftline.monitor.config import load_settings
 
     return load_settings(
         kafka={"bootstrap_servers": bootstrap_servers, "group_id": "driftline-demo",
@@ -481,8 +481,8 @@ def run_demo(
         0 when every injected change was detected, 2 when one was not, 1 when the
         monitor failed, 130 on Ctrl-C.
     """
-    from monitor.app import Service
-    from monitor.embedded_broker import EmbeddedBroker
+    from driftline.app import Service
+    from driftline.demo.embedded_broker import EmbeddedBroker
 
     out = stream if stream is not None else sys.stdout
     stop = stop if stop is not None else threading.Event()

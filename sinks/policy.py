@@ -24,8 +24,8 @@ per route) and exported with :meth:`TriggerPolicy.state_dict` for checkpoints.
 
 Examples
 --------
->>> from monitor.alarms import Alarm
->>> from monitor.config import TriggerPolicySettings
+>>> from driftline.monitor.alarms import Alarm
+>>> from driftline.monitor.config import TriggerPolicySettings
 >>> policy = TriggerPolicy(TriggerPolicySettings(min_alarms=2))
 >>> def alarm(ts, feature):
 ...     return Alarm("fraud", "v7", "feature_drift", "ks", feature, 0.3, 0.1, 1e-6,
@@ -45,8 +45,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from monitor.alarms import Alarm
-from monitor.config import TriggerPolicySettings
+from driftline.monitor.alarms import Alarm
+from driftline.monitor.config import TriggerPolicySettings
 
 __all__ = ["Trigger", "TriggerPolicy", "TRIGGER_ACTIONS", "idempotency_key"]
 

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from monitor.config import Settings, load_settings
-from monitor.exceptions import CheckpointError, ConfigError, ReferenceLoadError, SourceError
-from monitor.logs import protect_secrets, secrets_of, setup_logging
+from driftline.monitor.config import Settings, load_settings
+from driftline.monitor.exceptions import CheckpointError, ConfigError, ReferenceLoadError, SourceError
+from driftline.monitor.logs import protect_secrets, secrets_of, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -148,7 +148,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from monitor.app import Service
+    from driftline.app import Service
 
     settings = load_settings(args.config, **_overrides(args))  # sources deep-merge: flags > env > file
     _configure_logging(settings)
@@ -160,9 +160,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from monitor.app import Service
-    from monitor.deadletter import FileDeadLetters
-    from monitor.sources import JsonlSource
+    from driftline.app import Service
+    from driftline.sinks.deadletter import FileDeadLetters
+    from driftline.monitor.sources import JsonlSource
 
     over = _overrides(args)
     over["alarms_jsonl"] = args.alarms
@@ -211,7 +211,7 @@ class _Progress:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import run_demo
+    from driftline.demo.scenario import run_demo
 
     kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("metrics_port", args.metrics_port),
                                 ("rate", args.rate), ("partitions", args.partitions),
@@ -220,7 +220,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from monitor.simulator import produce_to_kafka
+    from driftline.demo.simulator import produce_to_kafka
 
     kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("rate", args.rate),
                                 ("predictions_topic", args.predictions_topic),
@@ -230,8 +230,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _open_outbox(args: argparse.Namespace) -> tuple[Settings, Any]:
-    from sinks.factory import OUTBOX_FILE
-    from sinks.outbox import Outbox
+    from driftline.sinks.factory import OUTBOX_FILE
+    from driftline.sinks.outbox import Outbox
 
     settings = load_settings(args.config, **_overrides(args))
     _configure_logging(settings)

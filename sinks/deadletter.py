@@ -22,11 +22,11 @@ from typing import Sequence
 
 import orjson
 
-from monitor.config import KafkaSettings
-from monitor.decode import DeadLetter
-from sinks.exceptions import SinkError
-from sinks.jsonl import LineFile
-from sinks.kafka import Headers, KafkaPublisher, Outgoing
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.decode import DeadLetter
+from driftline.sinks.exceptions import SinkError
+from driftline.sinks.jsonl import LineFile
+from driftline.sinks.kafka import Headers, KafkaPublisher, Outgoing
 
 __all__ = ["KafkaDeadLetters", "FileDeadLetters", "DEFAULT_MAX_BYTES", "digest"]
 

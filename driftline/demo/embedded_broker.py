@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from monitor.exceptions import SourceError
+from driftline.monitor.exceptions import SourceError
 
 __all__ = ["EmbeddedBroker", "broker_binary", "free_port", "stop_process"]
 

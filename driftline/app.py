@@ -34,17 +34,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from monitor.checkpoint import CheckpointStore
-from monitor.config import Settings
-from monitor.deadletter import FileDeadLetters, KafkaDeadLetters
-from monitor.decode import BatchDecoder, DecodedBatch
-from monitor.runtime import steady_gc
-from monitor.engine import Engine, ReferenceData
-from monitor.exceptions import ConfigError, ReferenceLoadError
-from monitor.reference import load_reference
-from monitor.sources import KafkaSource, ProcessKafkaSource, Source, SourceStatus
-from monitor.telemetry import NullTelemetry, Telemetry
-from sinks.exceptions import SinkError
+from driftline.monitor.checkpoint import CheckpointStore
+from driftline.monitor.config import Settings
+from driftline.sinks.deadletter import FileDeadLetters, KafkaDeadLetters
+from driftline.monitor.decode import BatchDecoder, DecodedBatch
+from driftline.monitor.runtime import steady_gc
+from driftline.monitor.engine import Engine, ReferenceData
+from driftline.monitor.exceptions import ConfigError, ReferenceLoadError
+from driftline.monitor.reference import load_reference
+from driftline.monitor.sources import KafkaSource, ProcessKafkaSource, Source, SourceStatus
+from driftline.monitor.telemetry import NullTelemetry, Telemetry
+from driftline.sinks.exceptions import SinkError
 
 __all__ = ["Service", "BatchStats"]
 
@@ -98,7 +98,7 @@ class Service:
     settings
         All configuration.
     source
-        Where records come from; default a :class:`~monitor.sources.KafkaSource`.
+        Where records come from; default a :class:`~driftline.monitor.sources.KafkaSource`.
     sinks
         Alarm outputs; default built from ``settings`` (JSONL, Kafka, webhooks).
     dead_letters
@@ -134,7 +134,7 @@ class Service:
         if settings.prometheus.enabled:
             from prometheus_client import CollectorRegistry
 
-            from sinks.prometheus import PrometheusTelemetry
+            from driftline.sinks.prometheus import PrometheusTelemetry
 
             self.registry = registry if registry is not None else CollectorRegistry()
             self.telemetry = PrometheusTelemetry(self.registry)
@@ -148,7 +148,7 @@ class Service:
                 references[name] = ref
         self.engine = Engine(settings, references=references, reference_loader=loader)
         if sinks is None:
-            from sinks.factory import build_sinks
+            from driftline.sinks.factory import build_sinks
 
             sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir))
         self.sinks = list(sinks)
@@ -178,7 +178,7 @@ class Service:
     def _start_metrics(self) -> None:
         if not self.settings.prometheus.enabled or self._metrics_server is not None:
             return
-        from sinks.factory import start_metrics_server
+        from driftline.sinks.factory import start_metrics_server
 
         self._metrics_server = start_metrics_server(
             self.settings.prometheus, self.registry, self.engine.snapshot, self.readiness,
@@ -404,7 +404,7 @@ class Service:
         if state is None:
             return
         self.engine.load_state(state["engine"])
-        from monitor.policy import TriggerPolicy
+        from driftline.sinks.policy import TriggerPolicy
 
         for i, sink in enumerate(self.sinks):  # evidence and cooldowns of the trigger policy
             saved = state.get("policies", {}).get(getattr(sink, "name", str(i)))
