@@ -1,6 +1,14 @@
-"""Detection quality of driftline's default configuration on generated streams.
+"""Detection quality of driftline's default configuration on generated streams, and
+the quality of label-free performance estimation (CBPE).
 
     .venv/bin/python benchmarks/bench_quality.py [--stable-events N] [--seeds K]
+    .venv/bin/python benchmarks/bench_quality.py --cbpe-only      # estimation section only
+    /tmp/nml/bin/python benchmarks/bench_quality.py --cbpe-only   # ... beside NannyML's CBPE
+
+The second form needs only numpy and scipy (driftline importable, e.g.
+``/tmp/nml/bin/pip install --no-deps -e .``); where ``nannyml`` is importable the CBPE
+section also runs NannyML's CBPE on the same streams and reports the difference of
+the estimates and the speed ratio (it says so when nannyml is absent).
 
 Streams with known change points go through the real pipeline (JSON records ->
 decode -> label join -> engine) with ``Settings()`` defaults: 10 numeric and 3
@@ -20,11 +28,30 @@ delay (alarm ``last_index`` minus the change point, in prediction events, for th
 first such alarm), and which kind of alarm found it. False alarms: alarms whose
 evidence ends before the change point, and every alarm of the stable stream, per
 100,000 stable events.
+
+CBPE section (:class:`driftline.detectors.estimation.PerformanceEstimator` called
+directly on tumbling windows, no engine): a logistic model whose scores are
+overconfident (``sigmoid(1.6 z)`` for the true ``P(y=1|x) = sigmoid(z)``), calibrated
+on a labelled reference of the same distribution. Streams:
+
+* ``stable``          no shift (long): false signals only;
+* ``harmful_shift``   covariate shift toward the decision boundary (the three
+                      informative features shrink to 35%): accuracy falls;
+* ``benign_shift``    covariate shift along the strongest feature (+1 SD): the
+                      predictions drift, accuracy does not fall;
+
+P(y|x) never changes (CBPE's assumption). Per window: the estimated accuracy
+against the realized one (mean absolute error, share of windows whose band holds
+the realized value), and the signal "estimate below the reference's accuracy by
+``--margin``" (the whole 95% band below ``reference - margin``): its delay after a
+harmful shift, and false signals per 100,000 stable events (stable stream, the
+pre-shift halves, and the benign shift's second half, where accuracy did not fall).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -32,13 +59,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from driftline.monitor.config import Settings  # noqa: E402
-from driftline.monitor.decode import Record, decode_batch  # noqa: E402
-from driftline.monitor.engine import Engine  # noqa: E402
+from driftline.detectors.estimation import PerformanceEstimator  # noqa: E402
 
 N_NUM, N_CAT = 10, 3
 CATS = np.array(["a", "b", "c", "d", "e"])
@@ -52,12 +76,13 @@ def _sigmoid(z):
 
 def generate(kind: str, n: int, change: int, seed: int):
     """Prediction and feedback events of one scenario (lists of dicts)."""
+    import orjson
+
     rng = np.random.default_rng(seed)
     w = rng.normal(scale=0.8, size=N_NUM)
     x = rng.normal(size=(n, N_NUM))
     cats = rng.choice(CATS, size=(n, N_CAT), p=[0.4, 0.25, 0.15, 0.12, 0.08])
     feature = int(rng.integers(N_NUM))
-    y_logit = None
     if kind == "sudden":
         x[change:, feature] += 0.5
     elif kind == "gradual":
@@ -92,6 +117,9 @@ def generate(kind: str, n: int, change: int, seed: int):
 
 def run_stream(preds, fb, settings):
     """Interleave (feedback LABEL_DELAY records after its prediction) and run."""
+    from driftline.monitor.decode import Record, decode_batch
+    from driftline.monitor.engine import Engine
+
     records = []
     for i, p in enumerate(preds):
         records.append(Record("predictions", 0, i, -1, None, p))
@@ -104,15 +132,10 @@ def run_stream(preds, fb, settings):
     return alarms, len(records)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stable-events", type=int, default=600_000)
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--length", type=int, default=40_000)
-    ap.add_argument("--check", action="store_true",
-                    help="exit 1 when a target is missed: at most 1 false alarm per 100,000 stable "
-                         "events, every sudden shift detected within 5,000 events")
-    args = ap.parse_args()
+def engine_section(args: argparse.Namespace) -> list[str]:
+    """The engine's alarms on the scenarios; the targets missed."""
+    from driftline.monitor.config import Settings
+
     settings = Settings()
     change = args.length // 2
     rows = []
@@ -146,13 +169,16 @@ def main() -> None:
     print("| scenario | detected | median delay (events) | max delay | first alarm by |")
     print("|---|---|---|---|---|")
     for kind, hit, total, med, worst, by in rows:
-        print(f"| {kind} | {hit}/{total} | {med if med is not None else '-'} | {worst if worst is not None else '-'} | {by} |")
+        print(f"| {kind} | {hit}/{total} | {med if med is not None else '-'} "
+              f"| {worst if worst is not None else '-'} | {by} |")
     fa_rate = len(false_alarms) / stable_events * 100_000
     print()
     print(f"false alarms: {len(false_alarms)} in {stable_events:,} stable events = {fa_rate:.2f} per 100,000")
     for a in false_alarms[:10]:
-        print(f"  {a.kind}/{a.detector} {a.feature} [{a.first_index}..{a.last_index}] stat={a.statistic:.4g} p={a.p_value}")
-    print(f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s through decode+join+engine)")
+        print(f"  {a.kind}/{a.detector} {a.feature} [{a.first_index}..{a.last_index}] "
+              f"stat={a.statistic:.4g} p={a.p_value}")
+    print(f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s "
+          "through decode+join+engine)")
     sudden = next(r for r in rows if r[0] == "sudden")
     missed = []
     if fa_rate > 1.0:
@@ -160,6 +186,170 @@ def main() -> None:
     if sudden[1] < sudden[2] or (sudden[4] is not None and sudden[4] > 5_000):
         missed.append(f"sudden shifts: {sudden[1]}/{sudden[2]} detected, worst delay {sudden[4]} "
                       "(target: all, within 5,000 events)")
+    return missed
+
+
+# ---- label-free performance estimation (CBPE) ----------------------------------------------
+CBPE_WEIGHTS = np.array([1.5, -1.0, 0.8, 0.0, 0.0])
+OVERCONFIDENCE = 1.6
+CBPE_KINDS = ("stable", "harmful_shift", "benign_shift")
+
+
+def cbpe_stream(kind: str, n: int, change: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (overconfident) and labels (from the true P(y|x)) of one CBPE stream."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, CBPE_WEIGHTS.size))
+    if kind == "harmful_shift":
+        x[change:, :3] *= 0.35
+    elif kind == "benign_shift":
+        x[change:, 0] += 1.0
+    z = x @ CBPE_WEIGHTS
+    labels = (rng.random(n) < _sigmoid(z)).astype(np.int64)
+    return _sigmoid(OVERCONFIDENCE * z), labels
+
+
+def _windows(n: int, window: int) -> list[slice]:
+    return [slice(s, s + window) for s in range(0, n - window + 1, window)]
+
+
+NML_METRICS = ("accuracy", "f1", "roc_auc")
+
+
+def _nannyml_estimates(nml, ref_scores, ref_labels, scores, window):
+    """NannyML's CBPE estimates per chunk of ``window`` rows ({metric: array}), and the seconds it took."""
+    import pandas as pd
+
+    reference = pd.DataFrame({"p": ref_scores, "y_pred": (ref_scores >= 0.5).astype(int), "y": ref_labels})
+    analysis = pd.DataFrame({"p": scores, "y_pred": (scores >= 0.5).astype(int)})
+    t = time.perf_counter()
+    cbpe = nml.CBPE(y_pred_proba="p", y_pred="y_pred", y_true="y", problem_type="classification_binary",
+                    metrics=list(NML_METRICS), chunk_size=window)
+    cbpe.fit(reference)
+    result = cbpe.estimate(analysis).filter(period="analysis").to_df()
+    elapsed = time.perf_counter() - t
+    return {m: result[(m, "value")].to_numpy(dtype=float) for m in NML_METRICS}, elapsed
+
+
+def cbpe_section(args: argparse.Namespace) -> list[str]:
+    """Estimated against realized accuracy per window, signals, and NannyML beside it."""
+    try:
+        import warnings
+
+        os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # nannyml would send usage analytics
+        import nannyml as nml
+
+        warnings.filterwarnings("ignore")  # nannyml and pandas are chatty; this is a script
+    except ImportError:
+        nml = None
+    window, margin, change = args.window, args.margin, args.cbpe_length // 2
+    rows = []
+    stable_events = false_signals = 0
+    ours_seconds = nml_seconds = 0.0
+    nml_diffs: dict[str, list[float]] = {m: [] for m in NML_METRICS}
+    nml_errors: list[float] = []
+    for k, kind in enumerate(CBPE_KINDS):
+        errors: list[float] = []
+        covered = signals_after = 0
+        delays: list[int] = []
+        before: list[float] = []
+        after: list[float] = []
+        for seed in range(args.seeds):
+            n = args.cbpe_stable_events if kind == "stable" else args.cbpe_length
+            at = n if kind == "stable" else change
+            ref_scores, ref_labels = cbpe_stream("stable", args.reference, args.reference, 10_000 + 17 * seed + k)
+            scores, labels = cbpe_stream(kind, n, at, 20_000 + 17 * seed + k)
+            t = time.perf_counter()
+            estimator = PerformanceEstimator().fit(ref_scores, ref_labels)
+            estimates = [estimator.estimate(scores[w]) for w in _windows(n, window)]
+            ours_seconds += time.perf_counter() - t
+            reference = estimator.reference
+            first_signal = None
+            for w, e in zip(_windows(n, window), estimates, strict=True):
+                realized = estimator.realized(scores[w], labels[w]).accuracy.value
+                errors.append(abs(e.accuracy.value - realized))
+                covered += e.accuracy.low <= realized <= e.accuracy.high
+                (after if w.start >= at else before).append(realized)
+                signal = e.below(reference, margin)
+                if w.stop <= at:
+                    stable_events += window
+                    false_signals += signal
+                elif kind == "benign_shift" and w.start >= at:
+                    stable_events += window
+                    false_signals += signal
+                    signals_after += signal
+                elif kind == "harmful_shift" and signal and first_signal is None:
+                    first_signal = w.stop - at
+            if first_signal is not None:
+                delays.append(first_signal)
+            if nml is not None:
+                theirs, seconds = _nannyml_estimates(nml, ref_scores, ref_labels, scores, window)
+                nml_seconds += seconds
+                m = min(len(estimates), theirs["accuracy"].size)  # nannyml may merge a short last chunk
+                for metric in NML_METRICS:
+                    ours = np.array([getattr(e, metric).value for e in estimates[:m]])
+                    nml_diffs[metric] += np.abs(ours - theirs[metric][:m]).tolist()
+                realized_all = np.array([estimator.realized(scores[w], labels[w]).accuracy.value
+                                         for w in _windows(n, window)[:m]])
+                nml_errors += np.abs(theirs["accuracy"][:m] - realized_all).tolist()
+        rows.append((kind, float(np.mean(errors)), covered / len(errors), len(errors),
+                     float(np.mean(before)) if before else float("nan"),
+                     float(np.mean(after)) if after else float("nan"),
+                     delays, signals_after))
+    print()
+    print(f"CBPE: estimated vs realized accuracy per {window:,}-event window ({args.seeds} seeds; reference "
+          f"{args.reference:,} labelled events; shifts at {change:,} of {args.cbpe_length:,}; stable stream "
+          f"{args.cbpe_stable_events:,}; signal = 95% band below reference - {margin})")
+    print()
+    print("| stream | windows | MAE of estimate | band holds realized | realized acc. before / after shift "
+          "| signal delay (events) | signals after shift |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, mae, cover, count, acc_before, acc_after, delays, sig_after in rows:
+        delay = "-"
+        if kind == "harmful_shift":
+            delay = (f"median {statistics.median(delays):,.0f}, max {max(delays):,} ({len(delays)}/{args.seeds})"
+                     if delays else f"none ({0}/{args.seeds})")
+        after_text = "-" if kind == "stable" else f"{acc_after:.3f}"
+        print(f"| {kind} | {count} | {mae:.4f} | {cover:.1%} | {acc_before:.3f} / {after_text} | {delay} "
+              f"| {sig_after if kind == 'benign_shift' else '-'} |")
+    rate = false_signals / stable_events * 100_000
+    print()
+    print(f"false signals: {false_signals} in {stable_events:,} stable events = {rate:.2f} per 100,000")
+    if nml is None:
+        print("nannyml: not importable here, no comparison (run with /tmp/nml/bin/python, see the docstring)")
+    else:
+        diffs = ", ".join(f"{m} {np.mean(v):.2g} (max {np.max(v):.2g})" for m, v in nml_diffs.items())
+        print(f"nannyml {nml.__version__} CBPE on the same streams and windows ({len(nml_errors)}): "
+              f"mean |ours - nannyml| estimate: {diffs}; nannyml's accuracy MAE against realized "
+              f"{np.mean(nml_errors):.4f}; fit + estimate time ours {ours_seconds:.2f} s (all five metrics), "
+              f"nannyml {nml_seconds:.2f} s ({', '.join(NML_METRICS)}; incl. DataFrame building): "
+              f"nannyml / ours = {nml_seconds / ours_seconds:.0f}x")
+    missed = []
+    if rate > 1.0:
+        missed.append(f"{rate:.2f} false CBPE signals per 100,000 stable events (target: at most 1)")
+    harmful = next(r for r in rows if r[0] == "harmful_shift")
+    if len(harmful[6]) < args.seeds:
+        missed.append(f"harmful shifts signalled {len(harmful[6])}/{args.seeds}")
+    return missed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stable-events", type=int, default=600_000)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--length", type=int, default=40_000)
+    ap.add_argument("--cbpe-only", action="store_true", help="only the CBPE section (needs numpy and scipy only)")
+    ap.add_argument("--cbpe-stable-events", type=int, default=300_000)
+    ap.add_argument("--cbpe-length", type=int, default=40_000)
+    ap.add_argument("--reference", type=int, default=10_000, help="labelled reference events for CBPE")
+    ap.add_argument("--window", type=int, default=1_000, help="CBPE window (performance.window's default)")
+    ap.add_argument("--margin", type=float, default=0.1, help="CBPE signal margin (performance.max_drop's default)")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a target is missed: at most 1 false alarm (and CBPE signal) per 100,000 "
+                         "stable events, every sudden shift detected within 5,000 events, every harmful "
+                         "shift signalled by CBPE")
+    args = ap.parse_args()
+    missed = [] if args.cbpe_only else engine_section(args)
+    missed += cbpe_section(args)
     if missed:
         print("targets missed: " + "; ".join(missed), file=sys.stderr)
     if args.check and missed:
