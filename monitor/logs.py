@@ -5,7 +5,10 @@ that may configure the process's logging). It installs one stderr handler whose 
 is a :class:`RedactingFormatter`: every line, whatever logger wrote it and at whatever
 level, has each configured secret replaced by ``[redacted]`` before it is written. The
 secrets come from :func:`secrets_of`: the webhook targets' URLs (a Slack incoming-webhook
-URL is a credential), their HMAC secrets and tokens, and the Kafka SASL password.
+URL is a credential), their HMAC secrets and tokens, and Kafka's SASL password, private-key
+password and OAUTHBEARER token (kafka-python logs its SASL requests, credentials included,
+at DEBUG; an OAUTHBEARER token read later is added by :mod:`driftline.monitor.kafka_client`
+through :func:`protect_secrets`).
 
 Libraries that log request URLs (httpx's ``HTTP Request: POST <url>`` at INFO, httpcore's
 connection trace at DEBUG) are also held at WARNING, so that ``--log-level DEBUG`` shows
@@ -84,6 +87,7 @@ class RedactingFormatter(logging.Formatter):
             if secret:
                 forms.add(secret)
                 forms.add(json.dumps(secret)[1:-1])  # as it appears inside a JSON string
+                forms.update(_repr_forms(secret))
         self.secrets = tuple(sorted(forms, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
@@ -95,6 +99,23 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(self.inner.format(record))
+
+
+def _repr_forms(secret: str) -> set[str]:
+    """``secret`` as it appears inside the repr of a str or bytes value: kafka-python logs
+    its configuration (a dict: str reprs) and its SASL requests with their auth bytes
+    (``b'\\x00user\\x00password'``) at DEBUG. A repr escapes its quote character only,
+    and picks the quote from the whole value, so both spellings of ``'`` are covered."""
+    forms = set()
+    for value in (secret, secret.encode("utf-8")):
+        prefix = 2 if isinstance(value, bytes) else 1
+        plain = repr(value)[prefix:-1]
+        forms.add(plain)
+        forms.add(plain.replace("\\'", "'"))
+        # with both quotes inside, a repr quotes with ' and escapes every '
+        both = value + (b"'\"" if isinstance(value, bytes) else "'\"")
+        forms.add(repr(both)[prefix:-1][:-3])
+    return forms
 
 
 def _url_secrets(url: str) -> list[str]:
@@ -136,9 +157,17 @@ def secrets_of(settings: Any, environ: Mapping[str, str]) -> list[str]:
         for variable in (target.secret_env, target.token_env):
             if variable and environ.get(variable):
                 values.append(environ[variable])
-    password = settings.kafka.sasl_password
-    if password is not None and password.get_secret_value():
-        values.append(password.get_secret_value())
+    kafka = settings.kafka
+    for secret in (kafka.sasl_plain_password, kafka.ssl_password, kafka.sasl_oauth_token):
+        if secret is not None and secret.get_secret_value():
+            values.append(secret.get_secret_value())
+    if kafka.sasl_oauth_token_file is not None:
+        try:  # the token as it is now; a token rotated later is added when it is read
+            token = kafka.sasl_oauth_token_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            token = ""  # unreadable now: connecting fails and says so; nothing to hide yet
+        if token:
+            values.append(token)
     return values
 
 

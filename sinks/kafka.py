@@ -33,6 +33,7 @@ from kafka.net.compat import KafkaNetClient
 from driftline.monitor.alarms import Alarm
 from driftline.monitor.config import KafkaSettings
 from driftline.monitor.exceptions import ConfigError
+from driftline.monitor.kafka_client import client_options
 from driftline.sinks.exceptions import SinkError
 
 __all__ = ["KafkaAlarmSink", "KafkaPublisher", "Outgoing"]
@@ -75,7 +76,8 @@ class KafkaPublisher:
     Parameters
     ----------
     settings
-        ``kafka`` of the configuration: brokers and security.
+        ``kafka`` of the configuration: brokers, security and socket tuning, mapped by
+        :func:`driftline.monitor.kafka_client.client_options` as for the consumer.
     topic
         Where the records go.
     what
@@ -122,25 +124,18 @@ class KafkaPublisher:
 
     # -- the producer ---------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
-        s = self.settings
         timeout_ms = int(self.flush_timeout_seconds * 1000)
-        config: dict[str, Any] = {
-            "bootstrap_servers": s.bootstrap_servers.split(","),
-            "client_id": f"{s.client_id}-{self._client_suffix}",
+        config = client_options(self.settings, "producer")  # brokers, TLS, SASL, buffers
+        config.update({
+            "client_id": f"{self.settings.client_id}-{self._client_suffix}",
             "acks": "all",
-            "security_protocol": s.security_protocol,
             "max_block_ms": timeout_ms,
             "request_timeout_ms": timeout_ms,
             "bootstrap_timeout_ms": timeout_ms,
             "linger_ms": 5,
-        }
+        })
         if self._max_request_size is not None:
             config["max_request_size"] = self._max_request_size
-        if s.sasl_mechanism is not None:
-            config["sasl_mechanism"] = s.sasl_mechanism
-            config["sasl_plain_username"] = s.sasl_username
-            if s.sasl_password is not None:
-                config["sasl_plain_password"] = s.sasl_password.get_secret_value()
         return config
 
     def _ensure_producer(self) -> KafkaProducer:

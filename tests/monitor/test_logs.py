@@ -29,7 +29,8 @@ def settings():
             {"name": "slack", "url": SLACK, "preset": "slack"},
             {"name": "ci", "url": "https://ci.example/hook", "secret_env": "S", "token_env": "T"},
         ]},
-        kafka={"sasl_password": "kafka-pass-4242"},
+        kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "driftline",
+               "sasl_plain_password": "kafka-pass-4242"},
     )
 
 
@@ -97,3 +98,55 @@ def test_protect_secrets_extends_the_installed_handler_only() -> None:
     assert protect_secrets(["late-secret-99"]) == 1
     logging.getLogger("driftline").warning("value late-secret-99")
     assert "late-secret-99" not in stream.getvalue() and REDACTED in stream.getvalue()
+
+
+def test_secrets_of_lists_the_key_password_and_the_oauthbearer_tokens(tmp_path) -> None:
+    from tests.support.tls import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-6161\n")
+    tls = {"ssl_cafile": str(certs.ca), "ssl_certfile": str(certs.client_cert),
+           "ssl_keyfile": str(certs.client_key), "ssl_password": certs.key_password}
+    with_file = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
+                                     "sasl_oauth_token_file": str(token_file), **tls})
+    assert {certs.key_password, "file-token-6161"} <= set(secrets_of(with_file, {}))
+    static = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
+                                  "sasl_oauth_token": "static-token-6262"})
+    assert "static-token-6262" in secrets_of(static, {})
+
+
+@pytest.mark.parametrize("password", ["plain-pw-7171", "quote'pw\"7272", "non-ascii-pw-\u00e9\u00df"])
+def test_kafka_pythons_own_debug_lines_are_redacted(password) -> None:
+    """At DEBUG, kafka-python logs the admin client's whole configuration and every SASL
+    request with its auth bytes (PLAIN: the password): the formatter redacts each form."""
+    from kafka import KafkaAdminClient
+    from kafka.net.sasl.plain import SaslMechanismPlain
+    from kafka.protocol.sasl import SaslAuthenticateRequest
+
+    from driftline.monitor.kafka_client import client_options
+
+    settings = load_settings(kafka={"bootstrap_servers": "127.0.0.1:9", "security_protocol": "SASL_PLAINTEXT",
+                                    "sasl_mechanism": "PLAIN", "sasl_plain_username": "driftline",
+                                    "sasl_plain_password": password})
+    stream = io.StringIO()
+    setup_logging("DEBUG", "text", secrets_of(settings, {}), stream=stream)
+    logging.getLogger("kafka").setLevel(logging.DEBUG)  # as an operator chasing a problem would
+    options = client_options(settings.kafka, "admin")
+
+    class NoNetwork(Exception):
+        pass
+
+    def client(**config):  # the configuration is logged before the client connects
+        raise NoNetwork
+
+    with pytest.raises(NoNetwork):
+        KafkaAdminClient(**options, kafka_client=client)
+    request = SaslAuthenticateRequest(SaslMechanismPlain(**options).auth_bytes())
+    logging.getLogger("kafka.net.connection").debug("%s Request %d: %s", "<conn>", 2, request)
+    text = stream.getvalue()
+    assert "Starting KafkaAdminClient with configuration" in text
+    assert "SaslAuthenticateRequest(" in text
+    for form in (password, repr(password)[1:-1], repr(password.encode())[2:-1]):
+        assert form not in text, form
+    assert text.count(REDACTED) >= 2
