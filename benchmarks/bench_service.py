@@ -176,6 +176,7 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     record (us) from the end of its first batch."""
     from driftline.app import Service
     from driftline.monitor.config import load_settings
+    from driftline.monitor.runtime import steady_gc
 
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "group_id": group, "predictions_topic": topic,
@@ -203,8 +204,9 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
 
     svc = Service(settings, on_batch=on_batch)
     thread = threading.Thread(target=svc.run, args=(stop,), daemon=True)
-    thread.start()
-    thread.join(timeout=600)
+    with steady_gc():  # as `driftline run` does: the entry point tunes the collector, not the Service
+        thread.start()
+        thread.join(timeout=600)
     per_record = {k: (b - a) / (2 * n - marks["first_n"]) * 1e6 for k, (a, b) in cpu.items()}
     return 2 * n / (marks["last"] - first_record_time()), per_record
 

@@ -3,9 +3,9 @@ checkpoint, commit — one batch through the whole line before the next is polle
 
 Ordering per batch (what makes "never lost" true)::
 
-    records = source.poll()
-    decoded = decode(records)                  # bad records -> dead letters (the consumer
-                                               # process decodes batches when it has time)
+    decoded = source.poll()                    # every source decodes: bad records -> dead
+                                               # letters (the Kafka consumer process decodes
+                                               # batches when it has time)
     result  = engine.process(decoded)          # alarms
     dead_letters.write(...); sink.write(alarms) for every sink
     dead_letters.flush(); sink.flush() for every sink   # durable, or SinkError
@@ -19,6 +19,11 @@ commit happens on any path (batch, idle, shutdown) until every flush succeeded. 
 crash replays from the last committed offsets with the state of the checkpoint written
 just before that commit, so nothing is counted twice or lost.
 
+Process-wide settings (signals aside, which :meth:`Service.run` takes over only in the
+main thread and restores) belong to the process's entry point, not to the service: the
+CLI tunes the garbage collector (:func:`driftline.monitor.runtime.steady_gc`) around
+``run``, and webhook secrets are read from the ``environ`` mapping the service is given.
+
 A broker outage or a rebalance is ridden out: polls return nothing, a commit that is
 refused or unanswered is retried a few seconds later (never taken as done), and the
 health check every 2 seconds sets ``/readyz`` (``kafka``: the brokers answer;
@@ -31,19 +36,18 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from driftline.monitor.checkpoint import CheckpointStore
 from driftline.monitor.config import Settings
-from driftline.sinks.deadletter import FileDeadLetters, KafkaDeadLetters
-from driftline.monitor.decode import BatchDecoder, DecodedBatch
-from driftline.monitor.runtime import steady_gc
+from driftline.monitor.decode import DecodedBatch
 from driftline.monitor.engine import Engine, ReferenceData
-from driftline.monitor.exceptions import ConfigError, ReferenceLoadError
 from driftline.monitor.reference import load_reference
-from driftline.monitor.sources import KafkaSource, ProcessKafkaSource, Source, SourceStatus
-from driftline.monitor.telemetry import NullTelemetry, Telemetry
+from driftline.monitor.sources import KafkaSource, ProcessKafkaSource, SchemaSink, Source
+from driftline.monitor.telemetry import READINESS_COMPONENTS, NullTelemetry, Readiness, Telemetry
+from driftline.sinks.deadletter import KafkaDeadLetters
 from driftline.sinks.exceptions import SinkError
 
 __all__ = ["Service", "BatchStats"]
@@ -51,10 +55,10 @@ __all__ = ["Service", "BatchStats"]
 log = logging.getLogger(__name__)
 
 _HEALTH_INTERVAL = 2.0
+"""Seconds between health checks (lag, assignment, broker reachability: asks the broker)."""
 _HOLD_FIRST_DELAY = 0.5
 _HOLD_MAX_DELAY = 10.0
 """Retry delays of a flush that failed, while no further batch is polled."""
-"""Seconds between health checks (lag, assignment, broker reachability: asks the broker)."""
 _COMMIT_RETRY_SECONDS = 2.0
 """A commit that was not done (rebalance, outage) is tried again this much later."""
 _WARN_EVERY = 10.0
@@ -98,7 +102,10 @@ class Service:
     settings
         All configuration.
     source
-        Where records come from; default a :class:`~driftline.monitor.sources.KafkaSource`.
+        Where decoded batches come from; default a
+        :class:`~driftline.monitor.sources.ProcessKafkaSource` (a
+        :class:`~driftline.monitor.sources.KafkaSource` when
+        ``kafka.consumer_process`` is off).
     sinks
         Alarm outputs; default built from ``settings`` (JSONL, Kafka, webhooks).
     dead_letters
@@ -110,6 +117,9 @@ class Service:
         Write and restore checkpoints under ``settings.state_dir`` (off for replays).
     on_batch
         Called after each batch with the running :class:`BatchStats`.
+    environ
+        Where the default sinks read webhook secrets and tokens; default ``os.environ``
+        (the demo passes its per-run secret here rather than setting it process-wide).
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class Service:
         registry: Any = None,
         checkpoint: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self._source = source
@@ -129,7 +140,7 @@ class Service:
         self.on_batch = on_batch
         self.stats = BatchStats()
         self.metrics_port: int | None = None
-        self._metrics_server = None
+        self._metrics_server: Any = None
         self.telemetry: Telemetry = NullTelemetry()
         if settings.prometheus.enabled:
             from prometheus_client import CollectorRegistry
@@ -150,10 +161,10 @@ class Service:
         if sinks is None:
             from driftline.sinks.factory import build_sinks
 
-            sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir))
+            sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir), environ=environ)
         self.sinks = list(sinks)
         self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
-        self._ready = {"kafka": False, "partitions": False, "consuming": False, "reference": False}
+        self._ready = dict.fromkeys(READINESS_COMPONENTS, False)
         self._last_checkpoint = 0.0
         self._last_health = 0.0
         self._last_progress = time.monotonic()  # a record arrived, or the lag was 0
@@ -164,8 +175,7 @@ class Service:
         self._flush_warned: dict[str, float] = {}
         self._retry_commit_at = 0.0
         self._committed: dict[tuple[str, int], int] = {}
-        self.decoder = BatchDecoder(settings.kafka.predictions_topic, settings.kafka.feedback_topic)
-        self._shared: set[str] = set()  # models whose schema the decoders know
+        self._shared: set[str] = set()  # models whose schema the source's decoder knows
 
     # -- lifecycle ----------------------------------------------------------------------
     def readiness(self) -> dict[str, bool]:
@@ -201,28 +211,26 @@ class Service:
             self._restore(source)
             self._share_schemas(source)
             self._last_checkpoint = time.monotonic()  # the first checkpoint comes one interval in
-            self._set_ready("kafka", True)
-            with steady_gc():
-                while not stop.is_set():
-                    batch = source.poll()
-                    if isinstance(batch, DecodedBatch) or batch:
-                        self._process(batch, source)
-                        if not self._flushed:
-                            self._hold(source, stop)
-                    elif source.exhausted:
-                        break
-                    else:
-                        self._idle(source)
-                    self._set_ready("reference", self.engine.reference_ready)
+            self._set_ready(Readiness.KAFKA, True)
+            while not stop.is_set():
+                batch = source.poll()
+                if batch:  # records came (a batch of dead letters only, too)
+                    self._process(batch, source)
+                    if not self._flushed:
+                        self._hold(source, stop)
+                elif source.exhausted:
+                    break
+                else:
+                    self._idle(source)
+                self._set_ready(Readiness.REFERENCE, self.engine.reference_ready)
             self._finish(source)
             return 0
         finally:
             restore()
             self.close()
 
-    def _process(self, batch: Sequence[Any] | DecodedBatch, source: Source) -> None:
+    def _process(self, decoded: DecodedBatch, source: Source) -> None:
         t0 = time.perf_counter()
-        decoded = batch if isinstance(batch, DecodedBatch) else self.decoder.decode(batch)
         result = self.engine.process(decoded)
         self._share_schemas(source)
         dead = decoded.dead_letters + result.dead_letters
@@ -254,7 +262,7 @@ class Service:
         tel.observe_batch(st.last_batch_seconds, decoded.n_records)
         tel.mark_success("batch")
         self._last_progress = time.monotonic()
-        self._set_ready("consuming", True)
+        self._set_ready(Readiness.CONSUMING, True)
         if flushed:
             self._maybe_checkpoint(source, force=False)
         self._check_health(source)
@@ -267,10 +275,10 @@ class Service:
         letters) however long the outage; retry with a capped backoff. The commit waits
         too; /readyz reports ``consuming`` false meanwhile."""
         delay = _HOLD_FIRST_DELAY
-        self._set_ready("consuming", False)
+        self._set_ready(Readiness.CONSUMING, False)
         while not stop.wait(delay):
             if self._flush_all():
-                self._set_ready("consuming", True)
+                self._set_ready(Readiness.CONSUMING, True)
                 self._maybe_checkpoint(source, force=False)
                 return
             delay = min(delay * 2, _HOLD_MAX_DELAY)
@@ -282,22 +290,20 @@ class Service:
         if self._flush_all():
             self._maybe_checkpoint(source, force=False)
         self._check_health(source)
-        if self._ready["kafka"] and self._ready["partitions"] and self._ready["consuming"]:
+        if all(self._ready[c] for c in (Readiness.KAFKA, Readiness.PARTITIONS, Readiness.CONSUMING)):
             # a quiet topic is a healthy (empty) batch, for the DriftlineNotConsuming
             # alert; an unreachable broker, no partition or a stall is not
             self.telemetry.mark_success("batch")
 
     def _share_schemas(self, source: Source) -> None:
-        """Give the decoders (this process's, and a decoding source's) the schemas the
-        engine learned since the last batch."""
-        if len(self._shared) == len(self.engine.models):
+        """Give the source's decoder (:class:`~driftline.monitor.sources.SchemaSink`) the
+        schemas the engine learned since the last batch."""
+        if len(self._shared) == len(self.engine.models) or not isinstance(source, SchemaSink):
             return
         new = {name: mm.schema.to_state() for name, mm in self.engine.models.items()
                if name not in self._shared and mm.schema is not None}
         if new:
-            self.decoder.set_schemas(new)
-            share = getattr(source, "share_schemas", None)
-            if share is not None and share(new) is False:
+            if not source.share_schemas(new):
                 return  # not taken in time: shared again after the next batch
             self._shared.update(new)
 
@@ -310,20 +316,19 @@ class Service:
         if now - self._last_health < _HEALTH_INTERVAL:
             return
         self._last_health = now
-        status_of = getattr(source, "status", None)
-        status: SourceStatus = status_of() if status_of is not None else SourceStatus(source.lag())
+        status = source.status()
         tel = self.telemetry
         if status.broker_errors > self._broker_errors:
             tel.record_broker_errors(status.broker_errors - self._broker_errors)
         self._broker_errors = status.broker_errors
         reachable = status.error is None
-        if reachable != self._ready["kafka"]:
+        if reachable != self._ready[Readiness.KAFKA]:
             if reachable:
                 log.info("Kafka answers again: consuming on")
             else:
                 log.warning("Kafka does not answer (%s): /readyz reports kafka not ready; "
                             "offsets are committed once it is back", status.error)
-        self._set_ready("kafka", reachable)
+        self._set_ready(Readiness.KAFKA, reachable)
         if status.assigned is not None:
             tel.set_assigned_partitions(status.assigned)
             if status.assigned != self._assigned and reachable:
@@ -331,7 +336,7 @@ class Service:
                         "%d partition(s) assigned to this instance%s", status.assigned,
                         "" if status.assigned else ": /readyz reports partitions not ready")
                 self._assigned = status.assigned
-            self._set_ready("partitions", status.assigned > 0)
+            self._set_ready(Readiness.PARTITIONS, status.assigned > 0)
         if status.lag is not None:
             for (topic, partition), lag in status.lag.items():
                 tel.set_lag(topic, partition, lag)
@@ -340,10 +345,10 @@ class Service:
                 self._last_progress = now  # caught up: a quiet topic is not a stall
         idle = now - self._last_progress
         stalled = self._behind > 0 and idle > self.settings.kafka.stall_timeout_seconds
-        if stalled and self._ready["consuming"]:
+        if stalled and self._ready[Readiness.CONSUMING]:
             log.warning("nothing consumed for %.0f s while %d record(s) wait: /readyz reports "
                         "consuming not ready (kafka.stall_timeout_seconds)", idle, self._behind)
-        self._set_ready("consuming", not stalled)
+        self._set_ready(Readiness.CONSUMING, not stalled)
 
     def _flush_all(self) -> bool:
         """Flush the dead letters and every sink; whether all succeeded (remembered:

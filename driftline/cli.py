@@ -12,6 +12,10 @@ Exit codes (documented in the README):
 1  an unexpected failure (a bug: the traceback is logged)
 2  invalid configuration or command line (the message names the field)
 3  an input cannot be read: Kafka unreachable, a file or a reference missing
+
+As the process's entry point, the CLI owns its process-wide settings: logging, and the
+garbage collector's tuning for a batch pipeline (:func:`driftline.monitor.runtime.steady_gc`,
+around ``run``, ``replay`` and ``demo``); the library code it calls changes neither.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from driftline.monitor.config import Settings, load_settings
 from driftline.monitor.exceptions import CheckpointError, ConfigError, ReferenceLoadError, SourceError
 from driftline.monitor.logs import protect_secrets, secrets_of, setup_logging
+from driftline.monitor.runtime import steady_gc
 
 __all__ = ["main", "build_parser"]
 
@@ -48,7 +54,8 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="driftline", description="Streaming drift monitor and retraining/rollback trigger.")
+    p = argparse.ArgumentParser(prog="driftline",
+                                description="Streaming drift monitor and retraining/rollback trigger.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -69,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--predictions", type=Path, required=True, help="JSONL file of prediction events")
     rp.add_argument("--feedback", type=Path, help="JSONL file of feedback events")
     rp.add_argument("--alarms", type=Path, required=True, help="JSONL file the alarms are written to")
-    rp.add_argument("--dead-letters", type=Path, help="JSONL file for invalid records (default: ALARMS.dead-letters.jsonl)")
+    rp.add_argument("--dead-letters", type=Path,
+                    help="JSONL file for invalid records (default: ALARMS.dead-letters.jsonl)")
     rp.add_argument("--batch-size", type=int, default=5000)
     rp.add_argument("--with-webhooks", action="store_true", help="also send the configured webhooks (off in replays)")
     rp.add_argument("--quiet", action="store_true", help="no progress line")
@@ -115,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--key", help="the idempotency key, or its first 8+ characters "
                        "(the logs show 12)")
     which.add_argument("--all-failed", action="store_true", help="every failed delivery")
+
+    from driftline.lifecycle_cli import add_audit_parser, add_lifecycle_parser
+
+    add_lifecycle_parser(sub)
+    add_audit_parser(sub)
     return p
 
 
@@ -156,13 +169,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     log.info("driftline consuming %s and %s from %s as group %s",
              settings.kafka.predictions_topic, settings.kafka.feedback_topic,
              settings.kafka.bootstrap_servers, settings.kafka.group_id)
-    return service.run()
+    with steady_gc():
+        return service.run()
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from driftline.app import Service
-    from driftline.sinks.deadletter import FileDeadLetters
     from driftline.monitor.sources import JsonlSource
+    from driftline.sinks.deadletter import FileDeadLetters
 
     over = _overrides(args)
     over["alarms_jsonl"] = args.alarms
@@ -180,7 +194,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr, enabled=not args.quiet)
     service = Service(settings, source=source, dead_letters=FileDeadLetters(dead_path),
                       checkpoint=False, on_batch=progress)
-    code = service.run()
+    with steady_gc():
+        code = service.run()
     progress.done(service.stats)
     s = service.stats
     print(f"replayed {s.predictions} predictions and {s.feedback} feedback events: "
@@ -216,7 +231,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("metrics_port", args.metrics_port),
                                 ("rate", args.rate), ("partitions", args.partitions),
                                 ("out_dir", args.out_dir)) if v is not None}
-    return run_demo(keep_running=args.keep_running, **kwargs)
+    with steady_gc():
+        return run_demo(keep_running=args.keep_running, **kwargs)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -247,7 +263,7 @@ def _open_outbox(args: argparse.Namespace) -> tuple[Settings, Any]:
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -314,10 +330,27 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     return _cmd_webhooks_resend(args)
 
 
+def _cmd_lifecycle(args: argparse.Namespace) -> int:
+    from driftline.lifecycle_cli import run_lifecycle
+
+    settings = load_settings(args.config, **_overrides(args))
+    _configure_logging(settings)
+    return run_lifecycle(args, settings)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from driftline.lifecycle_cli import run_audit
+
+    settings = load_settings(args.config, **_overrides(args))
+    _configure_logging(settings)
+    return run_audit(args, settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": _cmd_run, "replay": _cmd_replay, "check-config": _cmd_check_config,
-                "demo": _cmd_demo, "simulate": _cmd_simulate, "webhooks": _cmd_webhooks}
+                "demo": _cmd_demo, "simulate": _cmd_simulate, "webhooks": _cmd_webhooks,
+                "lifecycle": _cmd_lifecycle, "audit": _cmd_audit}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

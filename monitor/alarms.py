@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, get_args
 
-__all__ = ["Alarm", "AlarmKind", "ALARM_KINDS"]
+__all__ = [
+    "Alarm", "AlarmKind", "ALARM_KINDS", "Action", "ACTIONS", "TriggerAction", "TRIGGER_ACTIONS",
+    "DriftStatistic", "DRIFT_STATISTICS", "QualityCheck", "QUALITY_CHECKS", "ConceptDetector",
+    "CONCEPT_DETECTOR_NAMES", "RegressionDetector", "PerformanceMetric", "Detector", "AlarmFactory",
+]
+
+# The vocabularies below are written once; everything else imports them (the engine,
+# the configuration's types, the trigger policy, the metrics). They are Literal aliases,
+# so a value on the wire (alarm JSON, metric labels) is the plain string itself and a
+# misspelling is a type error.
 
 AlarmKind = Literal[
     "data_quality",
@@ -23,7 +32,31 @@ AlarmKind = Literal[
     "concept_drift",
     "regression",
 ]
-ALARM_KINDS: tuple[str, ...] = AlarmKind.__args__  # type: ignore[attr-defined]
+"""What an alarm is about (``regression``: a newer version worse than the stable one)."""
+ALARM_KINDS: tuple[AlarmKind, ...] = get_args(AlarmKind)
+
+Action = Literal["retrain", "rollback", "none"]
+"""What the engine suggests for an alarm."""
+ACTIONS: tuple[Action, ...] = get_args(Action)
+TriggerAction = Literal["retrain", "rollback"]
+"""The actions a trigger can request (an alarm's action, ``none`` excepted)."""
+TRIGGER_ACTIONS: tuple[TriggerAction, ...] = get_args(TriggerAction)
+
+DriftStatistic = Literal["ks", "psi", "js", "wasserstein", "chi2"]
+"""Window-against-reference drift statistics (``drift.statistics``)."""
+DRIFT_STATISTICS: tuple[DriftStatistic, ...] = get_args(DriftStatistic)
+QualityCheck = Literal["missing_rate", "out_of_range_rate", "unseen_rate"]
+"""Data-quality rates of a window (detectors of ``data_quality`` alarms)."""
+QUALITY_CHECKS: tuple[QualityCheck, ...] = get_args(QualityCheck)
+ConceptDetector = Literal["ddm", "eddm", "fhddm", "hddm_a", "hddm_w", "adwin", "page_hinkley", "kswin"]
+"""Change detectors on the error stream (``performance.concept_detectors``)."""
+CONCEPT_DETECTOR_NAMES: tuple[ConceptDetector, ...] = get_args(ConceptDetector)
+RegressionDetector = Literal["msprt", "latency"]
+"""Canary-against-stable comparisons (detectors of ``regression`` alarms)."""
+PerformanceMetric = Literal["accuracy", "mae"]
+"""The metric a performance alarm compares with the version's baseline."""
+Detector = Literal[DriftStatistic, QualityCheck, ConceptDetector, RegressionDetector, PerformanceMetric]
+"""Every detector name an alarm can carry."""
 
 
 def _num(x: float | None) -> float | None:
@@ -69,8 +102,8 @@ class Alarm:
 
     model: str
     version: str
-    kind: str
-    detector: str
+    kind: AlarmKind
+    detector: Detector
     feature: str | None
     statistic: float
     threshold: float | None
@@ -78,7 +111,7 @@ class Alarm:
     first_index: int
     last_index: int
     ts: float
-    action: str = "none"
+    action: Action = "none"
     origin: str | None = field(default=None, compare=False)
 
     def to_dict(self, origin: bool = False) -> dict[str, Any]:
@@ -93,8 +126,16 @@ class Alarm:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Alarm":
+    def from_dict(cls, d: dict[str, Any]) -> Alarm:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 _CONTRACT = tuple(f for f in fields(Alarm) if f.name != "origin")
+
+
+class AlarmFactory(Protocol):
+    """Makes an alarm of one (model, version) from what a check found; the caller knows
+    the rest (the model, its origin, the suggested action). The engine's checks take one."""
+
+    def __call__(self, kind: AlarmKind, detector: Detector, feature: str | None, statistic: float,
+                 threshold: float | None, p_value: float | None, first: int, last: int, ts: float) -> Alarm: ...

@@ -16,11 +16,21 @@ Per-model settings live under ``defaults`` and are overridden per model under
 from __future__ import annotations
 
 import os
+import ssl
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +38,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from driftline.monitor.alarms import AlarmKind, ConceptDetector, DriftStatistic, TriggerAction
 from driftline.monitor.exceptions import ConfigError
 
 __all__ = [
@@ -38,6 +49,8 @@ __all__ = [
     "WebhookSettings",
     "WebhookTarget",
     "TriggerPolicySettings",
+    "LifecycleSettings",
+    "AuditSettings",
     "load_settings",
     "reference_table",
 ]
@@ -75,7 +88,8 @@ class WindowSettings(_Strict):
     """Sliding step in events; None means tumbling (step = size)."""
 
 
-DriftStatistic = Literal["ks", "psi", "js", "wasserstein", "chi2"]
+# DriftStatistic, ConceptDetector, AlarmKind and TriggerAction: the vocabularies of
+# driftline.monitor.alarms, written once there.
 
 
 class DriftSettings(_Strict):
@@ -108,8 +122,6 @@ class QualitySettings(_Strict):
     max_unseen_rate: float = Field(0.05, ge=0, le=1)
     """Alarm when this share of a categorical feature's window is unseen categories."""
 
-
-ConceptDetector = Literal["ddm", "eddm", "fhddm", "hddm_a", "hddm_w", "adwin", "page_hinkley", "kswin"]
 
 
 class PerformanceSettings(_Strict):
@@ -171,6 +183,11 @@ class ModelSettings(_Strict):
 
 # ---- service settings ---------------------------------------------------------------
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+"""The SASL mechanisms kafka-python 3.0 implements that need nothing beyond its own
+dependencies (GSSAPI needs a Kerberos library, AWS_MSK_IAM botocore)."""
+
 
 class KafkaSettings(_Strict):
     bootstrap_servers: str = "localhost:9092"
@@ -178,7 +195,7 @@ class KafkaSettings(_Strict):
     group_id: str = "driftline"
     """Consumer group; instances of one group share the partitions (scale out)."""
     client_id: str = "driftline"
-    """Kafka client id."""
+    """Kafka client id of the consumer; the producers add ``-alarms`` / ``-dead-letters`` (the brokers' logs and quotas tell the clients apart)."""
     predictions_topic: str = "predictions"
     """Topic of prediction events (keyed by model)."""
     feedback_topic: str = "feedback"
@@ -207,17 +224,145 @@ class KafkaSettings(_Strict):
     bootstrap_timeout_ms: int = Field(30_000, ge=100)
     """How long to wait for the brokers at start before failing (exit code 3)."""
     request_timeout_ms: int = Field(30_000, ge=1000)
-    """How long one request to the brokers (fetch, commit, end offsets) may take; an unanswered commit is retried later, never taken as done. Must exceed the fetch wait (500 ms)."""
+    """How long one request to the brokers (fetch, commit, end offsets) may take; an unanswered commit is retried later, never taken as done. Must exceed ``fetch_max_wait_ms``."""
     stall_timeout_seconds: float = Field(60.0, gt=0)
     """/readyz reports `consuming` false when no record arrived for this long while the assigned partitions have lag (a stuck consumer, not a quiet topic)."""
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    """Kafka security protocol."""
-    sasl_mechanism: str | None = None
-    """SASL mechanism (PLAIN, SCRAM-SHA-256, ...)."""
-    sasl_username: str | None = None
-    """SASL user name."""
-    sasl_password: SecretStr | None = None
-    """SASL password (set it through the environment; never logged)."""
+    # -- security: TLS and SASL (README, "Production Kafka settings") -------------------
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    """``PLAINTEXT``, ``SSL`` (TLS), ``SASL_SSL`` (SASL over TLS) or ``SASL_PLAINTEXT`` (SASL without TLS: the credentials cross the network readable, for closed test networks only)."""
+    ssl_cafile: Path | None = None
+    """PEM file of the CA certificate(s) that signed the brokers' certificates (None: the system's trust store). SSL and SASL_SSL only."""
+    ssl_certfile: Path | None = None
+    """PEM file of this client's certificate, for brokers that require mutual TLS (it may hold the private key too)."""
+    ssl_keyfile: Path | None = None
+    """PEM file of the private key of ``ssl_certfile``, when the key is not inside it."""
+    ssl_password: SecretStr | None = None
+    """Password of an encrypted private key (set it through the environment; never logged)."""
+    ssl_check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to. Turn it off only for certificates that do not name the brokers, never across an untrusted network."""
+    sasl_mechanism: SaslMechanism | None = None
+    """SASL mechanism, with SASL_SSL or SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (a user name and password) or OAUTHBEARER (a token: one of the three ``sasl_oauth_*`` settings)."""
+    sasl_plain_username: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_plain_username", "sasl_username"))
+    """SASL user name, for PLAIN and SCRAM (``sasl_username`` is accepted too)."""
+    sasl_plain_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("sasl_plain_password", "sasl_password"))
+    """SASL password, for PLAIN and SCRAM (set it through the environment; never logged; ``sasl_password`` is accepted too)."""
+    sasl_oauth_token: SecretStr | None = None
+    """OAUTHBEARER: a fixed bearer token (set it through the environment; never logged)."""
+    sasl_oauth_token_file: Path | None = None
+    """OAUTHBEARER: a file holding the token, read again at every authentication, so that a token rotated in place (a Kubernetes projected service-account token, a sidecar's output) is used as soon as it is written."""
+    sasl_oauth_token_provider: str | None = None
+    """OAUTHBEARER: ``package.module:ClassName`` of a ``kafka.net.sasl.oauth.AbstractTokenProvider`` subclass, built with no arguments, for tokens fetched from an identity provider."""
+    # -- fetch tuning (the consumer) -------------------------------------------------------
+    client_rack: str | None = None
+    """Rack (availability zone) of this instance: with the brokers' ``replica.selector.class`` set to the rack-aware selector, the consumer fetches from a replica in its own zone (KIP-392), saving cross-zone traffic."""
+    fetch_min_bytes: int = Field(1, ge=1)
+    """Bytes the broker waits for (up to ``fetch_max_wait_ms``) before it answers a fetch; larger values mean fewer, bigger fetches."""
+    fetch_max_wait_ms: int = Field(500, ge=0)
+    """How long the broker holds a fetch waiting for ``fetch_min_bytes``."""
+    max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    """Bytes one fetch returns per partition at most (a larger first record batch is still returned whole)."""
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)
+    """Bytes one fetch returns at most, over all its partitions."""
+    receive_buffer_bytes: int | None = Field(None, ge=1024)
+    """Socket receive buffer (SO_RCVBUF) of every Kafka connection; None: the operating system's default. Raise it on links with a high bandwidth-delay product."""
+    send_buffer_bytes: int | None = Field(None, ge=1024)
+    """Socket send buffer (SO_SNDBUF) of every Kafka connection; None: the operating system's default."""
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_oauth_token_file")
+    @classmethod
+    def _readable_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"{str(path)!r} is not a readable file: check the path (is it mounted "
+                             "into the container?) and its permissions")
+        return path
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> "KafkaSettings":
+        # kafka-python ignores settings its protocol does not use: a certificate set
+        # with PLAINTEXT would silently send everything unencrypted, so say it at start.
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        ssl_set = [name for name in _SSL_FILES if getattr(self, name) is not None]
+        if ssl_set and not tls:
+            raise ValueError(f"kafka.{ssl_set[0]} is set but kafka.security_protocol is "
+                             f"{self.security_protocol!r}: use SSL or SASL_SSL, or remove the ssl_* settings")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("kafka.ssl_keyfile is set without kafka.ssl_certfile: set the "
+                             "certificate the key belongs to")
+        if self.ssl_password is not None and self.ssl_certfile is None:
+            raise ValueError("kafka.ssl_password is the password of the client's private key: set "
+                             "kafka.ssl_certfile (and kafka.ssl_keyfile), or remove it")
+        if tls:
+            _check_tls_files(self)
+        sasl_set = [name for name in _SASL_FIELDS if getattr(self, name) is not None]
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"kafka.security_protocol {self.security_protocol!r} needs kafka.sasl_mechanism "
+                             "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)")
+        if not sasl and sasl_set:
+            raise ValueError(f"kafka.{sasl_set[0]} is set but kafka.security_protocol is "
+                             f"{self.security_protocol!r}: use SASL_SSL (or SASL_PLAINTEXT), or remove the "
+                             "sasl_* settings")
+        oauth_set = [name for name in _OAUTH_FIELDS if getattr(self, name) is not None]
+        if self.sasl_mechanism == "OAUTHBEARER":
+            if len(oauth_set) != 1:
+                raise ValueError("kafka.sasl_mechanism OAUTHBEARER needs exactly one of kafka.sasl_oauth_token, "
+                                 "kafka.sasl_oauth_token_file and kafka.sasl_oauth_token_provider"
+                                 + (f" (got {', '.join(oauth_set)})" if oauth_set else ""))
+            for name in ("sasl_plain_username", "sasl_plain_password"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"kafka.{name} is not used by OAUTHBEARER: remove it")
+            if self.sasl_oauth_token_provider is not None:
+                from driftline.monitor.kafka_client import token_provider_class
+
+                token_provider_class(self.sasl_oauth_token_provider)  # ValueError naming what is wrong
+        elif self.sasl_mechanism is not None:
+            for name in ("sasl_plain_username", "sasl_plain_password"):
+                value = getattr(self, name)
+                if value is None or not (value.get_secret_value() if isinstance(value, SecretStr) else value):
+                    raise ValueError(f"kafka.sasl_mechanism {self.sasl_mechanism} needs kafka.{name}")
+            if oauth_set:
+                raise ValueError(f"kafka.{oauth_set[0]} is for OAUTHBEARER only, not "
+                                 f"{self.sasl_mechanism}: remove it")
+        if self.request_timeout_ms <= self.fetch_max_wait_ms:
+            raise ValueError(f"kafka.request_timeout_ms ({self.request_timeout_ms}) must exceed "
+                             f"kafka.fetch_max_wait_ms ({self.fetch_max_wait_ms}): a fetch would time out "
+                             "before the broker answers it")
+        return self
+
+
+# No ssl_crlfile: kafka-python 3.0.12 passes it to SSLContext.load_verify_locations(crl=...),
+# which raises TypeError at every connection.
+_SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+_SASL_FIELDS = ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "sasl_oauth_token",
+                "sasl_oauth_token_file", "sasl_oauth_token_provider")
+_OAUTH_FIELDS = ("sasl_oauth_token", "sasl_oauth_token_file", "sasl_oauth_token_provider")
+
+
+def _check_tls_files(kafka: KafkaSettings) -> None:
+    """Load the CA, certificate and key as kafka-python will at each connection, so that
+    a file that is not PEM, a key that does not match or a wrong key password fails at
+    start, naming the setting, instead of at every connection attempt."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if kafka.ssl_cafile is not None:
+        try:
+            context.load_verify_locations(cafile=str(kafka.ssl_cafile))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"kafka.ssl_cafile {str(kafka.ssl_cafile)!r} holds no usable PEM "
+                             f"certificate ({exc}): give the CA certificate in PEM form") from None
+    if kafka.ssl_certfile is not None:
+        # An empty password instead of None: OpenSSL would otherwise prompt on the
+        # terminal for an encrypted key, and a service must fail rather than wait.
+        password = kafka.ssl_password.get_secret_value() if kafka.ssl_password is not None else ""
+        try:
+            context.load_cert_chain(str(kafka.ssl_certfile),
+                                    str(kafka.ssl_keyfile) if kafka.ssl_keyfile is not None else None,
+                                    password=password)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"kafka.ssl_certfile / kafka.ssl_keyfile: cannot load the client certificate "
+                             f"and key ({exc}): check that both are PEM, that the key belongs to the "
+                             "certificate, and kafka.ssl_password if the key is encrypted") from None
 
 
 class PrometheusSettings(_Strict):
@@ -236,7 +381,7 @@ class WebhookTarget(_Strict):
     """Where the trigger is POSTed (http:// or https://)."""
     preset: Literal["generic", "github", "gitlab", "slack"] = "generic"
     """Payload format: generic JSON, GitHub repository_dispatch, GitLab pipeline trigger, Slack message."""
-    actions: list[Literal["retrain", "rollback"]] = ["retrain", "rollback"]
+    actions: list[TriggerAction] = ["retrain", "rollback"]
     """Which triggers this target receives."""
     secret_env: str | None = None
     """Name of the environment variable holding the HMAC secret (never the secret)."""
@@ -263,10 +408,7 @@ class WebhookTarget(_Strict):
 
 
 class TriggerPolicySettings(_Strict):
-    kinds: list[
-        Literal["data_quality", "feature_drift", "prediction_drift", "performance",
-                "concept_drift", "regression"]
-    ] = ["feature_drift", "prediction_drift", "performance", "concept_drift", "regression"]
+    kinds: list[AlarmKind] = ["feature_drift", "prediction_drift", "performance", "concept_drift", "regression"]
     """Alarm kinds that count as evidence for a trigger."""
     min_alarms: int = Field(1, ge=1)
     """Alarms (of the counted kinds) needed within ``window_seconds`` to trigger."""
@@ -288,6 +430,23 @@ class WebhookSettings(_Strict):
     """First retry delay (exponential backoff with full jitter)."""
     retry_max_seconds: float = Field(600.0, gt=0)
     """Cap of the backoff: once reached, retries come at a uniform draw below it (5 min apart on average)."""
+
+
+# ---- model lifecycle and audit trail (issue 13) ---------------------------------------
+
+
+class LifecycleSettings(_Strict):
+    topic: str = "model-lifecycle"
+    """Topic of model lifecycle events (deployed, promoted, rolled_back, retired), keyed by model and co-partitioned with predictions; ``driftline lifecycle`` produces to it."""
+
+
+class AuditSettings(_Strict):
+    path: Path | None = None
+    """The audit log's SQLite file; None: ``<state_dir>/audit.sqlite3``."""
+    retention_days: float = Field(400.0, gt=0)
+    """Audit records older than this (wall clock of recording) are deleted; apart from the webhook outbox's 30 days, so that a year of triggers can be explained."""
+    kafka_topic: str | None = "driftline-audit"
+    """Also publish every audit record to this topic (JSON, keyed by model); None: the SQLite file only."""
 
 
 class Settings(BaseSettings):
@@ -319,6 +478,9 @@ class Settings(BaseSettings):
     """Log level."""
     log_format: Literal["text", "json"] = "text"
     """Log format (json: one object per line)."""
+    # model lifecycle and audit trail (issue 13)
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _models_valid(self) -> "Settings":

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-
 from driftline.monitor.decode import Feedback
 
 __all__ = ["LabelJoin", "Labelled"]
@@ -139,12 +138,12 @@ class LabelJoin:
         labels that were already waiting, and the outcome counts."""
         out = Labelled()
         counts: Counter[str] = Counter()
-        entries = zip(versions, index.tolist(), prediction, scores, ts)
-        keys = zip(ids, versions)
+        entries = zip(versions, index.tolist(), prediction, scores, ts, strict=False)
+        keys = zip(ids, versions, strict=False)
         if self._early:  # rare: labels read ahead of their predictions
             early = self._early
             rest = []
-            for key, entry in zip(keys, entries):
+            for key, entry in zip(keys, entries, strict=False):
                 label = early.get(key[0])
                 if label is None:
                     rest.append((key, entry))
@@ -155,7 +154,7 @@ class LabelJoin:
                 counts["matched"] += len(out)
             self._pending.update(rest)
         else:
-            self._pending.update(zip(keys, entries))
+            self._pending.update(zip(keys, entries, strict=False))
         if ts:
             self._clock = max(self._clock, max(ts))
         seen = self._versions
@@ -180,7 +179,7 @@ class LabelJoin:
         keep_given = sum(1 for t in self._versions.values() if t >= horizon) > 1
         for pid, ts, label, pred, version, scores in zip(
             feedback.ids, feedback.ts, feedback.labels, feedback.prediction,
-            feedback.versions, feedback.scores,
+            feedback.versions, feedback.scores, strict=False,
         ):
             hits = 0
             for v in versions:
@@ -231,13 +230,13 @@ class LabelJoin:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "LabelJoin":
+    def from_state(cls, state: dict[str, Any]) -> LabelJoin:
         join = cls(state["ttl_seconds"], state["max_pending"])
         join._clock = -math.inf if state["clock"] is None else float(state["clock"])
         ids, entries = orjson.loads(state["pending"])
-        join._pending = {(k, v[0]): tuple(v) for k, v in zip(ids, entries)}  # type: ignore[misc]
+        join._pending = {(k, v[0]): tuple(v) for k, v in zip(ids, entries, strict=False)}  # type: ignore[misc]
         names, last_seen = state["versions"]
-        join._versions = dict(zip(names, last_seen))
+        join._versions = dict(zip(names, last_seen, strict=False))
         ids, entries = orjson.loads(state["early"])
-        join._early = {k: (v[0], v[1], tuple(v[2])) for k, v in zip(ids, entries)}
+        join._early = {k: (v[0], v[1], tuple(v[2])) for k, v in zip(ids, entries, strict=False)}
         return join

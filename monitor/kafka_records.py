@@ -5,7 +5,7 @@ kafka-python parses every record of a fetch in Python through several layers (a
 5 us per record here, nearly all of a bare consumer's time. Driftline needs only the
 offset, timestamp, key and value of each record, so :func:`install` gives one consumer's
 fetcher a ``PartitionRecords`` class that parses each v2 record batch (Kafka >= 0.11)
-into a list of :class:`~driftline.monitor.decode.Record` tuples at once (:func:`parse_batch`: one
+into a list of :class:`~driftline.monitor.contract.Record` tuples at once (:func:`parse_batch`: one
 Python loop over the record lengths, numpy for every other field) and serves the
 fetcher's ``take(n)`` as slices of it: about 4x less CPU per record. Everything else
 stays kafka-python's: group membership, fetch requests, positions, batch CRC checks,
@@ -26,8 +26,7 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-
-from driftline.monitor.decode import Record
+from driftline.monitor.contract import Record
 
 __all__ = ["install", "parse_batch"]
 
@@ -69,8 +68,8 @@ def parse_batch(buf: Any, pos: int, count: int, base_offset: int, first_timestam
     """
     data = bytes(buf)  # one copy: slices of bytes are the keys and values, no second copy
     size = len(data)
-    starts = []
-    ends = []
+    starts: list[int] = []
+    ends: list[int] = []
     add_start, add_end = starts.append, ends.append
     for _ in range(count):  # Length: a varint, two bytes for records under 8 KiB
         if pos >= size:
@@ -111,11 +110,12 @@ def parse_batch(buf: Any, pos: int, count: int, base_offset: int, first_timestam
     else:
         timestamps = [append_time] * count
     values = [data[a:b] if b >= a else None
-              for a, b in zip(at.tolist(), (at + value_len).tolist())]
+              for a, b in zip(at.tolist(), (at + value_len).tolist(), strict=False)]
     if (key_len < 0).all():
         keys: list[bytes | None] = [None] * count
     else:
-        keys = [data[a:b] if b >= a else None for a, b in zip(key_start.tolist(), (key_start + key_len).tolist())]
+        keys = [data[a:b] if b >= a else None
+                for a, b in zip(key_start.tolist(), (key_start + key_len).tolist(), strict=False)]
     return list(map(tuple.__new__, repeat(Record), zip(repeat(topic), repeat(partition), offsets,
                                                          timestamps, keys, values)))
 
@@ -143,7 +143,7 @@ def install(consumer: Any) -> bool:
     fetcher = getattr(consumer, "_fetcher", None)
     base = getattr(fetcher, "PartitionRecords", None)
     needed = ("take", "drain", "_maybe_raise_next_inline_exception")  # what FastPartitionRecords builds on
-    if base is None or not all(callable(getattr(base, name, None)) for name in needed):
+    if fetcher is None or base is None or not all(callable(getattr(base, name, None)) for name in needed):
         log.info("this kafka-python's PartitionRecords is not the one expected; using its own record parser")
         return False
     if getattr(base, "_driftline_fast", False):
@@ -233,7 +233,7 @@ def _fast_class(base: type) -> type:
                                              batch.first_timestamp, append_time, topic, partition)
                     except (CorruptBatch, IndexError) as exc:
                         raise errors.CorruptRecordError(
-                            f"Found invalid record structure in {tp} at offset {batch.base_offset}: {exc!r}")
+                            f"Found invalid record structure in {tp} at offset {batch.base_offset}: {exc!r}") from exc
                     self.bytes_read += batch.size_in_bytes
                 else:  # legacy message format: kafka-python's records
                     parsed = []

@@ -1,4 +1,7 @@
-"""Reference data from files: past prediction events as JSONL or CSV.
+"""A model's reference: what identifies it, its events read from files, and what its
+windows are compared with (the schema inferred from it and the references fitted on it).
+
+Files hold past prediction events as JSONL or CSV.
 
 JSONL: one prediction event per line (the event contract); lines of other models
 are skipped when the file holds several. CSV: a header row; every column is a
@@ -10,15 +13,53 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
-
-from driftline.monitor.engine import ReferenceData
+from driftline.detectors.homogeneity import bucket_counts
+from driftline.detectors.statistics import CategoricalReference, NumericReference
+from driftline.monitor.config import ModelSettings
+from driftline.monitor.decode import (
+    Schema,
+    bad_numeric_predictions,
+    columnarize,
+    infer_feature_types,
+    infer_prediction_kind,
+)
+from driftline.monitor.encoding import Encoder
 from driftline.monitor.exceptions import ReferenceLoadError
 
-__all__ = ["load_reference"]
+__all__ = ["ReferenceData", "load_reference", "reference_fingerprint", "stream_fingerprint", "describe_fingerprint",
+           "InferredSchema", "FittedReference", "infer_schema", "fit_reference"]
+
+
+@dataclass
+class ReferenceData:
+    """Reference events loaded from a file: feature dicts and predictions, and what
+    identifies their source (kept in checkpoints: a changed reference is applied on
+    restart)."""
+
+    features: list[dict[str, Any]]
+    prediction: list[Any]
+    fingerprint: str = "given"
+
+
+def stream_fingerprint(settings: ModelSettings) -> str:
+    """What identifies a reference taken from the stream: its size."""
+    return f"stream:{settings.reference.size}"
+
+
+def describe_fingerprint(fingerprint: str) -> str:
+    """A reference fingerprint for a log line (the digest shortened)."""
+    kind, _, rest = fingerprint.partition(":")
+    if kind == "file":
+        path, size, digest = rest.rsplit(":", 2)
+        return f"file {path}, {size} events, sha256 {digest[:12]}"
+    return f"{kind} {rest}".strip()
 
 _META = {"model", "version", "id", "ts", "prediction", "latency_ms", "scores"}
 
@@ -30,6 +71,9 @@ def _cell(v: str) -> Any:
         return float(v)
     except ValueError:
         return v
+
+
+# ---- reading ---------------------------------------------------------------------------------
 
 
 def load_reference(path: Path, model: str, limit: int) -> ReferenceData:
@@ -86,3 +130,74 @@ def reference_fingerprint(path: Path, limit: int) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return f"file:{Path(path).resolve()}:{limit}:{digest.hexdigest()}"
+
+
+# ---- fitting ---------------------------------------------------------------------------------
+
+
+class InferredSchema(NamedTuple):
+    """A schema inferred from reference events, and those events as columns under it."""
+
+    schema: Schema
+    dropped_features: int
+    """Features beyond ``max_features`` (folded into the overflow count)."""
+    mixed_features: list[str]
+    """Features (and ``prediction``) whose values mix numbers and strings, not monitored."""
+    numeric: np.ndarray
+    codes: np.ndarray
+    bad: np.ndarray
+    """Rows of the wrong type under the schema (dead letters)."""
+
+
+@dataclass(frozen=True)
+class FittedReference:
+    """The references a model's windows are compared with."""
+
+    num_ref: NumericReference
+    cat_ref: CategoricalReference
+    cat_counts: np.ndarray
+    ref_missing: dict[str, float]
+    pred_ref: NumericReference | CategoricalReference | None
+    pred_counts: np.ndarray | None
+
+
+def infer_schema(features: Sequence[dict[str, Any]], prediction: Sequence[Any], cfg: ModelSettings) -> InferredSchema:
+    """Infer the schema (feature types, the prediction's kind) from reference events;
+    returns it with their columns and the rows of the wrong type under it."""
+    types = infer_feature_types(features, cfg.ignore_features)
+    given = set(cfg.numeric_features or ()) | set(cfg.categorical_features or ())
+    mixed = [n for n, t in types.items() if t == "mixed" and n not in given]
+    schema, dropped = Schema.infer(
+        features, cfg.numeric_features, cfg.categorical_features, cfg.ignore_features, cfg.max_features,
+        types=types)
+    kind = infer_prediction_kind(prediction)
+    schema.prediction = kind if kind in ("numeric", "categorical") else None
+    num, codes, bad = columnarize(features, schema)
+    if kind == "numeric":
+        bad |= bad_numeric_predictions(prediction)
+    elif kind == "mixed":
+        mixed.append("prediction")
+    return InferredSchema(schema, dropped, mixed, num, codes, bad)
+
+
+def fit_reference(num: np.ndarray, codes: np.ndarray, prediction: Sequence[Any], schema: Schema,
+                  pred_encoder: Encoder, psi_bins: int) -> FittedReference:
+    """Fit the references on the reference events' columns (all of the right type);
+    a categorical prediction's values are coded by ``pred_encoder`` (which learns them)."""
+    num_ref = NumericReference.fit(num, n_bins=psi_bins)
+    cat_ref = CategoricalReference.fit(codes, [len(v) for v in schema.vocabularies])
+    cat_counts = bucket_counts(codes, cat_ref.n_categories + 1)
+    ref_missing = {n: float(np.mean(~np.isfinite(num[:, j]))) if len(num) else 0.0
+                   for j, n in enumerate(schema.numeric)}
+    ref_missing.update({n: float(np.mean(codes[:, j] < 0)) if len(codes) else 0.0
+                        for j, n in enumerate(schema.categorical)})
+    preds = [p for p in prediction if p is not None]
+    pred_ref: NumericReference | CategoricalReference | None = None
+    pred_counts = None
+    if schema.prediction == "numeric":
+        pred_ref = NumericReference.fit(np.array(preds, dtype=np.float64)[:, None], n_bins=psi_bins)
+    elif schema.prediction == "categorical":
+        codes_p = pred_encoder.codes(preds)[:, None].astype(np.int64)
+        pred_ref = CategoricalReference.fit(codes_p, [len(pred_encoder.vocab)])
+        pred_counts = bucket_counts(codes_p, pred_ref.n_categories + 1)
+    return FittedReference(num_ref, cat_ref, cat_counts, ref_missing, pred_ref, pred_counts)

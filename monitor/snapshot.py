@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from driftline.monitor.alarms import AlarmKind, DriftStatistic
+
 __all__ = ["FeatureStatistic", "VersionSnapshot"]
 
 
@@ -21,11 +23,11 @@ class FeatureStatistic:
     """
 
     feature: str
-    detector: str
+    detector: DriftStatistic
     statistic: float
     p_value: float | None
     threshold: float | None
-    kind: str = "feature_drift"
+    kind: AlarmKind = "feature_drift"
 
 
 @dataclass(frozen=True)

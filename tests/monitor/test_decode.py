@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from driftline.monitor.decode import Schema, columnarize, decode_batch
-from tests.monitor.streams import prediction_events, records
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.monitor.streams import prediction_events
 
 
 def _decode(values, topic="predictions"):
@@ -152,7 +153,8 @@ _EVENT = st.fixed_dictionaries(
               "latency_ms": st.floats(0, 100)})
 _RAW = st.one_of(
     *[_EVENT.map(orjson.dumps)] * 40,
-    st.sampled_from([b"{not json", b"[1]", b"", b'{"id": "1", "features": {}}', b'{"model": "", "id": 1, "features": {}}',
+    st.sampled_from([b"{not json", b"[1]", b"", b'{"id": "1", "features": {}}',
+                     b'{"model": "", "id": 1, "features": {}}',
                      b'{"model": "a", "id": 1, "features": {"x": "text"}}', b'{"model": "a", "id": 1, "features": 3}',
                      b'{"model": "a", "id": 1, "features": {}, "ts": 1e999}']),
 )
@@ -161,7 +163,7 @@ _RAW = st.one_of(
 def _records(values, topics):
     from driftline.monitor.decode import Record
 
-    return [Record(t, 0, i, 1_000 + i, None, v) for i, (v, t) in enumerate(zip(values, topics))]
+    return [Record(t, 0, i, 1_000 + i, None, v) for i, (v, t) in enumerate(zip(values, topics, strict=False))]
 
 
 def _same(x, y):
@@ -183,12 +185,14 @@ def test_batch_decoder_equals_decode_batch_then_columns(items, known):
     got = decoder.decode(recs)
     want = decode_batch(recs, "predictions", "feedback")
     assert got.n_records == want.n_records == len(recs)
-    assert sorted((d.offset, d.reason) for d in got.dead_letters) == sorted((d.offset, d.reason) for d in want.dead_letters)
+    assert (sorted((d.offset, d.reason) for d in got.dead_letters)
+            == sorted((d.offset, d.reason) for d in want.dead_letters))
     assert got.predictions.keys() == want.predictions.keys()
     for model, w in want.predictions.items():
         g = got.predictions[model]
         for name in ("versions", "ids", "ts", "prediction", "scores", "latency_ms"):
-            assert all(map(_same, getattr(g, name), getattr(w, name))) and len(getattr(g, name)) == len(getattr(w, name))
+            got_values, want_values = getattr(g, name), getattr(w, name)
+            assert all(map(_same, got_values, want_values)) and len(got_values) == len(want_values)
         if model not in known:
             assert g.columns is None and [bytes(f) for f in g.features] == [bytes(f) for f in w.features]
             continue
@@ -210,7 +214,8 @@ def test_batch_decoder_takes_one_pass_when_every_model_has_a_schema():
     decoder = BatchDecoder("predictions", "feedback")
     decoder.set_schemas({m: s.to_state() for m, s in _SCHEMAS.items()})
     out = decoder.decode(_records([orjson.dumps(e) for e in events], ["predictions"] * 4))
-    assert {m: p.columns.numeric[:, 0].tolist() for m, p in out.predictions.items()} == {"a": [1.5, 1.5], "b": [1.5, 1.5]}
+    assert ({m: p.columns.numeric[:, 0].tolist() for m, p in out.predictions.items()}
+            == {"a": [1.5, 1.5], "b": [1.5, 1.5]})
     assert all(p.sources == [] and p.features == [] for p in out.predictions.values())
     events.append({"model": "u", "id": 9, "features": {"x": 1.0}})
     out = decoder.decode(_records([orjson.dumps(e) for e in events], ["predictions"] * 5))

@@ -17,9 +17,9 @@ import msgspec
 import numpy as np
 import orjson
 import pytest
-from hypothesis import find, given, settings, strategies as st
-
 from driftline.monitor.decode import BatchDecoder, DecodedBatch, Record, Schema, columnarize_raw, decode_batch
+from hypothesis import find, given, settings
+from hypothesis import strategies as st
 
 PRED, FB = "predictions", "feedback"
 
@@ -157,17 +157,19 @@ def _verdicts(out: DecodedBatch) -> tuple[dict[int, str], Counter, Counter]:
     rows: Counter = Counter()
     for model, p in out.predictions.items():
         fields = list(zip(p.ids, p.versions, p.ts, p.prediction, p.latency_ms,
-                          [orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in p.scores]))
+                          [orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in p.scores], strict=False))
         if p.columns is None:
             feats = [(bytes(f),) for f in p.features]
             ok = np.ones(len(p), dtype=bool)
         else:
-            feats = [_nan_safe(n) + tuple(c) for n, c in zip(p.columns.numeric.tolist(), p.columns.codes.tolist())]
+            feats = [_nan_safe(n) + tuple(c)
+                     for n, c in zip(p.columns.numeric.tolist(), p.columns.codes.tolist(), strict=False)]
             ok = ~p.columns.bad
             bad.update(r.offset for r in p.columns.bad_sources)
-        rows.update((PRED, model) + _nan_safe(f) + g for f, g, keep in zip(fields, feats, ok) if keep)
+        rows.update((PRED, model) + _nan_safe(f) + g for f, g, keep in zip(fields, feats, ok, strict=False) if keep)
     for model, f in out.feedback.items():
-        rows.update((FB, model) + _nan_safe(t) for t in zip(f.ids, f.ts, f.labels, f.prediction, f.versions))
+        rows.update((FB, model) + _nan_safe(t)
+                    for t in zip(f.ids, f.ts, f.labels, f.prediction, f.versions, strict=False))
     return dead, bad, rows
 
 

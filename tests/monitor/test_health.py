@@ -18,10 +18,19 @@ import time
 
 import httpx
 import pytest
+from driftline.monitor.config import load_settings
+from driftline.monitor.decode import BatchDecoder, DecodedBatch
+from driftline.monitor.sources import (
+    _TIMED_OUT,
+    BrokerStatus,
+    Commit,
+    GetStatus,
+    ProcessKafkaSource,
+    Reply,
+    SourceStatus,
+)
 
 from driftline.app import Service
-from driftline.monitor.config import load_settings
-from driftline.monitor.sources import _TIMED_OUT, ProcessKafkaSource, SourceStatus
 from tests.support.runs import wait_for
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -49,21 +58,22 @@ def _source(request_timeout_ms: int = 1000) -> ProcessKafkaSource:
     src._timeouts = 0
     src._commands, src._replies = queue.Queue(), queue.Queue()
     src._proc = _Alive()
+    src._decoder = BatchDecoder("predictions", "feedback")
     return src
 
 
 def test_a_late_reply_is_dropped_not_taken_for_the_next_answer():
     src = _source()
     # the consumer process is busy (a frozen broker): the status request times out
-    assert src._ask("status", None, timeout=0.3) is _TIMED_OUT
-    first, command, _ = src._commands.get_nowait()
-    assert command == "status"
-    src._replies.put((first, "ok", ({("p", 0): 50}, 1, None, 0)))  # its answer comes late
+    assert src._ask(GetStatus(), timeout=0.3) is _TIMED_OUT
+    first = src._commands.get_nowait()
+    assert isinstance(first.command, GetStatus)
+    src._replies.put(Reply(first.id, BrokerStatus({("p", 0): 50}, 1, None, 0)))  # its answer comes late
 
     def consumer_process():
-        request, command, _ = src._commands.get(timeout=5)
-        assert command == "commit"
-        src._replies.put((request, "ok", False))  # the commit was refused (rebalance)
+        request = src._commands.get(timeout=5)
+        assert isinstance(request.command, Commit)
+        src._replies.put(Reply(request.id, False))  # the commit was refused (rebalance)
 
     t = threading.Thread(target=consumer_process)
     t.start()
@@ -83,8 +93,8 @@ def test_a_timed_out_request_is_not_done_and_unknown():
     assert src.share_schemas({"fraud": {}}) is False
     # the three late replies, then the answer to a fresh request: only that one counts
     for request in (1, 2, 3, 4):
-        src._replies.put((request, "ok", True))
-    ids = [src._commands.get_nowait()[0] for _ in range(4)]
+        src._replies.put(Reply(request, True))
+    ids = [src._commands.get_nowait().id for _ in range(4)]
     assert ids == [1, 2, 3, 4]
     src._ids = iter([4])
     src._patience = lambda: 5.0  # type: ignore[method-assign]
@@ -96,7 +106,7 @@ def test_an_error_reply_raises_with_the_command_named():
     from driftline.monitor.exceptions import SourceError
 
     src = _source()
-    src._replies.put((1, "error", "KafkaTimeoutError: boom"))
+    src._replies.put(Reply(1, error="KafkaTimeoutError: boom"))
     with pytest.raises(SourceError, match="seek failed"):
         src.seek({("p", 0): 1})
 
@@ -112,7 +122,7 @@ class _StuckSource:
 
     def poll(self):
         time.sleep(0.05)
-        return []
+        return DecodedBatch()
 
     def offsets(self):
         return {}
@@ -241,15 +251,16 @@ def test_an_instance_with_no_partition_is_not_ready(broker, tmp_path):
             return sorted(g if g is not None else -1 for g in gauges) == [0, 0, 2] and gauges
 
         gauges = wait_for(settled, 180, "the group to settle: one owner of both partitions")
-        for proc, assigned in zip(procs, gauges):
+        for proc, assigned in zip(procs, gauges, strict=False):
             if assigned == 0:
-                body = wait_for(lambda: (b := readyz(proc)) and "partitions" in b["not_ready"] and b, 30,
-                                "the idle instance not ready")
+                body = wait_for(lambda proc=proc: (b := readyz(proc)) and "partitions" in b["not_ready"] and b,
+                                30, "the idle instance not ready")
                 assert body["components"]["kafka"] is True
                 assert value(proc, "driftline_ready", '{component="partitions"}') == 0
             else:
                 # ready but for the reference (no event was produced, so none is built)
-                wait_for(lambda: (b := readyz(proc)) and b["not_ready"] == ["reference"], 30, "the owner ready")
+                wait_for(lambda proc=proc: (b := readyz(proc)) and b["not_ready"] == ["reference"], 30,
+                         "the owner ready")
         for proc in procs:
             assert proc.terminate() == 0, proc.log()[-3000:]
     finally:
@@ -268,7 +279,7 @@ class _RefusingSource(_StuckSource):
 
     def poll(self):
         if self.batches:
-            return self.batches.pop()
+            return BatchDecoder("predictions", "feedback").decode(self.batches.pop())
         return super().poll()
 
     def offsets(self):

@@ -7,12 +7,12 @@ import time
 
 import orjson
 import pytest
+from driftline.monitor.config import load_settings
+from driftline.monitor.decode import DecodedBatch
 from kafka import KafkaConsumer, KafkaProducer
 
 from driftline.app import Service
 from driftline.cli import main
-from driftline.monitor.config import load_settings
-from driftline.monitor.decode import DecodedBatch
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -87,7 +87,7 @@ def read_alarms(path):
 def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tmp_path):
     fraud = prediction_events(6_000, model="fraud", seed=1, shift_at=4_000, shift=0.8)
     churn = prediction_events(4_000, model="churn", seed=2)
-    preds = [e for pair in zip(fraud, churn) for e in pair] + fraud[len(churn):]
+    preds = [e for pair in zip(fraud, churn, strict=False) for e in pair] + fraud[len(churn):]
     fb = feedback_for(fraud, seed=3, flip_after=4_500)
     bad = [(b"fraud", b"{oops"), (b"fraud", orjson.dumps({"model": "fraud", "features": {}})),
            (b"churn", orjson.dumps({"model": "churn", "id": "z", "features": []}))]
@@ -135,16 +135,17 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     from driftline.monitor.sources import ProcessKafkaSource
 
     monkeypatch.setattr(ProcessKafkaSource, "_DECODE", decode)
-    polled = {"decoded": 0, "records": 0}
-    poll = ProcessKafkaSource.poll
+    polled = {"decoded": 0, "records": 0}  # batches that arrived decoded, or as records
+    decoded = ProcessKafkaSource._decoded
 
-    def counting_poll(self):
-        batch = poll(self)
+    def counting_decoded(self, batch):
         if batch or isinstance(batch, DecodedBatch):
             polled["decoded" if isinstance(batch, DecodedBatch) else "records"] += 1
-        return batch
+        out = decoded(self, batch)
+        assert isinstance(out, DecodedBatch)  # the service gets a decoded batch either way
+        return out
 
-    monkeypatch.setattr(ProcessKafkaSource, "poll", counting_poll)
+    monkeypatch.setattr(ProcessKafkaSource, "_decoded", counting_decoded)
     events = prediction_events(9_000, model="fraud", seed=8, shift_at=6_000, shift=0.8)
     produce(broker, topics["predictions"], events)
     settings = settings_for(broker, topics, tmp_path)

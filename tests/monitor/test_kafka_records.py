@@ -7,15 +7,15 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.kafka_records import _fast_class, parse_batch
+from driftline.monitor.sources import KafkaSource
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
-
-from driftline.monitor.config import KafkaSettings
-from driftline.monitor.kafka_records import _fast_class, parse_batch
-from driftline.monitor.sources import KafkaSource
 
 TP = TopicPartition("t", 3)
 FAST = _fast_class(Fetcher.PartitionRecords)
@@ -94,7 +94,7 @@ def _consume(broker, topic: str, fast: bool, n: int) -> list[tuple]:
     deadline = time.monotonic() + 60
     try:
         while len(got) < n and time.monotonic() < deadline:
-            got += [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in source.poll()]
+            got += [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in source.poll_records()]
     finally:
         source.close()
     return sorted(got)

@@ -392,7 +392,7 @@ def test_item6_a_changed_reference_file_is_applied_on_restart(broker, tmp_path, 
     drift = [(a["feature"], a["first_index"]) for a in alarms if a["kind"] == "feature_drift"]
     assert ("x0", 2000) in drift, alarms
     assert any("reference" in r.getMessage() and "fraud" in r.getMessage() for r in caplog.records
-               if r.name.startswith("monitor") and not r.getMessage().startswith("restored checkpoint")), (
+               if r.name.startswith("driftline.monitor") and not r.getMessage().startswith("restored checkpoint")), (
         [r.getMessage() for r in caplog.records])
 
 

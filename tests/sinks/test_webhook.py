@@ -147,7 +147,7 @@ def test_a_4xx_is_rejected_not_retried_and_logged_as_a_config_error(
 ) -> None:
     receiver = receivers(script=[Reply(404)])
     sink = make_sink([target(receiver, name="ci")])
-    with caplog.at_level(logging.ERROR, logger="sinks"):
+    with caplog.at_level(logging.ERROR, logger="driftline.sinks"):
         sink.write([make_alarm()])
         sink.flush()
         wait_until(lambda: deliveries(metric, "rejected") == 1)
@@ -262,7 +262,7 @@ def test_dry_run_sends_and_records_nothing(receivers, make_sink, make_alarm, met
                                            caplog) -> None:
     receiver = receivers()
     sink = make_sink([target(receiver)], policy={"dry_run": True})
-    with caplog.at_level(logging.INFO, logger="sinks"):
+    with caplog.at_level(logging.INFO, logger="driftline.sinks"):
         sink.write([make_alarm()])
         sink.flush()
     assert deliveries(metric, "dry_run") == 1

@@ -114,30 +114,50 @@ class PrometheusServer:
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="driftline-prometheus-"))
         config = self._write_config()
-        self.port = free_port()
-        self._log_file = open(self.log_path, "wb")
-        self._proc = subprocess.Popen(
-            [binary, f"--config.file={config}",
-             f"--storage.tsdb.path={self._workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}",
-             "--log.level=warn"],
-            stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        self._client = httpx.Client(base_url=self.url, timeout=5.0, trust_env=False)
+        # Prometheus cannot take a bound socket: pick a free port, and pick again if
+        # another process took it between the pick and Prometheus's bind.
+        for attempt in range(5):
+            self.port = free_port()
+            self._log_file = open(self.log_path, "wb")
+            self._proc = subprocess.Popen(
+                [binary, f"--config.file={config}",
+                 f"--storage.tsdb.path={self._workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}",
+                 "--log.level=warn"],
+                stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+            self._client = httpx.Client(base_url=self.url, timeout=5.0, trust_env=False)
+            if self._wait_ready() or "address already in use" not in self._log_tail() or attempt == 4:
+                break
+            self.stop(keep_workdir=True)
+        return self._ready_or_raise()
+
+    def _wait_ready(self) -> bool:
+        """True once Prometheus answers /-/ready; False if it exited or timed out."""
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                tail = self._log_tail()
-                self.stop()
-                raise RuntimeError(f"prometheus exited at start: {tail}")
+                return False
+            try:
+                if self._client.get("/-/ready").status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        return False
+
+    def _ready_or_raise(self) -> "PrometheusServer":
+        if self._proc.poll() is None:
             try:
                 if self._client.get("/-/ready").status_code == 200:
                     return self
             except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.1)
+                pass
         tail = self._log_tail()
+        exited = self._proc.poll() is not None
         self.stop()
+        if exited:
+            raise RuntimeError(f"prometheus exited at start: {tail}")
         raise TimeoutError(f"prometheus was not ready within {self.startup_timeout}s: {tail}")
 
     def _log_tail(self) -> str:
@@ -189,7 +209,7 @@ class PrometheusServer:
         assert self._client is not None, "Prometheus is not started"
         return list(self._client.get("/api/v1/alerts").json()["data"]["alerts"])
 
-    def stop(self) -> None:
+    def stop(self, keep_workdir: bool = False) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -199,7 +219,7 @@ class PrometheusServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        if self._own_workdir and self._workdir is not None:
+        if self._own_workdir and self._workdir is not None and not keep_workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 

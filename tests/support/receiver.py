@@ -41,7 +41,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs
 
-from driftline.demo.embedded_broker import free_port
 from driftline.sinks.signing import SIGNATURE_HEADER, verify
 
 __all__ = ["WebhookReceiver", "ReceivedRequest", "Reply", "Stall", "Reset", "SlowBody", "Step"]
@@ -207,7 +206,14 @@ class WebhookReceiver:
         self._script = list(script)
         self._chooser = chooser
         self._seen: dict[str, int] = {}
-        self.port = port if port is not None else free_port()
+        # Without a port, bind one now and hold it (bound, not listening: connections are
+        # refused until start()), so that no other process can take it in between.
+        self._bound: _Server | None = None
+        if port is None:
+            self._bound = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+            self._bound.server_bind()
+            port = int(self._bound.server_address[1])
+        self.port = port
         self.path = path
         self._autostart = start
         self.requests: list[ReceivedRequest] = []
@@ -317,7 +323,11 @@ class WebhookReceiver:
         if self._server is not None:
             return self
         self._stopping.clear()
-        server = _Server(("127.0.0.1", self.port), _Handler)
+        if self._bound is not None:
+            server, self._bound = self._bound, None
+            server.server_activate()
+        else:
+            server = _Server(("127.0.0.1", self.port), _Handler)
         server.receiver = self
         self._server = server
         self._thread = threading.Thread(
@@ -334,6 +344,9 @@ class WebhookReceiver:
     def stop(self) -> None:
         """Stop listening (connections are refused) and finish the requests in flight."""
         self._stopping.set()  # cut stalls short
+        if self._bound is not None:  # never started: release the held port
+            self._bound.server_close()
+            self._bound = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
