@@ -17,12 +17,17 @@ here, once.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ChangeDetector", "Detection", "as_batch", "EMPTY_INDEX"]
+from driftline.detectors._kernels import Pace
+
+__all__ = ["ChangeDetector", "Detection", "as_batch", "check_param", "EMPTY_INDEX"]
 
 EMPTY_INDEX = np.empty(0, dtype=np.int64)
 EMPTY_INDEX.setflags(write=False)
@@ -91,6 +96,107 @@ def as_batch(values: Any, name: str = "values") -> tuple[np.ndarray, bool]:
     return arr, one_d
 
 
+def check_param(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    choices: Sequence[Any] | None = None,
+    optional: bool = False,
+    why: str = "",
+) -> Any:
+    """Validate one constructor argument; return it as a plain Python value.
+
+    The one parameter check of every detector (as river's ``kswin.py`` writes them): a
+    ``ValueError`` that names the parameter and what it may be.
+
+    Parameters
+    ----------
+    name
+        The parameter's name, as the constructor spells it.
+    value
+        The value given.
+    low, high
+        Bounds (None: unbounded on that side); inclusive unless ``low_open`` /
+        ``high_open``.
+    integer
+        Whether the value must be an integer (``bool`` is not one); otherwise a finite
+        real number (``bool`` is not one either).
+    choices
+        The allowed values (a value matches a choice of its type, or of a base type,
+        that it equals, and the choice is returned; ``(True, False)`` accepts Python and
+        numpy booleans); bounds and ``integer`` are then ignored.
+    optional
+        Whether None is allowed (and returned as is).
+    why
+        Appended to the message in parentheses, e.g. the bound's origin.
+
+    Returns
+    -------
+    The value as ``int``, ``float``, ``bool`` or the matching choice.
+
+    Raises
+    ------
+    ValueError
+        ``"<name> must be <what is allowed>, got <value>"``.
+
+    Examples
+    --------
+    >>> check_param("clock", 32, low=1, integer=True)
+    32
+    >>> check_param("delta", 2.0, low=0, high=1, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: delta must be a number in (0, 1], got 2.0
+    """
+    if optional and value is None:
+        return None
+    if choices is not None:
+        if all(c is True or c is False for c in choices):
+            if isinstance(value, (bool, np.bool_)) and bool(value) in choices:
+                return bool(value)
+        else:
+            for choice in choices:
+                if isinstance(value, type(choice)) and value == choice:
+                    return choice
+        allowed = "True or False" if set(choices) == {True, False} else f"one of {list(choices)}"
+        _reject(name, value, allowed, optional, why)
+    if integer:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        kind = "an integer" if integer else ("a number" if low is not None and high is not None else "a finite number")
+        if low is not None and high is not None:
+            what = f"{kind} in {'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
+        elif low is not None:
+            what = f"{kind} {'>' if low_open else '>='} {_show(low)}"
+        elif high is not None:
+            what = f"{kind} {'<' if high_open else '<='} {_show(high)}"
+        else:
+            what = kind
+        _reject(name, value, what, optional, why)
+    return int(value) if integer else float(value)
+
+
+def _show(bound: float) -> str:
+    """A bound as written in a message: 1 rather than 1.0."""
+    return str(int(bound)) if float(bound).is_integer() else repr(bound)
+
+
+def _reject(name: str, value: Any, what: str, optional: bool, why: str) -> None:
+    allowed = f"None or {what}" if optional else what
+    raise ValueError(f"{name} must be {allowed}{f' ({why})' if why else ''}, got {value!r}")
+
+
 def _plain(value: Any) -> Any:
     """Numpy scalars to Python scalars, so that state dicts are JSON-able."""
     if isinstance(value, np.generic):
@@ -122,11 +228,19 @@ class ChangeDetector:
         """Called by ``reset()`` of subclasses: forget any 2-D fan-out."""
         self._columns: list[ChangeDetector] | None = None
 
+    def _pace(self) -> Pace:
+        """The restart loop's chunk-size hint (:class:`~driftline.detectors._kernels.Pace`),
+        kept across calls and resets. Not state: it changes no result."""
+        pace: Pace | None = self.__dict__.get("_restart_pace")
+        if pace is None:
+            pace = self._restart_pace = Pace()
+        return pace
+
     def params(self) -> dict[str, Any]:
         """The constructor arguments, by river's names."""
         return {name: getattr(self, name) for name in self._PARAMS}
 
-    def _clone_fresh(self) -> "ChangeDetector":
+    def _clone_fresh(self) -> ChangeDetector:
         return type(self)(**self.params())
 
     def update(self, values: Any) -> Detection:
@@ -193,14 +307,15 @@ class ChangeDetector:
             "type": type(self).__name__,
             "params": _plain(self.params()),
         }
-        if getattr(self, "_columns", None) is not None:
-            state["columns"] = [c.state_dict() for c in self._columns]
+        columns: list[ChangeDetector] | None = getattr(self, "_columns", None)
+        if columns is not None:
+            state["columns"] = [c.state_dict() for c in columns]
         else:
             state["fields"] = {k.lstrip("_"): _plain(getattr(self, k)) for k in self._STATE_KEYS}
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "ChangeDetector":
+    def from_state(cls, state: dict[str, Any]) -> ChangeDetector:
         """Rebuild a detector from :meth:`state_dict` output."""
         if state.get("type") not in (None, cls.__name__):
             raise ValueError(f"state: expected a {cls.__name__} state, got {state.get('type')!r}")

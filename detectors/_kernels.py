@@ -35,6 +35,7 @@ __all__ = [
     "linear_recurrence",
     "segmented_recurrence",
     "ewma",
+    "Pace",
     "restart_loop",
     "scan_with_restarts",
     "ranges",
@@ -47,6 +48,9 @@ __all__ = [
 FIRST_CHUNK = 256
 #: Largest chunk scanned at once: bounds the temporaries of one scan.
 MAX_CHUNK = 1 << 16
+#: After a drift, scan up to this many times the distance between the last two drifts
+#: (see :func:`restart_loop`).
+CHUNK_FACTOR = 1.25
 
 EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.setflags(write=False)
@@ -177,7 +181,7 @@ def linear_recurrence(x: np.ndarray, gain: float, decay: float, initial: float) 
     """
     if x.size == 0:
         return np.empty(0)
-    y, _ = lfilter([gain], [1.0, -decay], x, zi=[decay * initial])
+    y: np.ndarray = lfilter([gain], [1.0, -decay], x, zi=[decay * initial])[0]
     return y
 
 
@@ -263,11 +267,37 @@ def ewma(x: np.ndarray, starts: np.ndarray, initial: np.ndarray, fresh: np.ndarr
     return out
 
 
+class Pace:
+    """How far apart a detector's drifts have been: the chunk-size hint of
+    :func:`restart_loop`, carried from one ``update`` call to the next.
+
+    Not part of a detector's state (no checkpoint holds it): it decides how a batch is
+    cut into scans, never a result. A new ``Pace`` (no drift seen yet) scans
+    ``MAX_CHUNK`` events at once, as a detector on a stream that rarely drifts wants.
+    """
+
+    __slots__ = ("gap", "since")
+
+    def __init__(self) -> None:
+        self.gap = 0  # events between the last two drifts; 0 while unknown
+        self.since = 0  # events scanned since the last drift
+
+    def chunk(self, first_chunk: int) -> int:
+        """The size of the next scan: up to a little past where the next drift is due;
+        once that point is passed, as many events as have been scanned since the last
+        drift (the doubling of :func:`restart_loop`, continued across calls)."""
+        if self.gap == 0:
+            return MAX_CHUNK
+        due = int(CHUNK_FACTOR * self.gap) - self.since
+        return min(max(due, self.since, first_chunk), MAX_CHUNK)
+
+
 def restart_loop(
     size: int,
     scan: Callable[[int, int], tuple[int, np.ndarray]],
     reset: Callable[[], None],
     first_chunk: int = FIRST_CHUNK,
+    pace: Pace | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The restart-after-alarm loop over ``size`` events, by position.
 
@@ -280,38 +310,48 @@ def restart_loop(
     is discarded and ``reset()`` is called (as river does on the next update), then
     scanning resumes after the drift.
 
-    The loop runs once per drift and per chunk, never per event. Chunks hold at most
-    ``MAX_CHUNK`` events; after a drift the next chunk is twice the distance between
-    the last two drifts (at least ``first_chunk``), doubling while no drift is found,
-    so frequent drifts cost O(distance between drifts) each and rare ones O(1) scans.
+    The loop runs once per drift and per chunk, never per event. A scan that finds a
+    drift wastes the events after it (they are scanned again from the fresh state), and
+    every scan has a fixed cost of a few dozen numpy calls; so the chunk is sized from
+    ``pace``, the distance between the detector's last two drifts, carried across calls:
+    a chunk ends ``CHUNK_FACTOR`` times that distance after the last drift (at least
+    ``first_chunk`` events), and doubles while no drift is found. On a stream that
+    drifts every ``g`` events a drift costs about one scan of ``~CHUNK_FACTOR * g``
+    events, whatever the batch size and however many drifts a batch holds; a stream
+    that rarely drifts is scanned ``MAX_CHUNK`` events at a time.
+
+    Parameters
+    ----------
+    pace
+        The detector's :class:`Pace` (updated in place); a new one if None.
 
     Returns
     -------
     drifts, warnings
         int64 arrays: the drift positions and the concatenated warnings.
     """
+    if pace is None:
+        pace = Pace()
     drifts: list[int] = []
     warnings: list[np.ndarray] = []
     pos = 0
-    chunk = MAX_CHUNK
-    since_reset = 0  # events scanned since the last drift in this call
+    chunk = pace.chunk(first_chunk)
     while pos < size:
         end = min(size, pos + chunk)
         drift, warn = scan(pos, end)
         if len(warn):
             warnings.append(warn)
         if drift < 0:
-            since_reset += end - pos
+            pace.since += end - pos
             pos = end
             chunk = min(2 * chunk, MAX_CHUNK)
             continue
         drifts.append(drift)
         reset()
-        # expect the next drift about as far away as this one was: scan twice that
-        since_reset += drift + 1 - pos
-        chunk = min(max(2 * since_reset, first_chunk), MAX_CHUNK)
-        since_reset = 0
+        pace.gap = pace.since + drift + 1 - pos
+        pace.since = 0
         pos = drift + 1
+        chunk = pace.chunk(first_chunk)
     if not warnings:
         warn_all = EMPTY
     elif len(warnings) == 1:
@@ -326,6 +366,7 @@ def scan_with_restarts(
     scan: Callable[[np.ndarray], tuple[int, np.ndarray]],
     reset: Callable[[], None],
     first_chunk: int = FIRST_CHUNK,
+    pace: Pace | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``scan`` over ``x``, restarting the detector after every drift.
 
@@ -344,7 +385,7 @@ def scan_with_restarts(
         drift, warn = scan(x[start:stop])
         return (start + drift if drift >= 0 else -1), (warn + start if len(warn) else EMPTY)
 
-    return restart_loop(x.size, scan_range, reset, first_chunk)
+    return restart_loop(x.size, scan_range, reset, first_chunk, pace)
 
 
 def ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
@@ -438,4 +479,5 @@ def geometric_sums(base: float, size: int) -> np.ndarray:
     steps = np.arange(size, dtype=np.float64)
     if base == 1.0:
         return steps
-    return -np.expm1(steps * np.log1p(base - 1.0)) / (1.0 - base)
+    sums: np.ndarray = -np.expm1(steps * np.log1p(base - 1.0)) / (1.0 - base)
+    return sums

@@ -35,12 +35,11 @@ differ).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
-from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import scan_with_restarts
 
 __all__ = ["ADWIN"]
@@ -64,7 +63,8 @@ def _created_counts(n: Any, max_buckets: int, n_levels: int) -> np.ndarray:
     """
     level = np.arange(n_levels, dtype=np.int64)
     shifted = np.asarray(n, dtype=np.int64)[..., None] - (max_buckets - 1) * ((1 << level) - 1)
-    return np.maximum(shifted >> level, 0)
+    counts: np.ndarray = np.maximum(shifted >> level, 0)
+    return counts
 
 
 def _level_counts(n: int, max_buckets: int) -> list[int]:
@@ -146,21 +146,11 @@ class ADWIN(ChangeDetector):
         min_window_length: int = 5,
         grace_period: int = 10,
     ) -> None:
-        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta <= 1:
-            raise ValueError(f"delta must be a number in (0, 1], got {delta!r}")
-        for name, value, lowest in (
-            ("clock", clock, 1),
-            ("max_buckets", max_buckets, 1),
-            ("min_window_length", min_window_length, 1),
-            ("grace_period", grace_period, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
-                raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
-        self.delta = float(delta)
-        self.clock = int(clock)
-        self.max_buckets = int(max_buckets)
-        self.min_window_length = int(min_window_length)
-        self.grace_period = int(grace_period)
+        self.delta: float = check_param("delta", delta, low=0, high=1, low_open=True)
+        self.clock: int = check_param("clock", clock, low=1, integer=True)
+        self.max_buckets: int = check_param("max_buckets", max_buckets, low=1, integer=True)
+        self.min_window_length: int = check_param("min_window_length", min_window_length, low=1, integer=True)
+        self.grace_period: int = check_param("grace_period", grace_period, low=0, integer=True)
         self.reset()
 
     def reset(self) -> None:
@@ -191,7 +181,7 @@ class ADWIN(ChangeDetector):
         return self._total / self._width if self._width else 0.0
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        drifts, _ = scan_with_restarts(x, self._scan, self._restart)
+        drifts, _ = scan_with_restarts(x, self._scan, self._restart, pace=self._pace())
         return drifts, EMPTY_INDEX
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import (
     first_index,
     last_index,
@@ -19,18 +19,6 @@ from driftline.detectors._kernels import (
 )
 
 __all__ = ["DDM", "EDDM"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class DDM(ChangeDetector):
@@ -81,9 +69,9 @@ class DDM(ChangeDetector):
     _STATE_KEYS: ClassVar[tuple[str, ...]] = ("_n", "_errors", "_p_min", "_s_min", "_ps_min")
 
     def __init__(self, warm_start: int = 30, warning_threshold: float = 2.0, drift_threshold: float = 3.0) -> None:
-        self.warm_start = _check_int("warm_start", warm_start, 0)
-        self.warning_threshold = _check_positive("warning_threshold", warning_threshold)
-        self.drift_threshold = _check_positive("drift_threshold", drift_threshold)
+        self.warm_start: int = check_param("warm_start", warm_start, low=0, integer=True)
+        self.warning_threshold: float = check_param("warning_threshold", warning_threshold, low=0, low_open=True)
+        self.drift_threshold: float = check_param("drift_threshold", drift_threshold, low=0, low_open=True)
         self.reset()
 
     def reset(self) -> None:
@@ -96,7 +84,7 @@ class DDM(ChangeDetector):
         self._ps_min = math.inf
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset)
+        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         n, p, errors = running_mean(x, self._n, self._errors)
@@ -107,7 +95,8 @@ class DDM(ChangeDetector):
         if candidates.min() > self._ps_min:
             # no new minimum in this chunk (the common case): the reference is constant
             at = np.full(1, -1)
-            p_min, s_min = self._p_min, self._s_min
+            p_min: float | np.ndarray = self._p_min
+            s_min: float | np.ndarray = self._s_min
         else:
             new_min = active & (candidates <= previous(running_min(candidates, self._ps_min), self._ps_min))
             at = last_index(new_min)
@@ -188,14 +177,9 @@ class EDDM(ChangeDetector):
     )
 
     def __init__(self, warm_start: int = 30, alpha: float = 0.95, beta: float = 0.9) -> None:
-        self.warm_start = _check_int("warm_start", warm_start, 0)
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ValueError(f"{name} must be a number with 0 < {name} < 1, got {value!r}")
-        if alpha < beta:
-            raise ValueError(f"alpha must be >= beta, got alpha={alpha!r} and beta={beta!r}")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.warm_start: int = check_param("warm_start", warm_start, low=0, integer=True)
+        self.beta: float = check_param("beta", beta, low=0, high=1, low_open=True, high_open=True)
+        self.alpha: float = check_param("alpha", alpha, low=self.beta, high=1, high_open=True, why="beta <= alpha")
         self.reset()
 
     def reset(self) -> None:
@@ -232,7 +216,7 @@ class EDDM(ChangeDetector):
         table[2] = np.arange(errors.size + 1.0)
         table[3] = 1.0
         batch = _EDDMBatch(self, x.size, errors, table)
-        drift_errors, warnings = restart_loop(errors.size, batch.scan, batch.reset)
+        drift_errors, warnings = restart_loop(errors.size, batch.scan, batch.reset, pace=self._pace())
         batch.finish()
         return errors[drift_errors], warnings
 
@@ -310,12 +294,12 @@ class _EDDMBatch:
         top = int(np.argmax(extended))
         largest = float(extended[top])
         tail = extended[1:]
-        if top == 0:
-            before = largest
-        else:
-            before = np.empty(tail.size)
-            np.maximum.accumulate(extended[:top], out=before[:top])
-            before[top:] = largest
+        before: float | np.ndarray = largest
+        if top > 0:
+            running = np.empty(tail.size)
+            np.maximum.accumulate(extended[:top], out=running[:top])
+            running[top:] = largest
+            before = running
         level = tail / before
         judged = tail <= before
         if judged_from > active:
@@ -346,7 +330,7 @@ class _EDDMBatch:
                 toggles.insert(0, self.row)
             if values[-1]:
                 toggles.append(end)
-            warnings = np.concatenate([np.arange(on, off) for on, off in zip(toggles[::2], toggles[1::2])])
+            warnings = np.concatenate([np.arange(on, off) for on, off in zip(toggles[::2], toggles[1::2], strict=True)])
             flag = bool(values[-1])
         elif det._warning:
             # on until the first judged error turns it off

@@ -7,9 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import first_index, running_max, scan_with_restarts
-from driftline.detectors.ddm import _check_int
 
 __all__ = ["FHDDM"]
 
@@ -66,18 +65,15 @@ class FHDDM(ChangeDetector):
         confidence_level: float = 0.000001,
         short_window_size: int | None = None,
     ) -> None:
-        self.sliding_window_size = _check_int("sliding_window_size", sliding_window_size, 1)
-        if isinstance(confidence_level, bool) or not isinstance(confidence_level, (int, float)) \
-                or not 0 < confidence_level < 1:
-            raise ValueError(f"confidence_level must be a number in (0, 1), got {confidence_level!r}")
-        self.confidence_level = float(confidence_level)
-        if short_window_size is not None:
-            short_window_size = _check_int("short_window_size", short_window_size, 1)
-            if short_window_size > self.sliding_window_size:
-                raise ValueError(
-                    f"short_window_size must be None or an integer in [1, sliding_window_size="
-                    f"{self.sliding_window_size}], got {short_window_size!r}")
-        self.short_window_size = short_window_size
+        self.sliding_window_size: int = check_param("sliding_window_size", sliding_window_size, low=1, integer=True)
+        self.confidence_level: float = check_param(
+            "confidence_level", confidence_level, low=0, high=1, low_open=True, high_open=True
+        )
+        short_window_size = check_param(
+            "short_window_size", short_window_size, low=1, high=self.sliding_window_size, integer=True,
+            optional=True, why="at most sliding_window_size",
+        )
+        self.short_window_size: int | None = short_window_size
         log_inverse = math.log(1 / self.confidence_level)
         self._epsilon = math.sqrt(log_inverse / (2 * self.sliding_window_size))
         self._epsilon_short = (math.sqrt(log_inverse / (2 * short_window_size))
@@ -92,7 +88,7 @@ class FHDDM(ChangeDetector):
         self._u_short_max = 0.0
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset)
+        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         n = self.sliding_window_size

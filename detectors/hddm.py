@@ -4,11 +4,11 @@ and river-exact."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from driftline.detectors._base import ChangeDetector
+from driftline.detectors._base import ChangeDetector, check_param
 from driftline.detectors._kernels import (
     ewma,
     first_index,
@@ -17,26 +17,14 @@ from driftline.detectors._kernels import (
     powers,
     previous,
     ranges,
+    recurrence_table,
     running_max,
     running_mean,
     running_min,
     scan_with_restarts,
-    recurrence_table,
 )
 
 __all__ = ["HDDMA", "HDDMW"]
-
-
-def _check_confidence(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number with 0 < {name} < 1, got {value!r}")
-    return float(value)
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _alarms(
@@ -111,9 +99,13 @@ class HDDMA(ChangeDetector):
     def __init__(
         self, drift_confidence: float = 0.001, warning_confidence: float = 0.005, two_sided_test: bool = False
     ) -> None:
-        self.drift_confidence = _check_confidence("drift_confidence", drift_confidence)
-        self.warning_confidence = _check_confidence("warning_confidence", warning_confidence)
-        self.two_sided_test = _check_bool("two_sided_test", two_sided_test)
+        self.drift_confidence: float = check_param(
+            "drift_confidence", drift_confidence, low=0, high=1, low_open=True, high_open=True
+        )
+        self.warning_confidence: float = check_param(
+            "warning_confidence", warning_confidence, low=0, high=1, low_open=True, high_open=True
+        )
+        self.two_sided_test: bool = check_param("two_sided_test", two_sided_test, choices=(True, False))
         self._log_drift = math.log(1.0 / self.drift_confidence)
         self._log2_drift = math.log(2.0 / self.drift_confidence)
         self._log2_warning = math.log(2.0 / self.warning_confidence)
@@ -134,7 +126,7 @@ class HDDMA(ChangeDetector):
         return np.sqrt(1.0 / (2 * n) * self._log_drift)
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset)
+        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
 
     def _cut(
         self, n: np.ndarray, mean: np.ndarray, bounded: np.ndarray, cut_n: float, cut_mean: float, lower: bool
@@ -142,10 +134,10 @@ class HDDMA(ChangeDetector):
         """Count and mean at the cut point after each sample (a new cut where the
         bounded mean reaches its running extremum, ties included, as river's >=)."""
         if lower:
-            start = cut_mean + self._bound(cut_n) if cut_n else math.inf
+            start = cut_mean + float(self._bound(cut_n)) if cut_n else math.inf
             new = bounded <= previous(running_min(bounded, start), start)
         else:
-            start = cut_mean - self._bound(cut_n) if cut_n else -math.inf
+            start = cut_mean - float(self._bound(cut_n)) if cut_n else -math.inf
             new = bounded >= previous(running_max(bounded, start), start)
         at = last_index(new)
         return np.where(at >= 0, n[at], cut_n), np.where(at >= 0, mean[at], cut_mean), at
@@ -153,7 +145,8 @@ class HDDMA(ChangeDetector):
     def _changed(self, n: np.ndarray, mean_diff: np.ndarray, cut_n: np.ndarray, log2: float) -> np.ndarray:
         # river: m = (n - n_cut) / n_cut * (1.0 / n); eps = sqrt(m / 2 * log(2 / confidence))
         m = (n - cut_n) / cut_n * (1.0 / n)
-        return (cut_n != n) & (mean_diff >= np.sqrt(m / 2 * log2))
+        changed: np.ndarray = (cut_n != n) & (mean_diff >= np.sqrt(m / 2 * log2))
+        return changed
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         n, mean, total = running_mean(x, self._n, self._total)
@@ -231,7 +224,9 @@ class HDDMW(ChangeDetector):
     #: relative safety margin of the closed-form s2 estimate (its error is ~1e-16 / lambda)
     _MARGIN: ClassVar[float] = 1e-10
     # a "sample" (river's SampleInfo) is (ewma, ibc, count); count 0 is "not init"
-    _STATE_KEYS: ClassVar[tuple[str, ...]] = ("_total", "_incr_cut", "_incr_s1", "_incr_s2", "_decr_cut", "_decr_s1", "_decr_s2")
+    _STATE_KEYS: ClassVar[tuple[str, ...]] = (
+        "_total", "_incr_cut", "_incr_s1", "_incr_s2", "_decr_cut", "_decr_s1", "_decr_s2"
+    )
 
     def __init__(
         self,
@@ -240,10 +235,16 @@ class HDDMW(ChangeDetector):
         lambda_val: float = 0.05,
         two_sided_test: bool = False,
     ) -> None:
-        self.drift_confidence = _check_confidence("drift_confidence", drift_confidence)
-        self.warning_confidence = _check_confidence("warning_confidence", warning_confidence)
-        self.lambda_val = _check_confidence("lambda_val", lambda_val)
-        self.two_sided_test = _check_bool("two_sided_test", two_sided_test)
+        self.drift_confidence: float = check_param(
+            "drift_confidence", drift_confidence, low=0, high=1, low_open=True, high_open=True
+        )
+        self.warning_confidence: float = check_param(
+            "warning_confidence", warning_confidence, low=0, high=1, low_open=True, high_open=True
+        )
+        self.lambda_val: float = check_param(
+            "lambda_val", lambda_val, low=0, high=1, low_open=True, high_open=True
+        )
+        self.two_sided_test: bool = check_param("two_sided_test", two_sided_test, choices=(True, False))
         # the constants exactly as river computes them
         self._lambda_sq = self.lambda_val * self.lambda_val
         self._c_lambda_sq = (1 - self.lambda_val) ** 2
@@ -251,12 +252,12 @@ class HDDMW(ChangeDetector):
         self._log_warning = math.log(1 / self.warning_confidence)
         # ibc depends only on how many samples a SampleInfo has seen: a lookup table
         self._ibc_table = recurrence_table(self._lambda_sq, self._c_lambda_sq, 1.0)
+        self._eps_table: np.ndarray | None = None
         if self._ibc_table is not None:
             # the cut test's bound by sample count, and the smallest ibc a sample reaches
             self._eps_table = self._bound(self._ibc_table, self._log_drift)
             ibc_floor = float(self._ibc_table.min())
         else:
-            self._eps_table = None
             ibc_floor = self.lambda_val / (2 - self.lambda_val) * (1 - 1e-9)
         # no test can fire while the EWMAs differ by less than this (both ibc >= floor)
         self._least_bound = float(self._bound(2 * ibc_floor, min(self._log_drift, self._log_warning)))
@@ -265,7 +266,7 @@ class HDDMW(ChangeDetector):
     def reset(self) -> None:
         """Forget everything seen: back to the state of a new detector."""
         self._reset_columns()
-        fresh = [0.0, 1.0, 0]
+        fresh: list[Any] = [0.0, 1.0, 0]  # EWMA (None: not yet filtered), ibc, count
         self._total = list(fresh)
         self._incr_cut = math.inf
         self._incr_s1 = list(fresh)
@@ -275,15 +276,18 @@ class HDDMW(ChangeDetector):
         self._decr_s2 = list(fresh)
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset)
+        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
 
     def _ibc(self, count: np.ndarray) -> np.ndarray:
         table = self._ibc_table
-        return table[np.minimum(count, table.size - 1)]
+        assert table is not None  # callers look it up only when the table exists
+        ibc: np.ndarray = table[np.minimum(count, table.size - 1)]
+        return ibc
 
-    def _bound(self, ibc: np.ndarray, log: float) -> np.ndarray:
+    def _bound(self, ibc: np.ndarray | float, log: float) -> np.ndarray:
         # river: math.sqrt(ibc * math.log(1 / confidence) / 2)
-        return np.sqrt(ibc * log / 2)
+        bound: np.ndarray = np.sqrt(ibc * log / 2)
+        return bound
 
     def _side(
         self,
@@ -293,10 +297,10 @@ class HDDMW(ChangeDetector):
         bounded: np.ndarray,
         before: float,
         cut: float,
-        s1: list,
-        s2: list,
+        s1: list[Any],
+        s2: list[Any],
         increase: bool,
-    ) -> tuple[np.ndarray, np.ndarray, dict]:
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """One side's cut points and tests: (drift, warning, end state).
 
         ``bounded`` is the total EWMA plus (increase) or minus (decrease) the cut
@@ -359,7 +363,10 @@ class HDDMW(ChangeDetector):
             estimate = seg_first[segment]
             estimate *= powers(decay, n)[age]
         estimate += total_ewma
-        diff = np.subtract(estimate, s1_ewma, out=estimate) if increase else np.subtract(s1_ewma, estimate, out=estimate)
+        if increase:
+            diff = np.subtract(estimate, s1_ewma, out=estimate)
+        else:
+            diff = np.subtract(s1_ewma, estimate, out=estimate)
         scale = max(1.0, float(np.abs(x).max()), abs(before), abs(s1[0]), abs(s2[0]))
         # the estimate is within `margin` of river's s2 (far above its rounding error)
         margin = scale * self._MARGIN / self.lambda_val
@@ -402,11 +409,12 @@ class HDDMW(ChangeDetector):
             warning[candidates] = is_warning
         last_at = int(at[-1])
         if last_at >= 0:
-            s1_end = [float(total_ewma[last_at]), float(self._total_ibc(np.array([total_count0 + 1 + last_at]))[0]), total_count0 + 1 + last_at]
+            count_at = total_count0 + 1 + last_at
+            s1_end: list[Any] = [float(total_ewma[last_at]), float(self._total_ibc(np.array([count_at]))[0]), count_at]
         else:
             s1_end = list(s1)
         if new_cut is not None and new_cut[-1]:
-            s2_end = [0.0, 1.0, 0]
+            s2_end: list[Any] = [0.0, 1.0, 0]
         else:
             since = n - 1 - last_at
             s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
@@ -416,7 +424,7 @@ class HDDMW(ChangeDetector):
             "before": before, "total": float(total_ewma[-1]),
         }
 
-    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list) -> np.ndarray:
+    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list[Any]) -> np.ndarray:
         """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's
         order from the start of its segment (the row after its cut ``at[row]``)."""
         seg_start = at[wanted] + 1
@@ -427,12 +435,13 @@ class HDDMW(ChangeDetector):
         offsets = np.cumsum(lengths) - lengths
         carried = (seg_first == 0) & (s2[2] > 0)
         exact = ewma(x[ranges(seg_first, seg_stop)], offsets, np.where(carried, s2[0], 0.0), ~carried, self.lambda_val)
-        return exact[np.repeat(offsets - seg_first, np.diff(np.append(head, wanted.size))) + wanted]
+        values: np.ndarray = exact[np.repeat(offsets - seg_first, np.diff(np.append(head, wanted.size))) + wanted]
+        return values
 
-    def _s2_at_end(self, end: dict) -> list:
+    def _s2_at_end(self, end: dict[str, Any]) -> list[Any]:
         """The side's s2 after the chunk, once it is known to be kept: its EWMA is
         filtered exactly over the segment after the chunk's last cut only."""
-        s2 = end["s2"]
+        s2: list[Any] = end["s2"]
         if s2[0] is not None:
             return s2
         x, at, s2_in = end["x"], end["at"], end["s2_in"]
@@ -455,12 +464,13 @@ class HDDMW(ChangeDetector):
             return self._ibc(count)
         return self._ibc_steps(1.0, count)
 
-    def _s2_ibc(self, since: np.ndarray, s2: list, cut_in_chunk: np.ndarray) -> np.ndarray:
+    def _s2_ibc(self, since: np.ndarray, s2: list[Any], cut_in_chunk: np.ndarray | bool) -> np.ndarray:
         """ibc of s2 ``since`` samples after its cut in this chunk, or, for the segment
         carried in, after ``since`` more samples from the carried one."""
         if self._ibc_table is not None:
             return self._ibc(np.where(cut_in_chunk, since, s2[2] + since))
-        return np.where(cut_in_chunk, self._ibc_steps(1.0, since), self._ibc_steps(s2[1], since))
+        ibc: np.ndarray = np.where(cut_in_chunk, self._ibc_steps(1.0, since), self._ibc_steps(s2[1], since))
+        return ibc
 
     def _ibc_steps(self, ibc: float, steps: np.ndarray) -> np.ndarray:
         """ibc after ``steps`` updates from ``ibc`` (no settled table: lambda tiny)."""
@@ -468,7 +478,8 @@ class HDDMW(ChangeDetector):
         path = np.empty(int(steps.max()) + 1 if steps.size else 1)
         path[0] = ibc
         path[1:] = linear_recurrence(np.ones(path.size - 1), self._lambda_sq, self._c_lambda_sq, ibc)
-        return path[steps]
+        ibc_after: np.ndarray = path[steps]
+        return ibc_after
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         n = x.size
@@ -480,7 +491,7 @@ class HDDMW(ChangeDetector):
             total_ewma[1:] = linear_recurrence(x[1:], self.lambda_val, decay, float(x[0]))
         else:
             total_ewma = linear_recurrence(x, self.lambda_val, decay, ewma0)
-        if self._eps_table is not None:
+        if self._eps_table is not None and self._ibc_table is not None:
             if count0 + 1 >= self._eps_table.size - 1:
                 eps = self._eps_table[-1]  # settled: the same bound for every row
             else:

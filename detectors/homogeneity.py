@@ -1,15 +1,15 @@
 """Two-sample chi-squared test of homogeneity, vectorized across features.
 
-:func:`driftline.detectors.statistics.categorical_drift` tests a window against the reference
-*proportions* (goodness of fit, as ``scipy.stats.chisquare``), which treats the
-reference as exact. When the reference is itself a sample of a few thousand events,
-that under-states the noise (the statistic is inflated by about ``1 + n/m`` for a
-window of n against a reference of m) and a category the reference never saw gets a
-near-zero expectation, so one unseen value looks like drift. The monitor's alarms
-therefore use this test of homogeneity of the two samples (Pearson, 1900; the
-``correction=False`` case of ``scipy.stats.chi2_contingency`` on the 2 x K table),
-which accounts for both samples' noise; unseen categories are reported by the
-data-quality check instead.
+The one categorical drift test (:func:`driftline.detectors.statistics.categorical_drift`
+reports it). A goodness-of-fit test of the window against the reference *proportions*
+(``scipy.stats.chisquare``) would treat the reference as exact: when the reference is
+itself a sample of a few thousand events, that under-states the noise (the statistic
+is inflated by about ``1 + n/m`` for a window of n against a reference of m) and a
+category the reference never saw gets a near-zero expectation, so one unseen value
+looks like drift. This test of homogeneity of the two samples (Pearson, 1900; the
+``correction=False`` case of ``scipy.stats.chi2_contingency`` on the 2 x K table)
+accounts for both samples' noise; unseen categories are reported by the data-quality
+check instead.
 """
 
 from __future__ import annotations

@@ -26,14 +26,13 @@ these loops runs once per sample.
 from __future__ import annotations
 
 import functools
-import numbers
 import warnings
 from typing import Any, Protocol
 
 import numpy as np
 from scipy import stats
 
-from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import first_index, scan_with_restarts
 
 __all__ = ["KSWIN", "NumpySampler", "Sampler", "ks_distances", "ks_table"]
@@ -78,13 +77,13 @@ class NumpySampler:
     """
 
     def fresh(self, seed: int | None) -> dict[str, Any]:
-        return np.random.default_rng(seed).bit_generator.state
+        return dict(np.random.default_rng(seed).bit_generator.state)
 
     def draw(
         self, state: dict[str, Any], population: int, size: int, count: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
         bit_generator = np.random.PCG64()
-        bit_generator.state = state
+        bit_generator.state = state  # type: ignore[assignment]  # numpy types it as a TypedDict
         uniforms = np.random.Generator(bit_generator).random((count, size))
         # Floyd (Bentley & Floyd, 1987): for j = population - size .. population - 1,
         # pick t uniform in [0, j]; take j instead if t was already taken. Cells of a
@@ -99,7 +98,7 @@ class NumpySampler:
             np.copyto(pick, fallback[column], where=taken[pick])
             taken[pick] = True
         picks = cells.T - row_start[:, None]
-        return picks, bit_generator.state
+        return picks, dict(bit_generator.state)
 
 
 @functools.lru_cache(maxsize=64)
@@ -177,7 +176,8 @@ def ks_distances(first: np.ndarray, second: np.ndarray, ties: bool = True) -> np
         # a group of equal ranks ends where the next key has another rank
         running[:-1] *= (positions[:-1] ^ positions[1:]) > 1
     np.abs(running, out=running)
-    return running.max(axis=0).astype(np.int64)
+    distances: np.ndarray = running.max(axis=0).astype(np.int64)
+    return distances
 
 
 class KSWIN(ChangeDetector):
@@ -242,20 +242,12 @@ class KSWIN(ChangeDetector):
         window: Any = None,
         sampler: Sampler | None = None,
     ) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-        if not _is_int(stat_size) or not 1 <= stat_size <= _MAX_STAT_SIZE:
-            raise ValueError(
-                f"stat_size must be an integer in [1, {_MAX_STAT_SIZE}] (scipy's exact KS "
-                f"p-values), got {stat_size!r}"
-            )
-        if not _is_int(window_size) or window_size < 2 * stat_size:
-            raise ValueError(
-                f"window_size must be an integer >= 2 * stat_size = {2 * stat_size}, "
-                f"got {window_size!r}"
-            )
-        if seed is not None and (not _is_int(seed) or seed < 0):
-            raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
+        alpha = check_param("alpha", alpha, low=0, high=1)
+        stat_size = check_param(
+            "stat_size", stat_size, low=1, high=_MAX_STAT_SIZE, integer=True, why="scipy's exact KS p-values"
+        )
+        window_size = check_param("window_size", window_size, low=2 * stat_size, integer=True, why="2 * stat_size")
+        seed = check_param("seed", seed, low=0, integer=True, optional=True)
         if sampler is not None and not (hasattr(sampler, "fresh") and hasattr(sampler, "draw")):
             raise ValueError(
                 f"sampler must be None or an object with fresh(seed) and "
@@ -307,7 +299,7 @@ class KSWIN(ChangeDetector):
         return self._statistic
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        drifts, _ = scan_with_restarts(x, self._scan, self._restart)
+        drifts, _ = scan_with_restarts(x, self._scan, self._restart, pace=self._pace())
         return drifts, EMPTY_INDEX
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
@@ -345,5 +337,3 @@ class KSWIN(ChangeDetector):
         return -1, EMPTY_INDEX
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

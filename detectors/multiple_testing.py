@@ -56,7 +56,8 @@ def bonferroni(p_values: Any) -> np.ndarray:
     """
     arr = _as_p_values(p_values)
     m = (~np.isnan(arr)).sum(axis=-1, keepdims=True)
-    return np.minimum(arr * m, 1.0)
+    adjusted: np.ndarray = np.minimum(arr * m, 1.0)
+    return adjusted
 
 
 def benjamini_hochberg(p_values: Any) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from driftline.detectors._base import EMPTY_INDEX, ChangeDetector
+from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import (
     first_index,
     geometric_sums,
@@ -88,21 +88,11 @@ class PageHinkley(ChangeDetector):
         alpha: float = 1 - 0.0001,
         mode: str = "both",
     ) -> None:
-        if isinstance(min_instances, bool) or not isinstance(min_instances, (int, np.integer)) or min_instances < 1:
-            raise ValueError(f"min_instances must be an integer >= 1, got {min_instances!r}")
-        if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta >= 0):
-            raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
-        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
-            raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
-        if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
-            raise ValueError(f"alpha must be a number with 0 < alpha <= 1, got {alpha!r}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {list(_MODES)}, got {mode!r}")
-        self.min_instances = int(min_instances)
-        self.delta = float(delta)
-        self.threshold = float(threshold)
-        self.alpha = float(alpha)
-        self.mode = mode
+        self.min_instances: int = check_param("min_instances", min_instances, low=1, integer=True)
+        self.delta: float = check_param("delta", delta, low=0)
+        self.threshold: float = check_param("threshold", threshold, low=0, low_open=True)
+        self.alpha: float = check_param("alpha", alpha, low=0, high=1, low_open=True)
+        self.mode: str = check_param("mode", mode, choices=_MODES)
         self.reset()
 
     def reset(self) -> None:
@@ -117,7 +107,7 @@ class PageHinkley(ChangeDetector):
         self._max_decrease = -1.0  # river starts this extremum at -1, not -inf
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        drifts, _ = scan_with_restarts(x, self._scan, self.reset)
+        drifts, _ = scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
         return drifts, EMPTY_INDEX
 
     def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from driftline.detectors._base import check_param
+
 __all__ = ["SequentialResult", "TwoSampleMSPRT", "msprt_log_lambda"]
 
 
@@ -141,13 +143,9 @@ class TwoSampleMSPRT:
     _STATE_KEYS = ("_n", "_sum", "_sum_sq", "_shift", "_max_log_lambda")
 
     def __init__(self, alpha: float = 0.01, tau: float = 0.05, min_samples: int = 200) -> None:
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-        if not (tau > 0.0 and math.isfinite(tau)):
-            raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-        if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)) \
-                or min_samples < 2:
-            raise ValueError(f"min_samples must be an integer >= 2, got {min_samples!r}")
+        alpha = check_param("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
+        tau = check_param("tau", tau, low=0, low_open=True)
+        min_samples = check_param("min_samples", min_samples, low=2, integer=True)
         self.alpha = float(alpha)
         self.tau = float(tau)
         self.min_samples = int(min_samples)
@@ -273,7 +271,7 @@ class TwoSampleMSPRT:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "TwoSampleMSPRT":
+    def from_state(cls, state: dict[str, Any]) -> TwoSampleMSPRT:
         """Rebuild a test from :meth:`state_dict` output."""
         if state.get("type") != cls.__name__:
             raise ValueError(f"state: expected a {cls.__name__} state, got {state.get('type')!r}")

@@ -17,10 +17,10 @@ Numeric features
     and p-value, population stability index (PSI), Jensen-Shannon distance,
     Wasserstein-1 distance, out-of-range and missing rates.
 Categorical features
-    :class:`CategoricalReference` and :func:`categorical_drift`: chi-square statistic
-    and p-value, PSI, total variation distance, unseen and missing rates.
+    :class:`CategoricalReference` and :func:`categorical_drift`: chi-square test of
+    homogeneity (statistic and p-value), PSI, total variation distance, unseen and missing rates.
 
-Smoothing of empty bins (one rule, used by PSI, JS and the chi-square expectation)
+Smoothing of empty bins (one rule, used by PSI and JS)
     A bin's proportion ``p_k`` (count / number of valid values) is smoothed to
     ``(p_k + PROPORTION_EPSILON) / (1 + K * PROPORTION_EPSILON)`` over the feature's
     K bins, with ``PROPORTION_EPSILON = 1e-4``; the smoothed proportions are positive
@@ -29,13 +29,15 @@ Smoothing of empty bins (one rule, used by PSI, JS and the chi-square expectatio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import numpy as np
-from scipy import special, stats
 
-from driftline.detectors._base import as_batch
+from driftline.detectors._base import as_batch, check_param
+from driftline.detectors._ks import ks_p_value
+from driftline.detectors.homogeneity import chi2_homogeneity
 
 __all__ = [
     "PROPORTION_EPSILON",
@@ -97,7 +99,7 @@ def _row_keys(sorted_rows: np.ndarray) -> np.ndarray:
 
 
 def _searchsorted_rows(
-    sorted_rows: np.ndarray, queries: np.ndarray, side: str, keys: np.ndarray | None = None
+    sorted_rows: np.ndarray, queries: np.ndarray, side: Literal["left", "right"], keys: np.ndarray | None = None
 ) -> np.ndarray:
     """``np.searchsorted(sorted_rows[j], queries[j], side)`` for every row j.
 
@@ -121,12 +123,14 @@ def _searchsorted_rows(
     query_keys.real = np.repeat(np.arange(d, dtype=np.float64), queries.shape[1])
     query_keys.imag = queries.ravel()
     positions = np.searchsorted(keys, query_keys, side=side).reshape(queries.shape)
-    return positions - (np.arange(d, dtype=np.int64) * m)[:, None]
+    rows: np.ndarray = positions - (np.arange(d, dtype=np.int64) * m)[:, None]
+    return rows
 
 
 def _take_rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``np.take_along_axis(a, index, axis=1)`` for 2-D arrays, as one flat ``take``."""
-    return a.ravel().take(index + (np.arange(a.shape[0]) * a.shape[1])[:, None])
+    taken: np.ndarray = a.ravel().take(index + (np.arange(a.shape[0]) * a.shape[1])[:, None])
+    return taken
 
 
 def _sorted_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,113 +141,6 @@ def _sorted_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows[:, : values.shape[0]] = np.where(finite, values, np.inf).T
     rows.sort(axis=1)
     return rows, finite.sum(axis=0).astype(np.int64)
-
-
-def _ks_p_value(statistic: np.ndarray, n_reference: np.ndarray, n_window: np.ndarray) -> np.ndarray:
-    """Two-sided KS p-value as ``ks_2samp(method="asymp")``: ``kstwo.sf(D, round(n_e))``
-    with ``n_e = m n / (m + n)``."""
-    p_value = np.full(statistic.shape, np.nan)
-    large = np.maximum(n_reference, n_window).astype(np.float64)
-    small = np.minimum(n_reference, n_window).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        effective_n = np.round(large * small / (large + small))
-    # effective_n rounds to 0 only for one value against one: no asymptotic p-value
-    ok = np.isfinite(statistic) & (effective_n >= 1)
-    if ok.any():
-        p_value[ok] = np.clip(_kstwo_sf(statistic[ok], effective_n[ok]), 0.0, 1.0)
-    return p_value
-
-
-SMIRNOV_MAX_N = 20_000
-
-
-def _kstwo_sf(x: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """``scipy.stats.kstwo.sf(x, n)``, with its two common branches vectorized.
-
-    scipy evaluates ``kstwo.sf`` element by element in Python (``_ksstats._kolmogn``).
-    For ``n > 140`` (any window of a few hundred values) and ``1 < n x < n - 1``,
-    ``x < 0.5`` it takes one of these branches, selected here by the same float
-    tests:
-
-    * ``2.2 <= n x^2 < 370`` (a drifting feature): ``2 * smirnov(n, x)``, an exact
-      sum costing ~0.4 ms per element at n ~ 1,000. Evaluated here for all elements
-      at once as the Birnbaum-Tingey sum
-      ``smirnov(n, x) = x sum_{j=0}^{floor(n (1 - x))} C(n, j) (1 - x - j/n)^(n - j)
-      (x + j/n)^(j - 1)`` in log space (positive terms: relative error ~1e-12), for
-      ``n <= SMIRNOV_MAX_N`` (bounds the (elements, n) temporary array).
-    * ``n x^2 >= 370``: 0.
-    * ``n x^2 < 2.2`` and not (``n <= 100000`` and ``n x^1.5 <= 1.4``): 1 minus
-      the Pelz-Good (1976) approximation of the CDF, the same series as scipy's
-      ``_kolmogn_PelzGood`` summed directly instead of by Horner's scheme.
-
-    Every other element (tiny or huge statistics, small n) goes to scipy.
-    """
-    t = n * x
-    squared = t * x
-    common = (n > 140) & (x > 0.0) & (x < 0.5) & (t > 1.0) & (t < n - 1)
-    smirnov = common & (n <= SMIRNOV_MAX_N) & (squared >= 2.2) & (squared < 370.0)
-    zero = common & (squared >= 370.0)
-    with np.errstate(invalid="ignore"):
-        pelz_good = common & (squared < 2.2) & ~((n <= 100_000) & (n * x**1.5 <= 1.4))
-    result = np.zeros(x.shape)
-    scipy_side = ~(smirnov | zero | pelz_good)
-    if scipy_side.any():
-        result[scipy_side] = stats.kstwo.sf(x[scipy_side], n[scipy_side])
-    if smirnov.any():
-        result[smirnov] = 2.0 * _smirnov(n[smirnov], t[smirnov], x[smirnov])
-    if pelz_good.any():
-        result[pelz_good] = np.clip(1.0 - _pelz_good_cdf(n[pelz_good], x[pelz_good]), 0.0, 1.0)
-    return result
-
-
-def _smirnov(n: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """One-sided exact ``smirnov(n, x)`` (Birnbaum-Tingey sum), ``t = n x``."""
-    n, t, x = n[:, None], t[:, None], x[:, None]
-    last = np.floor(n * (1.0 - x))
-    j = np.arange(int(last.max()) + 1, dtype=np.float64)[None, :]
-    inside = j <= last
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rest = np.where(inside, (n - j - t) / n, 1.0)  # 1 - x - j/n
-        log_term = (
-            special.gammaln(n + 1) - special.gammaln(j + 1) - special.gammaln(n - j + 1)
-            + np.where(n - j > 0, (n - j) * np.log(rest), 0.0)
-            + (j - 1) * np.log((t + j) / n)
-        )
-    log_term = np.where(inside & ((rest > 0) | (n - j == 0)), log_term, -np.inf)
-    return x[:, 0] * np.exp(log_term).sum(axis=1)
-
-
-def _pelz_good_cdf(n: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Pelz-Good approximation of P(D_n <= x), as scipy's ``_kolmogn_PelzGood``."""
-    pi2, pi4, pi6 = np.pi**2, np.pi**4, np.pi**6
-    sqrt2pi = np.sqrt(2 * np.pi)
-    z = (np.sqrt(n) * x)[:, None]
-    z2, z3, z4, z6 = z**2, z**3, z**4, z**6
-    qlog = -pi2 / 8 / z2
-    max_k = np.ceil(16 * z / np.pi)
-    k = np.arange(1, int(max_k.max()) + 1, dtype=np.float64)[None, :]
-    inside = k <= max_k
-    m2 = (2 * k - 1) ** 2
-    weight = np.where(inside, np.exp(qlog * m2), 0.0)  # q^(m^2), m = 2k - 1
-    k1 = (-z2 + pi2 / 4 * m2) * weight
-    k2 = (6 * z6 + 2 * z4 + (2 * z4 - 5 * z2) * pi2 / 4 * m2 + pi4 * (1 - 2 * z2) / 16 * m2**2)
-    k3 = (
-        -30 * z6 - 90 * z**8 + pi2 * (135 * z4 - 96 * z6) / 4 * m2
-        + pi4 * (-60 * z2 + 212 * z4) / 16 * m2**2 + pi6 * (5 - 30 * z2) / 64 * m2**3
-    )
-    k0 = weight.sum(axis=1) * sqrt2pi / z[:, 0]
-    k1 = k1.sum(axis=1) * sqrt2pi / (6 * z4[:, 0])
-    k2 = (k2 * weight).sum(axis=1) * sqrt2pi / (72 * z[:, 0] ** 7)
-    k3 = (k3 * weight).sum(axis=1) * sqrt2pi / (6480 * z[:, 0] ** 10)
-    q_all = np.where(inside, np.exp(-pi2 / 2 / z2 * k**2), 0.0)
-    k2 = k2 + (k**2 * q_all).sum(axis=1) * pi2 * sqrt2pi / (-36 * z3[:, 0])
-    sqrt3z = np.sqrt(3) * z
-    k3 = k3 + ((sqrt3z + np.pi * k) * (sqrt3z - np.pi * k) * k**2 * q_all).sum(axis=1) * (
-        pi2 * sqrt2pi / (216 * z6[:, 0])
-    )
-    n = n.astype(np.float64)
-    cdf = k0 + k1 / np.sqrt(n) + k2 / n + k3 / n**1.5
-    return np.where(qlog[:, 0] < -708, 0.0, cdf)
 
 
 def _psi_js(reference_p: np.ndarray, window_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -357,10 +254,10 @@ class NumericReference:
     @property
     def n_features(self) -> int:
         """Number of features d."""
-        return self.sorted_values.shape[0]
+        return int(self.sorted_values.shape[0])
 
     @classmethod
-    def fit(cls, reference: Any, n_bins: int = 10) -> "NumericReference":
+    def fit(cls, reference: Any, n_bins: int = 10) -> NumericReference:
         """Prepare a reference sample.
 
         Parameters
@@ -379,9 +276,7 @@ class NumericReference:
         >>> ref.edges[0]
         array([18., 38., 58., 78.])
         """
-        if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-            raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
-        n_bins = int(n_bins)
+        n_bins = check_param("n_bins", n_bins, low=1, integer=True)
         values, one_d = as_batch(reference, "reference")
         if one_d:
             raise ValueError(
@@ -433,7 +328,7 @@ class NumericReference:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "NumericReference":
+    def from_state(cls, state: dict[str, Any]) -> NumericReference:
         """Rebuild a reference from :meth:`to_state` output."""
         arrays = {
             "sorted_values": np.float64, "count": np.int64, "missing_rate": np.float64,
@@ -527,7 +422,7 @@ def numeric_drift(reference: NumericReference, window: Any) -> NumericDrift:
       ``round(m n / (m + n)) = 0`` and the p-value is NaN.
     * scipy evaluates ``kstwo.sf`` element by element in Python (0.03 to 0.4 ms per
       feature); its two common branches for windows of more than 140 values are
-      computed here for all features at once (see ``_kstwo_sf``), the rare others
+      computed here for all features at once (see ``_ks.kstwo_sf``), the rare others
       by scipy.
     * Wasserstein-1 is computed as the integral of ``|Q_window(p) - Q_reference(p)|``
       over p in [0, 1] with reference prefix sums (no merge of the two samples);
@@ -582,9 +477,10 @@ def numeric_drift(reference: NumericReference, window: Any) -> NumericDrift:
         """H(t / (n m)) = integral of the centred reference quantile from 0 to p."""
         whole = t // n_safe
         frac = (t - whole * n_safe) / n_safe
-        return (
+        h: np.ndarray = (
             _take_rows(reference._prefix, whole) + frac * _take_rows(reference._centered, whole)
         ) / m_safe
+        return h
 
     grid = np.minimum(np.arange(n_max + 1, dtype=np.int64)[None, :] * m[:, None], (n * m)[:, None])
     h_grid = integral(grid)
@@ -611,7 +507,7 @@ def numeric_drift(reference: NumericReference, window: Any) -> NumericDrift:
         missing_rate = (n_rows - n) / np.float64(n_rows)
     return NumericDrift(
         ks_statistic=ks,
-        ks_p_value=_ks_p_value(ks, m, n),
+        ks_p_value=ks_p_value(ks, m, n),
         psi=psi,
         js=js,
         wasserstein=wasserstein,
@@ -694,11 +590,16 @@ class CategoricalReference:
     missing_rate: np.ndarray
     _smoothed: np.ndarray = field(init=False, repr=False)
     _valid: np.ndarray = field(init=False, repr=False)
-    _layout: tuple = field(init=False, repr=False)
+    _layout: tuple[np.ndarray, np.ndarray, int] = field(init=False, repr=False)
+    _counts: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         valid = np.arange(self.proportions.shape[1]) <= self.n_categories[:, None]
         object.__setattr__(self, "_smoothed", smooth_proportions(self.proportions, valid))
+        # The bucket counts, exactly: each proportion is count_k / count correctly
+        # rounded, so times count it lies within a few ulp of the integer count_k.
+        counts = np.rint(self.proportions * self.count[:, None].astype(np.float64))
+        object.__setattr__(self, "_counts", counts)
         object.__setattr__(self, "_valid", valid)
         object.__setattr__(self, "_layout", _bucket_layout(self.n_categories))
         _freeze(self)
@@ -709,7 +610,7 @@ class CategoricalReference:
         return self.n_categories.size
 
     @classmethod
-    def fit(cls, codes: Any, n_categories: Sequence[int]) -> "CategoricalReference":
+    def fit(cls, codes: Any, n_categories: Sequence[int]) -> CategoricalReference:
         """Prepare a reference sample of category codes.
 
         Parameters
@@ -748,7 +649,7 @@ class CategoricalReference:
         return {f.name: getattr(self, f.name).copy() for f in fields(self) if f.init}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "CategoricalReference":
+    def from_state(cls, state: dict[str, Any]) -> CategoricalReference:
         """Rebuild a reference from :meth:`to_state` output."""
         try:
             return cls(
@@ -770,9 +671,9 @@ class CategoricalDrift:
     Attributes
     ----------
     chi2_statistic, chi2_p_value
-        Pearson's chi-square goodness of fit of the window's counts over the K_j + 1
-        buckets (categories and "other") to the smoothed reference proportions
-        (K_j degrees of freedom).
+        Pearson's chi-square test of homogeneity of the reference's and the window's
+        counts over the K_j + 1 buckets (categories and "other"); degrees of freedom:
+        the buckets seen in either sample, minus one.
     psi
         Population stability index over the same buckets (smoothed proportions).
     tv
@@ -816,14 +717,15 @@ def categorical_drift(reference: CategoricalReference, codes: Any) -> Categorica
 
     Notes
     -----
-    * The expected counts are ``n * smoothed reference proportions`` (module
-      docstring rule), so a bucket the reference never saw (typically "other") has a
-      small positive expectation and a window full of unseen values gives a very large
-      chi-square: an unseen category is drift. This equals
-      ``scipy.stats.chisquare(f_obs, f_exp)`` on those counts.
+    * The chi-square is Pearson's test of homogeneity of the reference's and the
+      window's bucket counts (:func:`~driftline.detectors.homogeneity.chi2_homogeneity`,
+      the ``correction=False`` case of ``scipy.stats.chi2_contingency``), the test the
+      monitor's alarms use: both samples' noise counts, so a category the reference
+      never saw is not drift by itself (the unseen rate reports it).
     * A feature with no non-missing window codes, or whose reference had none, gets
-      NaN chi-square, PSI, TV and unseen rate. A feature with ``K_j = 0`` has a single
-      bucket: chi-square and its p-value are NaN (nothing to test), PSI and TV are 0.
+      NaN PSI, TV and unseen rate, and chi-square 0 with p-value 1 (nothing to test);
+      so does a feature whose buckets seen in both samples together number one (for
+      ``K_j = 0`` PSI and TV are then 0).
     * TV uses raw proportions (it needs no smoothing).
 
     Examples
@@ -845,15 +747,8 @@ def categorical_drift(reference: CategoricalReference, codes: Any) -> Categorica
     usable = (n > 0) & (reference.count > 0)
     valid = reference._valid
     window_p = smooth_proportions(buckets, valid)
+    chi2, p_value = chi2_homogeneity(reference._counts, buckets.astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
-        expected = n[:, None] * reference._smoothed
-        chi2 = np.where(valid, (buckets - expected) ** 2 / expected, 0.0).sum(axis=1)
-        testable = usable & (sizes > 0)
-        chi2 = np.where(testable, chi2, np.nan)
-        p_value = np.full(chi2.shape, np.nan)
-        if testable.any():
-            # chi2.sf without the distribution machinery (what scipy.stats.chi2 calls)
-            p_value[testable] = special.chdtrc(sizes[testable], chi2[testable])
         psi = ((window_p - reference._smoothed) * np.log(window_p / reference._smoothed)).sum(1)
         raw = buckets / n[:, None]
         tv = 0.5 * np.abs(np.where(valid, raw - reference.proportions, 0.0)).sum(axis=1)

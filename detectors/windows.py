@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from driftline.detectors._base import check_param
+
 __all__ = ["CompletedWindow", "SlidingWindow", "TumblingWindow"]
 
 
@@ -64,9 +66,9 @@ class SlidingWindow:
     """
 
     def __init__(self, size: int, step: int, n_columns: int, dtype: Any = np.float64) -> None:
-        for name, value in (("size", size), ("step", step), ("n_columns", n_columns)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        size = check_param("size", size, low=1, integer=True)
+        step = check_param("step", step, low=1, integer=True)
+        n_columns = check_param("n_columns", n_columns, low=1, integer=True)
         dtype = np.dtype(dtype)
         if dtype.kind not in "biuf":
             raise ValueError(f"dtype must be a numeric numpy dtype, got {dtype}")
@@ -175,7 +177,7 @@ class SlidingWindow:
                 "dtype": self.dtype.str}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "SlidingWindow":
+    def from_state(cls, state: dict[str, Any]) -> SlidingWindow:
         """Rebuild a window from :meth:`state_dict` output."""
         if state.get("type") != cls.__name__:
             raise ValueError(f"state: expected a {cls.__name__} state, got {state.get('type')!r}")
