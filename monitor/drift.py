@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from driftline.detectors.homogeneity import bucket_counts, chi2_homogeneity
 from driftline.detectors.multiple_testing import benjamini_hochberg, bonferroni
 from driftline.detectors.statistics import (
     CategoricalReference,
@@ -78,7 +77,7 @@ def feature_drift(
     chi2_p: np.ndarray | list[float] = []
     if has_cat:
         c = categorical_drift(cat_ref, codes)
-        chi2, chi2_p = chi2_homogeneity(cat_counts, bucket_counts(codes, cat_ref.n_categories + 1))
+        chi2, chi2_p = c.chi2_statistic, c.chi2_p_value
     # p-values corrected across the model's features: what the gauges show and what
     # the alarms (and the alert rules) compare with alpha
     adjusted = adjust(np.concatenate([r.ks_p_value if r is not None else [], chi2_p]), cfg.correction).tolist()
@@ -125,7 +124,7 @@ def prediction_drift(
         assert isinstance(pred_ref, CategoricalReference) and pred_counts is not None
         codes = pred[:, None].astype(np.int64)
         c = categorical_drift(pred_ref, codes)
-        chi2, chi2_p = chi2_homogeneity(pred_counts, bucket_counts(codes, pred_ref.n_categories + 1))
+        chi2, chi2_p = c.chi2_statistic, c.chi2_p_value
         stat, p, psi, det = float(c.tv[0]), float(chi2_p[0]), float(c.psi[0]), "chi2"
         stats.append(FeatureStatistic("prediction", "chi2", float(chi2[0]), p, cfg.alpha, "prediction_drift"))
     if det == "ks":
