@@ -3,6 +3,7 @@ the quality of label-free performance estimation (CBPE).
 
     .venv/bin/python benchmarks/bench_quality.py [--stable-events N] [--seeds K]
     .venv/bin/python benchmarks/bench_quality.py --cbpe-only      # estimation section only
+    .venv/bin/python benchmarks/bench_quality.py --estimation-only  # estimation through the engine only
     /tmp/nml/bin/python benchmarks/bench_quality.py --cbpe-only   # ... beside NannyML's CBPE
 
 The second form needs only numpy and scipy (driftline importable, e.g.
@@ -46,6 +47,19 @@ the realized value), and the signal "estimate below the reference's accuracy by
 ``--margin``" (the whole 95% band below ``reference - margin``): its delay after a
 harmful shift, and false signals per 100,000 stable events (stable stream, the
 pre-shift halves, and the benign shift's second half, where accuracy did not fall).
+
+Estimation through the engine (``--estimation-only`` runs it alone): the CBPE streams
+as JSON events (the five features and the score as the prediction) through decode,
+label join and engine with ``Settings()`` defaults (estimation on: calibrated on the
+first 1,000 labelled events of the 5,000-event reference, windows of 1,000 events,
+margin 0.05), the labels arriving ``--lags`` events after their predictions (labels
+of the last ``lag`` predictions never arrive). Per lag: the delay from the shift to
+the first ``performance_estimated`` alarm and to the first labelled ``performance``
+alarm (and to the first ``concept_drift`` one), counted in prediction events from the
+shift to the moment the engine raised the alarm (so the labels' lag is part of it); the
+mean absolute estimation error the engine reports for its labelled windows; and
+``performance_estimated`` alarms per 100,000 stable events (the stable stream, the
+pre-shift parts, and the benign shift's second part).
 """
 
 from __future__ import annotations
@@ -332,12 +346,136 @@ def cbpe_section(args: argparse.Namespace) -> list[str]:
     return missed
 
 
+# ---- estimation through the engine -------------------------------------------------------
+ENGINE_BATCH = 1000
+
+
+def estimation_events(kind: str, n: int, change: int, seed: int) -> tuple[list[bytes], list[bytes]]:
+    """The CBPE stream ``kind`` as prediction and feedback records (JSON bytes)."""
+    import orjson
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, CBPE_WEIGHTS.size))
+    if kind == "harmful_shift":
+        x[change:, :3] *= 0.35
+    elif kind == "benign_shift":
+        x[change:, 0] += 1.0
+    z = x @ CBPE_WEIGHTS
+    labels = (rng.random(n) < _sigmoid(z)).astype(int)
+    scores = _sigmoid(OVERCONFIDENCE * z)
+    t0 = 1.7e9
+    preds = [orjson.dumps({"model": "m", "version": "v1", "id": str(i), "ts": t0 + i,
+                           "features": {f"n{j}": float(x[i, j]) for j in range(x.shape[1])},
+                           "prediction": float(scores[i])}) for i in range(n)]
+    fb = [orjson.dumps({"model": "m", "id": str(i), "ts": t0 + i, "label": int(labels[i])}) for i in range(n)]
+    return preds, fb
+
+
+def run_lagged(preds: list[bytes], fb: list[bytes], lag: int, settings) -> tuple[list, list[float], int]:
+    """Run with each label ``lag`` predictions after its own; returns (alarm, predictions
+    seen when it was raised) pairs, the estimation errors of the labelled windows, and
+    the records processed."""
+    from driftline.monitor.decode import Record, decode_batch
+    from driftline.monitor.engine import Engine
+
+    records = []
+    for i, p in enumerate(preds):
+        records.append(Record("predictions", 0, i, -1, None, p))
+        if i >= lag:
+            records.append(Record("feedback", 0, i, -1, None, fb[i - lag]))
+    engine = Engine(settings)
+    raised: list = []
+    errors: dict[int, float] = {}
+    windows = settings.for_model("m").performance.window
+    for s in range(0, len(records), ENGINE_BATCH):
+        out = engine.process(decode_batch(records[s:s + ENGINE_BATCH], "predictions", "feedback"))
+        seen = engine.models["m"].n_events
+        raised += [(a, seen) for a in out.alarms]
+        for snap in engine.snapshot():
+            if snap.estimation is not None and "accuracy" in snap.estimation.error:
+                errors[snap.labelled // windows] = snap.estimation.error["accuracy"]
+    return raised, list(errors.values()), len(records)
+
+
+def estimation_engine_section(args: argparse.Namespace) -> list[str]:
+    """Delays of performance_estimated against the labelled alarms, through the engine."""
+    from driftline.monitor.config import Settings
+
+    settings = Settings()
+    change = args.cbpe_length // 2
+    missed = []
+    print()
+    print(f"Estimation through the engine (Settings() defaults; {args.seeds} seeds x {args.cbpe_length:,} events, "
+          f"shift at {change:,}; stable stream {args.estimation_stable_events:,} events; batches of "
+          f"{ENGINE_BATCH:,} records; delays in prediction events from the shift to the alarm)")
+    print()
+    print("| label lag | harmful shift: `performance_estimated` delay | labelled `performance` delay "
+          "| `concept_drift` delay | MAE of estimate (labelled windows) | `performance_estimated` false alarms "
+          "per 100,000 stable events |")
+    print("|---|---|---|---|---|---|")
+    t = time.perf_counter()
+    n_records = 0
+
+    def delay_text(values: list[int]) -> str:
+        if not values:
+            return f"none (0/{args.seeds})"
+        return f"median {statistics.median(values):,.0f}, max {max(values):,} ({len(values)}/{args.seeds})"
+
+    for lag in args.lags:
+        stable_events = false_alarms = 0
+        delays: dict[str, list[int]] = {"performance_estimated": [], "performance": [], "concept_drift": []}
+        errors: list[float] = []
+        preds, fb = estimation_events("stable", args.estimation_stable_events, args.estimation_stable_events,
+                                      seed=30_000 + lag)
+        raised, errs, n = run_lagged(preds, fb, lag, settings)
+        n_records += n
+        errors += errs
+        stable_events += args.estimation_stable_events
+        false_alarms += sum(a.kind == "performance_estimated" for a, _ in raised)
+        for k, kind in enumerate(("harmful_shift", "benign_shift")):
+            for seed in range(args.seeds):
+                preds, fb = estimation_events(kind, args.cbpe_length, change, seed=40_000 + 100 * k + seed)
+                raised, errs, n = run_lagged(preds, fb, lag, settings)
+                n_records += n
+                errors += errs
+                estimated = [(a, at) for a, at in raised if a.kind == "performance_estimated"]
+                false_alarms += sum(a.last_index < change for a, _ in estimated)
+                stable_events += change
+                if kind == "benign_shift":
+                    false_alarms += sum(a.last_index >= change for a, _ in estimated)
+                    stable_events += args.cbpe_length - change
+                    continue
+                for wanted in delays:
+                    first = [at for a, at in raised if a.kind == wanted and a.last_index >= change]
+                    if first:
+                        delays[wanted].append(min(first) - change)
+        rate = false_alarms / stable_events * 100_000
+        print(f"| {lag:,} | {delay_text(delays['performance_estimated'])} | {delay_text(delays['performance'])} "
+              f"| {delay_text(delays['concept_drift'])} | {np.mean(np.abs(errors)):.4f} ({len(errors)} windows) "
+              f"| {false_alarms} in {stable_events:,} = {rate:.2f} |")
+        if rate > 1.0:
+            missed.append(f"lag {lag}: {rate:.2f} false performance_estimated alarms per 100,000 stable events "
+                          "(target: at most 1)")
+        if len(delays["performance_estimated"]) < args.seeds:
+            missed.append(f"lag {lag}: harmful shifts found by performance_estimated "
+                          f"{len(delays['performance_estimated'])}/{args.seeds}")
+    elapsed = time.perf_counter() - t
+    print()
+    print(f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s through "
+          "decode+join+engine with estimation on)")
+    return missed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stable-events", type=int, default=600_000)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--length", type=int, default=40_000)
     ap.add_argument("--cbpe-only", action="store_true", help="only the CBPE section (needs numpy and scipy only)")
+    ap.add_argument("--estimation-only", action="store_true", help="only the estimation-through-the-engine section")
+    ap.add_argument("--lags", type=int, nargs="+", default=[1_000, 10_000],
+                    help="label lags (in prediction events) of the estimation-through-the-engine section")
+    ap.add_argument("--estimation-stable-events", type=int, default=100_000)
     ap.add_argument("--cbpe-stable-events", type=int, default=300_000)
     ap.add_argument("--cbpe-length", type=int, default=40_000)
     ap.add_argument("--reference", type=int, default=10_000, help="labelled reference events for CBPE")
@@ -346,10 +484,15 @@ def main() -> None:
     ap.add_argument("--check", action="store_true",
                     help="exit 1 when a target is missed: at most 1 false alarm (and CBPE signal) per 100,000 "
                          "stable events, every sudden shift detected within 5,000 events, every harmful "
-                         "shift signalled by CBPE")
+                         "shift signalled by CBPE and by performance_estimated through the engine")
     args = ap.parse_args()
-    missed = [] if args.cbpe_only else engine_section(args)
-    missed += cbpe_section(args)
+    if args.estimation_only:
+        missed = estimation_engine_section(args)
+    else:
+        missed = [] if args.cbpe_only else engine_section(args)
+        missed += cbpe_section(args)
+        if not args.cbpe_only:
+            missed += estimation_engine_section(args)
     if missed:
         print("targets missed: " + "; ".join(missed), file=sys.stderr)
     if args.check and missed:

@@ -16,7 +16,8 @@ from typing import Any, Literal, Protocol, get_args
 __all__ = [
     "Alarm", "AlarmKind", "ALARM_KINDS", "Action", "ACTIONS", "TriggerAction", "TRIGGER_ACTIONS",
     "DriftStatistic", "DRIFT_STATISTICS", "QualityCheck", "QUALITY_CHECKS", "ConceptDetector",
-    "CONCEPT_DETECTOR_NAMES", "RegressionDetector", "PerformanceMetric", "Detector", "AlarmFactory",
+    "CONCEPT_DETECTOR_NAMES", "RegressionDetector",
+    "LifecycleDetector", "EstimationMethod", "PerformanceMetric", "Detector", "AlarmFactory",
 ]
 
 # The vocabularies below are written once; everything else imports them (the engine,
@@ -31,14 +32,24 @@ AlarmKind = Literal[
     "performance",
     "concept_drift",
     "regression",
+    "promote_ready",
+    "canary_stalled",
+    "rollback_unconfirmed",
+    "performance_estimated",
 ]
-"""What an alarm is about (``regression``: a newer version worse than the stable one)."""
+"""What an alarm is about (``regression``: a newer version worse than the stable one;
+``promote_ready``: a canary found not worse than the stable one by more than the
+margin, action ``promote``; ``canary_stalled``: a canary with too little traffic after
+its deployment; ``rollback_unconfirmed``: a rollback alarm neither answered by a
+``rolled_back`` event nor followed by the version's predictions stopping in time;
+``performance_estimated``: performance estimated from scores alone, before the labels,
+fell below the reference's by the margin)."""
 ALARM_KINDS: tuple[AlarmKind, ...] = get_args(AlarmKind)
 
-Action = Literal["retrain", "rollback", "none"]
+Action = Literal["retrain", "rollback", "promote", "none"]
 """What the engine suggests for an alarm."""
 ACTIONS: tuple[Action, ...] = get_args(Action)
-TriggerAction = Literal["retrain", "rollback"]
+TriggerAction = Literal["retrain", "rollback", "promote"]
 """The actions a trigger can request (an alarm's action, ``none`` excepted)."""
 TRIGGER_ACTIONS: tuple[TriggerAction, ...] = get_args(TriggerAction)
 
@@ -53,9 +64,16 @@ ConceptDetector = Literal["ddm", "eddm", "fhddm", "hddm_a", "hddm_w", "adwin", "
 CONCEPT_DETECTOR_NAMES: tuple[ConceptDetector, ...] = get_args(ConceptDetector)
 RegressionDetector = Literal["msprt", "latency"]
 """Canary-against-stable comparisons (detectors of ``regression`` alarms)."""
+LifecycleDetector = Literal["noninferiority", "traffic", "confirmation"]
+"""Checks of the delivery loop: the non-inferiority mSPRT of a canary (``promote_ready``),
+its traffic (``canary_stalled``), the confirmation of a rollback (``rollback_unconfirmed``)."""
+EstimationMethod = Literal["cbpe", "error_bins"]
+"""Label-free estimators (detectors of ``performance_estimated`` alarms): confidence-based
+performance estimation for classifiers, expected error per prediction bin for regression."""
 PerformanceMetric = Literal["accuracy", "mae"]
 """The metric a performance alarm compares with the version's baseline."""
-Detector = Literal[DriftStatistic, QualityCheck, ConceptDetector, RegressionDetector, PerformanceMetric]
+Detector = Literal[DriftStatistic, QualityCheck, ConceptDetector, RegressionDetector, LifecycleDetector,
+                   PerformanceMetric, EstimationMethod]
 """Every detector name an alarm can carry."""
 
 
@@ -90,7 +108,7 @@ class Alarm:
     ts
         Event time (epoch seconds) of the last event of the evidence window.
     action
-        What the engine suggests: ``retrain``, ``rollback`` or ``none``; the trigger
+        What the engine suggests: ``retrain``, ``rollback``, ``promote`` or ``none``; the trigger
         policy of the webhook sink decides what is actually sent.
     origin
         Where the indices start: the source position (``topic/partition/offset``, or the

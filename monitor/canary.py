@@ -8,6 +8,11 @@
   version's first window), with a tolerance.
 
 Both raise ``regression`` alarms (action ``rollback``).
+
+* non-inferiority (:class:`NonInferiority`, ``canary.promote``, off by default): the same
+  mSPRT with its null shifted by the margin, which says ``promote_ready`` (action
+  ``promote``) once the canary's error rate is confidently less than the stable one's
+  plus ``margin``.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
 from driftline.detectors.sequential import TwoSampleMSPRT
 from driftline.monitor.alarms import Alarm, AlarmFactory
-from driftline.monitor.config import RegressionSettings
+from driftline.monitor.config import PromoteSettings, RegressionSettings
 from driftline.monitor.edges import AlarmStates
 from driftline.monitor.encoding import L_ERR, L_IDX, L_TS
 
-__all__ = ["ErrorRegression", "latency_regression"]
+__all__ = ["ErrorRegression", "NonInferiority", "latency_regression", "group_moments"]
 
 
 def latency_regression(latency_ms: float | None, is_stable: bool, baseline: float | None, cfg: RegressionSettings,
@@ -55,7 +61,8 @@ class ErrorRegression:
     def __init__(self) -> None:
         self.tests: dict[str, TwoSampleMSPRT] = {}
         self.start: dict[str, float] = {}  # evidence start of each version's test
-        self.regressed: set[str] = set()  # versions already found worse than the stable one
+        self.regressed: set[str] = set()  # versions already found worse than the stable one (or left out)
+        self.bounds: dict[str, list[int]] = {}  # version -> [first, end) prediction indices its evidence may come from
 
     def update(self, rows: np.ndarray, versions: np.ndarray, stable: str | None, version_first: Mapping[str, int],
                cfg: RegressionSettings, alarm_of: Callable[[str], AlarmFactory]) -> list[Alarm]:
@@ -77,7 +84,7 @@ class ErrorRegression:
             if canary == stable or canary in self.regressed:
                 continue  # a version found worse is reported once: a rollback is due, not a stream of alarms
             is_canary = versions == canary
-            sel = is_canary | (is_stable & (index >= since))
+            sel = _within(is_canary | (is_stable & (index >= since)), index, self.bounds.get(canary))
             if not sel.any():
                 continue
             test = self.tests.get(canary)
@@ -99,12 +106,147 @@ class ErrorRegression:
         self.tests.pop(version, None)
         self.start.pop(version, None)
         self.regressed.discard(version)
+        self.bounds.pop(version, None)
+
+    def restart(self, version: str, at: int) -> None:
+        """Start a version's test afresh on the evidence of predictions from index ``at``
+        (a new deployment, or a new stable version to compare with)."""
+        self.forget(version)
+        self.bounds[version] = [at, _NO_END]
+
+    def stop(self, version: str, at: int) -> None:
+        """Stop a version's test at prediction index ``at`` (rolled back): labels of its
+        earlier predictions still count, whenever they arrive, so the verdict does not
+        depend on how the stream was cut into batches."""
+        self.bounds[version] = [self.bounds.get(version, [0, _NO_END])[0], at]
+
+    def exclude(self, version: str) -> None:
+        """Never test a version again (the former stable one) until :meth:`forget`."""
+        self.tests.pop(version, None)
+        self.start.pop(version, None)
+        self.regressed.add(version)
 
     def state_dict(self) -> dict[str, Any]:
         return {"regression": {name: t.state_dict() for name, t in self.tests.items()},
-                "regression_start": dict(self.start), "regressed": sorted(self.regressed)}
+                "regression_start": dict(self.start), "regressed": sorted(self.regressed),
+                "regression_bounds": {k: list(v) for k, v in self.bounds.items()}}
 
     def load_state(self, s: Mapping[str, Any]) -> None:
         self.tests = {k: TwoSampleMSPRT.from_state(v) for k, v in s["regression"].items()}
         self.start = {k: float(v) for k, v in s["regression_start"].items()}
         self.regressed = set(s["regressed"])
+        bounds = s.get("regression_bounds", {})  # absent from a format-2 state
+        self.bounds = {k: [int(a), int(b)] for k, (a, b) in bounds.items()}
+
+
+_NO_END = 2**62
+"""An open end of a test's evidence bounds (prediction indices stay far below)."""
+
+
+def _within(sel: np.ndarray, index: np.ndarray, bounds: list[int] | None) -> np.ndarray:
+    """``sel`` limited to rows whose prediction index lies in ``bounds`` (``[first, end)``)."""
+    if bounds is None:
+        return sel
+    return sel & (index >= bounds[0]) & (index < bounds[1])
+
+
+def group_moments(test: TwoSampleMSPRT) -> tuple[int, int, float, float, float, float] | None:
+    """``(n_candidate, n_stable, mean_candidate, mean_stable, var_candidate, var_stable)``
+    of a test's current evidence, in the test's own groups (read from its public
+    state); None while a group has fewer than two values."""
+    f = test.state_dict()["fields"]
+    n = np.asarray(f["n"], dtype=np.int64)
+    if (n < 2).any():
+        return None
+    total, total_sq = np.asarray(f["sum"], dtype=np.float64), np.asarray(f["sum_sq"], dtype=np.float64)
+    mean = total / n
+    var = np.maximum(total_sq - total * mean, 0.0) / (n - 1)
+    mean = mean + float(f["shift"])
+    return int(n[1]), int(n[0]), float(mean[1]), float(mean[0]), float(var[1]), float(var[0])
+
+
+class NonInferiority:
+    """One always-valid test of non-inferiority per canary: its error rate is not worse
+    than the stable version's by ``margin`` or more.
+
+    Hypotheses, with ``d = p_canary - p_stable``: H0 ``d >= margin`` against H1
+    ``d < margin``. It is :class:`~driftline.detectors.sequential.TwoSampleMSPRT` (the
+    one-sided mixture SPRT of Johari et al., 2017) with the groups swapped and the null
+    shifted: its "candidate" group is the stable version's errors plus ``margin``, its
+    "stable" group the canary's errors, so its difference is ``margin - d`` and it
+    fires when that is confidently positive. At ``d = margin`` the shifted data are a
+    null of the mSPRT (equal means), so a false promote has probability at most
+    ``alpha`` under continuous monitoring, and less when the canary is worse still
+    (the test counts only a positive difference). The variance estimate is unchanged
+    by the shift (Bernoulli plug-in with Bessel's correction, as for ``regression``).
+
+    A canary found not inferior is reported once (``promote_ready``, action
+    ``promote``); the stable side is, as for :class:`ErrorRegression`, its labels of
+    predictions made since the canary's first prediction.
+    """
+
+    def __init__(self) -> None:
+        self.tests: dict[str, TwoSampleMSPRT] = {}
+        self.start: dict[str, float] = {}
+        self.ready: set[str] = set()  # canaries already found not inferior
+        self.bounds: dict[str, list[int]] = {}  # as ErrorRegression.bounds
+
+    def update(self, rows: np.ndarray, versions: np.ndarray, stable: str | None, canaries: Mapping[str, int],
+               cfg: PromoteSettings, alarm_of: Callable[[str], AlarmFactory]) -> list[Alarm]:
+        """Feed labelled rows (every version's; ``versions`` per row) to the canaries'
+        tests; ``canaries`` maps each canary to its first prediction index."""
+        if not cfg.enabled or stable is None:
+            return []
+        alarms = []
+        is_stable = versions == stable
+        index = rows[:, L_IDX]
+        for canary, since in canaries.items():
+            if canary == stable or canary in self.ready:
+                continue
+            is_canary = versions == canary
+            sel = _within(is_canary | (is_stable & (index >= since)), index, self.bounds.get(canary))
+            if not sel.any():
+                continue
+            test = self.tests.get(canary)
+            if test is None:
+                test = self.tests[canary] = TwoSampleMSPRT(alpha=cfg.alpha, tau=cfg.tau, min_samples=cfg.min_samples)
+            sub = rows[sel]
+            canary_rows = is_canary[sel]
+            found = test.update(sub[:, L_ERR] + np.where(canary_rows, 0.0, cfg.margin), ~canary_rows)
+            start = self.start[canary] = min(self.start.get(canary, math.inf), float(sub[:, L_IDX].min()))
+            for i, diff in zip(found.alarms.tolist()[:1], found.alarm_diffs.tolist()[:1], strict=True):
+                self.ready.add(canary)
+                # statistic: the canary's error rate minus the stable one's (below the margin, the threshold)
+                alarms.append(alarm_of(canary)(
+                    "promote_ready", "noninferiority", "error_rate", cfg.margin - diff, cfg.margin, None,
+                    int(min(start, sub[: i + 1, L_IDX].min())), int(sub[i, L_IDX]), float(sub[i, L_TS])))
+        return alarms
+
+    def forget(self, version: str) -> None:
+        """Drop a version's test (promoted or freed)."""
+        self.tests.pop(version, None)
+        self.start.pop(version, None)
+        self.ready.discard(version)
+        self.bounds.pop(version, None)
+
+    def restart(self, version: str, at: int) -> None:
+        """As :meth:`ErrorRegression.restart`."""
+        self.forget(version)
+        self.bounds[version] = [at, _NO_END]
+
+    def stop(self, version: str, at: int) -> None:
+        """As :meth:`ErrorRegression.stop`."""
+        self.bounds[version] = [self.bounds.get(version, [0, _NO_END])[0], at]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tests": {name: t.state_dict() for name, t in self.tests.items()}, "start": dict(self.start),
+                "ready": sorted(self.ready), "bounds": {k: list(v) for k, v in self.bounds.items()}}
+
+    def load_state(self, s: Mapping[str, Any] | None) -> None:
+        """Rebuild from :meth:`state_dict` output (None: a format-2 state, no tests)."""
+        if s is None:
+            return
+        self.tests = {k: TwoSampleMSPRT.from_state(v) for k, v in s["tests"].items()}
+        self.start = {k: float(v) for k, v in s["start"].items()}
+        self.ready = set(s["ready"])
+        self.bounds = {k: [int(a), int(b)] for k, (a, b) in s["bounds"].items()}

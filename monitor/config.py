@@ -44,7 +44,11 @@ from driftline.monitor.exceptions import ConfigError
 __all__ = [
     "Settings",
     "ModelSettings",
+    "EstimationSettings",
+    "CanarySettings",
+    "PromoteSettings",
     "KafkaSettings",
+    "ChangelogSettings",
     "PrometheusSettings",
     "WebhookSettings",
     "WebhookTarget",
@@ -124,6 +128,21 @@ class QualitySettings(_Strict):
 
 
 
+class EstimationSettings(_Strict):
+    """Label-free performance estimation (:mod:`driftline.monitor.estimation`)."""
+
+    enabled: bool = True
+    """Estimate each version's performance from its scores (classifiers) or predictions (regression) before the labels arrive, and raise ``performance_estimated`` alarms."""
+    min_reference_labels: int = Field(1000, ge=100, le=1_000_000)
+    """Labelled events among a version's first ``reference.size`` predictions needed to calibrate it (estimation starts then)."""
+    margin: float = Field(0.05, ge=0)
+    """Alarm when the whole confidence band of the estimate is below the reference's value minus this (regression: MAE above the reference's times 1 + this)."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Coverage of the estimate's confidence band."""
+    metrics: list[Literal["accuracy", "precision", "recall", "f1", "roc_auc"]] = ["accuracy"]
+    """Estimated classification metrics that alarm (regression: MAE)."""
+
+
 class PerformanceSettings(_Strict):
     window: int = Field(1000, ge=20, le=1_000_000)
     """Labelled events per performance window."""
@@ -138,6 +157,7 @@ class PerformanceSettings(_Strict):
     """Parameters per concept detector, by river's names, e.g. ``{"adwin": {"delta": 0.001}}``."""
     positive_label: str | int | bool | None = None
     """The positive class for precision/recall/F1 (default: 1 / true)."""
+    estimation: EstimationSettings = EstimationSettings()
 
 
 class RegressionSettings(_Strict):
@@ -153,6 +173,34 @@ class RegressionSettings(_Strict):
     """Mixing scale of the mSPRT (the size of difference it is tuned to find)."""
     latency_tolerance: float = Field(0.2, ge=0)
     """Relative latency increase of the canary that counts as a regression."""
+
+
+# ---- canary verdicts and lifecycle timers (issue 13) ---------------------------------
+
+
+class PromoteSettings(_Strict):
+    enabled: bool = False
+    """Run the non-inferiority test of each canary and raise ``promote_ready`` (action ``promote``) once confident."""
+    margin: float = Field(0.01, gt=0, lt=1)
+    """How much higher the canary's error rate may be than the stable one's and still count as not worse."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Probability of a false promote (a canary worse by the margin or more) over the whole comparison."""
+    tau: float = Field(0.02, gt=0)
+    """Mixing scale of the non-inferiority mSPRT (the size of difference from the margin it is tuned to find)."""
+    min_samples: int = Field(200, ge=10)
+    """Labelled events each version needs before a promote may be said."""
+
+
+class CanarySettings(_Strict):
+    promote: PromoteSettings = PromoteSettings()
+    stall_after_seconds: float = Field(3600.0, gt=0)
+    """Event time after a canary's deployment by which it must have had ``stall_min_events`` predictions (else ``canary_stalled``)."""
+    stall_min_events: int = Field(100, ge=1)
+    """Prediction events a canary needs within ``stall_after_seconds`` of its deployment."""
+    rollback_confirm_seconds: float = Field(900.0, gt=0)
+    """Event time after a rollback alarm within which the version's predictions must stop (or a ``rolled_back`` event arrive), else ``rollback_unconfirmed``."""
+    grace_seconds: float = Field(3600.0, ge=0)
+    """Event time a replaced or rolled-back version's state is kept before it is freed."""
 
 
 class JoinSettings(_Strict):
@@ -175,6 +223,7 @@ class ModelSettings(_Strict):
     quality: QualitySettings = QualitySettings()
     performance: PerformanceSettings = PerformanceSettings()
     regression: RegressionSettings = RegressionSettings()
+    canary: CanarySettings = CanarySettings()
     join: JoinSettings = JoinSettings()
     max_features: int = Field(200, ge=1, le=10_000)
     """Features tracked per model; more are counted and ignored (bounds memory and
@@ -187,6 +236,20 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 """The SASL mechanisms kafka-python 3.0 implements that need nothing beyond its own
 dependencies (GSSAPI needs a Kerberos library, AWS_MSK_IAM botocore)."""
+
+
+class ChangelogSettings(_Strict):
+    """Per-model state in a compacted Kafka topic, so that it follows its partition
+    (:mod:`driftline.monitor.changelog`)."""
+
+    enabled: bool = True
+    """Write each model's state to the changelog at every checkpoint and restore it when a partition is assigned (``driftline run`` with Kafka; replays never use it). Off: state stays in this instance's checkpoint file, and a partition that moves starts afresh at its new owner."""
+    topic: str | None = None
+    """Changelog topic; None: ``<group_id>-state-changelog``. Created compacted, with the input topics' partition count."""
+    compression_type: Literal["gzip", "lz4", "snappy", "zstd"] | None = "gzip"
+    """Compression of the changelog records (a state is base64 in JSON: gzip makes it about 4 times smaller); None: none."""
+    timeout_seconds: float = Field(30.0, gt=0)
+    """How long a changelog write waits for acknowledgements, and a restore for the end of its partitions."""
 
 
 class KafkaSettings(_Strict):
@@ -214,6 +277,8 @@ class KafkaSettings(_Strict):
     """Records per batch (one batch goes through the whole pipeline at a time)."""
     poll_timeout_ms: int = Field(500, ge=1)
     """How long one poll waits for records."""
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    """Kafka client of the consumer: ``kafka-python`` (the default) or ``confluent`` (confluent-kafka, librdkafka: an extra, ``pip install 'driftline[confluent]'``; it runs in the service's process, ``consumer_process`` does not apply, and the producers stay kafka-python)."""
     consumer_process: bool = True
     """Run the Kafka consumer in a child process that fetches and decodes the next
     batches while the service runs the detectors on the current one (uses a second core)."""
@@ -269,6 +334,8 @@ class KafkaSettings(_Strict):
     """Socket receive buffer (SO_RCVBUF) of every Kafka connection; None: the operating system's default. Raise it on links with a high bandwidth-delay product."""
     send_buffer_bytes: int | None = Field(None, ge=1024)
     """Socket send buffer (SO_SNDBUF) of every Kafka connection; None: the operating system's default."""
+    changelog: ChangelogSettings = ChangelogSettings()
+    """Per-model state that follows its partition (see :class:`ChangelogSettings`)."""
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_oauth_token_file")
     @classmethod
@@ -280,6 +347,12 @@ class KafkaSettings(_Strict):
 
     @model_validator(mode="after")
     def _security_consistent(self) -> "KafkaSettings":
+        if self.client == "confluent":
+            try:
+                import confluent_kafka  # noqa: F401 - whether it can be imported is the check
+            except ImportError:
+                raise ValueError("kafka.client is 'confluent' but confluent-kafka is not installed: "
+                                 "pip install 'driftline[confluent]', or set kafka.client: kafka-python") from None
         # kafka-python ignores settings its protocol does not use: a certificate set
         # with PLAINTEXT would silently send everything unencrypted, so say it at start.
         tls = self.security_protocol in ("SSL", "SASL_SSL")

@@ -10,11 +10,15 @@ in their own modules, and the engine calls them:
   prediction drift and data quality per window, against the reference;
 * :mod:`~driftline.monitor.performance`: performance, concept drift and label drift on
   the labelled stream;
+* :mod:`~driftline.monitor.estimation`: performance estimated from the scores before
+  the labels arrive (calibrated on the version's labelled reference);
 * :mod:`~driftline.monitor.canary`: newer versions against the stable one (a mixture
   SPRT on the error rate, latency);
 * :mod:`~driftline.monitor.edges`: alarms are edge-triggered (with hysteresis);
 * :mod:`~driftline.monitor.encoding`: class labels as codes, the windows' row layouts;
-* :mod:`~driftline.monitor.reference`: a reference's identity, schema and fitting.
+* :mod:`~driftline.monitor.reference`: a reference's identity, schema and fitting;
+* :mod:`~driftline.monitor.versions`: what model lifecycle events set (roles, each
+  version's own reference, timers), applied by :meth:`Engine.apply_lifecycle`.
 
 ``first_index``/``last_index`` count the model's prediction events from the start of
 the stream, so replay and Kafka runs agree.
@@ -28,28 +32,32 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
+
 from driftline.detectors.statistics import CategoricalReference, NumericReference
 from driftline.detectors.windows import SlidingWindow, TumblingWindow
 from driftline.monitor.alarms import Action, Alarm, AlarmKind, ConceptDetector, Detector
-from driftline.monitor.canary import ErrorRegression, latency_regression
+from driftline.monitor.canary import ErrorRegression, NonInferiority, group_moments, latency_regression
 from driftline.monitor.config import ModelSettings, Settings
 from driftline.monitor.decode import (
     TYPE_SHARE,
+    Columns,
     DeadLetter,
     DecodedBatch,
+    Feedback,
     Predictions,
     Record,
     Schema,
     bad_numeric_predictions,
+    columnarize,
     columnarize_raw,
     dead_letter,
     decode_features,
 )
-from driftline.monitor.drift import drift_alarms, feature_drift, prediction_drift
+from driftline.monitor.drift import WINDOW_CHUNK_VALUES, drift_alarms, feature_drift, prediction_drift
 from driftline.monitor.edges import AlarmStates
 from driftline.monitor.encoding import (
     FIXED,
@@ -68,8 +76,10 @@ from driftline.monitor.encoding import (
     Encoder,
     canonical_label,
 )
-from driftline.monitor.exceptions import CheckpointError
+from driftline.monitor.estimation import VersionEstimation, class_score_matrix
+from driftline.monitor.exceptions import CheckpointError, ReferenceLoadError
 from driftline.monitor.join import LabelJoin, Labelled
+from driftline.monitor.lifecycle import LifecycleEvent
 from driftline.monitor.performance import (
     CONCEPT_DETECTORS,
     concept_alarms,
@@ -79,8 +89,9 @@ from driftline.monitor.performance import (
     performance_alarm,
     window_performance,
 )
-from driftline.monitor.quality import quality_alarms
+from driftline.monitor.quality import quality_alarms, quality_limits
 from driftline.monitor.reference import (
+    FittedReference,
     ReferenceData,
     describe_fingerprint,
     fit_reference,
@@ -88,15 +99,20 @@ from driftline.monitor.reference import (
     stream_fingerprint,
 )
 from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
+from driftline.monitor.versions import VersionLifecycle, VersionReference, labels_needed
 
 __all__ = ["Engine", "EngineResult", "ModelMonitor", "VersionMonitor", "ReferenceData", "CONCEPT_DETECTORS",
            "concept_detector", "stream_fingerprint", "STATE_FORMAT", "MAX_VERSIONS"]
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 """Format of :meth:`Engine.state_dict` and :meth:`Engine.model_state` (2: event origins,
-reference fingerprints, unindexed reference events, the label join per version)."""
+reference fingerprints, unindexed reference events, the label join per version; 3:
+lifecycle state per model: roles, per-version references, queued lifecycle events,
+timers, non-inferiority tests). Format 2 is still read (as a model no lifecycle event
+has named yet)."""
+_READABLE_FORMATS = (2, 3)
 MAX_VERSIONS = 32
 """Versions tracked per model; the least recently seen is dropped beyond (bounds state)."""
 
@@ -121,19 +137,42 @@ class _Pending(NamedTuple):
 
 @dataclass
 class EngineResult:
+    """What one batch (and the lifecycle events handed in before it) caused.
+
+    Attributes
+    ----------
+    alarms, dead_letters
+        Alarms in stream order; records that broke the contract.
+    join, feature_overflow
+        Label-join outcome counts; features beyond ``max_features`` per model.
+    lifecycle
+        Counts of what the lifecycle events did, by outcome (``applied``, ``queued``,
+        ``model_limit``, ``rollback_confirmed``, ``reference_failed`` ...): metric-ready.
+    schema_changed
+        Models whose schema was rebuilt by a lifecycle event (a reference with other
+        features became the stable one): the service must decode their next batches
+        with the engine's new schema (``engine.models[name].schema``).
+    """
+
     alarms: list[Alarm] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     join: Counter[str] = field(default_factory=Counter)
     feature_overflow: Counter[str] = field(default_factory=Counter)
+    lifecycle: Counter[str] = field(default_factory=Counter)
+    schema_changed: list[str] = field(default_factory=list)
 
 
 def suggested_action(kind: AlarmKind, stable: bool) -> Action:
-    """What the engine suggests for an alarm: ``rollback`` for a regression, ``retrain``
-    for any other alarm of the stable version except data quality, else ``none`` (the
-    trigger policy decides what is sent)."""
+    """What the engine suggests for an alarm: ``rollback`` for a regression, ``promote``
+    for a canary found not inferior, ``retrain`` for any other alarm of the stable
+    version except data quality and the lifecycle checks (``canary_stalled``,
+    ``rollback_unconfirmed``: for people, through their gauges and alert rules), else
+    ``none`` (the trigger policy decides what is sent)."""
     if kind == "regression":
         return "rollback"
-    if kind == "data_quality" or not stable:
+    if kind == "promote_ready":
+        return "promote"
+    if kind in ("data_quality", "canary_stalled", "rollback_unconfirmed") or not stable:
         return "none"
     return "retrain"
 
@@ -163,6 +202,7 @@ class VersionMonitor:
         self.latency_ms: float | None = None
         self.detectors: dict[ConceptDetector, Any] = {}
         self.recent = np.empty((0, 2))  # (index, error) of the last performance.window labelled events
+        self.estimation = VersionEstimation(model.settings, f"model {model.name!r} version {version!r}")
 
     @property
     def alarming(self) -> dict[str, int]:
@@ -177,7 +217,7 @@ class VersionMonitor:
         self.states.forget(_REFERENCE_CHECKS)
 
     # -- predictions -------------------------------------------------------------------
-    def add(self, rows: np.ndarray) -> list[Alarm]:
+    def add(self, rows: np.ndarray, class_scores: np.ndarray | None = None) -> list[Alarm]:
         self.events += len(rows)
         self.last_ts = float(rows[-1, TS])
         if self.window is None:
@@ -187,38 +227,51 @@ class VersionMonitor:
             else:
                 self.window = SlidingWindow(cfg.size, cfg.step, rows.shape[1])
         alarms: list[Alarm] = []
-        for values, _, _ in self.window.extend(rows, self.events - len(rows)):
-            alarms.extend(self._on_window(values))
+        done = [values for values, _, _ in self.window.extend(rows, self.events - len(rows))]
+        if done:  # the batch's windows in one computation, in chunks of bounded size
+            chunk = max(1, WINDOW_CHUNK_VALUES // done[0].size)
+            for k in range(0, len(done), chunk):
+                alarms.extend(self._on_windows(np.stack(done[k:k + chunk])))
+        total = self.model.version_events.get(self.version, self.events)  # the version's events up to these
+        alarms += self.estimation.predictions(rows, class_scores, total, self.states, self._alarm)
         return alarms
 
-    def _on_window(self, w: np.ndarray) -> list[Alarm]:
+    def _on_windows(self, ws: np.ndarray) -> list[Alarm]:
+        """Consecutive windows ((w, size, columns)): their statistics in one computation
+        (each window's equal to its own alone), then each window's checks in order; the
+        snapshot keeps the last window's."""
         m = self.model
         cfg = m.settings
-        schema, num_ref, cat_ref, cat_counts = m.schema, m.num_ref, m.cat_ref, m.cat_counts
-        assert schema is not None and num_ref is not None and cat_ref is not None and cat_counts is not None
-        first, last = int(w[0, IDX]), int(w[-1, IDX])
-        ts = float(w[-1, TS])
-        lat = w[:, LAT]
-        lat = lat[np.isfinite(lat)]
-        self.latency_ms = float(lat.mean()) if lat.size else None
-        m.latency_baseline, latency_alarms = latency_regression(
-            self.latency_ms, self.version == m.stable_version(), m.latency_baseline, cfg.regression, self.states,
-            self._alarm, first, last, ts)
+        schema, ref = m.schema, m.reference_of(self.version)  # the version's own reference, else the stable one's
+        assert schema is not None and ref is not None
         d_num = len(schema.numeric)
-        stats, quality, candidates = feature_drift(
-            w[:, FIXED:FIXED + d_num], w[:, FIXED + d_num:].astype(np.int64), schema.numeric, schema.categorical,
-            num_ref, cat_ref, cat_counts, cfg.drift)
-        alarms = drift_alarms(candidates, "feature_drift", cfg.drift, self.states, self._alarm, first, last, ts)
-        alarms += quality_alarms(quality, m.ref_missing, cfg.quality, self.states, self._alarm, first, last, ts)
-        if cfg.drift.prediction and m.pred_kind is not None:
-            assert m.pred_ref is not None  # fitted with the features' references
-            pstats, candidate = prediction_drift(w[:, PRED], m.pred_kind, m.pred_ref, m.pred_counts, cfg.drift)
-            stats += pstats
-            alarms += drift_alarms([candidate], "prediction_drift", cfg.drift, self.states, self._alarm,
-                                   first, last, ts)
-        self.drift = tuple(stats)
-        self.quality = quality
-        return alarms + latency_alarms
+        fd = feature_drift(
+            ws[:, :, FIXED:FIXED + d_num], ws[:, :, FIXED + d_num:].astype(np.int64), schema.numeric,
+            schema.categorical, ref.num_ref, ref.cat_ref, cfg.drift)
+        features, rates = fd.rates()
+        limits = quality_limits(features, ref.ref_missing, cfg.quality)
+        pd = None
+        if cfg.drift.prediction and m.pred_kind is not None and ref.pred_ref is not None:
+            pd = prediction_drift(ws[:, :, PRED], m.pred_kind, ref.pred_ref, cfg.drift)
+        alarms: list[Alarm] = []
+        for i, w in enumerate(ws):
+            first, last = int(w[0, IDX]), int(w[-1, IDX])
+            ts = float(w[-1, TS])
+            lat = w[:, LAT]
+            lat = lat[np.isfinite(lat)]
+            self.latency_ms = float(lat.mean()) if lat.size else None
+            m.latency_baseline, latency_alarms = latency_regression(
+                self.latency_ms, self.version == m.stable_version(), m.latency_baseline, cfg.regression,
+                self.states, self._alarm, first, last, ts)
+            alarms += drift_alarms(fd.tests, i, "feature_drift", cfg.drift, self.states, self._alarm, first, last, ts)
+            alarms += quality_alarms(features, rates[i], limits, self.states, self._alarm, first, last, ts)
+            if pd is not None:
+                alarms += drift_alarms(pd.tests, i, "prediction_drift", cfg.drift, self.states, self._alarm,
+                                       first, last, ts)
+            alarms += latency_alarms
+        self.drift = tuple(fd.stats(len(ws) - 1) + ([] if pd is None else pd.stats(len(ws) - 1)))
+        self.quality = fd.quality(len(ws) - 1)
+        return alarms
 
     # -- labelled -----------------------------------------------------------------------
     def add_labelled(self, rows: np.ndarray) -> list[Alarm]:
@@ -226,6 +279,7 @@ class VersionMonitor:
         classification, the class scores; see :mod:`~driftline.monitor.encoding`)."""
         self.labelled += len(rows)
         alarms = self._concept(rows)
+        self.estimation.labelled(rows, self.model.task, len(self.model.label_encoder.vocab))
         if self.perf_window is None:
             self.perf_window = TumblingWindow(self.model.settings.performance.window, rows.shape[1])
         for values, _, _ in self.perf_window.extend(rows, self.labelled - len(rows)):
@@ -251,6 +305,7 @@ class VersionMonitor:
                                                   self.states, self._alarm, first, last, ts)
         alarms += performance_alarm(self.performance, m.task, self.baseline, cfg.performance, self.states,
                                     self._alarm, first, last, ts)
+        self.estimation.labelled_window(w)
         return alarms
 
     # -- shared -------------------------------------------------------------------------
@@ -270,7 +325,8 @@ class VersionMonitor:
             labelled=self.labelled,
             reference_ready=True, drift=self.drift, quality={k: dict(v) for k, v in self.quality.items()},
             performance=dict(self.performance), latency_ms=self.latency_ms, last_event_ts=self.last_ts,
-            mixed_features=tuple(m.mixed_features), class_recall=dict(self.class_recall))
+            mixed_features=tuple(m.mixed_features), class_recall=dict(self.class_recall),
+            estimation=self.estimation.snapshot())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -284,6 +340,7 @@ class VersionMonitor:
             "label_baseline": self.label_baseline, "latency_ms": self.latency_ms,
             "detectors": {k: d.state_dict() for k, d in self.detectors.items()},
             "recent": self.recent,
+            "estimation": self.estimation.state_dict(),
         }
 
     def load_state(self, s: dict[str, Any]) -> None:
@@ -302,6 +359,8 @@ class VersionMonitor:
         self.latency_ms = s["latency_ms"]
         self.recent = np.asarray(s["recent"], dtype=np.float64).reshape(-1, 2)
         self.detectors = {name: CONCEPT_DETECTORS[name].from_state(st) for name, st in s["detectors"].items()}
+        if "estimation" in s:  # absent from checkpoints written before estimation existed: it starts afresh
+            self.estimation.load_state(s["estimation"])
 
 
 def vars_of(stat: FeatureStatistic) -> dict[str, Any]:
@@ -360,6 +419,10 @@ class ModelMonitor:
         self.version_first: dict[str, int] = {}  # each version's first prediction index
         self.latency_baseline: float | None = None
         self.dropped_features = 0
+        self.lifecycle = VersionLifecycle()  # roles, per-version references, queued events, timers
+        self.promote = NonInferiority()  # canaries' non-inferiority tests (canary.promote)
+        self.reference_loader: Callable[..., ReferenceData | None] | None = None  # set by the engine
+        self._previous_schema: Schema | None = None  # the schema before a lifecycle rebuild (its batch's columns)
         if reference is not None:
             self._build_reference(reference.features, reference.prediction)
 
@@ -373,6 +436,10 @@ class ModelMonitor:
         return None if self.schema is None else self.schema.prediction
 
     def stable_version(self) -> str | None:
+        """The version a lifecycle event made stable, else ``regression.stable_version``,
+        else the version with the most prediction events."""
+        if self.lifecycle.stable is not None:
+            return self.lifecycle.stable
         configured = self.settings.regression.stable_version
         if configured is not None:
             return configured
@@ -435,7 +502,60 @@ class ModelMonitor:
             self._build_reference(reference.features, reference.prediction)
 
     # -- predictions ----------------------------------------------------------------------
-    def add_predictions(self, p: Predictions, result: EngineResult) -> None:
+    def add_predictions(self, p: Predictions, result: EngineResult,
+                        feedback: Feedback | None = None) -> Feedback | None:
+        """Accept a batch's prediction events, applying each queued lifecycle event just
+        before the first of them whose ``ts`` reaches the event's (see
+        :meth:`Engine.apply_lifecycle`), then run the lifecycle timers.
+
+        ``feedback``: the model's feedback of the same batch. Where a lifecycle event or
+        timer cuts the predictions at time T, the feedback with ``ts < T`` is joined
+        first, so that the labels an event may stop counting (a test stopped, a version
+        freed) are the same whatever the batch cuts. Returns the feedback left (None when
+        none was given), which the caller joins after the predictions as usual.
+        """
+        lc = self.lifecycle
+        start = 0
+        ts = np.asarray(p.ts, dtype=np.float64)
+        while start < len(p):
+            due = lc.next_due()
+            reached = np.flatnonzero(ts[start:] >= due) if due < math.inf else ()
+            if not len(reached):
+                break
+            cut = start + int(reached[0])  # the first prediction at or after the due time: cut there
+            if cut > start:
+                self._add_slice(p, start, cut, result)
+            if feedback is not None and len(feedback):
+                early = np.asarray(feedback.ts, dtype=np.float64) < due
+                if early.any():
+                    self.add_feedback(_select_feedback(feedback, early), result)
+                    feedback = _select_feedback(feedback, ~early)
+            lc.clock = max(lc.clock, float(ts[cut]))
+            for event in lc.due(lc.clock):
+                self._apply_event(event, result)
+            self.tick(result)  # everything due by the clock is handled: the next due time is later
+            start = cut
+        if start < len(p):
+            self._add_slice(p, start, len(p), result)
+            self.tick(result)
+        return feedback
+
+    def add_feedback(self, feedback: Feedback, result: EngineResult) -> None:
+        """Join feedback with the predictions and run the labelled pairs."""
+        labelled, counts = self.join.match(feedback)
+        result.join.update(counts)
+        before = len(result.alarms)
+        self.add_labelled(labelled, result)
+        self.watch_rollbacks(result.alarms[before:])
+
+    def _add_slice(self, p: Predictions, start: int, end: int, result: EngineResult) -> None:
+        part = p if (start, end) == (0, len(p)) else _slice_predictions(p, start, end)
+        before = len(result.alarms)
+        self._add_predictions(part, result)
+        self.lifecycle.clock = max(self.lifecycle.clock, max(part.ts))
+        self.watch_rollbacks(result.alarms[before:])
+
+    def _add_predictions(self, p: Predictions, result: EngineResult) -> None:
         if self.origin is None:  # the first prediction record (whatever the batch cuts) places it
             self.origin = p.first_position
         start = 0
@@ -461,6 +581,10 @@ class ModelMonitor:
         schema = self.schema
         assert schema is not None  # known, or every event of the batch went to the reference window
         cols = p.columns
+        if cols is not None and cols.fingerprint != schema.fingerprint() and self._previous_schema is not None \
+                and cols.fingerprint == self._previous_schema.fingerprint():
+            # decoded before a lifecycle event rebuilt the schema within this batch
+            cols = _remap_columns(cols, self._previous_schema, schema)
         if cols is not None:  # decoded where the batch was decoded, with this schema
             if start or cols.fingerprint != schema.fingerprint():
                 raise RuntimeError(f"model {self.name!r}: a batch's columns were decoded with another schema")
@@ -490,15 +614,28 @@ class ModelMonitor:
             self._extend_reference(num[:head], codes[:head], prediction[:head])
         if head < len(ids):
             self._monitor(index[head:], versions[head:] if only is None else None, only, ts[head:],
-                          latency[head:], prediction[head:], num[head:], codes[head:], result)
+                          latency[head:], prediction[head:], num[head:], codes[head:], result, scores[head:])
         if len(early):  # labels that had arrived before these predictions
             self.add_labelled(early, result)
 
     def _monitor(self, index: np.ndarray, versions: list[str] | None, only: str | None, ts: list[float],
                  latency: list[float], prediction: list[Any], num: np.ndarray, codes: np.ndarray,
-                 result: EngineResult) -> None:
+                 result: EngineResult, scores: Sequence[Any] = ()) -> None:
         """Run accepted events through their versions' windows (``only``: the batch's
-        one version, else ``versions`` per row)."""
+        one version, else ``versions`` per row); ``scores`` are the events' class scores
+        (read only for a calibrated multi-class version, see :mod:`~driftline.monitor.estimation`)."""
+        if any(r.collecting for r in self.lifecycle.refs.values()):  # from_stream references take their events
+            keep = self._collect_references(index, versions, only, prediction, num, codes)
+            if keep is not None:
+                if not keep.any():
+                    return
+                sel = np.flatnonzero(keep).tolist()
+                if len(scores) == len(index):
+                    scores = [scores[i] for i in sel]
+                index, num, codes = index[keep], num[keep], codes[keep]
+                ts, latency, prediction = [ts[i] for i in sel], [latency[i] for i in sel], [prediction[i] for i in sel]
+                if versions is not None:
+                    versions = [versions[i] for i in sel]
         rows = np.empty((len(index), FIXED + num.shape[1] + codes.shape[1]), dtype=np.float64)
         rows[:, IDX] = index
         rows[:, TS] = ts
@@ -506,13 +643,18 @@ class ModelMonitor:
         rows[:, PRED] = self._prediction_column(prediction)
         rows[:, FIXED:FIXED + num.shape[1]] = num
         rows[:, FIXED + num.shape[1]:] = codes
+        class_scores = None
+        if len(scores) == len(index) and any(vm.estimation.wants_class_scores for vm in self.versions.values()):
+            class_scores = class_score_matrix(scores, self.label_encoder.vocab)
         if only is not None:  # one version: no split
-            result.alarms.extend(self._version(only).add(rows))
+            result.alarms.extend(self._version(only).add(rows, class_scores))
             return
         assert versions is not None
         names = np.asarray(versions, dtype=object)
         for version in dict.fromkeys(versions):
-            result.alarms.extend(self._version(version).add(rows[names == version]))
+            mask = names == version
+            scored = None if class_scores is None else class_scores[mask]
+            result.alarms.extend(self._version(version).add(rows[mask], scored))
 
     def _complete_schema(self, result: EngineResult) -> None:
         """The reference window's first ``reference.size`` events are in: infer the
@@ -582,6 +724,8 @@ class ModelMonitor:
                 oldest = min(self.versions.values(), key=lambda v: v.last_ts or -math.inf)
                 del self.versions[oldest.version]
                 self.canary.forget(oldest.version)
+                self.promote.forget(oldest.version)
+                self.lifecycle.forget(oldest.version)
                 self.version_events.pop(oldest.version, None)
                 self.version_first.pop(oldest.version, None)
             vm = self.versions[version] = VersionMonitor(self, version)
@@ -623,8 +767,17 @@ class ModelMonitor:
         valid = np.isfinite(rows[:, L_ERR])
         rows = rows[valid]
         versions = np.asarray(lab.versions, dtype=object)[valid]
+        lc = self.lifecycle
         for version in dict.fromkeys(versions.tolist()):
-            result.alarms.extend(self._version(version).add_labelled(rows[versions == version]))
+            if version not in self.versions and version in lc.freed:
+                continue  # late labels of a freed version: its state is gone and stays gone
+            mine = rows[versions == version]
+            fresh = lc.fresh_from.get(version)
+            if fresh is not None:  # it started clean at fresh: labels of earlier predictions stay out
+                mine = mine[mine[:, L_IDX] >= fresh]
+                if not len(mine):
+                    continue
+            result.alarms.extend(self._version(version).add_labelled(mine))
         self._error_regression(rows, versions, result)
 
     def _class_scores(self, scores: list[Any], out: np.ndarray) -> None:
@@ -669,6 +822,357 @@ class ModelMonitor:
         :class:`~driftline.monitor.canary.ErrorRegression`)."""
         result.alarms.extend(self.canary.update(rows, versions, self.stable_version(), self.version_first,
                                                 self.settings.regression, lambda v: self._version(v)._alarm))
+        canaries = {v: first for v, first in self.version_first.items() if self.lifecycle.roles.get(v) == "canary"}
+        if canaries:
+            result.alarms.extend(self.promote.update(rows, versions, self.stable_version(), canaries,
+                                                     self.settings.canary.promote, lambda v: self._version(v)._alarm))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def lifecycle_event(self, event: LifecycleEvent, result: EngineResult) -> None:
+        """Apply a lifecycle event now when the model's event clock has reached its
+        time, else queue it (see :meth:`Engine.apply_lifecycle`)."""
+        if event.ts <= self.lifecycle.clock:
+            self._apply_event(event, result)
+            self.tick(result)
+        else:
+            self.lifecycle.enqueue(event)
+            result.lifecycle["queued"] += 1
+
+    def _apply_event(self, event: LifecycleEvent, result: EngineResult) -> None:
+        lc, v, cfg = self.lifecycle, event.version, self.settings.canary
+        result.lifecycle[event.event] += 1
+        log.info("model %r version %r: %s%s", self.name, v, event.event,
+                 f" as {event.role}" if event.role else "")
+        if event.event == "deployed":
+            lc.free_at.pop(v, None)
+            if v in lc.freed:  # deployed again: its labels count again
+                lc.freed.remove(v)
+            ref = self._version_reference(v, event.reference, result)
+            if event.traffic_share is not None:
+                lc.shares[v] = float(event.traffic_share)
+            if event.role == "stable":
+                self._make_stable(v, ref, event.ts, result)
+                return
+            lc.roles[v] = event.role or "shadow"
+            if ref is not None or v in lc.refs:  # a new reference, or back to the stable one's
+                self._set_version_reference(v, ref)
+            if event.role == "canary":  # its comparisons with the stable version start afresh
+                self.canary.restart(v, self.n_events)
+                self.promote.restart(v, self.n_events)
+                lc.stall[v] = [event.ts + cfg.stall_after_seconds, float(self.version_events.get(v, 0)), 0.0]
+                lc.stalled.discard(v)
+                lc.unconfirmed.discard(v)
+                lc.rollbacks.pop(v, None)
+        elif event.event == "promoted":
+            self._make_stable(v, self._version_reference(v, event.reference, result), event.ts, result)
+        elif event.event == "rolled_back":
+            self.canary.stop(v, self.n_events)
+            self.promote.stop(v, self.n_events)
+            if lc.rollbacks.pop(v, None) is not None or v in lc.unconfirmed:
+                result.lifecycle["rollback_confirmed"] += 1
+            lc.unconfirmed.discard(v)
+            lc.stall.pop(v, None)
+            lc.stalled.discard(v)
+            lc.roles[v] = "retiring"
+            lc.free_at[v] = event.ts + cfg.grace_seconds
+        else:  # retired
+            self._free(v)
+
+    def _make_stable(self, version: str, ref: VersionReference | None, ts: float, result: EngineResult) -> None:
+        """``version`` becomes the stable one (``promoted``, or ``deployed`` as stable)."""
+        lc = self.lifecycle
+        old = self.stable_version()
+        if old == version and lc.stable == version and ref is None:
+            return  # already the stable one (a repeated event): nothing starts afresh
+        if ref is not None:
+            lc.refs[version] = ref
+        own = lc.refs.pop(version, None)
+        if old is not None and old != version:
+            # the old stable keeps the reference it was measured against (for its remaining
+            # traffic); its gauges clear now and its state goes after the grace period
+            if self.num_ref is not None and old not in lc.refs:
+                lc.refs[old] = VersionReference(self.reference_fingerprint, self._model_fitted())
+            lc.roles[old] = "retiring"
+            lc.free_at[old] = ts + self.settings.canary.grace_seconds
+            self.canary.exclude(old)
+            self.promote.forget(old)
+            if old in self.versions:
+                self.versions[old].reset_drift()
+        lc.stable = version
+        lc.roles[version] = "stable"
+        lc.shares.pop(version, None)
+        for timers in (lc.stall, lc.rollbacks, lc.free_at):
+            timers.pop(version, None)
+        lc.stalled.discard(version)
+        lc.unconfirmed.discard(version)
+        self.canary.forget(version)
+        self.promote.forget(version)
+        for other, role in lc.roles.items():  # the canaries were compared with the old stable
+            if role == "canary":
+                self.canary.restart(other, self.n_events)
+                self.promote.restart(other, self.n_events)
+        self.latency_baseline = None  # set again by the new stable's first window
+        lc.fresh_from[version] = self.n_events  # labels of its earlier predictions stay out of its fresh detectors
+        vm = self.versions.get(version)
+        if vm is not None:  # its detectors and performance baseline start clean; its counts go on
+            fresh = self.versions[version] = VersionMonitor(self, version)
+            fresh.events, fresh.labelled, fresh.last_ts = vm.events, vm.labelled, vm.last_ts
+        if own is not None:
+            self._rebase(version, own, result)
+
+    def _rebase(self, version: str, own: VersionReference, result: EngineResult) -> None:
+        """The stable version's own reference becomes the model's."""
+        lc = self.lifecycle
+        if own.path is not None and (own.rebuild or self.schema is None):
+            data = self._load(own.path, result)
+            if data is None:
+                return
+            previous = self.schema
+            self.replace_reference(data)  # a new schema, and every version's drift afresh
+            lc.rebased = True
+            if previous is not None and self.schema is not None and self.schema.fingerprint() != previous.fingerprint():
+                self._previous_schema = previous
+                result.schema_changed.append(self.name)
+                for other, r in list(lc.refs.items()):  # fitted under the old schema: fit again (or inherit)
+                    if r.path is not None:
+                        r.fitted, r.rows, r.count = None, [], 0
+                    elif r.collecting:
+                        r.rows, r.count = [], 0
+                    else:
+                        log.warning("model %r version %r: its stream reference was fitted under the previous "
+                                    "schema; it is measured against the stable reference now", self.name, other)
+                        del lc.refs[other]
+            return
+        if own.fitted is None:  # a stream reference still collecting: it becomes the model's when complete
+            lc.refs[version] = own
+            return
+        self._install_fitted(own.fitted)
+        self.reference_fingerprint = own.fingerprint
+        lc.rebased = True
+        for name, vm in self.versions.items():  # every version measured against the old reference
+            if name not in lc.refs:
+                vm.reset_drift()
+
+    def _set_version_reference(self, version: str, ref: VersionReference | None) -> None:
+        if ref is None:
+            self.lifecycle.refs.pop(version, None)
+        else:
+            self.lifecycle.refs[version] = ref
+        if version in self.versions:
+            self.versions[version].reset_drift()
+
+    def _free(self, version: str) -> None:
+        """Forget a version: its state, tests, timers and gauges."""
+        self.lifecycle.mark_freed(version)
+        self.versions.pop(version, None)
+        self.canary.forget(version)
+        self.promote.forget(version)
+        self.lifecycle.forget(version)
+        self.version_events.pop(version, None)
+        self.version_first.pop(version, None)
+
+    def watch_rollbacks(self, alarms: Sequence[Alarm]) -> None:
+        """Rollbacks the engine asked for wait for their confirmation: a ``rolled_back``
+        event, or the version's predictions stopping, within ``canary.rollback_confirm_seconds``."""
+        for alarm in alarms:
+            if alarm.action == "rollback" and alarm.version not in self.lifecycle.rollbacks:
+                self.lifecycle.rollbacks[alarm.version] = [
+                    alarm.ts, alarm.ts + self.settings.canary.rollback_confirm_seconds]
+
+    def tick(self, result: EngineResult) -> None:
+        """Run the timers due by the model's event clock: canary stall checks, rollback
+        confirmations (a version whose last prediction is later than halfway through its
+        confirmation period has not stopped), the end of grace periods."""
+        lc, cfg, now = self.lifecycle, self.settings.canary, self.lifecycle.clock
+        for v, timer in list(lc.stall.items()):
+            deadline, base, fired = timer
+            if fired or now < deadline:
+                continue
+            timer[2] = 1.0
+            got = self.version_events.get(v, 0) - base
+            if got < cfg.stall_min_events:
+                lc.stalled.add(v)
+                result.alarms.append(self._lifecycle_alarm(v, "canary_stalled", "traffic", got,
+                                                           cfg.stall_min_events, deadline))
+        for v, (since, deadline) in list(lc.rollbacks.items()):
+            if now < deadline:
+                continue
+            del lc.rollbacks[v]
+            vm = self.versions.get(v)
+            last = None if vm is None else vm.last_ts
+            quiet = cfg.rollback_confirm_seconds / 2
+            if last is None or last <= since + quiet:
+                result.lifecycle["rollback_confirmed"] += 1
+            else:
+                lc.unconfirmed.add(v)
+                result.alarms.append(self._lifecycle_alarm(v, "rollback_unconfirmed", "confirmation", last - since,
+                                                           quiet, deadline))
+        for v, at in list(lc.free_at.items()):
+            if now >= at:
+                self._free(v)
+                result.lifecycle["freed"] += 1
+
+    def _lifecycle_alarm(self, version: str, kind: AlarmKind, detector: Detector, statistic: float,
+                         threshold: float, ts: float) -> Alarm:
+        """An alarm of a lifecycle timer, placed at the model's last accepted event."""
+        index = max(self.n_events - 1, 0)
+        return Alarm(self.name, version, kind, detector, None, float(statistic), float(threshold), None, index,
+                     index, float(ts), suggested_action(kind, version == self.stable_version()), origin=self.origin)
+
+    # per-version references
+    def reference_of(self, version: str) -> FittedReference | None:
+        """What ``version``'s windows are compared with: its own reference, else the
+        model's (the stable version's); None before the model's is fitted."""
+        own = self.lifecycle.refs.get(version)
+        if own is not None:
+            if own.fitted is None and own.path is not None and self.schema is not None:
+                self._fit_file_reference(own, None)  # it waited for the schema
+            if own.fitted is not None:
+                return own.fitted
+        return None if self.num_ref is None else self._model_fitted()
+
+    def _model_fitted(self) -> FittedReference:
+        assert self.num_ref is not None and self.cat_ref is not None and self.cat_counts is not None
+        return FittedReference(self.num_ref, self.cat_ref, self.cat_counts, self.ref_missing, self.pred_ref,
+                               self.pred_counts)
+
+    def _install_fitted(self, f: FittedReference) -> None:
+        self.num_ref, self.cat_ref, self.cat_counts = f.num_ref, f.cat_ref, f.cat_counts
+        self.ref_missing, self.pred_ref, self.pred_counts = dict(f.ref_missing), f.pred_ref, f.pred_counts
+
+    def _version_reference(self, version: str, reference: Any, result: EngineResult) -> VersionReference | None:
+        """A lifecycle event's ``reference`` as a version's own (None: inherit the stable one's)."""
+        if reference is None:
+            return None
+        if reference.from_stream is not None:
+            n = int(reference.from_stream)
+            return VersionReference(f"from_stream:{version}:{n}", size=n)
+        ref = VersionReference(f"path:{reference.path}", path=reference.path)
+        if self.schema is not None and not self._fit_file_reference(ref, result):
+            return None
+        return ref
+
+    def _load(self, path: str, result: EngineResult | None) -> ReferenceData | None:
+        """Load a lifecycle reference file through the engine's reference loader."""
+        try:
+            if self.reference_loader is None:
+                raise ReferenceLoadError("the engine was built without a reference_loader")
+            data = self.reference_loader(self.name, path)
+            if data is None:
+                raise ReferenceLoadError(f"the reference loader gave nothing for {path}")
+            return data
+        except (ReferenceLoadError, OSError, TypeError) as exc:
+            log.warning("model %r: the lifecycle reference %s cannot be used (%s): the version is measured "
+                        "against the stable reference; check the path (it is the service's)", self.name, path, exc)
+            if result is not None:
+                result.lifecycle["reference_failed"] += 1
+            return None
+
+    def _fit_file_reference(self, ref: VersionReference, result: EngineResult | None) -> bool:
+        """Load and fit a file reference under the model's schema; True when fitted."""
+        assert self.schema is not None and ref.path is not None
+        data = self._load(ref.path, result)
+        if data is None:
+            return False
+        schema = self.schema
+        num, codes, bad = columnarize(data.features, schema)
+        keys = {k for f in data.features for k in f} - set(self.settings.ignore_features)
+        known = set(schema.numeric) | set(schema.categorical)
+        unseen = codes == np.array([len(v) for v in schema.vocabularies], dtype=np.int64)
+        ref.rebuild = bool(known - keys) or bool(unseen.any()) or (
+            not self.dropped_features and bool(keys - known - set(self.mixed_features)))
+        good = ~bad
+        ref.fingerprint = data.fingerprint
+        ref.fitted = self._fit_version(num[good], codes[good],
+                                       [p for p, g in zip(data.prediction, good.tolist(), strict=True) if g])
+        return True
+
+    def _fit_version(self, num: np.ndarray, codes: np.ndarray, prediction: list[Any]) -> FittedReference:
+        """Fit a version's reference under the model's schema; the prediction codes stay
+        the model's (a prediction class the model's reference never had leaves the
+        version without prediction drift, rather than shift every code)."""
+        assert self.schema is not None
+        encoder = Encoder(dict(self.pred_encoder.vocab))
+        fitted = fit_reference(num, codes, prediction, self.schema, encoder, self.settings.drift.psi_bins)
+        if len(encoder.vocab) != len(self.pred_encoder.vocab):
+            fitted = replace(fitted, pred_ref=None, pred_counts=None)
+        return fitted
+
+    def _collect_references(self, index: np.ndarray, versions: list[str] | None, only: str | None,
+                            prediction: list[Any], num: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
+        """Give ``from_stream`` references their versions' next events; returns the mask
+        of the rows left to monitor (None when none was taken)."""
+        n = len(index)
+        keep = np.ones(n, dtype=bool)
+        names = None if versions is None else np.asarray(versions, dtype=object)
+        took = False
+        for v, ref in list(self.lifecycle.refs.items()):
+            if not ref.collecting:
+                continue
+            if only is not None:
+                rows = np.arange(n) if only == v else np.empty(0, dtype=np.int64)
+            else:
+                assert names is not None
+                rows = np.flatnonzero(names == v)
+            take = rows[: ref.size - ref.count]
+            if not take.size:
+                continue
+            took = True
+            keep[take] = False
+            ref.rows.append((num[take], codes[take], [prediction[i] for i in take.tolist()]))
+            ref.count += int(take.size)
+            if ref.count >= ref.size:
+                rows_, ref.rows, ref.count = ref.rows, [], ref.size
+                ref.fitted = self._fit_version(np.concatenate([r[0] for r in rows_]),
+                                               np.concatenate([r[1] for r in rows_]), [x for r in rows_ for x in r[2]])
+                if self.lifecycle.stable == v:  # promoted while it collected: it is the model's now
+                    del self.lifecycle.refs[v]
+                    self._install_fitted(ref.fitted)
+                    self.reference_fingerprint = ref.fingerprint
+                    self.lifecycle.rebased = True
+                    for name, vm in self.versions.items():
+                        if name not in self.lifecycle.refs:
+                            vm.reset_drift()
+        return keep if took else None
+
+    def _canary_progress(self, version: str) -> tuple[float | None, float | None]:
+        """A canary's observed traffic share (of the labelled comparison) and the labels
+        its tests still need (see :func:`~driftline.monitor.versions.labels_needed`)."""
+        announced = self.lifecycle.shares.get(version)
+        reg, pro = self.settings.regression, self.settings.canary.promote
+        test = self.canary.tests.get(version)
+        moments = None if test is None else group_moments(test)
+        if moments is not None:
+            n_c, n_s, p_c, p_s, var_c, var_s = moments
+        else:
+            ni = self.promote.tests.get(version)
+            swapped = None if ni is None else group_moments(ni)
+            if swapped is None:
+                return announced, None
+            n_s, n_c, p_s, p_c, var_s, var_c = swapped  # its "candidate" group is the stable's, plus the margin
+            p_s -= pro.margin
+        share = n_c / (n_c + n_s)
+        d = p_c - p_s
+        needs = []
+        if reg.enabled and version not in self.canary.regressed:
+            needs.append(labels_needed(d, var_c, var_s, share, reg.tau, reg.alpha, reg.min_samples))
+        if pro.enabled and version not in self.promote.ready:
+            needs.append(labels_needed(pro.margin - d, var_c, var_s, share, pro.tau, pro.alpha, pro.min_samples))
+        if not needs:
+            return share, None
+        return share, max(0.0, min(needs) - (n_c + n_s))
+
+    def _lifecycle_snapshot(self, snap: VersionSnapshot) -> VersionSnapshot:
+        lc, v = self.lifecycle, snap.version
+        role = lc.roles.get(v)
+        if role is None and v == lc.stable:
+            role = "stable"
+        share, needed = self._canary_progress(v) if role == "canary" else (None, None)
+        own = lc.refs.get(v)
+        reference = own.fingerprint if own is not None and own.fitted is not None else self.reference_fingerprint
+        return replace(snap, role=role, traffic_share=share, labels_needed=needed, canary_stalled=v in lc.stalled,
+                       rollback_pending=v in lc.rollbacks, rollback_unconfirmed=v in lc.unconfirmed,
+                       reference=reference)
 
     # -- views and state --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -700,7 +1204,10 @@ class ModelMonitor:
             "version_first": dict(self.version_first),
             "latency_baseline": self.latency_baseline,
             "regressed": canary["regressed"],
+            "regression_bounds": canary["regression_bounds"],
             "dropped_features": self.dropped_features,
+            "lifecycle": self.lifecycle.state_dict(),
+            "promote": self.promote.state_dict(),
         }
 
     @classmethod
@@ -734,6 +1241,9 @@ class ModelMonitor:
         mm.version_first = {k: int(v) for k, v in s["version_first"].items()}
         mm.latency_baseline = s["latency_baseline"]
         mm.dropped_features = int(s["dropped_features"])
+        # absent from a format-2 state (before lifecycle events): no roles, no tests
+        mm.lifecycle = VersionLifecycle.from_state(s.get("lifecycle"), d_num, d_cat)
+        mm.promote.load_state(s.get("promote"))
         for vname, vs in s["versions"].items():
             vm = mm.versions[vname] = VersionMonitor(mm, vname)
             vm.load_state(vs)
@@ -745,7 +1255,56 @@ class ModelMonitor:
             waiting.update(self.version_events)
             return [VersionSnapshot(self.name, v, c, 0, False, mixed_features=tuple(self.mixed_features))
                     for v, c in waiting.items()]
-        return [vm.snapshot() for vm in self.versions.values()]
+        return [self._lifecycle_snapshot(vm.snapshot()) for vm in self.versions.values()]
+
+
+def _slice_predictions(p: Predictions, start: int, end: int) -> Predictions:
+    """Rows ``start:end`` of a model's batch (cut at a lifecycle event's time)."""
+    cols = p.columns
+    if cols is not None:
+        before = int(np.count_nonzero(cols.bad[:start]))
+        inside = int(np.count_nonzero(cols.bad[start:end]))
+        cols = Columns(cols.fingerprint, cols.numeric[start:end], cols.codes[start:end], cols.bad[start:end],
+                       cols.bad_sources[before:before + inside])
+    return replace(p, versions=p.versions[start:end], ids=p.ids[start:end], ts=p.ts[start:end],
+                   features=p.features[start:end], prediction=p.prediction[start:end], scores=p.scores[start:end],
+                   latency_ms=p.latency_ms[start:end], sources=p.sources[start:end], columns=cols,
+                   first_position=p.first_position if start == 0 else None)
+
+
+def _select_feedback(fb: Feedback, mask: np.ndarray) -> Feedback:
+    """The rows of a model's feedback where ``mask`` holds, in order."""
+    keep = np.flatnonzero(mask).tolist()
+    n = len(fb.ids)
+    columns = ("ids", "ts", "labels", "prediction", "versions", "scores", "sources")
+    # a column a decoder left empty (not carried for this batch) stays empty
+    return replace(fb, **{c: [getattr(fb, c)[i] for i in keep] if len(getattr(fb, c)) == n else getattr(fb, c)
+                          for c in columns})
+
+
+def _remap_columns(cols: Columns, old: Schema, new: Schema) -> Columns:
+    """Columns decoded under ``old`` re-expressed under ``new`` (a lifecycle event rebuilt
+    the schema within the batch): shared features carried over by name, categories
+    recoded by value, features new to the schema missing."""
+    n = len(cols.bad)
+    num = np.full((n, len(new.numeric)), np.nan)
+    codes = np.full((n, len(new.categorical)), -1, dtype=np.int64)
+    old_num = {name: j for j, name in enumerate(old.numeric)}
+    for j, name in enumerate(new.numeric):
+        if name in old_num:
+            num[:, j] = cols.numeric[:, old_num[name]]
+    old_cat = {name: j for j, name in enumerate(old.categorical)}
+    for j, name in enumerate(new.categorical):
+        i = old_cat.get(name)
+        if i is None:
+            continue
+        old_vocab, new_vocab = old.vocabularies[i], new.vocabularies[j]
+        table = np.full(len(old_vocab) + 2, len(new_vocab), dtype=np.int64)  # code + 1: missing (-1) at 0
+        table[0] = -1
+        for value, code in old_vocab.items():
+            table[code + 1] = new_vocab.get(value, len(new_vocab))
+        codes[:, j] = table[cols.codes[:, i] + 1]
+    return Columns(new.fingerprint(), num, codes, cols.bad, cols.bad_sources)
 
 
 def _alarm_order(a: Alarm) -> tuple:
@@ -763,6 +1322,11 @@ class Engine:
     references
         Reference data per model, loaded by the service from files
         (``reference.source: file``); other models take the first events of the stream.
+    reference_loader
+        Loads a reference: called as ``reference_loader(model)`` for the configured one
+        (None: take it from the stream) and as ``reference_loader(model, path)`` for a
+        lifecycle event's ``{"path": ...}`` (the service's path); it may raise
+        :class:`~driftline.monitor.exceptions.ReferenceLoadError`.
     """
 
     def __init__(
@@ -791,30 +1355,95 @@ class Engine:
             if len(self.models) >= self.settings.max_models and name not in self.settings.models:
                 return None
             mm = self.models[name] = ModelMonitor(name, self.settings.for_model(name), self._reference(name))
+            mm.reference_loader = self.reference_loader
         return mm
 
-    def process(self, batch: DecodedBatch) -> EngineResult:
+    def apply_lifecycle(self, events: Sequence[LifecycleEvent], result: EngineResult) -> None:
+        """Hand the engine a batch's model lifecycle events (pure: no I/O but the
+        reference loader callback).
+
+        The service calls it once per batch with the lifecycle events decoded from that
+        batch (possibly none), *before* :meth:`process` of the same batch, passing the
+        same ``result`` to both::
+
+            result = EngineResult()
+            engine.apply_lifecycle(lifecycle_events, result)
+            result = engine.process(decoded, result)
+
+        Ordering rule (the same in a replay and over Kafka, whatever the batch cuts):
+        each model's events are taken in event-time order (``ts``, ties in the order
+        given), and an event with time ``T`` takes effect just before that model's
+        first prediction event, in stream order, whose ``ts >= T``; an event no later
+        than the model's event clock (its latest prediction ``ts``) when handed in takes
+        effect at once, before the batch's predictions. Events wait in the model's
+        state (checkpointed) until then. Timers (stall, rollback confirmation, grace
+        periods) run on the same event clock.
+
+        What each event does (see :mod:`~driftline.monitor.versions`):
+
+        * ``deployed`` (role ``stable``): the version becomes the model's stable one
+          (over ``regression.stable_version`` and the most-events default); role
+          ``canary``: its tests against the stable version start afresh (``regression``,
+          and with ``canary.promote.enabled`` the non-inferiority test that says
+          ``promote_ready``), and its stall timer starts; role ``shadow``: recorded.
+          ``reference``: ``{"path"}`` is loaded through the engine's reference loader
+          (``reference_loader(model, path)`` when it takes a path), ``{"from_stream": N}``
+          is the version's first N prediction events from then on, absent inherits the
+          stable version's. Drift of each version is measured against its own reference.
+        * ``promoted``: the stable version and the model's reference move to this
+          version; its detectors and performance baseline start clean; every drift and
+          quality alarm state and gauge measured against the old reference is cleared;
+          the old stable version's state is freed after ``canary.grace_seconds``.
+        * ``rolled_back``: the version's canary tests stop, a pending rollback of it is
+          confirmed, its state is freed after ``canary.grace_seconds``.
+        * ``retired``: the version's state and gauges are freed at once.
+
+        Events of a model beyond ``max_models`` are dropped (counted as
+        ``result.lifecycle["model_limit"]``); a reference file that cannot be read is
+        logged and counted (``reference_failed``) and the version inherits the stable
+        reference: a lifecycle event never stops the loop.
+
+        Parameters
+        ----------
+        events
+            Decoded lifecycle events (:class:`~driftline.monitor.lifecycle.LifecycleEvent`),
+            of any models, in source order.
+        result
+            The batch's result: alarms raised by events applied at once (``promote``
+            resets nothing that alarms, but timers may fire), outcome counts and schema
+            changes are added to it.
+        """
+        for event in sorted(events, key=lambda e: e.ts):  # stable: ties keep source order
+            mm = self._model(event.model)
+            if mm is None:
+                result.lifecycle["model_limit"] += 1
+                continue
+            mm.lifecycle_event(event, result)
+
+    def process(self, batch: DecodedBatch, result: EngineResult | None = None) -> EngineResult:
         """Run one decoded batch through every model's detectors.
 
         Predictions of a batch are processed before its feedback, so feedback can
         join predictions of the same batch. Events of models beyond ``max_models``
-        become dead letters (``model_limit``).
+        become dead letters (``model_limit``). ``result``: the one given to
+        :meth:`apply_lifecycle` for this batch (default a new one).
         """
-        result = EngineResult()
+        result = EngineResult() if result is None else result
+        left: dict[str, Feedback] = {}  # feedback not joined at a lifecycle cut
         for name, preds in batch.predictions.items():
             mm = self._model(name)
             if mm is None:
                 self._refuse(name, preds.sources, result)
             else:
-                mm.add_predictions(preds, result)
+                rest = mm.add_predictions(preds, result, batch.feedback.get(name))
+                if rest is not None:
+                    left[name] = rest
         for name, fb in batch.feedback.items():
             mm = self._model(name)
             if mm is None:
                 self._refuse(name, fb.sources, result)
                 continue
-            labelled, counts = mm.join.match(fb)
-            result.join.update(counts)
-            mm.add_labelled(labelled, result)
+            mm.add_feedback(left.get(name, fb), result)
         result.alarms.sort(key=_alarm_order)
         return result
 
@@ -910,10 +1539,11 @@ class Engine:
         """Install a model's state, applying its reference if that changed since."""
         if mm is None:
             mm = ModelMonitor.from_state(name, self.settings.for_model(name), state)
+        mm.reference_loader = self.reference_loader
         self.models[name] = mm
         ref = self._reference(name)
         now = ref.fingerprint if ref is not None else stream_fingerprint(mm.settings)
-        if now != mm.reference_fingerprint:
+        if now != mm.reference_fingerprint and not mm.lifecycle.rebased:  # a lifecycle reference wins
             log.info("model %r: the reference changed since the checkpoint (%s, was %s): applying it",
                      name, describe_fingerprint(now), describe_fingerprint(mm.reference_fingerprint))
             mm.replace_reference(ref)
@@ -921,7 +1551,7 @@ class Engine:
 
 def _check_format(state: dict[str, Any], what: str) -> None:
     """Refuse a state written in another format (by another driftline version)."""
-    if state.get("format") != STATE_FORMAT:
+    if state.get("format") not in _READABLE_FORMATS:
         raise CheckpointError(
             f"{what} has format {state.get('format', 1)!r}, this driftline reads format {STATE_FORMAT}: move the "
             "checkpoint away to start afresh from the committed offsets (each model's reference is then rebuilt "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from driftline.monitor.alarms import AlarmKind, DriftStatistic
 
-__all__ = ["FeatureStatistic", "VersionSnapshot"]
+__all__ = ["EstimationSnapshot", "FeatureStatistic", "VersionSnapshot"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,30 @@ class FeatureStatistic:
     p_value: float | None
     threshold: float | None
     kind: AlarmKind = "feature_drift"
+
+
+@dataclass(frozen=True)
+class EstimationSnapshot:
+    """Label-free performance estimation of one (model, version)
+    (:mod:`driftline.monitor.estimation`).
+
+    Attributes
+    ----------
+    active
+        True once the version is calibrated (estimates run); False while it waits for
+        labelled reference events, or when its reference cannot be calibrated.
+    estimated
+        ``{metric: (value, low, high)}`` of the last completed prediction window.
+    realized
+        ``{metric: value}`` of the last labelled window, by the estimator's definitions.
+    error
+        ``{metric: estimate - realized}`` on that same labelled window.
+    """
+
+    active: bool
+    estimated: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    realized: dict[str, float] = field(default_factory=dict)
+    error: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,27 @@ class VersionSnapshot:
     class_recall
         ``{class: recall}`` over the last labelled window, for the most frequent classes
         of a multi-class model (bounded).
+    role
+        The version's role from lifecycle events (``stable``, ``canary``, ``shadow``;
+        ``retiring`` during the grace period after it was replaced or rolled back), or
+        None when no lifecycle event named it.
+    traffic_share
+        The canary's observed share of the labelled comparison with the stable version
+        (else the announced ``traffic_share``), or None.
+    labels_needed
+        For a canary: labelled events (both versions together) still needed before its
+        tests decide (rollback or, when enabled, promote) at the current estimates and
+        traffic share; ``inf`` when no decision is coming at the current difference;
+        None before both versions have labels. See :func:`~driftline.monitor.versions.
+        labels_needed` for the approximation.
+    canary_stalled, rollback_pending, rollback_unconfirmed
+        Flags: too little canary traffic after ``canary.stall_after_seconds``; a
+        rollback alarm waiting for its confirmation; a rollback not confirmed in time.
+    reference
+        The fingerprint of the reference the version's drift is measured against.
+    estimation
+        Label-free performance estimation, None where it does not apply (off, no scores,
+        no labelled reference yet).
     """
 
     model: str
@@ -72,3 +117,11 @@ class VersionSnapshot:
     last_event_ts: float | None = None
     mixed_features: tuple[str, ...] = ()
     class_recall: dict[str, float] = field(default_factory=dict)
+    role: str | None = None
+    traffic_share: float | None = None
+    labels_needed: float | None = None
+    canary_stalled: bool = False
+    rollback_pending: bool = False
+    rollback_unconfirmed: bool = False
+    reference: str | None = None
+    estimation: EstimationSnapshot | None = None

@@ -8,7 +8,9 @@ a :class:`Trigger`, which the webhook sink records in its outbox and delivers.
 Rules, per (model, action):
 
 - only alarms whose ``action`` is ``retrain`` or ``rollback`` and whose ``kind`` is in
-  ``settings.kinds`` count;
+  ``settings.kinds`` count; a ``promote`` alarm (``promote_ready``, said once per canary
+  by the non-inferiority test, off by default) is a trigger by itself, whatever the
+  kinds and ``min_alarms``;
 - they are kept as evidence while they are within ``window_seconds`` of the newest
   counted alarm, in *event time* (``alarm.ts``), never the wall clock: a replay of the
   same stream gives the same triggers with the same idempotency keys;
@@ -168,7 +170,10 @@ class TriggerPolicy:
         triggers: list[Trigger] = []
         settings = self.settings
         for alarm in alarms:
-            if alarm.action not in TRIGGER_ACTIONS or alarm.kind not in self._kinds:
+            # a promote verdict is its own trigger (its targets opt in through their actions):
+            # it is said once per canary, so neither the kinds nor min_alarms hold it back
+            promote = alarm.action == "promote"
+            if alarm.action not in TRIGGER_ACTIONS or (alarm.kind not in self._kinds and not promote):
                 continue
             route = self._routes.setdefault((alarm.model, alarm.action), _Route())
             if alarm.ts < route.cooldown_until:
@@ -183,7 +188,7 @@ class TriggerPolicy:
             drop = max(drop, len(evidence) - self.max_evidence)
             if drop > 0:
                 del evidence[:drop]
-            if len(evidence) < settings.min_alarms:
+            if len(evidence) < settings.min_alarms and not promote:
                 continue
             if alarm.action == "retrain" and (
                 len({a.feature for a in evidence}) < settings.min_features
@@ -224,6 +229,32 @@ class TriggerPolicy:
                 "evidence": [a.to_dict(origin=True) for a in route.evidence],
             })
         return {"format": _STATE_FORMAT, "routes": routes}
+
+    def state_for(self, models: Iterable[str]) -> dict[str, Any]:
+        """:meth:`state_dict` of the routes of ``models`` only (a model's part, which
+        follows its partition)."""
+        names = set(models)
+        state = self.state_dict()
+        state["routes"] = [r for r in state["routes"] if r["model"] in names]
+        return state
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """Take the routes of a :meth:`state_for` (or :meth:`state_dict`) output,
+        replacing this policy's routes of the same (model, action).
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is not a state of this format.
+        """
+        other = TriggerPolicy.from_state(self.settings, state, max_evidence=self.max_evidence)
+        self._routes.update(other._routes)
+
+    def drop(self, models: Iterable[str]) -> None:
+        """Forget the evidence and cooldowns of ``models`` (their partition moved)."""
+        names = set(models)
+        for key in [k for k in self._routes if k[0] in names]:
+            del self._routes[key]
 
     @classmethod
     def from_state(

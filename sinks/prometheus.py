@@ -339,6 +339,45 @@ class EngineCollector(Collector):
         class_recall = GaugeMetricFamily(
             "driftline_class_recall", "Recall of each of the most frequent classes over the "
             "last labelled window (multi-class models).", labels=[*mv, "class"])
+        # label-free estimation: the metric label takes a fixed set of values (accuracy,
+        # precision, recall, f1, roc_auc; mae, rmse), so the cardinality stays bounded
+        estimation_active = GaugeMetricFamily(
+            "driftline_performance_estimation_active", "1 when the version's performance is "
+            "estimated from its scores (calibrated on its labelled reference); 0 while it waits "
+            "for those labels or when they cannot calibrate it.", labels=mv)
+        estimated = GaugeMetricFamily(
+            "driftline_performance_estimated", "Performance of the last prediction window, "
+            "estimated without labels.", labels=[*mv, "metric"])
+        estimated_low = GaugeMetricFamily(
+            "driftline_performance_estimated_low", "Lower end of the estimate's confidence band.",
+            labels=[*mv, "metric"])
+        estimated_high = GaugeMetricFamily(
+            "driftline_performance_estimated_high", "Upper end of the estimate's confidence band.",
+            labels=[*mv, "metric"])
+        realized = GaugeMetricFamily(
+            "driftline_performance_realized", "Performance of the last labelled window by the "
+            "estimator's definitions (beside the estimate).", labels=[*mv, "metric"])
+        estimation_error = GaugeMetricFamily(
+            "driftline_performance_estimation_error", "Estimate minus realized performance on "
+            "the last labelled window.", labels=[*mv, "metric"])
+        # the delivery loop (issue 13): roles take a fixed set of values (stable, canary,
+        # shadow, retiring); a freed version's series go with it, so its alerts resolve
+        role = GaugeMetricFamily(
+            "driftline_version_role", "1 for the version's role from lifecycle events.", labels=[*mv, "role"])
+        traffic_share = GaugeMetricFamily(
+            "driftline_canary_traffic_share", "A canary's observed share of the labelled comparison "
+            "with the stable version.", labels=mv)
+        labels_needed = GaugeMetricFamily(
+            "driftline_canary_labels_needed", "Labelled events a canary's tests still need for a "
+            "decision at the current estimates and traffic share (+Inf: none coming).", labels=mv)
+        canary_stalled = GaugeMetricFamily(
+            "driftline_canary_stalled", "1 when a canary had too little traffic after its deployment.",
+            labels=mv)
+        rollback_pending = GaugeMetricFamily(
+            "driftline_rollback_pending", "1 while a rollback alarm waits for its confirmation.", labels=mv)
+        rollback_unconfirmed = GaugeMetricFamily(
+            "driftline_rollback_unconfirmed", "1 when a rollback was neither answered by a rolled_back "
+            "event nor followed by the version's predictions stopping in time.", labels=mv)
         mixed_seen: set[str] = set()
 
         for snap in snapshots:
@@ -384,9 +423,32 @@ class EngineCollector(Collector):
                 last_event.add_metric(ids, snap.last_event_ts)
             for cls, value in snap.class_recall.items():
                 class_recall.add_metric([*ids, cls], value)
+            est = snap.estimation
+            if est is not None:
+                estimation_active.add_metric(ids, 1.0 if est.active else 0.0)
+                for metric, (value, low, high) in est.estimated.items():
+                    estimated.add_metric([*ids, metric], value)
+                    if math.isfinite(low) and math.isfinite(high):
+                        estimated_low.add_metric([*ids, metric], low)
+                        estimated_high.add_metric([*ids, metric], high)
+                for metric, value in est.realized.items():
+                    realized.add_metric([*ids, metric], value)
+                for metric, value in est.error.items():
+                    estimation_error.add_metric([*ids, metric], value)
+            if snap.role is not None:
+                role.add_metric([*ids, snap.role], 1.0)
+            if snap.traffic_share is not None:
+                traffic_share.add_metric(ids, snap.traffic_share)
+            if snap.labels_needed is not None:
+                labels_needed.add_metric(ids, snap.labels_needed)
+            canary_stalled.add_metric(ids, 1.0 if snap.canary_stalled else 0.0)
+            rollback_pending.add_metric(ids, 1.0 if snap.rollback_pending else 0.0)
+            rollback_unconfirmed.add_metric(ids, 1.0 if snap.rollback_unconfirmed else 0.0)
             if snap.model not in mixed_seen:
                 mixed_seen.add(snap.model)
                 mixed.add_metric([snap.model], len(snap.mixed_features))
 
         yield from (statistic, p_value, threshold, quality, performance, events, labelled,
-                    latency, reference_ready, last_event, mixed, class_recall)
+                    latency, reference_ready, last_event, mixed, class_recall, estimation_active,
+                    estimated, estimated_low, estimated_high, realized, estimation_error, role, traffic_share,
+                    labels_needed, canary_stalled, rollback_pending, rollback_unconfirmed)

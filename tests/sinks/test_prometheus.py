@@ -50,6 +50,18 @@ CONTRACT = {
     "driftline_last_event_timestamp_seconds": "gauge",
     "driftline_mixed_features": "gauge",
     "driftline_class_recall": "gauge",
+    "driftline_performance_estimation_active": "gauge",
+    "driftline_performance_estimated": "gauge",
+    "driftline_performance_estimated_low": "gauge",
+    "driftline_performance_estimated_high": "gauge",
+    "driftline_performance_realized": "gauge",
+    "driftline_performance_estimation_error": "gauge",
+    "driftline_version_role": "gauge",
+    "driftline_canary_traffic_share": "gauge",
+    "driftline_canary_labels_needed": "gauge",
+    "driftline_canary_stalled": "gauge",
+    "driftline_rollback_pending": "gauge",
+    "driftline_rollback_unconfirmed": "gauge",
 }
 
 FRAUD = VersionSnapshot(
