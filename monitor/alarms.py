@@ -116,6 +116,10 @@ class Alarm:
         indices name source positions, so trigger keys never collide across restarts,
         wiped checkpoints and instances. Not part of the alarm's JSON contract (a replay
         and a Kafka run of the same events give equal alarms), nor of equality.
+    segment
+        The segment whose own windows raised it, as ``feature=value`` (``country=DE``,
+        ``country=__other__``), or None for the whole model's; in the JSON form only
+        when set (see :mod:`~driftline.monitor.segments`).
     """
 
     model: str
@@ -131,6 +135,7 @@ class Alarm:
     ts: float
     action: Action = "none"
     origin: str | None = field(default=None, compare=False)
+    segment: str | None = None
 
     def to_dict(self, origin: bool = False) -> dict[str, Any]:
         """The alarm's JSON form (the contract); ``origin`` adds the origin (for
@@ -139,6 +144,8 @@ class Alarm:
         d["statistic"] = _num(self.statistic)
         d["threshold"] = _num(self.threshold)
         d["p_value"] = _num(self.p_value)
+        if self.segment is not None:
+            d["segment"] = self.segment
         if origin:
             d["origin"] = self.origin
         return d
@@ -148,7 +155,7 @@ class Alarm:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-_CONTRACT = tuple(f for f in fields(Alarm) if f.name != "origin")
+_CONTRACT = tuple(f for f in fields(Alarm) if f.name not in ("origin", "segment"))
 
 
 class AlarmFactory(Protocol):

@@ -14,6 +14,8 @@ in their own modules, and the engine calls them:
   the labels arrive (calibrated on the version's labelled reference);
 * :mod:`~driftline.monitor.canary`: newer versions against the stable one (a mixture
   SPRT on the error rate, latency);
+* :mod:`~driftline.monitor.segments`: drift, data quality and performance per segment
+  of a categorical feature (``segments.features``; off by default: no state, no work);
 * :mod:`~driftline.monitor.edges`: alarms are edge-triggered (with hysteresis);
 * :mod:`~driftline.monitor.encoding`: class labels as codes, the windows' row layouts;
 * :mod:`~driftline.monitor.reference`: a reference's identity, schema and fitting;
@@ -98,6 +100,7 @@ from driftline.monitor.reference import (
     infer_schema,
     stream_fingerprint,
 )
+from driftline.monitor.segments import ModelSegments, VersionSegments
 from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
 from driftline.monitor.versions import VersionLifecycle, VersionReference, labels_needed
 
@@ -203,6 +206,7 @@ class VersionMonitor:
         self.detectors: dict[ConceptDetector, Any] = {}
         self.recent = np.empty((0, 2))  # (index, error) of the last performance.window labelled events
         self.estimation = VersionEstimation(model.settings, f"model {model.name!r} version {version!r}")
+        self.segments = None if model.segments is None else VersionSegments(model.segments)
 
     @property
     def alarming(self) -> dict[str, int]:
@@ -215,6 +219,8 @@ class VersionMonitor:
         self.drift = ()
         self.quality = {}
         self.states.forget(_REFERENCE_CHECKS)
+        if self.segments is not None:
+            self.segments.reset_drift()
 
     # -- predictions -------------------------------------------------------------------
     def add(self, rows: np.ndarray, class_scores: np.ndarray | None = None) -> list[Alarm]:
@@ -234,6 +240,9 @@ class VersionMonitor:
                 alarms.extend(self._on_windows(np.stack(done[k:k + chunk])))
         total = self.model.version_events.get(self.version, self.events)  # the version's events up to these
         alarms += self.estimation.predictions(rows, class_scores, total, self.states, self._alarm)
+        if self.segments is not None and self.model.schema is not None:
+            alarms += self.segments.predictions(rows, self.model.schema, self.model.settings, self.model.pred_kind,
+                                                self._alarm)
         return alarms
 
     def _on_windows(self, ws: np.ndarray) -> list[Alarm]:
@@ -280,6 +289,10 @@ class VersionMonitor:
         self.labelled += len(rows)
         alarms = self._concept(rows)
         self.estimation.labelled(rows, self.model.task, len(self.model.label_encoder.vocab))
+        if self.segments is not None:
+            m = self.model
+            alarms += self.segments.labelled(rows, m.settings, m.task, m.positive_code, m.label_encoder.vocab,
+                                             self._alarm)
         if self.perf_window is None:
             self.perf_window = TumblingWindow(self.model.settings.performance.window, rows.shape[1])
         for values, _, _ in self.perf_window.extend(rows, self.labelled - len(rows)):
@@ -326,7 +339,8 @@ class VersionMonitor:
             reference_ready=True, drift=self.drift, quality={k: dict(v) for k, v in self.quality.items()},
             performance=dict(self.performance), latency_ms=self.latency_ms, last_event_ts=self.last_ts,
             mixed_features=tuple(m.mixed_features), class_recall=dict(self.class_recall),
-            estimation=self.estimation.snapshot())
+            estimation=self.estimation.snapshot(),
+            segments=() if self.segments is None else self.segments.snapshot())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -341,6 +355,7 @@ class VersionMonitor:
             "detectors": {k: d.state_dict() for k, d in self.detectors.items()},
             "recent": self.recent,
             "estimation": self.estimation.state_dict(),
+            **({} if self.segments is None else {"segments": self.segments.state_dict()}),
         }
 
     def load_state(self, s: dict[str, Any]) -> None:
@@ -361,6 +376,8 @@ class VersionMonitor:
         self.detectors = {name: CONCEPT_DETECTORS[name].from_state(st) for name, st in s["detectors"].items()}
         if "estimation" in s:  # absent from checkpoints written before estimation existed: it starts afresh
             self.estimation.load_state(s["estimation"])
+        if self.segments is not None and "segments" in s:  # absent: written without segments, they start afresh
+            self.segments.load_state(s["segments"])
 
 
 def vars_of(stat: FeatureStatistic) -> dict[str, Any]:
@@ -422,6 +439,8 @@ class ModelMonitor:
         self.lifecycle = VersionLifecycle()  # roles, per-version references, queued events, timers
         self.promote = NonInferiority()  # canaries' non-inferiority tests (canary.promote)
         self.reference_loader: Callable[..., ReferenceData | None] | None = None  # set by the engine
+        # per-segment checks (segments.features); None when off: no state, no work
+        self.segments = ModelSegments(settings.segments) if settings.segments.features else None
         self._previous_schema: Schema | None = None  # the schema before a lifecycle rebuild (its batch's columns)
         if reference is not None:
             self._build_reference(reference.features, reference.prediction)
@@ -471,6 +490,9 @@ class ModelMonitor:
         self.pred_ref, self.pred_counts = fitted.pred_ref, fitted.pred_counts
         if self.pred_kind == "categorical":
             self._pred_categories = len(self.pred_encoder.vocab)
+        if self.segments is not None:  # each segment's part of the reference, and the segments themselves
+            self.segments.fit(num, codes, list(prediction), self.schema, self.pred_encoder,
+                              self.settings.drift.psi_bins, self.name)
 
     def _build_reference(self, features: Sequence[dict[str, Any]], prediction: Sequence[Any]) -> None:
         """A reference from a file: its events of the wrong type are left out."""
@@ -496,6 +518,8 @@ class ModelMonitor:
                                       else stream_fingerprint(self.settings))
         self.schema = self.num_ref = None
         self._buffer, self._ref_rows, self._ref_count = [], [], 0
+        if self.segments is not None:
+            self.segments.reset()
         for vm in self.versions.values():
             vm.reset_drift()
         if reference is not None:
@@ -546,7 +570,12 @@ class ModelMonitor:
         result.join.update(counts)
         before = len(result.alarms)
         self.add_labelled(labelled, result)
-        self.watch_rollbacks(result.alarms[before:])
+        if self.watch_rollbacks(result.alarms[before:]):
+            # A rollback found on labels may be due already: the model's clock can have
+            # passed its confirmation deadline in this very batch (a large batch, or late
+            # labels). Settle it now, as a batch cut at the deadline would have; waiting for
+            # the next batch made the verdict depend on the batch size.
+            self.tick(result)
 
     def _add_slice(self, p: Predictions, start: int, end: int, result: EngineResult) -> None:
         part = p if (start, end) == (0, len(p)) else _slice_predictions(p, start, end)
@@ -971,13 +1000,17 @@ class ModelMonitor:
         self.version_events.pop(version, None)
         self.version_first.pop(version, None)
 
-    def watch_rollbacks(self, alarms: Sequence[Alarm]) -> None:
+    def watch_rollbacks(self, alarms: Sequence[Alarm]) -> bool:
         """Rollbacks the engine asked for wait for their confirmation: a ``rolled_back``
-        event, or the version's predictions stopping, within ``canary.rollback_confirm_seconds``."""
+        event, or the version's predictions stopping, within ``canary.rollback_confirm_seconds``.
+        True when a new one is watched."""
+        added = False
         for alarm in alarms:
             if alarm.action == "rollback" and alarm.version not in self.lifecycle.rollbacks:
                 self.lifecycle.rollbacks[alarm.version] = [
-                    alarm.ts, alarm.ts + self.settings.canary.rollback_confirm_seconds]
+                    alarm.ts, alarm.ts + self.settings.canary.rollback_confirm_seconds, float(alarm.last_index)]
+                added = True
+        return added
 
     def tick(self, result: EngineResult) -> None:
         """Run the timers due by the model's event clock: canary stall checks, rollback
@@ -994,7 +1027,7 @@ class ModelMonitor:
                 lc.stalled.add(v)
                 result.alarms.append(self._lifecycle_alarm(v, "canary_stalled", "traffic", got,
                                                            cfg.stall_min_events, deadline))
-        for v, (since, deadline) in list(lc.rollbacks.items()):
+        for v, (since, deadline, *at) in list(lc.rollbacks.items()):
             if now < deadline:
                 continue
             del lc.rollbacks[v]
@@ -1005,8 +1038,14 @@ class ModelMonitor:
                 result.lifecycle["rollback_confirmed"] += 1
             else:
                 lc.unconfirmed.add(v)
-                result.alarms.append(self._lifecycle_alarm(v, "rollback_unconfirmed", "confirmation", last - since,
-                                                           quiet, deadline))
+                # Placed at the rollback's own evidence and stating the time waited: what
+                # the model's clock had reached when the verdict was due depends on the batch
+                # cuts, so neither the current index nor the last prediction's time is used.
+                alarm = self._lifecycle_alarm(v, "rollback_unconfirmed", "confirmation", deadline - since,
+                                              quiet, deadline)
+                if at:
+                    alarm = replace(alarm, first_index=int(at[0]), last_index=int(at[0]))
+                result.alarms.append(alarm)
         for v, at in list(lc.free_at.items()):
             if now >= at:
                 self._free(v)
@@ -1208,6 +1247,7 @@ class ModelMonitor:
             "dropped_features": self.dropped_features,
             "lifecycle": self.lifecycle.state_dict(),
             "promote": self.promote.state_dict(),
+            **({} if self.segments is None else {"segments": self.segments.state_dict()}),
         }
 
     @classmethod
@@ -1244,6 +1284,8 @@ class ModelMonitor:
         # absent from a format-2 state (before lifecycle events): no roles, no tests
         mm.lifecycle = VersionLifecycle.from_state(s.get("lifecycle"), d_num, d_cat)
         mm.promote.load_state(s.get("promote"))
+        if mm.segments is not None and s.get("segments") is not None:  # absent: written without segments
+            mm.segments.load_state(s["segments"])
         for vname, vs in s["versions"].items():
             vm = mm.versions[vname] = VersionMonitor(mm, vname)
             vm.load_state(vs)
@@ -1309,7 +1351,7 @@ def _remap_columns(cols: Columns, old: Schema, new: Schema) -> Columns:
 
 def _alarm_order(a: Alarm) -> tuple:
     """Within a batch, alarms go out in stream order, ties broken by name."""
-    return (a.last_index, a.model, a.version, a.kind, a.detector, a.feature or "")
+    return (a.last_index, a.model, a.version, a.kind, a.detector, a.feature or "", a.segment or "")
 
 
 class Engine:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from driftline.monitor.alarms import AlarmKind, DriftStatistic
 
-__all__ = ["EstimationSnapshot", "FeatureStatistic", "VersionSnapshot"]
+__all__ = ["EstimationSnapshot", "FeatureStatistic", "SegmentSnapshot", "VersionSnapshot"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,35 @@ class EstimationSnapshot:
     estimated: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     realized: dict[str, float] = field(default_factory=dict)
     error: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmentSnapshot:
+    """Current state of one segment of one (model, version)
+    (:mod:`driftline.monitor.segments`).
+
+    Attributes
+    ----------
+    feature, value
+        The segment feature and the segment's value (``__other__``: the rest).
+    events, labelled
+        The segment's prediction events and labelled events seen.
+    reference_events, tested
+        The segment's events in the reference, and whether they are enough for its drift
+        and data-quality tests (``segments.min_reference_events``).
+    drift, quality, performance
+        As in :class:`VersionSnapshot`, over the segment's last windows.
+    """
+
+    feature: str
+    value: str
+    events: int
+    labelled: int
+    reference_events: int
+    tested: bool
+    drift: tuple[FeatureStatistic, ...] = ()
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    performance: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,8 @@ class VersionSnapshot:
     estimation
         Label-free performance estimation, None where it does not apply (off, no scores,
         no labelled reference yet).
+    segments
+        Per segment (``segments.features``; empty when off).
     """
 
     model: str
@@ -125,3 +156,4 @@ class VersionSnapshot:
     rollback_unconfirmed: bool = False
     reference: str | None = None
     estimation: EstimationSnapshot | None = None
+    segments: tuple[SegmentSnapshot, ...] = ()

@@ -120,7 +120,7 @@ class VersionLifecycle:
         self.clock = -math.inf
         self.stall: dict[str, list[float]] = {}  # version -> [deadline, events at deployment, fired 0/1]
         self.stalled: set[str] = set()
-        self.rollbacks: dict[str, list[float]] = {}  # version -> [alarm ts, deadline]
+        self.rollbacks: dict[str, list[float]] = {}  # version -> [alarm ts, deadline, alarm's last index]
         self.unconfirmed: set[str] = set()
         self.free_at: dict[str, float] = {}
         self.rebased = False  # the model's reference came from a lifecycle event (it wins over the configured one)

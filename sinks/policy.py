@@ -16,7 +16,10 @@ Rules, per (model, action):
   same stream gives the same triggers with the same idempotency keys;
 - a trigger fires when the evidence holds at least ``min_alarms`` alarms and, for
   ``retrain``, at least ``min_features`` distinct features (an alarm without a feature,
-  such as a concept-drift alarm, counts as one feature of its own);
+  such as a concept-drift alarm, counts as one feature of its own) and, when
+  ``min_segments`` is set, alarms of at least ``min_segments`` distinct segments (an
+  alarm of the whole model, without ``segment``, counts as every segment: the model as
+  a whole is affected);
 - after a trigger the evidence is cleared and alarms earlier than
   ``trigger.ts + cooldown_seconds`` are ignored: they describe the problem the trigger
   already reported.
@@ -72,7 +75,8 @@ def idempotency_key(model: str, version: str, action: str, origins: Iterable[str
     another instance, a wiped checkpoint) starts at a later position, so with another
     origin. Two triggers on the same window (a cooldown of 0 and two alarms of one
     window) differ in their ``evidence``: what each alarm says (kind, detector, feature,
-    window) is part of the key.
+    window) is part of the key, and so is an alarm's ``segment`` when it has one (the key
+    of evidence without segments is the same as before segments existed).
 
     Examples
     --------
@@ -82,7 +86,8 @@ def idempotency_key(model: str, version: str, action: str, origins: Iterable[str
     material = json.dumps(
         ["driftline.trigger/v2", model, version, action, sorted({o or "" for o in origins}),
          int(first_index), int(last_index),
-         sorted([a.kind, a.detector, a.feature or "", a.first_index, a.last_index] for a in evidence)]
+         sorted([a.kind, a.detector, a.feature or "", a.first_index, a.last_index,
+                 *(() if a.segment is None else (a.segment,))] for a in evidence)]
     )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -129,6 +134,17 @@ class _Route:
 
 def _ts(alarm: Alarm) -> float:
     return alarm.ts
+
+
+def _segments_enough(evidence: list[Alarm], min_segments: int) -> bool:
+    """Whether the evidence spans ``min_segments`` segments (an alarm of the whole model
+    spans them all)."""
+    segments = set()
+    for a in evidence:
+        if a.segment is None:
+            return True
+        segments.add(a.segment)
+    return len(segments) >= min_segments
 
 
 class TriggerPolicy:
@@ -193,6 +209,9 @@ class TriggerPolicy:
             if alarm.action == "retrain" and (
                 len({a.feature for a in evidence}) < settings.min_features
             ):
+                continue
+            if alarm.action == "retrain" and settings.min_segments and not _segments_enough(
+                    evidence, settings.min_segments):
                 continue
             triggers.append(self._fire(alarm, route))
         return triggers

@@ -378,6 +378,29 @@ class EngineCollector(Collector):
         rollback_unconfirmed = GaugeMetricFamily(
             "driftline_rollback_unconfirmed", "1 when a rollback was neither answered by a rolled_back "
             "event nor followed by the version's predictions stopping in time.", labels=mv)
+        seg = [*mv, "segment_feature", "segment"]
+        segment_events = CounterMetricFamily(
+            "driftline_segment_events", "Prediction events per segment (segments.features).", labels=seg)
+        segment_labelled = CounterMetricFamily(
+            "driftline_segment_labelled_events", "Labelled events per segment whose segment was known.",
+            labels=seg)
+        segment_reference = GaugeMetricFamily(
+            "driftline_segment_reference_events", "The segment's events in the reference.", labels=seg)
+        segment_tested = GaugeMetricFamily(
+            "driftline_segment_tested", "1 when the segment has enough reference events for its drift and "
+            "data-quality tests (segments.min_reference_events).", labels=seg)
+        segment_statistic = GaugeMetricFamily(
+            "driftline_segment_drift_statistic", "Latest drift statistic of a feature in a segment against the "
+            "segment's part of the reference.", labels=[*seg, "feature", "detector"])
+        segment_p_value = GaugeMetricFamily(
+            "driftline_segment_drift_p_value", "Latest (corrected) p-value of a drift test in a segment.",
+            labels=[*seg, "feature", "detector"])
+        segment_quality = GaugeMetricFamily(
+            "driftline_segment_data_quality_ratio", "Data-quality rates of a segment's last window.",
+            labels=[*seg, "feature", "check"])
+        segment_performance = GaugeMetricFamily(
+            "driftline_segment_performance", "Performance of a segment's last labelled window.",
+            labels=[*seg, "metric"])
         mixed_seen: set[str] = set()
 
         for snap in snapshots:
@@ -444,6 +467,23 @@ class EngineCollector(Collector):
             canary_stalled.add_metric(ids, 1.0 if snap.canary_stalled else 0.0)
             rollback_pending.add_metric(ids, 1.0 if snap.rollback_pending else 0.0)
             rollback_unconfirmed.add_metric(ids, 1.0 if snap.rollback_unconfirmed else 0.0)
+            for sg in snap.segments:  # at most top_k + 1 segments per segment feature (bounded upstream)
+                sid = [*ids, sg.feature, sg.value]
+                segment_events.add_metric(sid, sg.events)
+                segment_labelled.add_metric(sid, sg.labelled)
+                segment_reference.add_metric(sid, sg.reference_events)
+                segment_tested.add_metric(sid, 1.0 if sg.tested else 0.0)
+                for stat in sg.drift:  # features folded into __overflow__ get no segment series
+                    if stat.feature in keep:
+                        segment_statistic.add_metric([*sid, stat.feature, stat.detector], stat.statistic)
+                        if stat.p_value is not None:
+                            segment_p_value.add_metric([*sid, stat.feature, stat.detector], stat.p_value)
+                for feature, checks in sg.quality.items():
+                    if feature in keep:
+                        for check, value in checks.items():
+                            segment_quality.add_metric([*sid, feature, check], value)
+                for metric, value in sg.performance.items():
+                    segment_performance.add_metric([*sid, metric], value)
             if snap.model not in mixed_seen:
                 mixed_seen.add(snap.model)
                 mixed.add_metric([snap.model], len(snap.mixed_features))
@@ -451,4 +491,6 @@ class EngineCollector(Collector):
         yield from (statistic, p_value, threshold, quality, performance, events, labelled,
                     latency, reference_ready, last_event, mixed, class_recall, estimation_active,
                     estimated, estimated_low, estimated_high, realized, estimation_error, role, traffic_share,
-                    labels_needed, canary_stalled, rollback_pending, rollback_unconfirmed)
+                    labels_needed, canary_stalled, rollback_pending, rollback_unconfirmed, segment_events,
+                    segment_labelled, segment_reference, segment_tested, segment_statistic, segment_p_value,
+                    segment_quality, segment_performance)

@@ -62,6 +62,14 @@ CONTRACT = {
     "driftline_canary_stalled": "gauge",
     "driftline_rollback_pending": "gauge",
     "driftline_rollback_unconfirmed": "gauge",
+    "driftline_segment_events_total": "counter",
+    "driftline_segment_labelled_events_total": "counter",
+    "driftline_segment_reference_events": "gauge",
+    "driftline_segment_tested": "gauge",
+    "driftline_segment_drift_statistic": "gauge",
+    "driftline_segment_drift_p_value": "gauge",
+    "driftline_segment_data_quality_ratio": "gauge",
+    "driftline_segment_performance": "gauge",
 }
 
 FRAUD = VersionSnapshot(
