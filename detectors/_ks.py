@@ -3,12 +3,15 @@
 :func:`ks_p_value` is the two-sided p-value of ``scipy.stats.ks_2samp(method="asymp")``
 for many features at once; :func:`kstwo_sf` re-implements ``scipy.stats.kstwo.sf`` with
 its two common branches (Smirnov's exact sum and the Pelz-Good approximation)
-evaluated for all elements at once, and scipy's element-by-element code for the rest.
-Used by :func:`driftline.detectors.statistics.numeric_drift`; tested against scipy on
+evaluated for all elements at once, and scipy's element-by-element code for the rest,
+memoized on the exact arguments (the same values come back bit for bit; see
+:func:`_scipy_kstwo_sf`). Used by :func:`driftline.detectors.statistics.numeric_drift`; tested against scipy on
 every branch (``tests/detectors/test_statistics.py``).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numpy.typing import NDArray
@@ -68,12 +71,49 @@ def kstwo_sf(x: Array, n: Array) -> Array:
     result = np.zeros(x.shape)
     scipy_side = ~(smirnov | zero | pelz_good)
     if scipy_side.any():
-        result[scipy_side] = stats.kstwo.sf(x[scipy_side], n[scipy_side])
+        result[scipy_side] = _scipy_kstwo_sf(x[scipy_side], n[scipy_side])
     if smirnov.any():
         result[smirnov] = 2.0 * smirnov_sf(n[smirnov], t[smirnov], x[smirnov])
     if pelz_good.any():
         result[pelz_good] = np.clip(1.0 - pelz_good_cdf(n[pelz_good], x[pelz_good]), 0.0, 1.0)
     return result
+
+
+SCIPY_CACHE_SIZE = 1 << 16
+"""Entries of the memo of scipy's ``kstwo.sf`` (:func:`_scipy_kstwo_sf`): about 10 MB."""
+
+_scipy_cache: dict[tuple[float, float], float] = {}
+_scipy_cache_lock = threading.Lock()  # writers only: a read of a dict is atomic
+
+
+def _scipy_kstwo_sf(x: Array, n: Array) -> Array:
+    """``scipy.stats.kstwo.sf(x, n)``, memoized on the exact ``(x, n)`` pair.
+
+    The elements :func:`kstwo_sf` leaves to scipy are evaluated one by one in Python;
+    for ``n <= 140`` (windows of up to about 140 values) that is the Pomeranz
+    recursion (~4 ms each) or the Durbin matrix power. Their arguments repeat: a
+    window of n complete values against a reference of m has a KS statistic among
+    the few thousand values ``|k / m - i / n|`` near the no-drift range, and the
+    effective n is the same in every window; so the memo returns, bit for bit, the
+    value scipy computed the first time. A pure function's cache (like
+    ``functools.lru_cache``): bounded by :data:`SCIPY_CACHE_SIZE` entries, the oldest
+    dropped first.
+    """
+    keys = list(zip(x.tolist(), n.tolist(), strict=True))
+    cache = _scipy_cache
+    out = np.array([cache.get(k, np.nan) for k in keys], dtype=np.float64)
+    todo = np.isnan(out)
+    if todo.any():
+        computed = np.asarray(stats.kstwo.sf(x[todo], n[todo]), dtype=np.float64).reshape(-1)
+        out[todo] = computed
+        missed = (k for k, t in zip(keys, todo.tolist(), strict=True) if t)
+        with _scipy_cache_lock:
+            for k, value in zip(missed, computed.tolist(), strict=True):
+                if value == value:  # never memoize NaN: it marks a miss
+                    cache[k] = value
+            while len(cache) > SCIPY_CACHE_SIZE:
+                del cache[next(iter(cache))]
+    return out
 
 
 def smirnov_sf(n: Array, t: Array, x: Array) -> Array:

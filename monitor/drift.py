@@ -1,32 +1,47 @@
-"""Drift checks: a window of a version's predictions against the model's reference.
+"""Drift checks: windows of a version's predictions against the model's reference.
 
 Feature drift (KS / PSI / JS / Wasserstein for numeric features, chi-squared / PSI for
 categorical ones, with a multiple-testing correction across the model's features) and
-prediction drift. The functions take a window's columns and the reference and return
-the statistics for the gauges and the tests; :func:`drift_alarms` turns the tests into
-alarms through the edge trigger. The window's data-quality rates come out of the same
-computation; :mod:`~driftline.monitor.quality` checks them.
+prediction drift. The functions take the columns of the consecutive windows a batch
+completed and the reference, and compute every window's statistics at once (a window's
+values equal those of the window computed alone, bit for bit): the per-call cost of
+the vectorized statistics is paid once per batch, not once per window, so small
+windows and sliding windows with a small step cost little more per event than large
+ones. They return the tests as arrays, :func:`drift_alarms` turns one window's tests
+into alarms through the edge trigger, and the gauges (``FeatureStatistic`` objects) are
+built only for the window the snapshot keeps. The windows' data-quality rates come out
+of the same computation; :mod:`~driftline.monitor.quality` checks them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
 from driftline.detectors.multiple_testing import benjamini_hochberg, bonferroni
 from driftline.detectors.statistics import (
+    CategoricalDrift,
     CategoricalReference,
+    NumericDrift,
     NumericReference,
-    categorical_drift,
-    numeric_drift,
+    categorical_drift_windows,
+    numeric_drift_windows,
 )
 from driftline.monitor.alarms import Alarm, AlarmFactory, AlarmKind, DriftStatistic
 from driftline.monitor.config import DriftSettings
 from driftline.monitor.edges import AlarmStates
 from driftline.monitor.snapshot import FeatureStatistic
 
-__all__ = ["Candidate", "adjust", "feature_drift", "prediction_drift", "drift_alarms"]
+__all__ = ["WINDOW_CHUNK_VALUES", "Candidate", "DriftTests", "FeatureDrift", "PredictionDrift", "adjust",
+           "feature_drift", "prediction_drift", "drift_alarms"]
+
+
+WINDOW_CHUNK_VALUES = 1 << 18
+"""Values (windows x rows x columns) of the windows computed together at most: bounds
+the temporaries of one computation (tens of MB) when a batch completes many windows."""
 
 
 class Candidate(NamedTuple):
@@ -41,7 +56,8 @@ class Candidate(NamedTuple):
 
 
 def adjust(p_values: Sequence[float] | np.ndarray, correction: str) -> np.ndarray:
-    """p-values corrected for testing several features at once (NaN: no test)."""
+    """p-values corrected for testing several features at once (NaN: no test); a 2-D
+    array is one family per row (one row per window)."""
     p = np.asarray(p_values, dtype=np.float64)
     if correction == "bh" and p.size:
         return benjamini_hochberg(p)
@@ -50,113 +66,209 @@ def adjust(p_values: Sequence[float] | np.ndarray, correction: str) -> np.ndarra
     return p
 
 
+@dataclass(frozen=True, eq=False)
+class DriftTests:
+    """The drift tests of w consecutive windows, one per feature: (w, f) arrays.
+
+    ``p_value`` is corrected across the features of each window (what the gauges show
+    and what the alarms and the alert rules compare with ``alpha``); ``statistic`` is
+    the effect compared with ``min_effect`` (KS, or total variation for chi-squared).
+    """
+
+    features: tuple[str, ...]
+    detectors: tuple[DriftStatistic, ...]
+    statistic: np.ndarray
+    p_value: np.ndarray
+    psi: np.ndarray
+
+    def candidates(self, i: int) -> list[Candidate]:
+        """Window i's tests as :class:`Candidate` values."""
+        return [Candidate(f, d, float(s), float(p), float(q)) for f, d, s, p, q in zip(
+            self.features, self.detectors, self.statistic[i], self.p_value[i], self.psi[i], strict=True)]
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureDrift:
+    """Feature drift of w consecutive windows of one size, computed together
+    (:func:`feature_drift`); per-window views on demand.
+
+    The engine reads the tests of every window (:func:`drift_alarms`, the quality
+    checks) and the gauges of the last one only: :meth:`stats` builds them when asked.
+    """
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    num: NumericDrift | None
+    cat: CategoricalDrift | None
+    tests: DriftTests
+    cfg: DriftSettings
+
+    @property
+    def windows(self) -> int:
+        return int(self.tests.p_value.shape[0])
+
+    def stats(self, i: int) -> list[FeatureStatistic]:
+        """The statistics ``cfg.statistics`` asks for, per feature, of window i (the gauges)."""
+        cfg, wanted, p = self.cfg, set(self.cfg.statistics), self.tests.p_value[i].tolist()
+        stats: list[FeatureStatistic] = []
+        if self.num is not None:
+            r = self.num
+            ks, psi, js, wd = (a[i].tolist() for a in (r.ks_statistic, r.psi, r.js, r.wasserstein))
+            for j, name in enumerate(self.numeric):
+                if "ks" in wanted:
+                    stats.append(FeatureStatistic(name, "ks", ks[j], p[j], cfg.alpha))
+                if "psi" in wanted:
+                    stats.append(FeatureStatistic(name, "psi", psi[j], None, cfg.psi_threshold))
+                if "js" in wanted:
+                    stats.append(FeatureStatistic(name, "js", js[j], None, None))
+                if "wasserstein" in wanted:
+                    stats.append(FeatureStatistic(name, "wasserstein", wd[j], None, None))
+        if self.cat is not None:
+            c, d_num = self.cat, len(self.numeric)
+            chi2, psi = c.chi2_statistic[i].tolist(), c.psi[i].tolist()
+            for j, name in enumerate(self.categorical):
+                if "chi2" in wanted:
+                    stats.append(FeatureStatistic(name, "chi2", chi2[j], p[d_num + j], cfg.alpha))
+                if "psi" in wanted:
+                    stats.append(FeatureStatistic(name, "psi", psi[j], None, cfg.psi_threshold))
+        return stats
+
+    def quality(self, i: int) -> dict[str, dict[str, float]]:
+        """``{feature: {rate: value}}`` of window i: missing, out-of-range (numeric) and
+        unseen (categorical) rates."""
+        quality: dict[str, dict[str, float]] = {}
+        if self.num is not None:
+            missing, outside = self.num.missing_rate[i].tolist(), self.num.out_of_range_rate[i].tolist()
+            for j, name in enumerate(self.numeric):
+                quality[name] = {"missing_rate": missing[j], "out_of_range_rate": outside[j]}
+        if self.cat is not None:
+            missing, unseen = self.cat.missing_rate[i].tolist(), self.cat.unseen_rate[i].tolist()
+            for j, name in enumerate(self.categorical):
+                quality[name] = {"missing_rate": missing[j], "unseen_rate": unseen[j]}
+        return quality
+
+    def rates(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """The features and their (w, f, 3) rates: missing, out-of-range, unseen (0.0
+        where a rate does not apply), for :func:`~driftline.monitor.quality.quality_alarms`."""
+        w = self.windows
+        blocks = []
+        if self.num is not None:
+            blocks.append(np.stack([self.num.missing_rate, self.num.out_of_range_rate,
+                                    np.zeros_like(self.num.missing_rate)], axis=2))
+        if self.cat is not None:
+            blocks.append(np.stack([self.cat.missing_rate, np.zeros_like(self.cat.missing_rate),
+                                    self.cat.unseen_rate], axis=2))
+        rates = np.concatenate(blocks, axis=1) if blocks else np.zeros((w, 0, 3))
+        return self.numeric + self.categorical, rates
+
+
 def feature_drift(
     num: np.ndarray, codes: np.ndarray, numeric: Sequence[str], categorical: Sequence[str],
-    num_ref: NumericReference, cat_ref: CategoricalReference, cat_counts: np.ndarray, cfg: DriftSettings,
-) -> tuple[list[FeatureStatistic], dict[str, dict[str, float]], list[Candidate]]:
-    """A window's features against the reference.
+    num_ref: NumericReference, cat_ref: CategoricalReference, cfg: DriftSettings,
+) -> FeatureDrift:
+    """w windows' features against the reference, in one computation.
+
+    Parameters
+    ----------
+    num, codes
+        (w, n, d_num) numeric values and (w, n, d_cat) category codes of w windows
+        of n events.
 
     Returns
     -------
-    stats
-        The statistics ``cfg.statistics`` asks for, per feature (the gauges).
-    quality
-        ``{feature: {rate: value}}``: missing, out-of-range (numeric) and unseen
-        (categorical) rates.
-    candidates
-        One drift test per feature (KS for numeric, chi-squared for categorical), with
-        its corrected p-value, for :func:`drift_alarms`.
+    FeatureDrift
+        Per window: the gauges, the data-quality rates and one drift test per feature
+        (KS for numeric, chi-squared for categorical) with its p-value corrected across
+        the window's features. Window i's values equal, bit for bit, those of the
+        window computed alone.
     """
-    d_num = len(numeric)
-    stats: list[FeatureStatistic] = []
-    quality: dict[str, dict[str, float]] = {}
-    candidates: list[Candidate] = []
-    wanted = set(cfg.statistics)
-    r = numeric_drift(num_ref, num) if d_num else None
-    has_cat = bool(codes.shape[1])
-    chi2_p: np.ndarray | list[float] = []
-    if has_cat:
-        c = categorical_drift(cat_ref, codes)
-        chi2, chi2_p = c.chi2_statistic, c.chi2_p_value
-    # p-values corrected across the model's features: what the gauges show and what
-    # the alarms (and the alert rules) compare with alpha
-    adjusted = adjust(np.concatenate([r.ks_p_value if r is not None else [], chi2_p]), cfg.correction).tolist()
-    if r is not None:
-        for j, name in enumerate(numeric):
-            p = adjusted[j]
-            if "ks" in wanted:
-                stats.append(FeatureStatistic(name, "ks", float(r.ks_statistic[j]), p, cfg.alpha))
-            if "psi" in wanted:
-                stats.append(FeatureStatistic(name, "psi", float(r.psi[j]), None, cfg.psi_threshold))
-            if "js" in wanted:
-                stats.append(FeatureStatistic(name, "js", float(r.js[j]), None, None))
-            if "wasserstein" in wanted:
-                stats.append(FeatureStatistic(name, "wasserstein", float(r.wasserstein[j]), None, None))
-            quality[name] = {"missing_rate": float(r.missing_rate[j]),
-                             "out_of_range_rate": float(r.out_of_range_rate[j])}
-            candidates.append(Candidate(name, "ks", float(r.ks_statistic[j]), p, float(r.psi[j])))
-    if has_cat:
-        for j, name in enumerate(categorical):
-            p = adjusted[d_num + j]
-            if "chi2" in wanted:
-                stats.append(FeatureStatistic(name, "chi2", float(chi2[j]), p, cfg.alpha))
-            if "psi" in wanted:
-                stats.append(FeatureStatistic(name, "psi", float(c.psi[j]), None, cfg.psi_threshold))
-            quality[name] = {"missing_rate": float(c.missing_rate[j]),
-                             "unseen_rate": float(c.unseen_rate[j])}
-            candidates.append(Candidate(name, "chi2", float(c.tv[j]), p, float(c.psi[j])))
-    return stats, quality, candidates
+    w = num.shape[0]
+    r = numeric_drift_windows(num_ref, num) if len(numeric) else None
+    c = categorical_drift_windows(cat_ref, codes) if codes.shape[2] else None
+    parts = [(r.ks_p_value, r.ks_statistic, r.psi)] if r is not None else []
+    if c is not None:
+        parts.append((c.chi2_p_value, c.tv, c.psi))
+    if parts:
+        raw_p, statistic, psi = (np.concatenate([part[k] for part in parts], axis=1) for k in range(3))
+    else:
+        raw_p = statistic = psi = np.zeros((w, 0))
+    tested_num = tuple(numeric) if r is not None else ()
+    tested_cat = tuple(categorical) if c is not None else ()
+    ks: DriftStatistic = "ks"
+    chi2: DriftStatistic = "chi2"
+    detectors = (ks,) * len(tested_num) + (chi2,) * len(tested_cat)
+    tests = DriftTests(tested_num + tested_cat, detectors, statistic, adjust(raw_p, cfg.correction), psi)
+    return FeatureDrift(tested_num, tested_cat, r, c, tests, cfg)
+
+
+@dataclass(frozen=True, eq=False)
+class PredictionDrift:
+    """Prediction drift of w consecutive windows (:func:`prediction_drift`)."""
+
+    tests: DriftTests
+    chi2: np.ndarray | None  # (w,) chi-squared statistics (categorical predictions)
+    cfg: DriftSettings
+
+    def stats(self, i: int) -> list[FeatureStatistic]:
+        """Window i's gauges: KS (numeric) or chi-squared (categorical), and PSI."""
+        cfg, t = self.cfg, self.tests
+        p, psi = float(t.p_value[i, 0]), float(t.psi[i, 0])
+        if self.chi2 is not None:
+            first = FeatureStatistic("prediction", "chi2", float(self.chi2[i]), p, cfg.alpha, "prediction_drift")
+        else:
+            first = FeatureStatistic("prediction", "ks", float(t.statistic[i, 0]), p, cfg.alpha, "prediction_drift")
+        return [first, FeatureStatistic("prediction", "psi", psi, None, cfg.psi_threshold, "prediction_drift")]
 
 
 def prediction_drift(
-    pred: np.ndarray, kind: str, pred_ref: NumericReference | CategoricalReference,
-    pred_counts: np.ndarray | None, cfg: DriftSettings,
-) -> tuple[list[FeatureStatistic], Candidate]:
-    """A window's predictions (numbers, or category codes when ``kind`` is
-    ``categorical``) against the reference's: the gauges and the drift test."""
-    stats: list[FeatureStatistic] = []
-    det: DriftStatistic
+    pred: np.ndarray, kind: str, pred_ref: NumericReference | CategoricalReference, cfg: DriftSettings,
+) -> PredictionDrift:
+    """w windows' predictions ((w, n): numbers, or category codes when ``kind`` is
+    ``categorical``) against the reference's: the gauges and the drift test (not
+    corrected: one test)."""
     if kind == "numeric":
         assert isinstance(pred_ref, NumericReference)
-        r = numeric_drift(pred_ref, pred[:, None])
-        stat, p, psi, det = float(r.ks_statistic[0]), float(r.ks_p_value[0]), float(r.psi[0]), "ks"
-    else:
-        assert isinstance(pred_ref, CategoricalReference) and pred_counts is not None
-        codes = pred[:, None].astype(np.int64)
-        c = categorical_drift(pred_ref, codes)
-        chi2, chi2_p = c.chi2_statistic, c.chi2_p_value
-        stat, p, psi, det = float(c.tv[0]), float(chi2_p[0]), float(c.psi[0]), "chi2"
-        stats.append(FeatureStatistic("prediction", "chi2", float(chi2[0]), p, cfg.alpha, "prediction_drift"))
-    if det == "ks":
-        stats.append(FeatureStatistic("prediction", "ks", stat, p, cfg.alpha, "prediction_drift"))
-    stats.append(FeatureStatistic("prediction", "psi", psi, None, cfg.psi_threshold, "prediction_drift"))
-    return stats, Candidate("prediction", det, stat, p, psi)
+        r = numeric_drift_windows(pred_ref, pred[:, :, None])
+        tests = DriftTests(("prediction",), ("ks",), r.ks_statistic, r.ks_p_value, r.psi)
+        return PredictionDrift(tests, None, cfg)
+    assert isinstance(pred_ref, CategoricalReference)
+    c = categorical_drift_windows(pred_ref, pred[:, :, None].astype(np.int64))
+    tests = DriftTests(("prediction",), ("chi2",), c.tv, c.chi2_p_value, c.psi)
+    return PredictionDrift(tests, c.chi2_statistic[:, 0], cfg)
 
 
-def drift_alarms(candidates: Sequence[Candidate], kind: AlarmKind, cfg: DriftSettings, states: AlarmStates,
+def drift_alarms(tests: DriftTests, i: int, kind: AlarmKind, cfg: DriftSettings, states: AlarmStates,
                  alarm: AlarmFactory, first: int, last: int, ts: float) -> list[Alarm]:
-    """The candidates that enter the drifting state: a corrected p-value at most
+    """Window i's tests that enter the drifting state: a corrected p-value at most
     ``alpha`` with an effect of at least ``min_effect`` (or, with ``alarm_on: psi``, a
-    PSI above ``psi_threshold``)."""
-    if not candidates:
+    PSI above ``psi_threshold``).
+
+    Only the tests that alarm in this window or are in the alarming state go through
+    the edge trigger: for the others it would change nothing.
+    """
+    if not tests.features:
         return []
-    p = np.array([c.p_value for c in candidates], dtype=np.float64)  # already corrected
     if cfg.alarm_on == "p_value":
         with np.errstate(invalid="ignore"):
-            significant = p <= cfg.alpha  # NaN (no test) is never significant
-        effect = np.array([c.statistic for c in candidates]) >= cfg.min_effect
-        hit = significant & effect
+            significant = tests.p_value[i] <= cfg.alpha  # NaN (no test) is never significant
+        hit = significant & (tests.statistic[i] >= cfg.min_effect)
     else:
-        hit = np.array([c.psi for c in candidates]) > cfg.psi_threshold
+        hit = tests.psi[i] > cfg.psi_threshold
+    hits = hit.tolist()
+    runs = states.runs
     alarms = []
-    for (feature, det, stat, pv, psi), h in zip(candidates, hit, strict=True):
-        if states.edge(f"{kind}:{feature}", bool(h)):
+    for j, feature in enumerate(tests.features):
+        key = f"{kind}:{feature}"
+        if not hits[j] and key not in runs:
+            continue
+        if states.edge(key, hits[j]):
             thr: float
             p_value: float | None
             detector: DriftStatistic
             if cfg.alarm_on == "psi":
-                detector, stat, thr, p_value = "psi", psi, cfg.psi_threshold, None
+                detector, stat, thr, p_value = "psi", float(tests.psi[i, j]), cfg.psi_threshold, None
             else:
-                detector, thr, p_value = det, cfg.alpha, pv
+                detector, stat = tests.detectors[j], float(tests.statistic[i, j])
+                thr, p_value = cfg.alpha, float(tests.p_value[i, j])
             alarms.append(alarm(kind, detector, feature, stat, thr, p_value, first, last, ts))
     return alarms

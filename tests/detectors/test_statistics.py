@@ -271,3 +271,72 @@ def test_ks_p_value_of_drifting_features_matches_scipy():
     for j in range(8):
         expected = stats.ks_2samp(win[:, j], ref[:, j], method="asymp").pvalue
         assert drift.ks_p_value[j] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+# ---- several windows at once (issue 16) --------------------------------------------------
+
+
+def _fields(result):
+    return {name: getattr(result, name) for name in result.__dataclass_fields__}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 7, 60, 100, 150, 1_000]),
+       w=st.integers(1, 9), d=st.integers(1, 5), missing=st.sampled_from([0.0, 0.1, 1.0]),
+       ties=st.booleans())
+def test_numeric_drift_windows_equals_each_window_alone_bit_for_bit(seed, n, w, d, missing, ties):
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(int(rng.integers(20, 3_000)), d))
+    windows = rng.normal(rng.choice([0.0, 0.3, 1.5]), 1.0, size=(w, n, d))
+    if ties:
+        ref, windows = np.round(ref, 1), np.round(windows, 1)
+    windows[rng.random(windows.shape) < missing * rng.random()] = np.nan
+    reference = NumericReference.fit(ref, n_bins=int(rng.integers(1, 12)))
+    together = statistics.numeric_drift_windows(reference, windows)
+    for i in range(w):
+        for name, value in _fields(numeric_drift(reference, windows[i])).items():
+            assert getattr(together, name).shape == (w, d)
+            assert getattr(together, name)[i].tobytes() == value.tobytes(), (i, name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 5, 100, 400]), w=st.integers(1, 9),
+       sizes=st.lists(st.integers(0, 6), min_size=1, max_size=4))
+def test_categorical_drift_windows_equals_each_window_alone_bit_for_bit(seed, n, w, sizes):
+    rng = np.random.default_rng(seed)
+    reference = CategoricalReference.fit(
+        np.stack([rng.integers(-1, k + 1, size=300) for k in sizes], axis=1), sizes)
+    codes = np.stack([np.stack([rng.integers(-1, k + 1, size=n) for k in sizes], axis=1) for _ in range(w)])
+    together = statistics.categorical_drift_windows(reference, codes)
+    for i in range(w):
+        for name, value in _fields(categorical_drift(reference, codes[i])).items():
+            assert getattr(together, name)[i].tobytes() == value.tobytes(), (i, name)
+
+
+def test_drift_windows_reject_arrays_of_the_wrong_shape():
+    reference = NumericReference.fit(np.zeros((10, 2)))
+    with pytest.raises(ValueError, match=r"shape \(w, n, 2\)"):
+        statistics.numeric_drift_windows(reference, np.zeros((5, 2)))
+    cat = CategoricalReference.fit(np.zeros((10, 1), dtype=np.int64), [2])
+    with pytest.raises(ValueError, match=r"shape \(w, n, 1\)"):
+        statistics.categorical_drift_windows(cat, np.zeros((3, 4, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="must lie in -1"):
+        statistics.categorical_drift_windows(cat, np.full((3, 4, 1), 7))
+
+
+def test_scipy_side_of_the_ks_p_value_is_memoized_bit_for_bit(monkeypatch):
+    # windows of at most 140 values: the Durbin matrix, Pomeranz and small-n branches of
+    # scipy, evaluated one by one; the memo returns scipy's own values, and stays bounded
+    monkeypatch.setattr(_ks, "_scipy_cache", {})
+    monkeypatch.setattr(_ks, "SCIPY_CACHE_SIZE", 50)
+    rng = np.random.default_rng(9)
+    n = rng.choice([5.0, 50.0, 98.0, 140.0], size=40)
+    x = np.round(rng.uniform(0.01, 0.6, size=40), 3)
+    expected = np.array([stats.kstwo.sf(a, b) for a, b in zip(x, n, strict=True)])
+    first = _ks.kstwo_sf(x, n)
+    again = _ks.kstwo_sf(x, n)  # from the memo
+    assert first.tobytes() == expected.tobytes() and again.tobytes() == expected.tobytes()
+    more = np.round(rng.uniform(0.01, 0.6, size=40), 4)
+    assert _ks.kstwo_sf(more, n).tobytes() == np.array(
+        [stats.kstwo.sf(a, b) for a, b in zip(more, n, strict=True)]).tobytes()
+    assert len(_ks._scipy_cache) == 50
