@@ -6,18 +6,27 @@ Ordering per batch (what makes "never lost" true)::
     decoded = source.poll()                    # every source decodes: bad records -> dead
                                                # letters (the Kafka consumer process decodes
                                                # batches when it has time)
-    result  = engine.process(decoded)          # alarms
-    dead_letters.write(...); sink.write(alarms) for every sink
-    dead_letters.flush(); sink.flush() for every sink   # durable, or SinkError
+    engine.apply_lifecycle(decoded.lifecycle, result)   # lifecycle events, before the
+    result  = engine.process(decoded, result)  # batch's predictions: alarms
+    dead_letters.write(...); sink.write(alarms) for every sink; audit.write(lifecycle, alarms)
+    dead_letters.flush(); sink.flush() for every sink; audit.flush()   # durable, or SinkError
     if every flush succeeded and a checkpoint is due:
+        changelog.write(changed models' states + their positions)   # kafka.changelog on
         checkpoint(engine state + offsets)     # atomically, to state_dir
         source.commit(offsets)
 
 A sink that fails keeps its alarms and the commit is held; the next batch, or the
 next empty poll while the topics are quiet, retries its flush, and no checkpoint or
-commit happens on any path (batch, idle, shutdown) until every flush succeeded. A
-crash replays from the last committed offsets with the state of the checkpoint written
-just before that commit, so nothing is counted twice or lost.
+commit happens on any path (batch, idle, shutdown) until every flush succeeded (a
+changelog write that is not acknowledged holds it too). A crash replays from the last
+committed offsets with the state written just before that commit, so nothing is
+counted twice or lost.
+
+With the changelog (``kafka.changelog``), a model's state follows its partition: the
+Kafka source calls the service when partitions change owners (see
+:class:`~driftline.monitor.sources.RebalanceHandler`); at a revocation the partition's
+models are flushed, written and dropped before the source commits their offsets, and at
+an assignment they are restored before any of their records is processed.
 
 Process-wide settings (signals aside, which :meth:`Service.run` takes over only in the
 main thread and restores) belong to the process's entry point, not to the service: the
@@ -43,7 +52,7 @@ from typing import Any
 from driftline.monitor.checkpoint import CheckpointStore
 from driftline.monitor.config import Settings
 from driftline.monitor.decode import DecodedBatch
-from driftline.monitor.engine import Engine, ReferenceData
+from driftline.monitor.engine import Engine, EngineResult, ReferenceData
 from driftline.monitor.reference import load_reference
 from driftline.monitor.sources import KafkaSource, ProcessKafkaSource, SchemaSink, Source
 from driftline.monitor.telemetry import READINESS_COMPONENTS, NullTelemetry, Readiness, Telemetry
@@ -84,14 +93,35 @@ class BatchStats:
         return self.records / elapsed if elapsed > 0 else 0.0
 
 
-def _reference_loader(settings: Settings) -> Callable[[str], ReferenceData | None]:
-    def load(model: str) -> ReferenceData | None:
+def _reference_loader(settings: Settings) -> Callable[..., ReferenceData | None]:
+    def load(model: str, path: str | Path | None = None) -> ReferenceData | None:
+        """The model's configured reference file, or ``path`` (a lifecycle event's
+        reference, a path of this service's file system)."""
         cfg = settings.for_model(model)
+        if path is not None:
+            return load_reference(Path(path), model, cfg.reference.size)
         if cfg.reference.source != "file":
             return None
         return load_reference(cfg.reference.path, model, cfg.reference.size)
 
     return load
+
+
+class _StateHandover:
+    """The service's :class:`~driftline.monitor.sources.RebalanceHandler`: the Kafka source
+    calls it when partitions change owners (after the batches handed over before)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def revoked(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int] | None:
+        return self.service._partitions_revoked(partitions)
+
+    def assigned(self, partitions: list[tuple[str, int]]) -> dict[str, dict[tuple[str, int], int]] | None:
+        return self.service._partitions_assigned(partitions)
+
+    def lost(self, partitions: list[tuple[str, int]]) -> None:
+        self.service._partitions_lost(partitions)
 
 
 class Service:
@@ -120,6 +150,11 @@ class Service:
     environ
         Where the default sinks read webhook secrets and tokens; default ``os.environ``
         (the demo passes its per-run secret here rather than setting it process-wide).
+    audit
+        The audit trail (:class:`~driftline.sinks.audit.AuditLog`): every alarm,
+        trigger, delivery outcome and lifecycle event is appended to it, flushed after
+        the sinks and before the commit. Default: built from ``settings`` (``audit.*``)
+        when ``checkpoint`` is on (the service proper); ``False``: none.
     """
 
     def __init__(
@@ -133,6 +168,7 @@ class Service:
         checkpoint: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
         environ: Mapping[str, str] | None = None,
+        audit: Any = None,
     ) -> None:
         self.settings = settings
         self._source = source
@@ -158,10 +194,23 @@ class Service:
             if ref is not None:
                 references[name] = ref
         self.engine = Engine(settings, references=references, reference_loader=loader)
+        if audit is None and checkpoint:
+            from driftline.sinks.audit import AuditLog
+
+            audit = AuditLog.from_settings(settings)
+        self.audit: Any = audit or None
+        self._recorder: Any = None
+        if self.audit is not None:
+            from driftline.sinks.audit import AuditRecorder
+
+            self._recorder = AuditRecorder(self.audit, settings, self.engine)
         if sinks is None:
             from driftline.sinks.factory import build_sinks
 
-            sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir), environ=environ)
+            recorder = self._recorder
+            sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir), environ=environ,
+                                on_triggers=recorder.on_triggers if recorder else None,
+                                on_delivery=recorder.on_delivery if recorder else None)
         self.sinks = list(sinks)
         self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
         self._ready = dict.fromkeys(READINESS_COMPONENTS, False)
@@ -176,6 +225,12 @@ class Service:
         self._retry_commit_at = 0.0
         self._committed: dict[tuple[str, int], int] = {}
         self._shared: set[str] = set()  # models whose schema the source's decoder knows
+        # state that follows its partition (kafka.changelog): the store, the input
+        # positions of the states restored at assignments, the models changed since
+        # their last changelog write
+        self._changelog: Any = None
+        self._applied: dict[str, dict[tuple[str, int], int]] = {}
+        self._dirty: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
     def readiness(self) -> dict[str, bool]:
@@ -204,7 +259,16 @@ class Service:
             self._start_metrics()
             if self._source is None:
                 kafka = self.settings.kafka
-                self._source = ProcessKafkaSource(kafka) if kafka.consumer_process else KafkaSource(kafka)
+                lifecycle = self.settings.lifecycle.topic
+                handover = self._open_changelog()
+                if kafka.consumer_process:  # either client, in the consumer process
+                    self._source = ProcessKafkaSource(kafka, lifecycle, handover)
+                elif kafka.client == "confluent":
+                    from driftline.monitor.confluent_source import ConfluentSource
+
+                    self._source = ConfluentSource(kafka, lifecycle, handover)
+                else:
+                    self._source = KafkaSource(kafka, lifecycle, handover)
             source = self._source
             if self._dead_letters is None:
                 self._dead_letters = KafkaDeadLetters(self.settings.kafka)
@@ -231,7 +295,12 @@ class Service:
 
     def _process(self, decoded: DecodedBatch, source: Source) -> None:
         t0 = time.perf_counter()
-        result = self.engine.process(decoded)
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.before_batch(decoded)
+        result = EngineResult()
+        self.engine.apply_lifecycle(decoded.lifecycle, result)  # before the batch's predictions
+        result = self.engine.process(decoded, result)
         self._share_schemas(source)
         dead = decoded.dead_letters + result.dead_letters
         tel = self.telemetry
@@ -247,9 +316,21 @@ class Service:
             tel.record_alarm(alarm.model, alarm.kind)
             log.info("alarm %s %s/%s %s %s=%.4g [%d..%d]", alarm.kind, alarm.model, alarm.version,
                      alarm.feature, alarm.detector, alarm.statistic, alarm.first_index, alarm.last_index)
+        for event in decoded.lifecycle:
+            log.info("lifecycle %s %s/%s%s%s", event.event, event.model, event.version,
+                     f" as {event.role}" if event.role else "",
+                     f" (answers trigger {event.trigger[:12]})" if event.trigger else "")
+        if result.lifecycle:  # what the lifecycle events and timers did (applied, queued, confirmed ...)
+            log.info("lifecycle outcomes: %s", ", ".join(f"{k} {v}" for k, v in sorted(result.lifecycle.items())))
         self._dead_letters.write(dead)
         for sink in self.sinks:
             sink.write(result.alarms)
+        if recorder is not None:
+            recorder.after_batch(decoded, result.alarms, source.offsets())
+        if self._changelog is not None:  # written at the next checkpoint
+            self._dirty.update(decoded.predictions)
+            self._dirty.update(decoded.feedback)
+            self._dirty.update(event.model for event in decoded.lifecycle)
         flushed = self._flush_all()
         st = self.stats
         st.records += decoded.n_records
@@ -355,7 +436,8 @@ class Service:
         no checkpoint or commit is taken while it is False)."""
         ok = True
         now = time.monotonic()
-        for target in [self._dead_letters, *self.sinks]:
+        audit = [self.audit] if self.audit is not None else []  # last: the webhook sink's triggers go to it
+        for target in [self._dead_letters, *self.sinks, *audit]:
             name = getattr(target, "name", type(target).__name__)
             try:
                 target.flush()
@@ -386,7 +468,14 @@ class Service:
         offsets = source.offsets()
         if offsets == self._committed and not force:
             return True
+        if self._changelog is not None:
+            # sinks flushed -> changed models' states written -> offsets committed
+            if not self._write_changelog(sorted(self._dirty & set(self.engine.model_names())), offsets):
+                self._retry_commit_at = now + _COMMIT_RETRY_SECONDS
+                return False
         if self._store is not None:
+            # with the changelog, a local copy for operators (not read back: the changelog's
+            # states are the ones restored, per partition)
             policies = {getattr(sink, "name", str(i)): sink.policy.state_dict()
                         for i, sink in enumerate(self.sinks) if hasattr(sink, "policy")}
             self._store.save({"version": 1, "offsets": offsets, "engine": self.engine.state_dict(),
@@ -402,9 +491,154 @@ class Service:
         self.telemetry.mark_success("commit")
         return True
 
+    # -- state that follows its partition (kafka.changelog) ------------------------------------
+    def _open_changelog(self) -> Any:
+        """The changelog store and the source's rebalance handler, when state follows
+        its partition (``kafka.changelog.enabled``, the service proper); else None."""
+        cfg = self.settings.kafka.changelog
+        if self._store is None or not cfg.enabled:
+            return None
+        from driftline.monitor.changelog import ChangelogStore
+
+        self._changelog = ChangelogStore(self.settings.kafka, cfg.topic, compression_type=cfg.compression_type,
+                                         timeout_seconds=cfg.timeout_seconds)
+        log.info("model states follow their partitions through the changelog topic %s", self._changelog.topic)
+        return _StateHandover(self)
+
+    def _positions_of(self, model: str, offsets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """The input positions ``model``'s state stands at: the offsets handed over of
+        its partition, or its restored state's where those are further (records of
+        other models re-read after a restore do not move it back)."""
+        partition = self._changelog.partition_of(model)
+        positions = {tuple(tp): off for tp, off in offsets.items() if tp[1] == partition}
+        for tp, off in self._applied.get(model, {}).items():
+            positions[tp] = max(positions.get(tp, 0), off)
+        return positions
+
+    def _model_record(self, model: str) -> dict[str, Any]:
+        """What follows a model to its partition's next owner: its engine state (detectors,
+        references, join buffers), and per sink its trigger-policy evidence and the
+        deliveries not yet acknowledged."""
+        sinks: dict[str, Any] = {}
+        for i, sink in enumerate(self.sinks):
+            part: dict[str, Any] = {}
+            if hasattr(sink, "policy") and hasattr(sink.policy, "state_for"):
+                part["policy"] = sink.policy.state_for([model])
+            if hasattr(sink, "pending_for"):
+                part["pending"] = sink.pending_for([model])
+            if part:
+                sinks[getattr(sink, "name", str(i))] = part
+        return {"engine": self.engine.model_state(model), "sinks": sinks}
+
+    def _write_changelog(self, models: Sequence[str], offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Write these models' records with their positions; whether all were acknowledged
+        (if not, the commit is held, as for a sink that cannot flush)."""
+        from driftline.monitor.changelog import ChangelogError
+
+        if not models:
+            return True
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for model in models:  # one write per distinct positions (most often: per partition)
+            key = tuple(sorted(self._positions_of(model, offsets).items()))
+            groups.setdefault(key, {})[model] = self._model_record(model)
+        try:
+            for key, states in groups.items():
+                self._changelog.write(states, dict(key))
+        except ChangelogError as exc:
+            log.warning("%s: offsets not committed until it is written", exc)
+            return False
+        self._dirty.difference_update(models)
+        self.telemetry.mark_success("checkpoint")
+        return True
+
+    def _drop_models(self, models: Sequence[str], *, keep_pending: bool) -> None:
+        for model in models:
+            self.engine.drop_model(model)
+            self._applied.pop(model, None)
+            self._dirty.discard(model)
+            self._shared.discard(model)
+        for sink in self.sinks:
+            if hasattr(sink, "policy") and hasattr(sink.policy, "drop"):
+                sink.policy.drop(models)
+            if not keep_pending and hasattr(sink, "pending_for"):
+                sink.drop(models)  # written to the changelog: the new owner delivers them
+
+    def _models_of(self, partitions: Sequence[tuple[str, int]]) -> tuple[set[int], list[str]]:
+        numbers = {p for _, p in partitions}
+        return numbers, [m for m in self.engine.model_names() if self._changelog.partition_of(m) in numbers]
+
+    def _partitions_revoked(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int] | None:
+        """Every batch before the revocation is processed: flush, write the partitions'
+        models (whatever the checkpoint interval), let them go; the offsets to commit
+        (None when the flush or the write failed: their new owner then resumes from the
+        last commit and the last states written)."""
+        numbers, models = self._models_of(partitions)
+        mine = set(map(tuple, partitions))
+        offsets = {tuple(tp): off for tp, off in self._source.offsets().items() if tuple(tp) in mine}
+        commit = None
+        if not self._flush_all():
+            log.warning("partitions %s revoked while a sink could not flush: nothing committed for them; "
+                        "their new owner resumes from the last commit", sorted(numbers))
+        elif self._write_changelog(models, offsets):
+            commit = offsets
+        self._drop_models(models, keep_pending=commit is None)
+        self._changelog.forget(numbers)
+        log.info("partitions %s revoked: %d model state(s) handed over", sorted(numbers), len(models))
+        return commit
+
+    def _partitions_lost(self, partitions: list[tuple[str, int]]) -> None:
+        """Taken away without a revocation (this instance was expired): forget their
+        models; nothing written or committed (the new owner restores the last states)."""
+        numbers, models = self._models_of(partitions)
+        self._drop_models(models, keep_pending=True)
+        self._changelog.forget(numbers)
+        log.warning("partitions %s lost (this instance was expired from the group): %d model state(s) "
+                    "dropped, their new owner restores them from the changelog", sorted(numbers), len(models))
+
+    def _partitions_assigned(self, partitions: list[tuple[str, int]]) -> dict[str, dict[tuple[str, int], int]] | None:
+        """Restore the partitions' models before any of their records is processed;
+        per model, the positions its state stands at (None: the restore failed, the
+        source keeps the partitions paused and asks again)."""
+        from driftline.monitor.changelog import ChangelogError
+        from driftline.monitor.exceptions import CheckpointError
+
+        numbers = sorted({p for _, p in partitions})
+        started = time.monotonic()
+        try:
+            restored = self._changelog.restore(numbers)
+        except ChangelogError as exc:
+            log.warning("%s", exc)
+            return None
+        out: dict[str, dict[tuple[str, int], int]] = {}
+        for model, found in restored.items():
+            record = found.state
+            try:
+                self.engine.restore_model(model, record["engine"])
+            except (CheckpointError, KeyError, TypeError) as exc:
+                log.error("the changelog state of model %r cannot be used (%s): the model is rebuilt from "
+                          "the stream", model, exc)
+                self.engine.drop_model(model)
+                continue
+            try:
+                for i, sink in enumerate(self.sinks):
+                    part = (record.get("sinks") or {}).get(getattr(sink, "name", str(i))) or {}
+                    if part.get("policy") and hasattr(sink, "policy") and hasattr(sink.policy, "adopt"):
+                        sink.policy.adopt(part["policy"])
+                    if part.get("pending") and hasattr(sink, "adopt"):
+                        sink.adopt(part["pending"])
+            except SinkError as exc:
+                log.warning("%s: restoring again", exc)
+                self._drop_models(list(out) + [model], keep_pending=True)
+                return None
+            self._applied[model] = dict(found.positions)
+            out[model] = dict(found.positions)
+        log.info("partitions %s assigned: %d model state(s) restored from the changelog in %.2f s", numbers,
+                 len(out), time.monotonic() - started)
+        return out
+
     def _restore(self, source: Source) -> None:
-        if self._store is None:
-            return
+        if self._store is None or self._changelog is not None:
+            return  # with the changelog, states are restored per partition at assignment
         state = self._store.load()
         if state is None:
             return
@@ -438,7 +672,7 @@ class Service:
                   "written then", behind)
 
     def close(self) -> None:
-        for target in [*self.sinks, self._dead_letters]:
+        for target in [*self.sinks, self._dead_letters, self.audit]:  # the audit last: sinks write to it
             if target is None:
                 continue
             try:
@@ -447,9 +681,13 @@ class Service:
                 log.error("%s: %s", getattr(target, "name", type(target).__name__), exc)
         self.sinks = []
         self._dead_letters = None
+        self.audit = None
         if self._source is not None:
             self._source.close()
             self._source = None
+        if self._changelog is not None:
+            self._changelog.close()
+            self._changelog = None
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None

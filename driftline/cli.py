@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(rp)
     rp.add_argument("--predictions", type=Path, required=True, help="JSONL file of prediction events")
     rp.add_argument("--feedback", type=Path, help="JSONL file of feedback events")
+    rp.add_argument("--lifecycle", type=Path,
+                    help="JSONL file of model lifecycle events, merged with the others by event time")
+    rp.add_argument("--audit", type=Path,
+                    help="append the audit trail to this SQLite file (default: STATE_DIR/audit.sqlite3 "
+                         "when --state-dir or audit.path is given, else none; never published to Kafka)")
     rp.add_argument("--alarms", type=Path, required=True, help="JSONL file the alarms are written to")
     rp.add_argument("--dead-letters", type=Path,
                     help="JSONL file for invalid records (default: ALARMS.dead-letters.jsonl)")
@@ -187,20 +192,45 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"webhooks": settings.webhooks.model_copy(update={"targets": []})})
     k = settings.kafka
     source = JsonlSource(args.predictions, args.feedback, predictions_topic=k.predictions_topic,
-                         feedback_topic=k.feedback_topic, batch_size=args.batch_size)
+                         feedback_topic=k.feedback_topic, batch_size=args.batch_size,
+                         lifecycle=args.lifecycle, lifecycle_topic=settings.lifecycle.topic)
     dead_path = args.dead_letters or args.alarms.with_name(args.alarms.name + ".dead-letters.jsonl")
     if args.alarms.exists():
         args.alarms.unlink()  # a replay writes its alarms afresh
     progress = _Progress(sys.stderr, enabled=not args.quiet)
     service = Service(settings, source=source, dead_letters=FileDeadLetters(dead_path),
-                      checkpoint=False, on_batch=progress)
+                      checkpoint=False, on_batch=progress, audit=_replay_audit(args, settings))
     with steady_gc():
         code = service.run()
     progress.done(service.stats)
     s = service.stats
-    print(f"replayed {s.predictions} predictions and {s.feedback} feedback events: "
+    print(f"replayed {s.predictions} predictions and {s.feedback} feedback events"
+          f"{' and lifecycle events' if args.lifecycle else ''}: "
           f"{s.alarms} alarms -> {args.alarms}; {s.invalid} invalid -> {dead_path}", file=sys.stderr)
     return code
+
+
+def _replay_audit(args: argparse.Namespace, settings: Settings) -> Any:
+    """The audit log of a replay: ``--audit FILE``, else ``audit.path``, else
+    ``<state_dir>/audit.sqlite3`` when ``--state-dir`` is given; otherwise False (no
+    audit trail: a plain replay leaves no file behind). Never a Kafka copy: a replay
+    touches no broker. Records already in the file (the same streams replayed again)
+    are not appended twice."""
+    import sqlite3
+
+    from driftline.sinks.audit import AUDIT_FILE, AuditLog
+    from driftline.sinks.exceptions import SinkError
+
+    path = args.audit or settings.audit.path
+    if path is None and args.state_dir is not None:
+        path = Path(args.state_dir) / AUDIT_FILE
+    if path is None:
+        return False
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return AuditLog(path, retention_days=settings.audit.retention_days)
+    except (OSError, sqlite3.Error, SinkError) as exc:
+        raise SourceError(f"cannot open the audit log {str(path)!r} ({exc}): give a writable --audit FILE") from None
 
 
 class _Progress:

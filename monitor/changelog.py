@@ -80,7 +80,7 @@ import orjson
 
 from driftline.monitor.checkpoint import decode_state, encode_state
 from driftline.monitor.config import KafkaSettings
-from driftline.monitor.exceptions import ConfigError, DriftlineError
+from driftline.monitor.exceptions import ConfigError, SourceError
 
 if TYPE_CHECKING:
     from driftline.monitor.kafka_client import ClientRole
@@ -117,9 +117,10 @@ _STATE, _CHUNK, _MANIFEST, _DELETED = b"state", b"chunk", b"manifest", b"deleted
 _STATE_ID = re.compile(rb"[0-9a-f]{32}")
 
 
-class ChangelogError(DriftlineError):
-    """The changelog could not be written or read. A failed write means the states are
-    not durable: hold the offset commit (as for a sink that cannot flush) and write
+class ChangelogError(SourceError):
+    """The changelog (state kept in Kafka, read like a source: a ``SourceError``, so
+    ``driftline run`` exits 3 when Kafka cannot be reached) could not be written or read.
+    A failed write means the states are not durable: hold the offset commit (as for a sink that cannot flush) and write
     again; a failed restore means the partitions' states are unknown: do not process
     their records until a restore succeeds."""
 

@@ -45,6 +45,7 @@ __all__ = [
     "Settings",
     "ModelSettings",
     "EstimationSettings",
+    "SegmentSettings",
     "CanarySettings",
     "PromoteSettings",
     "KafkaSettings",
@@ -210,6 +211,17 @@ class JoinSettings(_Strict):
     """Predictions held per model waiting for feedback; the oldest are evicted beyond."""
 
 
+class SegmentSettings(_Strict):
+    features: list[str] = Field([], max_length=5)
+    """Categorical features whose values are segments checked on their own (drift, data quality, performance); empty: off. At most 5."""
+    top_k: int = Field(10, ge=1, le=50)
+    """Segments per feature: its values with the most reference events; the rest (and unseen, missing) in ``__other__``."""
+    min_reference_events: int = Field(200, ge=20)
+    """A segment with fewer reference events is not tested for drift and data quality (its performance still is)."""
+    label_memory: int = Field(100_000, ge=1000, le=10_000_000)
+    """Recent prediction events whose segment is remembered for their labels (per model); older labels count for the whole model only."""
+
+
 class ModelSettings(_Strict):
     numeric_features: list[str] | None = None
     """Numeric features; None: inferred from the reference."""
@@ -225,6 +237,7 @@ class ModelSettings(_Strict):
     regression: RegressionSettings = RegressionSettings()
     canary: CanarySettings = CanarySettings()
     join: JoinSettings = JoinSettings()
+    segments: SegmentSettings = SegmentSettings()
     max_features: int = Field(200, ge=1, le=10_000)
     """Features tracked per model; more are counted and ignored (bounds memory and
     metric cardinality)."""
@@ -278,7 +291,7 @@ class KafkaSettings(_Strict):
     poll_timeout_ms: int = Field(500, ge=1)
     """How long one poll waits for records."""
     client: Literal["kafka-python", "confluent"] = "kafka-python"
-    """Kafka client of the consumer: ``kafka-python`` (the default) or ``confluent`` (confluent-kafka, librdkafka: an extra, ``pip install 'driftline[confluent]'``; it runs in the service's process, ``consumer_process`` does not apply, and the producers stay kafka-python)."""
+    """Kafka client of the consumer: ``kafka-python`` (the default) or ``confluent`` (confluent-kafka, librdkafka: an extra, ``pip install 'driftline[confluent]'``; the same guarantees and settings; the dead-letter, alarm and changelog producers stay kafka-python)."""
     consumer_process: bool = True
     """Run the Kafka consumer in a child process that fetches and decodes the next
     batches while the service runs the detectors on the current one (uses a second core)."""
@@ -487,6 +500,8 @@ class TriggerPolicySettings(_Strict):
     """Alarms (of the counted kinds) needed within ``window_seconds`` to trigger."""
     min_features: int = Field(1, ge=1)
     """Distinct features among those alarms needed to trigger a retrain."""
+    min_segments: int = Field(0, ge=0, le=51)
+    """Distinct segments among those alarms needed to trigger a retrain (an alarm of the whole model counts as every segment); 0: off."""
     window_seconds: float = Field(3600.0, gt=0)
     """Evidence window in event time."""
     cooldown_seconds: float = Field(6 * 3600.0, ge=0)

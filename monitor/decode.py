@@ -5,6 +5,9 @@
 break it become :class:`~driftline.monitor.contract.DeadLetter` (original bytes + a
 fixed reason code); the others are grouped by model into :class:`Predictions` /
 :class:`Feedback` of a :class:`DecodedBatch`, with plain Python lists and numpy arrays.
+Records of the lifecycle topic, when one is given, are split off first and decoded
+against the lifecycle contract (:mod:`driftline.monitor.lifecycle`) into
+``DecodedBatch.lifecycle``.
 
 :class:`BatchDecoder` does the same and also reads the feature columns
 (:mod:`driftline.monitor.schema`) of every model whose schema it was given, in one
@@ -22,7 +25,7 @@ import math
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 import numpy as np
@@ -53,6 +56,9 @@ from driftline.monitor.schema import (
     infer_prediction_kind,
 )
 
+if TYPE_CHECKING:  # pragma: no cover - typing only (lifecycle imports this module)
+    from driftline.monitor.lifecycle import LifecycleEvent
+
 __all__ = [
     "Predictions",
     "Feedback",
@@ -60,6 +66,7 @@ __all__ = [
     "Columns",
     "BatchDecoder",
     "decode_batch",
+    "split_lifecycle",
     # re-exported from driftline.monitor.contract
     "RawRecord",
     "Record",
@@ -146,6 +153,11 @@ class DecodedBatch:
     predictions: dict[str, Predictions] = field(default_factory=dict)
     feedback: dict[str, Feedback] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    lifecycle: list[LifecycleEvent] = field(default_factory=list)
+    """Model lifecycle events of the batch (:mod:`driftline.monitor.lifecycle`), in
+    arrival order; the invalid ones are among ``dead_letters``."""
+    lifecycle_sources: list[RawRecord] = field(default_factory=list)
+    """The record of each lifecycle event (its source position goes to the audit trail)."""
     n_predictions: int = 0
     n_feedback: int = 0
     n_records: int = 0
@@ -157,16 +169,20 @@ class DecodedBatch:
 
 
 def decode_batch(
-    records: Iterable[RawRecord], predictions_topic: str, feedback_topic: str
+    records: Iterable[RawRecord], predictions_topic: str, feedback_topic: str,
+    lifecycle_topic: str | None = None,
 ) -> DecodedBatch:
     """Parse and check a batch of raw records.
 
-    Records of ``feedback_topic`` are feedback events, all others prediction events.
-    Every record either lands in exactly one group or becomes a dead letter; nothing is
-    dropped silently.
+    Records of ``lifecycle_topic`` (when given) are lifecycle events, decoded with
+    :func:`driftline.monitor.lifecycle.decode_lifecycle_batch`; records of
+    ``feedback_topic`` are feedback events, all others prediction events. Every record
+    either lands in exactly one group or becomes a dead letter; nothing is dropped
+    silently.
     """
     recs = list(records)
     out = DecodedBatch(n_records=len(recs))
+    recs = split_lifecycle(out, recs, lifecycle_topic)
     pred_recs, fb_recs = _split(recs, feedback_topic)
     if pred_recs:
         events, kept, dead = decode_events(pred_recs, PredictionEvent)
@@ -174,6 +190,25 @@ def decode_batch(
         _group_predictions(out, events, kept)
     _decode_feedback(out, fb_recs)
     return out
+
+
+def split_lifecycle(out: DecodedBatch, recs: list[RawRecord], lifecycle_topic: str | None) -> list[RawRecord]:
+    """Decode the records of ``lifecycle_topic`` into ``out`` (events, or dead letters
+    with their reason) and return the others.
+
+    They are taken off before anything else is decoded: the prediction decoder takes
+    every record that is not feedback for a prediction, and would dead-letter a
+    lifecycle event as a prediction without ``id``.
+    """
+    if lifecycle_topic is None or not any(r.topic == lifecycle_topic for r in recs):
+        return recs
+    from driftline.monitor.lifecycle import decode_lifecycle_batch  # it imports this module
+
+    decoded = decode_lifecycle_batch(r for r in recs if r.topic == lifecycle_topic)
+    out.lifecycle += decoded.events
+    out.lifecycle_sources += decoded.sources
+    out.dead_letters += decoded.dead_letters
+    return [r for r in recs if r.topic != lifecycle_topic]
 
 
 def _split(recs: list[RawRecord], feedback_topic: str) -> tuple[list[RawRecord], list[RawRecord]]:
@@ -304,9 +339,11 @@ class BatchDecoder:
     batch down the general path, which finds it.
     """
 
-    def __init__(self, predictions_topic: str, feedback_topic: str) -> None:
+    def __init__(self, predictions_topic: str, feedback_topic: str,
+                 lifecycle_topic: str | None = None) -> None:
         self.predictions_topic = predictions_topic
         self.feedback_topic = feedback_topic
+        self.lifecycle_topic = lifecycle_topic
         self._schemas: dict[str, tuple[str, Schema]] = {}
         self._typed: tuple[Any, dict[type, str]] | None = None
 
@@ -320,12 +357,13 @@ class BatchDecoder:
     def decode(self, records: Iterable[RawRecord]) -> DecodedBatch:
         recs = list(records)
         if self._schemas and recs:
-            pred_recs, fb_recs = _split(recs, self.feedback_topic)
             out = DecodedBatch(n_records=len(recs))
+            rest = split_lifecycle(out, recs, self.lifecycle_topic)
+            pred_recs, fb_recs = _split(rest, self.feedback_topic)
             if pred_recs and self._decode_typed(pred_recs, out):
                 _decode_feedback(out, fb_recs)
                 return self._known_feedback(out)
-        out = decode_batch(recs, self.predictions_topic, self.feedback_topic)
+        out = decode_batch(recs, self.predictions_topic, self.feedback_topic, self.lifecycle_topic)
         for model, p in out.predictions.items():
             known = self._schemas.get(model)
             if known is None:

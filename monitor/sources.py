@@ -11,8 +11,21 @@ engine's schemas takes them through :class:`SchemaSink`:
 * :class:`ProcessKafkaSource`: the same in a child process that also decodes; the two
   processes speak in the typed messages of this module (:class:`Request`,
   :class:`Reply`, :class:`Batch`).
-* :class:`JsonlSource`: one or two JSONL files (predictions, feedback) replayed in
-  event-time order, for ``driftline replay``.
+* :class:`JsonlSource`: JSONL files (predictions, and optionally feedback and lifecycle
+  events) replayed in event-time order, for ``driftline replay``.
+
+Both Kafka sources also consume the lifecycle topic (``lifecycle.topic``) when it exists
+at start (see :func:`_lifecycle_subscription`).
+
+Given a :class:`RebalanceHandler` (the service's, when ``kafka.changelog`` is on), the
+Kafka sources hand a partition's state over when it changes owners: at a revocation the
+consumer waits until the service processed the batches handed over before, wrote the
+partition's models to the changelog and answered with the offsets to commit (committed
+then, in the old generation); at an assignment it waits until the service restored the
+partition's models, resumes at the lowest of the commit and the states' positions, and
+passes a model's records on only from its own state's position (:class:`_Gate`). The
+consumer process says so to the service in-band, after the batches already queued
+(:class:`Handover`), and waits for its :class:`Answer`.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import logging
 import os
 import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +54,7 @@ __all__ = [
     "Source",
     "SchemaSink",
     "SourceStatus",
+    "RebalanceHandler",
     "KafkaSource",
     "ProcessKafkaSource",
     "JsonlSource",
@@ -89,6 +104,31 @@ class SchemaSink(Protocol):
     def share_schemas(self, schemas: dict[str, dict[str, Any]]) -> bool:
         """Decode these models' features with these schemas (``Schema.to_state()``)
         from now on; False when they were not taken (share them again later)."""
+
+
+class RebalanceHandler(Protocol):
+    """What the service does when partitions change owners, so that a model's state
+    follows its partition (the Kafka sources call it; see ``kafka.changelog``).
+
+    Partitions are ``(topic, partition)`` pairs. Every method runs while the consumer
+    waits for it (heartbeats go on), and after every batch handed over before it was
+    processed.
+    """
+
+    def revoked(self, partitions: list[tuple[str, int]]) -> Offsets | None:
+        """Make the state of these partitions' models durable and let them go; the
+        offsets to commit for them (None: nothing may be committed, the state is not
+        durable)."""
+
+    def assigned(self, partitions: list[tuple[str, int]]) -> dict[str, Offsets] | None:
+        """Restore these partitions' models; per restored model, the input positions
+        its state corresponds to (the source resumes at the lowest and applies a
+        model's records only from its own); None: the restore failed (the source
+        pauses the partitions and asks again later)."""
+
+    def lost(self, partitions: list[tuple[str, int]]) -> None:
+        """These partitions were taken away without a revocation (the group expired
+        this instance): forget their models, write and commit nothing."""
 
 
 class SourceStatus(NamedTuple):
@@ -163,21 +203,31 @@ class KafkaSource:
     :meth:`status` says whether the brokers answer, for the readiness check.
     """
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, lifecycle_topic: str | None = None,
+                 handover: RebalanceHandler | None = None) -> None:
         self.settings = settings
         self.exhausted = False
+        self.handover = handover
+        self.closing = False
+        self.delivered: dict[tuple[str, int], int] = {}  # next offset handed over (consumer process)
+        self._gates: dict[tuple[str, int], _Gate] = {}  # partitions read again after a restore
+        self._awaiting: list[tuple[str, int]] = []  # assigned but paused: their restore failed
+        self._retry_restore_at = 0.0
         self._pending_seek: dict[tuple[str, int], int] = {}
         self._to_seek: list[Any] = []  # assigned partitions whose checkpoint seek is due
         self._positions: dict[tuple[str, int], int] = {}
         self.broker_errors = 0
         self._last_error: str | None = None
         self._warned = 0.0  # monotonic time of the last broker warning (rate-limited)
-        self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
         self._consumer = _kafka_consumer(settings)
         if settings.fast_record_parser:
             install_fast_parser(self._consumer)
-        self._consumer.subscribe([settings.predictions_topic, settings.feedback_topic],
-                                 listener=_rebalance_listener(self))
+        self.lifecycle_topic = _lifecycle_subscription(self._consumer, settings, lifecycle_topic)
+        self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, self.lifecycle_topic)
+        topics = [settings.predictions_topic, settings.feedback_topic]
+        self._consumer.subscribe(topics + ([self.lifecycle_topic] if self.lifecycle_topic else []),
+                                 listener=_handover_listener(self) if handover is not None
+                                 else _rebalance_listener(self))
 
     @property
     def connected(self) -> bool:
@@ -214,6 +264,8 @@ class KafkaSource:
         """The next records as they came (the consumer process decodes them itself)."""
         from kafka.errors import KafkaError
 
+        if self._awaiting and time.monotonic() >= self._retry_restore_at:
+            self._restore_again()
         try:
             batches = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
                                           max_records=self.settings.max_poll_records)
@@ -231,9 +283,81 @@ class KafkaSource:
         records: list[RawRecord] = []
         for tp, recs in batches.items():
             if recs:
+                key = (tp.topic, tp.partition)
+                self._positions[key] = recs[-1].offset + 1
+                gate = self._gates.get(key)
+                if gate is not None:
+                    if recs[0].offset >= gate.until:
+                        del self._gates[key]  # past every restored state: nothing more to filter
+                    else:
+                        recs = gate.admit(recs)
                 records.extend(recs)
-                self._positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
         return records
+
+    # -- state that follows its partition (with a RebalanceHandler) -------------------------
+    def _forget(self, partitions: list[tuple[str, int]]) -> None:
+        """Drop what this source knows of partitions it no longer owns."""
+        for tp in partitions:
+            self._positions.pop(tp, None)
+            self._gates.pop(tp, None)
+            self.delivered.pop(tp, None)
+        self._awaiting = [tp for tp in self._awaiting if tp not in partitions]
+
+    def _resume_at(self, partitions: list[tuple[str, int]], restored: dict[str, Offsets]) -> None:
+        """After a restore: start each partition at the lowest of the group's commit and
+        the restored states' positions, and filter what is read again per model (a
+        model's records before its state's position are in its state already; those of a
+        model without a state before the commit were applied and committed by the
+        previous owner). Blocking (asks the group coordinator): never on kafka-python's
+        IO thread."""
+        from kafka import TopicPartition
+
+        for topic, partition in partitions:
+            tp = TopicPartition(topic, partition)
+            states = {m: pos[(topic, partition)] for m, pos in restored.items() if (topic, partition) in pos}
+            if not states:
+                continue  # nothing restored here: the group's commit (or the reset policy) decides
+            committed = self._consumer.committed(tp, timeout_ms=self.settings.request_timeout_ms)
+            floor = committed if committed is not None else 0
+            start = min(floor, *states.values())
+            gate = _Gate(floor, states)
+            if gate.until > start:
+                self._gates[(topic, partition)] = gate
+            self._consumer.seek(tp, start)
+            self._positions[(topic, partition)] = start
+            if committed is not None and start < committed:
+                log.info("%s/%d: resuming at %d, before the group's commit (%d): some restored states "
+                         "are older; each model's records apply from its own state's position",
+                         topic, partition, start, committed)
+
+    def _commit_now(self, offsets: dict[Any, Any]) -> bool:
+        """Commit ``{TopicPartition: OffsetAndMetadata}`` at a revocation; whether it was
+        done (a refusal is not fatal: the new owner then starts from the previous commit
+        and skips what the written states already hold)."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._consumer.commit(offsets=offsets, timeout_ms=self.settings.request_timeout_ms)
+        except KafkaError as exc:
+            log.info("the commit at a revocation was not done (%s: %s): the new owner resumes from the "
+                     "previous commit and the changelog's positions", type(exc).__name__, exc)
+            return False
+        return True
+
+    def _restore_again(self) -> None:
+        """Ask the handler again for the partitions whose restore failed; resume them
+        once it succeeds (paused until then: never processed without their state)."""
+        from kafka import TopicPartition
+
+        waiting = list(self._awaiting)
+        restored = self.handover.assigned(waiting) if self.handover is not None else {}
+        if restored is None:
+            self._retry_restore_at = time.monotonic() + _RESTORE_RETRY_SECONDS
+            return
+        self._resume_at(waiting, restored)
+        self._awaiting = [tp for tp in self._awaiting if tp not in waiting]
+        self._consumer.resume(*[TopicPartition(t, p) for t, p in waiting])
+        log.info("restored the state of partitions %s: consuming them again", waiting)
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._positions)
@@ -339,11 +463,83 @@ class KafkaSource:
         return self.status().lag or {}
 
     def close(self) -> None:
+        self.closing = True  # the revocation at close is not a handover: the service checkpointed
         self._consumer.close(autocommit=False)
+
+
+def _lifecycle_subscription(consumer: Any, settings: KafkaSettings, topic: str | None) -> str | None:
+    """``topic`` when the brokers know it (the lifecycle topic is then consumed with the
+    predictions and feedback), else None.
+
+    A deployment that does not use lifecycle events has no such topic, and subscribing
+    to it would let the brokers auto-create it with their default partition count:
+    not co-partitioned with the predictions, so a model's lifecycle events could land on
+    another instance than its predictions. The topic must therefore exist when the
+    service starts (docker-compose's kafka-init and the demo create it); a missing one
+    is reported once, and a topic created later is consumed after a restart.
+    """
+    if not topic:
+        return None
+    from kafka.errors import KafkaError
+
+    try:
+        known = consumer.topics()
+    except KafkaError as exc:
+        log.warning("cannot list the topics to find the lifecycle topic %r (%s): lifecycle events "
+                    "are not consumed until the service is restarted with the brokers answering",
+                    topic, exc)
+        return None
+    if topic not in known:
+        log.warning("the lifecycle topic %r does not exist: model lifecycle events (deployed, "
+                    "promoted, rolled_back, retired) are not consumed. Create it with the partition "
+                    "count of %r and restart to use them (lifecycle.topic)",
+                    topic, settings.predictions_topic)
+        return None
+    ours, theirs = consumer.partitions_for_topic(topic), consumer.partitions_for_topic(settings.predictions_topic)
+    if ours and theirs and len(ours) != len(theirs):
+        log.warning("the lifecycle topic %r has %d partitions and %r has %d: they are not "
+                    "co-partitioned, so a model's lifecycle events may reach another instance "
+                    "than its predictions; give them the same partition count",
+                    topic, len(ours), settings.predictions_topic, len(theirs))
+    return topic
 
 
 _PROBE_TIMEOUT_MS = 5000
 """At most this long for a health probe (end offsets): an outage shows within seconds."""
+_RESTORE_RETRY_SECONDS = 2.0
+"""A failed restore is tried again this much later (its partitions paused meanwhile)."""
+
+
+class _Gate:
+    """Which records of one partition, read again after a restore, are new to their
+    model: a record of a model with a restored state from the state's position on,
+    any other record from the group's commit on (a model without a state had nothing
+    applied durably; an unreadable record before the commit was dead-lettered by the
+    previous owner before it committed)."""
+
+    __slots__ = ("floor", "states", "until")
+
+    def __init__(self, floor: int, states: dict[str, int]) -> None:
+        self.floor = floor
+        self.states = states
+        self.until = max(floor, *states.values())
+
+    def admit(self, records: list[RawRecord]) -> list[RawRecord]:
+        return [r for r in records
+                if r.offset >= self.until or r.offset >= self.states.get(_model_of(r), self.floor)]
+
+
+def _model_of(record: RawRecord) -> str | None:
+    """The ``model`` field of a record's JSON value (None when it has none); read only
+    for the few records read again after a restore."""
+    import orjson
+
+    try:
+        value = orjson.loads(record.value) if record.value is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    model = value.get("model") if isinstance(value, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def _lag(ends: dict[tuple[str, int], int], positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -393,7 +589,32 @@ class Close:
     name: ClassVar[str] = "close"
 
 
-Command = Commit | Seek | GetStatus | ShareSchemas | Close
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The service's answer to the :class:`Handover` ``handover`` (no reply: the consumer
+    process is waiting for it)."""
+
+    name: ClassVar[str] = "answer"
+    handover: int
+    value: Any = None
+
+
+Command = Commit | Seek | GetStatus | ShareSchemas | Close | Answer
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """In-band on the data queue, after the batches handed over before it: partitions
+    change owners (``kind``: "revoke", "assign" or "lost"); the consumer process waits
+    for the service's :class:`Answer` (see :class:`RebalanceHandler`)."""
+
+    id: int
+    kind: Literal["revoke", "assign", "lost"]
+    partitions: list[tuple[str, int]]
+    deadline: float = float("inf")
+    """Wall-clock time (``time.time()``) after which the consumer process no longer waits:
+    a revocation handled later is taken as a loss (the partitions may be another
+    instance's by then: nothing is written or committed for them)."""
 
 
 class Request(NamedTuple):
@@ -405,7 +626,7 @@ class Request(NamedTuple):
 
 class Reply(NamedTuple):
     """The consumer process's answer to the request ``id`` (0: the start-up reply,
-    once the consumer is built)."""
+    once the consumer is built; its value: the lifecycle topic subscribed, or None)."""
 
     id: int
     value: Any = None
@@ -470,23 +691,25 @@ class ProcessKafkaSource:
     """Where batches are decoded: "when-busy" (see above), "always" in the consumer
     process, or "never" (tests and benchmarks pin one)."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, lifecycle_topic: str | None = None,
+                 handover: RebalanceHandler | None = None) -> None:
         import multiprocessing
 
+        self.handover = handover
         self.settings = settings
         self.exhausted = False
         self._positions: dict[tuple[str, int], int] = {}
         self._ids = itertools.count(1)  # request ids; 0 is the start-up reply
         self.stale_replies = 0  # replies dropped because their request had timed out
         self._timeouts = 0  # requests the consumer process did not answer in time
-        self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
         ctx = multiprocessing.get_context("spawn")  # no inherited threads or sockets
         self._data = ctx.Queue(maxsize=self._PREFETCH)
         self._commands = ctx.Queue()
         self._replies = ctx.Queue()
         self._proc = ctx.Process(target=_consumer_process, name="driftline-consumer",
                                  args=(settings, self._data, self._commands, self._replies, os.getpid(),
-                                       self._DECODE, _logging_setup()),
+                                       self._DECODE, _logging_setup(), lifecycle_topic,
+                                       handover is not None),
                                  daemon=True)
         self._proc.start()
         deadline = time.monotonic() + settings.bootstrap_timeout_ms / 1000 + 60
@@ -511,20 +734,48 @@ class ProcessKafkaSource:
         if started.error is not None:
             self._stop()
             raise SourceError(started.error)
+        # the consumer process subscribed to the lifecycle topic only if it exists
+        self.lifecycle_topic: str | None = started.value
+        self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, self.lifecycle_topic)
 
     def poll(self) -> DecodedBatch:
         """The next batch, decoded (see the class); an empty one when none came within
         the poll timeout."""
         try:
-            message: Batch = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
+            message: Batch | Handover = self._data.get(timeout=self.settings.poll_timeout_ms / 1000)
         except queue.Empty:
             self._check_alive()
+            return DecodedBatch()
+        if isinstance(message, Handover):
+            self._hand_over(message)
             return DecodedBatch()
         assigned = set(map(tuple, message.assignment))
         for tp in [tp for tp in self._positions if tp not in assigned]:
             del self._positions[tp]  # revoked: another instance owns it now
         self._positions.update(message.positions)
         return self._decoded(message.batch)
+
+    def _hand_over(self, message: Handover) -> None:
+        """Run a rebalance step in the service (every batch before it is processed) and
+        answer the consumer process, which waits for it."""
+        value = None
+        kind = message.kind
+        if kind == "revoke" and time.time() > message.deadline:
+            log.warning("partitions %s: their revocation came too late to hand their state over (the "
+                        "consumer process stopped waiting): dropped without writing, their new owner "
+                        "restores the last states written", message.partitions)
+            kind = "lost"
+        if self.handover is not None:
+            if kind == "revoke":
+                value = self.handover.revoked(message.partitions)
+            elif kind == "assign":
+                value = self.handover.assigned(message.partitions)
+            else:
+                self.handover.lost(message.partitions)
+        if message.kind != "assign":
+            for tp in message.partitions:
+                self._positions.pop(tuple(tp), None)
+        self._commands.put(Request(0, Answer(message.id, value)))
 
     def _decoded(self, batch: DecodedBatch | list[tuple[Any, ...]]) -> DecodedBatch:
         """A batch the consumer process decoded as it is; records decoded here."""
@@ -644,7 +895,8 @@ def _logging_setup() -> tuple[int, logging.Formatter | None]:
 
 def _consumer_process(settings: KafkaSettings, data: Any, commands: Any, replies: Any, parent: int,
                       decode: DecodeWhere,
-                      logging_setup: tuple[int, logging.Formatter | None] = (logging.WARNING, None)) -> None:
+                      logging_setup: tuple[int, logging.Formatter | None] = (logging.WARNING, None),
+                      lifecycle_topic: str | None = None, handover: bool = False) -> None:
     """The consumer process's entry point: poll ahead into ``data`` (:class:`Batch`); run
     the :class:`Request` s from ``commands`` and answer each in ``replies`` with a
     :class:`Reply` of its id. As an entry point it owns its process's settings: signals,
@@ -664,17 +916,26 @@ def _consumer_process(settings: KafkaSettings, data: Any, commands: Any, replies
     # at exit, do not wait to push buffered batches into a pipe nobody may read any more
     data.cancel_join_thread()
     try:
-        source = KafkaSource(settings)
+        helper = _ChildHandover(settings, data, commands, replies, parent) if handover else None
+        source: Any
+        if settings.client == "confluent":  # the same interface on confluent-kafka (kafka.client)
+            from driftline.monitor.confluent_source import ConfluentSource
+
+            source = ConfluentSource(settings, lifecycle_topic, handover=helper)
+        else:
+            source = KafkaSource(settings, lifecycle_topic, handover=helper)
     except SourceError as exc:
         replies.put(Reply(0, error=str(exc)))  # flushed at exit: the parent is waiting for it
         return
-    replies.put(Reply(0))
+    replies.put(Reply(0, source.lifecycle_topic))  # the lifecycle topic, when subscribed
     tune_gc()
-    decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic)
-    delivered: dict[tuple[str, int], int] = {}  # partition -> next offset handed over
+    decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, source.lifecycle_topic)
+    delivered = source.delivered  # partition -> next offset handed over (forgotten when revoked)
+    if helper is not None:
+        helper.source, helper.decoder = source, decoder
     pending: Batch | None = None
     try:
-        while os.getppid() == parent:
+        while os.getppid() == parent and not (helper is not None and helper.closed):
             try:
                 request: Request | None = commands.get_nowait()
             except queue.Empty:
@@ -683,6 +944,8 @@ def _consumer_process(settings: KafkaSettings, data: Any, commands: Any, replies
                 command = request.command
                 if isinstance(command, Close):
                     break
+                if isinstance(command, Answer):
+                    continue  # to a handover that timed out: too late to act on
                 if isinstance(command, ShareSchemas):
                     decoder.set_schemas(command.schemas)
                     replies.put(Reply(request.id))
@@ -755,6 +1018,167 @@ def _run(source: KafkaSource, request: Request) -> Reply:
     return Reply(request.id, error=f"unknown command {command!r}")
 
 
+_NO_ANSWER = object()
+
+
+class _ChildHandover:
+    """The consumer process's :class:`RebalanceHandler`: a :class:`Handover` to the
+    service in-band on the data queue, then its :class:`Answer` awaited, while the
+    service's other requests are answered from what is known without the consumer (it
+    is inside its rebalance): status without lag, commits not done (the service
+    commits again later), schemas taken."""
+
+    def __init__(self, settings: KafkaSettings, data: Any, commands: Any, replies: Any, parent: int) -> None:
+        self.data, self.commands, self.replies, self.parent = data, commands, replies, parent
+        self.source: KafkaSource | None = None
+        self.decoder: BatchDecoder | None = None
+        self.closed = False
+        self._ids = itertools.count(1)
+        # the service may first finish a batch, flush its sinks, write the changelog and
+        # restore; kafka-python's default max.poll.interval.ms (5 min) bounds it anyway
+        self.patience = 2 * settings.changelog.timeout_seconds + 2 * settings.request_timeout_ms / 1000 + 60
+
+    def revoked(self, partitions: list[tuple[str, int]]) -> Offsets | None:
+        return self._ask("revoke", partitions)
+
+    def assigned(self, partitions: list[tuple[str, int]]) -> dict[str, Offsets] | None:
+        return self._ask("assign", partitions)
+
+    def lost(self, partitions: list[tuple[str, int]]) -> None:
+        self._ask("lost", partitions)
+
+    def _ask(self, kind: Literal["revoke", "assign", "lost"], partitions: list[tuple[str, int]]) -> Any:
+        if self.closed:
+            return None
+        message = Handover(next(self._ids), kind, list(partitions), time.time() + self.patience)
+        deadline = time.monotonic() + self.patience
+        sent = False
+        while time.monotonic() < deadline and os.getppid() == self.parent and not self.closed:
+            if not sent:
+                try:
+                    self.data.put(message, timeout=0.05)  # full: the service is behind
+                    sent = True
+                except queue.Full:
+                    pass
+            try:
+                request: Request = self.commands.get(timeout=0.05) if sent else self.commands.get_nowait()
+            except queue.Empty:
+                continue
+            answer = self._serve(request, message.id)
+            if answer is not _NO_ANSWER:
+                return answer
+        if not self.closed:
+            log.warning("the service did not answer the %s of partitions %s within %.0f s: nothing "
+                        "committed for them", kind, partitions, self.patience)
+        return None
+
+    def _serve(self, request: Request, wanted: int) -> Any:
+        command = request.command
+        if isinstance(command, Answer):
+            return command.value if command.handover == wanted else _NO_ANSWER
+        if isinstance(command, Close):
+            self.closed = True
+            if self.source is not None:
+                self.source.closing = True
+            return None
+        if isinstance(command, ShareSchemas):
+            if self.decoder is not None:
+                self.decoder.set_schemas(command.schemas)
+            self.replies.put(Reply(request.id))
+        elif isinstance(command, GetStatus):
+            assigned = len(self.source._consumer.assignment()) if self.source is not None else 0
+            errors = self.source.broker_errors if self.source is not None else 0
+            self.replies.put(Reply(request.id, BrokerStatus(None, assigned, None, errors)))
+        elif isinstance(command, Commit):
+            self.replies.put(Reply(request.id, False))  # not now: committed again after the rebalance
+        elif isinstance(command, Seek):
+            if self.source is not None:
+                self.source._pending_seek.update(command.offsets)
+            self.replies.put(Reply(request.id))
+        return _NO_ANSWER
+
+
+def _handover_listener(source: KafkaSource):
+    from kafka import AsyncConsumerRebalanceListener
+
+    class _Listener(_HandoverListener, AsyncConsumerRebalanceListener):
+        pass
+
+    return _Listener(source)
+
+
+class _HandoverListener:
+    """Rebalance callbacks that hand a partition's state over (see
+    :class:`RebalanceHandler`).
+
+    kafka-python 3.0 runs them on its IO thread, in its own event loop (not asyncio's):
+    a blocking call there would stop heartbeats, and a blocking consumer call cannot
+    complete there. So each step runs in a worker thread while the callback awaits
+    it in short sleeps of that loop; heartbeats go on meanwhile.
+    """
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        net = self.source._consumer._coordinator._net
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - raised again on the loop below
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="driftline-handover", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            await net.sleep(0.02)
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        src = self.source
+        tps = sorted((tp.topic, tp.partition) for tp in revoked)
+        if src.closing or not tps:
+            src._forget(tps)
+            return
+        offsets = await self._off_loop(src.handover.revoked, tps)  # it reads the positions: forgotten after
+        src._forget(tps)
+        mine = {tp: OffsetAndMetadata(offsets[(tp.topic, tp.partition)], "", -1)
+                for tp in revoked if offsets and (tp.topic, tp.partition) in offsets}
+        if mine:
+            # still in the old generation: the group takes it, and the new owner starts there
+            done = await self._off_loop(src._commit_now, mine)
+            log.info("partitions %s revoked: state written, offsets %scommitted", tps, "" if done else "not ")
+
+    async def on_partitions_lost(self, lost) -> None:
+        src = self.source
+        tps = sorted((tp.topic, tp.partition) for tp in lost)
+        src._forget(tps)
+        if not src.closing and tps:
+            await self._off_loop(src.handover.lost, tps)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        src = self.source
+        tps = sorted((tp.topic, tp.partition) for tp in assigned)
+        if src.closing or not tps:
+            return
+        restored = await self._off_loop(src.handover.assigned, tps)
+        if restored is None:
+            # never process a partition without its state: paused, restored again later
+            src._consumer.pause(*assigned)
+            src._awaiting.extend(tp for tp in tps if tp not in src._awaiting)
+            src._retry_restore_at = time.monotonic() + _RESTORE_RETRY_SECONDS
+            log.warning("restoring the state of partitions %s failed: they stay paused and the restore "
+                        "is tried again in %.0f s", tps, _RESTORE_RETRY_SECONDS)
+            return
+        await self._off_loop(src._resume_at, tps, restored)
+
+
 def _rebalance_listener(source: KafkaSource):
     from kafka import ConsumerRebalanceListener
 
@@ -811,31 +1235,38 @@ def _lines(path: Path, topic: str) -> Iterator[tuple[float, int, Record]]:
 
 
 class JsonlSource:
-    """Replay JSONL files: predictions and (optionally) feedback, merged by event time.
+    """Replay JSONL files: predictions and (optionally) feedback and lifecycle events,
+    merged by event time.
 
-    Lines are merged on their ``ts`` (ties: predictions first, then file order), as
-    they would have arrived live; each file's own order is kept. Offsets are line
-    numbers.
+    Lines are merged on their ``ts`` (ties: lifecycle events first, so that a version
+    deployed at ``ts`` is known when its first prediction of ``ts`` arrives, then
+    predictions, then feedback, then file order), as they would have arrived live;
+    each file's own order is kept. Offsets are line numbers. Lifecycle records carry
+    ``lifecycle_topic`` as their topic, so they are decoded as over Kafka.
     """
 
     def __init__(self, predictions: Path, feedback: Path | None, *, predictions_topic: str,
-                 feedback_topic: str, batch_size: int = 5000) -> None:
+                 feedback_topic: str, batch_size: int = 5000, lifecycle: Path | None = None,
+                 lifecycle_topic: str = "model-lifecycle") -> None:
         for p in (predictions, feedback):
             if p is not None and not Path(p).is_file():
                 raise SourceError(f"{p} does not exist or is not a file")
         # generators all the way: memory does not grow with the files' length
         preds = (((ts, 0, n), rec) for ts, n, rec in _lines(Path(predictions), predictions_topic))
-        self._merged: Iterator
+        streams: list[Iterator] = [preds]
         if feedback is not None:
-            fb = (((ts, 1, n), rec) for ts, n, rec in _lines(Path(feedback), feedback_topic))
-            self._merged = heapq.merge(preds, fb, key=lambda kv: kv[0])
-        else:
-            self._merged = preds
+            streams.append(((ts, 1, n), rec) for ts, n, rec in _lines(Path(feedback), feedback_topic))
+        if lifecycle is not None:
+            from driftline.monitor.lifecycle import read_lifecycle_file
+
+            streams.append(((ts, -1, n), rec) for ts, n, rec in read_lifecycle_file(lifecycle, lifecycle_topic))
+        self._merged: Iterator = heapq.merge(*streams, key=lambda kv: kv[0]) if len(streams) > 1 else preds
         self.batch_size = batch_size
         self.exhausted = False
         self._positions: dict[tuple[str, int], int] = {}
         self.records_read = 0
-        self._decoder = BatchDecoder(predictions_topic, feedback_topic)
+        self._decoder = BatchDecoder(predictions_topic, feedback_topic,
+                                     lifecycle_topic if lifecycle is not None else None)
 
     def poll(self) -> DecodedBatch:
         """The next ``batch_size`` lines, decoded."""

@@ -67,19 +67,21 @@ import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftline.monitor.alarms import Alarm
-from driftline.monitor.config import KafkaSettings, Settings
+from driftline.monitor.config import KafkaSettings, ModelSettings, Settings
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.kafka import Headers, KafkaPublisher, Outgoing
 from driftline.sinks.policy import Trigger
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from driftline.monitor.decode import RawRecord
+    from driftline.monitor.decode import DecodedBatch, RawRecord
+    from driftline.sinks.delivery import DeliveryOutcome
     from driftline.monitor.lifecycle import LifecycleEvent
     from kafka import KafkaProducer
 
@@ -100,6 +102,9 @@ __all__ = [
     "format_records",
     "format_chain",
     "parse_since",
+    "EvidencePositions",
+    "AuditRecorder",
+    "detector_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -730,6 +735,204 @@ class AuditLog:
         finally:
             with self._lock:
                 self._db.close()
+
+
+# ---- what the service records ------------------------------------------------------------
+
+
+class EvidencePositions:
+    """Where each model's prediction events sit in the source, batch by batch, so that
+    an evidence window (event indices) can be named as offset ranges.
+
+    One mark per (model, batch): the indices the batch gave the model's events and the
+    offsets of the batch's records on the model's partition (from the first record of
+    the model to the last record of the batch on that partition). A window's ranges are
+    the union of the marks it overlaps: they enclose the evidence (batch granularity),
+    exactly where each batch held one model, never narrower. Marks live in memory
+    (``max_marks`` per model, the oldest dropped first) and are not checkpointed: a
+    window older than the marks, or counted before a restart, is named by its alarms'
+    ``origin`` only.
+
+    Examples
+    --------
+    >>> pos = EvidencePositions()
+    >>> pos.note("fraud", 0, 500, "predictions/1/1000", {("predictions", 1): 1800})
+    >>> pos.note("fraud", 500, 900, "predictions/1/1800", {("predictions", 1): 2500})
+    >>> [r.to_dict() for r in pos.ranges("fraud", 450, 600)]
+    [{'topic': 'predictions', 'partition': 1, 'first_offset': 1000, 'last_offset': 2499}]
+    """
+
+    def __init__(self, max_marks: int = 4096, max_models: int = 100_000) -> None:
+        self.max_marks = max_marks
+        self.max_models = max_models
+        self._marks: dict[str, deque[tuple[int, int, str, int, int, int]]] = {}
+
+    def note(self, model: str, first_index: int, end_index: int, first_position: str | None,
+             next_offsets: Mapping[tuple[str, int], int]) -> None:
+        """The batch gave ``model``'s events indices ``first_index .. end_index - 1``; its
+        first record of the model was at ``first_position`` (``topic/partition/offset``)
+        and ``next_offsets`` is the source's next offset per partition after the batch."""
+        if end_index <= first_index or not first_position:
+            return
+        try:
+            topic, partition_text, offset_text = first_position.rsplit("/", 2)
+            partition, first_offset = int(partition_text), int(offset_text)
+        except ValueError:
+            return  # not a position this class can name (nothing is lost: origin stays)
+        last_offset = max(first_offset, next_offsets.get((topic, partition), first_offset + 1) - 1)
+        marks = self._marks.get(model)
+        if marks is None:
+            if len(self._marks) >= self.max_models:
+                return
+            marks = self._marks[model] = deque(maxlen=self.max_marks)
+        marks.append((first_index, end_index, topic, partition, first_offset, last_offset))
+
+    def forget(self, model: str) -> None:
+        """Drop a model's marks (its state was dropped, or moved to another instance)."""
+        self._marks.pop(model, None)
+
+    def ranges(self, model: str, first_index: int, last_index: int) -> tuple[SourceRange, ...]:
+        """The offset ranges enclosing events ``first_index .. last_index`` (inclusive) of
+        ``model``, one per partition, in (topic, partition) order; empty when no mark
+        covers them."""
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for lo, hi, topic, partition, first, last in self._marks.get(model, ()):
+            if hi <= first_index or lo > last_index:
+                continue
+            known = spans.get((topic, partition))
+            spans[(topic, partition)] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
+        return tuple(SourceRange(t, p, a, b) for (t, p), (a, b) in sorted(spans.items()))
+
+
+# Which settings section parameterises the detectors of each alarm kind.
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "feature_drift": ("window", "drift"),
+    "prediction_drift": ("window", "drift"),
+    "data_quality": ("window", "quality"),
+    "performance": ("performance",),
+    "concept_drift": ("performance",),
+    "regression": ("regression",),
+    "promote_ready": ("regression", "canary"),
+    "canary_stalled": ("canary",),
+    "rollback_unconfirmed": ("canary",),
+    "performance_estimated": ("performance",),
+}
+
+
+def detector_params(settings: ModelSettings, alarms: Iterable[Alarm]) -> dict[str, Any]:
+    """The parameters of the detectors that raised ``alarms``, by detector name: the
+    settings sections that configure them (``window`` and ``drift`` for a drift test,
+    ``performance`` for a concept detector, ``regression`` and ``canary`` for the
+    canary tests ...), as JSON values."""
+    dumped = settings.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for a in alarms:
+        if a.detector in out:
+            continue
+        names = _SECTIONS.get(a.kind, ("regression", "canary"))
+        out[a.detector] = {name: dumped[name] for name in names if name in dumped}
+    return out
+
+
+class AuditRecorder:
+    """What the service appends to the audit trail, and when.
+
+    Per batch, the service calls :meth:`before_batch` before the engine runs and
+    :meth:`after_batch` after it: the batch's lifecycle events and alarms are written
+    to the :class:`AuditLog` (appended at its flush, after the sinks' flushes and
+    before the offsets are committed). The webhook sink calls :meth:`on_triggers` with
+    the triggers it recorded (their lineage is built here, from the engine's state and
+    the :class:`EvidencePositions`), and its delivery thread calls :meth:`on_delivery`
+    with each attempt's outcome, which is appended at once (the outbox row it reports
+    is already updated). Every record's id is deterministic: what a replay after a
+    crash writes again is not appended twice.
+
+    Parameters
+    ----------
+    audit
+        The log.
+    settings
+        The service's settings (per-model settings give the config fingerprint and the
+        detector parameters).
+    engine
+        The engine (:class:`driftline.monitor.engine.Engine`): its models' event counts
+        and reference fingerprints (per version, from the lifecycle state).
+    """
+
+    def __init__(self, audit: AuditLog, settings: Settings, engine: Any) -> None:
+        self.audit = audit
+        self.settings = settings
+        self.engine = engine
+        self.positions = EvidencePositions(max_models=max(1, settings.max_models))
+        self._counts: dict[str, int] = {}
+        self._config_fingerprints: dict[str, str] = {}
+
+    def before_batch(self, decoded: DecodedBatch) -> None:
+        """Note each model's event count before the batch (its first index)."""
+        models = self.engine.models
+        self._counts = {name: models[name].n_events for name in decoded.predictions if name in models}
+
+    def after_batch(self, decoded: DecodedBatch, alarms: Sequence[Alarm],
+                    next_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Note where the batch's events sit; write its lifecycle events and alarms."""
+        models = self.engine.models
+        for name, p in decoded.predictions.items():
+            mm = models.get(name)
+            if mm is not None:
+                self.positions.note(name, self._counts.get(name, 0), mm.n_events, p.first_position, next_offsets)
+        records = [lifecycle_record(e, src)
+                   for e, src in zip(decoded.lifecycle, decoded.lifecycle_sources, strict=True)]
+        records += [alarm_record(a) for a in alarms]
+        if records:
+            self.audit.write(records)
+
+    def config_fingerprint(self, model: str) -> str:
+        """:func:`fingerprint` of the model's effective settings (kept per model)."""
+        fp = self._config_fingerprints.get(model)
+        if fp is None:
+            fp = fingerprint(self.settings.for_model(model).model_dump(mode="json"))
+            if len(self._config_fingerprints) < self.positions.max_models:
+                self._config_fingerprints[model] = fp
+        return fp
+
+    def lineage(self, trigger: Trigger) -> Lineage:
+        """The trigger's lineage, from what the pipeline knows now."""
+        mm = self.engine.models.get(trigger.model)
+        return Lineage(
+            source_positions=self.positions.ranges(trigger.model, trigger.first_index, trigger.last_index),
+            reference_fingerprint=_reference_fingerprint(mm, trigger.version),
+            config_fingerprint=self.config_fingerprint(trigger.model),
+            detector_params=detector_params(self.settings.for_model(trigger.model), trigger.alarms),
+        )
+
+    def on_triggers(self, triggers: Sequence[Trigger], reasons: Sequence[str | None] | None = None) -> None:
+        """The webhook sink recorded ``triggers`` (or, in a dry run, decided them)."""
+        reasons = reasons if reasons is not None else [None] * len(triggers)
+        self.audit.write([trigger_record(t, self.lineage(t), reason=r) for t, r in zip(triggers, reasons, strict=True)])
+
+    def on_delivery(self, outcome: DeliveryOutcome) -> None:
+        """One delivery attempt ended (called from the delivery thread): appended now,
+        under the log's lock. A failure to append is logged: the outbox keeps the
+        outcome, and the audit misses this attempt's record."""
+        record = delivery_record(target=outcome.target, idempotency_key=outcome.idempotency_key,
+                                 model=outcome.model, version=outcome.version, action=outcome.action,
+                                 outcome=outcome.outcome, attempts=outcome.attempts, at=outcome.at,
+                                 error=outcome.error)
+        try:
+            self.audit.append([record])
+        except sqlite3.Error as exc:
+            log.warning("the %s outcome of a webhook (key %s) to target %r is not in the audit log "
+                        "(%s); the outbox keeps it", outcome.outcome, outcome.idempotency_key[:12],
+                        outcome.target, exc)
+
+
+def _reference_fingerprint(mm: Any, version: str) -> str | None:
+    """The fingerprint of the reference ``version`` of the model is measured against:
+    its own (a lifecycle event gave it one), else the model's (the stable version's)."""
+    if mm is None:
+        return None
+    own = mm.lifecycle.refs.get(version)
+    return own.fingerprint if own is not None else mm.reference_fingerprint
 
 
 # ---- presenting -------------------------------------------------------------------------

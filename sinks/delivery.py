@@ -24,6 +24,10 @@ Outcomes (counted as ``driftline_webhook_deliveries_total{outcome}``):
 - ``rejected``: any other answer (4xx other than 429, 3xx): the target refuses the
   request as configured; it is logged as a configuration error and not retried.
 
+Every outcome (and the row's attempt count and stored error) is also handed to the
+``on_outcome`` callback when one is given (the audit trail records it), from the
+delivery thread, after the outbox row was updated.
+
 Rows are delivered at least once; a receiver that drops repeats of an
 ``Idempotency-Key`` sees each trigger exactly once.
 
@@ -42,7 +46,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import httpx
 
@@ -57,6 +61,7 @@ __all__ = [
     "NullWebhookTelemetry",
     "ResolvedTarget",
     "Deliverer",
+    "DeliveryOutcome",
     "backoff_delay",
     "parse_retry_after",
     "OUTCOMES",
@@ -132,6 +137,24 @@ class ResolvedTarget:
             if value:
                 text = text.replace(value, "[redacted]")
         return text
+
+
+class DeliveryOutcome(NamedTuple):
+    """One delivery attempt's outcome, as the ``on_outcome`` callback of
+    :class:`Deliverer` receives it (no URL, header, body or secret: ``error`` is the
+    outbox's stored, redacted error)."""
+
+    target: str
+    idempotency_key: str
+    model: str
+    version: str | None
+    action: str
+    outcome: str
+    """One of :data:`OUTCOMES`."""
+    attempts: int
+    at: float
+    """Wall clock of the outcome."""
+    error: str | None = None
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -216,6 +239,10 @@ class Deliverer:
         :meth:`notify`; rows re-sent by another process are seen within this time).
     transport
         The httpx transport (default: httpx's own); tests wrap it to count attempts.
+    on_outcome
+        Called with a :class:`DeliveryOutcome` after each attempt's outcome is in the
+        outbox, from the delivery thread (the audit trail); an exception it raises is
+        logged, never stops delivery.
     """
 
     def __init__(
@@ -230,8 +257,10 @@ class Deliverer:
         rng: random.Random | None = None,
         idle_seconds: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        on_outcome: Callable[[DeliveryOutcome], None] | None = None,
     ) -> None:
         self.outbox = outbox
+        self.on_outcome = on_outcome
         self.targets = dict(targets)
         self.telemetry = telemetry
         self.retry_base_seconds = retry_base_seconds
@@ -343,10 +372,24 @@ class Deliverer:
             self.report_pending()
         return attempted
 
+    def _report(self, row: OutboxRow, outcome: str, attempts: int, error: str | None) -> None:
+        """Hand the outcome to ``on_outcome`` (the outbox row is already updated)."""
+        if self.on_outcome is None:
+            return
+        version = row.payload.get("version") if isinstance(row.payload, dict) else None
+        try:
+            self.on_outcome(DeliveryOutcome(row.target, row.idempotency_key, row.model,
+                                            version if isinstance(version, str) else None,
+                                            row.action, outcome, attempts, self._clock(), error))
+        except Exception:  # noqa: BLE001 - a recorder's bug must not stop deliveries
+            log.exception("recording the %s outcome of webhook %s (key %s) failed",
+                          outcome, row.action, row.idempotency_key[:12])
+
     def _give_up(self, row: OutboxRow, target: WebhookTarget, attempts: int, error: str,
                  now: float) -> None:
         self.outbox.mark_failed(row.target, row.idempotency_key, attempts, error)
         self.telemetry.record_webhook(target.name, row.action, "failed")
+        self._report(row, "failed", attempts, error)
         short_key = row.idempotency_key[:12]
         log.error("webhook %s for %s (key %s) to target %r failed for good after %d attempts "
                   "over %s: %s. Check the receiver, then re-send it with `driftline webhooks "
@@ -363,6 +406,7 @@ class Deliverer:
             self.outbox.mark_failed(row.target, row.idempotency_key, row.attempts,
                                     "target is no longer configured")
             self.telemetry.record_webhook(row.target, row.action, "failed")
+            self._report(row, "failed", row.attempts, "target is no longer configured")
             log.error("webhook %s for %s (key %s) was recorded for target %r, which is no longer "
                       "configured: marked failed; add the target back to deliver it",
                       row.action, row.model, short_key, row.target)
@@ -375,6 +419,7 @@ class Deliverer:
             if not exc.retryable:
                 self.outbox.mark_failed(row.target, row.idempotency_key, attempts, error)
                 self.telemetry.record_webhook(target.name, row.action, "rejected")
+                self._report(row, "rejected", attempts, error)
                 log.error("webhook target %r rejected %s for %s (key %s): %s. This is a "
                           "configuration error: check the target's url, preset and token; "
                           "the trigger is marked failed and not retried: once fixed, re-send "
@@ -396,6 +441,7 @@ class Deliverer:
             next_at = min(now + delay, horizon)
             self.outbox.mark_retry(row.target, row.idempotency_key, attempts, next_at, error)
             self.telemetry.record_webhook(target.name, row.action, "retried")
+            self._report(row, "retried", attempts, error)
             # An outage of hours means hundreds of attempts per row: the first few and
             # then every power of two are warnings, the rest are kept at INFO.
             level = logging.WARNING if attempts <= 3 or attempts & (attempts - 1) == 0 \
@@ -406,6 +452,7 @@ class Deliverer:
             return next_at if isinstance(exc, _Unreachable) else None
         self.outbox.mark_delivered(row.target, row.idempotency_key, attempts)
         self.telemetry.record_webhook(target.name, row.action, "delivered")
+        self._report(row, "delivered", attempts, None)
         self.telemetry.mark_success("webhook")
         log.info("webhook %s for %s (key %s) delivered to target %r (attempt %d)",
                  row.action, row.model, short_key, target.name, attempts)

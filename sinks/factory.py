@@ -46,6 +46,8 @@ def build_sinks(
     state_dir: Path | None = None,
     policy: TriggerPolicy | None = None,
     environ: Mapping[str, str] | None = None,
+    on_triggers: Callable[..., None] | None = None,
+    on_delivery: Callable[..., None] | None = None,
 ) -> list[Sink]:
     """The configured alarm sinks, in the order the service should flush them.
 
@@ -68,6 +70,8 @@ def build_sinks(
         A trigger policy rebuilt from a checkpoint; default: a fresh one.
     environ
         Where webhook secrets and tokens are read; default: ``os.environ``.
+    on_triggers, on_delivery
+        The webhook sink's audit hooks (see :class:`driftline.sinks.webhook.WebhookSink`).
 
     Raises
     ------
@@ -93,7 +97,7 @@ def build_sinks(
             ) from None
         sinks.append(WebhookSink(
             settings.webhooks, outbox=directory / OUTBOX_FILE, telemetry=webhook_telemetry,
-            policy=policy, environ=environ,
+            policy=policy, environ=environ, on_triggers=on_triggers, on_delivery=on_delivery,
         ))
     return sinks
 

@@ -338,6 +338,64 @@ class Outbox:
                 (*values, target, key),
             )
 
+    # -- pending deliveries that follow their model's partition --------------------------------
+    def pending_for(self, models: Iterable[str]) -> list[dict[str, Any]]:
+        """The pending rows of ``models`` as plain values (for the model's changelog
+        record: their new owner delivers them with the same idempotency keys)."""
+        names = sorted(set(models))
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT target, idempotency_key, model, action, payload, attempts, created_at "
+                f"FROM deliveries WHERE status = 'pending' AND model IN ({marks}) "
+                "ORDER BY created_at, target, idempotency_key", names).fetchall()
+        return [{"target": t, "idempotency_key": k, "model": m, "action": a, "payload": json.loads(p),
+                 "attempts": n, "created_at": c} for t, k, m, a, p, n, c in rows]
+
+    def adopt(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Insert :meth:`pending_for` rows of another instance, due now (one transaction);
+        a row already present (delivered here before, or adopted twice) is left as it
+        is. Returns how many were new.
+
+        Raises
+        ------
+        sqlite3.Error
+            When the transaction could not be committed (nothing was added).
+        """
+        now = self._clock()
+        added = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO deliveries (target, idempotency_key, model, action, payload, "
+                        "attempts, next_attempt_at, created_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (r["target"], r["idempotency_key"], r["model"], r["action"],
+                         json.dumps(r["payload"], separators=(",", ":")), int(r.get("attempts", 0)), now,
+                         float(r.get("created_at", now)), now))
+                    added += cursor.rowcount == 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return added
+
+    def drop(self, models: Iterable[str]) -> int:
+        """Delete the pending rows of ``models`` (their partition moved: the new owner
+        delivers them); how many were deleted."""
+        names = sorted(set(models))
+        if not names:
+            return 0
+        marks = ",".join("?" * len(names))
+        with self._lock:
+            cursor = self._db.execute(
+                f"DELETE FROM deliveries WHERE status = 'pending' AND model IN ({marks})", names)
+            return cursor.rowcount
+
     def prune(self, older_than_seconds: float) -> int:
         """Delete delivered and failed rows created more than ``older_than_seconds`` ago.
 

@@ -38,7 +38,13 @@ from driftline.monitor.alarms import Alarm
 from driftline.monitor.config import WebhookSettings, WebhookTarget
 from driftline.monitor.exceptions import ConfigError
 from driftline.sinks.policy import Trigger, TriggerPolicy
-from driftline.sinks.delivery import Deliverer, NullWebhookTelemetry, ResolvedTarget, WebhookTelemetry
+from driftline.sinks.delivery import (
+    Deliverer,
+    DeliveryOutcome,
+    NullWebhookTelemetry,
+    ResolvedTarget,
+    WebhookTelemetry,
+)
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.outbox import Outbox, OutboxEntry
 from driftline.sinks.presets import TOKEN_REQUIRED, render, trigger_payload
@@ -119,6 +125,12 @@ class WebhookSink:
         The delivery thread's httpx transport (default: httpx's); tests wrap it.
     start
         Start the delivery thread now (rows pending from an earlier run are delivered).
+    on_triggers
+        Called at each flush with the triggers just recorded in the outbox (those
+        already there too: a replay) and their reasons, or decided in a dry run; the
+        audit trail records them (:class:`driftline.sinks.audit.AuditRecorder`).
+    on_delivery
+        The delivery thread's ``on_outcome`` (:class:`driftline.sinks.delivery.Deliverer`).
 
     Raises
     ------
@@ -142,8 +154,11 @@ class WebhookSink:
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
         start: bool = True,
+        on_triggers: Callable[[Sequence[Trigger], Sequence[str | None]], None] | None = None,
+        on_delivery: Callable[[DeliveryOutcome], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_triggers = on_triggers
         self.telemetry: WebhookTelemetry = telemetry or NullWebhookTelemetry()
         self.policy = policy if policy is not None else TriggerPolicy(settings.policy)
         self.targets = resolve_targets(settings.targets, os.environ if environ is None else environ)
@@ -166,7 +181,7 @@ class WebhookSink:
             self.outbox, self.targets, self.telemetry,
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
-            clock=clock, rng=rng, transport=transport,
+            clock=clock, rng=rng, transport=transport, on_outcome=on_delivery,
         )
         if start and not settings.policy.dry_run:
             self.deliverer.start()
@@ -205,6 +220,9 @@ class WebhookSink:
             return
         if self.settings.policy.dry_run:
             self._dry_run(self._pending)
+            if self.on_triggers is not None:
+                created_at = self._clock()
+                self.on_triggers(self._pending, [trigger_payload(t, created_at)["reason"] for t in self._pending])
             self._pending = []
             return
         created_at = self._clock()
@@ -234,9 +252,37 @@ class WebhookSink:
             log.info("recorded %s trigger for %s %s (key %s) for %d target(s): %s",
                      trigger.action, trigger.model, trigger.version, trigger.idempotency_key[:12],
                      len(trigger_entries), payload["reason"])
+        if self.on_triggers is not None:
+            self.on_triggers(self._pending, [p["reason"] for p in payloads])
         self._pending = []
         self.deliverer.report_pending()
         self.deliverer.notify()
+
+    # -- pending deliveries that follow their model's partition (monitor.changelog) ----------
+    def pending_for(self, models: Sequence[str]) -> list[dict[str, Any]]:
+        """The outbox rows of ``models`` not yet delivered, for their changelog record
+        (call it after :meth:`flush`)."""
+        return self.outbox.pending_for(models)
+
+    def adopt(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Deliver another instance's pending rows (same idempotency keys: the receiver
+        dedupes a row both instances sent). Raises :class:`SinkError` when the outbox
+        cannot take them."""
+        try:
+            added = self.outbox.adopt(rows)
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot take over {len(rows)} pending webhook delivery(ies) into the outbox "
+                            f"{str(self.outbox.path)!r} ({exc}): check the disk space and permissions "
+                            "of state_dir") from None
+        if added:
+            log.info("took over %d pending webhook delivery(ies) of a moved partition", added)
+            self.deliverer.report_pending()
+            self.deliverer.notify()
+
+    def drop(self, models: Sequence[str]) -> None:
+        """Forget ``models``' pending deliveries (their new owner delivers them)."""
+        self.outbox.drop(models)
+        self.deliverer.report_pending()
 
     def _dry_run(self, triggers: Sequence[Trigger]) -> None:
         created_at = self._clock()

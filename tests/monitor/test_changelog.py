@@ -401,3 +401,68 @@ def test_reassembly_refuses_a_corrupt_or_incomplete_set(state, newer, chunk, vic
         assert got.positions == {("p", 0): 1}
     r.feed(b"m", None, [])
     assert r.result() == {}
+
+
+# ---- what follows a model to its partition's next owner (no broker) ---------------------
+
+
+def test_the_gate_applies_each_models_records_from_its_own_position():
+    """After a restore, the source reads again from the lowest position: a record is
+    applied only from its model's state position on, a record of a model without a
+    state (or an unreadable one) only from the group's commit on."""
+    import orjson
+
+    from driftline.monitor.contract import Record
+    from driftline.monitor.sources import _Gate
+
+    models = ["a", "b", "c", None]  # c: no state; None: an unreadable record
+    records = [Record("p", 0, o, -1, None, b"{not json" if m is None else orjson.dumps({"model": m}))
+               for o in range(16) for m in models]
+    gate = _Gate(floor=10, states={"a": 5, "b": 12})
+    kept = {(r.offset, models[i % 4]) for i, r in enumerate(records) if r in gate.admit(records)}
+    start = {"a": 5, "b": 12, "c": 10, None: 10}
+    assert kept == {(o, m) for o in range(16) for m in models if o >= start[m]}
+    assert gate.until == 12
+
+
+def test_outbox_rows_of_a_model_move_with_their_keys(tmp_path):
+    from driftline.sinks.outbox import Outbox, OutboxEntry
+
+    old, new = Outbox(tmp_path / "old.sqlite3"), Outbox(tmp_path / "new.sqlite3")
+    try:
+        old.add([OutboxEntry("ci", "k1", "a", "retrain", {"n": 1}), OutboxEntry("ci", "k2", "b", "retrain", {"n": 2}),
+                 OutboxEntry("ops", "k1", "a", "retrain", {"n": 1})])
+        old.mark_delivered("ops", "k1", 1)
+        rows = old.pending_for(["a"])
+        assert [(r["target"], r["idempotency_key"], r["payload"]) for r in rows] == [("ci", "k1", {"n": 1})]
+        assert new.adopt(rows) == 1 and new.adopt(rows) == 0  # adopted twice: once
+        assert [(r.target, r.idempotency_key, r.model, r.payload) for r in new.due()] == [("ci", "k1", "a", {"n": 1})]
+        assert old.drop(["a"]) == 1
+        assert {(r.target, r.idempotency_key) for r in old.rows()} == {("ci", "k2"), ("ops", "k1")}
+    finally:
+        old.close()
+        new.close()
+
+
+def test_trigger_policy_evidence_of_a_model_moves_alone():
+    from driftline.monitor.alarms import Alarm
+    from driftline.monitor.config import TriggerPolicySettings
+    from driftline.sinks.policy import TriggerPolicy
+
+    cfg = TriggerPolicySettings(min_alarms=2, cooldown_seconds=0)
+
+    def alarm(model, ts):
+        return Alarm(model=model, version="v1", kind="feature_drift", detector="ks", feature="x0", statistic=0.5,
+                     threshold=0.1, p_value=0.001, first_index=int(ts), last_index=int(ts) + 9, ts=ts,
+                     action="retrain")
+
+    old = TriggerPolicy(cfg)
+    assert old.observe([alarm("a", 1.0), alarm("b", 1.0)]) == []
+    moved = old.state_for(["a"])
+    assert [r["model"] for r in moved["routes"]] == ["a"]
+    new = TriggerPolicy(cfg)
+    new.adopt(moved)
+    old.drop(["a"])
+    assert [t.model for t in new.observe([alarm("a", 2.0)])] == ["a"]  # the evidence came along
+    assert old.observe([alarm("a", 2.0)]) == []                          # and left the old owner
+    assert [t.model for t in old.observe([alarm("b", 2.0)])] == ["b"]

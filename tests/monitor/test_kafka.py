@@ -156,10 +156,10 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     seen = {"columns": 0, "raw": 0}
     process = svc.engine.process
 
-    def counting(batch):
+    def counting(batch, result=None):
         for p in batch.predictions.values():
             seen["columns" if p.columns is not None else "raw"] += len(p)
-        return process(batch)
+        return process(batch, result)
 
     svc.engine.process = counting  # before the first batch: every event is seen
     running.start()
