@@ -290,12 +290,12 @@ def test_item4_trigger_keys_differ_after_a_wiped_state_and_repeat_when_re_emitte
     part2 = prediction_events(4000, model="fraud", seed=42, shift_at=2000, shift=2.0, start=4000, id_prefix="q")
     state = tmp_path / "state"
 
-    def settings(group: str, state_dir: Path):
+    def settings(group: str, state_dir: Path, changelog: str | None = None):
         return load_settings(
             kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": group,
                    "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
                    "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-                   "poll_timeout_ms": 200},
+                   "poll_timeout_ms": 200, "changelog": {"topic": changelog}},
             defaults={"reference": {"size": 1000}, "window": {"size": 1000}},
             webhooks={"targets": [{"name": "ci", "url": receiver.url, "timeout_seconds": 2.0}],
                       "retry_base_seconds": 0.05, "retry_max_seconds": 0.5},
@@ -309,10 +309,12 @@ def test_item4_trigger_keys_differ_after_a_wiped_state_and_repeat_when_re_emitte
         first = receiver.requests[0]
         assert first.json()["action"] == "retrain" and first.json()["first_index"] <= 2000
 
-        shutil.rmtree(state)  # checkpoint and outbox lost: the indices start over at 0
+        # All state lost: the checkpoint and outbox (the state dir) and the changelog
+        # (run 2 reads another, empty one): the indices start over at 0.
+        shutil.rmtree(state)
         _produce(broker, topics["predictions"], part2)
         seen = len(receiver.requests)
-        run = _Run(settings("g-trust", state))
+        run = _Run(settings("g-trust", state, changelog=f"lost-{topics['predictions']}"))
         run.wait(lambda: run.service.stats.records >= 4000 and len(receiver.requests) > seen, 120,
                  "run 2's trigger")
         assert run.stop() == 0
