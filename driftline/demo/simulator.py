@@ -60,6 +60,9 @@ __all__ = [
     "Injection",
     "Record",
     "PublishStats",
+    "TrafficPlan",
+    "train_models",
+    "reference_events",
     "generate",
     "encode",
     "publish",
@@ -296,9 +299,11 @@ def _category_logit(cats: dict[str, np.ndarray]) -> np.ndarray:
     return logit
 
 
-def _train_model(rng: np.random.Generator, n: int, drop: tuple[str, ...] = ()) -> Any:
+def _train_model(rng: np.random.Generator, n: int, drop: tuple[str, ...] = (),
+                 shift: tuple[str, float] | None = None) -> Any:
     """A river pipeline trained online on ``n`` generated transactions; ``drop`` lists
-    features the model was (wrongly) trained without."""
+    features the model was (wrongly) trained without; ``shift`` (feature, standard
+    deviations) trains it on data where that feature has moved (a retrain on drifted data)."""
     from river import compose, linear_model, optim, preprocessing
 
     numeric = [f for f in _NUMERIC if f not in drop]
@@ -307,6 +312,8 @@ def _train_model(rng: np.random.Generator, n: int, drop: tuple[str, ...] = ()) -
         + (compose.Select(*CATEGORICAL_FEATURES) | preprocessing.OneHotEncoder())
     ) | linear_model.LogisticRegression(optimizer=optim.SGD(0.03))
     z = _draw_z(rng, n)
+    if shift is not None:
+        z[:, _NUMERIC.index(shift[0])] += shift[1]
     cats = _draw_categories({name: rng for name in CATEGORICAL_FEATURES}, n)
     y = rng.random(n) < 1.0 / (1.0 + np.exp(-(z @ _WEIGHTS_BEFORE + _category_logit(cats))))
     raw = _LOC + _SCALE * z
@@ -327,7 +334,133 @@ def _malformed(k: int, model: str) -> bytes:
     return kinds[k % len(kinds)]
 
 
-def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
+MODEL_KINDS: dict[str, float] = {"base": 1.0, "retrained": 1.0, "skewed": 1.6}
+"""The models the simulator can serve, by kind, with their latency factor: ``base`` (v1,
+trained before the stream), ``retrained`` (trained on data where ``shifted_feature``
+has moved: what a retrain after the feature shift gives) and ``skewed`` (trained without
+``amount``, a training/serving skew: it errs more often, and is slower)."""
+
+
+class TrafficPlan:
+    """Which version serves each prediction event, changeable while the stream is
+    generated: the demo's CI deploys a canary, promotes it or rolls it back, and
+    :func:`generate` routes the next events accordingly.
+
+    Parameters
+    ----------
+    kinds
+        Each version the plan may serve -> its model kind (a key of :data:`MODEL_KINDS`);
+        :func:`generate` trains each kind once, before the first event.
+    stable
+        The version serving whatever traffic the canaries do not take.
+
+    Examples
+    --------
+    >>> plan = TrafficPlan({"v1": "base", "v2": "retrained"})
+    >>> plan.deploy("v2", 0.05)
+    >>> plan.pick(0.01), plan.pick(0.5)
+    ('v2', 'v1')
+    >>> plan.promote("v2")
+    >>> plan.pick(0.01), plan.stable, plan.canaries
+    ('v2', 'v2', {})
+    """
+
+    def __init__(self, kinds: dict[str, str], stable: str = "v1") -> None:
+        unknown = sorted(k for k in kinds.values() if k not in MODEL_KINDS)
+        if unknown:
+            raise ValueError(f"model kinds must be among {sorted(MODEL_KINDS)}, got {unknown}")
+        if stable not in kinds:
+            raise ValueError(f"the stable version {stable!r} is not among the plan's versions {sorted(kinds)}")
+        self.kinds = dict(kinds)
+        self.stable = stable
+        self.canaries: dict[str, float] = {}
+        self._lock = threading.Lock()  # the CI changes it between events, maybe from another thread
+
+    def deploy(self, version: str, share: float) -> None:
+        """``version`` takes ``share`` of the traffic (a canary) from the next event on."""
+        if version not in self.kinds:
+            raise ValueError(f"version {version!r} is not among the plan's versions {sorted(self.kinds)}")
+        with self._lock:
+            if not 0.0 < share < 1.0 - sum(s for v, s in self.canaries.items() if v != version):
+                raise ValueError(f"share must leave the stable version some traffic, got {share}")
+            self.canaries[version] = share
+
+    def promote(self, version: str) -> None:
+        """``version`` becomes the stable one and takes the traffic it did not have."""
+        with self._lock:
+            self.canaries.pop(version, None)
+            self.stable = version
+
+    def remove(self, version: str) -> None:
+        """``version`` gets no more traffic (rolled back)."""
+        with self._lock:
+            self.canaries.pop(version, None)
+
+    def pick(self, u: float) -> str:
+        """The version serving an event, from a uniform draw ``u`` in [0, 1)."""
+        with self._lock:
+            acc = 0.0
+            for version, share in self.canaries.items():
+                acc += share
+                if u < acc:
+                    return version
+            return self.stable
+
+
+def _seeds(scenario: Scenario) -> tuple[list[int], list[int]]:
+    rng = np.random.default_rng(scenario.seed)
+    return (rng.integers(0, 2**63, size=7).tolist(),
+            rng.integers(0, 2**63, size=len(CATEGORICAL_FEATURES)).tolist())
+
+
+def train_models(scenario: Scenario, kinds: Iterable[str] = ("base", "skewed")) -> dict[str, Any]:
+    """The models of ``scenario`` by kind (see :data:`MODEL_KINDS`), trained from its seed:
+    the same scenario gives the same models, and a kind's model does not depend on which
+    other kinds are asked for."""
+    train_seed = _seeds(scenario)[0][0]
+    wanted = set(kinds)
+    out: dict[str, Any] = {}
+    specs: list[tuple[str, int, tuple[str, ...], tuple[str, float] | None]] = [
+        ("base", scenario.training_events, (), None),
+        ("skewed", scenario.training_events // 3, ("amount",), None),
+        ("retrained", scenario.training_events, (), (scenario.shifted_feature, scenario.shift_std)),
+    ]
+    train_rng = np.random.default_rng(train_seed)
+    for kind, n, drop, shift in specs:
+        if kind == "retrained":  # its own generator: the other two keep the draws they always had
+            train_rng = np.random.default_rng([train_seed, 1])
+        if kind in wanted:
+            out[kind] = _train_model(train_rng, n, drop=drop, shift=shift)
+        elif kind == "base" and "skewed" in wanted:
+            _train_model(train_rng, n)  # the skewed model's draws come after the base model's
+    return out
+
+
+def reference_events(scenario: Scenario, model: Any, version: str, n: int, *,
+                     shifted: bool = True) -> list[dict[str, Any]]:
+    """``n`` prediction events of ``version`` scored by ``model`` on fresh data of the
+    scenario's world (with the feature shift when ``shifted``): a retrained model's
+    validation predictions, to give as its reference. Drawn from their own seed, so they
+    are not events of the stream; their ``ts`` lie before the stream's start."""
+    rng = np.random.default_rng([scenario.seed, 4711])
+    z = _draw_z(rng, n)
+    if shifted:
+        z[:, _NUMERIC.index(scenario.shifted_feature)] += scenario.shift_std
+    cats = _draw_categories({name: rng for name in CATEGORICAL_FEATURES}, n)
+    raw = _LOC + _SCALE * z
+    out = []
+    for i in range(n):
+        x: dict[str, Any] = {f: round(float(raw[i, j]), 4) for j, f in enumerate(_NUMERIC)}
+        x.update({c: str(cats[c][i]) for c in CATEGORICAL_FEATURES})
+        proba = model.predict_proba_one(x).get(True, 0.0)
+        out.append({"model": scenario.model, "version": version, "id": f"{scenario.model}-{version}-ref-{i}",
+                    "ts": scenario.start_ts - (n - i) * scenario.interval_seconds, "features": x,
+                    "prediction": int(proba >= 0.5), "scores": {"0": round(1.0 - proba, 6), "1": round(proba, 6)}})
+    return out
+
+
+def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = None,
+             models: dict[str, Any] | None = None) -> Iterator[Record]:
     """The records of ``scenario``: prediction and feedback events, in emission order.
 
     Parameters
@@ -336,6 +469,12 @@ def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
         The stream's parameters and its injected changes.
     chunk
         Random draws are made this many events at a time (the output does not depend on it).
+    plan
+        Route each prediction event by this plan, read when the event is generated (the
+        demo's CI changes it as it deploys, promotes and rolls back), instead of the
+        scenario's fixed canary.
+    models
+        The models by kind (:func:`train_models`), to skip training them again.
 
     Yields
     ------
@@ -347,20 +486,22 @@ def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
     -----
     Memory is bounded by ``chunk`` and ``feedback_delay``: labels wait in a deque.
     Feedback still pending at the end of the stream is emitted after the last prediction.
+    With a plan, the same plan changes at the same events give the same records.
     """
-    rng = np.random.default_rng(scenario.seed)
+    seeds, cat_seeds = _seeds(scenario)
     # One generator per quantity, so that the stream does not depend on ``chunk``.
-    train_rng, z_rng, label_rng, labelled_rng, missing_rng, version_rng, latency_rng = (
-        np.random.default_rng(s) for s in rng.integers(0, 2**63, size=7)
+    _, z_rng, label_rng, labelled_rng, missing_rng, version_rng, latency_rng = (
+        np.random.default_rng(s) for s in seeds
     )
-    cat_rngs = {
-        name: np.random.default_rng(s)
-        for name, s in zip(CATEGORICAL_FEATURES, rng.integers(0, 2**63, size=len(CATEGORICAL_FEATURES)), strict=True)
-    }
-    models = {
-        "v1": _train_model(train_rng, scenario.training_events),
-        "v2": _train_model(train_rng, scenario.training_events // 3, drop=("amount",)),
-    }
+    cat_rngs = {name: np.random.default_rng(s) for name, s in zip(CATEGORICAL_FEATURES, cat_seeds, strict=True)}
+    if plan is None:
+        by_kind = models if models is not None else train_models(scenario)
+        served = {"v1": by_kind["base"], "v2": by_kind["skewed"]}
+        slow = {"v1": 1.0, "v2": MODEL_KINDS["skewed"]}
+    else:
+        by_kind = models if models is not None else train_models(scenario, set(plan.kinds.values()))
+        served = {v: by_kind[k] for v, k in plan.kinds.items()}
+        slow = {v: MODEL_KINDS[k] for v, k in plan.kinds.items()}
     shifted = _NUMERIC.index(scenario.shifted_feature)
     shift_end = (
         math.inf if scenario.shift_events is None
@@ -395,15 +536,19 @@ def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
         labels = label_rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
         labelled = labelled_rng.random(n) < scenario.label_rate
         missing = missing_rng.random(n) < scenario.missing_rate
-        canary = (idx >= scenario.canary_at) & (version_rng.random(n) < scenario.canary_share)
-        latency = latency_rng.lognormal(np.log(12.0), 0.25, n) * np.where(canary, 1.6, 1.0)
+        route = version_rng.random(n)
+        canary = (idx >= scenario.canary_at) & (route < scenario.canary_share)
+        latency = latency_rng.lognormal(np.log(12.0), 0.25, n)
         raw = _LOC + _SCALE * z
         for k in range(n):
             i = start + k
             x: dict[str, Any] = {f: round(float(raw[k, j]), 4) for j, f in enumerate(_NUMERIC)}
             x.update({c: str(cats[c][k]) for c in CATEGORICAL_FEATURES})
-            version = "v2" if canary[k] else "v1"
-            proba = models[version].predict_proba_one(x).get(True, 0.0)
+            if plan is None:
+                version = "v2" if canary[k] else "v1"
+            else:  # read now: the plan may have changed since the chunk was drawn
+                version = plan.pick(float(route[k]))
+            proba = served[version].predict_proba_one(x).get(True, 0.0)
             if missing[k]:
                 x["account_age_days"] = None
             event_id = f"{scenario.model}-{scenario.seed}-{i}"
@@ -412,7 +557,7 @@ def generate(scenario: Scenario, chunk: int = 1024) -> Iterator[Record]:
                 "model": scenario.model, "version": version, "id": event_id,
                 "ts": ts, "features": x, "prediction": int(proba >= 0.5),
                 "scores": {"0": round(1.0 - proba, 6), "1": round(proba, 6)},
-                "latency_ms": round(float(latency[k]), 3),
+                "latency_ms": round(float(latency[k]) * slow[version], 3),
             }
             yield from emit(Record("predictions", scenario.model, prediction, i))
             if labelled[k]:

@@ -30,27 +30,28 @@ from tests.support.prometheus import PrometheusServer, prometheus_binary
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "sinks" / "rules" / "driftline-alerts.yml"
 
-DEMO_EVENTS = 12_000
-"""Small enough for the suite's time budget, large enough that every injected change
-falls after the 2,000-event reference and gets a few windows."""
+DEMO_EVENTS = 16_000
+"""The demo's default: the whole loop (drift, retrain, canary, promote, bad canary,
+rollback) and the concept drift at the end fit in it."""
 DEMO_SEED = 7
 
 # The demo, kept running after its summary; on_summary writes what the tests check as
 # JSON (atomically: the fixture polls for the file).
 _DEMO_SCRIPT = """
-import json, os, signal, sys
+import dataclasses, json, os, signal, sys
 # stopped with Ctrl-C as in a terminal, even where the suite runs with SIGINT ignored
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from driftline.demo.scenario import run_demo
 
 summary_path = sys.argv[1]
 
-def on_summary(detections, triggers):
+def on_summary(detections, triggers, loop):
     data = {
-        "detections": [{"name": d.injection.name, "alarm": d.alarm, "detected_at": d.detected_at}
-                       for d in detections],
+        "detections": [{"injection": dataclasses.asdict(d.injection), "alarm": d.alarm,
+                        "detected_at": d.detected_at} for d in detections],
         "triggers": [{"path": t.path, "event": t.event, "idempotency_key": t.idempotency_key,
                       "payload": t.payload, "received_at": t.received_at} for t in triggers],
+        "loop": loop.to_dict(),
     }
     with open(summary_path + ".tmp", "w") as f:
         json.dump(data, f)
@@ -142,26 +143,27 @@ class DemoProcess:
 @dataclass
 class DemoRun:
     """What the demo and dashboard tests read: the demo's output, its detections and the
-    triggers its receiver accepted (as :mod:`driftline.demo.scenario` builds them), the seconds
-    until its summary, and the Prometheus scraping it (None for the demo tests)."""
+    triggers its receiver accepted (as :mod:`driftline.demo.scenario` builds them), the
+    loop's report (:meth:`driftline.demo.scenario.LoopReport.to_dict`), the seconds until
+    its summary, and the Prometheus scraping it (None for the demo tests)."""
 
     prometheus: PrometheusServer | None
     output: _Output
     detections: list[Any] = field(default_factory=list)
     triggers: list[Any] = field(default_factory=list)
+    loop: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
 def _demo_run(process: DemoProcess, prometheus: PrometheusServer | None) -> DemoRun:
     from driftline.demo.scenario import Detection, ReceivedTrigger
-    from driftline.demo.simulator import Scenario
+    from driftline.demo.simulator import Injection
 
     data, seconds = process.summary(timeout=150)
-    injections = {i.name: i for i in Scenario(seed=DEMO_SEED).scaled(DEMO_EVENTS).injections()}
-    detections = [Detection(injections[d["name"]], d["alarm"], d["detected_at"])
-                  for d in data["detections"]]
+    detections = [Detection(Injection(**{**d["injection"], "expected_kinds": tuple(d["injection"]["expected_kinds"])}),
+                            d["alarm"], d["detected_at"]) for d in data["detections"]]
     triggers = [ReceivedTrigger(**t) for t in data["triggers"]]
-    return DemoRun(prometheus, process.output, detections, triggers, seconds)
+    return DemoRun(prometheus, process.output, detections, triggers, data["loop"], seconds)
 
 
 @pytest.fixture(scope="package")

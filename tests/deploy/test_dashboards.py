@@ -11,8 +11,10 @@ expression is evaluated and must return data:
   ``label_values(...)`` queries against the same Prometheus (each must return values; a
   multi-value variable becomes the regex ``a|b``, a single one its current value or the
   first value); ``$__rate_interval``/``$__interval``/``$__range`` become ``1m``. Panel
-  targets are evaluated as they are; annotation expressions without their final
-  comparison (``... > 0`` only selects the moments to mark);
+  targets are evaluated as Grafana runs them: a range query over the last 10 minutes
+  (the whole demo: a canary's traffic share exists only while it is a canary), or an
+  instant query for ``"instant": true`` targets; annotation expressions as range
+  queries without their final comparison (``... > 0`` only selects the moments to mark);
 - alert rules (the "metric part" rule): an alert fires on a condition that a healthy
   demo need not meet, so the test evaluates, for each top-level ``or`` branch of the
   expression, its left operand of the first top-level comparison, with every label
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,10 +57,12 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def dashboard_expressions(dashboard: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
-    """(where, kind, expr) with kind ``panel`` or ``annotation``."""
+    """(where, kind, expr) with kind ``panel`` (a range query, as Grafana runs a
+    time series), ``instant`` (a target with ``"instant": true``) or ``annotation``."""
     for p in _panels(dashboard["panels"]):
         for t in p.get("targets", []):
-            yield f"panel {p['title']!r} {t['refId']}", "panel", t["expr"]
+            kind = "instant" if t.get("instant") and not t.get("range") else "panel"
+            yield f"panel {p['title']!r} {t['refId']}", kind, t["expr"]
     for a in dashboard["annotations"]["list"]:
         if a.get("expr"):
             yield f"annotation {a['name']!r}", "annotation", a["expr"]
@@ -294,6 +299,29 @@ def resolve_variables(prometheus: Any, dashboard: dict[str, Any]) -> dict[str, s
     return values
 
 
+def _range_query(prometheus: Any, query: str, seconds: float) -> list[Any]:
+    """The series ``query`` returns over the last ``seconds``, one point a second."""
+    now = time.time()
+    r = httpx.get(f"{prometheus.url}/api/v1/query_range", timeout=30,
+                  params={"query": query, "start": now - seconds, "end": now, "step": "1s"})
+    body = r.json()
+    assert body["status"] == "success", f"{query}: {body}"
+    return [s for s in body["data"]["result"] if s["values"]]
+
+
+def test_the_overview_shows_versions_roles_and_lifecycle_annotations():
+    overview = json.loads((ROOT / "grafana" / "dashboards" / "driftline-overview.json").read_text())
+    panels = {p["title"]: p for p in _panels(overview["panels"])}
+    roles = panels["Versions and their roles"]
+    assert roles["type"] == "state-timeline"
+    assert "driftline_version_role" in roles["targets"][0]["expr"]
+    texts = {m["options"][k]["text"] for m in roles["fieldConfig"]["defaults"]["mappings"] for k in m["options"]}
+    assert texts == {"stable", "canary", "shadow", "retiring"}
+    assert "driftline_canary_traffic_share" in json.dumps(overview["panels"])
+    lifecycle = [a for a in overview["annotations"]["list"] if a["name"] == "lifecycle events"]
+    assert len(lifecycle) == 1 and "driftline_version_role" in lifecycle[0]["expr"]
+
+
 @live
 def test_every_dashboard_query_returns_data(demo_run):
     empty = []
@@ -304,7 +332,9 @@ def test_every_dashboard_query_returns_data(demo_run):
             query = _substitute(expr, values)
             if kind == "annotation":
                 query = left_of_comparison(query)
-            if not demo_run.prometheus.query(query):
+            found = (demo_run.prometheus.query(query) if kind == "instant"
+                     else _range_query(demo_run.prometheus, query, seconds=600))
+            if not found:
                 empty.append(f"{path.name}: {where}: {query}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
 

