@@ -10,20 +10,26 @@
    the performance detectors are in the measured path. Then a bare kafka-python consumer
    that only reads both topics (the client's limit), ``driftline run`` (the Service with
    its Kafka source, default detectors, JSONL alarm sink, checkpoints) and ``driftline
-   run`` with kafka-python's own record parser (``kafka.fast_record_parser: false``)
-   each consume all of it in a fresh consumer group and a fresh Python process (the bare
-   consumer's imports only kafka-python), in an order shuffled per round (seeded).
-   Both are clocked the same way: from the moment ``KafkaConsumer.poll`` first returns a
-   record in the process that polls (the bare consumer; driftline's consumer process,
-   whatever it prefetches after that) to the last record read (bare) or processed
-   (driftline); the group join is excluded from both. One warm-up round runs first and
-   is discarded (it is printed, marked so). Median of K rounds, and each round's ratio.
+   run`` with kafka-python's own record parser (``kafka.fast_record_parser: false``),
+   and the same pair for confluent-kafka (librdkafka): a bare confluent-kafka consumer
+   and ``driftline run`` with ``kafka.client: confluent``, each consume all of it in a
+   fresh consumer group and a fresh Python process (a bare consumer imports only its
+   client), in an order shuffled per round (seeded). All are clocked the same way: from
+   the moment the client's poll (``KafkaConsumer.poll``, ``Consumer.consume``) first
+   returns a record in the process that polls (the bare consumer; driftline's consumer
+   process, or the service's own with confluent-kafka, whatever it prefetches after
+   that) to the last record read (bare) or processed (driftline); the group join is
+   excluded from all. Each driftline run is compared with the bare consumer of its own
+   client. One warm-up round runs first and is discarded (it is printed, marked so).
+   Median of K rounds, and each round's ratio.
 2. Replay: the same events from a JSONL file through ``driftline replay``'s pipeline.
 3. Memory: resident set size of a subprocess that runs the engine over a generated
    stream, after 1,000,000 and after M events (default 5,000,000).
 
 ``--check`` exits 1 when a target of BENCHMARKS.md is missed: driftline at least 0.8 of
-the bare consumer (ratio of the medians), memory within 10% from 1,000,000 to M events.
+the bare kafka-python consumer (ratio of the medians), memory within 10% from 1,000,000
+to M events (the confluent-kafka rows are reported, not checked). ``--no-confluent``
+leaves the confluent-kafka rows out (e.g. where the extra is not installed).
 """
 
 from __future__ import annotations
@@ -50,36 +56,62 @@ TARGET_RATIO, TARGET_MEMORY_GROWTH = 0.8, 0.10
 
 FIRST_RECORD_ENV = "DRIFTLINE_BENCH_FIRST_RECORD"
 """A file path: the process that polls Kafka writes there the CLOCK_MONOTONIC time
-(system-wide on Linux) at which ``KafkaConsumer.poll`` first returned a record."""
+(system-wide on Linux) at which ``KafkaConsumer.poll`` (or confluent-kafka's
+``Consumer.consume``) first returned a record."""
+CLIENT_ENV = "DRIFTLINE_BENCH_CLIENT"
+"""``kafka-python`` or ``confluent``: the client whose first record starts the clock."""
+
+
+def _write_first_record(path: str) -> None:
+    now = time.monotonic()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return  # another poller of this run was first
+    os.write(fd, repr(now).encode())
+    os.close(fd)
 
 
 def _clock_first_record() -> None:
-    """Wrap ``KafkaConsumer.poll`` to record when it first returns a record.
+    """Wrap the client's poll to record when it first returns a record.
 
     Installed in the bare consumer's process and in driftline's consumer process: that
     one is started with multiprocessing's spawn, which runs this script again as
     ``__mp_main__`` with the same environment, so both contenders' clocks start at the
     same event (the first record received from the broker), whatever is prefetched after.
+    confluent-kafka's ``Consumer`` is a C type: the module's name is bound to a subclass
+    whose ``consume`` is timed (driftline's source builds ``confluent_kafka.Consumer``)
+    and asks for one record until the first one came (``consume`` waits to fill its
+    batch: a first batch of 5,000 would be read before the clock starts).
     """
     path = os.environ.get(FIRST_RECORD_ENV)
     if not path:
         return
+    done = [False]
+    if os.environ.get(CLIENT_ENV) == "confluent":
+        import confluent_kafka
+
+        class TimedConsumer(confluent_kafka.Consumer):
+            def consume(self, num_messages=1, timeout=-1):
+                # until the first record: one at a time, for consume() waits to fill a
+                # whole batch (up to its timeout), and the clock starts at the first record
+                out = super().consume(num_messages if done[0] else 1, timeout)
+                if not done[0] and any(m.error() is None for m in out):
+                    done[0] = True
+                    _write_first_record(path)
+                return out
+
+        confluent_kafka.Consumer = TimedConsumer
+        return
     from kafka import KafkaConsumer
 
     poll = KafkaConsumer.poll
-    done = [False]
 
     def timed(self, *args, **kwargs):
         out = poll(self, *args, **kwargs)
         if out and not done[0]:
-            now = time.monotonic()
             done[0] = True
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            except FileExistsError:
-                return out  # another poller of this run was first
-            os.write(fd, repr(now).encode())
-            os.close(fd)
+            _write_first_record(path)
         return out
 
     KafkaConsumer.poll = timed
@@ -163,6 +195,33 @@ def bare_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
     return rate
 
 
+def bare_confluent_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
+    """Records/s of a confluent-kafka consumer that only reads ``n`` records, with the
+    settings driftline's confluent source gives librdkafka (group, no auto-commit, the
+    default fetch tuning of ``kafka``) and its batch size, from its first record received."""
+    import confluent_kafka
+
+    c = confluent_kafka.Consumer({
+        "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 2000, "fetch.min.bytes": 1, "fetch.wait.max.ms": 500,
+        "max.partition.fetch.bytes": 1_048_576, "fetch.max.bytes": 52_428_800})
+    c.subscribe([topic, topic + "-feedback"])
+    seen = 0
+    while seen < n:
+        # as driftline's source polls: what is fetched already (up to 5,000), else wait
+        # for one and take what came with it (consume(5000, timeout) would wait to fill)
+        batch = c.consume(5000, 0) or c.consume(1, 0.5)
+        if len(batch) == 1:
+            batch.extend(c.consume(4999, 0))
+        for m in batch:
+            if m.error() is None:
+                seen += 1
+    rate = n / (time.monotonic() - first_record_time())
+    c.close()
+    return rate
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -170,10 +229,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, fast_parser: bool = True,
-                  broker_pid: int | None = None) -> tuple[float, dict[str, float]]:
+                  broker_pid: int | None = None, client: str = "kafka-python") -> tuple[float, dict[str, float]]:
     """Records/s of the Service over ``n`` predictions and their ``n`` labels (from the
-    first record its consumer process received), and the CPU each process used per
-    record (us) from the end of its first batch."""
+    first record its consumer received), and the CPU each process used per record (us)
+    from the end of its first batch."""
     from driftline.app import Service
     from driftline.monitor.config import load_settings
     from driftline.monitor.runtime import steady_gc
@@ -181,7 +240,7 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     settings = load_settings(
         kafka={"bootstrap_servers": bootstrap, "group_id": group, "predictions_topic": topic,
                "feedback_topic": topic + "-feedback", "session_timeout_ms": 6000, "poll_timeout_ms": 500,
-               "fast_record_parser": fast_parser},
+               "fast_record_parser": fast_parser, "client": client},
         prometheus={"enabled": False}, state_dir=state, alarms_jsonl=state / "alarms.jsonl")
     stop = threading.Event()
     marks: dict[str, float] = {}
@@ -189,7 +248,9 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     cpu: dict[str, list[float]] = {}
 
     def processes() -> dict[str, int]:
-        pids = {"service": os.getpid(), "consumer": svc._source._proc.pid}
+        pids = {"service": os.getpid()}
+        if hasattr(svc._source, "_proc"):  # kafka-python's consumer process (confluent-kafka: none)
+            pids["consumer"] = svc._source._proc.pid
         return pids | ({"broker": broker_pid} if broker_pid else {})
 
     def on_batch(stats) -> None:
@@ -207,7 +268,8 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     with steady_gc():  # as `driftline run` does: the entry point tunes the collector, not the Service
         thread.start()
         thread.join(timeout=600)
-    per_record = {k: (b - a) / (2 * n - marks["first_n"]) * 1e6 for k, (a, b) in cpu.items()}
+    after_first = max(1, 2 * n - marks["first_n"])  # a tiny run may fit in its first batch
+    per_record = {k: (b - a) / after_first * 1e6 for k, (a, b) in cpu.items()}
     return 2 * n / (marks["last"] - first_record_time()), per_record
 
 
@@ -218,9 +280,13 @@ def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, p
     and for driftline the CPU per record of its processes and the broker's. The process
     gets a fresh file in FIRST_RECORD_ENV for its first-record clock."""
     clock = Path(tempfile.mkdtemp(prefix="bench-clock-")) / "first-record"
+    client = "confluent" if role == "bare-confluent" or parser == "confluent" else "kafka-python"
     out = subprocess.run([sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser,
-                          str(broker_pid)], capture_output=True, text=True, check=True, timeout=900,
-                         env={**os.environ, FIRST_RECORD_ENV: str(clock)})
+                          str(broker_pid)], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, FIRST_RECORD_ENV: str(clock), CLIENT_ENV: client})
+    if out.returncode != 0:
+        raise RuntimeError(f"the {role} run ({parser or 'bare'}) failed with exit {out.returncode}:\n"
+                           f"{out.stderr[-3000:]}")
     clock.unlink()
     clock.parent.rmdir()
     result = json.loads(out.stdout.splitlines()[-1])
@@ -284,15 +350,19 @@ def main() -> None:
                     help="exit 1 when a target is missed (BENCHMARKS.md)")
     ap.add_argument("--memory-events", type=int, default=5_000_000)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    ap.add_argument("--no-confluent", action="store_true", help="leave out the confluent-kafka rows")
     ap.add_argument("--role", nargs=7, help=argparse.SUPPRESS)  # one consumer run, in its own process
     args = ap.parse_args()
     if args.role:
         role, bootstrap, n, group, state, fast, broker_pid = args.role
         if role == "bare":
             rate, cpu = bare_consumer(bootstrap, "bench", 2 * int(n), group), {}
+        elif role == "bare-confluent":
+            rate, cpu = bare_confluent_consumer(bootstrap, "bench", 2 * int(n), group), {}
         else:
             rate, cpu = driftline_run(bootstrap, "bench", int(n), group, Path(state), fast_parser=fast == "fast",
-                                      broker_pid=int(broker_pid))
+                                      broker_pid=int(broker_pid),
+                                      client="confluent" if fast == "confluent" else "kafka-python")
         print(json.dumps({"rate": rate, "cpu": cpu}))
         return
 
@@ -301,7 +371,9 @@ def main() -> None:
     values = events(args.events)
     feedback = labels(args.events)
     results: dict[str, list[float]] = {"bare": [], "driftline": [], "kafka-python parser": []}
-    cpu = []
+    if not args.no_confluent:
+        results.update({"bare confluent": [], "driftline confluent": []})
+    cpu: dict[str, list[dict[str, float]]] = {"driftline": [], "driftline confluent": []}
     shuffle = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         tmp = Path(tmp)
@@ -315,7 +387,10 @@ def main() -> None:
             "bare": ("bare", ""),
             "driftline": ("driftline", "fast"),
             "kafka-python parser": ("driftline", "kafka-python"),
+            "bare confluent": ("bare-confluent", ""),
+            "driftline confluent": ("driftline", "confluent"),
         }
+        contenders = {name: c for name, c in contenders.items() if name in results}
         for k in range(args.repeats + 1):  # round 0 is the warm-up, discarded
             order = list(contenders)
             shuffle.shuffle(order)
@@ -323,16 +398,18 @@ def main() -> None:
             for name in order:
                 role, parser = contenders[name]
                 got[name], used = run_in_process(role, broker.bootstrap_servers, args.events,
-                                                 f"{name.split()[0]}-{k}", tmp / f"{role}-{parser}-{k}",
+                                                 f"{name.replace(' ', '-')}-{k}", tmp / f"{role}-{parser}-{k}",
                                                  parser, pid)
-                if name == "driftline" and k > 0:
-                    cpu.append(used)
+                if name in cpu and k > 0:
+                    cpu[name].append(used)
             if k > 0:
                 for name, rate in got.items():
                     results[name].append(rate)
             print(f"{'warm-up (discarded)' if k == 0 else f'round {k}'}, order {' / '.join(order)}: "
                   f"bare {got['bare']:,.0f}/s, driftline {got['driftline']:,.0f}/s, "
-                  f"with kafka-python's parser {got['kafka-python parser']:,.0f}/s", file=sys.stderr)
+                  f"with kafka-python's parser {got['kafka-python parser']:,.0f}/s"
+                  + (f"; bare confluent-kafka {got['bare confluent']:,.0f}/s, driftline with confluent-kafka "
+                     f"{got['driftline confluent']:,.0f}/s" if "bare confluent" in got else ""), file=sys.stderr)
         path, labels_path = tmp / "events.jsonl", tmp / "labels.jsonl"
         path.write_bytes(b"\n".join(values) + b"\n")
         labels_path.write_bytes(b"\n".join(v for _, v in feedback) + b"\n")
@@ -351,11 +428,20 @@ def main() -> None:
     print(f"| driftline run (default detectors) | {o:,.0f} | {o / b:.2f} |")
     print(f"| driftline run, kafka-python's record parser (`kafka.fast_record_parser: false`) "
           f"| {sl:,.0f} | {sl / b:.2f} |")
+    if "bare confluent" in results:
+        cb, co = statistics.median(results["bare confluent"]), statistics.median(results["driftline confluent"])
+        print(f"| bare confluent-kafka consumer (reads only) | {cb:,.0f} | 1.00 |")
+        print(f"| driftline run, `kafka.client: confluent` (default detectors) | {co:,.0f} | {co / cb:.2f} |")
     print(f"| driftline replay (JSONL files, predictions and labels) | {r:,.0f} | - |")
     print()
     print("driftline/bare per round (paired, same round): " + ", ".join(f"{x:.2f}" for x in ratios))
-    print("CPU per record during driftline run (median us): " + ", ".join(
-        f"{name} {statistics.median(c[name] for c in cpu):.2f}" for name in cpu[0]))
+    if "bare confluent" in results:
+        paired = sorted(x / y for x, y in zip(results["driftline confluent"], results["bare confluent"]))
+        print("driftline confluent/bare confluent per round (paired): " + ", ".join(f"{x:.2f}" for x in paired))
+    for name, used in cpu.items():
+        if used:
+            print(f"CPU per record during {name} run (median us): " + ", ".join(
+                f"{proc} {statistics.median(c[proc] for c in used):.2f}" for proc in used[0]))
     missed = []
     if o / b < TARGET_RATIO:
         missed.append(f"driftline run is {o / b:.2f} of the bare consumer (target: at least {TARGET_RATIO})")
