@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test venv system-deps bench clean
+.PHONY: demo test lint typecheck venv system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,23 @@ system-deps:
 
 # Every test, none skipped (tests/skip_policy.py fails a skip not listed there), with
 # hypothesis's reproducible "ci" profile (tests/conftest.py).
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) lint typecheck
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -n 2 --dist loadgroup
+
+# ruff (lint and format) over everything in the repository.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy over the installed namespace: strict on driftline.detectors (pyproject.toml). mypy
+# cannot follow the editable install's package-dir mapping, so the folders are linked
+# into build/typecheck/driftline as the wheel lays them out.
+TYPEROOT = build/typecheck
+typecheck: $(STAMP)
+	@rm -rf $(TYPEROOT) && mkdir -p $(TYPEROOT)/driftline
+	@for f in driftline/*; do ln -s "$(CURDIR)/$$f" $(TYPEROOT)/driftline/; done
+	@for p in monitor detectors sinks; do ln -s "$(CURDIR)/$$p" $(TYPEROOT)/driftline/$$p; done
+	cd $(TYPEROOT) && "$(CURDIR)/$(VENV)/bin/mypy" --config-file "$(CURDIR)/pyproject.toml" -p driftline
 
 demo: $(STAMP)
 	$(VENV)/bin/driftline demo

@@ -95,8 +95,7 @@ def time_river(cls, values: list) -> tuple[float, int]:
     return len(values) / (time.perf_counter() - start), drifts
 
 
-TARGETS = {"PageHinkley": 20.0, "DDM": 20.0, "EDDM": 20.0, "HDDM_A": 50.0, "HDDM_W": 50.0,
-           "KSWIN": 100.0, "ADWIN": 1.0}
+TARGETS = {"PageHinkley": 20.0, "DDM": 20.0, "EDDM": 20.0, "HDDM_A": 50.0, "HDDM_W": 50.0, "KSWIN": 100.0, "ADWIN": 1.0}
 """BENCHMARKS.md's targets: speed-up over river at batch 10,000 (FHDDM has none), on
 both streams."""
 TARGET_BATCH = 10_000
@@ -106,13 +105,13 @@ TARGETS_SMALL = {"ADWIN": 1.0}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a detector misses its target (BENCHMARKS.md)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a detector misses its target (BENCHMARKS.md)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100,000 samples, one repeat")
     parser.add_argument("--only", nargs="*", help="detector labels to run")
-    parser.add_argument("--streams", nargs="*", choices=STREAMS, default=list(STREAMS),
-                        help="which streams to run (default: both)")
+    parser.add_argument(
+        "--streams", nargs="*", choices=STREAMS, default=list(STREAMS), help="which streams to run (default: both)"
+    )
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 

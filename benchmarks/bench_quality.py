@@ -115,16 +115,27 @@ def generate(kind: str, n: int, change: int, seed: int):
         if kind == "concept":
             w_new = w.copy()
             w_new[np.argsort(-np.abs(w))[:2]] *= -1  # the two strongest effects reverse
-            true_score = np.where(np.arange(n)[:, None] < change, true_score[:, None],
-                                  _sigmoid(x @ w_new)[:, None])[:, 0]
+            true_score = np.where(np.arange(n)[:, None] < change, true_score[:, None], _sigmoid(x @ w_new)[:, None])[
+                :, 0
+            ]
         labels = (rng.random(n) < true_score).astype(int)
     t0 = 1.7e9
     preds, fb = [], []
     for i in range(n):
         f = {f"n{j}": float(x[i, j]) for j in range(N_NUM)}
         f.update({f"c{j}": str(cats[i, j]) for j in range(N_CAT)})
-        preds.append(orjson.dumps({"model": "m", "version": "v1", "id": str(i), "ts": t0 + i,
-                                   "features": f, "prediction": float(score[i])}))
+        preds.append(
+            orjson.dumps(
+                {
+                    "model": "m",
+                    "version": "v1",
+                    "id": str(i),
+                    "ts": t0 + i,
+                    "features": f,
+                    "prediction": float(score[i]),
+                }
+            )
+        )
         fb.append(orjson.dumps({"model": "m", "id": str(i), "ts": t0 + i + LABEL_DELAY, "label": int(labels[i])}))
     return preds, fb
 
@@ -142,7 +153,7 @@ def run_stream(preds, fb, settings):
     engine = Engine(settings)
     alarms = []
     for s in range(0, len(records), BATCH):
-        alarms += engine.process(decode_batch(records[s:s + BATCH], "predictions", "feedback")).alarms
+        alarms += engine.process(decode_batch(records[s : s + BATCH], "predictions", "feedback")).alarms
     return alarms, len(records)
 
 
@@ -174,32 +185,49 @@ def engine_section(args: argparse.Namespace) -> list[str]:
             if after:
                 delays.append(after[0].last_index - change)
                 found_by[f"{after[0].kind}/{after[0].detector}"] += 1
-        rows.append((kind, len(delays), args.seeds, statistics.median(delays) if delays else None,
-                     max(delays) if delays else None, ", ".join(f"{k} x{v}" for k, v in found_by.most_common())))
+        rows.append(
+            (
+                kind,
+                len(delays),
+                args.seeds,
+                statistics.median(delays) if delays else None,
+                max(delays) if delays else None,
+                ", ".join(f"{k} x{v}" for k, v in found_by.most_common()),
+            )
+        )
     elapsed = time.perf_counter() - t
-    print(f"driftline detection quality, default settings ({args.seeds} seeds x {args.length:,} events per "
-          f"scenario, change at {change:,}; stable stream {args.stable_events:,} events)")
+    print(
+        f"driftline detection quality, default settings ({args.seeds} seeds x {args.length:,} events per "
+        f"scenario, change at {change:,}; stable stream {args.stable_events:,} events)"
+    )
     print()
     print("| scenario | detected | median delay (events) | max delay | first alarm by |")
     print("|---|---|---|---|---|")
     for kind, hit, total, med, worst, by in rows:
-        print(f"| {kind} | {hit}/{total} | {med if med is not None else '-'} "
-              f"| {worst if worst is not None else '-'} | {by} |")
+        print(
+            f"| {kind} | {hit}/{total} | {med if med is not None else '-'} "
+            f"| {worst if worst is not None else '-'} | {by} |"
+        )
     fa_rate = len(false_alarms) / stable_events * 100_000
     print()
     print(f"false alarms: {len(false_alarms)} in {stable_events:,} stable events = {fa_rate:.2f} per 100,000")
     for a in false_alarms[:10]:
-        print(f"  {a.kind}/{a.detector} {a.feature} [{a.first_index}..{a.last_index}] "
-              f"stat={a.statistic:.4g} p={a.p_value}")
-    print(f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s "
-          "through decode+join+engine)")
+        print(
+            f"  {a.kind}/{a.detector} {a.feature} [{a.first_index}..{a.last_index}] "
+            f"stat={a.statistic:.4g} p={a.p_value}"
+        )
+    print(
+        f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s through decode+join+engine)"
+    )
     sudden = next(r for r in rows if r[0] == "sudden")
     missed = []
     if fa_rate > 1.0:
         missed.append(f"{fa_rate:.2f} false alarms per 100,000 stable events (target: at most 1)")
     if sudden[1] < sudden[2] or (sudden[4] is not None and sudden[4] > 5_000):
-        missed.append(f"sudden shifts: {sudden[1]}/{sudden[2]} detected, worst delay {sudden[4]} "
-                      "(target: all, within 5,000 events)")
+        missed.append(
+            f"sudden shifts: {sudden[1]}/{sudden[2]} detected, worst delay {sudden[4]} "
+            "(target: all, within 5,000 events)"
+        )
     return missed
 
 
@@ -236,8 +264,14 @@ def _nannyml_estimates(nml, ref_scores, ref_labels, scores, window):
     reference = pd.DataFrame({"p": ref_scores, "y_pred": (ref_scores >= 0.5).astype(int), "y": ref_labels})
     analysis = pd.DataFrame({"p": scores, "y_pred": (scores >= 0.5).astype(int)})
     t = time.perf_counter()
-    cbpe = nml.CBPE(y_pred_proba="p", y_pred="y_pred", y_true="y", problem_type="classification_binary",
-                    metrics=list(NML_METRICS), chunk_size=window)
+    cbpe = nml.CBPE(
+        y_pred_proba="p",
+        y_pred="y_pred",
+        y_true="y",
+        problem_type="classification_binary",
+        metrics=list(NML_METRICS),
+        chunk_size=window,
+    )
     cbpe.fit(reference)
     result = cbpe.estimate(analysis).filter(period="analysis").to_df()
     elapsed = time.perf_counter() - t
@@ -302,29 +336,47 @@ def cbpe_section(args: argparse.Namespace) -> list[str]:
                 for metric in NML_METRICS:
                     ours = np.array([getattr(e, metric).value for e in estimates[:m]])
                     nml_diffs[metric] += np.abs(ours - theirs[metric][:m]).tolist()
-                realized_all = np.array([estimator.realized(scores[w], labels[w]).accuracy.value
-                                         for w in _windows(n, window)[:m]])
+                realized_all = np.array(
+                    [estimator.realized(scores[w], labels[w]).accuracy.value for w in _windows(n, window)[:m]]
+                )
                 nml_errors += np.abs(theirs["accuracy"][:m] - realized_all).tolist()
-        rows.append((kind, float(np.mean(errors)), covered / len(errors), len(errors),
-                     float(np.mean(before)) if before else float("nan"),
-                     float(np.mean(after)) if after else float("nan"),
-                     delays, signals_after))
+        rows.append(
+            (
+                kind,
+                float(np.mean(errors)),
+                covered / len(errors),
+                len(errors),
+                float(np.mean(before)) if before else float("nan"),
+                float(np.mean(after)) if after else float("nan"),
+                delays,
+                signals_after,
+            )
+        )
     print()
-    print(f"CBPE: estimated vs realized accuracy per {window:,}-event window ({args.seeds} seeds; reference "
-          f"{args.reference:,} labelled events; shifts at {change:,} of {args.cbpe_length:,}; stable stream "
-          f"{args.cbpe_stable_events:,}; signal = 95% band below reference - {margin})")
+    print(
+        f"CBPE: estimated vs realized accuracy per {window:,}-event window ({args.seeds} seeds; reference "
+        f"{args.reference:,} labelled events; shifts at {change:,} of {args.cbpe_length:,}; stable stream "
+        f"{args.cbpe_stable_events:,}; signal = 95% band below reference - {margin})"
+    )
     print()
-    print("| stream | windows | MAE of estimate | band holds realized | realized acc. before / after shift "
-          "| signal delay (events) | signals after shift |")
+    print(
+        "| stream | windows | MAE of estimate | band holds realized | realized acc. before / after shift "
+        "| signal delay (events) | signals after shift |"
+    )
     print("|---|---|---|---|---|---|---|")
     for kind, mae, cover, count, acc_before, acc_after, delays, sig_after in rows:
         delay = "-"
         if kind == "harmful_shift":
-            delay = (f"median {statistics.median(delays):,.0f}, max {max(delays):,} ({len(delays)}/{args.seeds})"
-                     if delays else f"none ({0}/{args.seeds})")
+            delay = (
+                f"median {statistics.median(delays):,.0f}, max {max(delays):,} ({len(delays)}/{args.seeds})"
+                if delays
+                else f"none ({0}/{args.seeds})"
+            )
         after_text = "-" if kind == "stable" else f"{acc_after:.3f}"
-        print(f"| {kind} | {count} | {mae:.4f} | {cover:.1%} | {acc_before:.3f} / {after_text} | {delay} "
-              f"| {sig_after if kind == 'benign_shift' else '-'} |")
+        print(
+            f"| {kind} | {count} | {mae:.4f} | {cover:.1%} | {acc_before:.3f} / {after_text} | {delay} "
+            f"| {sig_after if kind == 'benign_shift' else '-'} |"
+        )
     rate = false_signals / stable_events * 100_000
     print()
     print(f"false signals: {false_signals} in {stable_events:,} stable events = {rate:.2f} per 100,000")
@@ -332,11 +384,13 @@ def cbpe_section(args: argparse.Namespace) -> list[str]:
         print("nannyml: not importable here, no comparison (run with /tmp/nml/bin/python, see the docstring)")
     else:
         diffs = ", ".join(f"{m} {np.mean(v):.2g} (max {np.max(v):.2g})" for m, v in nml_diffs.items())
-        print(f"nannyml {nml.__version__} CBPE on the same streams and windows ({len(nml_errors)}): "
-              f"mean |ours - nannyml| estimate: {diffs}; nannyml's accuracy MAE against realized "
-              f"{np.mean(nml_errors):.4f}; fit + estimate time ours {ours_seconds:.2f} s (all five metrics), "
-              f"nannyml {nml_seconds:.2f} s ({', '.join(NML_METRICS)}; incl. DataFrame building): "
-              f"nannyml / ours = {nml_seconds / ours_seconds:.0f}x")
+        print(
+            f"nannyml {nml.__version__} CBPE on the same streams and windows ({len(nml_errors)}): "
+            f"mean |ours - nannyml| estimate: {diffs}; nannyml's accuracy MAE against realized "
+            f"{np.mean(nml_errors):.4f}; fit + estimate time ours {ours_seconds:.2f} s (all five metrics), "
+            f"nannyml {nml_seconds:.2f} s ({', '.join(NML_METRICS)}; incl. DataFrame building): "
+            f"nannyml / ours = {nml_seconds / ours_seconds:.0f}x"
+        )
     missed = []
     if rate > 1.0:
         missed.append(f"{rate:.2f} false CBPE signals per 100,000 stable events (target: at most 1)")
@@ -364,9 +418,19 @@ def estimation_events(kind: str, n: int, change: int, seed: int) -> tuple[list[b
     labels = (rng.random(n) < _sigmoid(z)).astype(int)
     scores = _sigmoid(OVERCONFIDENCE * z)
     t0 = 1.7e9
-    preds = [orjson.dumps({"model": "m", "version": "v1", "id": str(i), "ts": t0 + i,
-                           "features": {f"n{j}": float(x[i, j]) for j in range(x.shape[1])},
-                           "prediction": float(scores[i])}) for i in range(n)]
+    preds = [
+        orjson.dumps(
+            {
+                "model": "m",
+                "version": "v1",
+                "id": str(i),
+                "ts": t0 + i,
+                "features": {f"n{j}": float(x[i, j]) for j in range(x.shape[1])},
+                "prediction": float(scores[i]),
+            }
+        )
+        for i in range(n)
+    ]
     fb = [orjson.dumps({"model": "m", "id": str(i), "ts": t0 + i, "label": int(labels[i])}) for i in range(n)]
     return preds, fb
 
@@ -388,7 +452,7 @@ def run_lagged(preds: list[bytes], fb: list[bytes], lag: int, settings) -> tuple
     errors: dict[int, float] = {}
     windows = settings.for_model("m").performance.window
     for s in range(0, len(records), ENGINE_BATCH):
-        out = engine.process(decode_batch(records[s:s + ENGINE_BATCH], "predictions", "feedback"))
+        out = engine.process(decode_batch(records[s : s + ENGINE_BATCH], "predictions", "feedback"))
         seen = engine.models["m"].n_events
         raised += [(a, seen) for a in out.alarms]
         for snap in engine.snapshot():
@@ -405,13 +469,17 @@ def estimation_engine_section(args: argparse.Namespace) -> list[str]:
     change = args.cbpe_length // 2
     missed = []
     print()
-    print(f"Estimation through the engine (Settings() defaults; {args.seeds} seeds x {args.cbpe_length:,} events, "
-          f"shift at {change:,}; stable stream {args.estimation_stable_events:,} events; batches of "
-          f"{ENGINE_BATCH:,} records; delays in prediction events from the shift to the alarm)")
+    print(
+        f"Estimation through the engine (Settings() defaults; {args.seeds} seeds x {args.cbpe_length:,} events, "
+        f"shift at {change:,}; stable stream {args.estimation_stable_events:,} events; batches of "
+        f"{ENGINE_BATCH:,} records; delays in prediction events from the shift to the alarm)"
+    )
     print()
-    print("| label lag | harmful shift: `performance_estimated` delay | labelled `performance` delay "
-          "| `concept_drift` delay | MAE of estimate (labelled windows) | `performance_estimated` false alarms "
-          "per 100,000 stable events |")
+    print(
+        "| label lag | harmful shift: `performance_estimated` delay | labelled `performance` delay "
+        "| `concept_drift` delay | MAE of estimate (labelled windows) | `performance_estimated` false alarms "
+        "per 100,000 stable events |"
+    )
     print("|---|---|---|---|---|---|")
     t = time.perf_counter()
     n_records = 0
@@ -425,8 +493,9 @@ def estimation_engine_section(args: argparse.Namespace) -> list[str]:
         stable_events = false_alarms = 0
         delays: dict[str, list[int]] = {"performance_estimated": [], "performance": [], "concept_drift": []}
         errors: list[float] = []
-        preds, fb = estimation_events("stable", args.estimation_stable_events, args.estimation_stable_events,
-                                      seed=30_000 + lag)
+        preds, fb = estimation_events(
+            "stable", args.estimation_stable_events, args.estimation_stable_events, seed=30_000 + lag
+        )
         raised, errs, n = run_lagged(preds, fb, lag, settings)
         n_records += n
         errors += errs
@@ -450,19 +519,27 @@ def estimation_engine_section(args: argparse.Namespace) -> list[str]:
                     if first:
                         delays[wanted].append(min(first) - change)
         rate = false_alarms / stable_events * 100_000
-        print(f"| {lag:,} | {delay_text(delays['performance_estimated'])} | {delay_text(delays['performance'])} "
-              f"| {delay_text(delays['concept_drift'])} | {np.mean(np.abs(errors)):.4f} ({len(errors)} windows) "
-              f"| {false_alarms} in {stable_events:,} = {rate:.2f} |")
+        print(
+            f"| {lag:,} | {delay_text(delays['performance_estimated'])} | {delay_text(delays['performance'])} "
+            f"| {delay_text(delays['concept_drift'])} | {np.mean(np.abs(errors)):.4f} ({len(errors)} windows) "
+            f"| {false_alarms} in {stable_events:,} = {rate:.2f} |"
+        )
         if rate > 1.0:
-            missed.append(f"lag {lag}: {rate:.2f} false performance_estimated alarms per 100,000 stable events "
-                          "(target: at most 1)")
+            missed.append(
+                f"lag {lag}: {rate:.2f} false performance_estimated alarms per 100,000 stable events "
+                "(target: at most 1)"
+            )
         if len(delays["performance_estimated"]) < args.seeds:
-            missed.append(f"lag {lag}: harmful shifts found by performance_estimated "
-                          f"{len(delays['performance_estimated'])}/{args.seeds}")
+            missed.append(
+                f"lag {lag}: harmful shifts found by performance_estimated "
+                f"{len(delays['performance_estimated'])}/{args.seeds}"
+            )
     elapsed = time.perf_counter() - t
     print()
-    print(f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s through "
-          "decode+join+engine with estimation on)")
+    print(
+        f"({n_records:,} records in {elapsed:.1f} s: {n_records / elapsed:,.0f} records/s through "
+        "decode+join+engine with estimation on)"
+    )
     return missed
 
 
@@ -473,18 +550,26 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=40_000)
     ap.add_argument("--cbpe-only", action="store_true", help="only the CBPE section (needs numpy and scipy only)")
     ap.add_argument("--estimation-only", action="store_true", help="only the estimation-through-the-engine section")
-    ap.add_argument("--lags", type=int, nargs="+", default=[1_000, 10_000],
-                    help="label lags (in prediction events) of the estimation-through-the-engine section")
+    ap.add_argument(
+        "--lags",
+        type=int,
+        nargs="+",
+        default=[1_000, 10_000],
+        help="label lags (in prediction events) of the estimation-through-the-engine section",
+    )
     ap.add_argument("--estimation-stable-events", type=int, default=100_000)
     ap.add_argument("--cbpe-stable-events", type=int, default=300_000)
     ap.add_argument("--cbpe-length", type=int, default=40_000)
     ap.add_argument("--reference", type=int, default=10_000, help="labelled reference events for CBPE")
     ap.add_argument("--window", type=int, default=1_000, help="CBPE window (performance.window's default)")
     ap.add_argument("--margin", type=float, default=0.1, help="CBPE signal margin (performance.max_drop's default)")
-    ap.add_argument("--check", action="store_true",
-                    help="exit 1 when a target is missed: at most 1 false alarm (and CBPE signal) per 100,000 "
-                         "stable events, every sudden shift detected within 5,000 events, every harmful "
-                         "shift signalled by CBPE and by performance_estimated through the engine")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a target is missed: at most 1 false alarm (and CBPE signal) per 100,000 "
+        "stable events, every sudden shift detected within 5,000 events, every harmful "
+        "shift signalled by CBPE and by performance_estimated through the engine",
+    )
     args = ap.parse_args()
     if args.estimation_only:
         missed = estimation_engine_section(args)

@@ -168,8 +168,9 @@ def model_names(count: int, partitions: int = PARTITIONS) -> list[str]:
     return names
 
 
-def events(n: int, models: list[str],
-           seed: int = 0) -> tuple[list[tuple[bytes, bytes]], list[tuple[int, bytes, bytes]]]:
+def events(
+    n: int, models: list[str], seed: int = 0
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[int, bytes, bytes]]]:
     """``n`` predictions (key, value), models taking turns, and one label per prediction
     (the prediction index after which it is sent, key, value), in sending order."""
     import numpy as np
@@ -187,13 +188,32 @@ def events(n: int, models: list[str],
     for i in range(n):
         f = {f"n{j}": float(x[i, j]) for j in range(N_NUM)}
         f.update({f"c{j}": str(cats[i, j]) for j in range(N_CAT)})
-        predictions.append((keys[i % len(models)], orjson.dumps(
-            {"model": models[i % len(models)], "version": "v1", "id": str(i), "ts": 1.7e9 + i,
-             "features": f, "prediction": float(score[i]), "latency_ms": 10.0})))
-    labels = [(int(after[i]), keys[i % len(models)],
-               orjson.dumps({"model": models[i % len(models)], "id": str(i), "ts": 1.7e9 + int(i) + 30.0,
-                             "label": int(label[i])}))
-              for i in np.argsort(after, kind="stable")]
+        predictions.append(
+            (
+                keys[i % len(models)],
+                orjson.dumps(
+                    {
+                        "model": models[i % len(models)],
+                        "version": "v1",
+                        "id": str(i),
+                        "ts": 1.7e9 + i,
+                        "features": f,
+                        "prediction": float(score[i]),
+                        "latency_ms": 10.0,
+                    }
+                ),
+            )
+        )
+    labels = [
+        (
+            int(after[i]),
+            keys[i % len(models)],
+            orjson.dumps(
+                {"model": models[i % len(models)], "id": str(i), "ts": 1.7e9 + int(i) + 30.0, "label": int(label[i])}
+            ),
+        )
+        for i in np.argsort(after, kind="stable")
+    ]
     return predictions, labels
 
 
@@ -202,8 +222,9 @@ def produce(bootstrap: str, predictions: list[tuple[bytes, bytes]], labels: list
     due after has been sent; keyed by model (the default partitioner places them)."""
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024,
-                      max_request_size=8 * 1024 * 1024)
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, max_request_size=8 * 1024 * 1024
+    )
     k = 0
     for i, (key, value) in enumerate(predictions):
         p.send(TOPIC, key=key, value=value)
@@ -298,27 +319,45 @@ def run_instances(n: int, bootstrap: str, broker_pid: int, produced: int, workdi
     marks = workdir / "marks"
     marks.mkdir(parents=True)
     group = f"scaleout-{n}-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, MARKS_ENV: str(marks),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        MARKS_ENV: str(marks),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p),
+    }
     out = Outcome(n)
     instances: list[Instance] = []
     for i, port in enumerate(free_ports(n)):
         state = workdir / f"instance-{i}"
         state.mkdir()
         config = state / "driftline.yaml"
-        config.write_text(json.dumps({  # JSON is YAML
-            "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "predictions_topic": TOPIC,
-                      "feedback_topic": TOPIC + "-feedback", "session_timeout_ms": 6000},
-            "prometheus": {"enabled": True, "host": "127.0.0.1", "port": port},
-            "state_dir": str(state / "state"), "alarms_jsonl": str(state / "alarms.jsonl"),
-        }))
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "kafka": {
+                        "bootstrap_servers": bootstrap,
+                        "group_id": group,
+                        "predictions_topic": TOPIC,
+                        "feedback_topic": TOPIC + "-feedback",
+                        "session_timeout_ms": 6000,
+                    },
+                    "prometheus": {"enabled": True, "host": "127.0.0.1", "port": port},
+                    "state_dir": str(state / "state"),
+                    "alarms_jsonl": str(state / "alarms.jsonl"),
+                }
+            )
+        )
         instances.append(Instance(config, port, state / "driftline.log"))
     launched = time.monotonic()
     for inst in instances:  # together: one after the other, nothing in between
         with open(inst.log, "wb") as log:  # the child has its own descriptor
             inst.proc = subprocess.Popen(
                 [sys.executable, "-m", "driftline.cli", "run", "--config", str(inst.config)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=workdir)
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                cwd=workdir,
+            )
     history: list[tuple[float, dict[int, float]]] = []  # (time, {pid: CPU s}) of every sample
     last_change, last_view, deadline_hit = time.monotonic(), None, False
     try:
@@ -333,8 +372,10 @@ def run_instances(n: int, bootstrap: str, broker_pid: int, produced: int, workdi
             history.append((now, sample))
             dead = [inst for inst in instances if inst.proc.poll() is not None]
             if dead:
-                out.errors += [f"instance {instances.index(i)} exited with code {i.proc.returncode}; "
-                               f"its log ends: {tail(i.log)}" for i in dead]
+                out.errors += [
+                    f"instance {instances.index(i)} exited with code {i.proc.returncode}; its log ends: {tail(i.log)}"
+                    for i in dead
+                ]
                 break
             services, consumers = read_marks(marks)
             view = (sorted(services.items()), sorted((k, v["n"], v["assigned"]) for k, v in consumers.items()))
@@ -368,23 +409,27 @@ def run_instances(n: int, bootstrap: str, broker_pid: int, produced: int, workdi
                 code = inst.proc.wait()
                 out.errors.append(f"instance {instances.index(inst)} did not stop within 60 s of SIGTERM")
             if code != 0 and not out.errors:  # (after an error, the others are stopped before they are up)
-                out.errors.append(f"instance {instances.index(inst)} exited with code {code} after SIGTERM; "
-                                  f"its log ends: {tail(inst.log)}")
+                out.errors.append(
+                    f"instance {instances.index(inst)} exited with code {code} after SIGTERM; "
+                    f"its log ends: {tail(inst.log)}"
+                )
     if out.errors:
         return out
     services, consumers = read_marks(marks)
     out.processed = [int(services.get(inst.proc.pid, {"n": 0})["n"]) for inst in instances]
     for i, (inst, m) in enumerate(zip(instances, scraped)):
         if int(m["events"]) != out.processed[i]:
-            out.errors.append(f"instance {i}: /metrics says {int(m['events']):,} events consumed, its "
-                              f"on_batch {out.processed[i]:,}")
+            out.errors.append(
+                f"instance {i}: /metrics says {int(m['events']):,} events consumed, its on_batch {out.processed[i]:,}"
+            )
         if m["invalid"]:
-            out.errors.append(f"instance {i}: {int(m['invalid'])} events dead-lettered; its log ends: "
-                              f"{tail(inst.log)}")
+            out.errors.append(f"instance {i}: {int(m['invalid'])} events dead-lettered; its log ends: {tail(inst.log)}")
     if deadline_hit:
-        out.errors.append(f"gave up waiting (nothing processed for {STUCK_SECONDS:.0f} s, or no record "
-                          f"{STARTUP_SECONDS:.0f} s after the start) with {sum(out.processed):,} of "
-                          f"{produced:,} events processed")
+        out.errors.append(
+            f"gave up waiting (nothing processed for {STUCK_SECONDS:.0f} s, or no record "
+            f"{STARTUP_SECONDS:.0f} s after the start) with {sum(out.processed):,} of "
+            f"{produced:,} events processed"
+        )
     if not services:
         out.errors.append(f"no instance's on_batch mark in {marks} (did sitecustomize load? see the logs)")
         return out
@@ -450,16 +495,27 @@ def scaleout(args: argparse.Namespace, bootstrap: str, broker_pid: int, produced
             if o.errors:
                 failures += [f"round {k}, {c} instance(s): {e}" for e in o.errors]
             elif sum(o.processed) != produced:
-                failures.append(f"round {k}, {c} instance(s): {sum(o.processed):,} events processed, "
-                                f"{produced:,} produced ({sum(o.processed) - produced:+,})")
+                failures.append(
+                    f"round {k}, {c} instance(s): {sum(o.processed):,} events processed, "
+                    f"{produced:,} produced ({sum(o.processed) - produced:+,})"
+                )
         if k > 0:
             for c, o in got.items():
                 results[c].append(o)
-        print(f"{'warm-up (discarded)' if k == 0 else f'round {k}'}, order {' / '.join(map(str, order))}: " + "; ".join(
-            f"{c}: " + (f"ERROR {'; '.join(o.errors)}" if o.errors else
-                        f"{o.rate:,.0f}/s in {o.seconds:.2f} s (first record {o.start_delay:.1f} s after start; "
-                        f"processed {' + '.join(f'{p:,}' for p in o.processed)})")
-            for c, o in sorted(got.items())), file=sys.stderr)
+        print(
+            f"{'warm-up (discarded)' if k == 0 else f'round {k}'}, order {' / '.join(map(str, order))}: "
+            + "; ".join(
+                f"{c}: "
+                + (
+                    f"ERROR {'; '.join(o.errors)}"
+                    if o.errors
+                    else f"{o.rate:,.0f}/s in {o.seconds:.2f} s (first record {o.start_delay:.1f} s after start; "
+                    f"processed {' + '.join(f'{p:,}' for p in o.processed)})"
+                )
+                for c, o in sorted(got.items())
+            ),
+            file=sys.stderr,
+        )
     ok = {c: [o for o in os_ if not o.errors] for c, os_ in results.items()}
     if not all(ok.values()):
         print("no measured round without errors for some instance count: no table", file=sys.stderr)
@@ -470,17 +526,21 @@ def scaleout(args: argparse.Namespace, bootstrap: str, broker_pid: int, produced
     base = statistics.median(o.rate for o in ok[counts[0]])
     defaults = ModelSettings()
     changelog = getattr(getattr(KafkaSettings(), "changelog", None), "enabled", False)
-    print(f"driftline scale-out: {', '.join(map(str, counts))} `driftline run` processes in one consumer "
-          f"group over {PARTITIONS}+{PARTITIONS} partitions, {args.models} models keyed by name (spread "
-          f"evenly), {args.events:,} predictions + {args.events:,} labels ({LATE_SHARE:.0%} of them late), "
-          f"{args.events // args.models:,} predictions per model (reference {defaults.reference.size:,}, "
-          f"windows of {defaults.window.size:,}), default settings (detectors; state changelog "
-          f"{'on' if changelog else 'off'}); median of {args.repeats} round(s) after one warm-up round, "
-          f"discarded; {cores} cores, load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} "
-          "at the end")
+    print(
+        f"driftline scale-out: {', '.join(map(str, counts))} `driftline run` processes in one consumer "
+        f"group over {PARTITIONS}+{PARTITIONS} partitions, {args.models} models keyed by name (spread "
+        f"evenly), {args.events:,} predictions + {args.events:,} labels ({LATE_SHARE:.0%} of them late), "
+        f"{args.events // args.models:,} predictions per model (reference {defaults.reference.size:,}, "
+        f"windows of {defaults.window.size:,}), default settings (detectors; state changelog "
+        f"{'on' if changelog else 'off'}); median of {args.repeats} round(s) after one warm-up round, "
+        f"discarded; {cores} cores, load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} "
+        "at the end"
+    )
     print()
-    print(f"| instances | events/s | ratio to {counts[0]} | processed / produced | cores busy "
-          "| CPU us/event: service | consumer | broker | all processes |")
+    print(
+        f"| instances | events/s | ratio to {counts[0]} | processed / produced | cores busy "
+        "| CPU us/event: service | consumer | broker | all processes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
 
     def med(values) -> float:
@@ -489,32 +549,38 @@ def scaleout(args: argparse.Namespace, bootstrap: str, broker_pid: int, produced
     for c in counts:
         rs = ok[c]
         rate = med(o.rate for o in rs)
-        print(f"| {c} | {rate:,.0f} | {rate / base:.2f} | {med(sum(o.processed) / produced for o in rs):.3f} "
-              f"| {med(o.cores_busy for o in rs):.2f} "
-              f"| {med(statistics.mean(u['service'] for u in o.cpu_us) for o in rs):.1f} "
-              f"| {med(statistics.mean(u['consumer'] for u in o.cpu_us) for o in rs):.1f} "
-              f"| {med(o.broker_us for o in rs):.1f} | {med(o.all_us for o in rs):.1f} |")
+        print(
+            f"| {c} | {rate:,.0f} | {rate / base:.2f} | {med(sum(o.processed) / produced for o in rs):.3f} "
+            f"| {med(o.cores_busy for o in rs):.2f} "
+            f"| {med(statistics.mean(u['service'] for u in o.cpu_us) for o in rs):.1f} "
+            f"| {med(statistics.mean(u['consumer'] for u in o.cpu_us) for o in rs):.1f} "
+            f"| {med(o.broker_us for o in rs):.1f} | {med(o.all_us for o in rs):.1f} |"
+        )
     print()
     for c in counts[1:]:
         ratios = [o.rate / b.rate for o, b in zip(results[c], results[counts[0]]) if not (o.errors or b.errors)]
         print(f"{c} instances / {counts[0]}, per round (paired): " + ", ".join(f"{r:.2f}" for r in ratios))
-    print("events/s: events produced (predictions and labels) / seconds from the first record any instance "
-          "received to the end of the last batch any instance processed. CPU per event, from /proc/<pid>/stat "
-          "over that window: 'service' (the process that runs the detectors) and 'consumer' (its Kafka "
-          "consumer process, which also decodes while the service is busy) per event that instance processed, "
-          "mean over the instances; 'broker' per event processed by all; 'all processes' every process's CPU "
-          "(instances and broker) per event produced. 'processed / produced' above 1.000: events processed "
-          "twice after a rebalance handed their partition over from its last commit (at-least-once).")
+    print(
+        "events/s: events produced (predictions and labels) / seconds from the first record any instance "
+        "received to the end of the last batch any instance processed. CPU per event, from /proc/<pid>/stat "
+        "over that window: 'service' (the process that runs the detectors) and 'consumer' (its Kafka "
+        "consumer process, which also decodes while the service is busy) per event that instance processed, "
+        "mean over the instances; 'broker' per event processed by all; 'all processes' every process's CPU "
+        "(instances and broker) per event produced. 'processed / produced' above 1.000: events processed "
+        "twice after a rebalance handed their partition over from its last commit (at-least-once)."
+    )
     one = ok[counts[0]]
     per_event = med(o.all_us for o in one)
-    print(f"What {cores} cores allow: each instance is two busy processes (service and Kafka consumer) and "
-          f"the broker needs CPU too. With {counts[0]} instance(s), {med(o.cores_busy for o in one):.2f} of "
-          f"{cores} cores are busy and all processes together use {per_event:.1f} us of CPU per event, so "
-          f"{cores} cores cannot go beyond ~{cores / per_event * 1e6:,.0f} events/s however many instances "
-          f"run, less what other jobs on this shared machine take. The ratios measure what more instances "
-          f"cost on the same cores (the group's rebalance, more processes taking turns), not the capacity "
-          f"scale-out adds where each process has a core of its own. No throughput target is checked: on "
-          f"{cores} shared cores it would measure the machine, not driftline.")
+    print(
+        f"What {cores} cores allow: each instance is two busy processes (service and Kafka consumer) and "
+        f"the broker needs CPU too. With {counts[0]} instance(s), {med(o.cores_busy for o in one):.2f} of "
+        f"{cores} cores are busy and all processes together use {per_event:.1f} us of CPU per event, so "
+        f"{cores} cores cannot go beyond ~{cores / per_event * 1e6:,.0f} events/s however many instances "
+        f"run, less what other jobs on this shared machine take. The ratios measure what more instances "
+        f"cost on the same cores (the group's rebalance, more processes taking turns), not the capacity "
+        f"scale-out adds where each process has a core of its own. No throughput target is checked: on "
+        f"{cores} shared cores it would measure the machine, not driftline."
+    )
     return failures
 
 
@@ -525,8 +591,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the instance counts' order per round")
     ap.add_argument("--instances", default="1,2,3", help="instance counts, comma-separated (the first is the base)")
     ap.add_argument("--models", type=int, default=12, help="models (keyed by name, spread evenly)")
-    ap.add_argument("--check", action="store_true",
-                    help="exit 1 when an instance fails or events are lost or processed twice")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 when an instance fails or events are lost or processed twice"
+    )
     args = ap.parse_args()
 
     from driftline.demo.embedded_broker import EmbeddedBroker
@@ -535,9 +602,12 @@ def main() -> None:
     defaults = ModelSettings()
     enough = args.models * (defaults.reference.size + 5 * defaults.window.size)
     if args.events < enough:
-        print(f"note: {args.events // args.models:,} predictions per model; the reference takes the first "
-              f"{defaults.reference.size:,}, so the drift detectors see few or no windows: figures from runs "
-              f"of --events {enough:,} or more", file=sys.stderr)
+        print(
+            f"note: {args.events // args.models:,} predictions per model; the reference takes the first "
+            f"{defaults.reference.size:,}, so the drift detectors see few or no windows: figures from runs "
+            f"of --events {enough:,} or more",
+            file=sys.stderr,
+        )
     names = model_names(args.models)
     predictions, labels = events(args.events, names)
     produced = len(predictions) + len(labels)
@@ -549,8 +619,11 @@ def main() -> None:
         broker.create_topics([TOPIC, TOPIC + "-feedback"], partitions=PARTITIONS)
         t = time.perf_counter()
         produce(broker.bootstrap_servers, predictions, labels)
-        print(f"produced {len(predictions):,} predictions and {len(labels):,} labels ({LATE_SHARE:.0%} late) "
-              f"of {len(names)} models in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(
+            f"produced {len(predictions):,} predictions and {len(labels):,} labels ({LATE_SHARE:.0%} late) "
+            f"of {len(names)} models in {time.perf_counter() - t:.1f} s",
+            file=sys.stderr,
+        )
         del predictions, labels
         pid = broker._proc.pid
 

@@ -45,8 +45,19 @@ def write_stream(directory: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
         for i in range(n):
             feats = {f"x{j}": float(x[i, j]) for j in range(10)}
             feats["country"], feats["channel"] = str(country[i]), str(channel[i])
-            p.write(orjson.dumps({"model": "fraud", "version": "v1", "id": i, "ts": t0 + i, "features": feats,
-                                  "prediction": float(score[i])}) + b"\n")
+            p.write(
+                orjson.dumps(
+                    {
+                        "model": "fraud",
+                        "version": "v1",
+                        "id": i,
+                        "ts": t0 + i,
+                        "features": feats,
+                        "prediction": float(score[i]),
+                    }
+                )
+                + b"\n"
+            )
             f.write(orjson.dumps({"model": "fraud", "id": i, "ts": t0 + i + 100.5, "label": int(label[i])}) + b"\n")
     return preds, fb
 
@@ -61,6 +72,7 @@ def _timed(method):
             return method(*args, **kwargs)
         finally:
             INSIDE["seconds"] += time.perf_counter() - start
+
     return wrapper
 
 
@@ -69,8 +81,20 @@ def replay(directory: Path, preds: Path, fb: Path, defaults: dict) -> tuple[floa
     cfg.write_text("defaults:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in defaults.items()))
     out = directory / "alarms.jsonl"
     start = time.perf_counter()
-    code = main(["replay", "--predictions", str(preds), "--feedback", str(fb), "--config", str(cfg),
-                 "--alarms", str(out), "--quiet"])
+    code = main(
+        [
+            "replay",
+            "--predictions",
+            str(preds),
+            "--feedback",
+            str(fb),
+            "--config",
+            str(cfg),
+            "--alarms",
+            str(out),
+            "--quiet",
+        ]
+    )
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"replay failed with exit code {code}")
@@ -100,13 +124,17 @@ def run() -> int:
                     inside = min(inside, INSIDE["seconds"])
         n = args.events
         for name in ("off", "on"):
-            print(f"segments {name:3}: {best[name]:6.2f} s for {n} predictions + {n} labels, "
-                  f"{best[name] / n * 1e6:5.2f} us per prediction event, {n / best[name]:8.0f} events/s, "
-                  f"{alarms[name]} alarms")
+            print(
+                f"segments {name:3}: {best[name]:6.2f} s for {n} predictions + {n} labels, "
+                f"{best[name] / n * 1e6:5.2f} us per prediction event, {n / best[name]:8.0f} events/s, "
+                f"{alarms[name]} alarms"
+            )
         extra = (best["on"] - best["off"]) / n * 1e6
-        print(f"segments on (1 feature, top_k 10) cost {extra:+.2f} us per prediction event "
-              f"({best['on'] / best['off'] - 1:+.1%}) wall clock; inside the segment code: "
-              f"{inside / n * 1e6:.2f} us per prediction event ({inside / best['off']:.1%} of the replay without)")
+        print(
+            f"segments on (1 feature, top_k 10) cost {extra:+.2f} us per prediction event "
+            f"({best['on'] / best['off'] - 1:+.1%}) wall clock; inside the segment code: "
+            f"{inside / n * 1e6:.2f} us per prediction event ({inside / best['off']:.1%} of the replay without)"
+        )
     return 0
 
 

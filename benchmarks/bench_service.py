@@ -138,8 +138,19 @@ def events(n: int, seed: int = 0) -> list[bytes]:
     for i in range(n):
         f = {f"n{j}": float(x[i, j]) for j in range(N_NUM)}
         f.update({f"c{j}": str(cats[i, j]) for j in range(N_CAT)})
-        out.append(orjson.dumps({"model": "m", "version": "v1", "id": str(i), "ts": 1.7e9 + i,
-                                 "features": f, "prediction": float(score[i]), "latency_ms": 10.0}))
+        out.append(
+            orjson.dumps(
+                {
+                    "model": "m",
+                    "version": "v1",
+                    "id": str(i),
+                    "ts": 1.7e9 + i,
+                    "features": f,
+                    "prediction": float(score[i]),
+                    "latency_ms": 10.0,
+                }
+            )
+        )
     return out
 
 
@@ -155,8 +166,10 @@ def labels(n: int, seed: int = 0) -> list[tuple[int, bytes]]:
     late = rng.random(n) < LATE_SHARE
     after = np.arange(n) + np.where(late, rng.integers(LATE_MIN, LATE_MAX + 1, n), 0)
     order = np.argsort(after, kind="stable")
-    return [(int(after[i]), orjson.dumps({"model": "m", "id": str(i), "ts": 1.7e9 + int(i) + 30.0,
-                                          "label": int(label[i])})) for i in order]
+    return [
+        (int(after[i]), orjson.dumps({"model": "m", "id": str(i), "ts": 1.7e9 + int(i) + 30.0, "label": int(label[i])}))
+        for i in order
+    ]
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], feedback: list[tuple[int, bytes]]) -> None:
@@ -164,8 +177,9 @@ def produce(bootstrap: str, topic: str, values: list[bytes], feedback: list[tupl
     is due after has been sent (late ones at the end if the stream ends first)."""
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024,
-                      max_request_size=8 * 1024 * 1024)
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, max_request_size=8 * 1024 * 1024
+    )
     k = 0
     for i, v in enumerate(values):
         p.send(topic, key=b"m", value=v)
@@ -183,8 +197,14 @@ def bare_consumer(bootstrap: str, topic: str, n: int, group: str) -> float:
     and labels; the service's consumer settings), from its first record received."""
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                      auto_offset_reset="earliest", session_timeout_ms=6000, max_poll_records=5000)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        max_poll_records=5000,
+    )
     c.subscribe([topic, topic + "-feedback"])  # the same subscription as the service
     seen = 0
     while seen < n:
@@ -201,11 +221,21 @@ def bare_confluent_consumer(bootstrap: str, topic: str, n: int, group: str) -> f
     default fetch tuning of ``kafka``) and its batch size, from its first record received."""
     import confluent_kafka
 
-    c = confluent_kafka.Consumer({
-        "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-        "enable.auto.offset.store": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 2000, "fetch.min.bytes": 1, "fetch.wait.max.ms": 500,
-        "max.partition.fetch.bytes": 1_048_576, "fetch.max.bytes": 52_428_800})
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 2000,
+            "fetch.min.bytes": 1,
+            "fetch.wait.max.ms": 500,
+            "max.partition.fetch.bytes": 1_048_576,
+            "fetch.max.bytes": 52_428_800,
+        }
+    )
     c.subscribe([topic, topic + "-feedback"])
     seen = 0
     while seen < n:
@@ -228,8 +258,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, fast_parser: bool = True,
-                  broker_pid: int | None = None, client: str = "kafka-python") -> tuple[float, dict[str, float]]:
+def driftline_run(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    group: str,
+    state: Path,
+    fast_parser: bool = True,
+    broker_pid: int | None = None,
+    client: str = "kafka-python",
+) -> tuple[float, dict[str, float]]:
     """Records/s of the Service over ``n`` predictions and their ``n`` labels (from the
     first record its consumer received), and the CPU each process used per record (us)
     from the end of its first batch."""
@@ -238,10 +276,20 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     from driftline.monitor.runtime import steady_gc
 
     settings = load_settings(
-        kafka={"bootstrap_servers": bootstrap, "group_id": group, "predictions_topic": topic,
-               "feedback_topic": topic + "-feedback", "session_timeout_ms": 6000, "poll_timeout_ms": 500,
-               "fast_record_parser": fast_parser, "client": client},
-        prometheus={"enabled": False}, state_dir=state, alarms_jsonl=state / "alarms.jsonl")
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "predictions_topic": topic,
+            "feedback_topic": topic + "-feedback",
+            "session_timeout_ms": 6000,
+            "poll_timeout_ms": 500,
+            "fast_record_parser": fast_parser,
+            "client": client,
+        },
+        prometheus={"enabled": False},
+        state_dir=state,
+        alarms_jsonl=state / "alarms.jsonl",
+    )
     stop = threading.Event()
     marks: dict[str, float] = {}
 
@@ -273,20 +321,26 @@ def driftline_run(bootstrap: str, topic: str, n: int, group: str, state: Path, f
     return 2 * n / (marks["last"] - first_record_time()), per_record
 
 
-def run_in_process(role: str, bootstrap: str, n: int, group: str, state: Path, parser: str,
-                   broker_pid: int) -> tuple[float, dict[str, float]]:
+def run_in_process(
+    role: str, bootstrap: str, n: int, group: str, state: Path, parser: str, broker_pid: int
+) -> tuple[float, dict[str, float]]:
     """Records/s of one consumer run in a fresh Python process, as each runs in life (the
     bare consumer imports kafka-python only, driftline what `driftline run` imports),
     and for driftline the CPU per record of its processes and the broker's. The process
     gets a fresh file in FIRST_RECORD_ENV for its first-record clock."""
     clock = Path(tempfile.mkdtemp(prefix="bench-clock-")) / "first-record"
     client = "confluent" if role == "bare-confluent" or parser == "confluent" else "kafka-python"
-    out = subprocess.run([sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser,
-                          str(broker_pid)], capture_output=True, text=True, timeout=900,
-                         env={**os.environ, FIRST_RECORD_ENV: str(clock), CLIENT_ENV: client})
+    out = subprocess.run(
+        [sys.executable, __file__, "--role", role, bootstrap, str(n), group, str(state), parser, str(broker_pid)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, FIRST_RECORD_ENV: str(clock), CLIENT_ENV: client},
+    )
     if out.returncode != 0:
-        raise RuntimeError(f"the {role} run ({parser or 'bare'}) failed with exit {out.returncode}:\n"
-                           f"{out.stderr[-3000:]}")
+        raise RuntimeError(
+            f"the {role} run ({parser or 'bare'}) failed with exit {out.returncode}:\n{out.stderr[-3000:]}"
+        )
     clock.unlink()
     clock.parent.rmdir()
     result = json.loads(out.stdout.splitlines()[-1])
@@ -298,8 +352,18 @@ def replay(path: Path, feedback: Path, state: Path) -> float:
     from driftline.cli import main
 
     t = time.perf_counter()
-    code = main(["replay", "--predictions", str(path), "--feedback", str(feedback),
-                 "--alarms", str(state / "replay-alarms.jsonl"), "--quiet"])
+    code = main(
+        [
+            "replay",
+            "--predictions",
+            str(path),
+            "--feedback",
+            str(feedback),
+            "--alarms",
+            str(state / "replay-alarms.jsonl"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     records = sum(1 for _ in open(path, "rb")) + sum(1 for _ in open(feedback, "rb"))
     return records / (time.perf_counter() - t)
@@ -346,8 +410,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--repeats", type=int, default=3, help="measured rounds (after one warm-up round)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the contenders' order per round")
-    ap.add_argument("--check", action="store_true",
-                    help="exit 1 when a target is missed (BENCHMARKS.md)")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed (BENCHMARKS.md)")
     ap.add_argument("--memory-events", type=int, default=5_000_000)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--no-confluent", action="store_true", help="leave out the confluent-kafka rows")
@@ -360,9 +423,16 @@ def main() -> None:
         elif role == "bare-confluent":
             rate, cpu = bare_confluent_consumer(bootstrap, "bench", 2 * int(n), group), {}
         else:
-            rate, cpu = driftline_run(bootstrap, "bench", int(n), group, Path(state), fast_parser=fast == "fast",
-                                      broker_pid=int(broker_pid),
-                                      client="confluent" if fast == "confluent" else "kafka-python")
+            rate, cpu = driftline_run(
+                bootstrap,
+                "bench",
+                int(n),
+                group,
+                Path(state),
+                fast_parser=fast == "fast",
+                broker_pid=int(broker_pid),
+                client="confluent" if fast == "confluent" else "kafka-python",
+            )
         print(json.dumps({"rate": rate, "cpu": cpu}))
         return
 
@@ -380,8 +450,11 @@ def main() -> None:
         broker.create_topics(["bench", "bench-feedback"], partitions=1)
         t = time.perf_counter()
         produce(broker.bootstrap_servers, "bench", values, feedback)
-        print(f"produced {args.events:,} predictions and {len(feedback):,} labels "
-              f"({LATE_SHARE:.0%} late) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(
+            f"produced {args.events:,} predictions and {len(feedback):,} labels "
+            f"({LATE_SHARE:.0%} late) in {time.perf_counter() - t:.1f} s",
+            file=sys.stderr,
+        )
         pid = broker._proc.pid
         contenders = {
             "bare": ("bare", ""),
@@ -397,19 +470,32 @@ def main() -> None:
             got = {}
             for name in order:
                 role, parser = contenders[name]
-                got[name], used = run_in_process(role, broker.bootstrap_servers, args.events,
-                                                 f"{name.replace(' ', '-')}-{k}", tmp / f"{role}-{parser}-{k}",
-                                                 parser, pid)
+                got[name], used = run_in_process(
+                    role,
+                    broker.bootstrap_servers,
+                    args.events,
+                    f"{name.replace(' ', '-')}-{k}",
+                    tmp / f"{role}-{parser}-{k}",
+                    parser,
+                    pid,
+                )
                 if name in cpu and k > 0:
                     cpu[name].append(used)
             if k > 0:
                 for name, rate in got.items():
                     results[name].append(rate)
-            print(f"{'warm-up (discarded)' if k == 0 else f'round {k}'}, order {' / '.join(order)}: "
-                  f"bare {got['bare']:,.0f}/s, driftline {got['driftline']:,.0f}/s, "
-                  f"with kafka-python's parser {got['kafka-python parser']:,.0f}/s"
-                  + (f"; bare confluent-kafka {got['bare confluent']:,.0f}/s, driftline with confluent-kafka "
-                     f"{got['driftline confluent']:,.0f}/s" if "bare confluent" in got else ""), file=sys.stderr)
+            print(
+                f"{'warm-up (discarded)' if k == 0 else f'round {k}'}, order {' / '.join(order)}: "
+                f"bare {got['bare']:,.0f}/s, driftline {got['driftline']:,.0f}/s, "
+                f"with kafka-python's parser {got['kafka-python parser']:,.0f}/s"
+                + (
+                    f"; bare confluent-kafka {got['bare confluent']:,.0f}/s, driftline with confluent-kafka "
+                    f"{got['driftline confluent']:,.0f}/s"
+                    if "bare confluent" in got
+                    else ""
+                ),
+                file=sys.stderr,
+            )
         path, labels_path = tmp / "events.jsonl", tmp / "labels.jsonl"
         path.write_bytes(b"\n".join(values) + b"\n")
         labels_path.write_bytes(b"\n".join(v for _, v in feedback) + b"\n")
@@ -418,16 +504,20 @@ def main() -> None:
     b, o, r = statistics.median(bare), statistics.median(ours), statistics.median(rep)
     sl = statistics.median(slow)
     ratios = sorted(x / y for x, y in zip(ours, bare))
-    print(f"driftline service throughput ({args.events:,} predictions + {args.events:,} labels, "
-          f"{LATE_SHARE:.0%} of them late; {N_NUM} numeric + {N_CAT} categorical features; "
-          f"median of {args.repeats} rounds after one warm-up round, discarded)")
+    print(
+        f"driftline service throughput ({args.events:,} predictions + {args.events:,} labels, "
+        f"{LATE_SHARE:.0%} of them late; {N_NUM} numeric + {N_CAT} categorical features; "
+        f"median of {args.repeats} rounds after one warm-up round, discarded)"
+    )
     print()
     print("| what | records/s | ratio |")
     print("|---|---|---|")
     print(f"| bare kafka-python consumer (reads only) | {b:,.0f} | 1.00 |")
     print(f"| driftline run (default detectors) | {o:,.0f} | {o / b:.2f} |")
-    print(f"| driftline run, kafka-python's record parser (`kafka.fast_record_parser: false`) "
-          f"| {sl:,.0f} | {sl / b:.2f} |")
+    print(
+        f"| driftline run, kafka-python's record parser (`kafka.fast_record_parser: false`) "
+        f"| {sl:,.0f} | {sl / b:.2f} |"
+    )
     if "bare confluent" in results:
         cb, co = statistics.median(results["bare confluent"]), statistics.median(results["driftline confluent"])
         print(f"| bare confluent-kafka consumer (reads only) | {cb:,.0f} | 1.00 |")
@@ -440,18 +530,21 @@ def main() -> None:
         print("driftline confluent/bare confluent per round (paired): " + ", ".join(f"{x:.2f}" for x in paired))
     for name, used in cpu.items():
         if used:
-            print(f"CPU per record during {name} run (median us): " + ", ".join(
-                f"{proc} {statistics.median(c[proc] for c in used):.2f}" for proc in used[0]))
+            print(
+                f"CPU per record during {name} run (median us): "
+                + ", ".join(f"{proc} {statistics.median(c[proc] for c in used):.2f}" for proc in used[0])
+            )
     missed = []
     if o / b < TARGET_RATIO:
         missed.append(f"driftline run is {o / b:.2f} of the bare consumer (target: at least {TARGET_RATIO})")
     if not args.no_memory:
         m1, m5 = memory(args.memory_events)
-        print(f"resident memory: {m1:.0f} MB after 1,000,000 events, {m5:.0f} MB after "
-              f"{args.memory_events:,} ({(m5 / m1 - 1) * 100:+.1f}%)")
+        print(
+            f"resident memory: {m1:.0f} MB after 1,000,000 events, {m5:.0f} MB after "
+            f"{args.memory_events:,} ({(m5 / m1 - 1) * 100:+.1f}%)"
+        )
         if m5 / m1 - 1 > TARGET_MEMORY_GROWTH:
-            missed.append(f"memory grew {(m5 / m1 - 1) * 100:+.1f}% (target: within "
-                          f"{TARGET_MEMORY_GROWTH:.0%})")
+            missed.append(f"memory grew {(m5 / m1 - 1) * 100:+.1f}% (target: within {TARGET_MEMORY_GROWTH:.0%})")
     if missed:
         print("targets missed: " + "; ".join(missed), file=sys.stderr)
     if args.check and missed:

@@ -28,10 +28,10 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 import statistics
+import sys  # noqa: E402
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats
@@ -59,8 +59,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(seconds(fn) for _ in range(repeats))
 
 
-def compare(ours: Callable[[], object], theirs: Callable[[], object], repeats: int
-            ) -> tuple[float, float, float]:
+def compare(ours: Callable[[], object], theirs: Callable[[], object], repeats: int) -> tuple[float, float, float]:
     """Medians of both and of the per-repeat ratio; the two alternate within each
     repeat so that both see the same load from other processes."""
     ours(), theirs()  # warm up
@@ -104,9 +103,16 @@ def numeric_case(repeats: int) -> list[tuple[str, float, float | None, float | N
     rows: list[tuple[str, float, float | None, float | None]] = []
     for kind, window in windows.items():
         label = f"numeric, {kind}: KS+p, PSI, JS, Wasserstein (20 features)"
-        rows.append((label, *compare(
-            lambda: numeric_drift(ref, window), lambda: loop(window), repeats,
-        )))
+        rows.append(
+            (
+                label,
+                *compare(
+                    lambda w=window: numeric_drift(ref, w),
+                    lambda w=window: loop(w),
+                    repeats,
+                ),
+            )
+        )
     fit = median_seconds(lambda: NumericReference.fit(reference), repeats)
     rows.append(("numeric: NumericReference.fit (10,000 x 20, once)", fit, None, None))
     return rows
@@ -118,8 +124,7 @@ def categorical_case(repeats: int) -> list[tuple[str, float, float | None, float
     reference = np.column_stack([rng.integers(-1, k, size=10_000) for k in sizes])
     window = np.column_stack([rng.integers(-1, k + 1, size=1_000) for k in sizes])
     ref = CategoricalReference.fit(reference, sizes)
-    ref_counts = [np.bincount(reference[:, j][reference[:, j] >= 0], minlength=k + 1)
-                  for j, k in enumerate(sizes)]
+    ref_counts = [np.bincount(reference[:, j][reference[:, j] >= 0], minlength=k + 1) for j, k in enumerate(sizes)]
 
     def loop() -> None:
         for j, k in enumerate(sizes):
@@ -138,22 +143,17 @@ def categorical_case(repeats: int) -> list[tuple[str, float, float | None, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--check", action="store_true",
-                        help=f"exit 1 when a case is below the {TARGET:.0f}x target")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 when a case is below the {TARGET:.0f}x target")
     args = parser.parse_args()
     rows = numeric_case(args.repeats) + categorical_case(args.repeats)
-    print(
-        "| case | driftline (ms) | per-feature scipy loop (ms) "
-        f"| speed-up (target >= {TARGET:.0f}x) |"
-    )
+    print(f"| case | driftline (ms) | per-feature scipy loop (ms) | speed-up (target >= {TARGET:.0f}x) |")
     print("| --- | ---: | ---: | ---: |")
     for label, ours, theirs, ratio in rows:
         if theirs is None:
             print(f"| {label} | {ours * 1e3:.2f} | - | - |")
         else:
             print(f"| {label} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | {ratio:.1f}x |")
-    missed = [f"{label}: {ratio:.1f}x" for label, _, theirs, ratio in rows
-              if theirs is not None and ratio < TARGET]
+    missed = [f"{label}: {ratio:.1f}x" for label, _, theirs, ratio in rows if theirs is not None and ratio < TARGET]
     if missed:
         print(f"below the {TARGET:.0f}x target: " + "; ".join(missed), file=sys.stderr)
     if args.check and missed:

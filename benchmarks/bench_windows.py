@@ -99,7 +99,7 @@ def write_stream(path: Path, n: int, seed: int) -> None:
     """N prediction events with one mean shift of feature x0 at n / 2."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, N_NUM))
-    x[n // 2:, 0] += 0.5
+    x[n // 2 :, 0] += 0.5
     country = rng.choice(np.array(["DE", "FR", "US"]), size=n, p=[0.5, 0.3, 0.2])
     score = 1 / (1 + np.exp(-(x[:, 0] - x[:, 1])))
     latency = 10 + rng.exponential(2.0, size=n)
@@ -108,10 +108,20 @@ def write_stream(path: Path, n: int, seed: int) -> None:
         for i in range(n):
             feats = {f"x{j}": v for j, v in enumerate(rows[i])}
             feats["country"] = str(country[i])
-            f.write(orjson.dumps({
-                "model": "bench", "version": "v1", "id": f"e{i}", "ts": 1_700_000_000.0 + i,
-                "features": feats, "prediction": float(score[i]), "latency_ms": float(latency[i]),
-            }) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "model": "bench",
+                        "version": "v1",
+                        "id": f"e{i}",
+                        "ts": 1_700_000_000.0 + i,
+                        "features": feats,
+                        "prediction": float(score[i]),
+                        "latency_ms": float(latency[i]),
+                    }
+                )
+                + b"\n"
+            )
 
 
 def overlay(checkout: Path, into: Path) -> Path:
@@ -139,15 +149,22 @@ def run(pythonpath: Path | None, stream: Path, config: Path, alarms: Path) -> di
         env["PYTHONPATH"] = str(pythonpath)
     # run from the stream's directory: a current directory holding a driftline/ folder
     # (the repository's root) would shadow the overlay
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(stream), str(config), str(alarms)],
-                         env=env, capture_output=True, text=True, check=False, cwd=stream.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(stream), str(config), str(alarms)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=stream.parent,
+    )
     if out.returncode != 0:
         raise SystemExit(f"replay failed ({pythonpath or 'working tree'}):\n{out.stderr[-3000:]}")
     result: dict = json.loads(out.stdout.strip().splitlines()[-1])
     if result["code"] != 0:
         raise SystemExit(f"replay exited {result['code']}:\n{out.stderr[-3000:]}")
     if pythonpath is not None and not Path(result["engine"]).resolve().is_relative_to(
-            (pythonpath / "driftline" / "monitor").resolve()):
+        (pythonpath / "driftline" / "monitor").resolve()
+    ):
         raise SystemExit(f"the baseline imported {result['engine']}, not its own engine")
     return result
 
@@ -174,7 +191,8 @@ def main() -> int:
             configs[name] = tmp / f"config-{name.replace('/', '-')}.yaml"
             configs[name].write_text(
                 f"defaults:\n  reference:\n    size: {REFERENCE}\n  window:\n    size: {size}\n"
-                + (f"    step: {step}\n" if step else ""))
+                + (f"    step: {step}\n" if step else "")
+            )
         results: dict[tuple[str, str], list[dict]] = {(t, c): [] for t in trees for c in CONFIGS}
         rng = random.Random(args.seed)
         for round_ in range(args.repeats):
@@ -186,8 +204,10 @@ def main() -> int:
             print(f"round {round_ + 1}/{args.repeats} done", file=sys.stderr)
 
     seconds = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
-    print(f"driftline replay, {args.events:,} events ({N_NUM} numeric + 1 categorical features, numeric "
-          f"prediction, {REFERENCE:,}-event reference), median of {args.repeats} runs\n")
+    print(
+        f"driftline replay, {args.events:,} events ({N_NUM} numeric + 1 categorical features, numeric "
+        f"prediction, {REFERENCE:,}-event reference), median of {args.repeats} runs\n"
+    )
     head = f"| {'window':<9} | {'windows':>7} |"
     for tree in trees:
         head += f" {tree + ' s':>9} | {tree + ' events/s':>15} | {tree + ' ms/window':>16} |"
@@ -207,8 +227,10 @@ def main() -> int:
             before, after = results["before", name], results["after", name]
             same = {(r["alarms"], r["snapshot"]) for r in before + after}
             same_everywhere &= len(same) == 1
-            line += f" {seconds['before', name] / seconds['after', name]:>7.2f}x | " \
-                    f"{('yes' if len(same) == 1 else 'NO'):>12} |"
+            line += (
+                f" {seconds['before', name] / seconds['after', name]:>7.2f}x | "
+                f"{('yes' if len(same) == 1 else 'NO'):>12} |"
+            )
         print(line)
     alarm_counts = {name: results["after", name][0]["n_alarms"] for name in CONFIGS}
     print(f"\nalarms written: {alarm_counts}")

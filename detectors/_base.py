@@ -81,9 +81,7 @@ def as_batch(values: Any, name: str = "values") -> tuple[np.ndarray, bool]:
     """
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{name} must be a 1-D or 2-D array of real numbers or booleans, got dtype {arr.dtype}"
-        )
+        raise ValueError(f"{name} must be a 1-D or 2-D array of real numbers or booleans, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2):
         raise ValueError(
             f"{name} must be a 1-D array (one stream) or a 2-D array of shape (n, d) "
@@ -255,9 +253,7 @@ class ChangeDetector:
         arr, one_d = as_batch(values)
         if getattr(self, "_columns", None) is None and not one_d:
             if self._stream_started():
-                raise ValueError(
-                    "values: this detector was fed a 1-D stream; a 2-D batch cannot follow"
-                )
+                raise ValueError("values: this detector was fed a 1-D stream; a 2-D batch cannot follow")
             self._columns = [self._clone_fresh() for _ in range(arr.shape[1])]
         if self._columns is not None:
             if one_d or arr.shape[1] != len(self._columns):
@@ -278,9 +274,7 @@ class ChangeDetector:
         """Whether the 1-D stream has seen data; subclasses with a cheap counter may
         override. Used only to reject a switch from 1-D to 2-D input."""
         fresh = self._clone_fresh()
-        return any(
-            not _equal(getattr(self, k), getattr(fresh, k)) for k in self._STATE_KEYS
-        )
+        return any(not _equal(getattr(self, k), getattr(fresh, k)) for k in self._STATE_KEYS)
 
     def _update_column(self, column: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         finite = np.isfinite(column)

@@ -125,7 +125,9 @@ def smirnov_sf(n: Array, t: Array, x: Array) -> Array:
     with np.errstate(divide="ignore", invalid="ignore"):
         rest = np.where(inside, (n - j - t) / n, 1.0)  # 1 - x - j/n
         log_term = (
-            special.gammaln(n + 1) - special.gammaln(j + 1) - special.gammaln(n - j + 1)
+            special.gammaln(n + 1)
+            - special.gammaln(j + 1)
+            - special.gammaln(n - j + 1)
             + np.where(n - j > 0, (n - j) * np.log(rest), 0.0)
             + (j - 1) * np.log((t + j) / n)
         )
@@ -147,10 +149,13 @@ def pelz_good_cdf(n: Array, x: Array) -> Array:
     m2 = (2 * k - 1) ** 2
     weight = np.where(inside, np.exp(qlog * m2), 0.0)  # q^(m^2), m = 2k - 1
     k1 = (-z2 + pi2 / 4 * m2) * weight
-    k2 = (6 * z6 + 2 * z4 + (2 * z4 - 5 * z2) * pi2 / 4 * m2 + pi4 * (1 - 2 * z2) / 16 * m2**2)
+    k2 = 6 * z6 + 2 * z4 + (2 * z4 - 5 * z2) * pi2 / 4 * m2 + pi4 * (1 - 2 * z2) / 16 * m2**2
     k3 = (
-        -30 * z6 - 90 * z**8 + pi2 * (135 * z4 - 96 * z6) / 4 * m2
-        + pi4 * (-60 * z2 + 212 * z4) / 16 * m2**2 + pi6 * (5 - 30 * z2) / 64 * m2**3
+        -30 * z6
+        - 90 * z**8
+        + pi2 * (135 * z4 - 96 * z6) / 4 * m2
+        + pi4 * (-60 * z2 + 212 * z4) / 16 * m2**2
+        + pi6 * (5 - 30 * z2) / 64 * m2**3
     )
     k0 = weight.sum(axis=1) * sqrt2pi / z[:, 0]
     k1 = k1.sum(axis=1) * sqrt2pi / (6 * z4[:, 0])

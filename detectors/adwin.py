@@ -75,9 +75,7 @@ def _level_counts(n: int, max_buckets: int) -> list[int]:
     return counts
 
 
-def _merge_pairs(
-    totals: np.ndarray, variances: np.ndarray | None, size: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _merge_pairs(totals: np.ndarray, variances: np.ndarray | None, size: float) -> tuple[np.ndarray, np.ndarray]:
     """Merge consecutive pairs of buckets of ``size`` samples, in river's arithmetic order
     (``variances`` None: all zero, as for single samples, where ``0 + 0 + spread`` is
     ``spread`` and ``t / 1.0`` is ``t``)."""
@@ -333,4 +331,3 @@ class ADWIN(ChangeDetector):
             cut = candidate & (np.abs(delta_mean) > epsilon)
         rows = np.flatnonzero(cut.any(axis=1))
         return int(checks[rows[0]] - width0 - 1) if rows.size else -1
-

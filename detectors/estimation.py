@@ -853,8 +853,11 @@ class RegressionErrorEstimator:
 
     def state_dict(self) -> dict[str, Any]:
         """Parameters, bin edges, per-bin error moments and the reference's errors."""
-        reference = None if self._reference is None else {
-            "n": self._reference.n, "mae": self._reference.mae.value, "rmse": self._reference.rmse.value}
+        reference = (
+            None
+            if self._reference is None
+            else {"n": self._reference.n, "mae": self._reference.mae.value, "rmse": self._reference.rmse.value}
+        )
         return {
             "params": {name: getattr(self, name) for name in self._PARAMS},
             "edges": self._edges.tolist(),
@@ -905,8 +908,10 @@ def _check_confidence(confidence: float) -> None:
 
 
 def _estimate_state(estimate: PerformanceEstimate) -> dict[str, Any]:
-    return {f.name: (getattr(estimate, f.name).as_tuple() if f.name in METRICS else getattr(estimate, f.name))
-            for f in fields(estimate)}
+    return {
+        f.name: (getattr(estimate, f.name).as_tuple() if f.name in METRICS else getattr(estimate, f.name))
+        for f in fields(estimate)
+    }
 
 
 def _estimate_from_state(state: dict[str, Any]) -> PerformanceEstimate:

@@ -70,14 +70,20 @@ class FHDDM(ChangeDetector):
             "confidence_level", confidence_level, low=0, high=1, low_open=True, high_open=True
         )
         short_window_size = check_param(
-            "short_window_size", short_window_size, low=1, high=self.sliding_window_size, integer=True,
-            optional=True, why="at most sliding_window_size",
+            "short_window_size",
+            short_window_size,
+            low=1,
+            high=self.sliding_window_size,
+            integer=True,
+            optional=True,
+            why="at most sliding_window_size",
         )
         self.short_window_size: int | None = short_window_size
         log_inverse = math.log(1 / self.confidence_level)
         self._epsilon = math.sqrt(log_inverse / (2 * self.sliding_window_size))
-        self._epsilon_short = (math.sqrt(log_inverse / (2 * short_window_size))
-                               if short_window_size is not None else math.inf)
+        self._epsilon_short = (
+            math.sqrt(log_inverse / (2 * short_window_size)) if short_window_size is not None else math.inf
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -107,7 +113,7 @@ class FHDDM(ChangeDetector):
             alarm |= full & (u_short_max - u_short > self._epsilon_short)
         drift = first_index(alarm)
         if drift < 0:
-            self._tail = z[max(z.size - (n - 1), 0):].copy()
+            self._tail = z[max(z.size - (n - 1), 0) :].copy()
             self._u_max = float(u_max[-1])
             if self.short_window_size is not None:
                 self._u_short_max = float(u_short_max[-1])

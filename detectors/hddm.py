@@ -225,7 +225,13 @@ class HDDMW(ChangeDetector):
     _MARGIN: ClassVar[float] = 1e-10
     # a "sample" (river's SampleInfo) is (ewma, ibc, count); count 0 is "not init"
     _STATE_KEYS: ClassVar[tuple[str, ...]] = (
-        "_total", "_incr_cut", "_incr_s1", "_incr_s2", "_decr_cut", "_decr_s1", "_decr_s2"
+        "_total",
+        "_incr_cut",
+        "_incr_s1",
+        "_incr_s2",
+        "_decr_cut",
+        "_decr_s1",
+        "_decr_s2",
     )
 
     def __init__(
@@ -241,9 +247,7 @@ class HDDMW(ChangeDetector):
         self.warning_confidence: float = check_param(
             "warning_confidence", warning_confidence, low=0, high=1, low_open=True, high_open=True
         )
-        self.lambda_val: float = check_param(
-            "lambda_val", lambda_val, low=0, high=1, low_open=True, high_open=True
-        )
+        self.lambda_val: float = check_param("lambda_val", lambda_val, low=0, high=1, low_open=True, high_open=True)
         self.two_sided_test: bool = check_param("two_sided_test", two_sided_test, choices=(True, False))
         # the constants exactly as river computes them
         self._lambda_sq = self.lambda_val * self.lambda_val
@@ -395,7 +399,10 @@ class HDDMW(ChangeDetector):
             if sure >= 0:
                 k = sure + 1
                 candidates, sub, drift_bound, warning_bound = (
-                    candidates[:k], sub[:k], drift_bound[:k], warning_bound[:k]
+                    candidates[:k],
+                    sub[:k],
+                    drift_bound[:k],
+                    warning_bound[:k],
                 )
             is_drift = sub > drift_bound
             is_warning = sub > warning_bound
@@ -419,10 +426,20 @@ class HDDMW(ChangeDetector):
             since = n - 1 - last_at
             s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
             s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
-        return drift, warning, {
-            "cut": end_cut, "s1": s1_end, "s2": s2_end, "at": last_at, "x": x, "s2_in": s2,
-            "before": before, "total": float(total_ewma[-1]),
-        }
+        return (
+            drift,
+            warning,
+            {
+                "cut": end_cut,
+                "s1": s1_end,
+                "s2": s2_end,
+                "at": last_at,
+                "x": x,
+                "s2_in": s2,
+                "before": before,
+                "total": float(total_ewma[-1]),
+            },
+        )
 
     def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list[Any]) -> np.ndarray:
         """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's

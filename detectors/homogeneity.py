@@ -68,8 +68,9 @@ def chi2_homogeneity(reference_counts: Any, window_counts: Any) -> tuple[np.ndar
     a = np.asarray(reference_counts, dtype=np.float64)
     b = np.asarray(window_counts, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"reference_counts and window_counts must be (d, K) arrays of one shape, "
-                         f"got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"reference_counts and window_counts must be (d, K) arrays of one shape, got {a.shape} and {b.shape}"
+        )
     n_a = a.sum(axis=1, keepdims=True)
     n_b = b.sum(axis=1, keepdims=True)
     total = n_a + n_b

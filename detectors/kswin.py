@@ -79,9 +79,7 @@ class NumpySampler:
     def fresh(self, seed: int | None) -> dict[str, Any]:
         return dict(np.random.default_rng(seed).bit_generator.state)
 
-    def draw(
-        self, state: dict[str, Any], population: int, size: int, count: int
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def draw(self, state: dict[str, Any], population: int, size: int, count: int) -> tuple[np.ndarray, dict[str, Any]]:
         bit_generator = np.random.PCG64()
         bit_generator.state = state  # type: ignore[assignment]  # numpy types it as a TypedDict
         uniforms = np.random.Generator(bit_generator).random((count, size))
@@ -335,5 +333,3 @@ class KSWIN(ChangeDetector):
         self._window = values[-size:].copy()
         self._n += x.size
         return -1, EMPTY_INDEX
-
-

@@ -65,9 +65,7 @@ def _midranks(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, ranks, 0.0)
 
 
-def classification_metrics(
-    y_true: Any, y_pred: Any, y_score: Any = None, positive: float = 1
-) -> dict[str, Any]:
+def classification_metrics(y_true: Any, y_pred: Any, y_score: Any = None, positive: float = 1) -> dict[str, Any]:
     """Accuracy, precision, recall, F1, ROC AUC and log loss of one or k windows.
 
     Parameters
@@ -147,13 +145,17 @@ def _class_codes(name: str, values: Any) -> np.ndarray:
     """``values`` as a 1-D float64 array of class codes (NaN: missing)."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf" or arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class codes (integers >= 0, NaN for missing), "
-                         f"got dtype {arr.dtype} and shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a 1-D array of class codes (integers >= 0, NaN for missing), "
+            f"got dtype {arr.dtype} and shape {arr.shape}"
+        )
     arr = arr.astype(np.float64, copy=False)
     known = arr[np.isfinite(arr)]
     if (known < 0).any() or (known != np.floor(known)).any():
-        raise ValueError(f"{name} must hold class codes (integers >= 0, NaN for missing), "
-                         f"got {known[(known < 0) | (known != np.floor(known))][0]!r}")
+        raise ValueError(
+            f"{name} must hold class codes (integers >= 0, NaN for missing), "
+            f"got {known[(known < 0) | (known != np.floor(known))][0]!r}"
+        )
     return arr
 
 
@@ -236,8 +238,10 @@ def multiclass_metrics(
     if scores is not None:
         score = np.asarray(scores)
         if score.dtype.kind not in "biuf" or score.ndim != 2 or score.shape[0] != truth.shape[0]:
-            raise ValueError(f"scores must be a (w, n_classes) array of numbers with w = {truth.shape[0]} "
-                             f"rows, got dtype {score.dtype} and shape {score.shape}")
+            raise ValueError(
+                f"scores must be a (w, n_classes) array of numbers with w = {truth.shape[0]} "
+                f"rows, got dtype {score.dtype} and shape {score.shape}"
+            )
         score = score.astype(np.float64, copy=False)
     if n_classes is None:
         if score is not None:
@@ -265,8 +269,10 @@ def multiclass_metrics(
         precision = np.where(predictions > 0, tp / predictions, 0.0)
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(support + predictions > 0, 2 * tp / (support + predictions), 0.0)
-    macro = {name: float(values[present].sum() / n_present) if n_present else math.nan
-             for name, values in (("precision", precision), ("recall", recall), ("f1", f1))}
+    macro = {
+        name: float(values[present].sum() / n_present) if n_present else math.nan
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1))
+    }
     micro = float(tp.sum() / n) if n else math.nan
 
     roc_auc, auc_classes, auc_n, auc_skipped = math.nan, 0, 0, 0

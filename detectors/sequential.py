@@ -164,9 +164,7 @@ class TwoSampleMSPRT:
         x = np.asarray(values)
         group = np.asarray(is_candidate)
         if x.ndim != 1 or x.dtype.kind not in "biuf":
-            raise ValueError(
-                f"values must be a 1-D array of numbers, got dtype {x.dtype} and shape {x.shape}"
-            )
+            raise ValueError(f"values must be a 1-D array of numbers, got dtype {x.dtype} and shape {x.shape}")
         if group.dtype != np.bool_ or group.shape != x.shape:
             raise ValueError(
                 f"is_candidate must be a 1-D boolean array of shape {x.shape}, "

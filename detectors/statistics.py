@@ -108,7 +108,10 @@ def _row_keys(sorted_rows: np.ndarray) -> np.ndarray:
 
 
 def _searchsorted_rows(
-    sorted_rows: np.ndarray, queries: np.ndarray, side: Literal["left", "right"], keys: np.ndarray | None = None,
+    sorted_rows: np.ndarray,
+    queries: np.ndarray,
+    side: Literal["left", "right"],
+    keys: np.ndarray | None = None,
     row_of: np.ndarray | None = None,
 ) -> np.ndarray:
     """``np.searchsorted(sorted_rows[row_of[j]], queries[j], side)`` for every query row j.
@@ -163,9 +166,7 @@ def _psi_js(reference_p: np.ndarray, window_p: np.ndarray) -> tuple[np.ndarray, 
     (padding bins hold 1.0 on both sides and contribute exactly 0)."""
     psi = ((window_p - reference_p) * np.log(window_p / reference_p)).sum(axis=1)
     middle = (reference_p + window_p) / 2.0
-    divergence = (
-        reference_p * np.log(reference_p / middle) + window_p * np.log(window_p / middle)
-    ).sum(axis=1) / 2.0
+    divergence = (reference_p * np.log(reference_p / middle) + window_p * np.log(window_p / middle)).sum(axis=1) / 2.0
     return psi, np.sqrt(np.maximum(divergence, 0.0))
 
 
@@ -294,9 +295,7 @@ class NumericReference:
         n_bins = check_param("n_bins", n_bins, low=1, integer=True)
         values, one_d = as_batch(reference, "reference")
         if one_d:
-            raise ValueError(
-                f"reference must be a 2-D array of shape (m, d), got shape {np.shape(reference)}"
-            )
+            raise ValueError(f"reference must be a 2-D array of shape (m, d), got shape {np.shape(reference)}")
         m_rows, d = values.shape
         sorted_values, count = _sorted_rows(values)
         has_values = count > 0
@@ -336,8 +335,9 @@ class NumericReference:
     def to_state(self) -> dict[str, Any]:
         """The fields as plain values and array copies (what :meth:`from_state` takes)."""
         return {
-            f.name: (getattr(self, f.name).copy() if isinstance(getattr(self, f.name), np.ndarray)
-                     else getattr(self, f.name))
+            f.name: (
+                getattr(self, f.name).copy() if isinstance(getattr(self, f.name), np.ndarray) else getattr(self, f.name)
+            )
             for f in fields(self)
             if f.init
         }
@@ -346,9 +346,14 @@ class NumericReference:
     def from_state(cls, state: dict[str, Any]) -> NumericReference:
         """Rebuild a reference from :meth:`to_state` output."""
         arrays = {
-            "sorted_values": np.float64, "count": np.int64, "missing_rate": np.float64,
-            "minimum": np.float64, "maximum": np.float64, "edges": np.float64,
-            "n_edges": np.int64, "bin_proportions": np.float64,
+            "sorted_values": np.float64,
+            "count": np.int64,
+            "missing_rate": np.float64,
+            "minimum": np.float64,
+            "maximum": np.float64,
+            "edges": np.float64,
+            "n_edges": np.int64,
+            "bin_proportions": np.float64,
         }
         missing = set(arrays) - set(state)
         if missing or "n_bins" not in state:
@@ -358,7 +363,10 @@ class NumericReference:
 
 
 def _bin_counts(
-    sorted_rows: np.ndarray, count: np.ndarray, edges: np.ndarray, n_edges: np.ndarray,
+    sorted_rows: np.ndarray,
+    count: np.ndarray,
+    edges: np.ndarray,
+    n_edges: np.ndarray,
     keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """(d, n_edges_max + 1) counts of the right-closed bins; 0 on padding bins."""
@@ -366,9 +374,7 @@ def _bin_counts(
     at_or_below = _searchsorted_rows(sorted_rows, edges, "right", keys)
     real_edge = np.arange(edges.shape[1]) < n_edges[:, None]
     at_or_below = np.where(real_edge, at_or_below, count[:, None])
-    cumulative = np.concatenate(
-        [np.zeros((d, 1), np.int64), at_or_below, count[:, None]], axis=1
-    )
+    cumulative = np.concatenate([np.zeros((d, 1), np.int64), at_or_below, count[:, None]], axis=1)
     return np.diff(cumulative, axis=1)
 
 
@@ -461,9 +467,7 @@ def numeric_drift(reference: NumericReference, window: Any) -> NumericDrift:
     values, one_d = as_batch(window, "window")
     d = reference.n_features
     if one_d or values.shape[1] != d:
-        raise ValueError(
-            f"window must be a 2-D array of shape (n, {d}), got shape {np.shape(window)}"
-        )
+        raise ValueError(f"window must be a 2-D array of shape (n, {d}), got shape {np.shape(window)}")
     return NumericDrift(**_numeric_kernel(reference, values, 1))
 
 
@@ -550,8 +554,7 @@ def _numeric_kernel(reference: NumericReference, values: np.ndarray, n_windows: 
         whole = t // n_safe
         frac = (t - whole * n_safe) / n_safe
         h: np.ndarray = (
-            _take_rows(reference._prefix, whole, row_of)
-            + frac * _take_rows(reference._centered, whole, row_of)
+            _take_rows(reference._prefix, whole, row_of) + frac * _take_rows(reference._centered, whole, row_of)
         ) / m_safe
         return h
 
@@ -561,7 +564,9 @@ def _numeric_kernel(reference: NumericReference, values: np.ndarray, n_windows: 
     centered_window = np.where(valid, rows - reference._center[row_of][:, None], 0.0)
     pieces = (
         centered_window * (2 * crossing - grid[:, :-1] - grid[:, 1:]) / (m_safe * n_safe)
-        + h_grid[:, :-1] + h_grid[:, 1:] - 2.0 * integral(crossing)
+        + h_grid[:, :-1]
+        + h_grid[:, 1:]
+        - 2.0 * integral(crossing)
     )
     wasserstein = np.where(usable, np.where(valid, pieces, 0.0).sum(axis=1), np.nan)
 
@@ -583,8 +588,12 @@ def _numeric_kernel(reference: NumericReference, values: np.ndarray, n_windows: 
     if n_windows == 1:
         p_value = ks_p_value(ks, m, n)
     else:
-        p_value = np.concatenate([ks_p_value(ks[i * d:(i + 1) * d], m[i * d:(i + 1) * d], n[i * d:(i + 1) * d])
-                                  for i in range(n_windows)])
+        p_value = np.concatenate(
+            [
+                ks_p_value(ks[i * d : (i + 1) * d], m[i * d : (i + 1) * d], n[i * d : (i + 1) * d])
+                for i in range(n_windows)
+            ]
+        )
     return {
         "ks_statistic": ks,
         "ks_p_value": p_value,
@@ -634,9 +643,7 @@ def _bucket_layout(n_categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, in
     return starts + 1, gather, total
 
 
-def _bucket_counts(
-    codes: np.ndarray, layout: tuple[np.ndarray, np.ndarray, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def _bucket_counts(codes: np.ndarray, layout: tuple[np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature counts of codes 0..K_j (K_j = other) as a (d, K_max + 1) array with
     zero padding, and the (d,) counts of missing codes (-1): one offset bincount."""
     shift, gather, total = layout
@@ -711,9 +718,7 @@ class CategoricalReference:
         if sizes.size == 0:  # no categorical feature (an all-numeric model): d = 0
             sizes = sizes.astype(np.int64).reshape(0)
         if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or (sizes < 0).any():
-            raise ValueError(
-                f"n_categories must be a sequence of d integers >= 0, got {n_categories!r}"
-            )
+            raise ValueError(f"n_categories must be a sequence of d integers >= 0, got {n_categories!r}")
         sizes = sizes.astype(np.int64)
         arr = _as_codes(codes, sizes, "codes")
         buckets, missing = _bucket_counts(arr, _bucket_layout(sizes))
@@ -721,8 +726,7 @@ class CategoricalReference:
         with np.errstate(invalid="ignore", divide="ignore"):
             proportions = np.where(count[:, None] > 0, buckets / count[:, None], 0.0)
             missing_rate = missing / np.float64(arr.shape[0])
-        return cls(n_categories=sizes, proportions=proportions, count=count,
-                   missing_rate=missing_rate)
+        return cls(n_categories=sizes, proportions=proportions, count=count, missing_rate=missing_rate)
 
     def to_state(self) -> dict[str, Any]:
         """The fields as array copies (what :meth:`from_state` takes)."""
@@ -739,9 +743,7 @@ class CategoricalReference:
                 missing_rate=np.array(state["missing_rate"], dtype=np.float64),
             )
         except KeyError as exc:
-            raise ValueError(
-                f"state: expected a CategoricalReference state, missing {exc}"
-            ) from None
+            raise ValueError(f"state: expected a CategoricalReference state, missing {exc}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -817,9 +819,7 @@ def categorical_drift(reference: CategoricalReference, codes: Any) -> Categorica
     ([0.25], True)
     """
     if not isinstance(reference, CategoricalReference):
-        raise ValueError(
-            f"reference must be a CategoricalReference, got {type(reference).__name__}"
-        )
+        raise ValueError(f"reference must be a CategoricalReference, got {type(reference).__name__}")
     arr = _as_codes(codes, reference.n_categories, "codes")
     buckets, missing = _bucket_counts(arr, reference._layout)
     return CategoricalDrift(**_categorical_kernel(reference, buckets, missing, arr.shape[0], None))
@@ -850,9 +850,7 @@ def categorical_drift_windows(reference: CategoricalReference, codes: Any) -> Ca
     [[0.0], [0.25]]
     """
     if not isinstance(reference, CategoricalReference):
-        raise ValueError(
-            f"reference must be a CategoricalReference, got {type(reference).__name__}"
-        )
+        raise ValueError(f"reference must be a CategoricalReference, got {type(reference).__name__}")
     arr = np.asarray(codes)
     d = reference.n_features
     if arr.ndim != 3 or arr.shape[2] != d:
@@ -870,10 +868,12 @@ def categorical_drift_windows(reference: CategoricalReference, codes: Any) -> Ca
     return CategoricalDrift(**{k: v.reshape(w, d) for k, v in out.items()})
 
 
-def _categorical_kernel(reference: CategoricalReference, buckets: np.ndarray, missing: np.ndarray, n_rows: int,
-                        row_of: np.ndarray | None) -> dict[str, np.ndarray]:
+def _categorical_kernel(
+    reference: CategoricalReference, buckets: np.ndarray, missing: np.ndarray, n_rows: int, row_of: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """The statistics of bucket counts (one row per column of the window(s); ``row_of``
     names each row's reference feature, default: row j is feature j)."""
+
     def ref(a: np.ndarray) -> np.ndarray:
         return a if row_of is None else a[row_of]
 

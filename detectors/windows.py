@@ -10,7 +10,7 @@ batches.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 
@@ -135,13 +135,10 @@ class SlidingWindow:
             held = rows < seen
             batch_rows = np.clip(rows - seen, 0, n - 1)
             ring_rows = rows % size
-            values_out = np.where(
-                held[:, :, None], self._values[ring_rows], arr[batch_rows]
-            )
+            values_out = np.where(held[:, :, None], self._values[ring_rows], arr[batch_rows])
             index_out = np.where(held, self._indices[ring_rows], indices[batch_rows])
             windows = [
-                CompletedWindow(values_out[k], int(index_out[k, 0]), int(index_out[k, -1]))
-                for k in range(n_windows)
+                CompletedWindow(values_out[k], int(index_out[k, 0]), int(index_out[k, -1])) for k in range(n_windows)
             ]
             self._next_start += self.step * n_windows
         # keep the rows a future window may need (at most the last `size` rows)
@@ -173,11 +170,10 @@ class SlidingWindow:
         }
 
     def _params(self) -> dict[str, Any]:
-        return {"size": self.size, "step": self.step, "n_columns": self.n_columns,
-                "dtype": self.dtype.str}
+        return {"size": self.size, "step": self.step, "n_columns": self.n_columns, "dtype": self.dtype.str}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> SlidingWindow:
+    def from_state(cls, state: dict[str, Any]) -> Self:
         """Rebuild a window from :meth:`state_dict` output."""
         if state.get("type") != cls.__name__:
             raise ValueError(f"state: expected a {cls.__name__} state, got {state.get('type')!r}")
@@ -191,10 +187,7 @@ class SlidingWindow:
         slots = window._held_rows() % window.size
         values = np.asarray(state["values"], dtype=window.dtype)
         if values.shape != (slots.size, window.n_columns):
-            raise ValueError(
-                f"state: values must have shape {(slots.size, window.n_columns)}, "
-                f"got {values.shape}"
-            )
+            raise ValueError(f"state: values must have shape {(slots.size, window.n_columns)}, got {values.shape}")
         window._values[slots] = values
         window._indices[slots] = np.asarray(state["indices"], dtype=np.int64)
         return window

@@ -55,7 +55,7 @@ from driftline.monitor.decode import DecodedBatch
 from driftline.monitor.engine import Engine, EngineResult, ReferenceData
 from driftline.monitor.reference import load_reference
 from driftline.monitor.sources import KafkaSource, ProcessKafkaSource, SchemaSink, Source
-from driftline.monitor.telemetry import READINESS_COMPONENTS, NullTelemetry, Readiness, Telemetry
+from driftline.monitor.telemetry import READINESS_COMPONENTS, NullTelemetry, Readiness, ReadinessComponent, Telemetry
 from driftline.sinks.deadletter import KafkaDeadLetters
 from driftline.sinks.exceptions import SinkError
 
@@ -100,7 +100,7 @@ def _reference_loader(settings: Settings) -> Callable[..., ReferenceData | None]
         cfg = settings.for_model(model)
         if path is not None:
             return load_reference(Path(path), model, cfg.reference.size)
-        if cfg.reference.source != "file":
+        if cfg.reference.source != "file" or cfg.reference.path is None:
             return None
         return load_reference(cfg.reference.path, model, cfg.reference.size)
 
@@ -208,12 +208,17 @@ class Service:
             from driftline.sinks.factory import build_sinks
 
             recorder = self._recorder
-            sinks = build_sinks(settings, self.telemetry, state_dir=Path(settings.state_dir), environ=environ,
-                                on_triggers=recorder.on_triggers if recorder else None,
-                                on_delivery=recorder.on_delivery if recorder else None)
+            sinks = build_sinks(
+                settings,
+                self.telemetry,
+                state_dir=Path(settings.state_dir),
+                environ=environ,
+                on_triggers=recorder.on_triggers if recorder else None,
+                on_delivery=recorder.on_delivery if recorder else None,
+            )
         self.sinks = list(sinks)
         self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
-        self._ready = dict.fromkeys(READINESS_COMPONENTS, False)
+        self._ready: dict[str, bool] = dict.fromkeys(READINESS_COMPONENTS, False)
         self._last_checkpoint = 0.0
         self._last_health = 0.0
         self._last_progress = time.monotonic()  # a record arrived, or the lag was 0
@@ -236,7 +241,7 @@ class Service:
     def readiness(self) -> dict[str, bool]:
         return dict(self._ready)
 
-    def _set_ready(self, component: str, value: bool) -> None:
+    def _set_ready(self, component: ReadinessComponent, value: bool) -> None:
         self._ready[component] = value
         self.telemetry.set_ready(component, value)
 
@@ -246,8 +251,12 @@ class Service:
         from driftline.sinks.factory import start_metrics_server
 
         self._metrics_server = start_metrics_server(
-            self.settings.prometheus, self.registry, self.engine.snapshot, self.readiness,
-            on_overflow=self.telemetry.record_feature_overflow)
+            self.settings.prometheus,
+            self.registry,
+            self.engine.snapshot,
+            self.readiness,
+            on_overflow=self.telemetry.record_feature_overflow,
+        )
         self.metrics_port = self._metrics_server.port
 
     def run(self, stop: threading.Event | None = None) -> int:
@@ -314,12 +323,26 @@ class Service:
             tel.record_feature_overflow(model, count)
         for alarm in result.alarms:
             tel.record_alarm(alarm.model, alarm.kind)
-            log.info("alarm %s %s/%s %s %s=%.4g [%d..%d]", alarm.kind, alarm.model, alarm.version,
-                     alarm.feature, alarm.detector, alarm.statistic, alarm.first_index, alarm.last_index)
+            log.info(
+                "alarm %s %s/%s %s %s=%.4g [%d..%d]",
+                alarm.kind,
+                alarm.model,
+                alarm.version,
+                alarm.feature,
+                alarm.detector,
+                alarm.statistic,
+                alarm.first_index,
+                alarm.last_index,
+            )
         for event in decoded.lifecycle:
-            log.info("lifecycle %s %s/%s%s%s", event.event, event.model, event.version,
-                     f" as {event.role}" if event.role else "",
-                     f" (answers trigger {event.trigger[:12]})" if event.trigger else "")
+            log.info(
+                "lifecycle %s %s/%s%s%s",
+                event.event,
+                event.model,
+                event.version,
+                f" as {event.role}" if event.role else "",
+                f" (answers trigger {event.trigger[:12]})" if event.trigger else "",
+            )
         if result.lifecycle:  # what the lifecycle events and timers did (applied, queued, confirmed ...)
             log.info("lifecycle outcomes: %s", ", ".join(f"{k} {v}" for k, v in sorted(result.lifecycle.items())))
         self._dead_letters.write(dead)
@@ -381,8 +404,11 @@ class Service:
         schemas the engine learned since the last batch."""
         if len(self._shared) == len(self.engine.models) or not isinstance(source, SchemaSink):
             return
-        new = {name: mm.schema.to_state() for name, mm in self.engine.models.items()
-               if name not in self._shared and mm.schema is not None}
+        new = {
+            name: mm.schema.to_state()
+            for name, mm in self.engine.models.items()
+            if name not in self._shared and mm.schema is not None
+        }
         if new:
             if not source.share_schemas(new):
                 return  # not taken in time: shared again after the next batch
@@ -407,15 +433,21 @@ class Service:
             if reachable:
                 log.info("Kafka answers again: consuming on")
             else:
-                log.warning("Kafka does not answer (%s): /readyz reports kafka not ready; "
-                            "offsets are committed once it is back", status.error)
+                log.warning(
+                    "Kafka does not answer (%s): /readyz reports kafka not ready; "
+                    "offsets are committed once it is back",
+                    status.error,
+                )
         self._set_ready(Readiness.KAFKA, reachable)
         if status.assigned is not None:
             tel.set_assigned_partitions(status.assigned)
             if status.assigned != self._assigned and reachable:
-                log.log(logging.INFO if status.assigned else logging.WARNING,
-                        "%d partition(s) assigned to this instance%s", status.assigned,
-                        "" if status.assigned else ": /readyz reports partitions not ready")
+                log.log(
+                    logging.INFO if status.assigned else logging.WARNING,
+                    "%d partition(s) assigned to this instance%s",
+                    status.assigned,
+                    "" if status.assigned else ": /readyz reports partitions not ready",
+                )
                 self._assigned = status.assigned
             self._set_ready(Readiness.PARTITIONS, status.assigned > 0)
         if status.lag is not None:
@@ -427,8 +459,12 @@ class Service:
         idle = now - self._last_progress
         stalled = self._behind > 0 and idle > self.settings.kafka.stall_timeout_seconds
         if stalled and self._ready[Readiness.CONSUMING]:
-            log.warning("nothing consumed for %.0f s while %d record(s) wait: /readyz reports "
-                        "consuming not ready (kafka.stall_timeout_seconds)", idle, self._behind)
+            log.warning(
+                "nothing consumed for %.0f s while %d record(s) wait: /readyz reports "
+                "consuming not ready (kafka.stall_timeout_seconds)",
+                idle,
+                self._behind,
+            )
         self._set_ready(Readiness.CONSUMING, not stalled)
 
     def _flush_all(self) -> bool:
@@ -448,8 +484,7 @@ class Service:
                 level = logging.WARNING if warn else logging.DEBUG
                 if warn:
                     self._flush_warned[name] = now
-                log.log(level, "%s could not flush (offsets not committed until it does; retrying): %s",
-                        name, exc)
+                log.log(level, "%s could not flush (offsets not committed until it does; retrying): %s", name, exc)
             else:
                 if self._flush_warned.pop(name, None) is not None:
                     log.info("%s flushed again: offsets are committed from now on", name)
@@ -462,8 +497,9 @@ class Service:
         if not self._flushed:
             return False  # on every path: never past an alarm or a dead letter not yet durable
         now = time.monotonic()
-        if not force and (now - self._last_checkpoint < self.settings.checkpoint_interval_seconds
-                          or now < self._retry_commit_at):
+        if not force and (
+            now - self._last_checkpoint < self.settings.checkpoint_interval_seconds or now < self._retry_commit_at
+        ):
             return False
         offsets = source.offsets()
         if offsets == self._committed and not force:
@@ -476,10 +512,14 @@ class Service:
         if self._store is not None:
             # with the changelog, a local copy for operators (not read back: the changelog's
             # states are the ones restored, per partition)
-            policies = {getattr(sink, "name", str(i)): sink.policy.state_dict()
-                        for i, sink in enumerate(self.sinks) if hasattr(sink, "policy")}
-            self._store.save({"version": 1, "offsets": offsets, "engine": self.engine.state_dict(),
-                              "policies": policies})
+            policies = {
+                getattr(sink, "name", str(i)): sink.policy.state_dict()
+                for i, sink in enumerate(self.sinks)
+                if hasattr(sink, "policy")
+            }
+            self._store.save(
+                {"version": 1, "offsets": offsets, "engine": self.engine.state_dict(), "policies": policies}
+            )
             self.telemetry.mark_success("checkpoint")
         if source.commit(offsets) is False:
             # refused by a rebalance or unanswered: not done. The checkpoint stands (a
@@ -500,8 +540,9 @@ class Service:
             return None
         from driftline.monitor.changelog import ChangelogStore
 
-        self._changelog = ChangelogStore(self.settings.kafka, cfg.topic, compression_type=cfg.compression_type,
-                                         timeout_seconds=cfg.timeout_seconds)
+        self._changelog = ChangelogStore(
+            self.settings.kafka, cfg.topic, compression_type=cfg.compression_type, timeout_seconds=cfg.timeout_seconds
+        )
         log.info("model states follow their partitions through the changelog topic %s", self._changelog.topic)
         return _StateHandover(self)
 
@@ -510,7 +551,7 @@ class Service:
         its partition, or its restored state's where those are further (records of
         other models re-read after a restore do not move it back)."""
         partition = self._changelog.partition_of(model)
-        positions = {tuple(tp): off for tp, off in offsets.items() if tp[1] == partition}
+        positions = {(tp[0], tp[1]): off for tp, off in offsets.items() if tp[1] == partition}
         for tp, off in self._applied.get(model, {}).items():
             positions[tp] = max(positions.get(tp, 0), off)
         return positions
@@ -574,11 +615,15 @@ class Service:
         last commit and the last states written)."""
         numbers, models = self._models_of(partitions)
         mine = set(map(tuple, partitions))
-        offsets = {tuple(tp): off for tp, off in self._source.offsets().items() if tuple(tp) in mine}
+        assert self._source is not None  # a revocation comes from the running source
+        offsets = {(tp[0], tp[1]): off for tp, off in self._source.offsets().items() if tuple(tp) in mine}
         commit = None
         if not self._flush_all():
-            log.warning("partitions %s revoked while a sink could not flush: nothing committed for them; "
-                        "their new owner resumes from the last commit", sorted(numbers))
+            log.warning(
+                "partitions %s revoked while a sink could not flush: nothing committed for them; "
+                "their new owner resumes from the last commit",
+                sorted(numbers),
+            )
         elif self._write_changelog(models, offsets):
             commit = offsets
         self._drop_models(models, keep_pending=commit is None)
@@ -592,8 +637,12 @@ class Service:
         numbers, models = self._models_of(partitions)
         self._drop_models(models, keep_pending=True)
         self._changelog.forget(numbers)
-        log.warning("partitions %s lost (this instance was expired from the group): %d model state(s) "
-                    "dropped, their new owner restores them from the changelog", sorted(numbers), len(models))
+        log.warning(
+            "partitions %s lost (this instance was expired from the group): %d model state(s) "
+            "dropped, their new owner restores them from the changelog",
+            sorted(numbers),
+            len(models),
+        )
 
     def _partitions_assigned(self, partitions: list[tuple[str, int]]) -> dict[str, dict[tuple[str, int], int]] | None:
         """Restore the partitions' models before any of their records is processed;
@@ -615,8 +664,11 @@ class Service:
             try:
                 self.engine.restore_model(model, record["engine"])
             except (CheckpointError, KeyError, TypeError) as exc:
-                log.error("the changelog state of model %r cannot be used (%s): the model is rebuilt from "
-                          "the stream", model, exc)
+                log.error(
+                    "the changelog state of model %r cannot be used (%s): the model is rebuilt from the stream",
+                    model,
+                    exc,
+                )
                 self.engine.drop_model(model)
                 continue
             try:
@@ -632,8 +684,12 @@ class Service:
                 return None
             self._applied[model] = dict(found.positions)
             out[model] = dict(found.positions)
-        log.info("partitions %s assigned: %d model state(s) restored from the changelog in %.2f s", numbers,
-                 len(out), time.monotonic() - started)
+        log.info(
+            "partitions %s assigned: %d model state(s) restored from the changelog in %.2f s",
+            numbers,
+            len(out),
+            time.monotonic() - started,
+        )
         return out
 
     def _restore(self, source: Source) -> None:
@@ -655,21 +711,30 @@ class Service:
 
     def _finish(self, source: Source) -> None:
         st = self.stats
-        log.info("stopping after %d predictions, %d feedback events and %d invalid records "
-                 "(%d alarms)", st.predictions, st.feedback, st.invalid, st.alarms)
+        log.info(
+            "stopping after %d predictions, %d feedback events and %d invalid records (%d alarms)",
+            st.predictions,
+            st.feedback,
+            st.invalid,
+            st.alarms,
+        )
         if self._flush_all():
             if not self._maybe_checkpoint(source, force=True):
-                log.warning("the offsets could not be committed at shutdown (see above): this "
-                            "instance resumes from the checkpoint just written; an instance that "
-                            "takes its partitions over consumes again from the group's last commit")
+                log.warning(
+                    "the offsets could not be committed at shutdown (see above): this "
+                    "instance resumes from the checkpoint just written; an instance that "
+                    "takes its partitions over consumes again from the group's last commit"
+                )
             return
         offsets = source.offsets()
-        behind = sum(max(0, off - self._committed.get(tp, 0)) for tp, off in offsets.items()
-                     if tp in self._committed)
-        log.error("a sink or the dead-letter writer could not flush at shutdown: offsets stay at the "
-                  "last commit, so the %d event(s) consumed since (and any partition never committed) "
-                  "will be consumed again at the next start, and their alarms and dead letters "
-                  "written then", behind)
+        behind = sum(max(0, off - self._committed.get(tp, 0)) for tp, off in offsets.items() if tp in self._committed)
+        log.error(
+            "a sink or the dead-letter writer could not flush at shutdown: offsets stay at the "
+            "last commit, so the %d event(s) consumed since (and any partition never committed) "
+            "will be consumed again at the next start, and their alarms and dead letters "
+            "written then",
+            behind,
+        )
 
     def close(self) -> None:
         for target in [*self.sinks, self._dead_letters, self.audit]:  # the audit last: sinks write to it

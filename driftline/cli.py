@@ -54,8 +54,9 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="driftline",
-                                description="Streaming drift monitor and retraining/rollback trigger.")
+    p = argparse.ArgumentParser(
+        prog="driftline", description="Streaming drift monitor and retraining/rollback trigger."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -75,14 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(rp)
     rp.add_argument("--predictions", type=Path, required=True, help="JSONL file of prediction events")
     rp.add_argument("--feedback", type=Path, help="JSONL file of feedback events")
-    rp.add_argument("--lifecycle", type=Path,
-                    help="JSONL file of model lifecycle events, merged with the others by event time")
-    rp.add_argument("--audit", type=Path,
-                    help="append the audit trail to this SQLite file (default: STATE_DIR/audit.sqlite3 "
-                         "when --state-dir or audit.path is given, else none; never published to Kafka)")
+    rp.add_argument(
+        "--lifecycle", type=Path, help="JSONL file of model lifecycle events, merged with the others by event time"
+    )
+    rp.add_argument(
+        "--audit",
+        type=Path,
+        help="append the audit trail to this SQLite file (default: STATE_DIR/audit.sqlite3 "
+        "when --state-dir or audit.path is given, else none; never published to Kafka)",
+    )
     rp.add_argument("--alarms", type=Path, required=True, help="JSONL file the alarms are written to")
-    rp.add_argument("--dead-letters", type=Path,
-                    help="JSONL file for invalid records (default: ALARMS.dead-letters.jsonl)")
+    rp.add_argument(
+        "--dead-letters", type=Path, help="JSONL file for invalid records (default: ALARMS.dead-letters.jsonl)"
+    )
     rp.add_argument("--batch-size", type=int, default=5000)
     rp.add_argument("--with-webhooks", action="store_true", help="also send the configured webhooks (off in replays)")
     rp.add_argument("--quiet", action="store_true", help="no progress line")
@@ -125,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = wh_sub.add_parser("resend", help="make failed deliveries pending again (same key)")
     outbox_args(rs)
     which = rs.add_mutually_exclusive_group(required=True)
-    which.add_argument("--key", help="the idempotency key, or its first 8+ characters "
-                       "(the logs show 12)")
+    which.add_argument("--key", help="the idempotency key, or its first 8+ characters (the logs show 12)")
     which.add_argument("--all-failed", action="store_true", help="every failed delivery")
 
     from driftline.lifecycle_cli import add_audit_parser, add_lifecycle_parser
@@ -171,9 +176,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **_overrides(args))  # sources deep-merge: flags > env > file
     _configure_logging(settings)
     service = Service(settings)
-    log.info("driftline consuming %s and %s from %s as group %s",
-             settings.kafka.predictions_topic, settings.kafka.feedback_topic,
-             settings.kafka.bootstrap_servers, settings.kafka.group_id)
+    log.info(
+        "driftline consuming %s and %s from %s as group %s",
+        settings.kafka.predictions_topic,
+        settings.kafka.feedback_topic,
+        settings.kafka.bootstrap_servers,
+        settings.kafka.group_id,
+    )
     with steady_gc():
         return service.run()
 
@@ -191,22 +200,37 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.with_webhooks:
         settings = settings.model_copy(update={"webhooks": settings.webhooks.model_copy(update={"targets": []})})
     k = settings.kafka
-    source = JsonlSource(args.predictions, args.feedback, predictions_topic=k.predictions_topic,
-                         feedback_topic=k.feedback_topic, batch_size=args.batch_size,
-                         lifecycle=args.lifecycle, lifecycle_topic=settings.lifecycle.topic)
+    source = JsonlSource(
+        args.predictions,
+        args.feedback,
+        predictions_topic=k.predictions_topic,
+        feedback_topic=k.feedback_topic,
+        batch_size=args.batch_size,
+        lifecycle=args.lifecycle,
+        lifecycle_topic=settings.lifecycle.topic,
+    )
     dead_path = args.dead_letters or args.alarms.with_name(args.alarms.name + ".dead-letters.jsonl")
     if args.alarms.exists():
         args.alarms.unlink()  # a replay writes its alarms afresh
     progress = _Progress(sys.stderr, enabled=not args.quiet)
-    service = Service(settings, source=source, dead_letters=FileDeadLetters(dead_path),
-                      checkpoint=False, on_batch=progress, audit=_replay_audit(args, settings))
+    service = Service(
+        settings,
+        source=source,
+        dead_letters=FileDeadLetters(dead_path),
+        checkpoint=False,
+        on_batch=progress,
+        audit=_replay_audit(args, settings),
+    )
     with steady_gc():
         code = service.run()
     progress.done(service.stats)
     s = service.stats
-    print(f"replayed {s.predictions} predictions and {s.feedback} feedback events"
-          f"{' and lifecycle events' if args.lifecycle else ''}: "
-          f"{s.alarms} alarms -> {args.alarms}; {s.invalid} invalid -> {dead_path}", file=sys.stderr)
+    print(
+        f"replayed {s.predictions} predictions and {s.feedback} feedback events"
+        f"{' and lifecycle events' if args.lifecycle else ''}: "
+        f"{s.alarms} alarms -> {args.alarms}; {s.invalid} invalid -> {dead_path}",
+        file=sys.stderr,
+    )
     return code
 
 
@@ -246,8 +270,9 @@ class _Progress:
         if not self.enabled or now - self._last < 0.5:
             return
         self._last = now
-        self.stream.write(f"\r{stats.records:,} events  {stats.rate:,.0f}/s  "
-                          f"{stats.alarms} alarms  {stats.invalid} invalid ")
+        self.stream.write(
+            f"\r{stats.records:,} events  {stats.rate:,.0f}/s  {stats.alarms} alarms  {stats.invalid} invalid "
+        )
         self.stream.flush()
 
     def done(self, stats: Any) -> None:
@@ -258,9 +283,18 @@ class _Progress:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from driftline.demo.scenario import run_demo
 
-    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("metrics_port", args.metrics_port),
-                                ("rate", args.rate), ("partitions", args.partitions),
-                                ("out_dir", args.out_dir)) if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (
+            ("events", args.events),
+            ("seed", args.seed),
+            ("metrics_port", args.metrics_port),
+            ("rate", args.rate),
+            ("partitions", args.partitions),
+            ("out_dir", args.out_dir),
+        )
+        if v is not None
+    }
     with steady_gc():
         return run_demo(keep_running=args.keep_running, **kwargs)
 
@@ -268,9 +302,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from driftline.demo.simulator import produce_to_kafka
 
-    kwargs = {k: v for k, v in (("events", args.events), ("seed", args.seed), ("rate", args.rate),
-                                ("predictions_topic", args.predictions_topic),
-                                ("feedback_topic", args.feedback_topic)) if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (
+            ("events", args.events),
+            ("seed", args.seed),
+            ("rate", args.rate),
+            ("predictions_topic", args.predictions_topic),
+            ("feedback_topic", args.feedback_topic),
+        )
+        if v is not None
+    }
     produce_to_kafka(args.bootstrap_servers, repeat=args.repeat, **kwargs)
     return EXIT_OK
 
@@ -293,8 +335,7 @@ def _open_outbox(args: argparse.Namespace) -> tuple[Settings, Any]:
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _cmd_webhooks_list(args: argparse.Namespace) -> int:
@@ -305,21 +346,35 @@ def _cmd_webhooks_list(args: argparse.Namespace) -> int:
         outbox.close()
     if args.json:
         for row in rows:
-            print(json.dumps({
-                "target": row.target, "idempotency_key": row.idempotency_key,
-                "model": row.model, "action": row.action, "status": row.status,
-                "attempts": row.attempts, "created_at": row.created_at,
-                "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
-                "delivered_at": row.delivered_at, "last_error": row.last_error,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "target": row.target,
+                        "idempotency_key": row.idempotency_key,
+                        "model": row.model,
+                        "action": row.action,
+                        "status": row.status,
+                        "attempts": row.attempts,
+                        "created_at": row.created_at,
+                        "queued_at": row.queued_at,
+                        "next_attempt_at": row.next_attempt_at,
+                        "delivered_at": row.delivered_at,
+                        "last_error": row.last_error,
+                    }
+                )
+            )
         return EXIT_OK
-    print(f"{'status':<10} {'target':<16} {'action':<8} {'model':<16} {'key':<12} "
-          f"{'attempts':>8}  {'created (UTC)':<20}  last error")
+    print(
+        f"{'status':<10} {'target':<16} {'action':<8} {'model':<16} {'key':<12} "
+        f"{'attempts':>8}  {'created (UTC)':<20}  last error"
+    )
     for row in rows:
         error = (row.last_error or "").replace("\n", " ")
-        print(f"{row.status:<10} {row.target:<16} {row.action:<8} {row.model:<16} "
-              f"{row.idempotency_key[:12]:<12} {row.attempts:>8}  {_when(row.created_at):<20}  "
-              f"{error[:80]}")
+        print(
+            f"{row.status:<10} {row.target:<16} {row.action:<8} {row.model:<16} "
+            f"{row.idempotency_key[:12]:<12} {row.attempts:>8}  {_when(row.created_at):<20}  "
+            f"{error[:80]}"
+        )
     return EXIT_OK
 
 
@@ -331,26 +386,32 @@ def _cmd_webhooks_resend(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--key: {exc}") from None
         if not rows and args.key is not None:
-            others = [r for r in outbox.rows(target=args.target)
-                      if r.idempotency_key.startswith(args.key)]
+            others = [r for r in outbox.rows(target=args.target) if r.idempotency_key.startswith(args.key)]
             found = ", ".join(f"{r.target}: {r.status}" for r in others)
             raise ConfigError(
                 f"--key {args.key!r} matches no failed delivery"
-                + (f" (its deliveries are {found}; only failed ones are re-sent)" if others
-                   else f"{' to ' + repr(args.target) if args.target else ''}: "
-                        "`driftline webhooks list --status failed` shows the failed ones")
+                + (
+                    f" (its deliveries are {found}; only failed ones are re-sent)"
+                    if others
+                    else f"{' to ' + repr(args.target) if args.target else ''}: "
+                    "`driftline webhooks list --status failed` shows the failed ones"
+                )
             )
     finally:
         outbox.close()
     configured = {t.name for t in settings.webhooks.targets}
     for row in rows:
-        print(f"re-queued {row.action} for {row.model} (key {row.idempotency_key[:12]}) "
-              f"to target {row.target!r}")
+        print(f"re-queued {row.action} for {row.model} (key {row.idempotency_key[:12]}) to target {row.target!r}")
         if configured and row.target not in configured:
-            print(f"  warning: target {row.target!r} is not in this configuration; a service "
-                  "without it marks the delivery failed again", file=sys.stderr)
-    print(f"{len(rows)} delivery(ies) pending again, with the same Idempotency-Key: a running "
-          "service sends them within seconds, otherwise the next start does.")
+            print(
+                f"  warning: target {row.target!r} is not in this configuration; a service "
+                "without it marks the delivery failed again",
+                file=sys.stderr,
+            )
+    print(
+        f"{len(rows)} delivery(ies) pending again, with the same Idempotency-Key: a running "
+        "service sends them within seconds, otherwise the next start does."
+    )
     return EXIT_OK
 
 
@@ -378,9 +439,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "replay": _cmd_replay, "check-config": _cmd_check_config,
-                "demo": _cmd_demo, "simulate": _cmd_simulate, "webhooks": _cmd_webhooks,
-                "lifecycle": _cmd_lifecycle, "audit": _cmd_audit}
+    handlers = {
+        "run": _cmd_run,
+        "replay": _cmd_replay,
+        "check-config": _cmd_check_config,
+        "demo": _cmd_demo,
+        "simulate": _cmd_simulate,
+        "webhooks": _cmd_webhooks,
+        "lifecycle": _cmd_lifecycle,
+        "audit": _cmd_audit,
+    }
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -41,28 +41,43 @@ __all__ = ["add_lifecycle_parser", "run_lifecycle", "add_audit_parser", "run_aud
 
 # The contract's field -> the flag that sets it (errors name the flag the user typed).
 _FLAGS = {
-    "model": "--model", "version": "--version", "event": "EVENT", "ts": "--ts", "role": "--role",
-    "traffic_share": "--traffic-share", "reference": "--reference",
-    "reference.path": "--reference", "reference.from_stream": "--reference-from-stream",
-    "actor": "--actor", "reason": "--reason", "trigger": "--trigger",
+    "model": "--model",
+    "version": "--version",
+    "event": "EVENT",
+    "ts": "--ts",
+    "role": "--role",
+    "traffic_share": "--traffic-share",
+    "reference": "--reference",
+    "reference.path": "--reference",
+    "reference.from_stream": "--reference-from-stream",
+    "actor": "--actor",
+    "reason": "--reason",
+    "trigger": "--trigger",
 }
 
 
 def add_lifecycle_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``driftline lifecycle`` to ``subparsers`` (of ``driftline``'s parser)."""
     lc = subparsers.add_parser(
-        "lifecycle", help="tell the monitor a model version was deployed, promoted, rolled back or retired",
-        description="Produce one model lifecycle event to the lifecycle topic (acks=all, flushed).")
+        "lifecycle",
+        help="tell the monitor a model version was deployed, promoted, rolled back or retired",
+        description="Produce one model lifecycle event to the lifecycle topic (acks=all, flushed).",
+    )
     lc.add_argument("event", choices=list(CLI_EVENT_NAMES), help="what happened to the version")
     lc.add_argument("--model", required=True, help="the model's name")
     lc.add_argument("--version", required=True, help="the version concerned")
     lc.add_argument("--role", choices=LIFECYCLE_ROLES, help="deployed only (required there)")
     lc.add_argument("--traffic-share", type=float, help="share of traffic, 0 < S <= 1 (deployed only)")
     ref = lc.add_mutually_exclusive_group()
-    ref.add_argument("--reference", metavar="FILE",
-                     help="JSONL or CSV reference of the version, as the service reads the path")
-    ref.add_argument("--reference-from-stream", type=int, metavar="N",
-                     help="the version's first N prediction events are its reference")
+    ref.add_argument(
+        "--reference", metavar="FILE", help="JSONL or CSV reference of the version, as the service reads the path"
+    )
+    ref.add_argument(
+        "--reference-from-stream",
+        type=int,
+        metavar="N",
+        help="the version's first N prediction events are its reference",
+    )
     lc.add_argument("--actor", help="who or what acted (a CI run)")
     lc.add_argument("--reason", help="why")
     lc.add_argument("--trigger", metavar="KEY", help="idempotency key of the driftline trigger this answers")
@@ -70,8 +85,9 @@ def add_lifecycle_parser(subparsers: Any) -> argparse.ArgumentParser:
     lc.add_argument("--config", type=Path, help="YAML config file (also DRIFTLINE_CONFIG)")
     lc.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, comma-separated")
     lc.add_argument("--topic", help="the lifecycle topic (default: lifecycle.topic of the configuration)")
-    lc.add_argument("--timeout", type=float, default=30.0,
-                    help="seconds to wait for the broker's acknowledgement (default 30)")
+    lc.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the broker's acknowledgement (default 30)"
+    )
     return lc
 
 
@@ -84,7 +100,9 @@ def build_event(args: argparse.Namespace, now: float | None = None) -> Lifecycle
         Naming the flag and what is expected.
     """
     value: dict[str, Any] = {
-        "model": args.model, "version": args.version, "event": CLI_EVENT_NAMES[args.event],
+        "model": args.model,
+        "version": args.version,
+        "event": CLI_EVENT_NAMES[args.event],
         "ts": args.ts if args.ts is not None else (time.time() if now is None else now),
     }
     for name in ("role", "traffic_share", "actor", "reason", "trigger"):
@@ -128,8 +146,9 @@ def run_lifecycle(args: argparse.Namespace, settings: Settings) -> int:
         def _record(self, entry: Outgoing) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
             return lifecycle_key(entry.item), encode_lifecycle(entry.item), []
 
-    producer = _Producer(settings.kafka, topic, what="lifecycle event(s)", client_suffix="lifecycle",
-                         flush_timeout_seconds=args.timeout)
+    producer = _Producer(
+        settings.kafka, topic, what="lifecycle event(s)", client_suffix="lifecycle", flush_timeout_seconds=args.timeout
+    )
     try:
         producer.send(event)
         try:
@@ -140,32 +159,39 @@ def run_lifecycle(args: argparse.Namespace, settings: Settings) -> int:
                 f"the {event.event} event of {event.model} {event.version} was not acknowledged "
                 f"on topic {topic!r} ({cause}): check kafka.bootstrap_servers and that the topic "
                 f"exists, then run the command again with --ts {event.ts!r} (the same time makes "
-                "a repeat the same event)") from None
+                "a repeat the same event)"
+            ) from None
     finally:
         producer.discard()
         producer.close()
     role = f" as {event.role}" if event.role else ""
-    print(f"{event.event} {event.model} {event.version}{role} at ts {event.ts!r} -> topic {topic!r} "
-          "(acknowledged)")
+    print(f"{event.event} {event.model} {event.version}{role} at ts {event.ts!r} -> topic {topic!r} (acknowledged)")
     return 0
 
 
 def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``driftline audit`` to ``subparsers`` (of ``driftline``'s parser)."""
     au = subparsers.add_parser(
-        "audit", help="print the audit trail: alarms, triggers, deliveries, lifecycle events",
-        description="Print the audit log's records by event time, or one trigger's chain.")
+        "audit",
+        help="print the audit trail: alarms, triggers, deliveries, lifecycle events",
+        description="Print the audit log's records by event time, or one trigger's chain.",
+    )
     au.add_argument("--model", help="only this model")
     au.add_argument("--version", help="only this version")
-    au.add_argument("--since", metavar="T",
-                    help="event time from T: epoch seconds, ISO date or time (UTC), or 36h / 7d ago")
+    au.add_argument(
+        "--since", metavar="T", help="event time from T: epoch seconds, ISO date or time (UTC), or 36h / 7d ago"
+    )
     au.add_argument("--until", metavar="T", help="event time before T (same forms)")
     au.add_argument("--kind", choices=["alarm", "trigger", "delivery", "lifecycle"], help="only this kind")
-    au.add_argument("--trigger", metavar="KEY",
-                    help="one trigger (its key or 8+ first characters): why it fired, what happened next")
+    au.add_argument(
+        "--trigger",
+        metavar="KEY",
+        help="one trigger (its key or 8+ first characters): why it fired, what happened next",
+    )
     au.add_argument("--limit", type=int, help="at most this many records (the earliest)")
-    au.add_argument("--format", choices=["table", "json"], default="table",
-                    help="table (default) or json (one object per line)")
+    au.add_argument(
+        "--format", choices=["table", "json"], default="table", help="table (default) or json (one object per line)"
+    )
     au.add_argument("--config", type=Path, help="YAML config file (also DRIFTLINE_CONFIG)")
     au.add_argument("--state-dir", type=Path, help="where the service keeps audit.sqlite3")
     return au
@@ -193,8 +219,10 @@ def run_audit(args: argparse.Namespace, settings: Settings, out: Any = None) -> 
     out = sys.stdout if out is None else out
     path = settings.audit.path or (settings.state_dir / AUDIT_FILE)
     if not Path(path).is_file():
-        raise SourceError(f"no audit log at {str(path)!r}: give the service's state directory with "
-                          "--state-dir (or state_dir, audit.path in --config)")
+        raise SourceError(
+            f"no audit log at {str(path)!r}: give the service's state directory with "
+            "--state-dir (or state_dir, audit.path in --config)"
+        )
     bounds = {}
     for name in ("since", "until"):
         text = getattr(args, name, None)
@@ -211,12 +239,17 @@ def run_audit(args: argparse.Namespace, settings: Settings, out: Any = None) -> 
             except ValueError as exc:
                 raise ConfigError(f"--trigger: {exc}") from None
         else:
-            records = audit.query(args.model, args.version, bounds.get("since"), until=bounds.get("until"),
-                                  kind=args.kind, limit=args.limit)
+            records = audit.query(
+                args.model,
+                args.version,
+                bounds.get("since"),
+                until=bounds.get("until"),
+                kind=args.kind,
+                limit=args.limit,
+            )
             text = format_records(records, args.format)
     finally:
         audit.close()
     if text:
         out.write(text + "\n")
     return 0
-

@@ -14,10 +14,25 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, get_args
 
 __all__ = [
-    "Alarm", "AlarmKind", "ALARM_KINDS", "Action", "ACTIONS", "TriggerAction", "TRIGGER_ACTIONS",
-    "DriftStatistic", "DRIFT_STATISTICS", "QualityCheck", "QUALITY_CHECKS", "ConceptDetector",
-    "CONCEPT_DETECTOR_NAMES", "RegressionDetector",
-    "LifecycleDetector", "EstimationMethod", "PerformanceMetric", "Detector", "AlarmFactory",
+    "Alarm",
+    "AlarmKind",
+    "ALARM_KINDS",
+    "Action",
+    "ACTIONS",
+    "TriggerAction",
+    "TRIGGER_ACTIONS",
+    "DriftStatistic",
+    "DRIFT_STATISTICS",
+    "QualityCheck",
+    "QUALITY_CHECKS",
+    "ConceptDetector",
+    "CONCEPT_DETECTOR_NAMES",
+    "RegressionDetector",
+    "LifecycleDetector",
+    "EstimationMethod",
+    "PerformanceMetric",
+    "Detector",
+    "AlarmFactory",
 ]
 
 # The vocabularies below are written once; everything else imports them (the engine,
@@ -72,8 +87,15 @@ EstimationMethod = Literal["cbpe", "error_bins"]
 performance estimation for classifiers, expected error per prediction bin for regression."""
 PerformanceMetric = Literal["accuracy", "mae"]
 """The metric a performance alarm compares with the version's baseline."""
-Detector = Literal[DriftStatistic, QualityCheck, ConceptDetector, RegressionDetector, LifecycleDetector,
-                   PerformanceMetric, EstimationMethod]
+Detector = Literal[
+    DriftStatistic,
+    QualityCheck,
+    ConceptDetector,
+    RegressionDetector,
+    LifecycleDetector,
+    PerformanceMetric,
+    EstimationMethod,
+]
 """Every detector name an alarm can carry."""
 
 
@@ -162,5 +184,15 @@ class AlarmFactory(Protocol):
     """Makes an alarm of one (model, version) from what a check found; the caller knows
     the rest (the model, its origin, the suggested action). The engine's checks take one."""
 
-    def __call__(self, kind: AlarmKind, detector: Detector, feature: str | None, statistic: float,
-                 threshold: float | None, p_value: float | None, first: int, last: int, ts: float) -> Alarm: ...
+    def __call__(
+        self,
+        kind: AlarmKind,
+        detector: Detector,
+        feature: str | None,
+        statistic: float,
+        threshold: float | None,
+        p_value: float | None,
+        first: int,
+        last: int,
+        ts: float,
+    ) -> Alarm: ...

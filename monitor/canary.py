@@ -32,9 +32,17 @@ from driftline.monitor.encoding import L_ERR, L_IDX, L_TS
 __all__ = ["ErrorRegression", "NonInferiority", "latency_regression", "group_moments"]
 
 
-def latency_regression(latency_ms: float | None, is_stable: bool, baseline: float | None, cfg: RegressionSettings,
-                       states: AlarmStates, alarm: AlarmFactory, first: int, last: int, ts: float
-                       ) -> tuple[float | None, list[Alarm]]:
+def latency_regression(
+    latency_ms: float | None,
+    is_stable: bool,
+    baseline: float | None,
+    cfg: RegressionSettings,
+    states: AlarmStates,
+    alarm: AlarmFactory,
+    first: int,
+    last: int,
+    ts: float,
+) -> tuple[float | None, list[Alarm]]:
     """A newer version whose window latency exceeds the model's latency baseline (the
     stable version's first window) by more than ``latency_tolerance``. Returns the
     baseline (set by the stable version's first window) and the alarms."""
@@ -64,8 +72,15 @@ class ErrorRegression:
         self.regressed: set[str] = set()  # versions already found worse than the stable one (or left out)
         self.bounds: dict[str, list[int]] = {}  # version -> [first, end) prediction indices its evidence may come from
 
-    def update(self, rows: np.ndarray, versions: np.ndarray, stable: str | None, version_first: Mapping[str, int],
-               cfg: RegressionSettings, alarm_of: Callable[[str], AlarmFactory]) -> list[Alarm]:
+    def update(
+        self,
+        rows: np.ndarray,
+        versions: np.ndarray,
+        stable: str | None,
+        version_first: Mapping[str, int],
+        cfg: RegressionSettings,
+        alarm_of: Callable[[str], AlarmFactory],
+    ) -> list[Alarm]:
         """Feed labelled rows (of every version; ``versions`` per row) to the tests.
 
         Parameters
@@ -96,9 +111,19 @@ class ErrorRegression:
             for i, diff in zip(found.alarms.tolist()[:1], found.alarm_diffs.tolist()[:1], strict=True):
                 self.regressed.add(canary)
                 # statistic: how much higher the canary's error is; p-value <= alpha by construction
-                alarms.append(alarm_of(canary)(
-                    "regression", "msprt", "error_rate", diff, cfg.alpha, None,
-                    int(min(start, sub[: i + 1, L_IDX].min())), int(sub[i, L_IDX]), float(sub[i, L_TS])))
+                alarms.append(
+                    alarm_of(canary)(
+                        "regression",
+                        "msprt",
+                        "error_rate",
+                        diff,
+                        cfg.alpha,
+                        None,
+                        int(min(start, sub[: i + 1, L_IDX].min())),
+                        int(sub[i, L_IDX]),
+                        float(sub[i, L_TS]),
+                    )
+                )
         return alarms
 
     def forget(self, version: str) -> None:
@@ -127,9 +152,12 @@ class ErrorRegression:
         self.regressed.add(version)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"regression": {name: t.state_dict() for name, t in self.tests.items()},
-                "regression_start": dict(self.start), "regressed": sorted(self.regressed),
-                "regression_bounds": {k: list(v) for k, v in self.bounds.items()}}
+        return {
+            "regression": {name: t.state_dict() for name, t in self.tests.items()},
+            "regression_start": dict(self.start),
+            "regressed": sorted(self.regressed),
+            "regression_bounds": {k: list(v) for k, v in self.bounds.items()},
+        }
 
     def load_state(self, s: Mapping[str, Any]) -> None:
         self.tests = {k: TwoSampleMSPRT.from_state(v) for k, v in s["regression"].items()}
@@ -191,8 +219,15 @@ class NonInferiority:
         self.ready: set[str] = set()  # canaries already found not inferior
         self.bounds: dict[str, list[int]] = {}  # as ErrorRegression.bounds
 
-    def update(self, rows: np.ndarray, versions: np.ndarray, stable: str | None, canaries: Mapping[str, int],
-               cfg: PromoteSettings, alarm_of: Callable[[str], AlarmFactory]) -> list[Alarm]:
+    def update(
+        self,
+        rows: np.ndarray,
+        versions: np.ndarray,
+        stable: str | None,
+        canaries: Mapping[str, int],
+        cfg: PromoteSettings,
+        alarm_of: Callable[[str], AlarmFactory],
+    ) -> list[Alarm]:
         """Feed labelled rows (every version's; ``versions`` per row) to the canaries'
         tests; ``canaries`` maps each canary to its first prediction index."""
         if not cfg.enabled or stable is None:
@@ -217,9 +252,19 @@ class NonInferiority:
             for i, diff in zip(found.alarms.tolist()[:1], found.alarm_diffs.tolist()[:1], strict=True):
                 self.ready.add(canary)
                 # statistic: the canary's error rate minus the stable one's (below the margin, the threshold)
-                alarms.append(alarm_of(canary)(
-                    "promote_ready", "noninferiority", "error_rate", cfg.margin - diff, cfg.margin, None,
-                    int(min(start, sub[: i + 1, L_IDX].min())), int(sub[i, L_IDX]), float(sub[i, L_TS])))
+                alarms.append(
+                    alarm_of(canary)(
+                        "promote_ready",
+                        "noninferiority",
+                        "error_rate",
+                        cfg.margin - diff,
+                        cfg.margin,
+                        None,
+                        int(min(start, sub[: i + 1, L_IDX].min())),
+                        int(sub[i, L_IDX]),
+                        float(sub[i, L_TS]),
+                    )
+                )
         return alarms
 
     def forget(self, version: str) -> None:
@@ -239,8 +284,12 @@ class NonInferiority:
         self.bounds[version] = [self.bounds.get(version, [0, _NO_END])[0], at]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tests": {name: t.state_dict() for name, t in self.tests.items()}, "start": dict(self.start),
-                "ready": sorted(self.ready), "bounds": {k: list(v) for k, v in self.bounds.items()}}
+        return {
+            "tests": {name: t.state_dict() for name, t in self.tests.items()},
+            "start": dict(self.start),
+            "ready": sorted(self.ready),
+            "bounds": {k: list(v) for k, v in self.bounds.items()},
+        }
 
     def load_state(self, s: Mapping[str, Any] | None) -> None:
         """Rebuild from :meth:`state_dict` output (None: a format-2 state, no tests)."""

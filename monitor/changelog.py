@@ -145,8 +145,11 @@ class ChangelogRecord:
     def size(self) -> int:
         """Bytes of key, value and headers (what the record costs on the wire, before
         Kafka's per-record and per-batch overhead)."""
-        return (len(self.key) + (0 if self.value is None else len(self.value))
-                + sum(len(k) + len(v) for k, v in self.headers))
+        return (
+            len(self.key)
+            + (0 if self.value is None else len(self.value))
+            + sum(len(k) + len(v) for k, v in self.headers)
+        )
 
 
 @dataclass
@@ -192,7 +195,7 @@ def split_payload(payload: bytes, max_chunk_bytes: int) -> list[bytes]:
     """``payload`` cut into pieces of at most ``max_chunk_bytes`` (at least one piece)."""
     if max_chunk_bytes < 1:
         raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
-    return [payload[i:i + max_chunk_bytes] for i in range(0, len(payload), max_chunk_bytes)] or [b""]
+    return [payload[i : i + max_chunk_bytes] for i in range(0, len(payload), max_chunk_bytes)] or [b""]
 
 
 def _positions_header(positions: Mapping[tuple[str, int], int]) -> bytes:
@@ -203,8 +206,14 @@ def _chunk_key(model: bytes, state_id: bytes, index: int) -> bytes:
     return b"\x00".join((model, state_id, str(index).encode("ascii")))
 
 
-def plan_records(model: str, payload: bytes, positions: Mapping[tuple[str, int], int], *,
-                 state_id: str, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> list[ChangelogRecord]:
+def plan_records(
+    model: str,
+    payload: bytes,
+    positions: Mapping[tuple[str, int], int],
+    *,
+    state_id: str,
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+) -> list[ChangelogRecord]:
     """The records that store ``payload`` (an :func:`encode_payload` result) for ``model``:
     one ``state`` record when it fits in ``max_chunk_bytes``, else the chunks followed by
     their manifest (the manifest last: it is sent only once the chunks are acknowledged).
@@ -221,28 +230,51 @@ def plan_records(model: str, payload: bytes, positions: Mapping[tuple[str, int],
     fmt = (_H + "format", str(FORMAT_VERSION).encode("ascii"))
     where = (_H + "positions", _positions_header(positions))
     if len(payload) <= max_chunk_bytes:
-        return [ChangelogRecord(key, payload, (fmt, (_H + "kind", _STATE), (_H + "state-id", sid),
-                                               (_H + "sha256", digest), where))]
+        return [
+            ChangelogRecord(
+                key, payload, (fmt, (_H + "kind", _STATE), (_H + "state-id", sid), (_H + "sha256", digest), where)
+            )
+        ]
     pieces = split_payload(payload, max_chunk_bytes)
     count = str(len(pieces)).encode("ascii")
     records = [
-        ChangelogRecord(_chunk_key(key, sid, i), piece,
-                        (fmt, (_H + "kind", _CHUNK), (_H + "state-id", sid),
-                         (_H + "chunk-index", str(i).encode("ascii")), (_H + "chunk-count", count),
-                         (_H + "sha256", digest)))
+        ChangelogRecord(
+            _chunk_key(key, sid, i),
+            piece,
+            (
+                fmt,
+                (_H + "kind", _CHUNK),
+                (_H + "state-id", sid),
+                (_H + "chunk-index", str(i).encode("ascii")),
+                (_H + "chunk-count", count),
+                (_H + "sha256", digest),
+            ),
+        )
         for i, piece in enumerate(pieces)
     ]
-    summary = orjson.dumps({"state_id": state_id, "chunks": len(pieces), "size": len(payload),
-                            "sha256": digest.decode("ascii")})
-    records.append(ChangelogRecord(key, summary, (
-        fmt, (_H + "kind", _MANIFEST), (_H + "state-id", sid), (_H + "chunk-count", count),
-        (_H + "sha256", digest), (_H + "size", str(len(payload)).encode("ascii")), where)))
+    summary = orjson.dumps(
+        {"state_id": state_id, "chunks": len(pieces), "size": len(payload), "sha256": digest.decode("ascii")}
+    )
+    records.append(
+        ChangelogRecord(
+            key,
+            summary,
+            (
+                fmt,
+                (_H + "kind", _MANIFEST),
+                (_H + "state-id", sid),
+                (_H + "chunk-count", count),
+                (_H + "sha256", digest),
+                (_H + "size", str(len(payload)).encode("ascii")),
+                where,
+            ),
+        )
+    )
     return records
 
 
 def _tombstone(key: bytes, kind: bytes) -> ChangelogRecord:
-    return ChangelogRecord(key, None, ((_H + "format", str(FORMAT_VERSION).encode("ascii")),
-                                       (_H + "kind", kind)))
+    return ChangelogRecord(key, None, ((_H + "format", str(FORMAT_VERSION).encode("ascii")), (_H + "kind", kind)))
 
 
 # ---- reassembly (pure: records in, states out) -------------------------------------------
@@ -256,7 +288,7 @@ class _Candidate:
     sha256: str
     positions: dict[tuple[str, int], int]
     payload: bytes | None = None  # a state record's value; None for a manifest
-    chunks: int = 0               # a manifest's chunk count
+    chunks: int = 0  # a manifest's chunk count
 
 
 @dataclass
@@ -300,8 +332,11 @@ class Reassembler:
         fmt, kind = h.get(_H + "format"), h.get(_H + "kind")
         if fmt is not None and fmt != str(FORMAT_VERSION).encode("ascii"):
             self.skipped += 1  # a newer writer's record: never guess at its meaning
-            log.warning("changelog record of format %r skipped (this driftline reads format %d): "
-                        "upgrade driftline", fmt, FORMAT_VERSION)
+            log.warning(
+                "changelog record of format %r skipped (this driftline reads format %d): upgrade driftline",
+                fmt,
+                FORMAT_VERSION,
+            )
             return
         if value is None:
             self._tombstone(key, kind)
@@ -340,7 +375,8 @@ class Reassembler:
 
     def _model_record(self, model: str, kind: bytes, value: bytes, h: dict[str, bytes]) -> None:
         cand = _Candidate(
-            state_id=h[_H + "state-id"], sha256=h[_H + "sha256"].decode("ascii"),
+            state_id=h[_H + "state-id"],
+            sha256=h[_H + "sha256"].decode("ascii"),
             positions={(t, int(p)): int(o) for t, p, o in orjson.loads(h[_H + "positions"])},
         )
         entry = self._models.setdefault(model, _ModelLog())
@@ -351,8 +387,9 @@ class Reassembler:
                 # complete by itself: nothing older can ever be needed again
                 entry.candidates = [cand]
                 return
-            log.warning("changelog state of %r (state id %s) does not match its SHA-256: ignored",
-                        model, cand.state_id.decode())
+            log.warning(
+                "changelog state of %r (state id %s) does not match its SHA-256: ignored", model, cand.state_id.decode()
+            )
             return
         cand.chunks = int(h[_H + "chunk-count"])
         entry.candidates.append(cand)
@@ -378,10 +415,14 @@ class Reassembler:
             for age, cand in enumerate(reversed(entry.candidates)):
                 payload = self._assemble(model, cand)
                 if payload is None:
-                    log.warning("changelog state of %r (state id %s) is incomplete or does not match "
-                                "its SHA-256: %s", model, cand.state_id.decode(),
-                                "trying the one before" if age + 1 < len(entry.candidates)
-                                else "no complete state left; it is rebuilt from the stream")
+                    log.warning(
+                        "changelog state of %r (state id %s) is incomplete or does not match its SHA-256: %s",
+                        model,
+                        cand.state_id.decode(),
+                        "trying the one before"
+                        if age + 1 < len(entry.candidates)
+                        else "no complete state left; it is rebuilt from the stream",
+                    )
                     continue
                 try:
                     state = decode_state(orjson.loads(payload))
@@ -421,7 +462,7 @@ def _split_chunk_key(key: bytes) -> tuple[str | None, bytes | None, int | None]:
 class _Written:
     """What this instance knows of a model's records in the changelog."""
 
-    current: set[bytes] = field(default_factory=set)     # chunk keys of the newest acknowledged state
+    current: set[bytes] = field(default_factory=set)  # chunk keys of the newest acknowledged state
     superseded: set[bytes] = field(default_factory=set)  # chunk keys to tombstone after the next one
 
 
@@ -462,9 +503,17 @@ class ChangelogStore:
     mode); here the caller stops writing a model once its partition is revoked.
     """
 
-    def __init__(self, settings: KafkaSettings, topic: str | None = None, *, partitions: int | None = None,
-                 max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, replication_factor: int = -1,
-                 timeout_seconds: float = 30.0, compression_type: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str | None = None,
+        *,
+        partitions: int | None = None,
+        max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+        replication_factor: int = -1,
+        timeout_seconds: float = 30.0,
+        compression_type: str | None = None,
+    ) -> None:
         if max_chunk_bytes < 1024:
             raise ConfigError(f"max_chunk_bytes must be at least 1024, got {max_chunk_bytes}")
         self.settings = settings
@@ -486,8 +535,12 @@ class ChangelogStore:
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-        admin = self._open(KafkaAdminClient, "admin", {}, f"to open the changelog {self.topic!r}; check "
-                           "kafka.bootstrap_servers and that the brokers answer")
+        admin = self._open(
+            KafkaAdminClient,
+            "admin",
+            {},
+            f"to open the changelog {self.topic!r}; check kafka.bootstrap_servers and that the brokers answer",
+        )
         try:
             existing = _partition_count(admin, self.topic)
             if partitions is None:
@@ -496,12 +549,19 @@ class ChangelogStore:
                     raise ConfigError(
                         f"the changelog takes its partition count from kafka.predictions_topic "
                         f"{self.settings.predictions_topic!r}, which does not exist: create the input "
-                        "topics first, or pass partitions")
+                        "topics first, or pass partitions"
+                    )
             if existing is None:
                 try:
-                    admin.create_topics({self.topic: {
-                        "num_partitions": partitions, "replication_factor": replication_factor,
-                        "configs": {"cleanup.policy": "compact"}}})
+                    admin.create_topics(
+                        {
+                            self.topic: {
+                                "num_partitions": partitions,
+                                "replication_factor": replication_factor,
+                                "configs": {"cleanup.policy": "compact"},
+                            }
+                        }
+                    )
                     log.info("created the changelog topic %s (%d partitions, compacted)", self.topic, partitions)
                 except TopicAlreadyExistsError:  # another instance created it meanwhile
                     existing = _partition_count(admin, self.topic)
@@ -509,12 +569,14 @@ class ChangelogStore:
                 raise ConfigError(
                     f"the changelog topic {self.topic!r} has {existing} partitions but the input topics "
                     f"have {partitions}: a model's state must sit at its input partition's number. "
-                    "Delete the changelog topic (the states are rebuilt) or give another topic name")
+                    "Delete the changelog topic (the states are rebuilt) or give another topic name"
+                )
             if existing is not None:
                 self._check_compacted(admin)
         except KafkaError as exc:
-            raise ChangelogError(f"cannot open the changelog {self.topic!r} ({type(exc).__name__}: {exc}); "
-                                 "check that the brokers answer") from None
+            raise ChangelogError(
+                f"cannot open the changelog {self.topic!r} ({type(exc).__name__}: {exc}); check that the brokers answer"
+            ) from None
         finally:
             admin.close()
         return partitions
@@ -525,9 +587,12 @@ class ChangelogStore:
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, self.topic)], config_filter="all")
         policy = found.get("topic", {}).get(self.topic, {}).get("cleanup.policy", {}).get("value")
         if policy is not None and "compact" not in policy:
-            log.warning("the changelog topic %s has cleanup.policy=%s: it keeps every state ever written "
-                        "(restores read all of it) or deletes states by age; set cleanup.policy=compact",
-                        self.topic, policy)
+            log.warning(
+                "the changelog topic %s has cleanup.policy=%s: it keeps every state ever written "
+                "(restores read all of it) or deletes states by age; set cleanup.policy=compact",
+                self.topic,
+                policy,
+            )
 
     def _open(self, cls: Any, role: ClientRole, config: dict[str, Any], purpose: str) -> Any:
         """A kafka-python client with driftline's connection options for ``role`` (TLS,
@@ -545,15 +610,20 @@ class ChangelogStore:
             clients.append(KafkaNetClient(**cfg))
             return clients[-1]
 
-        options = {**client_options(self.settings, role), "client_id": f"{self.settings.client_id}-changelog",
-                   "bootstrap_timeout_ms": int(self.timeout_seconds * 1000), **config}
+        options = {
+            **client_options(self.settings, role),
+            "client_id": f"{self.settings.client_id}-changelog",
+            "bootstrap_timeout_ms": int(self.timeout_seconds * 1000),
+            **config,
+        }
         try:
             return cls(**options, kafka_client=client)
         except KafkaError as exc:
             for opened in clients:
                 opened.close()
-            raise ChangelogError(f"cannot connect to Kafka at {self.settings.bootstrap_servers} {purpose} "
-                                 f"({type(exc).__name__}: {exc})") from None
+            raise ChangelogError(
+                f"cannot connect to Kafka at {self.settings.bootstrap_servers} {purpose} ({type(exc).__name__}: {exc})"
+            ) from None
 
     def partition_of(self, model: str) -> int:
         """The changelog (and input) partition of ``model``."""
@@ -567,12 +637,20 @@ class ChangelogStore:
             timeout_ms = int(self.timeout_seconds * 1000)
             # one request in flight: a retried record never lands after a later one, so an
             # older state whose write timed out cannot supersede a newer one
-            self._producer = self._open(KafkaProducer, "producer", {
-                "acks": "all", "linger_ms": 5, "max_in_flight_requests_per_connection": 1,
-                "compression_type": self.compression_type,
-                "max_request_size": max(1_048_576, self.max_chunk_bytes + 65_536),
-                "max_block_ms": timeout_ms, "request_timeout_ms": timeout_ms,
-            }, "to write the changelog: the states are not durable, hold the commit")
+            self._producer = self._open(
+                KafkaProducer,
+                "producer",
+                {
+                    "acks": "all",
+                    "linger_ms": 5,
+                    "max_in_flight_requests_per_connection": 1,
+                    "compression_type": self.compression_type,
+                    "max_request_size": max(1_048_576, self.max_chunk_bytes + 65_536),
+                    "max_block_ms": timeout_ms,
+                    "request_timeout_ms": timeout_ms,
+                },
+                "to write the changelog: the states are not durable, hold the commit",
+            )
         return self._producer
 
     def _send(self, records: list[tuple[int, ChangelogRecord]]) -> list[bool]:
@@ -584,8 +662,11 @@ class ChangelogStore:
         futures = []
         for partition, rec in records:
             try:
-                futures.append(producer.send(self.topic, key=rec.key, value=rec.value,
-                                             headers=list(rec.headers), partition=partition))
+                futures.append(
+                    producer.send(
+                        self.topic, key=rec.key, value=rec.value, headers=list(rec.headers), partition=partition
+                    )
+                )
             except KafkaError as exc:
                 log.debug("changelog send refused: %s", exc)
                 futures.append(None)
@@ -615,9 +696,12 @@ class ChangelogStore:
         for model, state in states.items():
             partition = self.partition_of(model)
             mine = {tp: off for tp, off in positions.items() if tp[1] == partition}
-            planned[model] = (partition, plan_records(model, encode_payload(state), mine,
-                                                      state_id=uuid.uuid4().hex,
-                                                      max_chunk_bytes=self.max_chunk_bytes))
+            planned[model] = (
+                partition,
+                plan_records(
+                    model, encode_payload(state), mine, state_id=uuid.uuid4().hex, max_chunk_bytes=self.max_chunk_bytes
+                ),
+            )
         # 1. self-contained states and chunks; 2. manifests of fully acknowledged chunks
         first = [(m, p, r) for m, (p, recs) in planned.items() for r in (recs if len(recs) == 1 else recs[:-1])]
         ok = self._send([(p, r) for _, p, r in first])
@@ -626,7 +710,7 @@ class ChangelogStore:
         for (m, _, _), good in zip(second, self._send([(p, r) for _, p, r in second])):
             if not good:
                 failed.add(m)
-        for m, p, r in [*first, *second]:
+        for _model, _partition, r in [*first, *second]:
             stats.records += 1
             stats.bytes += r.size
             stats.chunks += r.value is not None and dict(r.headers)[_H + "kind"] == _CHUNK
@@ -651,7 +735,8 @@ class ChangelogStore:
                 f"the changelog {self.topic!r} did not acknowledge the state of {len(failed)} model(s) "
                 f"({', '.join(sorted(failed)[:5])}{', ...' if len(failed) > 5 else ''}) within "
                 f"{self.timeout_seconds:.0f} s: their previous states stay current; hold the commit and "
-                "write again (check that the brokers answer)")
+                "write again (check that the brokers answer)"
+            )
 
     def _tombstone_chunks(self, garbage: list[tuple[str, int, bytes]], stats: WriteStats) -> None:
         records = [(p, _tombstone(key, _CHUNK)) for _, p, key in garbage]
@@ -663,8 +748,11 @@ class ChangelogStore:
                 self._written[model].superseded.discard(key)
         left = sum(len(w.superseded) for w in self._written.values())
         if left:
-            log.warning("%d superseded changelog chunk(s) not yet tombstoned (retried at the next write): "
-                        "they take space until then, and are never restored", left)
+            log.warning(
+                "%d superseded changelog chunk(s) not yet tombstoned (retried at the next write): "
+                "they take space until then, and are never restored",
+                left,
+            )
 
     def delete(self, model: str) -> None:
         """Delete ``model``'s state: a tombstone under its key, then tombstones for the
@@ -681,8 +769,10 @@ class ChangelogStore:
         tomb = _tombstone(model.encode("utf-8"), _DELETED)
         stats.bytes += tomb.size
         if not self._send([(partition, tomb)])[0]:
-            raise ChangelogError(f"the changelog {self.topic!r} did not acknowledge the deletion of {model!r}; "
-                                 "delete it again (check that the brokers answer)")
+            raise ChangelogError(
+                f"the changelog {self.topic!r} did not acknowledge the deletion of {model!r}; "
+                "delete it again (check that the brokers answer)"
+            )
         mine = self._written.pop(model, _Written())
         keys = mine.current | mine.superseded
         if keys:
@@ -705,11 +795,19 @@ class ChangelogStore:
         if self._consumer is None:
             from kafka import KafkaConsumer
 
-            self._consumer = self._open(KafkaConsumer, "consumer", {
-                "group_id": None, "enable_auto_commit": False, "auto_offset_reset": "earliest",
-                "max_partition_fetch_bytes": max(1_048_576, 2 * self.max_chunk_bytes), "fetch_max_wait_ms": 100,
-            }, "to restore from the changelog: the states are unknown, check that the brokers answer, "
-               "then restore again")
+            self._consumer = self._open(
+                KafkaConsumer,
+                "consumer",
+                {
+                    "group_id": None,
+                    "enable_auto_commit": False,
+                    "auto_offset_reset": "earliest",
+                    "max_partition_fetch_bytes": max(1_048_576, 2 * self.max_chunk_bytes),
+                    "fetch_max_wait_ms": 100,
+                },
+                "to restore from the changelog: the states are unknown, check that the brokers answer, "
+                "then restore again",
+            )
         return self._consumer
 
     def restore(self, partitions: Iterable[int], *, timeout_seconds: float | None = None) -> dict[str, RestoredState]:
@@ -749,8 +847,11 @@ class ChangelogStore:
             def behind() -> dict[int, tuple[int, int]]:
                 """Partitions short of their end offset: partition -> (position, end)."""
                 wait = int(max(1.0, deadline - time.monotonic()) * 1000)
-                return {tp.partition: (pos, ends[tp]) for tp in tps
-                        if (pos := consumer.position(tp, timeout_ms=wait)) < ends[tp]}
+                return {
+                    tp.partition: (pos, ends[tp])
+                    for tp in tps
+                    if (pos := consumer.position(tp, timeout_ms=wait)) < ends[tp]
+                }
 
             at_end = not behind()
             while True:
@@ -759,7 +860,8 @@ class ChangelogStore:
                     raise ChangelogError(
                         f"restoring {self.topic!r} partitions {[tp.partition for tp in tps]} did not reach the end "
                         f"in {patience:.0f} s ({read} records read; partition: (position, end offset) "
-                        f"{behind()}); the states are unknown: check that the brokers answer, then restore again")
+                        f"{behind()}); the states are unknown: check that the brokers answer, then restore again"
+                    )
                 # at the end offset, one more (shorter) poll: the broker may report it a little low,
                 # and records past it come back at once if there are any
                 wait = _SETTLE_MS if at_end else _POLL_MS
@@ -772,8 +874,10 @@ class ChangelogStore:
                     break
                 at_end = not behind()
         except KafkaError as exc:
-            raise ChangelogError(f"restoring {self.topic!r} failed ({type(exc).__name__}: {exc}); the states "
-                                 "are unknown: check that the brokers answer, then restore again") from None
+            raise ChangelogError(
+                f"restoring {self.topic!r} failed ({type(exc).__name__}: {exc}); the states "
+                "are unknown: check that the brokers answer, then restore again"
+            ) from None
         finally:
             consumer.assign([])
         states = reassembler.result()
@@ -783,14 +887,23 @@ class ChangelogStore:
             current = {_chunk_key(model.encode("utf-8"), sid, i) for i in range(count)} if sid else set()
             # chunks of older or unfinished states: tombstoned after this instance's next write
             self._written[model] = _Written(current=current, superseded=keys - current)
-        for model, (sid, count) in reassembler.winners.items():
+        for model in reassembler.winners:
             if model not in present:
                 self._written[model] = _Written()
         if reassembler.skipped:
-            log.warning("restoring %s: %d record(s) skipped (not driftline's changelog format %d)",
-                        self.topic, reassembler.skipped, FORMAT_VERSION)
-        log.info("restored %d model state(s) from %s partitions %s (%d records)", len(states), self.topic,
-                 [tp.partition for tp in tps], read)
+            log.warning(
+                "restoring %s: %d record(s) skipped (not driftline's changelog format %d)",
+                self.topic,
+                reassembler.skipped,
+                FORMAT_VERSION,
+            )
+        log.info(
+            "restored %d model state(s) from %s partitions %s (%d records)",
+            len(states),
+            self.topic,
+            [tp.partition for tp in tps],
+            read,
+        )
         return states
 
     def close(self) -> None:

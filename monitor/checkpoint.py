@@ -31,13 +31,19 @@ def encode_state(obj: Any) -> Any:
         arr = np.ascontiguousarray(obj)
         if arr.dtype == object:
             return {"__pylist__": [encode_state(v) for v in arr.tolist()]}
-        return {"__ndarray__": base64.b64encode(arr.tobytes()).decode("ascii"),
-                "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        return {
+            "__ndarray__": base64.b64encode(arr.tobytes()).decode("ascii"),
+            "dtype": arr.dtype.str,
+            "shape": list(arr.shape),
+        }
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return {"__dict__": [[encode_state(k), encode_state(v)] for k, v in obj.items()]} \
-            if any(not isinstance(k, str) for k in obj) else {k: encode_state(v) for k, v in obj.items()}
+        return (
+            {"__dict__": [[encode_state(k), encode_state(v)] for k, v in obj.items()]}
+            if any(not isinstance(k, str) for k in obj)
+            else {k: encode_state(v) for k, v in obj.items()}
+        )
     if isinstance(obj, (list, tuple)):
         return [encode_state(v) for v in obj]
     if isinstance(obj, bytes):
@@ -85,7 +91,8 @@ class CheckpointStore:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"checkpoint {self.path} cannot be read ({exc}); move it away to start afresh from the "
-                "committed offsets (each model's reference is then rebuilt from the stream)") from None
+                "committed offsets (each model's reference is then rebuilt from the stream)"
+            ) from None
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ class ReferenceSettings(_Strict):
     """Events in the reference (for ``file``: at most this many are read)."""
 
     @model_validator(mode="after")
-    def _path_for_file(self) -> "ReferenceSettings":
+    def _path_for_file(self) -> ReferenceSettings:
         if self.source == "file" and self.path is None:
             raise ValueError("reference.path is required when reference.source is 'file'")
         return self
@@ -126,7 +126,6 @@ class QualitySettings(_Strict):
     """Alarm when this share of a window is outside the reference [min, max]."""
     max_unseen_rate: float = Field(0.05, ge=0, le=1)
     """Alarm when this share of a categorical feature's window is unseen categories."""
-
 
 
 class EstimationSettings(_Strict):
@@ -320,11 +319,11 @@ class KafkaSettings(_Strict):
     """Check that a broker's certificate names the host connected to. Turn it off only for certificates that do not name the brokers, never across an untrusted network."""
     sasl_mechanism: SaslMechanism | None = None
     """SASL mechanism, with SASL_SSL or SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (a user name and password) or OAUTHBEARER (a token: one of the three ``sasl_oauth_*`` settings)."""
-    sasl_plain_username: str | None = Field(
-        None, validation_alias=AliasChoices("sasl_plain_username", "sasl_username"))
+    sasl_plain_username: str | None = Field(None, validation_alias=AliasChoices("sasl_plain_username", "sasl_username"))
     """SASL user name, for PLAIN and SCRAM (``sasl_username`` is accepted too)."""
     sasl_plain_password: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("sasl_plain_password", "sasl_password"))
+        None, validation_alias=AliasChoices("sasl_plain_password", "sasl_password")
+    )
     """SASL password, for PLAIN and SCRAM (set it through the environment; never logged; ``sasl_password`` is accepted too)."""
     sasl_oauth_token: SecretStr | None = None
     """OAUTHBEARER: a fixed bearer token (set it through the environment; never logged)."""
@@ -354,48 +353,63 @@ class KafkaSettings(_Strict):
     @classmethod
     def _readable_file(cls, path: Path | None) -> Path | None:
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
-            raise ValueError(f"{str(path)!r} is not a readable file: check the path (is it mounted "
-                             "into the container?) and its permissions")
+            raise ValueError(
+                f"{str(path)!r} is not a readable file: check the path (is it mounted "
+                "into the container?) and its permissions"
+            )
         return path
 
     @model_validator(mode="after")
-    def _security_consistent(self) -> "KafkaSettings":
+    def _security_consistent(self) -> KafkaSettings:
         if self.client == "confluent":
             try:
                 import confluent_kafka  # noqa: F401 - whether it can be imported is the check
             except ImportError:
-                raise ValueError("kafka.client is 'confluent' but confluent-kafka is not installed: "
-                                 "pip install 'driftline[confluent]', or set kafka.client: kafka-python") from None
+                raise ValueError(
+                    "kafka.client is 'confluent' but confluent-kafka is not installed: "
+                    "pip install 'driftline[confluent]', or set kafka.client: kafka-python"
+                ) from None
         # kafka-python ignores settings its protocol does not use: a certificate set
         # with PLAINTEXT would silently send everything unencrypted, so say it at start.
         tls = self.security_protocol in ("SSL", "SASL_SSL")
         sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
         ssl_set = [name for name in _SSL_FILES if getattr(self, name) is not None]
         if ssl_set and not tls:
-            raise ValueError(f"kafka.{ssl_set[0]} is set but kafka.security_protocol is "
-                             f"{self.security_protocol!r}: use SSL or SASL_SSL, or remove the ssl_* settings")
+            raise ValueError(
+                f"kafka.{ssl_set[0]} is set but kafka.security_protocol is "
+                f"{self.security_protocol!r}: use SSL or SASL_SSL, or remove the ssl_* settings"
+            )
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            raise ValueError("kafka.ssl_keyfile is set without kafka.ssl_certfile: set the "
-                             "certificate the key belongs to")
+            raise ValueError(
+                "kafka.ssl_keyfile is set without kafka.ssl_certfile: set the certificate the key belongs to"
+            )
         if self.ssl_password is not None and self.ssl_certfile is None:
-            raise ValueError("kafka.ssl_password is the password of the client's private key: set "
-                             "kafka.ssl_certfile (and kafka.ssl_keyfile), or remove it")
+            raise ValueError(
+                "kafka.ssl_password is the password of the client's private key: set "
+                "kafka.ssl_certfile (and kafka.ssl_keyfile), or remove it"
+            )
         if tls:
             _check_tls_files(self)
         sasl_set = [name for name in _SASL_FIELDS if getattr(self, name) is not None]
         if sasl and self.sasl_mechanism is None:
-            raise ValueError(f"kafka.security_protocol {self.security_protocol!r} needs kafka.sasl_mechanism "
-                             "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)")
+            raise ValueError(
+                f"kafka.security_protocol {self.security_protocol!r} needs kafka.sasl_mechanism "
+                "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)"
+            )
         if not sasl and sasl_set:
-            raise ValueError(f"kafka.{sasl_set[0]} is set but kafka.security_protocol is "
-                             f"{self.security_protocol!r}: use SASL_SSL (or SASL_PLAINTEXT), or remove the "
-                             "sasl_* settings")
+            raise ValueError(
+                f"kafka.{sasl_set[0]} is set but kafka.security_protocol is "
+                f"{self.security_protocol!r}: use SASL_SSL (or SASL_PLAINTEXT), or remove the "
+                "sasl_* settings"
+            )
         oauth_set = [name for name in _OAUTH_FIELDS if getattr(self, name) is not None]
         if self.sasl_mechanism == "OAUTHBEARER":
             if len(oauth_set) != 1:
-                raise ValueError("kafka.sasl_mechanism OAUTHBEARER needs exactly one of kafka.sasl_oauth_token, "
-                                 "kafka.sasl_oauth_token_file and kafka.sasl_oauth_token_provider"
-                                 + (f" (got {', '.join(oauth_set)})" if oauth_set else ""))
+                raise ValueError(
+                    "kafka.sasl_mechanism OAUTHBEARER needs exactly one of kafka.sasl_oauth_token, "
+                    "kafka.sasl_oauth_token_file and kafka.sasl_oauth_token_provider"
+                    + (f" (got {', '.join(oauth_set)})" if oauth_set else "")
+                )
             for name in ("sasl_plain_username", "sasl_plain_password"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"kafka.{name} is not used by OAUTHBEARER: remove it")
@@ -409,20 +423,27 @@ class KafkaSettings(_Strict):
                 if value is None or not (value.get_secret_value() if isinstance(value, SecretStr) else value):
                     raise ValueError(f"kafka.sasl_mechanism {self.sasl_mechanism} needs kafka.{name}")
             if oauth_set:
-                raise ValueError(f"kafka.{oauth_set[0]} is for OAUTHBEARER only, not "
-                                 f"{self.sasl_mechanism}: remove it")
+                raise ValueError(f"kafka.{oauth_set[0]} is for OAUTHBEARER only, not {self.sasl_mechanism}: remove it")
         if self.request_timeout_ms <= self.fetch_max_wait_ms:
-            raise ValueError(f"kafka.request_timeout_ms ({self.request_timeout_ms}) must exceed "
-                             f"kafka.fetch_max_wait_ms ({self.fetch_max_wait_ms}): a fetch would time out "
-                             "before the broker answers it")
+            raise ValueError(
+                f"kafka.request_timeout_ms ({self.request_timeout_ms}) must exceed "
+                f"kafka.fetch_max_wait_ms ({self.fetch_max_wait_ms}): a fetch would time out "
+                "before the broker answers it"
+            )
         return self
 
 
 # No ssl_crlfile: kafka-python 3.0.12 passes it to SSLContext.load_verify_locations(crl=...),
 # which raises TypeError at every connection.
 _SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
-_SASL_FIELDS = ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "sasl_oauth_token",
-                "sasl_oauth_token_file", "sasl_oauth_token_provider")
+_SASL_FIELDS = (
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_oauth_token",
+    "sasl_oauth_token_file",
+    "sasl_oauth_token_provider",
+)
 _OAUTH_FIELDS = ("sasl_oauth_token", "sasl_oauth_token_file", "sasl_oauth_token_provider")
 
 
@@ -435,20 +456,26 @@ def _check_tls_files(kafka: KafkaSettings) -> None:
         try:
             context.load_verify_locations(cafile=str(kafka.ssl_cafile))
         except (ssl.SSLError, ValueError) as exc:
-            raise ValueError(f"kafka.ssl_cafile {str(kafka.ssl_cafile)!r} holds no usable PEM "
-                             f"certificate ({exc}): give the CA certificate in PEM form") from None
+            raise ValueError(
+                f"kafka.ssl_cafile {str(kafka.ssl_cafile)!r} holds no usable PEM "
+                f"certificate ({exc}): give the CA certificate in PEM form"
+            ) from None
     if kafka.ssl_certfile is not None:
         # An empty password instead of None: OpenSSL would otherwise prompt on the
         # terminal for an encrypted key, and a service must fail rather than wait.
         password = kafka.ssl_password.get_secret_value() if kafka.ssl_password is not None else ""
         try:
-            context.load_cert_chain(str(kafka.ssl_certfile),
-                                    str(kafka.ssl_keyfile) if kafka.ssl_keyfile is not None else None,
-                                    password=password)
+            context.load_cert_chain(
+                str(kafka.ssl_certfile),
+                str(kafka.ssl_keyfile) if kafka.ssl_keyfile is not None else None,
+                password=password,
+            )
         except (ssl.SSLError, ValueError) as exc:
-            raise ValueError(f"kafka.ssl_certfile / kafka.ssl_keyfile: cannot load the client certificate "
-                             f"and key ({exc}): check that both are PEM, that the key belongs to the "
-                             "certificate, and kafka.ssl_password if the key is encrypted") from None
+            raise ValueError(
+                f"kafka.ssl_certfile / kafka.ssl_keyfile: cannot load the client certificate "
+                f"and key ({exc}): check that both are PEM, that the key belongs to the "
+                "certificate, and kafka.ssl_password if the key is encrypted"
+            ) from None
 
 
 class PrometheusSettings(_Strict):
@@ -485,11 +512,13 @@ class WebhookTarget(_Strict):
     """Also mark a trigger failed after this many attempts (default: no limit, only max_retry_seconds)."""
 
     @model_validator(mode="after")
-    def _scheme(self) -> "WebhookTarget":
+    def _scheme(self) -> WebhookTarget:
         if not self.url.startswith(("http://", "https://")):
             # The value is not repeated: a webhook URL can itself be a credential (Slack).
-            raise ValueError(f"url of target {self.name!r} must start with http:// or "
-                             "https:// (the value is not shown: a webhook URL can be a secret)")
+            raise ValueError(
+                f"url of target {self.name!r} must start with http:// or "
+                "https:// (the value is not shown: a webhook URL can be a secret)"
+            )
         return self
 
 
@@ -571,7 +600,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
-    def _models_valid(self) -> "Settings":
+    def _models_valid(self) -> Settings:
         for name in self.models:
             self.for_model(name)  # raises a ValidationError naming the field
         return self
@@ -639,8 +668,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
-                f"config file {str(path)!r} must hold a mapping at the top level, "
-                f"got {type(loaded).__name__}"
+                f"config file {str(path)!r} must hold a mapping at the top level, got {type(loaded).__name__}"
             )
     _CONFIG_FILE["path"] = path
     try:
@@ -682,8 +710,10 @@ def reference_table() -> str:
                 continue
             item = typing.get_args(ann)[0] if typing.get_origin(ann) is list else None
             if isinstance(item, type) and issubclass(item, BaseModel):
-                rows.append(f"| `{path}` | `DRIFTLINE_{path.upper().replace('.', '__')}` (JSON) | `[]` | "
-                            f"{info.description or ''} |")
+                rows.append(
+                    f"| `{path}` | `DRIFTLINE_{path.upper().replace('.', '__')}` (JSON) | `[]` | "
+                    f"{info.description or ''} |"
+                )
                 walk(item, f"{path}[].")
                 continue
             default = info.get_default(call_default_factory=True)

@@ -62,8 +62,16 @@ before the group takes the partitions away."""
 
 # Commit errors a rebalance causes (librdkafka's names): the commit belongs to a
 # generation the group has left; not a failure (committed again after the rejoin).
-_REBALANCE_ERRORS = frozenset({"REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID",
-                               "FENCED_INSTANCE_ID", "_STATE", "_ASSIGNMENT_LOST"})
+_REBALANCE_ERRORS = frozenset(
+    {
+        "REBALANCE_IN_PROGRESS",
+        "ILLEGAL_GENERATION",
+        "UNKNOWN_MEMBER_ID",
+        "FENCED_INSTANCE_ID",
+        "_STATE",
+        "_ASSIGNMENT_LOST",
+    }
+)
 
 
 def confluent_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -118,8 +126,11 @@ def confluent_config(settings: KafkaSettings) -> dict[str, Any]:
         config["client.rack"] = settings.client_rack
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         config["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_check_hostname else "none"
-        for name, key in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
-                          ("ssl_keyfile", "ssl.key.location")):
+        for name, key in (
+            ("ssl_cafile", "ssl.ca.location"),
+            ("ssl_certfile", "ssl.certificate.location"),
+            ("ssl_keyfile", "ssl.key.location"),
+        ):
             path = getattr(settings, name)
             if path is not None:
                 config[key] = str(path)
@@ -186,8 +197,10 @@ def _client() -> Any:
     try:
         import confluent_kafka
     except ImportError:
-        raise SourceError(f"kafka.client is 'confluent' but confluent-kafka is not installed: {INSTALL_HINT}, "
-                          "or set kafka.client: kafka-python") from None
+        raise SourceError(
+            f"kafka.client is 'confluent' but confluent-kafka is not installed: {INSTALL_HINT}, "
+            "or set kafka.client: kafka-python"
+        ) from None
     return confluent_kafka
 
 
@@ -218,8 +231,9 @@ class ConfluentSource:
         offsets, given by :meth:`seek`, are applied at assignment).
     """
 
-    def __init__(self, settings: KafkaSettings, lifecycle_topic: str | None = None,
-                 handover: RebalanceHandler | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, lifecycle_topic: str | None = None, handover: RebalanceHandler | None = None
+    ) -> None:
         ck = _client()
         self._ck = ck
         self.settings = settings
@@ -253,8 +267,12 @@ class ConfluentSource:
         self.lifecycle_topic = _lifecycle_subscription(metadata, settings, lifecycle_topic)
         self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, self.lifecycle_topic)
         topics = [settings.predictions_topic, settings.feedback_topic]
-        self._consumer.subscribe(topics + ([self.lifecycle_topic] if self.lifecycle_topic else []),
-                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._consumer.subscribe(
+            topics + ([self.lifecycle_topic] if self.lifecycle_topic else []),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
 
     # -- errors ---------------------------------------------------------------------------
     def _on_error(self, err: Any) -> None:
@@ -262,8 +280,11 @@ class ConfluentSource:
         authentication): counted and logged; librdkafka retries by itself."""
         self._broker_failed("request", err)
         if err.fatal():
-            log.error("confluent-kafka reports a fatal error (%s): consuming cannot go on with this "
-                      "consumer; restart the service", err.str())
+            log.error(
+                "confluent-kafka reports a fatal error (%s): consuming cannot go on with this "
+                "consumer; restart the service",
+                err.str(),
+            )
 
     def _broker_failed(self, what: str, err: Any) -> str:
         """Count a failed request to the brokers and log it (a warning at most every 10 s)."""
@@ -407,8 +428,13 @@ class ConfluentSource:
     def _seek_target(self, key: tuple[str, int], committed: int | None) -> int:
         off = self._pending_seek[key]
         if committed is not None and committed > off:
-            log.warning("%s/%d: the group committed offset %d, past this instance's checkpoint (%d); "
-                        "resuming from the commit", key[0], key[1], committed, off)
+            log.warning(
+                "%s/%d: the group committed offset %d, past this instance's checkpoint (%d); resuming from the commit",
+                key[0],
+                key[1],
+                committed,
+                off,
+            )
             return committed
         return off
 
@@ -440,15 +466,18 @@ class ConfluentSource:
         group coordinator does not answer."""
         ck = self._ck
         try:
-            found = self._consumer.committed([ck.TopicPartition(tp.topic, tp.partition) for tp in tps],
-                                             timeout=self.settings.request_timeout_ms / 1000)
+            found = self._consumer.committed(
+                [ck.TopicPartition(tp.topic, tp.partition) for tp in tps],
+                timeout=self.settings.request_timeout_ms / 1000,
+            )
         except ck.KafkaException as exc:
             self._broker_failed("reading the committed offsets", self._error_of(exc))
             return None
         return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
-    def _assign_with_handover(self, handover: RebalanceHandler, consumer: Any, partitions: list[Any],
-                              tps: list[tuple[str, int]]) -> None:
+    def _assign_with_handover(
+        self, handover: RebalanceHandler, consumer: Any, partitions: list[Any], tps: list[tuple[str, int]]
+    ) -> None:
         """Restore the partitions' models (the handler) before any of their records is
         read, then start each at the lowest of the group's commit and the restored
         states' positions; a failed restore leaves them paused, asked again later."""
@@ -459,8 +488,12 @@ class ConfluentSource:
             consumer.pause(partitions)
             self._awaiting.extend(tp for tp in tps if tp not in self._awaiting)
             self._retry_restore_at = time.monotonic() + _RESTORE_RETRY_SECONDS
-            log.warning("restoring the state of partitions %s failed: they stay paused and the restore "
-                        "is tried again in %.0f s", tps, _RESTORE_RETRY_SECONDS)
+            log.warning(
+                "restoring the state of partitions %s failed: they stay paused and the restore "
+                "is tried again in %.0f s",
+                tps,
+                _RESTORE_RETRY_SECONDS,
+            )
             return
         for tp in partitions:
             start = self._resume_point((tp.topic, tp.partition), restored, committed)
@@ -468,8 +501,9 @@ class ConfluentSource:
                 tp.offset = start
         consumer.assign(partitions)
 
-    def _resume_point(self, key: tuple[str, int], restored: dict[str, Offsets],
-                      committed: dict[tuple[str, int], int | None]) -> int | None:
+    def _resume_point(
+        self, key: tuple[str, int], restored: dict[str, Offsets], committed: dict[tuple[str, int], int | None]
+    ) -> int | None:
         """Where to start a partition after a restore (None: at the group's commit, or
         the reset policy), with a gate for the records read again; see
         :meth:`driftline.monitor.sources.KafkaSource._resume_at`."""
@@ -483,9 +517,14 @@ class ConfluentSource:
             self._gates[key] = gate
         self._positions[key] = start
         if committed.get(key) is not None and start < floor:
-            log.info("%s/%d: resuming at %d, before the group's commit (%d): some restored states are "
-                     "older; each model's records apply from its own state's position",
-                     key[0], key[1], start, floor)
+            log.info(
+                "%s/%d: resuming at %d, before the group's commit (%d): some restored states are "
+                "older; each model's records apply from its own state's position",
+                key[0],
+                key[1],
+                start,
+                floor,
+            )
         return start
 
     def _restore_again(self) -> None:
@@ -530,8 +569,10 @@ class ConfluentSource:
         if self.handover is not None and not self.closing and tps:
             offsets = self.handover.revoked(tps)
             if offsets:
-                done = self._commit_list([self._ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()
-                                          if (t, p) in set(tps)], "revocation")
+                done = self._commit_list(
+                    [self._ck.TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in set(tps)],
+                    "revocation",
+                )
                 log.info("partitions %s revoked: state written, offsets %scommitted", tps, "" if done else "not ")
         self._forget(tps)
 
@@ -596,8 +637,11 @@ class ConfluentSource:
             self._committing = worker
             self.broker_errors += 1
             self._last_error = f"{what}: no answer within {self.settings.request_timeout_ms} ms"
-            log.warning("Kafka %s not answered within kafka.request_timeout_ms (%d ms): not done, "
-                        "committed again later", what, self.settings.request_timeout_ms)
+            log.warning(
+                "Kafka %s not answered within kafka.request_timeout_ms (%d ms): not done, committed again later",
+                what,
+                self.settings.request_timeout_ms,
+            )
             return False
         if "error" in box:
             err = box["error"]
@@ -609,8 +653,12 @@ class ConfluentSource:
             return False
         failed = [tp for tp in box.get("result") or [] if tp.error is not None]
         if failed:
-            log.info("%s not done for %s (%s); committing again later", what,
-                     [(tp.topic, tp.partition) for tp in failed], failed[0].error)
+            log.info(
+                "%s not done for %s (%s); committing again later",
+                what,
+                [(tp.topic, tp.partition) for tp in failed],
+                failed[0].error,
+            )
             return False
         return True
 
@@ -640,17 +688,23 @@ class ConfluentSource:
         assigned = list(self._assigned)
         if self._commit_in_flight():
             self.broker_errors += 1
-            return None, len(assigned), "a commit has waited for the group coordinator longer than " \
-                f"kafka.request_timeout_ms ({self.settings.request_timeout_ms} ms)"
+            return (
+                None,
+                len(assigned),
+                "a commit has waited for the group coordinator longer than "
+                f"kafka.request_timeout_ms ({self.settings.request_timeout_ms} ms)",
+            )
         deadline = time.monotonic() + min(self.settings.request_timeout_ms, _PROBE_TIMEOUT_MS) / 1000
         ends: Offsets = {}
         try:
             if not assigned:
-                self._consumer.list_topics(self.settings.predictions_topic,
-                                           timeout=max(0.1, deadline - time.monotonic()))
+                self._consumer.list_topics(
+                    self.settings.predictions_topic, timeout=max(0.1, deadline - time.monotonic())
+                )
             for t, p in assigned:
                 _, high = self._consumer.get_watermark_offsets(
-                    ck.TopicPartition(t, p), timeout=max(0.1, deadline - time.monotonic()), cached=False)
+                    ck.TopicPartition(t, p), timeout=max(0.1, deadline - time.monotonic()), cached=False
+                )
                 ends[(t, p)] = high
         except ck.KafkaException as exc:
             return None, len(assigned), self._broker_failed("end-offset request", self._error_of(exc))
@@ -680,16 +734,24 @@ def _lifecycle_subscription(metadata: Any, settings: KafkaSettings, topic: str |
         return None
     known = metadata.topics
     if topic not in known or known[topic].error is not None:
-        log.warning("the lifecycle topic %r does not exist: model lifecycle events (deployed, "
-                    "promoted, rolled_back, retired) are not consumed. Create it with the partition "
-                    "count of %r and restart to use them (lifecycle.topic)",
-                    topic, settings.predictions_topic)
+        log.warning(
+            "the lifecycle topic %r does not exist: model lifecycle events (deployed, "
+            "promoted, rolled_back, retired) are not consumed. Create it with the partition "
+            "count of %r and restart to use them (lifecycle.topic)",
+            topic,
+            settings.predictions_topic,
+        )
         return None
     ours = known[topic].partitions
     theirs = known[settings.predictions_topic].partitions if settings.predictions_topic in known else {}
     if ours and theirs and len(ours) != len(theirs):
-        log.warning("the lifecycle topic %r has %d partitions and %r has %d: they are not "
-                    "co-partitioned, so a model's lifecycle events may reach another instance "
-                    "than its predictions; give them the same partition count",
-                    topic, len(ours), settings.predictions_topic, len(theirs))
+        log.warning(
+            "the lifecycle topic %r has %d partitions and %r has %d: they are not "
+            "co-partitioned, so a model's lifecycle events may reach another instance "
+            "than its predictions; give them the same partition count",
+            topic,
+            len(ours),
+            settings.predictions_topic,
+            len(theirs),
+        )
     return topic

@@ -43,12 +43,18 @@ REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "empt
 class RawRecord(Protocol):
     """What a source yields; kafka-python's ConsumerRecord has these attributes."""
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int  # epoch milliseconds
-    key: bytes | None
-    value: bytes | None
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...  # epoch milliseconds
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 class Record(NamedTuple):
@@ -142,13 +148,15 @@ def prediction_event_type(features: Any, prediction: Any = None, *, model: str) 
     ``features`` (and ``prediction``, when given) of the given types: a member of the
     union :class:`~driftline.monitor.decode.BatchDecoder` decodes a batch into when it
     knows every model's schema."""
-    return msgspec.defstruct("Prediction", _prediction_fields(features, prediction),
-                             tag_field="model", tag=model, gc=False)
+    return msgspec.defstruct(
+        "Prediction", _prediction_fields(features, prediction), tag_field="model", tag=model, gc=False
+    )
 
 
 # gc=False: decoded JSON holds no reference cycles, so the collector need not track them.
-PredictionEvent = msgspec.defstruct("PredictionEvent", [("model", str)] + _prediction_fields(msgspec.Raw),
-                                    gc=False, module=__name__)
+PredictionEvent = msgspec.defstruct(
+    "PredictionEvent", [("model", str)] + _prediction_fields(msgspec.Raw), gc=False, module=__name__
+)
 
 
 class FeedbackEvent(msgspec.Struct, gc=False):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 import numpy as np
+
 from driftline.monitor.contract import (
     REASONS,
     DeadLetter,
@@ -169,7 +170,9 @@ class DecodedBatch:
 
 
 def decode_batch(
-    records: Iterable[RawRecord], predictions_topic: str, feedback_topic: str,
+    records: Iterable[RawRecord],
+    predictions_topic: str,
+    feedback_topic: str,
     lifecycle_topic: str | None = None,
 ) -> DecodedBatch:
     """Parse and check a batch of raw records.
@@ -261,15 +264,18 @@ def _group(keys: list[str], events: list[Any], recs: list[RawRecord]) -> dict[st
 
 
 _ID, _VERSION, _TS, _PREDICTION, _SCORES, _LATENCY, _FEATURES = map(
-    operator.attrgetter, ("id", "version", "ts", "prediction", "scores", "latency_ms", "features"))
+    operator.attrgetter, ("id", "version", "ts", "prediction", "scores", "latency_ms", "features")
+)
 
 
 def _ts(events: list[Any], recs: list[RawRecord]) -> list[float]:
     """Event times: the event's ``ts``, else the record's timestamp (ms), else 0."""
     ts = list(map(_TS, events))
     if None in ts:
-        ts = [t if t is not None else (r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else 0.0)
-              for t, r in zip(ts, recs, strict=True)]
+        ts = [
+            t if t is not None else (r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else 0.0)
+            for t, r in zip(ts, recs, strict=True)
+        ]
     return ts
 
 
@@ -302,7 +308,7 @@ def _predictions(model: str, evs: list[Any], rs: list[RawRecord], **rest: Any) -
     )
 
 
-def _group_predictions(out: DecodedBatch, events: list[PredictionEvent], recs: list[RawRecord]) -> None:
+def _group_predictions(out: DecodedBatch, events: list[Any], recs: list[RawRecord]) -> None:
     for model, (evs, rs) in _by_model(out, events, recs, check_prediction).items():
         group = out.predictions[model] = _predictions(model, evs, rs, features=[e.features for e in evs], sources=rs)
         out.n_predictions += len(group)
@@ -339,8 +345,7 @@ class BatchDecoder:
     batch down the general path, which finds it.
     """
 
-    def __init__(self, predictions_topic: str, feedback_topic: str,
-                 lifecycle_topic: str | None = None) -> None:
+    def __init__(self, predictions_topic: str, feedback_topic: str, lifecycle_topic: str | None = None) -> None:
         self.predictions_topic = predictions_topic
         self.feedback_topic = feedback_topic
         self.lifecycle_topic = lifecycle_topic

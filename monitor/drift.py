@@ -35,8 +35,17 @@ from driftline.monitor.config import DriftSettings
 from driftline.monitor.edges import AlarmStates
 from driftline.monitor.snapshot import FeatureStatistic
 
-__all__ = ["WINDOW_CHUNK_VALUES", "Candidate", "DriftTests", "FeatureDrift", "PredictionDrift", "adjust",
-           "feature_drift", "prediction_drift", "drift_alarms"]
+__all__ = [
+    "WINDOW_CHUNK_VALUES",
+    "Candidate",
+    "DriftTests",
+    "FeatureDrift",
+    "PredictionDrift",
+    "adjust",
+    "feature_drift",
+    "prediction_drift",
+    "drift_alarms",
+]
 
 
 WINDOW_CHUNK_VALUES = 1 << 18
@@ -83,8 +92,12 @@ class DriftTests:
 
     def candidates(self, i: int) -> list[Candidate]:
         """Window i's tests as :class:`Candidate` values."""
-        return [Candidate(f, d, float(s), float(p), float(q)) for f, d, s, p, q in zip(
-            self.features, self.detectors, self.statistic[i], self.p_value[i], self.psi[i], strict=True)]
+        return [
+            Candidate(f, d, float(s), float(p), float(q))
+            for f, d, s, p, q in zip(
+                self.features, self.detectors, self.statistic[i], self.p_value[i], self.psi[i], strict=True
+            )
+        ]
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,18 +166,27 @@ class FeatureDrift:
         w = self.windows
         blocks = []
         if self.num is not None:
-            blocks.append(np.stack([self.num.missing_rate, self.num.out_of_range_rate,
-                                    np.zeros_like(self.num.missing_rate)], axis=2))
+            blocks.append(
+                np.stack(
+                    [self.num.missing_rate, self.num.out_of_range_rate, np.zeros_like(self.num.missing_rate)], axis=2
+                )
+            )
         if self.cat is not None:
-            blocks.append(np.stack([self.cat.missing_rate, np.zeros_like(self.cat.missing_rate),
-                                    self.cat.unseen_rate], axis=2))
+            blocks.append(
+                np.stack([self.cat.missing_rate, np.zeros_like(self.cat.missing_rate), self.cat.unseen_rate], axis=2)
+            )
         rates = np.concatenate(blocks, axis=1) if blocks else np.zeros((w, 0, 3))
         return self.numeric + self.categorical, rates
 
 
 def feature_drift(
-    num: np.ndarray, codes: np.ndarray, numeric: Sequence[str], categorical: Sequence[str],
-    num_ref: NumericReference, cat_ref: CategoricalReference, cfg: DriftSettings,
+    num: np.ndarray,
+    codes: np.ndarray,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    num_ref: NumericReference,
+    cat_ref: CategoricalReference,
+    cfg: DriftSettings,
 ) -> FeatureDrift:
     """w windows' features against the reference, in one computation.
 
@@ -221,7 +243,10 @@ class PredictionDrift:
 
 
 def prediction_drift(
-    pred: np.ndarray, kind: str, pred_ref: NumericReference | CategoricalReference, cfg: DriftSettings,
+    pred: np.ndarray,
+    kind: str,
+    pred_ref: NumericReference | CategoricalReference,
+    cfg: DriftSettings,
 ) -> PredictionDrift:
     """w windows' predictions ((w, n): numbers, or category codes when ``kind`` is
     ``categorical``) against the reference's: the gauges and the drift test (not
@@ -237,8 +262,17 @@ def prediction_drift(
     return PredictionDrift(tests, c.chi2_statistic[:, 0], cfg)
 
 
-def drift_alarms(tests: DriftTests, i: int, kind: AlarmKind, cfg: DriftSettings, states: AlarmStates,
-                 alarm: AlarmFactory, first: int, last: int, ts: float) -> list[Alarm]:
+def drift_alarms(
+    tests: DriftTests,
+    i: int,
+    kind: AlarmKind,
+    cfg: DriftSettings,
+    states: AlarmStates,
+    alarm: AlarmFactory,
+    first: int,
+    last: int,
+    ts: float,
+) -> list[Alarm]:
     """Window i's tests that enter the drifting state: a corrected p-value at most
     ``alpha`` with an effect of at least ``min_effect`` (or, with ``alarm_on: psi``, a
     PSI above ``psi_threshold``).

@@ -18,8 +18,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Encoder", "canonical_label", "MAX_CLASSES", "SCORED_CLASSES", "CLASS_RECALLS",
-           "IDX", "TS", "LAT", "PRED", "FIXED", "L_IDX", "L_TS", "L_TRUE", "L_PRED", "L_SCORE", "L_ERR", "L_SCORES"]
+__all__ = [
+    "Encoder",
+    "canonical_label",
+    "MAX_CLASSES",
+    "SCORED_CLASSES",
+    "CLASS_RECALLS",
+    "IDX",
+    "TS",
+    "LAT",
+    "PRED",
+    "FIXED",
+    "L_IDX",
+    "L_TS",
+    "L_TRUE",
+    "L_PRED",
+    "L_SCORE",
+    "L_ERR",
+    "L_SCORES",
+]
 
 MAX_CLASSES = 1000
 """Distinct class labels (or categorical predictions) coded per model; further values

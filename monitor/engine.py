@@ -104,8 +104,18 @@ from driftline.monitor.segments import ModelSegments, VersionSegments
 from driftline.monitor.snapshot import FeatureStatistic, VersionSnapshot
 from driftline.monitor.versions import VersionLifecycle, VersionReference, labels_needed
 
-__all__ = ["Engine", "EngineResult", "ModelMonitor", "VersionMonitor", "ReferenceData", "CONCEPT_DETECTORS",
-           "concept_detector", "stream_fingerprint", "STATE_FORMAT", "MAX_VERSIONS"]
+__all__ = [
+    "Engine",
+    "EngineResult",
+    "ModelMonitor",
+    "VersionMonitor",
+    "ReferenceData",
+    "CONCEPT_DETECTORS",
+    "concept_detector",
+    "stream_fingerprint",
+    "STATE_FORMAT",
+    "MAX_VERSIONS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +247,13 @@ class VersionMonitor:
         if done:  # the batch's windows in one computation, in chunks of bounded size
             chunk = max(1, WINDOW_CHUNK_VALUES // done[0].size)
             for k in range(0, len(done), chunk):
-                alarms.extend(self._on_windows(np.stack(done[k:k + chunk])))
+                alarms.extend(self._on_windows(np.stack(done[k : k + chunk])))
         total = self.model.version_events.get(self.version, self.events)  # the version's events up to these
         alarms += self.estimation.predictions(rows, class_scores, total, self.states, self._alarm)
         if self.segments is not None and self.model.schema is not None:
-            alarms += self.segments.predictions(rows, self.model.schema, self.model.settings, self.model.pred_kind,
-                                                self._alarm)
+            alarms += self.segments.predictions(
+                rows, self.model.schema, self.model.settings, self.model.pred_kind, self._alarm
+            )
         return alarms
 
     def _on_windows(self, ws: np.ndarray) -> list[Alarm]:
@@ -255,8 +266,14 @@ class VersionMonitor:
         assert schema is not None and ref is not None
         d_num = len(schema.numeric)
         fd = feature_drift(
-            ws[:, :, FIXED:FIXED + d_num], ws[:, :, FIXED + d_num:].astype(np.int64), schema.numeric,
-            schema.categorical, ref.num_ref, ref.cat_ref, cfg.drift)
+            ws[:, :, FIXED : FIXED + d_num],
+            ws[:, :, FIXED + d_num :].astype(np.int64),
+            schema.numeric,
+            schema.categorical,
+            ref.num_ref,
+            ref.cat_ref,
+            cfg.drift,
+        )
         features, rates = fd.rates()
         limits = quality_limits(features, ref.ref_missing, cfg.quality)
         pd = None
@@ -270,13 +287,22 @@ class VersionMonitor:
             lat = lat[np.isfinite(lat)]
             self.latency_ms = float(lat.mean()) if lat.size else None
             m.latency_baseline, latency_alarms = latency_regression(
-                self.latency_ms, self.version == m.stable_version(), m.latency_baseline, cfg.regression,
-                self.states, self._alarm, first, last, ts)
+                self.latency_ms,
+                self.version == m.stable_version(),
+                m.latency_baseline,
+                cfg.regression,
+                self.states,
+                self._alarm,
+                first,
+                last,
+                ts,
+            )
             alarms += drift_alarms(fd.tests, i, "feature_drift", cfg.drift, self.states, self._alarm, first, last, ts)
             alarms += quality_alarms(features, rates[i], limits, self.states, self._alarm, first, last, ts)
             if pd is not None:
-                alarms += drift_alarms(pd.tests, i, "prediction_drift", cfg.drift, self.states, self._alarm,
-                                       first, last, ts)
+                alarms += drift_alarms(
+                    pd.tests, i, "prediction_drift", cfg.drift, self.states, self._alarm, first, last, ts
+                )
             alarms += latency_alarms
         self.drift = tuple(fd.stats(len(ws) - 1) + ([] if pd is None else pd.stats(len(ws) - 1)))
         self.quality = fd.quality(len(ws) - 1)
@@ -291,8 +317,9 @@ class VersionMonitor:
         self.estimation.labelled(rows, self.model.task, len(self.model.label_encoder.vocab))
         if self.segments is not None:
             m = self.model
-            alarms += self.segments.labelled(rows, m.settings, m.task, m.positive_code, m.label_encoder.vocab,
-                                             self._alarm)
+            alarms += self.segments.labelled(
+                rows, m.settings, m.task, m.positive_code, m.label_encoder.vocab, self._alarm
+            )
         if self.perf_window is None:
             self.perf_window = TumblingWindow(self.model.settings.performance.window, rows.shape[1])
         for values, _, _ in self.perf_window.extend(rows, self.labelled - len(rows)):
@@ -314,44 +341,80 @@ class VersionMonitor:
         self.performance, class_recall = window_performance(w, m.task, m.positive_code, m.label_encoder.vocab)
         if class_recall is not None:
             self.class_recall = class_recall
-        self.label_baseline, alarms = label_drift(w, self.label_baseline, cfg.reference.size, m.task, cfg.drift,
-                                                  self.states, self._alarm, first, last, ts)
-        alarms += performance_alarm(self.performance, m.task, self.baseline, cfg.performance, self.states,
-                                    self._alarm, first, last, ts)
+        self.label_baseline, alarms = label_drift(
+            w, self.label_baseline, cfg.reference.size, m.task, cfg.drift, self.states, self._alarm, first, last, ts
+        )
+        alarms += performance_alarm(
+            self.performance, m.task, self.baseline, cfg.performance, self.states, self._alarm, first, last, ts
+        )
         self.estimation.labelled_window(w)
         return alarms
 
     # -- shared -------------------------------------------------------------------------
-    def _alarm(self, kind: AlarmKind, detector: Detector, feature: str | None, statistic: float,
-               threshold: float | None, p_value: float | None, first: int, last: int, ts: float) -> Alarm:
+    def _alarm(
+        self,
+        kind: AlarmKind,
+        detector: Detector,
+        feature: str | None,
+        statistic: float,
+        threshold: float | None,
+        p_value: float | None,
+        first: int,
+        last: int,
+        ts: float,
+    ) -> Alarm:
         m = self.model
         action = suggested_action(kind, self.version == m.stable_version())
-        return Alarm(m.name, self.version, kind, detector, feature, float(statistic),
-                     None if threshold is None else float(threshold),
-                     None if p_value is None else float(p_value), int(first), int(last), float(ts), action,
-                     origin=m.origin)
+        return Alarm(
+            m.name,
+            self.version,
+            kind,
+            detector,
+            feature,
+            float(statistic),
+            None if threshold is None else float(threshold),
+            None if p_value is None else float(p_value),
+            int(first),
+            int(last),
+            float(ts),
+            action,
+            origin=m.origin,
+        )
 
     def snapshot(self) -> VersionSnapshot:
         m = self.model
         return VersionSnapshot(
-            model=m.name, version=self.version, events=m.version_events.get(self.version, self.events),
+            model=m.name,
+            version=self.version,
+            events=m.version_events.get(self.version, self.events),
             labelled=self.labelled,
-            reference_ready=True, drift=self.drift, quality={k: dict(v) for k, v in self.quality.items()},
-            performance=dict(self.performance), latency_ms=self.latency_ms, last_event_ts=self.last_ts,
-            mixed_features=tuple(m.mixed_features), class_recall=dict(self.class_recall),
+            reference_ready=True,
+            drift=self.drift,
+            quality={k: dict(v) for k, v in self.quality.items()},
+            performance=dict(self.performance),
+            latency_ms=self.latency_ms,
+            last_event_ts=self.last_ts,
+            mixed_features=tuple(m.mixed_features),
+            class_recall=dict(self.class_recall),
             estimation=self.estimation.snapshot(),
-            segments=() if self.segments is None else self.segments.snapshot())
+            segments=() if self.segments is None else self.segments.snapshot(),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "window": None if self.window is None else self.window.state_dict(),
             "window_type": type(self.window).__name__,
             "perf_window": None if self.perf_window is None else self.perf_window.state_dict(),
-            "events": self.events, "labelled": self.labelled, "last_ts": self.last_ts,
+            "events": self.events,
+            "labelled": self.labelled,
+            "last_ts": self.last_ts,
             "alarming": self.states.state_dict(),
             "drift": [vars_of(s) for s in self.drift],
-            "quality": self.quality, "performance": self.performance, "baseline": self.baseline,
-            "label_baseline": self.label_baseline, "latency_ms": self.latency_ms,
+            "quality": self.quality,
+            "performance": self.performance,
+            "baseline": self.baseline,
+            "label_baseline": self.label_baseline,
+            "latency_ms": self.latency_ms,
             "detectors": {k: d.state_dict() for k, d in self.detectors.items()},
             "recent": self.recent,
             "estimation": self.estimation.state_dict(),
@@ -361,8 +424,7 @@ class VersionMonitor:
     def load_state(self, s: dict[str, Any]) -> None:
         if s["window"] is not None:
             tumbling = s["window_type"] == "TumblingWindow"
-            self.window = (TumblingWindow.from_state(s["window"]) if tumbling
-                           else SlidingWindow.from_state(s["window"]))
+            self.window = TumblingWindow.from_state(s["window"]) if tumbling else SlidingWindow.from_state(s["window"])
         if s["perf_window"] is not None:
             self.perf_window = TumblingWindow.from_state(s["perf_window"])
         self.events, self.labelled, self.last_ts = s["events"], s["labelled"], s["last_ts"]
@@ -381,8 +443,14 @@ class VersionMonitor:
 
 
 def vars_of(stat: FeatureStatistic) -> dict[str, Any]:
-    return {"feature": stat.feature, "detector": stat.detector, "statistic": stat.statistic,
-            "p_value": stat.p_value, "threshold": stat.threshold, "kind": stat.kind}
+    return {
+        "feature": stat.feature,
+        "detector": stat.detector,
+        "statistic": stat.statistic,
+        "p_value": stat.p_value,
+        "threshold": stat.threshold,
+        "kind": stat.kind,
+    }
 
 
 # ---- per model ---------------------------------------------------------------------------
@@ -404,8 +472,9 @@ class ModelMonitor:
         it (None until the first prediction).
     """
 
-    def __init__(self, name: str, settings: ModelSettings, reference: ReferenceData | None = None,
-                 origin: str | None = None) -> None:
+    def __init__(
+        self, name: str, settings: ModelSettings, reference: ReferenceData | None = None, origin: str | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
         self.origin = origin
@@ -467,8 +536,9 @@ class ModelMonitor:
         return max(self.version_events.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
     # -- reference ------------------------------------------------------------------------
-    def _infer_schema(self, features: Sequence[dict[str, Any]],
-                      prediction: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _infer_schema(
+        self, features: Sequence[dict[str, Any]], prediction: Sequence[Any]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Infer the schema from reference events (see :func:`~driftline.monitor.
         reference.infer_schema`); returns their columns and the rows of the wrong
         type under it."""
@@ -476,9 +546,14 @@ class ModelMonitor:
         self.schema, self.dropped_features = inferred.schema, inferred.dropped_features
         self.mixed_features = inferred.mixed_features
         if self.mixed_features:
-            log.warning("model %r: %s hold both numbers and strings in the reference (neither reaches %d %%), "
-                        "so they are not monitored; list them under numeric_features or categorical_features "
-                        "(or ignore_features)", self.name, ", ".join(self.mixed_features), round(TYPE_SHARE * 100))
+            log.warning(
+                "model %r: %s hold both numbers and strings in the reference (neither reaches %d %%), "
+                "so they are not monitored; list them under numeric_features or categorical_features "
+                "(or ignore_features)",
+                self.name,
+                ", ".join(self.mixed_features),
+                round(TYPE_SHARE * 100),
+            )
         return inferred.numeric, inferred.codes, inferred.bad
 
     def _fit_reference(self, num: np.ndarray, codes: np.ndarray, prediction: Sequence[Any]) -> None:
@@ -491,8 +566,9 @@ class ModelMonitor:
         if self.pred_kind == "categorical":
             self._pred_categories = len(self.pred_encoder.vocab)
         if self.segments is not None:  # each segment's part of the reference, and the segments themselves
-            self.segments.fit(num, codes, list(prediction), self.schema, self.pred_encoder,
-                              self.settings.drift.psi_bins, self.name)
+            self.segments.fit(
+                num, codes, list(prediction), self.schema, self.pred_encoder, self.settings.drift.psi_bins, self.name
+            )
 
     def _build_reference(self, features: Sequence[dict[str, Any]], prediction: Sequence[Any]) -> None:
         """A reference from a file: its events of the wrong type are left out."""
@@ -506,16 +582,20 @@ class ModelMonitor:
         self._ref_count += len(num)
         if self._ref_count >= self.settings.reference.size:
             rows, self._ref_rows, self._ref_count = self._ref_rows, [], 0
-            self._fit_reference(np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]),
-                                [v for r in rows for v in r[2]])
+            self._fit_reference(
+                np.concatenate([r[0] for r in rows]),
+                np.concatenate([r[1] for r in rows]),
+                [v for r in rows for v in r[2]],
+            )
 
     def replace_reference(self, reference: ReferenceData | None) -> None:
         """Apply a changed reference (a restart found another file, size or source than
         the checkpoint's): the schema and references are rebuilt (a stream reference is
         collected again from the next events) and the drift windows start afresh;
         event indices, the label join and performance state go on."""
-        self.reference_fingerprint = (reference.fingerprint if reference is not None
-                                      else stream_fingerprint(self.settings))
+        self.reference_fingerprint = (
+            reference.fingerprint if reference is not None else stream_fingerprint(self.settings)
+        )
         self.schema = self.num_ref = None
         self._buffer, self._ref_rows, self._ref_count = [], [], 0
         if self.segments is not None:
@@ -526,8 +606,9 @@ class ModelMonitor:
             self._build_reference(reference.features, reference.prediction)
 
     # -- predictions ----------------------------------------------------------------------
-    def add_predictions(self, p: Predictions, result: EngineResult,
-                        feedback: Feedback | None = None) -> Feedback | None:
+    def add_predictions(
+        self, p: Predictions, result: EngineResult, feedback: Feedback | None = None
+    ) -> Feedback | None:
         """Accept a batch's prediction events, applying each queued lifecycle event just
         before the first of them whose ``ts`` reaches the event's (see
         :meth:`Engine.apply_lifecycle`), then run the lifecycle timers.
@@ -543,7 +624,7 @@ class ModelMonitor:
         ts = np.asarray(p.ts, dtype=np.float64)
         while start < len(p):
             due = lc.next_due()
-            reached = np.flatnonzero(ts[start:] >= due) if due < math.inf else ()
+            reached = np.flatnonzero(ts[start:] >= due) if due < math.inf else np.zeros(0, dtype=np.intp)
             if not len(reached):
                 break
             cut = start + int(reached[0])  # the first prediction at or after the due time: cut there
@@ -594,9 +675,17 @@ class ModelMonitor:
             size = self.settings.reference.size
             while self.schema is None and start < len(p):
                 end = start + size - len(self._buffer)
-                pending = map(_Pending, decode_features(p.features[start:end]), p.prediction[start:end],
-                              p.sources[start:end], p.ids[start:end], p.versions[start:end], p.ts[start:end],
-                              p.scores[start:end], p.latency_ms[start:end])
+                pending = map(
+                    _Pending,
+                    decode_features(p.features[start:end]),
+                    p.prediction[start:end],
+                    p.sources[start:end],
+                    p.ids[start:end],
+                    p.versions[start:end],
+                    p.ts[start:end],
+                    p.scores[start:end],
+                    p.latency_ms[start:end],
+                )
                 for b in pending:
                     if b.features is None:  # no Python value can hold it: dead, and no trace
                         result.dead_letters.append(dead_letter(b.source, "wrong_type", _WRONG_TYPE))
@@ -610,8 +699,12 @@ class ModelMonitor:
         schema = self.schema
         assert schema is not None  # known, or every event of the batch went to the reference window
         cols = p.columns
-        if cols is not None and cols.fingerprint != schema.fingerprint() and self._previous_schema is not None \
-                and cols.fingerprint == self._previous_schema.fingerprint():
+        if (
+            cols is not None
+            and cols.fingerprint != schema.fingerprint()
+            and self._previous_schema is not None
+            and cols.fingerprint == self._previous_schema.fingerprint()
+        ):
             # decoded before a lifecycle event rebuilt the schema within this batch
             cols = _remap_columns(cols, self._previous_schema, schema)
         if cols is not None:  # decoded where the batch was decoded, with this schema
@@ -642,14 +735,34 @@ class ModelMonitor:
             head = min(len(ids), self.settings.reference.size - self._ref_count)
             self._extend_reference(num[:head], codes[:head], prediction[:head])
         if head < len(ids):
-            self._monitor(index[head:], versions[head:] if only is None else None, only, ts[head:],
-                          latency[head:], prediction[head:], num[head:], codes[head:], result, scores[head:])
+            self._monitor(
+                index[head:],
+                versions[head:] if only is None else None,
+                only,
+                ts[head:],
+                latency[head:],
+                prediction[head:],
+                num[head:],
+                codes[head:],
+                result,
+                scores[head:],
+            )
         if len(early):  # labels that had arrived before these predictions
             self.add_labelled(early, result)
 
-    def _monitor(self, index: np.ndarray, versions: list[str] | None, only: str | None, ts: list[float],
-                 latency: list[float], prediction: list[Any], num: np.ndarray, codes: np.ndarray,
-                 result: EngineResult, scores: Sequence[Any] = ()) -> None:
+    def _monitor(
+        self,
+        index: np.ndarray,
+        versions: list[str] | None,
+        only: str | None,
+        ts: list[float],
+        latency: list[float],
+        prediction: list[Any],
+        num: np.ndarray,
+        codes: np.ndarray,
+        result: EngineResult,
+        scores: Sequence[Any] = (),
+    ) -> None:
         """Run accepted events through their versions' windows (``only``: the batch's
         one version, else ``versions`` per row); ``scores`` are the events' class scores
         (read only for a calibrated multi-class version, see :mod:`~driftline.monitor.estimation`)."""
@@ -670,8 +783,8 @@ class ModelMonitor:
         rows[:, TS] = ts
         rows[:, LAT] = latency
         rows[:, PRED] = self._prediction_column(prediction)
-        rows[:, FIXED:FIXED + num.shape[1]] = num
-        rows[:, FIXED + num.shape[1]:] = codes
+        rows[:, FIXED : FIXED + num.shape[1]] = num
+        rows[:, FIXED + num.shape[1] :] = codes
         class_scores = None
         if len(scores) == len(index) and any(vm.estimation.wants_class_scores for vm in self.versions.values()):
             class_scores = class_score_matrix(scores, self.label_encoder.vocab)
@@ -703,13 +816,26 @@ class ModelMonitor:
         prediction = [b.prediction for b in kept]
         self._extend_reference(num[~bad], codes[~bad], prediction)
         if kept:
-            _, _, early = self._accept([b.id for b in kept], [b.version for b in kept], [b.ts for b in kept],
-                                       prediction, [b.scores for b in kept], result)
+            _, _, early = self._accept(
+                [b.id for b in kept],
+                [b.version for b in kept],
+                [b.ts for b in kept],
+                prediction,
+                [b.scores for b in kept],
+                result,
+            )
             if len(early):
                 self.add_labelled(early, result)
 
-    def _accept(self, ids: list[str], versions: list[str], ts: list[float], prediction: list[Any],
-                scores: list[Any], result: EngineResult) -> tuple[np.ndarray, str | None, Labelled]:
+    def _accept(
+        self,
+        ids: list[str],
+        versions: list[str],
+        ts: list[float],
+        prediction: list[Any],
+        scores: list[Any],
+        result: EngineResult,
+    ) -> tuple[np.ndarray, str | None, Labelled]:
         """Give accepted prediction events their indices, count them and hold them for
         their labels; returns the indices, the batch's one version (None when it has
         several) and the pairs completed by labels that were already waiting."""
@@ -741,8 +867,10 @@ class ModelMonitor:
                 return np.array([v if isinstance(v, (int, float)) else np.nan for v in values], dtype=np.float64)
         if self.pred_kind == "categorical":
             k = self._pred_categories
-            codes = np.array([self.pred_encoder.vocab.get(str(canonical_label(v)), k) if v is not None else -1
-                              for v in values], dtype=np.float64)
+            codes = np.array(
+                [self.pred_encoder.vocab.get(str(canonical_label(v)), k) if v is not None else -1 for v in values],
+                dtype=np.float64,
+            )
             return codes
         return np.full(len(values), np.nan)
 
@@ -849,12 +977,28 @@ class ModelMonitor:
     def _error_regression(self, rows: np.ndarray, versions: np.ndarray, result: EngineResult) -> None:
         """Each newer version's labelled errors against the stable version's (see
         :class:`~driftline.monitor.canary.ErrorRegression`)."""
-        result.alarms.extend(self.canary.update(rows, versions, self.stable_version(), self.version_first,
-                                                self.settings.regression, lambda v: self._version(v)._alarm))
+        result.alarms.extend(
+            self.canary.update(
+                rows,
+                versions,
+                self.stable_version(),
+                self.version_first,
+                self.settings.regression,
+                lambda v: self._version(v)._alarm,
+            )
+        )
         canaries = {v: first for v, first in self.version_first.items() if self.lifecycle.roles.get(v) == "canary"}
         if canaries:
-            result.alarms.extend(self.promote.update(rows, versions, self.stable_version(), canaries,
-                                                     self.settings.canary.promote, lambda v: self._version(v)._alarm))
+            result.alarms.extend(
+                self.promote.update(
+                    rows,
+                    versions,
+                    self.stable_version(),
+                    canaries,
+                    self.settings.canary.promote,
+                    lambda v: self._version(v)._alarm,
+                )
+            )
 
     # -- lifecycle ------------------------------------------------------------------------
     def lifecycle_event(self, event: LifecycleEvent, result: EngineResult) -> None:
@@ -870,8 +1014,7 @@ class ModelMonitor:
     def _apply_event(self, event: LifecycleEvent, result: EngineResult) -> None:
         lc, v, cfg = self.lifecycle, event.version, self.settings.canary
         result.lifecycle[event.event] += 1
-        log.info("model %r version %r: %s%s", self.name, v, event.event,
-                 f" as {event.role}" if event.role else "")
+        log.info("model %r version %r: %s%s", self.name, v, event.event, f" as {event.role}" if event.role else "")
         if event.event == "deployed":
             lc.free_at.pop(v, None)
             if v in lc.freed:  # deployed again: its labels count again
@@ -968,8 +1111,12 @@ class ModelMonitor:
                     elif r.collecting:
                         r.rows, r.count = [], 0
                     else:
-                        log.warning("model %r version %r: its stream reference was fitted under the previous "
-                                    "schema; it is measured against the stable reference now", self.name, other)
+                        log.warning(
+                            "model %r version %r: its stream reference was fitted under the previous "
+                            "schema; it is measured against the stable reference now",
+                            self.name,
+                            other,
+                        )
                         del lc.refs[other]
             return
         if own.fitted is None:  # a stream reference still collecting: it becomes the model's when complete
@@ -1008,7 +1155,10 @@ class ModelMonitor:
         for alarm in alarms:
             if alarm.action == "rollback" and alarm.version not in self.lifecycle.rollbacks:
                 self.lifecycle.rollbacks[alarm.version] = [
-                    alarm.ts, alarm.ts + self.settings.canary.rollback_confirm_seconds, float(alarm.last_index)]
+                    alarm.ts,
+                    alarm.ts + self.settings.canary.rollback_confirm_seconds,
+                    float(alarm.last_index),
+                ]
                 added = True
         return added
 
@@ -1025,9 +1175,11 @@ class ModelMonitor:
             got = self.version_events.get(v, 0) - base
             if got < cfg.stall_min_events:
                 lc.stalled.add(v)
-                result.alarms.append(self._lifecycle_alarm(v, "canary_stalled", "traffic", got,
-                                                           cfg.stall_min_events, deadline))
-        for v, (since, deadline, *at) in list(lc.rollbacks.items()):
+                result.alarms.append(
+                    self._lifecycle_alarm(v, "canary_stalled", "traffic", got, cfg.stall_min_events, deadline)
+                )
+        for v, entry in list(lc.rollbacks.items()):
+            since, deadline, at = entry[0], entry[1], entry[2:]
             if now < deadline:
                 continue
             del lc.rollbacks[v]
@@ -1041,22 +1193,37 @@ class ModelMonitor:
                 # Placed at the rollback's own evidence and stating the time waited: what
                 # the model's clock had reached when the verdict was due depends on the batch
                 # cuts, so neither the current index nor the last prediction's time is used.
-                alarm = self._lifecycle_alarm(v, "rollback_unconfirmed", "confirmation", deadline - since,
-                                              quiet, deadline)
+                alarm = self._lifecycle_alarm(
+                    v, "rollback_unconfirmed", "confirmation", deadline - since, quiet, deadline
+                )
                 if at:
                     alarm = replace(alarm, first_index=int(at[0]), last_index=int(at[0]))
                 result.alarms.append(alarm)
-        for v, at in list(lc.free_at.items()):
-            if now >= at:
+        for v, free_at in list(lc.free_at.items()):
+            if now >= free_at:
                 self._free(v)
                 result.lifecycle["freed"] += 1
 
-    def _lifecycle_alarm(self, version: str, kind: AlarmKind, detector: Detector, statistic: float,
-                         threshold: float, ts: float) -> Alarm:
+    def _lifecycle_alarm(
+        self, version: str, kind: AlarmKind, detector: Detector, statistic: float, threshold: float, ts: float
+    ) -> Alarm:
         """An alarm of a lifecycle timer, placed at the model's last accepted event."""
         index = max(self.n_events - 1, 0)
-        return Alarm(self.name, version, kind, detector, None, float(statistic), float(threshold), None, index,
-                     index, float(ts), suggested_action(kind, version == self.stable_version()), origin=self.origin)
+        return Alarm(
+            self.name,
+            version,
+            kind,
+            detector,
+            None,
+            float(statistic),
+            float(threshold),
+            None,
+            index,
+            index,
+            float(ts),
+            suggested_action(kind, version == self.stable_version()),
+            origin=self.origin,
+        )
 
     # per-version references
     def reference_of(self, version: str) -> FittedReference | None:
@@ -1072,8 +1239,9 @@ class ModelMonitor:
 
     def _model_fitted(self) -> FittedReference:
         assert self.num_ref is not None and self.cat_ref is not None and self.cat_counts is not None
-        return FittedReference(self.num_ref, self.cat_ref, self.cat_counts, self.ref_missing, self.pred_ref,
-                               self.pred_counts)
+        return FittedReference(
+            self.num_ref, self.cat_ref, self.cat_counts, self.ref_missing, self.pred_ref, self.pred_counts
+        )
 
     def _install_fitted(self, f: FittedReference) -> None:
         self.num_ref, self.cat_ref, self.cat_counts = f.num_ref, f.cat_ref, f.cat_counts
@@ -1101,8 +1269,13 @@ class ModelMonitor:
                 raise ReferenceLoadError(f"the reference loader gave nothing for {path}")
             return data
         except (ReferenceLoadError, OSError, TypeError) as exc:
-            log.warning("model %r: the lifecycle reference %s cannot be used (%s): the version is measured "
-                        "against the stable reference; check the path (it is the service's)", self.name, path, exc)
+            log.warning(
+                "model %r: the lifecycle reference %s cannot be used (%s): the version is measured "
+                "against the stable reference; check the path (it is the service's)",
+                self.name,
+                path,
+                exc,
+            )
             if result is not None:
                 result.lifecycle["reference_failed"] += 1
             return None
@@ -1118,12 +1291,16 @@ class ModelMonitor:
         keys = {k for f in data.features for k in f} - set(self.settings.ignore_features)
         known = set(schema.numeric) | set(schema.categorical)
         unseen = codes == np.array([len(v) for v in schema.vocabularies], dtype=np.int64)
-        ref.rebuild = bool(known - keys) or bool(unseen.any()) or (
-            not self.dropped_features and bool(keys - known - set(self.mixed_features)))
+        ref.rebuild = (
+            bool(known - keys)
+            or bool(unseen.any())
+            or (not self.dropped_features and bool(keys - known - set(self.mixed_features)))
+        )
         good = ~bad
         ref.fingerprint = data.fingerprint
-        ref.fitted = self._fit_version(num[good], codes[good],
-                                       [p for p, g in zip(data.prediction, good.tolist(), strict=True) if g])
+        ref.fitted = self._fit_version(
+            num[good], codes[good], [p for p, g in zip(data.prediction, good.tolist(), strict=True) if g]
+        )
         return True
 
     def _fit_version(self, num: np.ndarray, codes: np.ndarray, prediction: list[Any]) -> FittedReference:
@@ -1137,8 +1314,15 @@ class ModelMonitor:
             fitted = replace(fitted, pred_ref=None, pred_counts=None)
         return fitted
 
-    def _collect_references(self, index: np.ndarray, versions: list[str] | None, only: str | None,
-                            prediction: list[Any], num: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
+    def _collect_references(
+        self,
+        index: np.ndarray,
+        versions: list[str] | None,
+        only: str | None,
+        prediction: list[Any],
+        num: np.ndarray,
+        codes: np.ndarray,
+    ) -> np.ndarray | None:
         """Give ``from_stream`` references their versions' next events; returns the mask
         of the rows left to monitor (None when none was taken)."""
         n = len(index)
@@ -1162,8 +1346,11 @@ class ModelMonitor:
             ref.count += int(take.size)
             if ref.count >= ref.size:
                 rows_, ref.rows, ref.count = ref.rows, [], ref.size
-                ref.fitted = self._fit_version(np.concatenate([r[0] for r in rows_]),
-                                               np.concatenate([r[1] for r in rows_]), [x for r in rows_ for x in r[2]])
+                ref.fitted = self._fit_version(
+                    np.concatenate([r[0] for r in rows_]),
+                    np.concatenate([r[1] for r in rows_]),
+                    [x for r in rows_ for x in r[2]],
+                )
                 if self.lifecycle.stable == v:  # promoted while it collected: it is the model's now
                     del self.lifecycle.refs[v]
                     self._install_fitted(ref.fitted)
@@ -1209,9 +1396,16 @@ class ModelMonitor:
         share, needed = self._canary_progress(v) if role == "canary" else (None, None)
         own = lc.refs.get(v)
         reference = own.fingerprint if own is not None and own.fitted is not None else self.reference_fingerprint
-        return replace(snap, role=role, traffic_share=share, labels_needed=needed, canary_stalled=v in lc.stalled,
-                       rollback_pending=v in lc.rollbacks, rollback_unconfirmed=v in lc.unconfirmed,
-                       reference=reference)
+        return replace(
+            snap,
+            role=role,
+            traffic_share=share,
+            labels_needed=needed,
+            canary_stalled=v in lc.stalled,
+            rollback_pending=v in lc.rollbacks,
+            rollback_unconfirmed=v in lc.unconfirmed,
+            reference=reference,
+        )
 
     # -- views and state --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -1229,8 +1423,10 @@ class ModelMonitor:
             "pred_ref": None if self.pred_ref is None else self.pred_ref.to_state(),
             "pred_vocab": dict(self.pred_encoder.vocab),
             "ref_missing": dict(self.ref_missing),
-            "buffer": [[b.features, b.prediction, list(b.source), b.id, b.version, b.ts, b.scores, b.latency]
-                       for b in self._buffer],
+            "buffer": [
+                [b.features, b.prediction, list(b.source), b.id, b.version, b.ts, b.scores, b.latency]
+                for b in self._buffer
+            ],
             "ref_rows": [[num, codes, preds] for num, codes, preds in self._ref_rows],
             "versions": {name: vm.state_dict() for name, vm in self.versions.items()},
             "version_events": dict(self.version_events),
@@ -1268,9 +1464,14 @@ class ModelMonitor:
         mm.ref_missing = dict(s["ref_missing"])
         mm._buffer = [_Pending(f, p, Record(*src), *rest) for f, p, src, *rest in s["buffer"]]
         d_num, d_cat = (0, 0) if mm.schema is None else (len(mm.schema.numeric), len(mm.schema.categorical))
-        mm._ref_rows = [(np.asarray(num, dtype=np.float64).reshape(-1, d_num),
-                         np.asarray(codes, dtype=np.int64).reshape(-1, d_cat), list(preds))
-                        for num, codes, preds in s["ref_rows"]]
+        mm._ref_rows = [
+            (
+                np.asarray(num, dtype=np.float64).reshape(-1, d_num),
+                np.asarray(codes, dtype=np.int64).reshape(-1, d_cat),
+                list(preds),
+            )
+            for num, codes, preds in s["ref_rows"]
+        ]
         mm._ref_count = sum(len(r[0]) for r in mm._ref_rows)
         mm.version_events = Counter(s["version_events"])
         mm.join = LabelJoin.from_state(s["join"])
@@ -1295,8 +1496,10 @@ class ModelMonitor:
         if self.num_ref is None:  # collecting the reference (its first events are not counted yet)
             waiting = Counter(b.version for b in self._buffer)
             waiting.update(self.version_events)
-            return [VersionSnapshot(self.name, v, c, 0, False, mixed_features=tuple(self.mixed_features))
-                    for v, c in waiting.items()]
+            return [
+                VersionSnapshot(self.name, v, c, 0, False, mixed_features=tuple(self.mixed_features))
+                for v, c in waiting.items()
+            ]
         return [self._lifecycle_snapshot(vm.snapshot()) for vm in self.versions.values()]
 
 
@@ -1306,12 +1509,26 @@ def _slice_predictions(p: Predictions, start: int, end: int) -> Predictions:
     if cols is not None:
         before = int(np.count_nonzero(cols.bad[:start]))
         inside = int(np.count_nonzero(cols.bad[start:end]))
-        cols = Columns(cols.fingerprint, cols.numeric[start:end], cols.codes[start:end], cols.bad[start:end],
-                       cols.bad_sources[before:before + inside])
-    return replace(p, versions=p.versions[start:end], ids=p.ids[start:end], ts=p.ts[start:end],
-                   features=p.features[start:end], prediction=p.prediction[start:end], scores=p.scores[start:end],
-                   latency_ms=p.latency_ms[start:end], sources=p.sources[start:end], columns=cols,
-                   first_position=p.first_position if start == 0 else None)
+        cols = Columns(
+            cols.fingerprint,
+            cols.numeric[start:end],
+            cols.codes[start:end],
+            cols.bad[start:end],
+            cols.bad_sources[before : before + inside],
+        )
+    return replace(
+        p,
+        versions=p.versions[start:end],
+        ids=p.ids[start:end],
+        ts=p.ts[start:end],
+        features=p.features[start:end],
+        prediction=p.prediction[start:end],
+        scores=p.scores[start:end],
+        latency_ms=p.latency_ms[start:end],
+        sources=p.sources[start:end],
+        columns=cols,
+        first_position=p.first_position if start == 0 else None,
+    )
 
 
 def _select_feedback(fb: Feedback, mask: np.ndarray) -> Feedback:
@@ -1320,8 +1537,10 @@ def _select_feedback(fb: Feedback, mask: np.ndarray) -> Feedback:
     n = len(fb.ids)
     columns = ("ids", "ts", "labels", "prediction", "versions", "scores", "sources")
     # a column a decoder left empty (not carried for this batch) stays empty
-    return replace(fb, **{c: [getattr(fb, c)[i] for i in keep] if len(getattr(fb, c)) == n else getattr(fb, c)
-                          for c in columns})
+    picked: dict[str, Any] = {
+        c: [getattr(fb, c)[i] for i in keep] if len(getattr(fb, c)) == n else getattr(fb, c) for c in columns
+    }
+    return replace(fb, **picked)
 
 
 def _remap_columns(cols: Columns, old: Schema, new: Schema) -> Columns:
@@ -1495,8 +1714,11 @@ class Engine:
         if name not in self._refused:
             if len(self._refused) < 1000:  # bounded: a flood of names is logged once per name, then not
                 self._refused.add(name)
-            log.warning("model %r is beyond max_models=%d: its events are dead-lettered (reason model_limit)",
-                        name[:100], self.settings.max_models)
+            log.warning(
+                "model %r is beyond max_models=%d: its events are dead-lettered (reason model_limit)",
+                name[:100],
+                self.settings.max_models,
+            )
 
     def snapshot(self) -> list[VersionSnapshot]:
         out: list[VersionSnapshot] = []
@@ -1562,13 +1784,15 @@ class Engine:
         if state.get("model", name) != name:
             raise CheckpointError(
                 f"the state given for model {name!r} belongs to model {state['model']!r}: restore each model "
-                "from its own state")
+                "from its own state"
+            )
         try:
             mm = ModelMonitor.from_state(name, self.settings.for_model(name), state)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise CheckpointError(
                 f"the state of model {name!r} is incomplete or malformed ({type(exc).__name__}: {exc}): drop it "
-                "to rebuild the model from the stream") from None
+                "to rebuild the model from the stream"
+            ) from None
         self._restore(name, state, mm)
 
     def drop_model(self, name: str) -> None:
@@ -1586,8 +1810,12 @@ class Engine:
         ref = self._reference(name)
         now = ref.fingerprint if ref is not None else stream_fingerprint(mm.settings)
         if now != mm.reference_fingerprint and not mm.lifecycle.rebased:  # a lifecycle reference wins
-            log.info("model %r: the reference changed since the checkpoint (%s, was %s): applying it",
-                     name, describe_fingerprint(now), describe_fingerprint(mm.reference_fingerprint))
+            log.info(
+                "model %r: the reference changed since the checkpoint (%s, was %s): applying it",
+                name,
+                describe_fingerprint(now),
+                describe_fingerprint(mm.reference_fingerprint),
+            )
             mm.replace_reference(ref)
 
 
@@ -1597,4 +1825,5 @@ def _check_format(state: dict[str, Any], what: str) -> None:
         raise CheckpointError(
             f"{what} has format {state.get('format', 1)!r}, this driftline reads format {STATE_FORMAT}: move the "
             "checkpoint away to start afresh from the committed offsets (each model's reference is then rebuilt "
-            "from the stream)")
+            "from the stream)"
+        )

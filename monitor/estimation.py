@@ -146,8 +146,14 @@ class VersionEstimation:
         return "error_bins" if self.kind == "regression" else "cbpe"
 
     # -- prediction events ---------------------------------------------------------------
-    def predictions(self, rows: np.ndarray, class_scores: np.ndarray | None, version_total: int,
-                    states: AlarmStates, alarm: AlarmFactory) -> list[Alarm]:
+    def predictions(
+        self,
+        rows: np.ndarray,
+        class_scores: np.ndarray | None,
+        version_total: int,
+        states: AlarmStates,
+        alarm: AlarmFactory,
+    ) -> list[Alarm]:
         """Take a batch of the version's monitored prediction rows (engine layout) and,
         for a multi-class version, their class scores (:func:`class_score_matrix`);
         ``version_total`` counts the version's prediction events up to the batch's
@@ -165,7 +171,7 @@ class VersionEstimation:
         if self.kind == "multiclass":
             if class_scores is None or class_scores.shape[1] < self.n_classes:
                 return []
-            values = class_scores[:, :self.n_classes]
+            values = class_scores[:, : self.n_classes]
         else:
             values = rows[:, [PRED]]
         block = np.empty((len(rows), _W_VALUES + values.shape[1]))
@@ -194,12 +200,20 @@ class VersionEstimation:
             ref = self.estimator.reference
             self.estimated = est.as_dict()
             for metric in cfg.metrics:
-                checks.append((metric, getattr(est, metric).value, est.below(ref, cfg.margin, metric),
-                               getattr(ref, metric).value - cfg.margin))
+                checks.append(
+                    (
+                        metric,
+                        getattr(est, metric).value,
+                        est.below(ref, cfg.margin, metric),
+                        getattr(ref, metric).value - cfg.margin,
+                    )
+                )
         alarms = []
-        for metric, value, hit, limit in checks:
-            if states.edge(f"performance_estimated:{metric}", hit):
-                alarms.append(alarm("performance_estimated", self.method, metric, value, limit, None, first, last, ts))
+        for metric_name, value, hit, limit in checks:
+            if states.edge(f"performance_estimated:{metric_name}", hit):
+                alarms.append(
+                    alarm("performance_estimated", self.method, metric_name, value, limit, None, first, last, ts)
+                )
         return alarms
 
     # -- labelled events -----------------------------------------------------------------
@@ -228,7 +242,7 @@ class VersionEstimation:
             return rows[:, [L_PRED]]
         if self.kind == "binary":
             return rows[:, [L_SCORE]]
-        return rows[:, L_SCORES:L_SCORES + n_classes]
+        return rows[:, L_SCORES : L_SCORES + n_classes]
 
     def _fit(self, classes: int) -> None:
         cfg = self.settings.performance.estimation
@@ -242,11 +256,16 @@ class VersionEstimation:
             else:
                 self.n_classes = min(max(classes, 2), SCORED_CLASSES)
                 self.estimator = PerformanceEstimator(confidence=cfg.confidence).fit(
-                    cal[:, 1:1 + self.n_classes], labels)
+                    cal[:, 1 : 1 + self.n_classes], labels
+                )
         except ValueError as exc:
             self.status, self.estimator = "off", None
-            log.warning("%s: performance estimation is off for this version: %s (it needs scores and both outcomes "
-                        "among the labelled events of its reference window)", self.name, exc)
+            log.warning(
+                "%s: performance estimation is off for this version: %s (it needs scores and both outcomes "
+                "among the labelled events of its reference window)",
+                self.name,
+                exc,
+            )
             return
         self.status = "active"
         log.info("%s: performance estimation calibrated on %d labelled reference events", self.name, len(cal))
@@ -284,12 +303,17 @@ class VersionEstimation:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "status": self.status, "kind": self.kind, "n_classes": self.n_classes,
-            "reference_end": self.reference_end, "calibration": self.calibration,
+            "status": self.status,
+            "kind": self.kind,
+            "n_classes": self.n_classes,
+            "reference_end": self.reference_end,
+            "calibration": self.calibration,
             "estimator": None if self.estimator is None else self.estimator.state_dict(),
-            "window": None if self.window is None else self.window.state_dict(), "windowed": self.windowed,
+            "window": None if self.window is None else self.window.state_dict(),
+            "windowed": self.windowed,
             "estimated": {m: list(v) for m, v in self.estimated.items()},
-            "realized": dict(self.realized), "error": dict(self.error),
+            "realized": dict(self.realized),
+            "error": dict(self.error),
         }
 
     def load_state(self, s: dict[str, Any]) -> None:

@@ -1,18 +1,17 @@
 """Exceptions of the monitor package.
 
-    DriftlineError          base of everything driftline raises on purpose
-     +-- ConfigError        the configuration is invalid (the message names the field)
-     +-- ReferenceLoadError  a reference file cannot be read or is unusable
-     +-- SourceError        a source (Kafka, file) cannot be read
-     +-- CheckpointError    a checkpoint cannot be read or was written by another format
-     +-- ContractError      one record breaks the event contract (never escapes a batch:
-                            it is dead-lettered with ``reason``)
+DriftlineError          base of everything driftline raises on purpose
+ +-- ConfigError        the configuration is invalid (the message names the field)
+ +-- ReferenceLoadError  a reference file cannot be read or is unusable
+ +-- SourceError        a source (Kafka, file) cannot be read
+ +-- CheckpointError    a checkpoint cannot be read or was written by another format
+ +-- ContractError      one record breaks the event contract (never escapes a batch:
+                        it is dead-lettered with ``reason``)
 """
 
 from __future__ import annotations
 
-__all__ = ["DriftlineError", "ConfigError", "ReferenceLoadError", "SourceError", "CheckpointError",
-           "ContractError"]
+__all__ = ["DriftlineError", "ConfigError", "ReferenceLoadError", "SourceError", "CheckpointError", "ContractError"]
 
 
 class DriftlineError(Exception):

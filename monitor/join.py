@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from driftline.monitor.decode import Feedback
 
 __all__ = ["LabelJoin", "Labelled"]
@@ -71,8 +72,7 @@ class Labelled:
         self.scores.append(scores)
 
 
-def _bound(buffer: dict[Any, tuple], max_size: int, horizon: float, ts_at: int,
-           keep_dropped: bool = False) -> Any:
+def _bound(buffer: dict[Any, tuple], max_size: int, horizon: float, ts_at: int, keep_dropped: bool = False) -> Any:
     """Drop the oldest entries beyond ``max_size`` and those older than ``horizon``
     (entries are in arrival order, close to event-time order); returns (evicted,
     expired), or with ``keep_dropped`` the dropped entries."""
@@ -178,8 +178,13 @@ class LabelJoin:
         horizon = self._clock - self.ttl_seconds
         keep_given = sum(1 for t in self._versions.values() if t >= horizon) > 1
         for pid, ts, label, pred, version, scores in zip(
-            feedback.ids, feedback.ts, feedback.labels, feedback.prediction,
-            feedback.versions, feedback.scores, strict=False,
+            feedback.ids,
+            feedback.ts,
+            feedback.labels,
+            feedback.prediction,
+            feedback.versions,
+            feedback.scores,
+            strict=False,
         ):
             hits = 0
             for v in versions:
@@ -234,7 +239,7 @@ class LabelJoin:
         join = cls(state["ttl_seconds"], state["max_pending"])
         join._clock = -math.inf if state["clock"] is None else float(state["clock"])
         ids, entries = orjson.loads(state["pending"])
-        join._pending = {(k, v[0]): tuple(v) for k, v in zip(ids, entries, strict=False)}  # type: ignore[misc]
+        join._pending = {(k, v[0]): tuple(v) for k, v in zip(ids, entries, strict=False)}
         names, last_seen = state["versions"]
         join._versions = dict(zip(names, last_seen, strict=False))
         ids, entries = orjson.loads(state["early"])

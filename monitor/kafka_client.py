@@ -39,13 +39,25 @@ from driftline.monitor.logs import protect_secrets
 if TYPE_CHECKING:
     from driftline.monitor.config import KafkaSettings
 
-__all__ = ["client_options", "token_provider", "token_provider_class", "ClientRole",
-           "CONSUMER_ONLY", "StaticTokenProvider", "FileTokenProvider"]
+__all__ = [
+    "client_options",
+    "token_provider",
+    "token_provider_class",
+    "ClientRole",
+    "CONSUMER_ONLY",
+    "StaticTokenProvider",
+    "FileTokenProvider",
+]
 
 ClientRole = Literal["consumer", "producer", "admin"]
 
-CONSUMER_ONLY: tuple[str, ...] = ("client_rack", "fetch_min_bytes", "fetch_max_wait_ms",
-                                  "max_partition_fetch_bytes", "fetch_max_bytes")
+CONSUMER_ONLY: tuple[str, ...] = (
+    "client_rack",
+    "fetch_min_bytes",
+    "fetch_max_wait_ms",
+    "max_partition_fetch_bytes",
+    "fetch_max_bytes",
+)
 """Settings that only kafka-python's consumer knows (its producer and admin client
 refuse unknown keyword arguments)."""
 
@@ -100,9 +112,12 @@ def client_options(kafka: KafkaSettings, role: ClientRole = "consumer") -> dict[
             options["sasl_plain_username"] = kafka.sasl_plain_username
             options["sasl_plain_password"] = _secret(kafka.sasl_plain_password)
     if role == "consumer":
-        options.update(fetch_min_bytes=kafka.fetch_min_bytes, fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-                       max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
-                       fetch_max_bytes=kafka.fetch_max_bytes)
+        options.update(
+            fetch_min_bytes=kafka.fetch_min_bytes,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
+            fetch_max_bytes=kafka.fetch_max_bytes,
+        )
         if kafka.client_rack:
             options["client_rack"] = kafka.client_rack
     elif role not in ("producer", "admin"):
@@ -170,8 +185,9 @@ class FileTokenProvider(_RedactingProvider):
     def _fetch(self) -> str:
         token = self.path.read_text(encoding="utf-8").strip()
         if not token:
-            raise ValueError(f"kafka.sasl_oauth_token_file {str(self.path)!r} is empty: write the "
-                             "OAUTHBEARER token into it")
+            raise ValueError(
+                f"kafka.sasl_oauth_token_file {str(self.path)!r} is empty: write the OAUTHBEARER token into it"
+            )
         return token
 
     def __repr__(self) -> str:
@@ -203,21 +219,23 @@ def token_provider_class(path: str) -> type[AbstractTokenProvider]:
         ``AbstractTokenProvider``.
     """
     if not _PROVIDER_PATH.fullmatch(path):
-        raise ValueError(f"kafka.sasl_oauth_token_provider {path!r} must have the form "
-                         "'package.module:ClassName'")
+        raise ValueError(f"kafka.sasl_oauth_token_provider {path!r} must have the form 'package.module:ClassName'")
     module_name, _, attribute = path.partition(":")
     try:
         found: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"kafka.sasl_oauth_token_provider: cannot import {module_name!r} ({exc}): "
-                         "install it, or fix the module name") from None
+        raise ValueError(
+            f"kafka.sasl_oauth_token_provider: cannot import {module_name!r} ({exc}): "
+            "install it, or fix the module name"
+        ) from None
     for part in attribute.split("."):
         if not hasattr(found, part):
             raise ValueError(f"kafka.sasl_oauth_token_provider: {module_name!r} has no {attribute!r}")
         found = getattr(found, part)
     if not (isinstance(found, type) and issubclass(found, AbstractTokenProvider)):
-        raise ValueError(f"kafka.sasl_oauth_token_provider: {path!r} is not a subclass of "
-                         "kafka.net.sasl.oauth.AbstractTokenProvider")
+        raise ValueError(
+            f"kafka.sasl_oauth_token_provider: {path!r} is not a subclass of kafka.net.sasl.oauth.AbstractTokenProvider"
+        )
     return found
 
 
@@ -235,5 +253,7 @@ def token_provider(kafka: KafkaSettings) -> AbstractTokenProvider:
         return FileTokenProvider(kafka.sasl_oauth_token_file)
     if kafka.sasl_oauth_token_provider is not None:
         return _ProviderWrapper(token_provider_class(kafka.sasl_oauth_token_provider)())
-    raise ValueError("kafka.sasl_mechanism OAUTHBEARER needs one of kafka.sasl_oauth_token, "
-                     "kafka.sasl_oauth_token_file and kafka.sasl_oauth_token_provider")
+    raise ValueError(
+        "kafka.sasl_mechanism OAUTHBEARER needs one of kafka.sasl_oauth_token, "
+        "kafka.sasl_oauth_token_file and kafka.sasl_oauth_token_provider"
+    )

@@ -26,6 +26,7 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
+
 from driftline.monitor.contract import Record
 
 __all__ = ["install", "parse_batch"]
@@ -57,8 +58,16 @@ def _varints(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return values, pos + nbytes
 
 
-def parse_batch(buf: Any, pos: int, count: int, base_offset: int, first_timestamp: int,
-                append_time: int | None, topic: str, partition: int) -> list[Record]:
+def parse_batch(
+    buf: Any,
+    pos: int,
+    count: int,
+    base_offset: int,
+    first_timestamp: int,
+    append_time: int | None,
+    topic: str,
+    partition: int,
+) -> list[Record]:
     """The ``count`` records of one uncompressed v2 batch whose records start at ``pos``
     of ``buf``: offset, timestamp (``append_time`` when the batch carries log-append
     time), key and value. Headers are skipped.
@@ -109,15 +118,17 @@ def parse_batch(buf: Any, pos: int, count: int, base_offset: int, first_timestam
         timestamps = (ts_delta + first_timestamp).tolist()
     else:
         timestamps = [append_time] * count
-    values = [data[a:b] if b >= a else None
-              for a, b in zip(at.tolist(), (at + value_len).tolist(), strict=False)]
+    values = [data[a:b] if b >= a else None for a, b in zip(at.tolist(), (at + value_len).tolist(), strict=False)]
     if (key_len < 0).all():
         keys: list[bytes | None] = [None] * count
     else:
-        keys = [data[a:b] if b >= a else None
-                for a, b in zip(key_start.tolist(), (key_start + key_len).tolist(), strict=False)]
-    return list(map(tuple.__new__, repeat(Record), zip(repeat(topic), repeat(partition), offsets,
-                                                         timestamps, keys, values)))
+        keys = [
+            data[a:b] if b >= a else None
+            for a, b in zip(key_start.tolist(), (key_start + key_len).tolist(), strict=False)
+        ]
+    return list(
+        map(tuple.__new__, repeat(Record), zip(repeat(topic), repeat(partition), offsets, timestamps, keys, values))
+    )
 
 
 def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
@@ -163,17 +174,22 @@ def _fast_class(base: type) -> type:
     except ImportError:  # older kafka-python: read_uncommitted only
         committed = object()
 
-    class FastPartitionRecords(base):  # type: ignore[misc, valid-type]
+    class FastPartitionRecords(base):
         """Records of one partition's fetch: parsed a batch at a time into lists, and
         taken as slices of them (no per-record generator step)."""
 
         _driftline_fast = True
 
         def __init__(self, fetch_offset, tp, records, key_deserializer=None, value_deserializer=None, **kwargs):
-            super().__init__(fetch_offset, tp, records, key_deserializer=key_deserializer,
-                             value_deserializer=value_deserializer, **kwargs)
-            self._fast = (key_deserializer is None and value_deserializer is None
-                          and self.isolation_level != committed)
+            super().__init__(
+                fetch_offset,
+                tp,
+                records,
+                key_deserializer=key_deserializer,
+                value_deserializer=value_deserializer,
+                **kwargs,
+            )
+            self._fast = key_deserializer is None and value_deserializer is None and self.isolation_level != committed
             if self._fast:  # replaces kafka-python's record iterator (not started yet)
                 self.record_iterator = self._blocks(tp, records)
                 self._block: list = []
@@ -218,7 +234,8 @@ def _fast_class(base: type) -> type:
                 last_batch = batch
                 if self.check_crcs and not batch.validate_crc():
                     raise errors.CorruptRecordError(
-                        f"Record batch for partition {tp} at offset {batch.base_offset} failed crc check")
+                        f"Record batch for partition {tp} at offset {batch.base_offset} failed crc check"
+                    )
                 if batch.magic == 2:
                     self.leader_epoch = batch.leader_epoch
                     if batch.is_control_batch:
@@ -226,24 +243,36 @@ def _fast_class(base: type) -> type:
                         batch = records.next_batch()
                         continue
                     batch._maybe_uncompress()
-                    append_time = (batch.max_timestamp
-                                   if batch.timestamp_type == DefaultRecordBatch.LOG_APPEND_TIME else None)
+                    append_time = (
+                        batch.max_timestamp if batch.timestamp_type == DefaultRecordBatch.LOG_APPEND_TIME else None
+                    )
                     try:
-                        parsed = parse_batch(batch._buffer, batch._pos, batch.records_count, batch.base_offset,
-                                             batch.first_timestamp, append_time, topic, partition)
+                        parsed = parse_batch(
+                            batch._buffer,
+                            batch._pos,
+                            batch.records_count,
+                            batch.base_offset,
+                            batch.first_timestamp,
+                            append_time,
+                            topic,
+                            partition,
+                        )
                     except (CorruptBatch, IndexError) as exc:
                         raise errors.CorruptRecordError(
-                            f"Found invalid record structure in {tp} at offset {batch.base_offset}: {exc!r}") from exc
+                            f"Found invalid record structure in {tp} at offset {batch.base_offset}: {exc!r}"
+                        ) from exc
                     self.bytes_read += batch.size_in_bytes
                 else:  # legacy message format: kafka-python's records
                     parsed = []
                     for record in batch:
                         if self.check_crcs and not record.validate_crc():
                             raise errors.CorruptRecordError(
-                                f"Record for partition {tp} at offset {record.offset} failed crc check")
+                                f"Record for partition {tp} at offset {record.offset} failed crc check"
+                            )
                         self.bytes_read += record.size_in_bytes
-                        parsed.append(Record(topic, partition, record.offset, record.timestamp, record.key,
-                                             record.value))
+                        parsed.append(
+                            Record(topic, partition, record.offset, record.timestamp, record.key, record.value)
+                        )
                 self.records_read += len(parsed)
                 if parsed:
                     yield parsed

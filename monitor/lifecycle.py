@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+
 from driftline.monitor.decode import DeadLetter, RawRecord, Record, dead_letter
 from driftline.monitor.exceptions import ContractError, SourceError
 
@@ -105,11 +106,21 @@ __all__ = [
 LIFECYCLE_EVENTS: tuple[str, ...] = ("deployed", "promoted", "rolled_back", "retired")
 LIFECYCLE_ROLES: tuple[str, ...] = ("stable", "canary", "shadow")
 LIFECYCLE_REASONS: tuple[str, ...] = (
-    "empty_value", "invalid_json", "not_an_object", "missing_field", "wrong_type",
-    "invalid_value", "invalid_reference", "field_not_for_event",
+    "empty_value",
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "invalid_reference",
+    "field_not_for_event",
 )
-CLI_EVENT_NAMES: dict[str, str] = {"deployed": "deployed", "promoted": "promoted",
-                                   "rolled-back": "rolled_back", "retired": "retired"}
+CLI_EVENT_NAMES: dict[str, str] = {
+    "deployed": "deployed",
+    "promoted": "promoted",
+    "rolled-back": "rolled_back",
+    "retired": "retired",
+}
 """The CLI's spelling of each event (``driftline lifecycle rolled-back``) -> the contract's."""
 
 MAX_NAME = 256
@@ -234,19 +245,22 @@ def _check(event: LifecycleEvent) -> LifecycleEvent:
     takes = _TAKES[event.event]
     if event.event == "deployed" and event.role is None:
         raise LifecycleContractError(
-            "field_not_for_event", "role",
-            "a deployed event needs role: stable, canary or shadow")
+            "field_not_for_event", "role", "a deployed event needs role: stable, canary or shadow"
+        )
     for name in ("role", "traffic_share", "reference"):
         if name not in takes and getattr(event, name) is not None:
             raise LifecycleContractError(
-                "field_not_for_event", name,
+                "field_not_for_event",
+                name,
                 f"{name} is not taken by a {event.event} event (only by "
-                + (" and ".join(e for e, t in _TAKES.items() if name in t)) + ")")
+                + (" and ".join(e for e, t in _TAKES.items() if name in t))
+                + ")",
+            )
     ref = event.reference
     if ref is not None and (ref.path is None) == (ref.from_stream is None):
         raise LifecycleContractError(
-            "invalid_reference", "reference",
-            'reference must be exactly one of {"path": FILE} and {"from_stream": N}')
+            "invalid_reference", "reference", 'reference must be exactly one of {"path": FILE} and {"from_stream": N}'
+        )
     return event
 
 

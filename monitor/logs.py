@@ -28,13 +28,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Iterable, Mapping, TextIO
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-__all__ = ["setup_logging", "protect_secrets", "secrets_of", "RedactingFormatter",
-           "JsonFormatter", "QUIET_LOGGERS", "REDACTED"]
+__all__ = [
+    "setup_logging",
+    "protect_secrets",
+    "secrets_of",
+    "RedactingFormatter",
+    "JsonFormatter",
+    "QUIET_LOGGERS",
+    "REDACTED",
+]
 
 REDACTED = "[redacted]"
 
@@ -49,8 +57,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``message`` (and ``exc``)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": record.created, "level": record.levelname, "logger": record.name,
-               "message": record.getMessage()}
+        out = {"ts": record.created, "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -113,7 +120,7 @@ def _repr_forms(secret: str) -> set[str]:
         forms.add(plain)
         forms.add(plain.replace("\\'", "'"))
         # with both quotes inside, a repr quotes with ' and escapes every '
-        both = value + (b"'\"" if isinstance(value, bytes) else "'\"")
+        both: str | bytes = value + b"'\"" if isinstance(value, bytes) else value + "'\""
         forms.add(repr(both)[prefix:-1][:-3])
     return forms
 
@@ -185,9 +192,7 @@ def protect_secrets(secrets: Iterable[str]) -> int:
     return protected
 
 
-def setup_logging(
-    level: str, fmt: str, secrets: Iterable[str] = (), stream: TextIO | None = None
-) -> logging.Handler:
+def setup_logging(level: str, fmt: str, secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
     """Configure the process's logging (call it from an entry point only).
 
     Parameters
@@ -207,8 +212,7 @@ def setup_logging(
         The installed handler (the root logger's only one).
     """
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    inner = JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    inner = JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(RedactingFormatter(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

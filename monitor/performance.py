@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
 from driftline.detectors import ADWIN, DDM, EDDM, FHDDM, HDDMA, HDDMW, KSWIN, PageHinkley
 from driftline.detectors.homogeneity import bucket_counts, chi2_homogeneity
 from driftline.detectors.metrics import classification_metrics, multiclass_metrics, regression_metrics
@@ -32,12 +33,26 @@ from driftline.monitor.encoding import (
     SCORED_CLASSES,
 )
 
-__all__ = ["CONCEPT_DETECTORS", "concept_detector", "concept_detectors", "concept_alarms", "window_performance",
-           "performance_alarm", "label_drift"]
+__all__ = [
+    "CONCEPT_DETECTORS",
+    "concept_detector",
+    "concept_detectors",
+    "concept_alarms",
+    "window_performance",
+    "performance_alarm",
+    "label_drift",
+]
 
 CONCEPT_DETECTORS: dict[ConceptDetector, Any] = {
-    "ddm": DDM, "eddm": EDDM, "fhddm": FHDDM, "hddm_a": HDDMA, "hddm_w": HDDMW,
-    "adwin": ADWIN, "page_hinkley": PageHinkley, "kswin": KSWIN}
+    "ddm": DDM,
+    "eddm": EDDM,
+    "fhddm": FHDDM,
+    "hddm_a": HDDMA,
+    "hddm_w": HDDMW,
+    "adwin": ADWIN,
+    "page_hinkley": PageHinkley,
+    "kswin": KSWIN,
+}
 """Concept-drift detectors by their config name (``performance.concept_detectors``)."""
 
 _BINARY_ONLY: frozenset[ConceptDetector] = frozenset({"ddm", "eddm", "fhddm"})
@@ -51,12 +66,21 @@ def concept_detector(name: ConceptDetector, params: Mapping[str, Any]) -> Any:
 
 def concept_detectors(perf: PerformanceSettings, task: str | None) -> dict[ConceptDetector, Any]:
     """The configured detectors that apply to the model's task."""
-    return {name: concept_detector(name, dict(perf.detector_params.get(name, {})))
-            for name in perf.concept_detectors if not (task == "regression" and name in _BINARY_ONLY)}
+    return {
+        name: concept_detector(name, dict(perf.detector_params.get(name, {})))
+        for name in perf.concept_detectors
+        if not (task == "regression" and name in _BINARY_ONLY)
+    }
 
 
-def concept_alarms(detectors: Mapping[ConceptDetector, Any], recent: np.ndarray, rows: np.ndarray, window: int,
-                   task: str | None, alarm: AlarmFactory) -> tuple[list[Alarm], np.ndarray]:
+def concept_alarms(
+    detectors: Mapping[ConceptDetector, Any],
+    recent: np.ndarray,
+    rows: np.ndarray,
+    window: int,
+    task: str | None,
+    alarm: AlarmFactory,
+) -> tuple[list[Alarm], np.ndarray]:
     """Feed the labelled rows' errors to every detector.
 
     ``recent`` holds (index, error) of the labelled events before ``rows`` (at most
@@ -70,15 +94,26 @@ def concept_alarms(detectors: Mapping[ConceptDetector, Any], recent: np.ndarray,
     for name, det in detectors.items():
         found = det.update(err)
         for i in np.asarray(found.drifts, dtype=np.int64).tolist():
-            ev = recent[max(0, offset + i - window + 1): offset + i + 1]
-            alarms.append(alarm(
-                "concept_drift", name, "error_rate" if task != "regression" else "abs_error",
-                float(ev[:, 1].mean()), None, None, int(ev[0, 0]), int(ev[-1, 0]), float(rows[i, L_TS])))
+            ev = recent[max(0, offset + i - window + 1) : offset + i + 1]
+            alarms.append(
+                alarm(
+                    "concept_drift",
+                    name,
+                    "error_rate" if task != "regression" else "abs_error",
+                    float(ev[:, 1].mean()),
+                    None,
+                    None,
+                    int(ev[0, 0]),
+                    int(ev[-1, 0]),
+                    float(rows[i, L_TS]),
+                )
+            )
     return alarms, recent[-window:].copy()
 
 
-def window_performance(w: np.ndarray, task: str | None, positive_code: float, classes: Mapping[str, int]
-                       ) -> tuple[dict[str, float], dict[str, float] | None]:
+def window_performance(
+    w: np.ndarray, task: str | None, positive_code: float, classes: Mapping[str, int]
+) -> tuple[dict[str, float], dict[str, float] | None]:
     """A labelled window's metrics, and (multi-class; None otherwise) the recall of its
     most frequent classes by class name; ``classes`` is the model's label vocabulary
     (name -> code)."""
@@ -87,7 +122,8 @@ def window_performance(w: np.ndarray, task: str | None, positive_code: float, cl
     else:
         score = w[:, L_SCORE]
         metrics = classification_metrics(
-            w[:, L_TRUE], w[:, L_PRED], score if np.isfinite(score).all() else None, positive=positive_code)
+            w[:, L_TRUE], w[:, L_PRED], score if np.isfinite(score).all() else None, positive=positive_code
+        )
     performance = {k: float(v) for k, v in metrics.items()}
     class_recall: dict[str, float] | None = None
     if task == "classification" and len(classes) > 2:
@@ -100,22 +136,33 @@ def _multiclass(w: np.ndarray, classes: Mapping[str, int]) -> tuple[dict[str, fl
     """Macro and micro averages, one-vs-rest ROC-AUC (when every class has a score
     column) and the recall of the most frequent classes, for a multi-class window."""
     n_classes = len(classes)
-    scores = w[:, L_SCORES:L_SCORES + n_classes] if n_classes <= SCORED_CLASSES else None
+    scores = w[:, L_SCORES : L_SCORES + n_classes] if n_classes <= SCORED_CLASSES else None
     if scores is not None and not np.isfinite(scores).any():
         scores = None
     r = multiclass_metrics(w[:, L_TRUE], w[:, L_PRED], scores, n_classes=n_classes, max_classes=CLASS_RECALLS)
     names = {code: name for name, code in classes.items()}
     class_recall = {names[int(c)]: float(v) for c, v in r["class_recall"].items()}
-    out = {f"{metric}_{avg}": float(r[f"{avg}_{metric}"])
-           for avg in ("macro", "micro") for metric in ("precision", "recall", "f1")}
+    out = {
+        f"{metric}_{avg}": float(r[f"{avg}_{metric}"])
+        for avg in ("macro", "micro")
+        for metric in ("precision", "recall", "f1")
+    }
     if scores is not None:
         out["roc_auc_ovr"] = float(r["roc_auc"])
     return out, class_recall
 
 
-def performance_alarm(performance: Mapping[str, float], task: str | None, baseline: dict[str, list[float]],
-                      perf: PerformanceSettings, states: AlarmStates, alarm: AlarmFactory,
-                      first: int, last: int, ts: float) -> list[Alarm]:
+def performance_alarm(
+    performance: Mapping[str, float],
+    task: str | None,
+    baseline: dict[str, list[float]],
+    perf: PerformanceSettings,
+    states: AlarmStates,
+    alarm: AlarmFactory,
+    first: int,
+    last: int,
+    ts: float,
+) -> list[Alarm]:
     """Accuracy (MAE for regression) against the version's baseline, the mean of its
     first ``baseline_windows`` windows (collected here, in ``baseline``): an alarm when
     it falls by more than ``max_drop`` (MAE: rises by more than that share)."""
@@ -139,9 +186,18 @@ def performance_alarm(performance: Mapping[str, float], task: str | None, baseli
     return []
 
 
-def label_drift(w: np.ndarray, label_baseline: np.ndarray | None, size: int, task: str | None, cfg: DriftSettings,
-                states: AlarmStates, alarm: AlarmFactory, first: int, last: int, ts: float
-                ) -> tuple[np.ndarray, list[Alarm]]:
+def label_drift(
+    w: np.ndarray,
+    label_baseline: np.ndarray | None,
+    size: int,
+    task: str | None,
+    cfg: DriftSettings,
+    states: AlarmStates,
+    alarm: AlarmFactory,
+    first: int,
+    last: int,
+    ts: float,
+) -> tuple[np.ndarray, list[Alarm]]:
     """Label distribution of this window against the version's first ``size`` labels
     (as many as the feature reference holds, so that the baseline's own noise is
     small; collected here). Returns the baseline and the alarms."""

@@ -22,12 +22,25 @@ CHECKS: tuple[QualityCheck, ...] = get_args(QualityCheck)
 def quality_limits(features: Sequence[str], ref_missing: dict[str, float], cfg: QualitySettings) -> np.ndarray:
     """(f, 3) limits of the checks per feature: the reference's missing rate plus
     ``max_missing_rate_increase``, ``max_out_of_range_rate``, ``max_unseen_rate``."""
-    return np.array([[ref_missing.get(name, 0.0) + cfg.max_missing_rate_increase, cfg.max_out_of_range_rate,
-                      cfg.max_unseen_rate] for name in features], dtype=np.float64).reshape(len(features), 3)
+    return np.array(
+        [
+            [ref_missing.get(name, 0.0) + cfg.max_missing_rate_increase, cfg.max_out_of_range_rate, cfg.max_unseen_rate]
+            for name in features
+        ],
+        dtype=np.float64,
+    ).reshape(len(features), 3)
 
 
-def quality_alarms(features: Sequence[str], rates: np.ndarray, limits: np.ndarray, states: AlarmStates,
-                   alarm: AlarmFactory, first: int, last: int, ts: float) -> list[Alarm]:
+def quality_alarms(
+    features: Sequence[str],
+    rates: np.ndarray,
+    limits: np.ndarray,
+    states: AlarmStates,
+    alarm: AlarmFactory,
+    first: int,
+    last: int,
+    ts: float,
+) -> list[Alarm]:
     """The features whose window rates enter the alarming state: missing rate above
     the reference's by ``max_missing_rate_increase``, out-of-range or unseen rate above
     their limits.
@@ -55,6 +68,7 @@ def quality_alarms(features: Sequence[str], rates: np.ndarray, limits: np.ndarra
             if not over[j][k] and key not in runs:
                 continue
             if states.edge(key, over[j][k]):
-                alarms.append(alarm("data_quality", check, name, float(rates[j, k]), float(limits[j, k]), None,
-                                    first, last, ts))
+                alarms.append(
+                    alarm("data_quality", check, name, float(rates[j, k]), float(limits[j, k]), None, first, last, ts)
+                )
     return alarms

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
 from driftline.detectors.homogeneity import bucket_counts
 from driftline.detectors.statistics import CategoricalReference, NumericReference
 from driftline.monitor.config import ModelSettings
@@ -33,8 +34,17 @@ from driftline.monitor.decode import (
 from driftline.monitor.encoding import Encoder
 from driftline.monitor.exceptions import ReferenceLoadError
 
-__all__ = ["ReferenceData", "load_reference", "reference_fingerprint", "stream_fingerprint", "describe_fingerprint",
-           "InferredSchema", "FittedReference", "infer_schema", "fit_reference"]
+__all__ = [
+    "ReferenceData",
+    "load_reference",
+    "reference_fingerprint",
+    "stream_fingerprint",
+    "describe_fingerprint",
+    "InferredSchema",
+    "FittedReference",
+    "infer_schema",
+    "fit_reference",
+]
 
 
 @dataclass
@@ -60,6 +70,7 @@ def describe_fingerprint(fingerprint: str) -> str:
         path, size, digest = rest.rsplit(":", 2)
         return f"file {path}, {size} events, sha256 {digest[:12]}"
     return f"{kind} {rest}".strip()
+
 
 _META = {"model", "version", "id", "ts", "prediction", "latency_ms", "scores"}
 
@@ -168,8 +179,8 @@ def infer_schema(features: Sequence[dict[str, Any]], prediction: Sequence[Any], 
     given = set(cfg.numeric_features or ()) | set(cfg.categorical_features or ())
     mixed = [n for n, t in types.items() if t == "mixed" and n not in given]
     schema, dropped = Schema.infer(
-        features, cfg.numeric_features, cfg.categorical_features, cfg.ignore_features, cfg.max_features,
-        types=types)
+        features, cfg.numeric_features, cfg.categorical_features, cfg.ignore_features, cfg.max_features, types=types
+    )
     kind = infer_prediction_kind(prediction)
     schema.prediction = kind if kind in ("numeric", "categorical") else None
     num, codes, bad = columnarize(features, schema)
@@ -180,17 +191,20 @@ def infer_schema(features: Sequence[dict[str, Any]], prediction: Sequence[Any], 
     return InferredSchema(schema, dropped, mixed, num, codes, bad)
 
 
-def fit_reference(num: np.ndarray, codes: np.ndarray, prediction: Sequence[Any], schema: Schema,
-                  pred_encoder: Encoder, psi_bins: int) -> FittedReference:
+def fit_reference(
+    num: np.ndarray, codes: np.ndarray, prediction: Sequence[Any], schema: Schema, pred_encoder: Encoder, psi_bins: int
+) -> FittedReference:
     """Fit the references on the reference events' columns (all of the right type);
     a categorical prediction's values are coded by ``pred_encoder`` (which learns them)."""
     num_ref = NumericReference.fit(num, n_bins=psi_bins)
     cat_ref = CategoricalReference.fit(codes, [len(v) for v in schema.vocabularies])
     cat_counts = bucket_counts(codes, cat_ref.n_categories + 1)
-    ref_missing = {n: float(np.mean(~np.isfinite(num[:, j]))) if len(num) else 0.0
-                   for j, n in enumerate(schema.numeric)}
-    ref_missing.update({n: float(np.mean(codes[:, j] < 0)) if len(codes) else 0.0
-                        for j, n in enumerate(schema.categorical)})
+    ref_missing = {
+        n: float(np.mean(~np.isfinite(num[:, j]))) if len(num) else 0.0 for j, n in enumerate(schema.numeric)
+    }
+    ref_missing.update(
+        {n: float(np.mean(codes[:, j] < 0)) if len(codes) else 0.0 for j, n in enumerate(schema.categorical)}
+    )
     preds = [p for p in prediction if p is not None]
     pred_ref: NumericReference | CategoricalReference | None = None
     pred_counts = None

@@ -76,8 +76,12 @@ class Schema:
         return self._decoder
 
     def to_state(self) -> dict[str, Any]:
-        return {"numeric": list(self.numeric), "categorical": list(self.categorical),
-                "vocabularies": [dict(v) for v in self.vocabularies], "prediction": self.prediction}
+        return {
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "vocabularies": [dict(v) for v in self.vocabularies],
+            "prediction": self.prediction,
+        }
 
     def fingerprint(self) -> str:
         """A digest of the schema, equal across processes for equal schemas."""
@@ -87,8 +91,12 @@ class Schema:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Schema:
-        return cls(list(state["numeric"]), list(state["categorical"]),
-                   [dict(v) for v in state["vocabularies"]], state.get("prediction"))
+        return cls(
+            list(state["numeric"]),
+            list(state["categorical"]),
+            [dict(v) for v in state["vocabularies"]],
+            state.get("prediction"),
+        )
 
     @classmethod
     def infer(
@@ -207,8 +215,9 @@ def bad_numeric_predictions(values: Sequence[Any]) -> np.ndarray:
     """Rows whose ``prediction`` is not a number (null is fine) for a model whose
     predictions are numeric: those events are of the wrong type."""
     ok = (int, float)
-    return np.fromiter((v is not None and (type(v) is bool or not isinstance(v, ok)) for v in values),
-                       dtype=bool, count=len(values))
+    return np.fromiter(
+        (v is not None and (type(v) is bool or not isinstance(v, ok)) for v in values), dtype=bool, count=len(values)
+    )
 
 
 def _category(v: Any) -> str | None:
@@ -283,9 +292,7 @@ def _decode_or_none(decode: Any, raw: Any) -> Any:
         return None
 
 
-def columnarize_raw(
-    raws: Sequence[Any], schema: Schema
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def columnarize_raw(raws: Sequence[Any], schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`columnarize` for raw ``features`` objects, decoded straight into the
     schema's fields (about half the cost of decoding dicts). When one does not fit
     the schema's fields, the batch is decoded again row by row
@@ -370,8 +377,7 @@ def _codes(col: list[Any], vocab: dict[str, int], bad: np.ndarray | None = None)
     try:
         codes = np.fromiter(map(get, col, repeat(other, len(col))), dtype=np.int64, count=len(col))
     except TypeError:  # an unhashable value (object, list): found below
-        codes = np.array([get(v, other) if not isinstance(v, (dict, list)) else other for v in col],
-                         dtype=np.int64)
+        codes = np.array([get(v, other) if not isinstance(v, (dict, list)) else other for v in col], dtype=np.int64)
     for i in np.flatnonzero(codes == other).tolist():  # rare: unseen or non-string values
         v = col[i]
         if isinstance(v, (dict, list)):
@@ -384,9 +390,7 @@ def _codes(col: list[Any], vocab: dict[str, int], bad: np.ndarray | None = None)
     return codes
 
 
-def columnarize(
-    features: Sequence[dict[str, Any]], schema: Schema
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def columnarize(features: Sequence[dict[str, Any]], schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One model's feature dicts to columns.
 
     Returns

@@ -112,15 +112,25 @@ class SegmentPlan:
         return (*self.values, OTHER)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"feature": self.feature, "column": self.column, "values": list(self.values), "table": self.table,
-                "reference_events": self.reference_events,
-                "references": [None if r is None else fitted_state(r) for r in self.references]}
+        return {
+            "feature": self.feature,
+            "column": self.column,
+            "values": list(self.values),
+            "table": self.table,
+            "reference_events": self.reference_events,
+            "references": [None if r is None else fitted_state(r) for r in self.references],
+        }
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> SegmentPlan:
-        return cls(s["feature"], int(s["column"]), tuple(s["values"]), np.asarray(s["table"], dtype=np.intp),
-                   np.asarray(s["reference_events"], dtype=np.int64),
-                   [None if r is None else fitted_from_state(r) for r in s["references"]])
+        return cls(
+            s["feature"],
+            int(s["column"]),
+            tuple(s["values"]),
+            np.asarray(s["table"], dtype=np.intp),
+            np.asarray(s["reference_events"], dtype=np.int64),
+            [None if r is None else fitted_from_state(r) for r in s["references"]],
+        )
 
 
 class ModelSegments:
@@ -140,8 +150,16 @@ class ModelSegments:
         self.rings = {f: np.full(memory, UNKNOWN, dtype=np.uint8) for f in settings.features}
         self.last_index = -1  # the highest event index written to the rings
 
-    def fit(self, num: np.ndarray, codes: np.ndarray, prediction: list[Any], schema: Schema,
-            pred_encoder: Encoder, psi_bins: int, model: str) -> None:
+    def fit(
+        self,
+        num: np.ndarray,
+        codes: np.ndarray,
+        prediction: list[Any],
+        schema: Schema,
+        pred_encoder: Encoder,
+        psi_bins: int,
+        model: str,
+    ) -> None:
         """Choose each segment feature's top K values from the reference's events and
         fit each segment's part of the reference (see the module docstring)."""
         cfg = self.settings
@@ -151,9 +169,13 @@ class ModelSegments:
         preds[:] = prediction
         for feature in cfg.features:
             if feature not in schema.categorical:
-                log.warning("model %r: segment feature %r is not a categorical feature of the model's schema, so "
-                            "it has no segments; list it under categorical_features, or remove it from "
-                            "segments.features", model, feature)
+                log.warning(
+                    "model %r: segment feature %r is not a categorical feature of the model's schema, so "
+                    "it has no segments; list it under categorical_features, or remove it from "
+                    "segments.features",
+                    model,
+                    feature,
+                )
                 continue
             j = schema.categorical.index(feature)
             vocab = schema.vocabularies[j]
@@ -176,8 +198,9 @@ class ModelSegments:
                     continue
                 rows = slots == slot
                 encoder = Encoder(dict(pred_encoder.vocab))  # the model's prediction codes, never new ones
-                references.append(fit_reference(num[rows], codes[rows], preds[rows].tolist(), schema, encoder,
-                                                psi_bins))
+                references.append(
+                    fit_reference(num[rows], codes[rows], preds[rows].tolist(), schema, encoder, psi_bins)
+                )
             self.plans.append(SegmentPlan(feature, j, values, table, ref_events, references))
 
     def record(self, index: np.ndarray, codes: np.ndarray) -> None:
@@ -211,8 +234,12 @@ class ModelSegments:
         self.plans, self.fitted = [], False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plans": [p.state_dict() for p in self.plans], "fitted": self.fitted, "rings": dict(self.rings),
-                "last_index": self.last_index}
+        return {
+            "plans": [p.state_dict() for p in self.plans],
+            "fitted": self.fitted,
+            "rings": dict(self.rings),
+            "last_index": self.last_index,
+        }
 
     def load_state(self, s: dict[str, Any]) -> None:
         # a segment feature no longer configured is dropped; a newly configured one waits for the next fit
@@ -239,24 +266,40 @@ class _Slot:
     baseline: dict[str, list[float]] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"events": self.events, "labelled": self.labelled,
-                "window": None if self.window is None else self.window.state_dict(),
-                "window_type": type(self.window).__name__,
-                "perf_window": None if self.perf_window is None else self.perf_window.state_dict(),
-                "states": self.states.state_dict(),
-                "drift": [[s.feature, s.detector, s.statistic, s.p_value, s.threshold, s.kind] for s in self.drift],
-                "quality": self.quality, "performance": self.performance, "baseline": self.baseline}
+        return {
+            "events": self.events,
+            "labelled": self.labelled,
+            "window": None if self.window is None else self.window.state_dict(),
+            "window_type": type(self.window).__name__,
+            "perf_window": None if self.perf_window is None else self.perf_window.state_dict(),
+            "states": self.states.state_dict(),
+            "drift": [[s.feature, s.detector, s.statistic, s.p_value, s.threshold, s.kind] for s in self.drift],
+            "quality": self.quality,
+            "performance": self.performance,
+            "baseline": self.baseline,
+        }
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> _Slot:
         window: SlidingWindow | TumblingWindow | None = None
         if s["window"] is not None:
-            window = (TumblingWindow.from_state(s["window"]) if s["window_type"] == "TumblingWindow"
-                      else SlidingWindow.from_state(s["window"]))
+            window = (
+                TumblingWindow.from_state(s["window"])
+                if s["window_type"] == "TumblingWindow"
+                else SlidingWindow.from_state(s["window"])
+            )
         perf = None if s["perf_window"] is None else TumblingWindow.from_state(s["perf_window"])
-        return cls(int(s["events"]), int(s["labelled"]), window, perf, AlarmStates(s["states"]),
-                   tuple(FeatureStatistic(*d) for d in s["drift"]), s["quality"], s["performance"],
-                   {k: list(v) for k, v in s["baseline"].items()})
+        return cls(
+            int(s["events"]),
+            int(s["labelled"]),
+            window,
+            perf,
+            AlarmStates(s["states"]),
+            tuple(FeatureStatistic(*d) for d in s["drift"]),
+            s["quality"],
+            s["performance"],
+            {k: list(v) for k, v in s["baseline"].items()},
+        )
 
 
 def _split(slots: np.ndarray, n_slots: int) -> list[tuple[int, np.ndarray]]:
@@ -264,7 +307,7 @@ def _split(slots: np.ndarray, n_slots: int) -> list[tuple[int, np.ndarray]]:
     order = np.argsort(slots, kind="stable")
     ends = np.cumsum(np.bincount(slots, minlength=n_slots))
     starts = ends - np.bincount(slots, minlength=n_slots)
-    return [(s, order[starts[s]:ends[s]]) for s in np.flatnonzero(ends - starts).tolist()]
+    return [(s, order[starts[s] : ends[s]]) for s in np.flatnonzero(ends - starts).tolist()]
 
 
 class VersionSegments:
@@ -291,15 +334,16 @@ class VersionSegments:
         self.slots = {}
 
     # -- predictions -------------------------------------------------------------------
-    def predictions(self, rows: np.ndarray, schema: Schema, settings: ModelSettings, pred_kind: str | None,
-                    alarm: AlarmFactory) -> list[Alarm]:
+    def predictions(
+        self, rows: np.ndarray, schema: Schema, settings: ModelSettings, pred_kind: str | None, alarm: AlarmFactory
+    ) -> list[Alarm]:
         """Run a version's monitored rows (the engine's prediction row layout) through
         each segment's windows; returns the segment alarms."""
         m = self.model
         if not m.plans:
             return []
         d_num = len(schema.numeric)
-        m.record(rows[:, IDX].astype(np.int64), rows[:, FIXED + d_num:])
+        m.record(rows[:, IDX].astype(np.int64), rows[:, FIXED + d_num :])
         alarms: list[Alarm] = []
         cfg = settings.window
         for plan in m.plans:
@@ -311,8 +355,11 @@ class VersionSegments:
                     slot.events += n
                     continue
                 if slot.window is None:
-                    slot.window = (TumblingWindow(cfg.size, rows.shape[1]) if cfg.step is None
-                                   else SlidingWindow(cfg.size, cfg.step, rows.shape[1]))
+                    slot.window = (
+                        TumblingWindow(cfg.size, rows.shape[1])
+                        if cfg.step is None
+                        else SlidingWindow(cfg.size, cfg.step, rows.shape[1])
+                    )
                 done = [w for w, _, _ in slot.window.extend(rows[part], slot.events)]
                 slot.events += n
                 if not done:
@@ -320,13 +367,21 @@ class VersionSegments:
                 seg_alarm = _named(alarm, f"{plan.feature}={plan.names[s]}")
                 chunk = max(1, WINDOW_CHUNK_VALUES // done[0].size)
                 for k in range(0, len(done), chunk):
-                    alarms += _on_windows(np.stack(done[k:k + chunk]), slot, ref, schema, settings, pred_kind,
-                                          seg_alarm)
+                    alarms += _on_windows(
+                        np.stack(done[k : k + chunk]), slot, ref, schema, settings, pred_kind, seg_alarm
+                    )
         return alarms
 
     # -- labelled ------------------------------------------------------------------------
-    def labelled(self, rows: np.ndarray, settings: ModelSettings, task: str | None, positive_code: float,
-                 classes: dict[str, int], alarm: AlarmFactory) -> list[Alarm]:
+    def labelled(
+        self,
+        rows: np.ndarray,
+        settings: ModelSettings,
+        task: str | None,
+        positive_code: float,
+        classes: dict[str, int],
+        alarm: AlarmFactory,
+    ) -> list[Alarm]:
         """Run a version's labelled rows through each segment's performance windows."""
         m = self.model
         if not m.plans or not len(rows):
@@ -352,8 +407,9 @@ class VersionSegments:
                 for w, _, _ in done:
                     first, last, ts = int(w[:, L_IDX].min()), int(w[:, L_IDX].max()), float(w[-1, L_TS])
                     slot.performance, _ = window_performance(w, task, positive_code, classes)
-                    alarms += performance_alarm(slot.performance, task, slot.baseline, perf, slot.states, seg_alarm,
-                                                first, last, ts)
+                    alarms += performance_alarm(
+                        slot.performance, task, slot.baseline, perf, slot.states, seg_alarm, first, last, ts
+                    )
         return alarms
 
     # -- views and state -------------------------------------------------------------------
@@ -365,10 +421,19 @@ class VersionSegments:
                 continue
             for s, name in enumerate(plan.names):
                 slot = slots[s]
-                out.append(SegmentSnapshot(plan.feature, name, slot.events, slot.labelled,
-                                           int(plan.reference_events[s]), plan.references[s] is not None,
-                                           slot.drift, {k: dict(v) for k, v in slot.quality.items()},
-                                           dict(slot.performance)))
+                out.append(
+                    SegmentSnapshot(
+                        plan.feature,
+                        name,
+                        slot.events,
+                        slot.labelled,
+                        int(plan.reference_events[s]),
+                        plan.references[s] is not None,
+                        slot.drift,
+                        {k: dict(v) for k, v in slot.quality.items()},
+                        dict(slot.performance),
+                    )
+                )
         return tuple(out)
 
     def state_dict(self) -> dict[str, Any]:
@@ -381,22 +446,44 @@ class VersionSegments:
 def _named(alarm: AlarmFactory, segment: str) -> AlarmFactory:
     """An alarm factory whose alarms name ``segment``."""
 
-    def make(kind: AlarmKind, detector: Detector, feature: str | None, statistic: float, threshold: float | None,
-             p_value: float | None, first: int, last: int, ts: float) -> Alarm:
-        return replace(alarm(kind, detector, feature, statistic, threshold, p_value, first, last, ts),
-                       segment=segment)
+    def make(
+        kind: AlarmKind,
+        detector: Detector,
+        feature: str | None,
+        statistic: float,
+        threshold: float | None,
+        p_value: float | None,
+        first: int,
+        last: int,
+        ts: float,
+    ) -> Alarm:
+        return replace(alarm(kind, detector, feature, statistic, threshold, p_value, first, last, ts), segment=segment)
 
     return make
 
 
-def _on_windows(ws: np.ndarray, slot: _Slot, ref: FittedReference, schema: Schema, settings: ModelSettings,
-                pred_kind: str | None, alarm: Callable[..., Alarm]) -> list[Alarm]:
+def _on_windows(
+    ws: np.ndarray,
+    slot: _Slot,
+    ref: FittedReference,
+    schema: Schema,
+    settings: ModelSettings,
+    pred_kind: str | None,
+    alarm: Callable[..., Alarm],
+) -> list[Alarm]:
     """A segment's consecutive windows against its part of the reference: the whole
     model's drift and quality checks (see ``VersionMonitor._on_windows`` in the engine),
     on the segment's alarm states; the snapshot keeps the last window's statistics."""
     d_num = len(schema.numeric)
-    fd = feature_drift(ws[:, :, FIXED:FIXED + d_num], ws[:, :, FIXED + d_num:].astype(np.int64), schema.numeric,
-                       schema.categorical, ref.num_ref, ref.cat_ref, settings.drift)
+    fd = feature_drift(
+        ws[:, :, FIXED : FIXED + d_num],
+        ws[:, :, FIXED + d_num :].astype(np.int64),
+        schema.numeric,
+        schema.categorical,
+        ref.num_ref,
+        ref.cat_ref,
+        settings.drift,
+    )
     features, rates = fd.rates()
     limits = quality_limits(features, ref.ref_missing, settings.quality)
     pd = None
@@ -408,8 +495,7 @@ def _on_windows(ws: np.ndarray, slot: _Slot, ref: FittedReference, schema: Schem
         alarms += drift_alarms(fd.tests, i, "feature_drift", settings.drift, slot.states, alarm, first, last, ts)
         alarms += quality_alarms(features, rates[i], limits, slot.states, alarm, first, last, ts)
         if pd is not None:
-            alarms += drift_alarms(pd.tests, i, "prediction_drift", settings.drift, slot.states, alarm, first, last,
-                                   ts)
+            alarms += drift_alarms(pd.tests, i, "prediction_drift", settings.drift, slot.states, alarm, first, last, ts)
     slot.drift = tuple(fd.stats(len(ws) - 1) + ([] if pd is None else pd.stats(len(ws) - 1)))
     slot.quality = fd.quality(len(ws) - 1)
     return alarms

@@ -158,8 +158,13 @@ class SourceStatus(NamedTuple):
 # group has left behind. Not a failure: the partitions are committed again by whoever
 # owns them after the rejoin (this instance, or another one from the last commit).
 # Matched by name: kafka-python is imported only where a Kafka source is used.
-_REBALANCE_ERRORS = ("RebalanceInProgressError", "CommitFailedError", "IllegalGenerationError",
-                     "UnknownMemberIdError", "FencedInstanceIdError")
+_REBALANCE_ERRORS = (
+    "RebalanceInProgressError",
+    "CommitFailedError",
+    "IllegalGenerationError",
+    "UnknownMemberIdError",
+    "FencedInstanceIdError",
+)
 
 
 def kafka_client_options(settings: KafkaSettings) -> dict[str, object]:
@@ -203,8 +208,9 @@ class KafkaSource:
     :meth:`status` says whether the brokers answer, for the readiness check.
     """
 
-    def __init__(self, settings: KafkaSettings, lifecycle_topic: str | None = None,
-                 handover: RebalanceHandler | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, lifecycle_topic: str | None = None, handover: RebalanceHandler | None = None
+    ) -> None:
         self.settings = settings
         self.exhausted = False
         self.handover = handover
@@ -225,9 +231,10 @@ class KafkaSource:
         self.lifecycle_topic = _lifecycle_subscription(self._consumer, settings, lifecycle_topic)
         self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, self.lifecycle_topic)
         topics = [settings.predictions_topic, settings.feedback_topic]
-        self._consumer.subscribe(topics + ([self.lifecycle_topic] if self.lifecycle_topic else []),
-                                 listener=_handover_listener(self) if handover is not None
-                                 else _rebalance_listener(self))
+        self._consumer.subscribe(
+            topics + ([self.lifecycle_topic] if self.lifecycle_topic else []),
+            listener=_handover_listener(self) if handover is not None else _rebalance_listener(self),
+        )
 
     @property
     def connected(self) -> bool:
@@ -243,8 +250,7 @@ class KafkaSource:
         now = time.monotonic()
         if now - self._warned >= 10.0:
             self._warned = now
-            log.warning("Kafka %s failed (%s); retrying: kafka-python reconnects by itself",
-                        what, self._last_error)
+            log.warning("Kafka %s failed (%s); retrying: kafka-python reconnects by itself", what, self._last_error)
         else:
             log.debug("Kafka %s failed: %s", what, self._last_error)
         return self._last_error
@@ -267,8 +273,9 @@ class KafkaSource:
         if self._awaiting and time.monotonic() >= self._retry_restore_at:
             self._restore_again()
         try:
-            batches = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms,
-                                          max_records=self.settings.max_poll_records)
+            batches = self._consumer.poll(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
+            )
         except KafkaError as exc:  # the brokers are away: nothing fetched this time
             self._broker_failed("poll", exc)
             time.sleep(min(1.0, self.settings.poll_timeout_ms / 1000))  # do not spin on a dead broker
@@ -326,9 +333,14 @@ class KafkaSource:
             self._consumer.seek(tp, start)
             self._positions[(topic, partition)] = start
             if committed is not None and start < committed:
-                log.info("%s/%d: resuming at %d, before the group's commit (%d): some restored states "
-                         "are older; each model's records apply from its own state's position",
-                         topic, partition, start, committed)
+                log.info(
+                    "%s/%d: resuming at %d, before the group's commit (%d): some restored states "
+                    "are older; each model's records apply from its own state's position",
+                    topic,
+                    partition,
+                    start,
+                    committed,
+                )
 
     def _commit_now(self, offsets: dict[Any, Any]) -> bool:
         """Commit ``{TopicPartition: OffsetAndMetadata}`` at a revocation; whether it was
@@ -339,8 +351,12 @@ class KafkaSource:
         try:
             self._consumer.commit(offsets=offsets, timeout_ms=self.settings.request_timeout_ms)
         except KafkaError as exc:
-            log.info("the commit at a revocation was not done (%s: %s): the new owner resumes from the "
-                     "previous commit and the changelog's positions", type(exc).__name__, exc)
+            log.info(
+                "the commit at a revocation was not done (%s: %s): the new owner resumes from the "
+                "previous commit and the changelog's positions",
+                type(exc).__name__,
+                exc,
+            )
             return False
         return True
 
@@ -372,16 +388,18 @@ class KafkaSource:
         from kafka.structs import OffsetAndMetadata
 
         assigned = self._consumer.assignment()
-        mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                for (t, p), o in offsets.items() if TopicPartition(t, p) in assigned}
+        mine = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in assigned
+        }
         if not mine:
             return True
         try:
             self._consumer.commit(offsets=mine, timeout_ms=self.settings.request_timeout_ms)
         except KafkaError as exc:
             if type(exc).__name__ in _REBALANCE_ERRORS:
-                log.info("commit refused by a rebalance (%s); committing again after the rejoin",
-                         type(exc).__name__)
+                log.info("commit refused by a rebalance (%s); committing again after the rejoin", type(exc).__name__)
             else:
                 self._broker_failed("commit", exc)
             return False
@@ -413,8 +431,14 @@ class KafkaSource:
                 waiting.append(tp)
                 continue
             if committed is not None and committed > off:
-                log.warning("%s/%d: the group committed offset %d, past this instance's checkpoint "
-                            "(%d); resuming from the commit", tp.topic, tp.partition, committed, off)
+                log.warning(
+                    "%s/%d: the group committed offset %d, past this instance's checkpoint "
+                    "(%d); resuming from the commit",
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    off,
+                )
                 off = committed
             self._consumer.seek(tp, off)
             del self._pending_seek[(tp.topic, tp.partition)]
@@ -447,8 +471,7 @@ class KafkaSource:
             if assigned:
                 ends = self._consumer.end_offsets(assigned, timeout_ms=timeout)
             else:
-                self._consumer.end_offsets([TopicPartition(self.settings.predictions_topic, 0)],
-                                           timeout_ms=timeout)
+                self._consumer.end_offsets([TopicPartition(self.settings.predictions_topic, 0)], timeout_ms=timeout)
                 ends = {}
         except KafkaError as exc:
             return None, len(assigned), self._broker_failed("end-offset request", exc)
@@ -485,22 +508,33 @@ def _lifecycle_subscription(consumer: Any, settings: KafkaSettings, topic: str |
     try:
         known = consumer.topics()
     except KafkaError as exc:
-        log.warning("cannot list the topics to find the lifecycle topic %r (%s): lifecycle events "
-                    "are not consumed until the service is restarted with the brokers answering",
-                    topic, exc)
+        log.warning(
+            "cannot list the topics to find the lifecycle topic %r (%s): lifecycle events "
+            "are not consumed until the service is restarted with the brokers answering",
+            topic,
+            exc,
+        )
         return None
     if topic not in known:
-        log.warning("the lifecycle topic %r does not exist: model lifecycle events (deployed, "
-                    "promoted, rolled_back, retired) are not consumed. Create it with the partition "
-                    "count of %r and restart to use them (lifecycle.topic)",
-                    topic, settings.predictions_topic)
+        log.warning(
+            "the lifecycle topic %r does not exist: model lifecycle events (deployed, "
+            "promoted, rolled_back, retired) are not consumed. Create it with the partition "
+            "count of %r and restart to use them (lifecycle.topic)",
+            topic,
+            settings.predictions_topic,
+        )
         return None
     ours, theirs = consumer.partitions_for_topic(topic), consumer.partitions_for_topic(settings.predictions_topic)
     if ours and theirs and len(ours) != len(theirs):
-        log.warning("the lifecycle topic %r has %d partitions and %r has %d: they are not "
-                    "co-partitioned, so a model's lifecycle events may reach another instance "
-                    "than its predictions; give them the same partition count",
-                    topic, len(ours), settings.predictions_topic, len(theirs))
+        log.warning(
+            "the lifecycle topic %r has %d partitions and %r has %d: they are not "
+            "co-partitioned, so a model's lifecycle events may reach another instance "
+            "than its predictions; give them the same partition count",
+            topic,
+            len(ours),
+            settings.predictions_topic,
+            len(theirs),
+        )
     return topic
 
 
@@ -525,8 +559,9 @@ class _Gate:
         self.until = max(floor, *states.values())
 
     def admit(self, records: list[RawRecord]) -> list[RawRecord]:
-        return [r for r in records
-                if r.offset >= self.until or r.offset >= self.states.get(_model_of(r), self.floor)]
+        return [
+            r for r in records if r.offset >= self.until or r.offset >= self.states.get(_model_of(r) or "", self.floor)
+        ]
 
 
 def _model_of(record: RawRecord) -> str | None:
@@ -691,8 +726,9 @@ class ProcessKafkaSource:
     """Where batches are decoded: "when-busy" (see above), "always" in the consumer
     process, or "never" (tests and benchmarks pin one)."""
 
-    def __init__(self, settings: KafkaSettings, lifecycle_topic: str | None = None,
-                 handover: RebalanceHandler | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, lifecycle_topic: str | None = None, handover: RebalanceHandler | None = None
+    ) -> None:
         import multiprocessing
 
         self.handover = handover
@@ -706,11 +742,22 @@ class ProcessKafkaSource:
         self._data = ctx.Queue(maxsize=self._PREFETCH)
         self._commands = ctx.Queue()
         self._replies = ctx.Queue()
-        self._proc = ctx.Process(target=_consumer_process, name="driftline-consumer",
-                                 args=(settings, self._data, self._commands, self._replies, os.getpid(),
-                                       self._DECODE, _logging_setup(), lifecycle_topic,
-                                       handover is not None),
-                                 daemon=True)
+        self._proc = ctx.Process(
+            target=_consumer_process,
+            name="driftline-consumer",
+            args=(
+                settings,
+                self._data,
+                self._commands,
+                self._replies,
+                os.getpid(),
+                self._DECODE,
+                _logging_setup(),
+                lifecycle_topic,
+                handover is not None,
+            ),
+            daemon=True,
+        )
         self._proc.start()
         deadline = time.monotonic() + settings.bootstrap_timeout_ms / 1000 + 60
         while True:
@@ -729,8 +776,9 @@ class ProcessKafkaSource:
                     self._stop()
                     raise SourceError(
                         "the Kafka consumer process did not start (a script that runs the "
-                        "Service needs an `if __name__ == \"__main__\":` guard, or set "
-                        "kafka.consumer_process: false)") from None
+                        'Service needs an `if __name__ == "__main__":` guard, or set '
+                        "kafka.consumer_process: false)"
+                    ) from None
         if started.error is not None:
             self._stop()
             raise SourceError(started.error)
@@ -758,12 +806,15 @@ class ProcessKafkaSource:
     def _hand_over(self, message: Handover) -> None:
         """Run a rebalance step in the service (every batch before it is processed) and
         answer the consumer process, which waits for it."""
-        value = None
+        value: Any = None
         kind = message.kind
         if kind == "revoke" and time.time() > message.deadline:
-            log.warning("partitions %s: their revocation came too late to hand their state over (the "
-                        "consumer process stopped waiting): dropped without writing, their new owner "
-                        "restores the last states written", message.partitions)
+            log.warning(
+                "partitions %s: their revocation came too late to hand their state over (the "
+                "consumer process stopped waiting): dropped without writing, their new owner "
+                "restores the last states written",
+                message.partitions,
+            )
             kind = "lost"
         if self.handover is not None:
             if kind == "revoke":
@@ -774,7 +825,7 @@ class ProcessKafkaSource:
                 self.handover.lost(message.partitions)
         if message.kind != "assign":
             for tp in message.partitions:
-                self._positions.pop(tuple(tp), None)
+                self._positions.pop((tp[0], tp[1]), None)
         self._commands.put(Request(0, Answer(message.id, value)))
 
     def _decoded(self, batch: DecodedBatch | list[tuple[Any, ...]]) -> DecodedBatch:
@@ -819,8 +870,12 @@ class ProcessKafkaSource:
                 self._check_alive()
                 if time.monotonic() >= deadline:
                     self._timeouts += 1
-                    log.warning("the Kafka consumer process did not answer %s within %.0f s "
-                                "(taken as not done; a late answer will be ignored)", command.name, timeout)
+                    log.warning(
+                        "the Kafka consumer process did not answer %s within %.0f s "
+                        "(taken as not done; a late answer will be ignored)",
+                        command.name,
+                        timeout,
+                    )
                     return _TIMED_OUT
                 continue
             if reply.id != request:
@@ -843,16 +898,17 @@ class ProcessKafkaSource:
         # positions follow the records that arrive: the consumer process may resume
         # from a newer commit than the checkpoint, and offsets must never go back
         if self._ask(Seek(offsets), timeout=self._patience()) is _TIMED_OUT:
-            raise SourceError("the Kafka consumer process did not take the checkpoint's offsets in "
-                              f"{self._patience():.0f} s: check that the brokers answer, then restart")
+            raise SourceError(
+                "the Kafka consumer process did not take the checkpoint's offsets in "
+                f"{self._patience():.0f} s: check that the brokers answer, then restart"
+            )
 
     def status(self) -> SourceStatus:
         """Lag, assignment and broker health, from the consumer process; unknown lag
         and an error when it does not answer in time."""
         reply = self._ask(GetStatus(), timeout=self._patience())
         if reply is _TIMED_OUT:
-            return SourceStatus(None, None, "the Kafka consumer process did not answer in time",
-                                self._timeouts)
+            return SourceStatus(None, None, "the Kafka consumer process did not answer in time", self._timeouts)
         brokers = BrokerStatus(*reply)
         lag = None if brokers.ends is None else _lag(brokers.ends, self._positions)
         return SourceStatus(lag, brokers.assigned, brokers.error, brokers.broker_errors + self._timeouts)
@@ -893,10 +949,17 @@ def _logging_setup() -> tuple[int, logging.Formatter | None]:
     return root.level, formatter
 
 
-def _consumer_process(settings: KafkaSettings, data: Any, commands: Any, replies: Any, parent: int,
-                      decode: DecodeWhere,
-                      logging_setup: tuple[int, logging.Formatter | None] = (logging.WARNING, None),
-                      lifecycle_topic: str | None = None, handover: bool = False) -> None:
+def _consumer_process(
+    settings: KafkaSettings,
+    data: Any,
+    commands: Any,
+    replies: Any,
+    parent: int,
+    decode: DecodeWhere,
+    logging_setup: tuple[int, logging.Formatter | None] = (logging.WARNING, None),
+    lifecycle_topic: str | None = None,
+    handover: bool = False,
+) -> None:
     """The consumer process's entry point: poll ahead into ``data`` (:class:`Batch`); run
     the :class:`Request` s from ``commands`` and answer each in ``replies`` with a
     :class:`Reply` of its id. As an entry point it owns its process's settings: signals,
@@ -978,12 +1041,13 @@ def _consumer_process(settings: KafkaSettings, data: Any, commands: Any, replies
 def _tuples(records: list[RawRecord]) -> list[tuple[Any, ...]]:
     """Records as plain tuples of :class:`~driftline.monitor.contract.Record`'s fields (cheap to pickle)."""
     if type(records[0]) is Record:  # driftline's parser made them
-        return list(map(tuple, records))
+        return [tuple(r) for r in records]  # type: ignore[arg-type]  # Records are tuples
     return [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records]
 
 
-def _unseen(records: list[RawRecord], delivered: dict[tuple[str, int], int],
-            assignment: list[tuple[str, int]]) -> list[RawRecord]:
+def _unseen(
+    records: list[RawRecord], delivered: dict[tuple[str, int], int], assignment: list[tuple[str, int]]
+) -> list[RawRecord]:
     """The records not handed over before (a seek to a checkpoint can fetch again what
     was already in flight); ``delivered`` follows them."""
     assigned = set(assignment)
@@ -1068,8 +1132,12 @@ class _ChildHandover:
             if answer is not _NO_ANSWER:
                 return answer
         if not self.closed:
-            log.warning("the service did not answer the %s of partitions %s within %.0f s: nothing "
-                        "committed for them", kind, partitions, self.patience)
+            log.warning(
+                "the service did not answer the %s of partitions %s within %.0f s: nothing committed for them",
+                kind,
+                partitions,
+                self.patience,
+            )
         return None
 
     def _serve(self, request: Request, wanted: int) -> Any:
@@ -1142,14 +1210,18 @@ class _HandoverListener:
         from kafka.structs import OffsetAndMetadata
 
         src = self.source
+        assert src.handover is not None  # this listener is installed only with a handler
         tps = sorted((tp.topic, tp.partition) for tp in revoked)
         if src.closing or not tps:
             src._forget(tps)
             return
         offsets = await self._off_loop(src.handover.revoked, tps)  # it reads the positions: forgotten after
         src._forget(tps)
-        mine = {tp: OffsetAndMetadata(offsets[(tp.topic, tp.partition)], "", -1)
-                for tp in revoked if offsets and (tp.topic, tp.partition) in offsets}
+        mine = {
+            tp: OffsetAndMetadata(offsets[(tp.topic, tp.partition)], "", -1)
+            for tp in revoked
+            if offsets and (tp.topic, tp.partition) in offsets
+        }
         if mine:
             # still in the old generation: the group takes it, and the new owner starts there
             done = await self._off_loop(src._commit_now, mine)
@@ -1157,6 +1229,7 @@ class _HandoverListener:
 
     async def on_partitions_lost(self, lost) -> None:
         src = self.source
+        assert src.handover is not None  # this listener is installed only with a handler
         tps = sorted((tp.topic, tp.partition) for tp in lost)
         src._forget(tps)
         if not src.closing and tps:
@@ -1164,6 +1237,7 @@ class _HandoverListener:
 
     async def on_partitions_assigned(self, assigned) -> None:
         src = self.source
+        assert src.handover is not None  # this listener is installed only with a handler
         tps = sorted((tp.topic, tp.partition) for tp in assigned)
         if src.closing or not tps:
             return
@@ -1173,8 +1247,12 @@ class _HandoverListener:
             src._consumer.pause(*assigned)
             src._awaiting.extend(tp for tp in tps if tp not in src._awaiting)
             src._retry_restore_at = time.monotonic() + _RESTORE_RETRY_SECONDS
-            log.warning("restoring the state of partitions %s failed: they stay paused and the restore "
-                        "is tried again in %.0f s", tps, _RESTORE_RETRY_SECONDS)
+            log.warning(
+                "restoring the state of partitions %s failed: they stay paused and the restore "
+                "is tried again in %.0f s",
+                tps,
+                _RESTORE_RETRY_SECONDS,
+            )
             return
         await self._off_loop(src._resume_at, tps, restored)
 
@@ -1203,8 +1281,9 @@ class _Rebalance:
 
     def on_partitions_assigned(self, assigned) -> None:
         pending = self.source._pending_seek
-        self.source._to_seek.extend(tp for tp in assigned if (tp.topic, tp.partition) in pending
-                                    and tp not in self.source._to_seek)
+        self.source._to_seek.extend(
+            tp for tp in assigned if (tp.topic, tp.partition) in pending and tp not in self.source._to_seek
+        )
 
 
 # ---- files -----------------------------------------------------------------------------
@@ -1245,9 +1324,17 @@ class JsonlSource:
     ``lifecycle_topic`` as their topic, so they are decoded as over Kafka.
     """
 
-    def __init__(self, predictions: Path, feedback: Path | None, *, predictions_topic: str,
-                 feedback_topic: str, batch_size: int = 5000, lifecycle: Path | None = None,
-                 lifecycle_topic: str = "model-lifecycle") -> None:
+    def __init__(
+        self,
+        predictions: Path,
+        feedback: Path | None,
+        *,
+        predictions_topic: str,
+        feedback_topic: str,
+        batch_size: int = 5000,
+        lifecycle: Path | None = None,
+        lifecycle_topic: str = "model-lifecycle",
+    ) -> None:
         for p in (predictions, feedback):
             if p is not None and not Path(p).is_file():
                 raise SourceError(f"{p} does not exist or is not a file")
@@ -1265,8 +1352,9 @@ class JsonlSource:
         self.exhausted = False
         self._positions: dict[tuple[str, int], int] = {}
         self.records_read = 0
-        self._decoder = BatchDecoder(predictions_topic, feedback_topic,
-                                     lifecycle_topic if lifecycle is not None else None)
+        self._decoder = BatchDecoder(
+            predictions_topic, feedback_topic, lifecycle_topic if lifecycle is not None else None
+        )
 
     def poll(self) -> DecodedBatch:
         """The next ``batch_size`` lines, decoded."""

@@ -44,7 +44,11 @@ class Readiness:
 
 
 READINESS_COMPONENTS: Final[tuple[ReadinessComponent, ...]] = (
-    Readiness.KAFKA, Readiness.PARTITIONS, Readiness.CONSUMING, Readiness.REFERENCE)
+    Readiness.KAFKA,
+    Readiness.PARTITIONS,
+    Readiness.CONSUMING,
+    Readiness.REFERENCE,
+)
 """Every readiness component, in the order they are reported."""
 
 

@@ -40,11 +40,15 @@ __all__ = ["VersionReference", "VersionLifecycle", "fitted_state", "fitted_from_
 
 def fitted_state(f: FittedReference) -> dict[str, Any]:
     """A fitted reference as plain values and arrays."""
-    return {"num_ref": f.num_ref.to_state(), "cat_ref": f.cat_ref.to_state(), "cat_counts": f.cat_counts,
-            "ref_missing": dict(f.ref_missing),
-            "pred_ref": None if f.pred_ref is None else f.pred_ref.to_state(),
-            "pred_kind": None if f.pred_ref is None else type(f.pred_ref).__name__,
-            "pred_counts": f.pred_counts}
+    return {
+        "num_ref": f.num_ref.to_state(),
+        "cat_ref": f.cat_ref.to_state(),
+        "cat_counts": f.cat_counts,
+        "ref_missing": dict(f.ref_missing),
+        "pred_ref": None if f.pred_ref is None else f.pred_ref.to_state(),
+        "pred_kind": None if f.pred_ref is None else type(f.pred_ref).__name__,
+        "pred_counts": f.pred_counts,
+    }
 
 
 def fitted_from_state(s: dict[str, Any]) -> FittedReference:
@@ -54,9 +58,14 @@ def fitted_from_state(s: dict[str, Any]) -> FittedReference:
         cls = NumericReference if s["pred_kind"] == "NumericReference" else CategoricalReference
         pred_ref = cls.from_state(s["pred_ref"])
     counts = s["pred_counts"]
-    return FittedReference(NumericReference.from_state(s["num_ref"]), CategoricalReference.from_state(s["cat_ref"]),
-                           np.asarray(s["cat_counts"]), dict(s["ref_missing"]), pred_ref,
-                           None if counts is None else np.asarray(counts))
+    return FittedReference(
+        NumericReference.from_state(s["num_ref"]),
+        CategoricalReference.from_state(s["cat_ref"]),
+        np.asarray(s["cat_counts"]),
+        dict(s["ref_missing"]),
+        pred_ref,
+        None if counts is None else np.asarray(counts),
+    )
 
 
 @dataclass
@@ -96,16 +105,35 @@ class VersionReference:
         return self.fitted is None and self.size > 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "fitted": None if self.fitted is None else fitted_state(self.fitted),
-                "path": self.path, "rebuild": self.rebuild, "size": self.size,
-                "rows": [[num, codes, list(preds)] for num, codes, preds in self.rows], "count": self.count}
+        return {
+            "fingerprint": self.fingerprint,
+            "fitted": None if self.fitted is None else fitted_state(self.fitted),
+            "path": self.path,
+            "rebuild": self.rebuild,
+            "size": self.size,
+            "rows": [[num, codes, list(preds)] for num, codes, preds in self.rows],
+            "count": self.count,
+        }
 
     @classmethod
     def from_state(cls, s: dict[str, Any], d_num: int, d_cat: int) -> VersionReference:
-        rows = [(np.asarray(num, dtype=np.float64).reshape(-1, d_num),
-                 np.asarray(codes, dtype=np.int64).reshape(-1, d_cat), list(preds)) for num, codes, preds in s["rows"]]
-        return cls(s["fingerprint"], None if s["fitted"] is None else fitted_from_state(s["fitted"]), s["path"],
-                   bool(s["rebuild"]), int(s["size"]), rows, int(s["count"]))
+        rows = [
+            (
+                np.asarray(num, dtype=np.float64).reshape(-1, d_num),
+                np.asarray(codes, dtype=np.int64).reshape(-1, d_cat),
+                list(preds),
+            )
+            for num, codes, preds in s["rows"]
+        ]
+        return cls(
+            s["fingerprint"],
+            None if s["fitted"] is None else fitted_from_state(s["fitted"]),
+            s["path"],
+            bool(s["rebuild"]),
+            int(s["size"]),
+            rows,
+            int(s["count"]),
+        )
 
 
 class VersionLifecycle:
@@ -149,26 +177,34 @@ class VersionLifecycle:
         """Remember (boundedly) that a version was freed, so that its late labels do not
         bring its state back."""
         if version not in self.freed:
-            self.freed = [*self.freed[-(MAX_FREED - 1):], version]
+            self.freed = [*self.freed[-(MAX_FREED - 1) :], version]
 
     def forget(self, version: str) -> None:
         """Drop everything about a version (it is freed)."""
         for d in (self.roles, self.shares, self.refs, self.stall, self.rollbacks, self.free_at, self.fresh_from):
-            d.pop(version, None)  # type: ignore[attr-defined]
+            d.pop(version, None)
         self.stalled.discard(version)
         self.unconfirmed.discard(version)
         if self.stable == version:
             self.stable = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"roles": dict(self.roles), "shares": dict(self.shares), "stable": self.stable,
-                "refs": {v: r.state_dict() for v, r in self.refs.items()},
-                "queue": [msgspec.to_builtins(e) for e in self.queue],
-                "clock": None if self.clock == -math.inf else self.clock,
-                "stall": {v: list(x) for v, x in self.stall.items()}, "stalled": sorted(self.stalled),
-                "rollbacks": {v: list(x) for v, x in self.rollbacks.items()}, "unconfirmed": sorted(self.unconfirmed),
-                "free_at": dict(self.free_at), "rebased": self.rebased, "fresh_from": dict(self.fresh_from),
-                "freed": list(self.freed)}
+        return {
+            "roles": dict(self.roles),
+            "shares": dict(self.shares),
+            "stable": self.stable,
+            "refs": {v: r.state_dict() for v, r in self.refs.items()},
+            "queue": [msgspec.to_builtins(e) for e in self.queue],
+            "clock": None if self.clock == -math.inf else self.clock,
+            "stall": {v: list(x) for v, x in self.stall.items()},
+            "stalled": sorted(self.stalled),
+            "rollbacks": {v: list(x) for v, x in self.rollbacks.items()},
+            "unconfirmed": sorted(self.unconfirmed),
+            "free_at": dict(self.free_at),
+            "rebased": self.rebased,
+            "fresh_from": dict(self.fresh_from),
+            "freed": list(self.freed),
+        }
 
     @classmethod
     def from_state(cls, s: dict[str, Any] | None, d_num: int, d_cat: int) -> VersionLifecycle:
@@ -196,8 +232,9 @@ def _log_lambda(delta: float, variance: float, tau: float) -> float:
     return 0.5 * math.log(variance / (variance + tau2)) + tau2 * delta * delta / (2 * variance * (variance + tau2))
 
 
-def labels_needed(delta: float, var_candidate: float, var_stable: float, share: float, tau: float, alpha: float,
-                  min_samples: int) -> float:
+def labels_needed(
+    delta: float, var_candidate: float, var_stable: float, share: float, tau: float, alpha: float, min_samples: int
+) -> float:
     """Labelled events (both versions together, from the start of the comparison) an
     mSPRT needs to decide, if the difference it tests stays ``delta`` (> 0, in its
     favoured direction) and the per-event variances stay as observed.

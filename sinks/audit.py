@@ -80,10 +80,11 @@ from driftline.sinks.kafka import Headers, KafkaPublisher, Outgoing
 from driftline.sinks.policy import Trigger
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from driftline.monitor.decode import DecodedBatch, RawRecord
-    from driftline.sinks.delivery import DeliveryOutcome
-    from driftline.monitor.lifecycle import LifecycleEvent
     from kafka import KafkaProducer
+
+    from driftline.monitor.decode import DecodedBatch, RawRecord
+    from driftline.monitor.lifecycle import LifecycleEvent
+    from driftline.sinks.delivery import DeliveryOutcome
 
 __all__ = [
     "AuditLog",
@@ -164,8 +165,9 @@ def _clean(value: Any) -> Any:
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(_clean(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=str)
+    return json.dumps(
+        _clean(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+    )
 
 
 def record_id(kind: str, material: Any) -> str:
@@ -220,8 +222,15 @@ class AuditRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON values (the Kafka copy's value)."""
-        return {"id": self.id, "kind": self.kind, "model": self.model, "version": self.version,
-                "ts": self.ts, "trigger_key": self.trigger_key, "payload": self.payload}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "version": self.version,
+            "ts": self.ts,
+            "trigger_key": self.trigger_key,
+            "payload": self.payload,
+        }
 
 
 @dataclass(frozen=True)
@@ -235,8 +244,12 @@ class SourceRange:
     last_offset: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition,
-                "first_offset": self.first_offset, "last_offset": self.last_offset}
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "first_offset": self.first_offset,
+            "last_offset": self.last_offset,
+        }
 
 
 @dataclass(frozen=True)
@@ -266,12 +279,14 @@ def alarm_record(alarm: Alarm) -> AuditRecord:
     that an alarm of a model whose state restarted elsewhere (the same indices counted
     from another position) is another record."""
     payload = alarm.to_dict(origin=True)
-    return AuditRecord(record_id("alarm", payload), "alarm", alarm.model, alarm.version,
-                       float(alarm.ts), _clean(payload))
+    return AuditRecord(
+        record_id("alarm", payload), "alarm", alarm.model, alarm.version, float(alarm.ts), _clean(payload)
+    )
 
 
-def trigger_record(trigger: Trigger, lineage: Lineage = Lineage(), *, reason: str | None = None,
-                   driftline_version: str | None = None) -> AuditRecord:
+def trigger_record(
+    trigger: Trigger, lineage: Lineage = Lineage(), *, reason: str | None = None, driftline_version: str | None = None
+) -> AuditRecord:
     """The record of a trigger with its lineage (see :class:`Lineage`).
 
     Parameters
@@ -302,13 +317,29 @@ def trigger_record(trigger: Trigger, lineage: Lineage = Lineage(), *, reason: st
         "detector_params": dict(lineage.detector_params),
         "driftline_version": driftline_version,
     }
-    return AuditRecord(record_id("trigger", trigger.idempotency_key), "trigger", trigger.model,
-                       trigger.version, float(trigger.ts), _clean(payload), trigger.idempotency_key)
+    return AuditRecord(
+        record_id("trigger", trigger.idempotency_key),
+        "trigger",
+        trigger.model,
+        trigger.version,
+        float(trigger.ts),
+        _clean(payload),
+        trigger.idempotency_key,
+    )
 
 
-def delivery_record(*, target: str, idempotency_key: str, model: str, version: str | None,
-                    action: str, outcome: str, attempts: int, at: float,
-                    error: str | None = None) -> AuditRecord:
+def delivery_record(
+    *,
+    target: str,
+    idempotency_key: str,
+    model: str,
+    version: str | None,
+    action: str,
+    outcome: str,
+    attempts: int,
+    at: float,
+    error: str | None = None,
+) -> AuditRecord:
     """The record of one delivery attempt's outcome (or of a dry run).
 
     ``error`` is the outbox's stored error (it never holds a URL or a secret), cut to
@@ -317,11 +348,16 @@ def delivery_record(*, target: str, idempotency_key: str, model: str, version: s
     """
     if error is not None and len(error) > _ERROR_CHARS:
         error = error[: _ERROR_CHARS - 3] + "..."
-    payload = {"target": target, "idempotency_key": idempotency_key, "action": action,
-               "outcome": outcome, "attempts": int(attempts), "error": error}
+    payload = {
+        "target": target,
+        "idempotency_key": idempotency_key,
+        "action": action,
+        "outcome": outcome,
+        "attempts": int(attempts),
+        "error": error,
+    }
     material = [target, idempotency_key, int(attempts), outcome]
-    return AuditRecord(record_id("delivery", material), "delivery", model, version, float(at),
-                       payload, idempotency_key)
+    return AuditRecord(record_id("delivery", material), "delivery", model, version, float(at), payload, idempotency_key)
 
 
 def lifecycle_record(event: LifecycleEvent, source: RawRecord | None = None) -> AuditRecord:
@@ -332,10 +368,16 @@ def lifecycle_record(event: LifecycleEvent, source: RawRecord | None = None) -> 
     """
     data = event.to_dict()
     payload = dict(data)
-    payload["source_position"] = (f"{source.topic}/{source.partition}/{source.offset}"
-                                  if source is not None else None)
-    return AuditRecord(record_id("lifecycle", data), "lifecycle", event.model, event.version,
-                       float(event.ts), _clean(payload), event.trigger)
+    payload["source_position"] = f"{source.topic}/{source.partition}/{source.offset}" if source is not None else None
+    return AuditRecord(
+        record_id("lifecycle", data),
+        "lifecycle",
+        event.model,
+        event.version,
+        float(event.ts),
+        _clean(payload),
+        event.trigger,
+    )
 
 
 # ---- the Kafka copy -------------------------------------------------------------------
@@ -344,10 +386,22 @@ def lifecycle_record(event: LifecycleEvent, source: RawRecord | None = None) -> 
 class _AuditPublisher(KafkaPublisher):
     """Publishes audit records (JSON, keyed by model, the id in a header)."""
 
-    def __init__(self, settings: KafkaSettings, topic: str, *, flush_timeout_seconds: float,
-                 producer: KafkaProducer | None = None) -> None:
-        super().__init__(settings, topic, what="audit record(s)", client_suffix="audit",
-                         flush_timeout_seconds=flush_timeout_seconds, producer=producer)
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        flush_timeout_seconds: float,
+        producer: KafkaProducer | None = None,
+    ) -> None:
+        super().__init__(
+            settings,
+            topic,
+            what="audit record(s)",
+            client_suffix="audit",
+            flush_timeout_seconds=flush_timeout_seconds,
+            producer=producer,
+        )
 
     def send(self, items: Sequence[tuple[int, AuditRecord]]) -> None:
         """Queue ``(seq, record)`` pairs for the next flush."""
@@ -364,8 +418,7 @@ class _AuditPublisher(KafkaPublisher):
 
     def _record(self, entry: Outgoing) -> tuple[bytes | None, bytes, Headers]:
         record: AuditRecord = entry.item[1]
-        value = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False,
-                           allow_nan=False).encode("utf-8")
+        value = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
         return record.model.encode("utf-8"), value, [("driftline-audit-id", record.id.encode("ascii"))]
 
 
@@ -373,9 +426,16 @@ class _AuditPublisher(KafkaPublisher):
 
 
 def _row_dict(values: tuple[Any, ...]) -> dict[str, Any]:
-    return {"id": values[0], "kind": values[1], "model": values[2], "version": values[3],
-            "ts": values[4], "trigger_key": values[5], "recorded_at": values[6],
-            "payload": json.loads(values[7])}
+    return {
+        "id": values[0],
+        "kind": values[1],
+        "model": values[2],
+        "version": values[3],
+        "ts": values[4],
+        "trigger_key": values[5],
+        "recorded_at": values[6],
+        "payload": json.loads(values[7]),
+    }
 
 
 _COLUMNS = "id, kind, model, version, ts, trigger_key, recorded_at, payload"
@@ -415,10 +475,18 @@ class AuditLog:
 
     name = "audit"
 
-    def __init__(self, path: str | Path, *, retention_days: float = 400.0,
-                 kafka: KafkaSettings | None = None, kafka_topic: str | None = None,
-                 producer: KafkaProducer | None = None, clock: Any = time.time,
-                 flush_timeout_seconds: float = 10.0, busy_timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention_days: float = 400.0,
+        kafka: KafkaSettings | None = None,
+        kafka_topic: str | None = None,
+        producer: KafkaProducer | None = None,
+        clock: Any = time.time,
+        flush_timeout_seconds: float = 10.0,
+        busy_timeout_seconds: float = 10.0,
+    ) -> None:
         if not retention_days > 0:
             raise ValueError(f"retention_days must be positive, got {retention_days!r}")
         self.path = Path(path)
@@ -428,20 +496,23 @@ class AuditLog:
         self._buffer: list[AuditRecord] = []
         self._publisher: _AuditPublisher | None = None
         if kafka_topic:
-            self._publisher = _AuditPublisher(kafka or KafkaSettings(), kafka_topic,
-                                              flush_timeout_seconds=flush_timeout_seconds,
-                                              producer=producer)
+            self._publisher = _AuditPublisher(
+                kafka or KafkaSettings(), kafka_topic, flush_timeout_seconds=flush_timeout_seconds, producer=producer
+            )
         self._handed: set[int] = set()
         self._publish_failing = False
         self._publish_backoff = 0.0
         self._next_publish_at = -math.inf
         self._last_prune = -math.inf
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                       timeout=busy_timeout_seconds)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_seconds
+            )
         except sqlite3.Error as exc:
-            raise SinkError(f"cannot open the audit log {str(self.path)!r} ({exc}): set audit.path "
-                            "(or state_dir) to a writable place") from None
+            raise SinkError(
+                f"cannot open the audit log {str(self.path)!r} ({exc}): set audit.path "
+                "(or state_dir) to a writable place"
+            ) from None
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -451,8 +522,14 @@ class AuditLog:
             raise
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, state_dir: Path | None = None,
-                      producer: KafkaProducer | None = None, clock: Any = time.time) -> AuditLog:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        state_dir: Path | None = None,
+        producer: KafkaProducer | None = None,
+        clock: Any = time.time,
+    ) -> AuditLog:
         """The audit log the configuration describes: ``audit.path`` (default
         ``<state_dir>/audit.sqlite3``, the directory created if missing),
         ``audit.retention_days`` and ``audit.kafka_topic`` on ``kafka``'s brokers.
@@ -468,11 +545,19 @@ class AuditLog:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise SinkError(f"cannot create state_dir {str(directory)!r} for the audit log ({exc}): "
-                                "set state_dir (or audit.path) to a writable place") from None
+                raise SinkError(
+                    f"cannot create state_dir {str(directory)!r} for the audit log ({exc}): "
+                    "set state_dir (or audit.path) to a writable place"
+                ) from None
             path = directory / AUDIT_FILE
-        return cls(path, retention_days=settings.audit.retention_days, kafka=settings.kafka,
-                   kafka_topic=settings.audit.kafka_topic, producer=producer, clock=clock)
+        return cls(
+            path,
+            retention_days=settings.audit.retention_days,
+            kafka=settings.kafka,
+            kafka_topic=settings.audit.kafka_topic,
+            producer=producer,
+            clock=clock,
+        )
 
     # -- appending --------------------------------------------------------------------------
     def append(self, records: Iterable[AuditRecord]) -> list[AuditRecord]:
@@ -500,14 +585,12 @@ class AuditLog:
                         raise ValueError(f"audit record kind must be one of {AUDIT_KINDS}, got {r.kind!r}")
                     cursor = self._db.execute(
                         f"INSERT OR IGNORE INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (r.id, r.kind, r.model, r.version, r.ts, r.trigger_key, now,
-                         _canonical(r.payload)),
+                        (r.id, r.kind, r.model, r.version, r.ts, r.trigger_key, now, _canonical(r.payload)),
                     )
                     if cursor.rowcount == 1:
                         added.append(r)
                         if copy:
-                            self._db.execute("INSERT INTO audit_outgoing (seq) VALUES (?)",
-                                             (cursor.lastrowid,))
+                            self._db.execute("INSERT INTO audit_outgoing (seq) VALUES (?)", (cursor.lastrowid,))
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -571,8 +654,12 @@ class AuditLog:
             if row[0] in self._handed:
                 continue  # in flight: the publisher waits for it
             d = _row_dict(row[1:])
-            fresh.append((row[0], AuditRecord(d["id"], d["kind"], d["model"], d["version"], d["ts"],
-                                              d["payload"], d["trigger_key"])))
+            fresh.append(
+                (
+                    row[0],
+                    AuditRecord(d["id"], d["kind"], d["model"], d["version"], d["ts"], d["payload"], d["trigger_key"]),
+                )
+            )
         publisher.send(fresh)
         self._handed.update(seq for seq, _ in fresh)
         error: SinkError | None = None
@@ -592,8 +679,13 @@ class AuditLog:
             self._publish_backoff = min(max(2 * self._publish_backoff, _RETRY_MIN_SECONDS), _RETRY_MAX_SECONDS)
             self._next_publish_at = self._clock() + self._publish_backoff
             if not self._publish_failing:
-                log.warning("audit records not published to Kafka topic %r (they are kept in %s and "
-                            "published at a later flush): %s", publisher.topic, self.path, str(error))
+                log.warning(
+                    "audit records not published to Kafka topic %r (they are kept in %s and "
+                    "published at a later flush): %s",
+                    publisher.topic,
+                    self.path,
+                    str(error),
+                )
             self._publish_failing = True
             return False
         if self._publish_failing:
@@ -619,8 +711,8 @@ class AuditLog:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 lost = self._db.execute(
-                    "DELETE FROM audit_outgoing WHERE seq IN "
-                    "(SELECT seq FROM audit WHERE recorded_at < ?)", (cutoff,)).rowcount
+                    "DELETE FROM audit_outgoing WHERE seq IN (SELECT seq FROM audit WHERE recorded_at < ?)", (cutoff,)
+                ).rowcount
                 deleted = self._db.execute("DELETE FROM audit WHERE recorded_at < ?", (cutoff,)).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
@@ -629,15 +721,26 @@ class AuditLog:
                 raise
         self._last_prune = now
         if lost:
-            log.warning("%d audit record(s) reached the retention of %.0f days before the Kafka "
-                        "topic acknowledged them; they are gone from the file and were never "
-                        "published", lost, self.retention_seconds / 86400.0)
+            log.warning(
+                "%d audit record(s) reached the retention of %.0f days before the Kafka "
+                "topic acknowledged them; they are gone from the file and were never "
+                "published",
+                lost,
+                self.retention_seconds / 86400.0,
+            )
         return deleted
 
     # -- reading ----------------------------------------------------------------------------
-    def query(self, model: str | None = None, version: str | None = None,
-              since: float | None = None, *, until: float | None = None,
-              kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def query(
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        since: float | None = None,
+        *,
+        until: float | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Records, by event time (``ts``) then order of recording.
 
         Parameters
@@ -668,8 +771,10 @@ class AuditLog:
             values.append(float(until))
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM audit{where} ORDER BY ts, seq LIMIT ?",
-                                    (*values, -1 if limit is None else int(limit))).fetchall()
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM audit{where} ORDER BY ts, seq LIMIT ?",
+                (*values, -1 if limit is None else int(limit)),
+            ).fetchall()
         return [_row_dict(r) for r in rows]
 
     def answer_chain(self, trigger_key: str) -> dict[str, Any]:
@@ -693,26 +798,43 @@ class AuditLog:
             When the prefix is too short, matches no record, or several triggers.
         """
         if len(trigger_key) < MIN_KEY_PREFIX:
-            raise ValueError(f"the key {trigger_key!r} is too short: give at least {MIN_KEY_PREFIX} "
-                             "characters of the trigger's idempotency key")
+            raise ValueError(
+                f"the key {trigger_key!r} is too short: give at least {MIN_KEY_PREFIX} "
+                "characters of the trigger's idempotency key"
+            )
         with self._lock:
-            keys = [k for (k,) in self._db.execute(
-                "SELECT DISTINCT trigger_key FROM audit WHERE substr(trigger_key, 1, ?) = ? LIMIT 3",
-                (len(trigger_key), trigger_key))]
+            keys = [
+                k
+                for (k,) in self._db.execute(
+                    "SELECT DISTINCT trigger_key FROM audit WHERE substr(trigger_key, 1, ?) = ? LIMIT 3",
+                    (len(trigger_key), trigger_key),
+                )
+            ]
         if not keys:
-            raise ValueError(f"no audit record cites the trigger key {trigger_key!r}: "
-                             "`driftline audit --kind trigger` lists the triggers")
+            raise ValueError(
+                f"no audit record cites the trigger key {trigger_key!r}: "
+                "`driftline audit --kind trigger` lists the triggers"
+            )
         if len(keys) > 1:
-            raise ValueError(f"the key prefix {trigger_key!r} matches several triggers "
-                             f"({', '.join(k[:12] for k in keys)}, ...): give more characters")
+            raise ValueError(
+                f"the key prefix {trigger_key!r} matches several triggers "
+                f"({', '.join(k[:12] for k in keys)}, ...): give more characters"
+            )
         key = keys[0]
         with self._lock:
-            rows = [_row_dict(r) for r in self._db.execute(
-                f"SELECT {_COLUMNS} FROM audit WHERE trigger_key = ? ORDER BY ts, seq", (key,))]
+            rows = [
+                _row_dict(r)
+                for r in self._db.execute(
+                    f"SELECT {_COLUMNS} FROM audit WHERE trigger_key = ? ORDER BY ts, seq", (key,)
+                )
+            ]
         trigger = next((r for r in rows if r["kind"] == "trigger"), None)
-        return {"key": key, "trigger": trigger,
-                "deliveries": [r for r in rows if r["kind"] == "delivery"],
-                "lifecycle": [r for r in rows if r["kind"] == "lifecycle"]}
+        return {
+            "key": key,
+            "trigger": trigger,
+            "deliveries": [r for r in rows if r["kind"] == "delivery"],
+            "lifecycle": [r for r in rows if r["kind"] == "lifecycle"],
+        }
 
     def close(self) -> None:
         """Append what is buffered, publish what can be published (failures are
@@ -723,8 +845,7 @@ class AuditLog:
                     self.append(self._buffer)
                     self._buffer = []
                 except sqlite3.Error as exc:
-                    log.error("closing the audit log with %d record(s) not appended: %s",
-                              len(self._buffer), exc)
+                    log.error("closing the audit log with %d record(s) not appended: %s", len(self._buffer), exc)
             if self._publisher is not None:
                 if self._clock() >= self._next_publish_at:  # not while backing off an outage
                     self.publish()
@@ -767,8 +888,14 @@ class EvidencePositions:
         self.max_models = max_models
         self._marks: dict[str, deque[tuple[int, int, str, int, int, int]]] = {}
 
-    def note(self, model: str, first_index: int, end_index: int, first_position: str | None,
-             next_offsets: Mapping[tuple[str, int], int]) -> None:
+    def note(
+        self,
+        model: str,
+        first_index: int,
+        end_index: int,
+        first_position: str | None,
+        next_offsets: Mapping[tuple[str, int], int],
+    ) -> None:
         """The batch gave ``model``'s events indices ``first_index .. end_index - 1``; its
         first record of the model was at ``first_position`` (``topic/partition/offset``)
         and ``next_offsets`` is the source's next offset per partition after the batch."""
@@ -872,16 +999,18 @@ class AuditRecorder:
         models = self.engine.models
         self._counts = {name: models[name].n_events for name in decoded.predictions if name in models}
 
-    def after_batch(self, decoded: DecodedBatch, alarms: Sequence[Alarm],
-                    next_offsets: Mapping[tuple[str, int], int]) -> None:
+    def after_batch(
+        self, decoded: DecodedBatch, alarms: Sequence[Alarm], next_offsets: Mapping[tuple[str, int], int]
+    ) -> None:
         """Note where the batch's events sit; write its lifecycle events and alarms."""
         models = self.engine.models
         for name, p in decoded.predictions.items():
             mm = models.get(name)
             if mm is not None:
                 self.positions.note(name, self._counts.get(name, 0), mm.n_events, p.first_position, next_offsets)
-        records = [lifecycle_record(e, src)
-                   for e, src in zip(decoded.lifecycle, decoded.lifecycle_sources, strict=True)]
+        records = [
+            lifecycle_record(e, src) for e, src in zip(decoded.lifecycle, decoded.lifecycle_sources, strict=True)
+        ]
         records += [alarm_record(a) for a in alarms]
         if records:
             self.audit.write(records)
@@ -914,16 +1043,27 @@ class AuditRecorder:
         """One delivery attempt ended (called from the delivery thread): appended now,
         under the log's lock. A failure to append is logged: the outbox keeps the
         outcome, and the audit misses this attempt's record."""
-        record = delivery_record(target=outcome.target, idempotency_key=outcome.idempotency_key,
-                                 model=outcome.model, version=outcome.version, action=outcome.action,
-                                 outcome=outcome.outcome, attempts=outcome.attempts, at=outcome.at,
-                                 error=outcome.error)
+        record = delivery_record(
+            target=outcome.target,
+            idempotency_key=outcome.idempotency_key,
+            model=outcome.model,
+            version=outcome.version,
+            action=outcome.action,
+            outcome=outcome.outcome,
+            attempts=outcome.attempts,
+            at=outcome.at,
+            error=outcome.error,
+        )
         try:
             self.audit.append([record])
         except sqlite3.Error as exc:
-            log.warning("the %s outcome of a webhook (key %s) to target %r is not in the audit log "
-                        "(%s); the outbox keeps it", outcome.outcome, outcome.idempotency_key[:12],
-                        outcome.target, exc)
+            log.warning(
+                "the %s outcome of a webhook (key %s) to target %r is not in the audit log (%s); the outbox keeps it",
+                outcome.outcome,
+                outcome.idempotency_key[:12],
+                outcome.target,
+                exc,
+            )
 
 
 def _reference_fingerprint(mm: Any, version: str) -> str | None:
@@ -957,18 +1097,24 @@ def _summary(r: Mapping[str, Any]) -> str:
     kind = r["kind"]
     if kind == "alarm":
         feature = f" {p.get('feature')}" if p.get("feature") else ""
-        return (f"{p.get('kind')} {p.get('detector')}{feature}: statistic {_num(p.get('statistic'))} "
-                f"threshold {_num(p.get('threshold'))}, events {p.get('first_index')}-{p.get('last_index')}, "
-                f"action {p.get('action')}")
+        return (
+            f"{p.get('kind')} {p.get('detector')}{feature}: statistic {_num(p.get('statistic'))} "
+            f"threshold {_num(p.get('threshold'))}, events {p.get('first_index')}-{p.get('last_index')}, "
+            f"action {p.get('action')}"
+        )
     if kind == "trigger":
         ref = (p.get("reference_fingerprint") or "-")[:12]
         cfg = (p.get("config_fingerprint") or "-")[:12]
-        positions = ", ".join(f"{s['topic']}/{s['partition']}@{s['first_offset']}-{s['last_offset']}"
-                              for s in p.get("source_positions") or [])
-        return (f"{p.get('action')} on {len(p.get('evidence') or [])} alarm(s), events "
-                f"{p.get('first_index')}-{p.get('last_index')}"
-                + (f" [{positions}]" if positions else "")
-                + f", reference {ref}, config {cfg}, driftline {p.get('driftline_version')}")
+        positions = ", ".join(
+            f"{s['topic']}/{s['partition']}@{s['first_offset']}-{s['last_offset']}"
+            for s in p.get("source_positions") or []
+        )
+        return (
+            f"{p.get('action')} on {len(p.get('evidence') or [])} alarm(s), events "
+            f"{p.get('first_index')}-{p.get('last_index')}"
+            + (f" [{positions}]" if positions else "")
+            + f", reference {ref}, config {cfg}, driftline {p.get('driftline_version')}"
+        )
     if kind == "delivery":
         error = f": {p['error']}" if p.get("error") else ""
         return f"{p.get('action')} {p.get('outcome')} to {p.get('target')} (attempt {p.get('attempts')}){error}"
@@ -976,8 +1122,9 @@ def _summary(r: Mapping[str, Any]) -> str:
     if p.get("role"):
         parts.append(f"as {p['role']}")
     if p.get("traffic_share") is not None:
-        parts.append(f"at {p['traffic_share']:.0%}" if isinstance(p["traffic_share"], (int, float))
-                     else str(p["traffic_share"]))
+        parts.append(
+            f"at {p['traffic_share']:.0%}" if isinstance(p["traffic_share"], (int, float)) else str(p["traffic_share"])
+        )
     ref = p.get("reference")
     if ref:
         parts.append(f"reference {ref.get('path') or 'first ' + str(ref.get('from_stream')) + ' events'}")
@@ -1010,15 +1157,18 @@ def format_records(records: Sequence[Mapping[str, Any]], fmt: str = "table") -> 
         For another ``fmt``.
     """
     if fmt == "json":
-        return "\n".join(json.dumps(dict(r), separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-                         for r in records)
+        return "\n".join(
+            json.dumps(dict(r), separators=(",", ":"), ensure_ascii=False, sort_keys=True) for r in records
+        )
     if fmt != "table":
         raise ValueError(f"fmt must be 'table' or 'json', got {fmt!r}")
     lines = [f"{'time (UTC)':<20}  {'kind':<9} {'model':<16} {'version':<10} {'trigger':<12}  what"]
     for r in records:
-        lines.append(f"{_when(r['ts']):<20}  {r['kind']:<9} {_line(r['model'])[:16]:<16} "
-                     f"{_line(r['version'] or '-')[:10]:<10} {(r['trigger_key'] or '-')[:12]:<12}  "
-                     f"{_line(_summary(r))}")
+        lines.append(
+            f"{_when(r['ts']):<20}  {r['kind']:<9} {_line(r['model'])[:16]:<16} "
+            f"{_line(r['version'] or '-')[:10]:<10} {(r['trigger_key'] or '-')[:12]:<12}  "
+            f"{_line(_summary(r))}"
+        )
     return "\n".join(lines)
 
 
@@ -1044,13 +1194,13 @@ def format_chain(chain: Mapping[str, Any], fmt: str = "table") -> str:
         for a in p.get("evidence") or []:
             out.append(f"    {_when(a.get('ts'))}  {_line(_summary({'kind': 'alarm', 'payload': a}))}")
     out.append("what happened next:")
-    nxt = sorted([*chain.get("deliveries", []), *chain.get("lifecycle", [])],
-                 key=lambda r: (r["ts"], r["recorded_at"]))
+    nxt = sorted([*chain.get("deliveries", []), *chain.get("lifecycle", [])], key=lambda r: (r["ts"], r["recorded_at"]))
     if not nxt:
         out.append("  nothing recorded yet")
     for r in nxt:
-        out.append(f"  {_when(r['ts'])}  {r['kind']:<9} {_line(r['model'])} {_line(r['version'] or '-')}: "
-                   f"{_line(_summary(r))}")
+        out.append(
+            f"  {_when(r['ts'])}  {r['kind']:<9} {_line(r['model'])} {_line(r['version'] or '-')}: {_line(_summary(r))}"
+        )
     return "\n".join(out)
 
 
@@ -1085,9 +1235,11 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         when = datetime.datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
     except ValueError:
-        raise ValueError(f"cannot read {text!r} as a time: give epoch seconds (1763900000), an ISO "
-                         "date or time (2026-11-24, 2026-11-24T09:30Z) or a duration back from "
-                         "now (36h, 7d)") from None
+        raise ValueError(
+            f"cannot read {text!r} as a time: give epoch seconds (1763900000), an ISO "
+            "date or time (2026-11-24, 2026-11-24T09:30Z) or a duration back from "
+            "now (36h, 7d)"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp()

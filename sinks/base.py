@@ -13,7 +13,8 @@ decides whether to commit).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from driftline.monitor.alarms import Alarm
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import orjson
 
@@ -86,14 +86,18 @@ class FileDeadLetters:
         """
         if not self._pending:
             return
-        data = b"".join(orjson.dumps({**d.to_dict(), "size": len(d.value or b""), "sha256": digest(d.value)})
-                        + b"\n" for d in self._pending)
+        data = b"".join(
+            orjson.dumps({**d.to_dict(), "size": len(d.value or b""), "sha256": digest(d.value)}) + b"\n"
+            for d in self._pending
+        )
         try:
             self._lines.append(data)
         except OSError as exc:
-            raise SinkError(f"cannot write {len(self._pending)} dead letter(s) to {self.path} "
-                            f"({exc.strerror or exc}); they are kept for the next flush: "
-                            "check the disk and permissions") from None
+            raise SinkError(
+                f"cannot write {len(self._pending)} dead letter(s) to {self.path} "
+                f"({exc.strerror or exc}); they are kept for the next flush: "
+                "check the disk and permissions"
+            ) from None
         self._pending.clear()
 
     def close(self) -> None:
@@ -139,18 +143,33 @@ class KafkaDeadLetters(KafkaPublisher):
 
     name = "dead-letters"
 
-    def __init__(self, settings: KafkaSettings, producer=None, *, max_bytes: int | None = None,
-                 flush_timeout_seconds: float = 10.0) -> None:
-        self.max_bytes = int(max_bytes if max_bytes is not None
-                             else getattr(settings, "dead_letter_max_bytes", DEFAULT_MAX_BYTES))
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        producer=None,
+        *,
+        max_bytes: int | None = None,
+        flush_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.max_bytes = int(
+            max_bytes if max_bytes is not None else getattr(settings, "dead_letter_max_bytes", DEFAULT_MAX_BYTES)
+        )
         if self.max_bytes < 4 * _MIN_VALUE_BYTES + _KEY_BYTES:
-            raise ValueError(f"max_bytes must be at least {4 * _MIN_VALUE_BYTES + _KEY_BYTES} "
-                             f"(got {self.max_bytes}): room for the headers, a cut key and some value")
+            raise ValueError(
+                f"max_bytes must be at least {4 * _MIN_VALUE_BYTES + _KEY_BYTES} "
+                f"(got {self.max_bytes}): room for the headers, a cut key and some value"
+            )
         # the producer's own check counts its record overhead too: leave it room, so
         # that a record cut to max_bytes is never refused on this side
-        super().__init__(settings, settings.dead_letter_topic, what="dead letter(s)",
-                         client_suffix="dead-letters", flush_timeout_seconds=flush_timeout_seconds,
-                         max_request_size=max(self.max_bytes + 65_536, 1_048_576), producer=producer)
+        super().__init__(
+            settings,
+            settings.dead_letter_topic,
+            what="dead letter(s)",
+            client_suffix="dead-letters",
+            flush_timeout_seconds=flush_timeout_seconds,
+            max_request_size=max(self.max_bytes + 65_536, 1_048_576),
+            producer=producer,
+        )
 
     def write(self, letters: Sequence[DeadLetter]) -> None:
         self._add(letters, limit=self.max_bytes)
@@ -173,7 +192,7 @@ class KafkaDeadLetters(KafkaPublisher):
         room = limit - len(key or b"") - sum(len(k) + len(v) for k, v in headers) - len("driftline-truncated") - 5
         truncated = len(value) > room
         headers.append(("driftline-truncated", b"true" if truncated else b"false"))
-        return key, value[:max(room, 0)] if truncated else value, headers
+        return key, value[: max(room, 0)] if truncated else value, headers
 
     def _shrink(self, entry: Outgoing) -> bool:
         d: DeadLetter = entry.item
@@ -182,9 +201,15 @@ class KafkaDeadLetters(KafkaPublisher):
         if sent <= _MIN_VALUE_BYTES:
             return False
         entry.limit = max(sent // 2, _MIN_VALUE_BYTES)
-        log.warning("dead letter from %s/%d/%d refused for its size: sending again with at most %d "
-                    "bytes (raise the dead-letter topic's max.message.bytes, or lower "
-                    "kafka.dead_letter_max_bytes)", d.topic, d.partition, d.offset, entry.limit)
+        log.warning(
+            "dead letter from %s/%d/%d refused for its size: sending again with at most %d "
+            "bytes (raise the dead-letter topic's max.message.bytes, or lower "
+            "kafka.dead_letter_max_bytes)",
+            d.topic,
+            d.partition,
+            d.offset,
+            entry.limit,
+        )
         return True
 
 

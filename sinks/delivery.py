@@ -45,8 +45,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import httpx
 
@@ -268,9 +269,7 @@ class Deliverer:
         self.idle_seconds = idle_seconds
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
-        self._client = httpx.Client(
-            follow_redirects=False, headers={"User-Agent": _USER_AGENT}, transport=transport
-        )
+        self._client = httpx.Client(follow_redirects=False, headers={"User-Agent": _USER_AGENT}, transport=transport)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -319,9 +318,13 @@ class Deliverer:
                 self._prune()
                 next_at = self.outbox.next_due_at()
             except sqlite3.Error as exc:
-                log.error("the webhook outbox %s cannot be read or updated (%s); retrying in "
-                          "%.0fs: check the disk and the file's permissions",
-                          self.outbox.path, exc, self.idle_seconds)
+                log.error(
+                    "the webhook outbox %s cannot be read or updated (%s); retrying in "
+                    "%.0fs: check the disk and the file's permissions",
+                    self.outbox.path,
+                    exc,
+                    self.idle_seconds,
+                )
                 next_at = None
             wait = self.idle_seconds
             if next_at is not None:
@@ -334,8 +337,7 @@ class Deliverer:
             self._last_prune = now
             removed = self.outbox.prune(_RETENTION_SECONDS)
             if removed:
-                log.info("removed %d webhook outbox rows older than %.0f days",
-                         removed, _RETENTION_SECONDS / 86400)
+                log.info("removed %d webhook outbox rows older than %.0f days", removed, _RETENTION_SECONDS / 86400)
                 self.report_pending()
 
     def report_pending(self) -> None:
@@ -378,24 +380,43 @@ class Deliverer:
             return
         version = row.payload.get("version") if isinstance(row.payload, dict) else None
         try:
-            self.on_outcome(DeliveryOutcome(row.target, row.idempotency_key, row.model,
-                                            version if isinstance(version, str) else None,
-                                            row.action, outcome, attempts, self._clock(), error))
+            self.on_outcome(
+                DeliveryOutcome(
+                    row.target,
+                    row.idempotency_key,
+                    row.model,
+                    version if isinstance(version, str) else None,
+                    row.action,
+                    outcome,
+                    attempts,
+                    self._clock(),
+                    error,
+                )
+            )
         except Exception:  # noqa: BLE001 - a recorder's bug must not stop deliveries
-            log.exception("recording the %s outcome of webhook %s (key %s) failed",
-                          outcome, row.action, row.idempotency_key[:12])
+            log.exception(
+                "recording the %s outcome of webhook %s (key %s) failed", outcome, row.action, row.idempotency_key[:12]
+            )
 
-    def _give_up(self, row: OutboxRow, target: WebhookTarget, attempts: int, error: str,
-                 now: float) -> None:
+    def _give_up(self, row: OutboxRow, target: WebhookTarget, attempts: int, error: str, now: float) -> None:
         self.outbox.mark_failed(row.target, row.idempotency_key, attempts, error)
         self.telemetry.record_webhook(target.name, row.action, "failed")
         self._report(row, "failed", attempts, error)
         short_key = row.idempotency_key[:12]
-        log.error("webhook %s for %s (key %s) to target %r failed for good after %d attempts "
-                  "over %s: %s. Check the receiver, then re-send it with `driftline webhooks "
-                  "resend --key %s --target %s` (or --all-failed)",
-                  row.action, row.model, short_key, target.name, attempts,
-                  _duration(now - row.queued_at), error, short_key, target.name)
+        log.error(
+            "webhook %s for %s (key %s) to target %r failed for good after %d attempts "
+            "over %s: %s. Check the receiver, then re-send it with `driftline webhooks "
+            "resend --key %s --target %s` (or --all-failed)",
+            row.action,
+            row.model,
+            short_key,
+            target.name,
+            attempts,
+            _duration(now - row.queued_at),
+            error,
+            short_key,
+            target.name,
+        )
 
     def _attempt(self, row: OutboxRow) -> float | None:
         """One attempt at ``row``; returns its retry time when the target was unreachable."""
@@ -403,13 +424,17 @@ class Deliverer:
         resolved = self.targets.get(row.target)
         short_key = row.idempotency_key[:12]
         if resolved is None:
-            self.outbox.mark_failed(row.target, row.idempotency_key, row.attempts,
-                                    "target is no longer configured")
+            self.outbox.mark_failed(row.target, row.idempotency_key, row.attempts, "target is no longer configured")
             self.telemetry.record_webhook(row.target, row.action, "failed")
             self._report(row, "failed", row.attempts, "target is no longer configured")
-            log.error("webhook %s for %s (key %s) was recorded for target %r, which is no longer "
-                      "configured: marked failed; add the target back to deliver it",
-                      row.action, row.model, short_key, row.target)
+            log.error(
+                "webhook %s for %s (key %s) was recorded for target %r, which is no longer "
+                "configured: marked failed; add the target back to deliver it",
+                row.action,
+                row.model,
+                short_key,
+                row.target,
+            )
             return None
         target = resolved.target
         try:
@@ -420,23 +445,28 @@ class Deliverer:
                 self.outbox.mark_failed(row.target, row.idempotency_key, attempts, error)
                 self.telemetry.record_webhook(target.name, row.action, "rejected")
                 self._report(row, "rejected", attempts, error)
-                log.error("webhook target %r rejected %s for %s (key %s): %s. This is a "
-                          "configuration error: check the target's url, preset and token; "
-                          "the trigger is marked failed and not retried: once fixed, re-send "
-                          "it with `driftline webhooks resend --key %s --target %s`",
-                          target.name, row.action, row.model, short_key, error, short_key,
-                          target.name)
+                log.error(
+                    "webhook target %r rejected %s for %s (key %s): %s. This is a "
+                    "configuration error: check the target's url, preset and token; "
+                    "the trigger is marked failed and not retried: once fixed, re-send "
+                    "it with `driftline webhooks resend --key %s --target %s`",
+                    target.name,
+                    row.action,
+                    row.model,
+                    short_key,
+                    error,
+                    short_key,
+                    target.name,
+                )
                 return None
             now = self._clock()
             horizon = row.queued_at + target.max_retry_seconds
-            if now >= horizon or (target.max_attempts is not None
-                                  and attempts >= target.max_attempts):
+            if now >= horizon or (target.max_attempts is not None and attempts >= target.max_attempts):
                 self._give_up(row, target, attempts, error, now)
                 return None
             delay = exc.retry_after
             if delay is None:
-                delay = backoff_delay(attempts, self.retry_base_seconds,
-                                      self.retry_max_seconds, self._rng)
+                delay = backoff_delay(attempts, self.retry_base_seconds, self.retry_max_seconds, self._rng)
             # The last attempt comes at the horizon rather than never.
             next_at = min(now + delay, horizon)
             self.outbox.mark_retry(row.target, row.idempotency_key, attempts, next_at, error)
@@ -444,18 +474,32 @@ class Deliverer:
             self._report(row, "retried", attempts, error)
             # An outage of hours means hundreds of attempts per row: the first few and
             # then every power of two are warnings, the rest are kept at INFO.
-            level = logging.WARNING if attempts <= 3 or attempts & (attempts - 1) == 0 \
-                else logging.INFO
-            log.log(level, "webhook %s for %s (key %s) to target %r, attempt %d: %s; retrying "
-                    "in %.2fs (gives up in %s)", row.action, row.model, short_key, target.name,
-                    attempts, error, next_at - now, _duration(horizon - now))
+            level = logging.WARNING if attempts <= 3 or attempts & (attempts - 1) == 0 else logging.INFO
+            log.log(
+                level,
+                "webhook %s for %s (key %s) to target %r, attempt %d: %s; retrying in %.2fs (gives up in %s)",
+                row.action,
+                row.model,
+                short_key,
+                target.name,
+                attempts,
+                error,
+                next_at - now,
+                _duration(horizon - now),
+            )
             return next_at if isinstance(exc, _Unreachable) else None
         self.outbox.mark_delivered(row.target, row.idempotency_key, attempts)
         self.telemetry.record_webhook(target.name, row.action, "delivered")
         self._report(row, "delivered", attempts, None)
         self.telemetry.mark_success("webhook")
-        log.info("webhook %s for %s (key %s) delivered to target %r (attempt %d)",
-                 row.action, row.model, short_key, target.name, attempts)
+        log.info(
+            "webhook %s for %s (key %s) delivered to target %r (attempt %d)",
+            row.action,
+            row.model,
+            short_key,
+            target.name,
+            attempts,
+        )
         return None
 
     def _send(self, resolved: ResolvedTarget, row: OutboxRow) -> None:
@@ -481,13 +525,9 @@ class Deliverer:
                 retryable=True,
             ) from None
         except httpx.ConnectError as exc:
-            raise _Unreachable(
-                f"connection failed ({type(exc).__name__}: {exc})", retryable=True
-            ) from None
+            raise _Unreachable(f"connection failed ({type(exc).__name__}: {exc})", retryable=True) from None
         except httpx.TransportError as exc:
-            raise DeliveryError(
-                f"connection failed ({type(exc).__name__}: {exc})", retryable=True
-            ) from None
+            raise DeliveryError(f"connection failed ({type(exc).__name__}: {exc})", retryable=True) from None
         status = response.status_code
         if 200 <= status < 300:
             return

@@ -1,9 +1,9 @@
 """Exceptions of the sinks package.
 
-    DriftlineError (driftline.monitor.exceptions)
-     +-- SinkError               a sink could not make its alarms durable or deliver them
-     |    +-- SinkBackpressureError  the destination asked to slow down (retry_after seconds)
-     +-- DeliveryError           one webhook request failed (carries whether to retry)
+DriftlineError (driftline.monitor.exceptions)
+ +-- SinkError               a sink could not make its alarms durable or deliver them
+ |    +-- SinkBackpressureError  the destination asked to slow down (retry_after seconds)
+ +-- DeliveryError           one webhook request failed (carries whether to retry)
 """
 
 from __future__ import annotations

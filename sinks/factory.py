@@ -15,13 +15,12 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry
 
 from driftline.monitor.config import PrometheusSettings, Settings
-from driftline.sinks.policy import TriggerPolicy
 from driftline.monitor.snapshot import VersionSnapshot
 from driftline.monitor.telemetry import Telemetry
 from driftline.sinks.base import Sink
@@ -30,6 +29,7 @@ from driftline.sinks.exceptions import SinkError
 from driftline.sinks.http import MetricsServer
 from driftline.sinks.jsonl import JsonlSink
 from driftline.sinks.kafka import KafkaAlarmSink
+from driftline.sinks.policy import TriggerPolicy
 from driftline.sinks.prometheus import EngineCollector
 from driftline.sinks.webhook import WebhookSink
 
@@ -95,10 +95,17 @@ def build_sinks(
                 f"cannot create state_dir {str(directory)!r} for the webhook outbox ({exc}): "
                 "set state_dir to a writable directory"
             ) from None
-        sinks.append(WebhookSink(
-            settings.webhooks, outbox=directory / OUTBOX_FILE, telemetry=webhook_telemetry,
-            policy=policy, environ=environ, on_triggers=on_triggers, on_delivery=on_delivery,
-        ))
+        sinks.append(
+            WebhookSink(
+                settings.webhooks,
+                outbox=directory / OUTBOX_FILE,
+                telemetry=webhook_telemetry,
+                policy=policy,
+                environ=environ,
+                on_triggers=on_triggers,
+                on_delivery=on_delivery,
+            )
+        )
     return sinks
 
 

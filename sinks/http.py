@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -60,8 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/readyz":
             self._readyz()
         else:
-            self._send(404, b"not found: try /metrics, /healthz or /readyz\n",
-                       "text/plain; charset=utf-8")
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -70,8 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             # The scrape fails visibly (Prometheus marks the target down); the cause is logged.
             log.exception("collecting metrics failed")
-            self._send(500, b"collecting metrics failed: see the driftline log\n",
-                       "text/plain; charset=utf-8")
+            self._send(500, b"collecting metrics failed: see the driftline log\n", "text/plain; charset=utf-8")
             return
         self._send(200, body, content_type)
 
@@ -135,7 +134,7 @@ class MetricsServer:
         host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"http://{host}:{self.port}"
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         """Bind and serve.
 
         Raises
@@ -159,8 +158,10 @@ class MetricsServer:
         server.readiness = self.readiness
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2},
-            name="driftline-metrics", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="driftline-metrics",
+            daemon=True,
         )
         self._thread.start()
         log.info("serving /metrics, /healthz and /readyz on %s:%d", self.settings.host, self.port)
@@ -177,7 +178,7 @@ class MetricsServer:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> "MetricsServer":
+    def __enter__(self) -> MetricsServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -17,8 +17,8 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from driftline.monitor.alarms import Alarm
 from driftline.sinks.exceptions import SinkError
@@ -93,8 +93,9 @@ class LineFile:
             if start is not None:
                 self._file.truncate(start)
         except OSError as exc:
-            log.warning("could not cut a partial write off %s (%s): the next write may "
-                        "follow a torn line", self.path, exc)
+            log.warning(
+                "could not cut a partial write off %s (%s): the next write may follow a torn line", self.path, exc
+            )
         finally:
             try:
                 self._file.close()
@@ -183,6 +184,11 @@ def _cut_torn_line(handle: io.FileIO, path: Path, what: str, chunk: int = 1 << 1
             position = start
         else:
             keep = 0
-    log.warning("%s ended with %d bytes of an unfinished line (a write cut short by a crash); "
-                "removed: those %s are written again", path, end - keep, what)
+    log.warning(
+        "%s ended with %d bytes of an unfinished line (a write cut short by a crash); "
+        "removed: those %s are written again",
+        path,
+        end - keep,
+        what,
+    )
     handle.truncate(keep)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError
@@ -95,9 +96,17 @@ class KafkaPublisher:
         :meth:`close` all the same).
     """
 
-    def __init__(self, settings: KafkaSettings, topic: str, *, what: str, client_suffix: str,
-                 flush_timeout_seconds: float = 10.0, max_request_size: int | None = None,
-                 producer: KafkaProducer | None = None) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        what: str,
+        client_suffix: str,
+        flush_timeout_seconds: float = 10.0,
+        max_request_size: int | None = None,
+        producer: KafkaProducer | None = None,
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.flush_timeout_seconds = flush_timeout_seconds
@@ -126,14 +135,16 @@ class KafkaPublisher:
     def _config(self) -> dict[str, Any]:
         timeout_ms = int(self.flush_timeout_seconds * 1000)
         config = client_options(self.settings, "producer")  # brokers, TLS, SASL, buffers
-        config.update({
-            "client_id": f"{self.settings.client_id}-{self._client_suffix}",
-            "acks": "all",
-            "max_block_ms": timeout_ms,
-            "request_timeout_ms": timeout_ms,
-            "bootstrap_timeout_ms": timeout_ms,
-            "linger_ms": 5,
-        })
+        config.update(
+            {
+                "client_id": f"{self.settings.client_id}-{self._client_suffix}",
+                "acks": "all",
+                "max_block_ms": timeout_ms,
+                "request_timeout_ms": timeout_ms,
+                "bootstrap_timeout_ms": timeout_ms,
+                "linger_ms": 5,
+            }
+        )
         if self._max_request_size is not None:
             config["max_request_size"] = self._max_request_size
         return config
@@ -239,8 +250,9 @@ class KafkaPublisher:
         try:
             self.flush()
         except SinkError as exc:
-            log.warning("Kafka topic %r: closing with %d unpublished %s: %s",
-                        self.topic, len(self._pending), self._what, exc)
+            log.warning(
+                "Kafka topic %r: closing with %d unpublished %s: %s", self.topic, len(self._pending), self._what, exc
+            )
         finally:
             if self._producer is not None:
                 self._producer.close(timeout=self.flush_timeout_seconds)
@@ -274,15 +286,22 @@ class KafkaAlarmSink(KafkaPublisher):
 
     name = "kafka"
 
-    def __init__(self, settings: KafkaSettings, *, flush_timeout_seconds: float = 10.0,
-                 producer: KafkaProducer | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, *, flush_timeout_seconds: float = 10.0, producer: KafkaProducer | None = None
+    ) -> None:
         if not settings.alarms_topic:
             raise ConfigError(
                 "kafka.alarms_topic is not set: name the topic alarms are published to, "
                 "or do not build the Kafka alarm sink"
             )
-        super().__init__(settings, settings.alarms_topic, what="alarm(s)", client_suffix="alarms",
-                         flush_timeout_seconds=flush_timeout_seconds, producer=producer)
+        super().__init__(
+            settings,
+            settings.alarms_topic,
+            what="alarm(s)",
+            client_suffix="alarms",
+            flush_timeout_seconds=flush_timeout_seconds,
+            producer=producer,
+        )
 
     def write(self, alarms: Sequence[Alarm]) -> None:
         self._add(alarms)

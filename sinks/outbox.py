@@ -22,9 +22,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["Outbox", "OutboxRow", "OutboxEntry", "STATUSES", "MIN_KEY_PREFIX"]
 
@@ -127,14 +128,14 @@ class Outbox:
     connection).
     """
 
-    def __init__(
-        self, path: str | Path, clock: Any = time.time, busy_timeout_seconds: float = 10.0
-    ) -> None:
+    def __init__(self, path: str | Path, clock: Any = time.time, busy_timeout_seconds: float = 10.0) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False,
+            str(self.path),
+            isolation_level=None,
+            check_same_thread=False,
             timeout=busy_timeout_seconds,
         )
         try:
@@ -176,8 +177,16 @@ class Outbox:
                         "INSERT OR IGNORE INTO deliveries (target, idempotency_key, model, "
                         "action, payload, next_attempt_at, created_at, queued_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (e.target, e.idempotency_key, e.model, e.action,
-                         json.dumps(e.payload, separators=(",", ":")), now, now, now),
+                        (
+                            e.target,
+                            e.idempotency_key,
+                            e.model,
+                            e.action,
+                            json.dumps(e.payload, separators=(",", ":")),
+                            now,
+                            now,
+                            now,
+                        ),
                     )
                     if cursor.rowcount == 1:
                         added.append(e)
@@ -219,9 +228,7 @@ class Outbox:
     def count(self, status: str) -> int:
         """Rows with ``status`` (one of :data:`STATUSES`)."""
         with self._lock:
-            (value,) = self._db.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE status = ?", (status,)
-            ).fetchone()
+            (value,) = self._db.execute("SELECT COUNT(*) FROM deliveries WHERE status = ?", (status,)).fetchone()
         return int(value)
 
     def get(self, target: str, key: str) -> OutboxRow | None:
@@ -232,15 +239,12 @@ class Outbox:
             ).fetchone()
         return None if values is None else _row(values)
 
-    def rows(
-        self, status: str | None = None, target: str | None = None, limit: int | None = None
-    ) -> list[OutboxRow]:
+    def rows(self, status: str | None = None, target: str | None = None, limit: int | None = None) -> list[OutboxRow]:
         """Rows, oldest first, optionally only those with ``status`` / for ``target``."""
         where, values = self._where(status=status, target=target)
         with self._lock:
             cursor = self._db.execute(
-                f"SELECT {_COLUMNS} FROM deliveries{where} "
-                "ORDER BY created_at, target, idempotency_key LIMIT ?",
+                f"SELECT {_COLUMNS} FROM deliveries{where} ORDER BY created_at, target, idempotency_key LIMIT ?",
                 (*values, -1 if limit is None else limit),
             )
             return [_row(v) for v in cursor.fetchall()]
@@ -297,9 +301,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                chosen = self._db.execute(
-                    f"SELECT target, idempotency_key FROM deliveries{where}", values
-                ).fetchall()
+                chosen = self._db.execute(f"SELECT target, idempotency_key FROM deliveries{where}", values).fetchall()
                 self._db.execute(
                     "UPDATE deliveries SET status = 'pending', attempts = 0, "
                     f"next_attempt_at = ?, queued_at = ?{where}",
@@ -313,17 +315,20 @@ class Outbox:
         return [row for t, k in chosen if (row := self.get(t, k)) is not None]
 
     def mark_delivered(self, target: str, key: str, attempts: int) -> None:
-        self._update(target, key, "status = 'delivered', attempts = ?, delivered_at = ?, "
-                     "last_error = NULL", (attempts, self._clock()))
+        self._update(
+            target,
+            key,
+            "status = 'delivered', attempts = ?, delivered_at = ?, last_error = NULL",
+            (attempts, self._clock()),
+        )
 
-    def mark_retry(self, target: str, key: str, attempts: int, next_attempt_at: float,
-                   error: str) -> None:
-        self._update(target, key, "attempts = ?, next_attempt_at = ?, last_error = ?",
-                     (attempts, next_attempt_at, error))
+    def mark_retry(self, target: str, key: str, attempts: int, next_attempt_at: float, error: str) -> None:
+        self._update(
+            target, key, "attempts = ?, next_attempt_at = ?, last_error = ?", (attempts, next_attempt_at, error)
+        )
 
     def mark_failed(self, target: str, key: str, attempts: int, error: str) -> None:
-        self._update(target, key, "status = 'failed', attempts = ?, last_error = ?",
-                     (attempts, error))
+        self._update(target, key, "status = 'failed', attempts = ?, last_error = ?", (attempts, error))
 
     def defer(self, target: str, key: str, next_attempt_at: float) -> None:
         """Put off a pending row's next attempt to ``next_attempt_at`` (attempts unchanged)."""
@@ -333,8 +338,7 @@ class Outbox:
         with self._lock:
             # Only pending rows change: a delivered row is never reopened.
             self._db.execute(
-                f"UPDATE deliveries SET {assignments} "
-                "WHERE target = ? AND idempotency_key = ? AND status = 'pending'",
+                f"UPDATE deliveries SET {assignments} WHERE target = ? AND idempotency_key = ? AND status = 'pending'",
                 (*values, target, key),
             )
 
@@ -350,9 +354,21 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT target, idempotency_key, model, action, payload, attempts, created_at "
                 f"FROM deliveries WHERE status = 'pending' AND model IN ({marks}) "
-                "ORDER BY created_at, target, idempotency_key", names).fetchall()
-        return [{"target": t, "idempotency_key": k, "model": m, "action": a, "payload": json.loads(p),
-                 "attempts": n, "created_at": c} for t, k, m, a, p, n, c in rows]
+                "ORDER BY created_at, target, idempotency_key",
+                names,
+            ).fetchall()
+        return [
+            {
+                "target": t,
+                "idempotency_key": k,
+                "model": m,
+                "action": a,
+                "payload": json.loads(p),
+                "attempts": n,
+                "created_at": c,
+            }
+            for t, k, m, a, p, n, c in rows
+        ]
 
     def adopt(self, rows: Iterable[dict[str, Any]]) -> int:
         """Insert :meth:`pending_for` rows of another instance, due now (one transaction);
@@ -373,9 +389,18 @@ class Outbox:
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO deliveries (target, idempotency_key, model, action, payload, "
                         "attempts, next_attempt_at, created_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (r["target"], r["idempotency_key"], r["model"], r["action"],
-                         json.dumps(r["payload"], separators=(",", ":")), int(r.get("attempts", 0)), now,
-                         float(r.get("created_at", now)), now))
+                        (
+                            r["target"],
+                            r["idempotency_key"],
+                            r["model"],
+                            r["action"],
+                            json.dumps(r["payload"], separators=(",", ":")),
+                            int(r.get("attempts", 0)),
+                            now,
+                            float(r.get("created_at", now)),
+                            now,
+                        ),
+                    )
                     added += cursor.rowcount == 1
                 self._db.execute("COMMIT")
             except BaseException:
@@ -392,8 +417,7 @@ class Outbox:
             return 0
         marks = ",".join("?" * len(names))
         with self._lock:
-            cursor = self._db.execute(
-                f"DELETE FROM deliveries WHERE status = 'pending' AND model IN ({marks})", names)
+            cursor = self._db.execute(f"DELETE FROM deliveries WHERE status = 'pending' AND model IN ({marks})", names)
             return cursor.rowcount
 
     def prune(self, older_than_seconds: float) -> int:

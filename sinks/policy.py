@@ -47,8 +47,9 @@ import bisect
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from driftline.monitor.alarms import TRIGGER_ACTIONS, Alarm
 from driftline.monitor.config import TriggerPolicySettings
@@ -61,8 +62,15 @@ __all__ = ["Trigger", "TriggerPolicy", "TRIGGER_ACTIONS", "idempotency_key"]
 _STATE_FORMAT = 1
 
 
-def idempotency_key(model: str, version: str, action: str, origins: Iterable[str | None],
-                    first_index: int, last_index: int, evidence: Iterable[Alarm] = ()) -> str:
+def idempotency_key(
+    model: str,
+    version: str,
+    action: str,
+    origins: Iterable[str | None],
+    first_index: int,
+    last_index: int,
+    evidence: Iterable[Alarm] = (),
+) -> str:
     """The idempotency key of a trigger: a SHA-256 hex digest of what identifies it.
 
     A trigger is identified by its model, version and action and by where its evidence
@@ -84,10 +92,26 @@ def idempotency_key(model: str, version: str, action: str, origins: Iterable[str
     'e8b564d3d2af'
     """
     material = json.dumps(
-        ["driftline.trigger/v2", model, version, action, sorted({o or "" for o in origins}),
-         int(first_index), int(last_index),
-         sorted([a.kind, a.detector, a.feature or "", a.first_index, a.last_index,
-                 *(() if a.segment is None else (a.segment,))] for a in evidence)]
+        [
+            "driftline.trigger/v2",
+            model,
+            version,
+            action,
+            sorted({o or "" for o in origins}),
+            int(first_index),
+            int(last_index),
+            sorted(
+                [
+                    a.kind,
+                    a.detector,
+                    a.feature or "",
+                    a.first_index,
+                    a.last_index,
+                    *(() if a.segment is None else (a.segment,)),
+                ]
+                for a in evidence
+            ),
+        ]
     )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -206,12 +230,13 @@ class TriggerPolicy:
                 del evidence[:drop]
             if len(evidence) < settings.min_alarms and not promote:
                 continue
-            if alarm.action == "retrain" and (
-                len({a.feature for a in evidence}) < settings.min_features
-            ):
+            if alarm.action == "retrain" and (len({a.feature for a in evidence}) < settings.min_features):
                 continue
-            if alarm.action == "retrain" and settings.min_segments and not _segments_enough(
-                    evidence, settings.min_segments):
+            if (
+                alarm.action == "retrain"
+                and settings.min_segments
+                and not _segments_enough(evidence, settings.min_segments)
+            ):
                 continue
             triggers.append(self._fire(alarm, route))
         return triggers
@@ -227,8 +252,9 @@ class TriggerPolicy:
             version=alarm.version,
             action=alarm.action,
             alarms=evidence,
-            idempotency_key=idempotency_key(alarm.model, alarm.version, alarm.action,
-                                            (a.origin for a in evidence), first, last, evidence),
+            idempotency_key=idempotency_key(
+                alarm.model, alarm.version, alarm.action, (a.origin for a in evidence), first, last, evidence
+            ),
             first_index=first,
             last_index=last,
             ts=route.latest_ts,
@@ -238,15 +264,15 @@ class TriggerPolicy:
         """The policy's state as plain JSON-compatible values (for checkpoints)."""
         routes = []
         for (model, action), route in sorted(self._routes.items()):
-            routes.append({
-                "model": model,
-                "action": action,
-                "latest_ts": route.latest_ts if math.isfinite(route.latest_ts) else None,
-                "cooldown_until": (
-                    route.cooldown_until if math.isfinite(route.cooldown_until) else None
-                ),
-                "evidence": [a.to_dict(origin=True) for a in route.evidence],
-            })
+            routes.append(
+                {
+                    "model": model,
+                    "action": action,
+                    "latest_ts": route.latest_ts if math.isfinite(route.latest_ts) else None,
+                    "cooldown_until": (route.cooldown_until if math.isfinite(route.cooldown_until) else None),
+                    "evidence": [a.to_dict(origin=True) for a in route.evidence],
+                }
+            )
         return {"format": _STATE_FORMAT, "routes": routes}
 
     def state_for(self, models: Iterable[str]) -> dict[str, Any]:
@@ -278,7 +304,7 @@ class TriggerPolicy:
     @classmethod
     def from_state(
         cls, settings: TriggerPolicySettings, state: dict[str, Any], max_evidence: int = 1000
-    ) -> "TriggerPolicy":
+    ) -> TriggerPolicy:
         """Rebuild a policy from :meth:`state_dict` output.
 
         Raises
@@ -297,9 +323,7 @@ class TriggerPolicy:
             route = _Route(
                 evidence=sorted((Alarm.from_dict(a) for a in entry["evidence"]), key=_ts),
                 latest_ts=-math.inf if entry["latest_ts"] is None else float(entry["latest_ts"]),
-                cooldown_until=(
-                    -math.inf if entry["cooldown_until"] is None else float(entry["cooldown_until"])
-                ),
+                cooldown_until=(-math.inf if entry["cooldown_until"] is None else float(entry["cooldown_until"])),
             )
             policy._routes[(entry["model"], entry["action"])] = route
         return policy

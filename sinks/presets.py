@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from driftline.monitor.config import WebhookTarget
@@ -50,8 +51,16 @@ GITHUB_CLIENT_PAYLOAD_MAX_KEYS = 10
 
 # Which payload keys GitHub keeps first when the payload has to be trimmed.
 _GITHUB_KEY_PRIORITY = (
-    "schema", "idempotency_key", "model", "version", "action", "first_index",
-    "last_index", "reason", "created_at", "evidence",
+    "schema",
+    "idempotency_key",
+    "model",
+    "version",
+    "action",
+    "first_index",
+    "last_index",
+    "reason",
+    "created_at",
+    "evidence",
 )
 _SLACK_EVIDENCE_LINES = 10
 
@@ -155,17 +164,22 @@ def _slack(target: WebhookTarget, payload: dict[str, Any], token: str | None) ->
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
             {"type": "section", "text": {"type": "mrkdwn", "text": payload["reason"][:3000]}},
-            {"type": "section", "fields": [
-                {"type": "mrkdwn", "text": f"*Model*\n{payload['model']}"},
-                {"type": "mrkdwn", "text": f"*Version*\n{payload['version']}"},
-                {"type": "mrkdwn", "text": f"*Action*\n{payload['action']}"},
-                {"type": "mrkdwn",
-                 "text": f"*Events*\n{payload['first_index']}–{payload['last_index']}"},
-            ]},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*Model*\n{payload['model']}"},
+                    {"type": "mrkdwn", "text": f"*Version*\n{payload['version']}"},
+                    {"type": "mrkdwn", "text": f"*Action*\n{payload['action']}"},
+                    {"type": "mrkdwn", "text": f"*Events*\n{payload['first_index']}–{payload['last_index']}"},
+                ],
+            },
             {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000] or "-"}},
-            {"type": "context", "elements": [
-                {"type": "mrkdwn", "text": f"idempotency key `{payload['idempotency_key']}`"},
-            ]},
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": f"idempotency key `{payload['idempotency_key']}`"},
+                ],
+            },
         ],
     }
     return RenderedRequest(_json(body), "application/json")

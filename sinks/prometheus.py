@@ -34,7 +34,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -88,60 +88,83 @@ class PrometheusTelemetry:
         self._clock = clock
         self._lock = threading.Lock()
         self.events = Counter(
-            "driftline_events_consumed_total", "Events consumed, by stream.",
-            ["stream"], registry=registry)
+            "driftline_events_consumed_total", "Events consumed, by stream.", ["stream"], registry=registry
+        )
         self.invalid = Counter(
             "driftline_invalid_events_total",
             "Records dead-lettered because they break the event contract, by reason.",
-            ["reason"], registry=registry)
+            ["reason"],
+            registry=registry,
+        )
         self.join = Counter(
-            "driftline_label_join_total", "Label-join outcomes of feedback and predictions.",
-            ["outcome"], registry=registry)
+            "driftline_label_join_total",
+            "Label-join outcomes of feedback and predictions.",
+            ["outcome"],
+            registry=registry,
+        )
         self.alarms = Counter(
-            "driftline_alarms_total", "Alarms raised, by model and kind.",
-            ["model", "kind"], registry=registry)
+            "driftline_alarms_total", "Alarms raised, by model and kind.", ["model", "kind"], registry=registry
+        )
         self.batch_seconds = Histogram(
-            "driftline_batch_duration_seconds", "Time to process one batch end to end.",
-            buckets=_BATCH_SECONDS_BUCKETS, registry=registry)
+            "driftline_batch_duration_seconds",
+            "Time to process one batch end to end.",
+            buckets=_BATCH_SECONDS_BUCKETS,
+            registry=registry,
+        )
         self.batch_size = Histogram(
-            "driftline_batch_size_events", "Records per processed batch.",
-            buckets=_BATCH_SIZE_BUCKETS, registry=registry)
+            "driftline_batch_size_events",
+            "Records per processed batch.",
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
         self.lag = Gauge(
-            "driftline_consumer_lag", "Consumer lag in records, per owned partition.",
-            ["topic", "partition"], registry=registry)
+            "driftline_consumer_lag",
+            "Consumer lag in records, per owned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.last_success = Gauge(
             "driftline_last_success_timestamp_seconds",
             "When batch, commit, checkpoint or webhook last succeeded (Unix seconds).",
-            ["what"], registry=registry)
-        self.ready = Gauge(
-            "driftline_ready", "1 when the component is ready.",
-            ["component"], registry=registry)
+            ["what"],
+            registry=registry,
+        )
+        self.ready = Gauge("driftline_ready", "1 when the component is ready.", ["component"], registry=registry)
         self.broker_errors = Counter(
             "driftline_broker_errors_total",
             "Requests to the Kafka brokers that failed or went unanswered (polls, probes, "
             "commits); rising during an outage, flat once the brokers are back.",
-            registry=registry)
+            registry=registry,
+        )
         self.assigned_partitions = Gauge(
-            "driftline_assigned_partitions", "Partitions assigned to this instance by the group.",
-            registry=registry)
+            "driftline_assigned_partitions", "Partitions assigned to this instance by the group.", registry=registry
+        )
         self.webhook_deliveries = Counter(
             "driftline_webhook_deliveries_total",
             "Webhook delivery attempts by outcome (delivered, retried, failed, rejected, dry_run).",
-            ["target", "action", "outcome"], registry=registry)
+            ["target", "action", "outcome"],
+            registry=registry,
+        )
         self.outbox_pending = Gauge(
-            "driftline_webhook_outbox_pending", "Webhook deliveries waiting in the outbox.",
-            registry=registry)
+            "driftline_webhook_outbox_pending", "Webhook deliveries waiting in the outbox.", registry=registry
+        )
         self.outbox_failed = Gauge(
             "driftline_webhook_outbox_failed",
             "Webhook deliveries that failed for good (`driftline webhooks resend` re-sends them).",
-            registry=registry)
+            registry=registry,
+        )
         self.triggers = Counter(
-            "driftline_triggers_total", "Retrain / rollback triggers recorded in the outbox.",
-            ["model", "action"], registry=registry)
+            "driftline_triggers_total",
+            "Retrain / rollback triggers recorded in the outbox.",
+            ["model", "action"],
+            registry=registry,
+        )
         self.feature_overflow = Counter(
             "driftline_feature_overflow_total",
-            "Features beyond the per-model cap (folded into feature=\"__overflow__\").",
-            ["model"], registry=registry)
+            'Features beyond the per-model cap (folded into feature="__overflow__").',
+            ["model"],
+            registry=registry,
+        )
         self._readiness = {component: False for component in components}
         for component in components:
             self.ready.labels(component).set(0)
@@ -257,9 +280,7 @@ class EngineCollector(Collector):
         on_overflow: Callable[[str, int], None] | None = None,
     ) -> None:
         if max_features_per_model < 1:
-            raise ValueError(
-                f"max_features_per_model must be a positive integer, got {max_features_per_model!r}"
-            )
+            raise ValueError(f"max_features_per_model must be a positive integer, got {max_features_per_model!r}")
         self._provider = snapshot_provider
         self.max_features_per_model = max_features_per_model
         self._on_overflow = on_overflow
@@ -306,101 +327,145 @@ class EngineCollector(Collector):
         kept = self._choose(snapshots)
         mv = ["model", "version"]
         statistic = GaugeMetricFamily(
-            "driftline_drift_statistic", "Latest drift statistic of a feature against the "
-            "reference.", labels=[*mv, "feature", "detector"])
+            "driftline_drift_statistic",
+            "Latest drift statistic of a feature against the reference.",
+            labels=[*mv, "feature", "detector"],
+        )
         p_value = GaugeMetricFamily(
-            "driftline_drift_p_value", "Latest (corrected) p-value of a drift test.",
-            labels=[*mv, "feature", "detector"])
+            "driftline_drift_p_value",
+            "Latest (corrected) p-value of a drift test.",
+            labels=[*mv, "feature", "detector"],
+        )
         threshold = GaugeMetricFamily(
-            "driftline_drift_threshold", "Alarm threshold of the drift statistic or p-value.",
-            labels=[*mv, "feature", "detector"])
+            "driftline_drift_threshold",
+            "Alarm threshold of the drift statistic or p-value.",
+            labels=[*mv, "feature", "detector"],
+        )
         quality = GaugeMetricFamily(
-            "driftline_data_quality_ratio", "Data-quality rates of the last window.",
-            labels=[*mv, "feature", "check"])
+            "driftline_data_quality_ratio", "Data-quality rates of the last window.", labels=[*mv, "feature", "check"]
+        )
         performance = GaugeMetricFamily(
-            "driftline_performance", "Performance of the last labelled window.",
-            labels=[*mv, "metric"])
-        events = CounterMetricFamily(
-            "driftline_model_events", "Prediction events seen per model version.", labels=mv)
+            "driftline_performance", "Performance of the last labelled window.", labels=[*mv, "metric"]
+        )
+        events = CounterMetricFamily("driftline_model_events", "Prediction events seen per model version.", labels=mv)
         labelled = CounterMetricFamily(
-            "driftline_model_labelled_events", "Prediction events joined with a label.",
-            labels=mv)
+            "driftline_model_labelled_events", "Prediction events joined with a label.", labels=mv
+        )
         latency = GaugeMetricFamily(
-            "driftline_model_latency_seconds", "Mean model latency over the last window.",
-            labels=mv)
+            "driftline_model_latency_seconds", "Mean model latency over the last window.", labels=mv
+        )
         reference_ready = GaugeMetricFamily(
-            "driftline_reference_ready", "1 when the model's reference is complete.", labels=mv)
+            "driftline_reference_ready", "1 when the model's reference is complete.", labels=mv
+        )
         last_event = GaugeMetricFamily(
-            "driftline_last_event_timestamp_seconds", "Event time of the last prediction.",
-            labels=mv)
+            "driftline_last_event_timestamp_seconds", "Event time of the last prediction.", labels=mv
+        )
         mixed = GaugeMetricFamily(
-            "driftline_mixed_features", "Features whose reference values mix numbers and "
-            "strings (not monitored until configured).", labels=["model"])
+            "driftline_mixed_features",
+            "Features whose reference values mix numbers and strings (not monitored until configured).",
+            labels=["model"],
+        )
         class_recall = GaugeMetricFamily(
-            "driftline_class_recall", "Recall of each of the most frequent classes over the "
-            "last labelled window (multi-class models).", labels=[*mv, "class"])
+            "driftline_class_recall",
+            "Recall of each of the most frequent classes over the last labelled window (multi-class models).",
+            labels=[*mv, "class"],
+        )
         # label-free estimation: the metric label takes a fixed set of values (accuracy,
         # precision, recall, f1, roc_auc; mae, rmse), so the cardinality stays bounded
         estimation_active = GaugeMetricFamily(
-            "driftline_performance_estimation_active", "1 when the version's performance is "
+            "driftline_performance_estimation_active",
+            "1 when the version's performance is "
             "estimated from its scores (calibrated on its labelled reference); 0 while it waits "
-            "for those labels or when they cannot calibrate it.", labels=mv)
+            "for those labels or when they cannot calibrate it.",
+            labels=mv,
+        )
         estimated = GaugeMetricFamily(
-            "driftline_performance_estimated", "Performance of the last prediction window, "
-            "estimated without labels.", labels=[*mv, "metric"])
+            "driftline_performance_estimated",
+            "Performance of the last prediction window, estimated without labels.",
+            labels=[*mv, "metric"],
+        )
         estimated_low = GaugeMetricFamily(
-            "driftline_performance_estimated_low", "Lower end of the estimate's confidence band.",
-            labels=[*mv, "metric"])
+            "driftline_performance_estimated_low",
+            "Lower end of the estimate's confidence band.",
+            labels=[*mv, "metric"],
+        )
         estimated_high = GaugeMetricFamily(
-            "driftline_performance_estimated_high", "Upper end of the estimate's confidence band.",
-            labels=[*mv, "metric"])
+            "driftline_performance_estimated_high",
+            "Upper end of the estimate's confidence band.",
+            labels=[*mv, "metric"],
+        )
         realized = GaugeMetricFamily(
-            "driftline_performance_realized", "Performance of the last labelled window by the "
-            "estimator's definitions (beside the estimate).", labels=[*mv, "metric"])
+            "driftline_performance_realized",
+            "Performance of the last labelled window by the estimator's definitions (beside the estimate).",
+            labels=[*mv, "metric"],
+        )
         estimation_error = GaugeMetricFamily(
-            "driftline_performance_estimation_error", "Estimate minus realized performance on "
-            "the last labelled window.", labels=[*mv, "metric"])
+            "driftline_performance_estimation_error",
+            "Estimate minus realized performance on the last labelled window.",
+            labels=[*mv, "metric"],
+        )
         # the delivery loop (issue 13): roles take a fixed set of values (stable, canary,
         # shadow, retiring); a freed version's series go with it, so its alerts resolve
         role = GaugeMetricFamily(
-            "driftline_version_role", "1 for the version's role from lifecycle events.", labels=[*mv, "role"])
+            "driftline_version_role", "1 for the version's role from lifecycle events.", labels=[*mv, "role"]
+        )
         traffic_share = GaugeMetricFamily(
-            "driftline_canary_traffic_share", "A canary's observed share of the labelled comparison "
-            "with the stable version.", labels=mv)
+            "driftline_canary_traffic_share",
+            "A canary's observed share of the labelled comparison with the stable version.",
+            labels=mv,
+        )
         labels_needed = GaugeMetricFamily(
-            "driftline_canary_labels_needed", "Labelled events a canary's tests still need for a "
-            "decision at the current estimates and traffic share (+Inf: none coming).", labels=mv)
+            "driftline_canary_labels_needed",
+            "Labelled events a canary's tests still need for a "
+            "decision at the current estimates and traffic share (+Inf: none coming).",
+            labels=mv,
+        )
         canary_stalled = GaugeMetricFamily(
-            "driftline_canary_stalled", "1 when a canary had too little traffic after its deployment.",
-            labels=mv)
+            "driftline_canary_stalled", "1 when a canary had too little traffic after its deployment.", labels=mv
+        )
         rollback_pending = GaugeMetricFamily(
-            "driftline_rollback_pending", "1 while a rollback alarm waits for its confirmation.", labels=mv)
+            "driftline_rollback_pending", "1 while a rollback alarm waits for its confirmation.", labels=mv
+        )
         rollback_unconfirmed = GaugeMetricFamily(
-            "driftline_rollback_unconfirmed", "1 when a rollback was neither answered by a rolled_back "
-            "event nor followed by the version's predictions stopping in time.", labels=mv)
+            "driftline_rollback_unconfirmed",
+            "1 when a rollback was neither answered by a rolled_back "
+            "event nor followed by the version's predictions stopping in time.",
+            labels=mv,
+        )
         seg = [*mv, "segment_feature", "segment"]
         segment_events = CounterMetricFamily(
-            "driftline_segment_events", "Prediction events per segment (segments.features).", labels=seg)
+            "driftline_segment_events", "Prediction events per segment (segments.features).", labels=seg
+        )
         segment_labelled = CounterMetricFamily(
-            "driftline_segment_labelled_events", "Labelled events per segment whose segment was known.",
-            labels=seg)
+            "driftline_segment_labelled_events", "Labelled events per segment whose segment was known.", labels=seg
+        )
         segment_reference = GaugeMetricFamily(
-            "driftline_segment_reference_events", "The segment's events in the reference.", labels=seg)
+            "driftline_segment_reference_events", "The segment's events in the reference.", labels=seg
+        )
         segment_tested = GaugeMetricFamily(
-            "driftline_segment_tested", "1 when the segment has enough reference events for its drift and "
-            "data-quality tests (segments.min_reference_events).", labels=seg)
+            "driftline_segment_tested",
+            "1 when the segment has enough reference events for its drift and "
+            "data-quality tests (segments.min_reference_events).",
+            labels=seg,
+        )
         segment_statistic = GaugeMetricFamily(
-            "driftline_segment_drift_statistic", "Latest drift statistic of a feature in a segment against the "
-            "segment's part of the reference.", labels=[*seg, "feature", "detector"])
+            "driftline_segment_drift_statistic",
+            "Latest drift statistic of a feature in a segment against the segment's part of the reference.",
+            labels=[*seg, "feature", "detector"],
+        )
         segment_p_value = GaugeMetricFamily(
-            "driftline_segment_drift_p_value", "Latest (corrected) p-value of a drift test in a segment.",
-            labels=[*seg, "feature", "detector"])
+            "driftline_segment_drift_p_value",
+            "Latest (corrected) p-value of a drift test in a segment.",
+            labels=[*seg, "feature", "detector"],
+        )
         segment_quality = GaugeMetricFamily(
-            "driftline_segment_data_quality_ratio", "Data-quality rates of a segment's last window.",
-            labels=[*seg, "feature", "check"])
+            "driftline_segment_data_quality_ratio",
+            "Data-quality rates of a segment's last window.",
+            labels=[*seg, "feature", "check"],
+        )
         segment_performance = GaugeMetricFamily(
-            "driftline_segment_performance", "Performance of a segment's last labelled window.",
-            labels=[*seg, "metric"])
+            "driftline_segment_performance", "Performance of a segment's last labelled window.", labels=[*seg, "metric"]
+        )
         mixed_seen: set[str] = set()
 
         for snap in snapshots:
@@ -427,10 +492,10 @@ class EngineCollector(Collector):
             folded_quality: dict[str, float] = {}
             for feature, checks in snap.quality.items():
                 for check, value in checks.items():
-                    best = folded_quality.get(check)
+                    worst = folded_quality.get(check)
                     if feature in keep:
                         quality.add_metric([*ids, feature, check], value)
-                    elif best is None or _larger(value, best):
+                    elif worst is None or _larger(value, worst):
                         folded_quality[check] = value
             for check, value in folded_quality.items():
                 quality.add_metric([*ids, OVERFLOW_FEATURE, check], value)
@@ -488,9 +553,37 @@ class EngineCollector(Collector):
                 mixed_seen.add(snap.model)
                 mixed.add_metric([snap.model], len(snap.mixed_features))
 
-        yield from (statistic, p_value, threshold, quality, performance, events, labelled,
-                    latency, reference_ready, last_event, mixed, class_recall, estimation_active,
-                    estimated, estimated_low, estimated_high, realized, estimation_error, role, traffic_share,
-                    labels_needed, canary_stalled, rollback_pending, rollback_unconfirmed, segment_events,
-                    segment_labelled, segment_reference, segment_tested, segment_statistic, segment_p_value,
-                    segment_quality, segment_performance)
+        yield from (
+            statistic,
+            p_value,
+            threshold,
+            quality,
+            performance,
+            events,
+            labelled,
+            latency,
+            reference_ready,
+            last_event,
+            mixed,
+            class_recall,
+            estimation_active,
+            estimated,
+            estimated_low,
+            estimated_high,
+            realized,
+            estimation_error,
+            role,
+            traffic_share,
+            labels_needed,
+            canary_stalled,
+            rollback_pending,
+            rollback_unconfirmed,
+            segment_events,
+            segment_labelled,
+            segment_reference,
+            segment_tested,
+            segment_statistic,
+            segment_p_value,
+            segment_quality,
+            segment_performance,
+        )

@@ -29,15 +29,15 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from driftline.monitor.alarms import Alarm
 from driftline.monitor.config import WebhookSettings, WebhookTarget
 from driftline.monitor.exceptions import ConfigError
-from driftline.sinks.policy import Trigger, TriggerPolicy
 from driftline.sinks.delivery import (
     Deliverer,
     DeliveryOutcome,
@@ -47,6 +47,7 @@ from driftline.sinks.delivery import (
 )
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.outbox import Outbox, OutboxEntry
+from driftline.sinks.policy import Trigger, TriggerPolicy
 from driftline.sinks.presets import TOKEN_REQUIRED, render, trigger_payload
 
 __all__ = ["WebhookSink", "resolve_targets"]
@@ -54,9 +55,7 @@ __all__ = ["WebhookSink", "resolve_targets"]
 log = logging.getLogger(__name__)
 
 
-def _read_env(
-    target: WebhookTarget, field_name: str, variable: str | None, environ: Mapping[str, str]
-) -> str | None:
+def _read_env(target: WebhookTarget, field_name: str, variable: str | None, environ: Mapping[str, str]) -> str | None:
     if variable is None:
         return None
     value = environ.get(variable)
@@ -70,9 +69,7 @@ def _read_env(
     return value
 
 
-def resolve_targets(
-    targets: Sequence[WebhookTarget], environ: Mapping[str, str]
-) -> dict[str, ResolvedTarget]:
+def resolve_targets(targets: Sequence[WebhookTarget], environ: Mapping[str, str]) -> dict[str, ResolvedTarget]:
     """Read each target's secret and token from ``environ``.
 
     Raises
@@ -178,10 +175,15 @@ class WebhookSink:
                     "state_dir exists and is writable"
                 ) from None
         self.deliverer = Deliverer(
-            self.outbox, self.targets, self.telemetry,
+            self.outbox,
+            self.targets,
+            self.telemetry,
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
-            clock=clock, rng=rng, transport=transport, on_outcome=on_delivery,
+            clock=clock,
+            rng=rng,
+            transport=transport,
+            on_outcome=on_delivery,
         )
         if start and not settings.policy.dry_run:
             self.deliverer.start()
@@ -239,19 +241,33 @@ class WebhookSink:
             ) from None
         for trigger, payload, trigger_entries in per_trigger:
             if not trigger_entries:
-                log.warning("%s trigger for %s (key %s): no webhook target receives %r; add it "
-                            "to a target's actions to send it", trigger.action, trigger.model,
-                            trigger.idempotency_key[:12], trigger.action)
+                log.warning(
+                    "%s trigger for %s (key %s): no webhook target receives %r; add it "
+                    "to a target's actions to send it",
+                    trigger.action,
+                    trigger.model,
+                    trigger.idempotency_key[:12],
+                    trigger.action,
+                )
                 continue
             if not any((e.target, e.idempotency_key) in added for e in trigger_entries):
-                log.info("%s trigger for %s (key %s) is already in the outbox (a replay): not "
-                         "recorded again", trigger.action, trigger.model,
-                         trigger.idempotency_key[:12])
+                log.info(
+                    "%s trigger for %s (key %s) is already in the outbox (a replay): not recorded again",
+                    trigger.action,
+                    trigger.model,
+                    trigger.idempotency_key[:12],
+                )
                 continue
             self.telemetry.record_trigger(trigger.model, trigger.action)
-            log.info("recorded %s trigger for %s %s (key %s) for %d target(s): %s",
-                     trigger.action, trigger.model, trigger.version, trigger.idempotency_key[:12],
-                     len(trigger_entries), payload["reason"])
+            log.info(
+                "recorded %s trigger for %s %s (key %s) for %d target(s): %s",
+                trigger.action,
+                trigger.model,
+                trigger.version,
+                trigger.idempotency_key[:12],
+                len(trigger_entries),
+                payload["reason"],
+            )
         if self.on_triggers is not None:
             self.on_triggers(self._pending, [p["reason"] for p in payloads])
         self._pending = []
@@ -271,9 +287,11 @@ class WebhookSink:
         try:
             added = self.outbox.adopt(rows)
         except sqlite3.Error as exc:
-            raise SinkError(f"cannot take over {len(rows)} pending webhook delivery(ies) into the outbox "
-                            f"{str(self.outbox.path)!r} ({exc}): check the disk space and permissions "
-                            "of state_dir") from None
+            raise SinkError(
+                f"cannot take over {len(rows)} pending webhook delivery(ies) into the outbox "
+                f"{str(self.outbox.path)!r} ({exc}): check the disk space and permissions "
+                "of state_dir"
+            ) from None
         if added:
             log.info("took over %d pending webhook delivery(ies) of a moved partition", added)
             self.deliverer.report_pending()
@@ -292,10 +310,17 @@ class WebhookSink:
                 if trigger.action not in resolved.target.actions:
                     continue
                 rendered = render(resolved.target, payload, resolved.token)
-                log.info("dry run: would send %s for %s %s (key %s) to target %r "
-                         "(preset %s, %d-byte body): %s", trigger.action, trigger.model,
-                         trigger.version, trigger.idempotency_key[:12], name,
-                         resolved.target.preset, len(rendered.body), payload["reason"])
+                log.info(
+                    "dry run: would send %s for %s %s (key %s) to target %r (preset %s, %d-byte body): %s",
+                    trigger.action,
+                    trigger.model,
+                    trigger.version,
+                    trigger.idempotency_key[:12],
+                    name,
+                    resolved.target.preset,
+                    len(rendered.body),
+                    payload["reason"],
+                )
                 self.telemetry.record_webhook(name, trigger.action, "dry_run")
 
     def close(self) -> None:
@@ -312,8 +337,7 @@ class WebhookSink:
         except SinkError as exc:
             # Nothing is lost: the offsets of these triggers were not committed, so the
             # alarms are replayed at the next start and raise the same triggers.
-            log.warning("webhook sink closing without recording %d trigger(s): %s",
-                        len(self._pending), exc)
+            log.warning("webhook sink closing without recording %d trigger(s): %s", len(self._pending), exc)
         finally:
             self.deliverer.stop()
             self.outbox.close()

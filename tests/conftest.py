@@ -21,7 +21,12 @@ from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makerep
 # what this one tries); no deadline or too-slow check (a shared CI machine's timing is not
 # the code's). max_examples is the default for tests that do not set their own.
 settings.register_profile(
-    "ci", derandomize=True, print_blob=True, deadline=None, max_examples=100, database=None,
+    "ci",
+    derandomize=True,
+    print_blob=True,
+    deadline=None,
+    max_examples=100,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 if os.environ.get("HYPOTHESIS_PROFILE"):
@@ -81,5 +86,7 @@ def _collector_untouched():
         gc.set_threshold(*threshold)
         if frozen == 0:
             gc.unfreeze()
-        pytest.fail(f"the test left the collector changed: thresholds {now[0]} (were {threshold}), "
-                    f"{now[1]} objects frozen (were {frozen}); stop what it started")
+        pytest.fail(
+            f"the test left the collector changed: thresholds {now[0]} (were {threshold}), "
+            f"{now[1]} objects frozen (were {frozen}); stop what it started"
+        )

@@ -17,12 +17,12 @@ on small throw-away suites.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-__all__ = ["ALLOWED_SKIPS", "ALLOW_ENV", "INSTALL_COMMAND", "pytest_make_collect_report",
-           "pytest_runtest_makereport"]
+__all__ = ["ALLOWED_SKIPS", "ALLOW_ENV", "INSTALL_COMMAND", "pytest_make_collect_report", "pytest_runtest_makereport"]
 
 ALLOWED_SKIPS: dict[str, str] = {}
 """Deliberate skips: a node id (or the prefix of one, e.g. a module path) -> why that
@@ -31,8 +31,7 @@ test may skip. Empty: no test of the suite may skip."""
 ALLOW_ENV = "DRIFTLINE_ALLOW_SKIPS"
 """Set to 1 to let skips pass (a local run without the system packages)."""
 
-INSTALL_COMMAND = ("apt-get update && apt-get install -y --no-install-recommends "
-                   "prometheus docker-compose")
+INSTALL_COMMAND = "apt-get update && apt-get install -y --no-install-recommends prometheus docker-compose"
 """What installs the system packages the suite needs (as root; ``make system-deps``)."""
 
 
@@ -41,9 +40,10 @@ def _strict() -> bool:
 
 
 def _allowed(nodeid: str) -> bool:
-    return any(nodeid == key or nodeid.startswith(key.rstrip(":") + "::") or
-               (key.endswith(".py") and nodeid.startswith(key))
-               for key in ALLOWED_SKIPS)
+    return any(
+        nodeid == key or nodeid.startswith(key.rstrip(":") + "::") or (key.endswith(".py") and nodeid.startswith(key))
+        for key in ALLOWED_SKIPS
+    )
 
 
 def _reason(longrepr: Any) -> str:
@@ -54,15 +54,16 @@ def _reason(longrepr: Any) -> str:
 
 
 def _failure(nodeid: str, reason: str) -> str:
-    return (f"{nodeid} was skipped ({reason}), and the suite allows no skip.\n"
-            f"Install what it needs: `make system-deps` as root, i.e. `{INSTALL_COMMAND}`; "
-            f"or, if the skip is deliberate, list the test with its reason in ALLOWED_SKIPS "
-            f"(tests/skip_policy.py). {ALLOW_ENV}=1 lets a local run skip.")
+    return (
+        f"{nodeid} was skipped ({reason}), and the suite allows no skip.\n"
+        f"Install what it needs: `make system-deps` as root, i.e. `{INSTALL_COMMAND}`; "
+        f"or, if the skip is deliberate, list the test with its reason in ALLOWED_SKIPS "
+        f"(tests/skip_policy.py). {ALLOW_ENV}=1 lets a local run skip."
+    )
 
 
 def _enforce(report: Any) -> None:
-    if (report.skipped and not hasattr(report, "wasxfail") and _strict()
-            and not _allowed(report.nodeid)):
+    if report.skipped and not hasattr(report, "wasxfail") and _strict() and not _allowed(report.nodeid):
         reason = _reason(report.longrepr)
         report.outcome = "failed"
         report.longrepr = _failure(report.nodeid, reason)

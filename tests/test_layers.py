@@ -22,13 +22,34 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"driftline": "driftline", "monitor": "driftline.monitor", "detectors": "driftline.detectors",
-           "sinks": "driftline.sinks"}
+FOLDERS = {
+    "driftline": "driftline",
+    "monitor": "driftline.monitor",
+    "detectors": "driftline.detectors",
+    "sinks": "driftline.sinks",
+}
 
 VOCABULARY = {"alarms", "snapshot", "telemetry", "exceptions", "config", "logs", "runtime", "kafka_client"}
-PIPELINE = {"decode", "contract", "schema", "join", "engine", "reference", "encoding", "checks", "canary",
-            "edges", "lifecycle", "quality", "performance", "drift", "versions", "estimation", "segments"}
-SOURCES = {"sources", "kafka_records", "changelog", "checkpoint", "consumer", "messages", "state"}
+PIPELINE = {
+    "decode",
+    "contract",
+    "schema",
+    "join",
+    "engine",
+    "reference",
+    "encoding",
+    "checks",
+    "canary",
+    "edges",
+    "lifecycle",
+    "quality",
+    "performance",
+    "drift",
+    "versions",
+    "estimation",
+    "segments",
+}
+SOURCES = {"sources", "confluent_source", "kafka_records", "changelog", "checkpoint", "consumer", "messages", "state"}
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -114,16 +135,21 @@ def test_layers_import_only_downwards():
                 continue  # third-party, or the module's own package
             t_layer, t_side = layer_of(target)
             if t_layer > layer or (t_layer == layer == 3 and t_side != side):
-                violations.add(f"{module} (layer {layer}{' ' + side if side else ''}) imports {target} "
-                                  f"(layer {t_layer}{' ' + t_side if t_side else ''})")
+                violations.add(
+                    f"{module} (layer {layer}{' ' + side if side else ''}) imports {target} "
+                    f"(layer {t_layer}{' ' + t_side if t_side else ''})"
+                )
     assert not violations, "\n".join(sorted(violations))
 
 
-@pytest.mark.parametrize("package,forbidden", [
-    ("driftline.detectors", ["kafka", "httpx", "prometheus_client", "pydantic", "msgspec", "sqlite3"]),
-    ("driftline.monitor.engine", ["kafka", "httpx", "prometheus_client", "sqlite3"]),
-    ("driftline.sinks", ["kafka", "httpx", "prometheus_client", "sqlite3"]),
-])
+@pytest.mark.parametrize(
+    "package,forbidden",
+    [
+        ("driftline.detectors", ["kafka", "httpx", "prometheus_client", "pydantic", "msgspec", "sqlite3"]),
+        ("driftline.monitor.engine", ["kafka", "httpx", "prometheus_client", "sqlite3"]),
+        ("driftline.sinks", ["kafka", "httpx", "prometheus_client", "sqlite3"]),
+    ],
+)
 def test_importing_a_layer_loads_no_io_library(package, forbidden):
     """The numerics and the pipeline load no client library; the sinks package loads
     nothing until a sink is imported (loading one sink must not load them all)."""

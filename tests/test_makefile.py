@@ -45,8 +45,9 @@ def _bin(tmp_path: Path, *, uid: int, present: tuple[str, ...] = (), apt: str | 
 def _system_deps(bin_dir: Path) -> subprocess.CompletedProcess[str]:
     assert MAKE is not None, "make is needed to run make test at all"
     env = {"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C"}
-    return subprocess.run([MAKE, "-s", "-C", str(ROOT), "system-deps"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [MAKE, "-s", "-C", str(ROOT), "system-deps"], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _apt_calls(tmp_path: Path) -> list[str]:
@@ -94,19 +95,24 @@ def test_an_install_that_leaves_a_binary_missing_fails(tmp_path):
 def test_root_with_apt_get_installs_the_packages(tmp_path):
     bin_dir = tmp_path / "bin"
     install = "; ".join(
-        f'printf "#!/bin/sh\\nexit 0\\n" > "{bin_dir}/{b}"; {CHMOD} +x "{bin_dir}/{b}"' for b in BINARIES)
+        f'printf "#!/bin/sh\\nexit 0\\n" > "{bin_dir}/{b}"; {CHMOD} +x "{bin_dir}/{b}"' for b in BINARIES
+    )
     done = _system_deps(_bin(tmp_path, uid=0, apt=f'if [ "$1" = install ]; then {install}; fi; exit 0'))
     assert done.returncode == 0, done.stderr
     calls = _apt_calls(tmp_path)
     assert calls[0].split()[0] == "update"
-    assert calls[1].split() == ["install", "-y", "-q", "--no-install-recommends", "prometheus",
-                                "docker-compose"]
+    assert calls[1].split() == ["install", "-y", "-q", "--no-install-recommends", "prometheus", "docker-compose"]
 
 
 def test_make_test_runs_system_deps_before_pytest_with_the_ci_profile():
     assert MAKE is not None
-    done = subprocess.run([MAKE, "-n", "-C", str(ROOT), "test"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "MAKEFLAGS": ""})
+    done = subprocess.run(
+        [MAKE, "-n", "-C", str(ROOT), "test"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MAKEFLAGS": ""},
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     pytest_line = next(i for i, line in enumerate(lines) if "-m pytest" in line)
@@ -120,11 +126,13 @@ def test_make_bench_runs_exactly_the_commands_benchmarks_md_documents():
     import re
 
     assert MAKE is not None
-    done = subprocess.run([MAKE, "-n", "-C", str(ROOT), "bench", "PY=.venv/bin/python"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [MAKE, "-n", "-C", str(ROOT), "bench", "PY=.venv/bin/python"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     ran = [line.strip() for line in done.stdout.splitlines() if "benchmarks/" in line]
-    documented = re.findall(r"^(\.venv/bin/python benchmarks/\S+\.py[^\n#]*?)\s*$",
-                            (ROOT / "BENCHMARKS.md").read_text(), re.MULTILINE)
+    documented = re.findall(
+        r"^(\.venv/bin/python benchmarks/\S+\.py[^\n#]*?)\s*$", (ROOT / "BENCHMARKS.md").read_text(), re.MULTILINE
+    )
     assert ran == documented
     assert len(ran) == 4 and all(cmd.endswith("--check") for cmd in ran)

@@ -59,21 +59,27 @@ MODULE_SKIP = {
 }
 
 
-def _run(tmp_path: Path, allowed: dict[str, str] | None = None, suite: dict[str, str] = SUITE,
-         **env: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, allowed: dict[str, str] | None = None, suite: dict[str, str] = SUITE, **env: str
+) -> subprocess.CompletedProcess[str]:
     tmp_path.mkdir(exist_ok=True)
     for name, text in suite.items():
         (tmp_path / name).write_text(textwrap.dedent(text))
     (tmp_path / "conftest.py").write_text(
         "from tests import skip_policy\n"
         "from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport\n"
-        f"skip_policy.ALLOWED_SKIPS.update({allowed or {}!r})\n")
+        f"skip_policy.ALLOWED_SKIPS.update({allowed or {}!r})\n"
+    )
     environ = {k: v for k, v in os.environ.items() if k != ALLOW_ENV}
     environ.update(PYTHONPATH=str(ROOT), **env)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-p", "no:randomly",
-         str(tmp_path)],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-p", "no:randomly", str(tmp_path)],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _outcomes(out: str) -> dict[str, str]:
@@ -82,8 +88,7 @@ def _outcomes(out: str) -> dict[str, str]:
     found = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in (
-                "PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL"):
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL"):
             found[parts[0].split("::")[-1]] = parts[1]
     return found
 
@@ -94,12 +99,11 @@ def test_every_kind_of_skip_fails_the_run_with_what_to_install(tmp_path):
     assert done.returncode != 0, out
     got = _outcomes(out)
     assert got["test_skips_in_its_body"] == "FAILED"
-    assert got["test_needs_it"] == "ERROR"          # skipped in its fixture's setup
-    assert got["test_marked"] == "ERROR"            # a skipif mark is applied at setup
+    assert got["test_needs_it"] == "ERROR"  # skipped in its fixture's setup
+    assert got["test_marked"] == "ERROR"  # a skipif mark is applied at setup
     assert got["test_passes"] == "PASSED" and got["test_expected_failure"] == "XFAIL"
     assert "SKIPPED" not in got.values()
-    for reason in ("promtool is not installed", "prometheus is not installed",
-                   "docker-compose is not installed"):
+    for reason in ("promtool is not installed", "prometheus is not installed", "docker-compose is not installed"):
         assert reason in out
     assert INSTALL_COMMAND in out and "ALLOWED_SKIPS" in out
 
@@ -118,8 +122,7 @@ def test_a_listed_skip_passes_and_the_others_still_fail(tmp_path):
     assert got["test_skips_in_its_body"] == "SKIPPED"
     assert got["test_needs_it"] == "ERROR" and got["test_marked"] == "ERROR"
     assert done.returncode != 0
-    module = _run(tmp_path / "module", allowed={"test_module.py": "the whole module"},
-                  suite=MODULE_SKIP)
+    module = _run(tmp_path / "module", allowed={"test_module.py": "the whole module"}, suite=MODULE_SKIP)
     assert module.returncode == 0, module.stdout + module.stderr
     assert "1 passed, 1 skipped" in module.stdout
 
@@ -140,15 +143,23 @@ def test_the_suite_itself_allows_no_skip():
 def test_the_ci_profile_is_loaded_under_ci_and_make_test(tmp_path, env):
     value = "true" if env == "CI" else "ci"
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
-    (tmp_path / "test_profile.py").write_text(textwrap.dedent("""
+    (tmp_path / "test_profile.py").write_text(
+        textwrap.dedent("""
         from hypothesis import settings
         def test_profile():
             s = settings.default
             assert s.derandomize and s.print_blob and s.deadline is None
             assert s.database is None and s.max_examples == 100
-        """))
+        """)
+    )
     environ = {k: v for k, v in os.environ.items() if k not in ("CI", "HYPOTHESIS_PROFILE")}
     environ.update(PYTHONPATH=str(ROOT), **{env: value})
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                          cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -56,8 +56,7 @@ def prometheus_rule(rules_file: Path = RULES) -> dict[str, Any]:
 
 def render(rules_file: Path = RULES) -> str:
     """The text of prometheusrule.yaml."""
-    body = yaml.dump(prometheus_rule(rules_file), Dumper=_Dumper, sort_keys=False, width=1000,
-                     allow_unicode=True)
+    body = yaml.dump(prometheus_rule(rules_file), Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
     return HEADER + body
 
 

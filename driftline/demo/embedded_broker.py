@@ -85,8 +85,10 @@ def _executable_copy(source: Path, dest: Path) -> Path:
         tmp.chmod(0o755)  # a file this process just created, in a directory it owns
         os.replace(tmp, dest)
     except OSError as exc:
-        raise SourceError(f"cannot copy the broker binary {source} to {dest} to make it executable "
-                          f"({exc.strerror}): set XDG_CACHE_HOME to a writable directory") from None
+        raise SourceError(
+            f"cannot copy the broker binary {source} to {dest} to make it executable "
+            f"({exc.strerror}): set XDG_CACHE_HOME to a writable directory"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest
@@ -118,9 +120,19 @@ class EmbeddedBroker:
             self._log_file = open(self.log_path, "ab")
         out = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [str(broker_binary()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            [
+                str(broker_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
         )
         deadline = time.monotonic() + timeout

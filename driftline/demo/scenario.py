@@ -148,8 +148,10 @@ class WebhookReceiver:
 
     def start(self) -> WebhookReceiver:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-            name="demo-webhook-receiver", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="demo-webhook-receiver",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -185,10 +187,15 @@ class WebhookReceiver:
                 return 200
             if key is not None:
                 self._keys.add(key)
-            self._triggers.append(ReceivedTrigger(
-                path, headers.get("X-Driftline-Event"), key,
-                payload if isinstance(payload, dict) else {"value": payload}, time.time(),
-            ))
+            self._triggers.append(
+                ReceivedTrigger(
+                    path,
+                    headers.get("X-Driftline-Event"),
+                    key,
+                    payload if isinstance(payload, dict) else {"value": payload},
+                    time.time(),
+                )
+            )
         return 204
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -265,8 +272,12 @@ def demo_scenario(events: int = DEMO_EVENTS, seed: int = 7) -> Scenario:
     (only a retrained model makes the drift go away), no fixed canary (the CI deploys
     them, :class:`DemoCI`), the concept drift 2,500 events before the end."""
     return Scenario(
-        events=events, seed=seed, feature_shift_at=FEATURE_SHIFT_AT, shift_events=None,
-        canary_share=0.0, concept_drift_at=max(FEATURE_SHIFT_AT + 1, events - CONCEPT_DRIFT_BEFORE_END),
+        events=events,
+        seed=seed,
+        feature_shift_at=FEATURE_SHIFT_AT,
+        shift_events=None,
+        canary_share=0.0,
+        concept_drift_at=max(FEATURE_SHIFT_AT + 1, events - CONCEPT_DRIFT_BEFORE_END),
     )
 
 
@@ -302,20 +313,44 @@ def demo_settings(
     from driftline.monitor.config import load_settings
 
     targets = [
-        {"name": "retrain", "url": retrain_url, "preset": "generic",
-         "actions": ["retrain"], "secret_env": secret_env,
-         "timeout_seconds": 5.0, "max_attempts": 5},
-        {"name": "rollback", "url": rollback_url, "preset": "generic",
-         "actions": ["rollback"], "secret_env": secret_env,
-         "timeout_seconds": 5.0, "max_attempts": 5},
+        {
+            "name": "retrain",
+            "url": retrain_url,
+            "preset": "generic",
+            "actions": ["retrain"],
+            "secret_env": secret_env,
+            "timeout_seconds": 5.0,
+            "max_attempts": 5,
+        },
+        {
+            "name": "rollback",
+            "url": rollback_url,
+            "preset": "generic",
+            "actions": ["rollback"],
+            "secret_env": secret_env,
+            "timeout_seconds": 5.0,
+            "max_attempts": 5,
+        },
     ]
     if promote_url is not None:
-        targets.append({"name": "promote", "url": promote_url, "preset": "generic",
-                        "actions": ["promote"], "secret_env": secret_env,
-                        "timeout_seconds": 5.0, "max_attempts": 5})
+        targets.append(
+            {
+                "name": "promote",
+                "url": promote_url,
+                "preset": "generic",
+                "actions": ["promote"],
+                "secret_env": secret_env,
+                "timeout_seconds": 5.0,
+                "max_attempts": 5,
+            }
+        )
     return load_settings(
-        kafka={"bootstrap_servers": bootstrap_servers, "group_id": "driftline-demo",
-               "client_id": "driftline-demo", "poll_timeout_ms": 200},
+        kafka={
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": "driftline-demo",
+            "client_id": "driftline-demo",
+            "poll_timeout_ms": 200,
+        },
         prometheus={"enabled": True, "host": metrics_host, "port": metrics_port},
         webhooks={
             "targets": targets,
@@ -327,8 +362,15 @@ def demo_settings(
             "reference": {"source": "stream", "size": 2000},
             "window": {"size": 1000},
             "performance": {"window": 500},
-            "canary": {"promote": {"enabled": promote_url is not None, "margin": 0.1, "tau": 0.08,
-                                   "alpha": 0.05, "min_samples": 100}},
+            "canary": {
+                "promote": {
+                    "enabled": promote_url is not None,
+                    "margin": 0.1,
+                    "tau": 0.08,
+                    "alpha": 0.05,
+                    "min_samples": 100,
+                }
+            },
         },
         state_dir=state_dir,
         alarms_jsonl=state_dir / "alarms.jsonl",
@@ -353,8 +395,9 @@ class Detection:
         return None if self.detected_at is None else self.detected_at - self.injection.index
 
 
-def match_detections(scenario: Scenario, alarms: list[dict[str, Any]],
-                     injections: list[Injection] | None = None) -> list[Detection]:
+def match_detections(
+    scenario: Scenario, alarms: list[dict[str, Any]], injections: list[Injection] | None = None
+) -> list[Detection]:
     """For each injected change (default: the scenario's), the earliest alarm at or
     after it that detects it.
 
@@ -419,27 +462,44 @@ def format_summary(
         else:
             a = d.alarm
             where = " ".join(x for x in (a.get("version"), a.get("feature")) if x)
-            rows.append([inj.name, f"event {inj.index:,}", f"event {d.detected_at:,}",
-                         f"{d.delay:,} events", f"{a.get('kind')} / {a.get('detector')}", where])
+            rows.append(
+                [
+                    inj.name,
+                    f"event {inj.index:,}",
+                    f"event {d.detected_at:,}",
+                    f"{d.delay:,} events",
+                    f"{a.get('kind')} / {a.get('detector')}",
+                    where,
+                ]
+            )
     lines += ["  " + line for line in _table(rows)]
     for d in detections:
         lines.append(f"  {d.injection.name}: {d.injection.description}")
     kinds: dict[str, int] = {}
     for a in alarms:
         kinds[a.get("kind", "?")] = kinds.get(a.get("kind", "?"), 0) + 1
-    lines += ["", f"Alarms: {len(alarms)} ("
-              + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none") + ")"]
-    lines += ["", f"Triggers received by the webhook receiver (signature verified): {len(triggers)}"
-              + (f", {rejected} rejected (bad signature)" if rejected else "")]
+    lines += [
+        "",
+        f"Alarms: {len(alarms)} (" + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none") + ")",
+    ]
+    lines += [
+        "",
+        f"Triggers received by the webhook receiver (signature verified): {len(triggers)}"
+        + (f", {rejected} rejected (bad signature)" if rejected else ""),
+    ]
     if triggers:
         rows = [["action", "model", "version", "evidence events", "reason"]]
         for t in triggers:
             p = t.payload
-            rows.append([
-                str(p.get("action", t.event)), str(p.get("model", "")), str(p.get("version", "")),
-                f"{p.get('first_index', '?')}-{p.get('last_index', '?')}",
-                str(p.get("reason", ""))[:70],
-            ])
+            rows.append(
+                [
+                    str(p.get("action", t.event)),
+                    str(p.get("model", "")),
+                    str(p.get("version", "")),
+                    f"{p.get('first_index', '?')}-{p.get('last_index', '?')}",
+                    str(p.get("reason", ""))[:70],
+                ]
+            )
         lines += ["  " + line for line in _table(rows)]
     if metrics_url:
         lines += ["", f"Metrics: {metrics_url}"]
@@ -454,12 +514,20 @@ def _loop_lines(loop: LoopReport) -> list[str]:
     lines = ["", f"The delivery loop ({done} of {len(loop.steps)} steps):"]
     rows = [["", "step", "at", "seen"]]
     for name, step in loop.steps.items():
-        rows.append(["ok" if step.done else "MISSING", LOOP_STEPS[name],
-                     "-" if step.at is None else f"event {step.at:,}", step.detail])
+        rows.append(
+            [
+                "ok" if step.done else "MISSING",
+                LOOP_STEPS[name],
+                "-" if step.at is None else f"event {step.at:,}",
+                step.detail,
+            ]
+        )
     lines += ["  " + line for line in _table(rows)]
     if loop.drift_before or loop.drift_after:
-        lines.append(f"  drifting before the promote: {', '.join(loop.drift_before) or 'none'}; "
-                     f"after: {', '.join(loop.drift_after) or 'none'}")
+        lines.append(
+            f"  drifting before the promote: {', '.join(loop.drift_before) or 'none'}; "
+            f"after: {', '.join(loop.drift_after) or 'none'}"
+        )
     if loop.unanswered:
         lines.append(f"  left unanswered (the demo stops there): {', '.join(loop.unanswered)}")
     if loop.audit_table:
@@ -545,20 +613,29 @@ class LoopReport:
         step.done, step.at, step.detail = done, at, detail
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": {n: {"done": s.done, "at": s.at, "detail": s.detail} for n, s in self.steps.items()},
-                "keys": dict(self.keys), "drift_before": list(self.drift_before),
-                "drift_after": list(self.drift_after), "unanswered": list(self.unanswered),
-                "alarms": list(self.alarms),
-                "audit_table": self.audit_table, "chain": self.chain}
+        return {
+            "steps": {n: {"done": s.done, "at": s.at, "detail": s.detail} for n, s in self.steps.items()},
+            "keys": dict(self.keys),
+            "drift_before": list(self.drift_before),
+            "drift_after": list(self.drift_after),
+            "unanswered": list(self.unanswered),
+            "alarms": list(self.alarms),
+            "audit_table": self.audit_table,
+            "chain": self.chain,
+        }
 
 
 def _drifting(samples: dict[str, list[tuple[dict[str, str], float]]], model: str) -> tuple[list[str], set[str]]:
     """The series past their threshold on the drift gauges, as the alert rule
     ``DriftlineFeatureDrift`` reads them (a p-value below its threshold, or a statistic
     without p-value above it), and the versions that have drift gauges at all."""
+
     def by_key(name: str) -> dict[tuple[str, str, str], float]:
-        return {(lb["version"], lb["feature"], lb["detector"]): v
-                for lb, v in samples.get(name, []) if lb.get("model") == model}
+        return {
+            (lb["version"], lb["feature"], lb["detector"]): v
+            for lb, v in samples.get(name, [])
+            if lb.get("model") == model
+        }
 
     p_values, statistics, thresholds = (by_key(f"driftline_drift_{n}") for n in ("p_value", "statistic", "threshold"))
     out = []
@@ -601,9 +678,18 @@ class DemoCI:
         Set to give up waiting.
     """
 
-    def __init__(self, scenario: Scenario, plan: TrafficPlan, receiver: WebhookReceiver, bootstrap_servers: str,
-                 topic: str, reference_path: Path, audit_path: Path, metrics_url: str | None,
-                 stop: threading.Event) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        plan: TrafficPlan,
+        receiver: WebhookReceiver,
+        bootstrap_servers: str,
+        topic: str,
+        reference_path: Path,
+        audit_path: Path,
+        metrics_url: str | None,
+        stop: threading.Event,
+    ) -> None:
         self.scenario = scenario
         self.plan = plan
         self.receiver = receiver
@@ -624,7 +710,7 @@ class DemoCI:
         """Answer the triggers received since the last call, and release v3 once v2 has
         settled. ``next_index``: the next prediction event to be produced (the stream's
         length once it ended: ``streaming`` False)."""
-        for t in self.receiver.triggers[self._seen:]:
+        for t in self.receiver.triggers[self._seen :]:
             self._seen += 1
             self._answer(t, next_index, streaming)
         r = self.report.steps
@@ -641,10 +727,19 @@ class DemoCI:
             self.report.mark("retrain_trigger", next_index, f"key {key[:12]}")
             self.report.keys["retrain_trigger"] = key
             if streaming:
-                ok = self._emit(next_index, streaming, {
-                    "version": "v2", "event": "deployed", "role": "canary", "traffic_share": CANARY_SHARE,
-                    "reference": {"path": str(self.reference_path)},
-                    "reason": "retrained on the drifted data after the retrain trigger", "trigger": key})
+                ok = self._emit(
+                    next_index,
+                    streaming,
+                    {
+                        "version": "v2",
+                        "event": "deployed",
+                        "role": "canary",
+                        "traffic_share": CANARY_SHARE,
+                        "reference": {"path": str(self.reference_path)},
+                        "reason": "retrained on the drifted data after the retrain trigger",
+                        "trigger": key,
+                    },
+                )
                 if ok:
                     self.plan.deploy("v2", CANARY_SHARE)
                     self.report.mark("canary_deployed", next_index, f"reference {self.reference_path.name}")
@@ -654,16 +749,22 @@ class DemoCI:
             self.report.keys["promote_trigger"] = key
             before, _ = self._drift()
             self.report.drift_before = before
-            if self._emit(next_index, streaming, {"version": "v2", "event": "promoted",
-                                                  "reason": "not inferior to v1", "trigger": key}):
+            if self._emit(
+                next_index,
+                streaming,
+                {"version": "v2", "event": "promoted", "reason": "not inferior to v1", "trigger": key},
+            ):
                 self.plan.promote("v2")
                 self.report.mark("promoted", next_index)
             return
         if action == "rollback" and version == "v3" and not steps["rollback_trigger"].done:
             self.report.mark("rollback_trigger", next_index, f"key {key[:12]}")
             self.report.keys["rollback_trigger"] = key
-            if self._emit(next_index, streaming, {"version": "v3", "event": "rolled_back",
-                                                  "reason": "regression against v2", "trigger": key}):
+            if self._emit(
+                next_index,
+                streaming,
+                {"version": "v3", "event": "rolled_back", "reason": "regression against v2", "trigger": key},
+            ):
                 self.plan.remove("v3")
                 self.report.mark("rolled_back", next_index)
             return
@@ -678,17 +779,33 @@ class DemoCI:
         if "v2" not in versions and next_index < r["promoted"].at + 3 * SETTLE_EVENTS:
             return  # v2's first window is not in yet
         self.report.drift_after = drifting
-        self.report.mark("drift_cleared", next_index,
-                         f"{len(self.report.drift_before)} drifting series before the promote, "
-                         f"{len(drifting)} after", done="v2" in versions and not drifting)
-        if self._emit(next_index, True, {"version": "v3", "event": "deployed", "role": "canary",
-                                         "traffic_share": BAD_CANARY_SHARE, "reason": "the next release"}):
+        self.report.mark(
+            "drift_cleared",
+            next_index,
+            f"{len(self.report.drift_before)} drifting series before the promote, {len(drifting)} after",
+            done="v2" in versions and not drifting,
+        )
+        if self._emit(
+            next_index,
+            True,
+            {
+                "version": "v3",
+                "event": "deployed",
+                "role": "canary",
+                "traffic_share": BAD_CANARY_SHARE,
+                "reason": "the next release",
+            },
+        ):
             self.plan.deploy("v3", BAD_CANARY_SHARE)
             self.report.mark("bad_canary_deployed", next_index)
             self.bad_canary = Injection(
-                "bad_canary", next_index, None,
+                "bad_canary",
+                next_index,
+                None,
                 f"canary v3 takes {BAD_CANARY_SHARE:.0%} of traffic (more errors, slower)",
-                ("regression",), version="v3")
+                ("regression",),
+                version="v3",
+            )
 
     # -- the checks at the end ------------------------------------------------------------
     def finish(self, alarms: list[dict[str, Any]]) -> LoopReport:
@@ -699,13 +816,19 @@ class DemoCI:
         if report.steps["rolled_back"].done:
             unconfirmed = [a for a in alarms if a.get("kind") == "rollback_unconfirmed" and a.get("version") == "v3"]
             samples = _scrape(self.metrics_url) if self.metrics_url else None
-            gauges = {name: [v for lb, v in (samples or {}).get(name, []) if lb.get("version") == "v3"]
-                      for name in ("driftline_rollback_pending", "driftline_rollback_unconfirmed")}
+            gauges = {
+                name: [v for lb, v in (samples or {}).get(name, []) if lb.get("version") == "v3"]
+                for name in ("driftline_rollback_pending", "driftline_rollback_unconfirmed")
+            }
             still = any(v for vs in gauges.values() for v in vs)
-            report.mark("rollback_confirmed", report.steps["rolled_back"].at,
-                        "no rollback_unconfirmed alarm, rollback gauges of v3 at 0" if not (unconfirmed or still)
-                        else f"{len(unconfirmed)} rollback_unconfirmed alarm(s); gauges {gauges}",
-                        done=not unconfirmed and not still and samples is not None)
+            report.mark(
+                "rollback_confirmed",
+                report.steps["rolled_back"].at,
+                "no rollback_unconfirmed alarm, rollback gauges of v3 at 0"
+                if not (unconfirmed or still)
+                else f"{len(unconfirmed)} rollback_unconfirmed alarm(s); gauges {gauges}",
+                done=not unconfirmed and not still and samples is not None,
+            )
         audit = self._open_audit()
         if audit is None:
             return report
@@ -720,12 +843,21 @@ class DemoCI:
             except ValueError:
                 chains[name] = None
         want = {"retrain_trigger": "deployed", "promote_trigger": "promoted", "rollback_trigger": "rolled_back"}
-        linked = [name for name, event in want.items()
-                  if chains.get(name) and chains[name]["trigger"] is not None
-                  and any(r["payload"].get("event") == event for r in chains[name]["lifecycle"])]
-        report.mark("audit_chain", None, f"{len(linked)} of 3 triggers answered in the trail ("
-                    + ", ".join(f"{n.split('_')[0]} -> {want[n]}" for n in linked) + ")",
-                    done=len(linked) == len(want))
+        linked = [
+            name
+            for name, event in want.items()
+            if chains.get(name)
+            and chains[name]["trigger"] is not None
+            and any(r["payload"].get("event") == event for r in chains[name]["lifecycle"])
+        ]
+        report.mark(
+            "audit_chain",
+            None,
+            f"{len(linked)} of 3 triggers answered in the trail ("
+            + ", ".join(f"{n.split('_')[0]} -> {want[n]}" for n in linked)
+            + ")",
+            done=len(linked) == len(want),
+        )
         if chains.get("retrain_trigger"):
             report.chain = format_chain(chains["retrain_trigger"])
         return report
@@ -761,12 +893,14 @@ class DemoCI:
         from driftline.monitor.lifecycle import encode_lifecycle, lifecycle_key, validate_lifecycle
 
         index = next_index if streaming else max(0, next_index - 1)
-        event = validate_lifecycle({"model": self.scenario.model, "ts": self.scenario.ts_of(index),
-                                    "actor": "driftline demo CI", **fields})
+        event = validate_lifecycle(
+            {"model": self.scenario.model, "ts": self.scenario.ts_of(index), "actor": "driftline demo CI", **fields}
+        )
         try:
             if self._producer is None:
-                self._producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                               client_id="driftline-demo-ci")
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap_servers, acks="all", client_id="driftline-demo-ci"
+                )
             self._producer.send(self.topic, key=lifecycle_key(event), value=encode_lifecycle(event)).get(timeout=30)
         except KafkaError as exc:
             log.error("the demo CI could not produce the %s event of %s: %s", event.event, event.version, exc)
@@ -775,8 +909,9 @@ class DemoCI:
         while not self.stop.is_set() and time.monotonic() < deadline:
             audit = self._open_audit()
             if audit is not None and any(
-                    r["payload"].get("event") == event.event and r["ts"] == event.ts
-                    for r in audit.query(model=event.model, version=event.version, kind="lifecycle")):
+                r["payload"].get("event") == event.event and r["ts"] == event.ts
+                for r in audit.query(model=event.model, version=event.version, kind="lifecycle")
+            ):
                 return True
             self.stop.wait(0.05)
         log.error("the monitor did not record the %s event of %s within 30s", event.event, event.version)
@@ -813,9 +948,11 @@ def _caught_up(url: str | None, stats: PublishStats) -> bool:
         return False
     consumed = {labels.get("stream"): v for labels, v in samples.get("driftline_events_consumed_total", [])}
     pending = samples.get("driftline_webhook_outbox_pending", [])
-    return (consumed.get("predictions", 0) >= stats.predictions
-            and consumed.get("feedback", 0) >= stats.feedback
-            and all(v == 0 for _, v in pending))
+    return (
+        consumed.get("predictions", 0) >= stats.predictions
+        and consumed.get("feedback", 0) >= stats.feedback
+        and all(v == 0 for _, v in pending)
+    )
 
 
 def _outbox_pending(url: str) -> bool:
@@ -842,10 +979,11 @@ class _Progress:
         self._last_plain = 0.0
         self._width = 0
 
-    def show(self, produced: int, rate: float, consumed: int, alarms: int, triggers: int,
-             force: bool = False) -> None:
-        line = (f"produced {produced:,}/{self.total:,} ({rate:,.0f}/s)  consumed {consumed:,}  "
-                f"alarms {alarms}  triggers {triggers}")
+    def show(self, produced: int, rate: float, consumed: int, alarms: int, triggers: int, force: bool = False) -> None:
+        line = (
+            f"produced {produced:,}/{self.total:,} ({rate:,.0f}/s)  consumed {consumed:,}  "
+            f"alarms {alarms}  triggers {triggers}"
+        )
         if self.tty:
             self.stream.write("\r" + line.ljust(self._width))
             self._width = len(line)
@@ -938,19 +1076,20 @@ def run_demo(
     ci: DemoCI | None = None
     code = 0
     try:
-        out.write("driftline demo: starting the embedded broker, the webhook receiver "
-                  "and the monitor...\n")
+        out.write("driftline demo: starting the embedded broker, the webhook receiver and the monitor...\n")
         out.flush()
         broker.start()
         settings = demo_settings(
-            broker.bootstrap_servers, metrics_port=metrics_port, state_dir=state_dir,
-            retrain_url=receiver.url("/retrain"), rollback_url=receiver.url("/rollback"),
+            broker.bootstrap_servers,
+            metrics_port=metrics_port,
+            state_dir=state_dir,
+            retrain_url=receiver.url("/retrain"),
+            rollback_url=receiver.url("/rollback"),
             promote_url=receiver.url("/promote"),
         )
         # lifecycle events co-partitioned with the model's predictions (keyed by model)
         broker.create_topics(["predictions", "feedback", settings.lifecycle.topic], partitions=partitions)
-        broker.create_topics(["driftline-dead-letters", settings.audit.kafka_topic or "driftline-audit"],
-                             partitions=1)
+        broker.create_topics(["driftline-dead-letters", settings.audit.kafka_topic or "driftline-audit"], partitions=1)
         receiver.start()
         # the secret reaches the webhook sink through this mapping: os.environ stays as it is
         service = Service(settings, environ={**os.environ, DEMO_SECRET_ENV: secret})
@@ -967,24 +1106,40 @@ def run_demo(
 
         port = _wait_for_port(service, service_thread, timeout=30.0)
         metrics_url = f"http://127.0.0.1:{port}/metrics" if port else None
-        out.write(f"broker at {broker.bootstrap_servers}; monitor metrics at {metrics_url}; "
-                  f"webhooks to {receiver.url('/')}\n")
+        out.write(
+            f"broker at {broker.bootstrap_servers}; monitor metrics at {metrics_url}; webhooks to {receiver.url('/')}\n"
+        )
         for inj in scenario.injections():
             out.write(f"  will inject {inj.name} at event {inj.index:,}: {inj.description}\n")
-        out.write("  the demo's CI answers the triggers: v2 (retrained on the drifted data) as a "
-                  f"{CANARY_SHARE:.0%} canary, promoted when not inferior; then v3 (skewed) as a "
-                  f"{BAD_CANARY_SHARE:.0%} canary, rolled back\n")
+        out.write(
+            "  the demo's CI answers the triggers: v2 (retrained on the drifted data) as a "
+            f"{CANARY_SHARE:.0%} canary, promoted when not inferior; then v3 (skewed) as a "
+            f"{BAD_CANARY_SHARE:.0%} canary, rolled back\n"
+        )
         out.write("training the models (v1; v2 on the drifted data; v3 without amount)...\n")
         out.flush()
         plan = TrafficPlan({"v1": "base", "v2": "retrained", "v3": "skewed"})
         models = train_models(scenario, set(plan.kinds.values()))
         reference = state_dir / "refs" / f"{scenario.model}-v2.jsonl"
         reference.parent.mkdir(parents=True, exist_ok=True)
-        reference.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in
-                                       reference_events(scenario, models["retrained"], "v2", REFERENCE_EVENTS)))
+        reference.write_bytes(
+            b"".join(
+                json.dumps(e).encode() + b"\n"
+                for e in reference_events(scenario, models["retrained"], "v2", REFERENCE_EVENTS)
+            )
+        )
         audit_path = Path(settings.audit.path or state_dir / "audit.sqlite3")
-        ci = DemoCI(scenario, plan, receiver, broker.bootstrap_servers, settings.lifecycle.topic, reference,
-                    audit_path, metrics_url, stop)
+        ci = DemoCI(
+            scenario,
+            plan,
+            receiver,
+            broker.bootstrap_servers,
+            settings.lifecycle.topic,
+            reference,
+            audit_path,
+            metrics_url,
+            stop,
+        )
 
         tail = AlarmTail(state_dir / "alarms.jsonl")
         progress = _Progress(out, scenario.events)
@@ -999,19 +1154,39 @@ def run_demo(
             # within about MAX_AHEAD events of the evidence whatever the machine's
             # speed (a rollback well within canary.rollback_confirm_seconds).
             deadline = time.monotonic() + 60.0
-            while (stats.predictions - service.stats.predictions > MAX_AHEAD and not stop.is_set()
-                   and not service_result and time.monotonic() < deadline):
+            while (
+                stats.predictions - service.stats.predictions > MAX_AHEAD
+                and not stop.is_set()
+                and not service_result
+                and time.monotonic() < deadline
+            ):
                 stop.wait(0.02)
-            while (metrics_url is not None and _outbox_pending(metrics_url) and not stop.is_set()
-                   and not service_result and time.monotonic() < deadline):
+            while (
+                metrics_url is not None
+                and _outbox_pending(metrics_url)
+                and not stop.is_set()
+                and not service_result
+                and time.monotonic() < deadline
+            ):
                 stop.wait(0.02)
             ci.step(stats.predictions)
             consumed, _ = _counts(service)
-            progress.show(stats.predictions, stats.predictions / max(stats.seconds, 1e-9),
-                          consumed, len(tail.poll()), len(receiver.triggers))
+            progress.show(
+                stats.predictions,
+                stats.predictions / max(stats.seconds, 1e-9),
+                consumed,
+                len(tail.poll()),
+                len(receiver.triggers),
+            )
 
-        stats = publish(generate(scenario, plan=plan, models=models), broker.bootstrap_servers, rate=rate or None,
-                        stop=stop, on_progress=on_progress, progress_every=250)
+        stats = publish(
+            generate(scenario, plan=plan, models=models),
+            broker.bootstrap_servers,
+            rate=rate or None,
+            stop=stop,
+            on_progress=on_progress,
+            progress_every=250,
+        )
 
         # Let the monitor catch up: every record consumed, nothing left in the webhook
         # outbox, three checks in a row (a trigger enters the outbox at a batch's end).
@@ -1021,19 +1196,22 @@ def run_demo(
         while not stop.is_set() and not service_result and time.monotonic() < deadline:
             ci.step(stats.predictions, streaming=False)  # triggers of the stream's last events
             consumed, _ = _counts(service)
-            progress.show(stats.predictions, produce_rate, consumed, len(tail.poll()),
-                          len(receiver.triggers))
+            progress.show(stats.predictions, produce_rate, consumed, len(tail.poll()), len(receiver.triggers))
             streak = streak + 1 if _caught_up(metrics_url, stats) else 0
             if streak >= 3:
                 break
             stop.wait(0.5)
         else:
             if not stop.is_set() and not service_result:
-                log.warning("the monitor had not caught up after %.0fs (records not yet "
-                            "consumed or webhooks not yet delivered)", catch_up_timeout)
+                log.warning(
+                    "the monitor had not caught up after %.0fs (records not yet "
+                    "consumed or webhooks not yet delivered)",
+                    catch_up_timeout,
+                )
         time.sleep(0.5)  # the last batch's alarms reach the JSONL file at its commit
-        progress.show(stats.predictions, produce_rate, _counts(service)[0], len(tail.poll()),
-                      len(receiver.triggers), force=True)
+        progress.show(
+            stats.predictions, produce_rate, _counts(service)[0], len(tail.poll()), len(receiver.triggers), force=True
+        )
         progress.done()
 
         if "error" in service_result or service_result.get("code", 0) not in (0, None):
@@ -1043,13 +1221,21 @@ def run_demo(
         report = ci.finish(tail.alarms)
         injections = demo_injections(scenario) + ([ci.bad_canary] if ci.bad_canary is not None else [])
         detections = match_detections(scenario, tail.alarms, sorted(injections, key=lambda i: i.index))
-        out.write(format_summary(
-            scenario, detections, tail.alarms, receiver.triggers, rejected=receiver.rejected,
-            stats=stats, wall_seconds=time.monotonic() - started, metrics_url=metrics_url, loop=report,
-        ))
+        out.write(
+            format_summary(
+                scenario,
+                detections,
+                tail.alarms,
+                receiver.triggers,
+                rejected=receiver.rejected,
+                stats=stats,
+                wall_seconds=time.monotonic() - started,
+                metrics_url=metrics_url,
+                loop=report,
+            )
+        )
         if out_dir is not None:
-            out.write(f"Alarms: {state_dir / 'alarms.jsonl'}; audit trail: "
-                      f"driftline audit --state-dir {state_dir}\n")
+            out.write(f"Alarms: {state_dir / 'alarms.jsonl'}; audit trail: driftline audit --state-dir {state_dir}\n")
         out.flush()
         if code == 0 and stop.is_set():
             code = 130

@@ -184,10 +184,7 @@ class Scenario:
         if self.events < 1:
             raise ValueError(f"events must be >= 1, got {self.events}")
         if self.shifted_feature not in NUMERIC_FEATURES:
-            raise ValueError(
-                f"shifted_feature must be one of {sorted(NUMERIC_FEATURES)}, "
-                f"got {self.shifted_feature!r}"
-            )
+            raise ValueError(f"shifted_feature must be one of {sorted(NUMERIC_FEATURES)}, got {self.shifted_feature!r}")
         if not 0.0 <= self.canary_share <= 1.0:
             raise ValueError(f"canary_share must be in [0, 1], got {self.canary_share}")
         if not 0.0 <= self.label_rate <= 1.0:
@@ -229,24 +226,39 @@ class Scenario:
         out = []
         if self.feature_shift_at < self.events:
             end = None if self.shift_events is None else self.feature_shift_at + self.shift_events
-            out.append(Injection(
-                "feature_shift", self.feature_shift_at, end,
-                f"{self.shifted_feature} mean +{self.shift_std:g} std"
-                + (f" for {self.shift_events} events" if self.shift_events is not None else ""),
-                ("feature_drift",), feature=self.shifted_feature,
-            ))
+            out.append(
+                Injection(
+                    "feature_shift",
+                    self.feature_shift_at,
+                    end,
+                    f"{self.shifted_feature} mean +{self.shift_std:g} std"
+                    + (f" for {self.shift_events} events" if self.shift_events is not None else ""),
+                    ("feature_drift",),
+                    feature=self.shifted_feature,
+                )
+            )
         if self.canary_at < self.events and self.canary_share > 0:
-            out.append(Injection(
-                "canary", self.canary_at, None,
-                f"canary v2 takes {self.canary_share:.0%} of traffic (more errors, slower)",
-                ("regression",), version="v2",
-            ))
+            out.append(
+                Injection(
+                    "canary",
+                    self.canary_at,
+                    None,
+                    f"canary v2 takes {self.canary_share:.0%} of traffic (more errors, slower)",
+                    ("regression",),
+                    version="v2",
+                )
+            )
         if self.concept_drift_at < self.events:
-            out.append(Injection(
-                "concept_drift", self.concept_drift_at, None,
-                "label now driven by hour instead of amount (features unchanged)",
-                ("concept_drift", "performance"), version="v1",
-            ))
+            out.append(
+                Injection(
+                    "concept_drift",
+                    self.concept_drift_at,
+                    None,
+                    "label now driven by hour instead of amount (features unchanged)",
+                    ("concept_drift", "performance"),
+                    version="v1",
+                )
+            )
         return sorted(out, key=lambda i: i.index)
 
 
@@ -299,8 +311,9 @@ def _category_logit(cats: dict[str, np.ndarray]) -> np.ndarray:
     return logit
 
 
-def _train_model(rng: np.random.Generator, n: int, drop: tuple[str, ...] = (),
-                 shift: tuple[str, float] | None = None) -> Any:
+def _train_model(
+    rng: np.random.Generator, n: int, drop: tuple[str, ...] = (), shift: tuple[str, float] | None = None
+) -> Any:
     """A river pipeline trained online on ``n`` generated transactions; ``drop`` lists
     features the model was (wrongly) trained without; ``shift`` (feature, standard
     deviations) trains it on data where that feature has moved (a retrain on drifted data)."""
@@ -409,8 +422,7 @@ class TrafficPlan:
 
 def _seeds(scenario: Scenario) -> tuple[list[int], list[int]]:
     rng = np.random.default_rng(scenario.seed)
-    return (rng.integers(0, 2**63, size=7).tolist(),
-            rng.integers(0, 2**63, size=len(CATEGORICAL_FEATURES)).tolist())
+    return (rng.integers(0, 2**63, size=7).tolist(), rng.integers(0, 2**63, size=len(CATEGORICAL_FEATURES)).tolist())
 
 
 def train_models(scenario: Scenario, kinds: Iterable[str] = ("base", "skewed")) -> dict[str, Any]:
@@ -436,8 +448,9 @@ def train_models(scenario: Scenario, kinds: Iterable[str] = ("base", "skewed")) 
     return out
 
 
-def reference_events(scenario: Scenario, model: Any, version: str, n: int, *,
-                     shifted: bool = True) -> list[dict[str, Any]]:
+def reference_events(
+    scenario: Scenario, model: Any, version: str, n: int, *, shifted: bool = True
+) -> list[dict[str, Any]]:
     """``n`` prediction events of ``version`` scored by ``model`` on fresh data of the
     scenario's world (with the feature shift when ``shifted``): a retrained model's
     validation predictions, to give as its reference. Drawn from their own seed, so they
@@ -453,14 +466,23 @@ def reference_events(scenario: Scenario, model: Any, version: str, n: int, *,
         x: dict[str, Any] = {f: round(float(raw[i, j]), 4) for j, f in enumerate(_NUMERIC)}
         x.update({c: str(cats[c][i]) for c in CATEGORICAL_FEATURES})
         proba = model.predict_proba_one(x).get(True, 0.0)
-        out.append({"model": scenario.model, "version": version, "id": f"{scenario.model}-{version}-ref-{i}",
-                    "ts": scenario.start_ts - (n - i) * scenario.interval_seconds, "features": x,
-                    "prediction": int(proba >= 0.5), "scores": {"0": round(1.0 - proba, 6), "1": round(proba, 6)}})
+        out.append(
+            {
+                "model": scenario.model,
+                "version": version,
+                "id": f"{scenario.model}-{version}-ref-{i}",
+                "ts": scenario.start_ts - (n - i) * scenario.interval_seconds,
+                "features": x,
+                "prediction": int(proba >= 0.5),
+                "scores": {"0": round(1.0 - proba, 6), "1": round(proba, 6)},
+            }
+        )
     return out
 
 
-def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = None,
-             models: dict[str, Any] | None = None) -> Iterator[Record]:
+def generate(
+    scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = None, models: dict[str, Any] | None = None
+) -> Iterator[Record]:
     """The records of ``scenario``: prediction and feedback events, in emission order.
 
     Parameters
@@ -490,9 +512,7 @@ def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = N
     """
     seeds, cat_seeds = _seeds(scenario)
     # One generator per quantity, so that the stream does not depend on ``chunk``.
-    _, z_rng, label_rng, labelled_rng, missing_rng, version_rng, latency_rng = (
-        np.random.default_rng(s) for s in seeds
-    )
+    _, z_rng, label_rng, labelled_rng, missing_rng, version_rng, latency_rng = (np.random.default_rng(s) for s in seeds)
     cat_rngs = {name: np.random.default_rng(s) for name, s in zip(CATEGORICAL_FEATURES, cat_seeds, strict=True)}
     if plan is None:
         by_kind = models if models is not None else train_models(scenario)
@@ -503,10 +523,7 @@ def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = N
         served = {v: by_kind[k] for v, k in plan.kinds.items()}
         slow = {v: MODEL_KINDS[k] for v, k in plan.kinds.items()}
     shifted = _NUMERIC.index(scenario.shifted_feature)
-    shift_end = (
-        math.inf if scenario.shift_events is None
-        else scenario.feature_shift_at + scenario.shift_events
-    )
+    shift_end = math.inf if scenario.shift_events is None else scenario.feature_shift_at + scenario.shift_events
     pending: deque[tuple[int, Record]] = deque()
     records = 0
     malformed = 0
@@ -516,8 +533,7 @@ def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = N
         yield record
         records += 1
         if scenario.malformed_every and records % scenario.malformed_every == 0:
-            yield Record(record.topic, scenario.model, None, record.index,
-                         raw=_malformed(malformed, scenario.model))
+            yield Record(record.topic, scenario.model, None, record.index, raw=_malformed(malformed, scenario.model))
             malformed += 1
 
     for start in range(0, scenario.events, chunk):
@@ -529,9 +545,7 @@ def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = N
         # (covariate shift), so label | features does not change.
         in_shift = (idx >= scenario.feature_shift_at) & (idx < shift_end)
         z[in_shift, shifted] += scenario.shift_std
-        weights = np.where(
-            (idx >= scenario.concept_drift_at)[:, None], _WEIGHTS_AFTER, _WEIGHTS_BEFORE
-        )
+        weights = np.where((idx >= scenario.concept_drift_at)[:, None], _WEIGHTS_AFTER, _WEIGHTS_BEFORE)
         logit = np.einsum("ij,ij->i", z, weights) + _category_logit(cats)
         labels = label_rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
         labelled = labelled_rng.random(n) < scenario.label_rate
@@ -554,18 +568,28 @@ def generate(scenario: Scenario, chunk: int = 1024, plan: TrafficPlan | None = N
             event_id = f"{scenario.model}-{scenario.seed}-{i}"
             ts = scenario.ts_of(i)
             prediction = {
-                "model": scenario.model, "version": version, "id": event_id,
-                "ts": ts, "features": x, "prediction": int(proba >= 0.5),
+                "model": scenario.model,
+                "version": version,
+                "id": event_id,
+                "ts": ts,
+                "features": x,
+                "prediction": int(proba >= 0.5),
                 "scores": {"0": round(1.0 - proba, 6), "1": round(proba, 6)},
                 "latency_ms": round(float(latency[k]) * slow[version], 3),
             }
             yield from emit(Record("predictions", scenario.model, prediction, i))
             if labelled[k]:
-                pending.append((i + scenario.feedback_delay, Record(
-                    "feedback", scenario.model,
-                    {"model": scenario.model, "id": event_id, "ts": ts, "label": int(labels[k])},
-                    i,
-                )))
+                pending.append(
+                    (
+                        i + scenario.feedback_delay,
+                        Record(
+                            "feedback",
+                            scenario.model,
+                            {"model": scenario.model, "id": event_id, "ts": ts, "label": int(labels[k])},
+                            i,
+                        ),
+                    )
+                )
             while pending and pending[0][0] <= i:
                 _, fb = pending.popleft()
                 yield from emit(Record(fb.topic, fb.key, {**(fb.value or {}), "ts": ts}, i))
@@ -624,8 +648,11 @@ def publish(
 
     topics = {"predictions": predictions_topic, "feedback": feedback_topic}
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap_servers, client_id="driftline-simulator",
-        linger_ms=20, batch_size=256 * 1024, **(producer_config or {}),
+        bootstrap_servers=bootstrap_servers,
+        client_id="driftline-simulator",
+        linger_ms=20,
+        batch_size=256 * 1024,
+        **(producer_config or {}),
     )
     stats = PublishStats()
     started = time.monotonic()
@@ -682,9 +709,14 @@ def produce_to_kafka(
         for inj in scenario.injections():
             out.write(f"injecting {inj.name} at event {inj.index}: {inj.description}\n")
         out.flush()
-        stats = publish(generate(scenario), bootstrap_servers,
-                        predictions_topic=predictions_topic, feedback_topic=feedback_topic,
-                        rate=rate or None, stop=stop)
+        stats = publish(
+            generate(scenario),
+            bootstrap_servers,
+            predictions_topic=predictions_topic,
+            feedback_topic=feedback_topic,
+            rate=rate or None,
+            stop=stop,
+        )
         out.write(
             f"sent {stats.predictions} predictions, {stats.feedback} feedback, "
             f"{stats.malformed} malformed records in {stats.seconds:.1f}s\n"

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -86,10 +87,13 @@ class DemoProcess:
         self.output = _Output()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _DEMO_SCRIPT, str(self.summary_path), str(DEMO_EVENTS),
-             str(DEMO_SEED)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [sys.executable, "-c", _DEMO_SCRIPT, str(self.summary_path), str(DEMO_EVENTS), str(DEMO_SEED)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self._reader = threading.Thread(target=self._read, name="demo-output", daemon=True)
         self._reader.start()
@@ -105,13 +109,14 @@ class DemoProcess:
         """The port the demo's metrics endpoint bound (from its "monitor metrics at" line)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
-            found = re.search(r"monitor metrics at http://127\.0\.0\.1:(\d+)/metrics",
-                              self.output.getvalue())
+            found = re.search(r"monitor metrics at http://127\.0\.0\.1:(\d+)/metrics", self.output.getvalue())
             if found:
                 return int(found.group(1))
             time.sleep(0.1)
-        pytest.fail(f"the demo printed no metrics endpoint within {timeout}s "
-                    f"(exit code {self.proc.poll()}):\n{self.output.getvalue()}")
+        pytest.fail(
+            f"the demo printed no metrics endpoint within {timeout}s "
+            f"(exit code {self.proc.poll()}):\n{self.output.getvalue()}"
+        )
 
     def summary(self, timeout: float) -> tuple[dict[str, Any], float]:
         """The summary the demo wrote, and the seconds from start until it appeared."""
@@ -122,8 +127,10 @@ class DemoProcess:
             time.sleep(0.2)
         if self.summary_path.exists():  # written just before the process ended
             return json.loads(self.summary_path.read_text()), time.monotonic() - self.started
-        pytest.fail(f"the demo wrote no summary within {timeout}s or ended early "
-                    f"(exit code {self.proc.poll()}):\n{self.output.getvalue()}")
+        pytest.fail(
+            f"the demo wrote no summary within {timeout}s or ended early "
+            f"(exit code {self.proc.poll()}):\n{self.output.getvalue()}"
+        )
 
     def stop(self) -> int:
         """Ctrl-C, as a user stops ``driftline demo``; killed after 60 s."""
@@ -160,8 +167,14 @@ def _demo_run(process: DemoProcess, prometheus: PrometheusServer | None) -> Demo
     from driftline.demo.simulator import Injection
 
     data, seconds = process.summary(timeout=150)
-    detections = [Detection(Injection(**{**d["injection"], "expected_kinds": tuple(d["injection"]["expected_kinds"])}),
-                            d["alarm"], d["detected_at"]) for d in data["detections"]]
+    detections = [
+        Detection(
+            Injection(**{**d["injection"], "expected_kinds": tuple(d["injection"]["expected_kinds"])}),
+            d["alarm"],
+            d["detected_at"],
+        )
+        for d in data["detections"]
+    ]
     triggers = [ReceivedTrigger(**t) for t in data["triggers"]]
     return DemoRun(prometheus, process.output, detections, triggers, data["loop"], seconds)
 
@@ -182,8 +195,9 @@ def demo_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProce
         if prometheus_binary() is not None:
             port = process.metrics_port(timeout=60)
             # The alert rules are loaded too: Prometheus refuses to start on a broken rule file.
-            server = PrometheusServer([f"127.0.0.1:{port}"], rule_files=[RULES],
-                                      workdir=tmp_path_factory.mktemp("demo-prometheus"))
+            server = PrometheusServer(
+                [f"127.0.0.1:{port}"], rule_files=[RULES], workdir=tmp_path_factory.mktemp("demo-prometheus")
+            )
             try:
                 prometheus = server.start()
             except (OSError, RuntimeError, TimeoutError) as exc:
@@ -220,8 +234,7 @@ def demo_run(demo_process: DemoProcess) -> DemoRun:
         if scraped and float(scraped[0]["value"][1]) > after_summary + 1.5:
             return run  # two successful scrapes of the final state (one per second)
         time.sleep(0.25)
-    pytest.fail(f"Prometheus did not scrape the demo after its summary within 30s: "
-                f"{prometheus.query('up')}")
+    pytest.fail(f"Prometheus did not scrape the demo after its summary within 30s: {prometheus.query('up')}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,8 +17,9 @@ def compose() -> dict:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (Debian package 'docker-compose')")
-    done = subprocess.run([binary, "-f", "docker-compose.yml", "config"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [binary, "-f", "docker-compose.yml", "config"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -99,8 +100,9 @@ def test_prometheus_config_is_valid_for_promtool(tmp_path):
     config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
     config.pop("rule_files")
     (tmp_path / "p.yml").write_text(yaml.safe_dump(config))
-    done = subprocess.run([promtool, "check", "config", str(tmp_path / "p.yml")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "p.yml")], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -116,9 +118,14 @@ def test_grafana_is_provisioned_from_the_repository(compose):
 
 
 def test_the_mounted_files_exist():
-    for path in ("deploy/prometheus.yml", "deploy/driftline.yml", "sinks/rules/driftline-alerts.yml",
-                 "grafana/provisioning/datasources/prometheus.yml",
-                 "grafana/provisioning/dashboards/driftline.yml", "Dockerfile"):
+    for path in (
+        "deploy/prometheus.yml",
+        "deploy/driftline.yml",
+        "sinks/rules/driftline-alerts.yml",
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/driftline.yml",
+        "Dockerfile",
+    ):
         assert (ROOT / path).is_file(), path
 
 

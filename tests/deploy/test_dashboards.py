@@ -28,12 +28,14 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+
 from tests.sinks.test_prometheus import CONTRACT as METRIC_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,8 +77,7 @@ def variable_query(var: dict[str, Any]) -> str:
 
 def rule_expressions() -> list[tuple[str, str]]:
     rules = yaml.safe_load(RULES.read_text())
-    return [(r.get("alert") or r.get("record"), r["expr"])
-            for g in rules["groups"] for r in g["rules"]]
+    return [(r.get("alert") or r.get("record"), r["expr"]) for g in rules["groups"] for r in g["rules"]]
 
 
 def metric_names(expr: str) -> set[str]:
@@ -112,9 +113,12 @@ def _top_level(expr: str) -> Iterator[tuple[int, str]]:
 
 def _split_set_operator(expr: str, op: str) -> list[str]:
     """The operands of a top-level ``a <op> b <op> c`` (``or``, ``and``, ``unless``)."""
-    cuts = [i for i, _ in _top_level(expr)
-            if re.match(rf"{op}\b", expr[i:i + len(op) + 1])
-            and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] == "_"))]
+    cuts = [
+        i
+        for i, _ in _top_level(expr)
+        if re.match(rf"{op}\b", expr[i : i + len(op) + 1])
+        and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] == "_"))
+    ]
     parts, start = [], 0
     for i in cuts:
         parts.append(expr[start:i])
@@ -144,7 +148,7 @@ def _unwrap(expr: str) -> str:
 def left_of_comparison(expr: str) -> str:
     """The left operand of the first top-level comparison (the whole expression if none)."""
     for i, c in _top_level(expr):
-        if c in "<>=!" and expr[i:i + 2] != "=~" and expr[i:i + 2] != "!~":
+        if c in "<>=!" and expr[i : i + 2] != "=~" and expr[i : i + 2] != "!~":
             if any(expr.startswith(op, i) for op in _COMPARISONS):
                 return expr[:i].strip()
     return expr.strip()
@@ -180,11 +184,11 @@ def test_promql_surgery():
     assert split_top_level_or("(a < b)\n or\n ((c > d) unless e)") == ["(a < b)", "((c > d) unless e)"]
     assert split_top_level_or('x{outcome=~"failed|or"} or y') == ['x{outcome=~"failed|or"}', "y"]
     assert relax_matchers('x{outcome=~"failed|rejected", job="d"}') == 'x{outcome=~".+", job=~".+"}'
-    assert alert_metric_parts('sum by (t) (increase(d{outcome=~"failed"}[15m])) > 0') == \
-        ['sum by (t) (increase(d{outcome=~".+"}[15m]))']
+    assert alert_metric_parts('sum by (t) (increase(d{outcome=~"failed"}[15m])) > 0') == [
+        'sum by (t) (increase(d{outcome=~".+"}[15m]))'
+    ]
     assert alert_metric_parts("(p < t)\n or\n ((s > t) unless p)") == ["p", "s"]
-    assert alert_metric_parts('(x{m=~"a"} < 0.9 * max_over_time(x[6h])) or (y > 1)') == \
-        ['x{m=~".+"}', "y"]
+    assert alert_metric_parts('(x{m=~"a"} < 0.9 * max_over_time(x[6h])) or (y > 1)') == ['x{m=~".+"}', "y"]
     assert alert_metric_parts("sum(a) / sum(b) > 0.01") == ["sum(a) / sum(b)"]
 
 
@@ -197,8 +201,7 @@ def dashboard(request) -> dict[str, Any]:
 
 
 def test_there_are_three_dashboards():
-    assert {p.stem for p in DASHBOARDS} == {"driftline-overview", "driftline-drift",
-                                            "driftline-performance"}
+    assert {p.stem for p in DASHBOARDS} == {"driftline-overview", "driftline-drift", "driftline-performance"}
     uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
 
@@ -246,11 +249,16 @@ def test_alert_rules_use_only_contract_metrics():
 
 # ---- live: against a running demo -------------------------------------------------------
 
+
 def live(test):
     """Marks of the tests that need the running demo (conftest's ``demo_run``)."""
-    for mark in (pytest.mark.slow, pytest.mark.kafka, pytest.mark.prometheus,
-                 # kafka-python 3.0.12 loads its schemas with deprecated importlib calls
-                 pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")):
+    for mark in (
+        pytest.mark.slow,
+        pytest.mark.kafka,
+        pytest.mark.prometheus,
+        # kafka-python 3.0.12 loads its schemas with deprecated importlib calls
+        pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning"),
+    ):
         test = mark(test)
     return test
 
@@ -302,8 +310,11 @@ def resolve_variables(prometheus: Any, dashboard: dict[str, Any]) -> dict[str, s
 def _range_query(prometheus: Any, query: str, seconds: float) -> list[Any]:
     """The series ``query`` returns over the last ``seconds``, one point a second."""
     now = time.time()
-    r = httpx.get(f"{prometheus.url}/api/v1/query_range", timeout=30,
-                  params={"query": query, "start": now - seconds, "end": now, "step": "1s"})
+    r = httpx.get(
+        f"{prometheus.url}/api/v1/query_range",
+        timeout=30,
+        params={"query": query, "start": now - seconds, "end": now, "step": "1s"},
+    )
     body = r.json()
     assert body["status"] == "success", f"{query}: {body}"
     return [s for s in body["data"]["result"] if s["values"]]
@@ -332,8 +343,11 @@ def test_every_dashboard_query_returns_data(demo_run):
             query = _substitute(expr, values)
             if kind == "annotation":
                 query = left_of_comparison(query)
-            found = (demo_run.prometheus.query(query) if kind == "instant"
-                     else _range_query(demo_run.prometheus, query, seconds=600))
+            found = (
+                demo_run.prometheus.query(query)
+                if kind == "instant"
+                else _range_query(demo_run.prometheus, query, seconds=600)
+            )
             if not found:
                 empty.append(f"{path.name}: {where}: {query}")
     assert not empty, "queries without data:\n" + "\n".join(empty)

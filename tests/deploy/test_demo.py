@@ -30,23 +30,25 @@ from driftline.demo.scenario import (
 from driftline.demo.simulator import Scenario, TrafficPlan
 
 ROOT = Path(__file__).resolve().parents[2]
-LIVE = [pytest.mark.slow, pytest.mark.kafka,
-        pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning")]
+LIVE = [
+    pytest.mark.slow,
+    pytest.mark.kafka,
+    pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning"),
+]
 
 
 def _alarm(kind, ts, feature=None, version="v1", model="fraud"):
-    return {"model": model, "version": version, "kind": kind, "detector": "x",
-            "feature": feature, "ts": ts}
+    return {"model": model, "version": version, "kind": kind, "detector": "x", "feature": feature, "ts": ts}
 
 
 def test_match_detections_takes_the_first_matching_alarm_after_each_change():
     s = Scenario()
     alarms = [
-        _alarm("feature_drift", s.ts_of(3_000), "distance_km"),        # before the shift
-        _alarm("feature_drift", s.ts_of(5_500), "amount"),             # other feature
+        _alarm("feature_drift", s.ts_of(3_000), "distance_km"),  # before the shift
+        _alarm("feature_drift", s.ts_of(5_500), "amount"),  # other feature
         _alarm("feature_drift", s.ts_of(5_999), "distance_km"),
-        _alarm("feature_drift", s.ts_of(4_999), "distance_km"),        # earliest: wins
-        _alarm("regression", s.ts_of(9_000), "error_rate", "v1"),      # wrong version
+        _alarm("feature_drift", s.ts_of(4_999), "distance_km"),  # earliest: wins
+        _alarm("regression", s.ts_of(9_000), "error_rate", "v1"),  # wrong version
         _alarm("regression", s.ts_of(9_100), "error_rate", "v2"),
         _alarm("performance", s.ts_of(14_600), "accuracy", "v1"),
         _alarm("concept_drift", s.ts_of(14_300), "error_rate", "v1", model="other"),
@@ -65,19 +67,19 @@ def test_alarm_tail_reads_complete_lines_only(tmp_path):
     path.write_bytes(b'{"kind": "a"}\n{"kind": "b"')
     assert [a["kind"] for a in tail.poll()] == ["a"]
     with open(path, "ab") as f:
-        f.write(b'}\n')
+        f.write(b"}\n")
     assert [a["kind"] for a in tail.poll()] == ["a", "b"]
 
 
 def test_receiver_verifies_signatures_and_drops_repeats():
     import httpx
+
     from driftline.sinks.signing import SIGNATURE_HEADER, sign
 
     body = b'{"action": "retrain", "model": "fraud"}'
     with WebhookReceiver("s3cret") as receiver:
         url = receiver.url("/retrain")
-        good = {SIGNATURE_HEADER: sign("s3cret", body), "Idempotency-Key": "k1",
-                "Content-Type": "application/json"}
+        good = {SIGNATURE_HEADER: sign("s3cret", body), "Idempotency-Key": "k1", "Content-Type": "application/json"}
         assert httpx.post(url, content=body, headers=good).status_code == 204
         assert httpx.post(url, content=body, headers=good).status_code == 200  # a repeat
         bad = {**good, SIGNATURE_HEADER: sign("wrong", body), "Idempotency-Key": "k2"}
@@ -96,6 +98,7 @@ def _apply(marks):
         for m in marks:
             f = m(f)
         return f
+
     return wrap
 
 
@@ -130,12 +133,20 @@ def test_drifting_series_are_read_as_the_alert_rule_reads_them():
 
     samples = {
         "driftline_drift_p_value": [s("", "v1", "distance_km", "ks", 1e-9), s("", "v1", "amount", "ks", 0.4)],
-        "driftline_drift_statistic": [s("", "v1", "distance_km", "ks", 0.39), s("", "v1", "amount", "ks", 0.02),
-                                      s("", "v1", "distance_km", "psi", 0.5), s("", "v2", "amount", "psi", 0.01),
-                                      s("", "v9", "amount", "psi", 9.0, model="other")],
-        "driftline_drift_threshold": [s("", "v1", "distance_km", "ks", 1e-5), s("", "v1", "amount", "ks", 1e-5),
-                                      s("", "v1", "distance_km", "psi", 0.2), s("", "v2", "amount", "psi", 0.2),
-                                      s("", "v9", "amount", "psi", 0.2, model="other")],
+        "driftline_drift_statistic": [
+            s("", "v1", "distance_km", "ks", 0.39),
+            s("", "v1", "amount", "ks", 0.02),
+            s("", "v1", "distance_km", "psi", 0.5),
+            s("", "v2", "amount", "psi", 0.01),
+            s("", "v9", "amount", "psi", 9.0, model="other"),
+        ],
+        "driftline_drift_threshold": [
+            s("", "v1", "distance_km", "ks", 1e-5),
+            s("", "v1", "amount", "ks", 1e-5),
+            s("", "v1", "distance_km", "psi", 0.2),
+            s("", "v2", "amount", "psi", 0.2),
+            s("", "v9", "amount", "psi", 0.2, model="other"),
+        ],
     }
     assert _drifting(samples, "fraud") == (["v1 distance_km ks", "v1 distance_km psi"], {"v1", "v2"})
     assert _drifting({}, "fraud") == ([], set())
@@ -185,13 +196,27 @@ def test_demo_closes_the_delivery_loop(demo):
     steps = loop["steps"]
     missing = [name for name, step in steps.items() if not step["done"]]
     assert not missing, f"loop steps missing: {missing}\n{output}"
-    order = [steps[n]["at"] for n in ("retrain_trigger", "canary_deployed", "promote_trigger", "promoted",
-                                      "drift_cleared", "bad_canary_deployed", "rollback_trigger", "rolled_back")]
+    order = [
+        steps[n]["at"]
+        for n in (
+            "retrain_trigger",
+            "canary_deployed",
+            "promote_trigger",
+            "promoted",
+            "drift_cleared",
+            "bad_canary_deployed",
+            "rollback_trigger",
+            "rolled_back",
+        )
+    ]
     assert order == sorted(order), f"the loop's steps out of order: {order}"
     # each answered trigger is one the receiver accepted, for the version the step names
     received = {t.idempotency_key: t.payload for t in demo.triggers}
-    for step, (action, version) in {"retrain_trigger": ("retrain", "v1"), "promote_trigger": ("promote", "v2"),
-                                    "rollback_trigger": ("rollback", "v3")}.items():
+    for step, (action, version) in {
+        "retrain_trigger": ("retrain", "v1"),
+        "promote_trigger": ("promote", "v2"),
+        "rollback_trigger": ("rollback", "v3"),
+    }.items():
         payload = received[loop["keys"][step]]
         assert (payload["action"], payload["model"], payload["version"]) == (action, "fraud", version)
     # the drift of v1 against the old reference was on the gauges; after the promote, v2
@@ -240,8 +265,7 @@ def _consumed(metrics_port: int) -> float:
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2.0).text
     except httpx.HTTPError:
         return 0.0
-    found = re.search(r'^driftline_events_consumed_total\{[^}]*stream="predictions"[^}]*\} (\S+)$',
-                      text, re.MULTILINE)
+    found = re.search(r'^driftline_events_consumed_total\{[^}]*stream="predictions"[^}]*\} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 
@@ -258,8 +282,14 @@ def test_ctrl_c_stops_everything(tmp_path):
         "from driftline.demo.scenario import run_demo\n"
         "sys.exit(run_demo(events=200_000, rate=2000, metrics_port=0))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     try:
         deadline = time.monotonic() + 60
@@ -335,8 +365,14 @@ def test_the_demo_secret_reaches_the_webhook_sink_without_the_process_environmen
     from driftline.demo.scenario import DEMO_SECRET_ENV, demo_settings
 
     monkeypatch.delenv(DEMO_SECRET_ENV, raising=False)
-    settings = demo_settings("127.0.0.1:9", metrics_port=0, state_dir=tmp_path, retrain_url="http://127.0.0.1:9/r",
-                             rollback_url="http://127.0.0.1:9/b", promote_url="http://127.0.0.1:9/p")
+    settings = demo_settings(
+        "127.0.0.1:9",
+        metrics_port=0,
+        state_dir=tmp_path,
+        retrain_url="http://127.0.0.1:9/r",
+        rollback_url="http://127.0.0.1:9/b",
+        promote_url="http://127.0.0.1:9/p",
+    )
     assert settings.defaults.canary.promote.enabled
     service = Service(settings, environ={DEMO_SECRET_ENV: "per-run-secret"})
     try:

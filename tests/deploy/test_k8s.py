@@ -55,8 +55,16 @@ def test_every_manifest_is_valid_yaml_with_kind_and_name():
         if doc["kind"] != "Kustomization":
             assert doc["metadata"]["name"] == "driftline"
         kinds.add(doc["kind"])
-    assert {"Deployment", "PodDisruptionBudget", "Service", "ServiceMonitor", "PrometheusRule",
-            "ConfigMap", "Secret", "Kustomization"} <= kinds
+    assert {
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "Secret",
+        "Kustomization",
+    } <= kinds
 
 
 def test_the_kustomization_lists_every_manifest():
@@ -119,7 +127,8 @@ def test_the_pdb_selects_the_deployments_pods_and_leaves_most_running():
     assert matches(pdb["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert pdb["spec"].get("maxUnavailable") == 1 or (
-        pdb["spec"].get("minAvailable", 0) >= deployment["spec"]["replicas"] - 1)
+        pdb["spec"].get("minAvailable", 0) >= deployment["spec"]["replicas"] - 1
+    )
 
 
 def test_config_comes_from_the_configmap_and_secrets_from_the_secret():
@@ -187,7 +196,8 @@ def test_the_prometheus_rule_holds_exactly_the_shipped_rule_groups():
     shipped = yaml.safe_load(RULES.read_text())["groups"]
     assert rule["spec"]["groups"] == shipped, (
         "deploy/k8s/prometheusrule.yaml differs from sinks/rules/driftline-alerts.yml: "
-        "run `python deploy/k8s/generate.py`")
+        "run `python deploy/k8s/generate.py`"
+    )
 
 
 def test_the_prometheus_rule_file_is_the_generators_output():
@@ -197,7 +207,8 @@ def test_the_prometheus_rule_file_is_the_generators_output():
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     assert (K8S / "prometheusrule.yaml").read_text() == generate.render(), (
-        "deploy/k8s/prometheusrule.yaml was edited by hand or is stale: run `python deploy/k8s/generate.py`")
+        "deploy/k8s/prometheusrule.yaml was edited by hand or is stale: run `python deploy/k8s/generate.py`"
+    )
 
 
 def test_promtool_accepts_the_prometheus_rules_groups(tmp_path):

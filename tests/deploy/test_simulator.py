@@ -40,13 +40,18 @@ def _index(event):
 
 
 def _column(predictions, feature, lo, hi):
-    return np.array([p.value["features"][feature] for p in predictions[lo:hi]
-                     if p.value["features"][feature] is not None], dtype=float)
+    return np.array(
+        [p.value["features"][feature] for p in predictions[lo:hi] if p.value["features"][feature] is not None],
+        dtype=float,
+    )
 
 
 def _error_rate(predictions, labels, version, lo, hi):
-    errors = [p.value["prediction"] != labels[p.value["id"]].value["label"]
-              for p in predictions[lo:hi] if p.value["version"] == version]
+    errors = [
+        p.value["prediction"] != labels[p.value["id"]].value["label"]
+        for p in predictions[lo:hi]
+        if p.value["version"] == version
+    ]
     return float(np.mean(errors)), len(errors)
 
 
@@ -61,8 +66,7 @@ def test_same_seed_same_records_other_seed_other_records():
 
 def test_chunking_does_not_change_the_stream():
     small = Scenario(events=900, seed=5, training_events=300)
-    assert [encode(r) for r in generate(small, chunk=1024)] == \
-        [encode(r) for r in generate(small, chunk=97)]
+    assert [encode(r) for r in generate(small, chunk=1024)] == [encode(r) for r in generate(small, chunk=97)]
 
 
 def test_prediction_events_follow_the_contract(predictions):
@@ -74,8 +78,7 @@ def test_prediction_events_follow_the_contract(predictions):
     for p in predictions[:50]:
         e = p.value
         assert p.key == e["model"] == "fraud"
-        assert set(e) == {"model", "version", "id", "ts", "features", "prediction", "scores",
-                          "latency_ms"}
+        assert set(e) == {"model", "version", "id", "ts", "features", "prediction", "scores", "latency_ms"}
         assert set(e["features"]) == set(NUMERIC_FEATURES) | set(CATEGORICAL_FEATURES)
         assert e["prediction"] in (0, 1)
         assert e["scores"]["1"] == pytest.approx(1 - e["scores"]["0"], abs=1e-5)
@@ -129,17 +132,23 @@ def test_feature_shift_moves_one_feature_by_one_std_then_returns(predictions):
     assert stats.ks_2samp(before, after).pvalue > 1e-3
     for other in NUMERIC_FEATURES:
         if other != feature:
-            assert stats.ks_2samp(_column(predictions, other, 0, s.feature_shift_at),
-                                  _column(predictions, other, s.feature_shift_at,
-                                          s.feature_shift_at + s.shift_events)).pvalue > 1e-4
+            assert (
+                stats.ks_2samp(
+                    _column(predictions, other, 0, s.feature_shift_at),
+                    _column(predictions, other, s.feature_shift_at, s.feature_shift_at + s.shift_events),
+                ).pvalue
+                > 1e-4
+            )
 
 
 def test_concept_drift_is_silent_in_features_and_label_rate_but_not_in_errors(predictions, labels):
     s = SCENARIO
     lo, at = s.feature_shift_at + s.shift_events, s.concept_drift_at
     for feature in NUMERIC_FEATURES:
-        assert stats.ks_2samp(_column(predictions, feature, lo, at),
-                              _column(predictions, feature, at, s.events)).pvalue > 1e-4
+        assert (
+            stats.ks_2samp(_column(predictions, feature, lo, at), _column(predictions, feature, at, s.events)).pvalue
+            > 1e-4
+        )
     before_pred = [p.value["prediction"] for p in predictions[lo:at] if p.value["version"] == "v1"]
     after_pred = [p.value["prediction"] for p in predictions[at:] if p.value["version"] == "v1"]
     assert abs(np.mean(before_pred) - np.mean(after_pred)) < 0.05
@@ -155,7 +164,7 @@ def test_concept_drift_is_silent_in_features_and_label_rate_but_not_in_errors(pr
 def test_canary_takes_its_share_and_is_worse_and_slower(predictions, labels):
     s = SCENARIO
     assert all(p.value["version"] == "v1" for p in predictions[: s.canary_at])
-    window = predictions[s.canary_at: s.concept_drift_at]
+    window = predictions[s.canary_at : s.concept_drift_at]
     share = np.mean([p.value["version"] == "v2" for p in window])
     assert share == pytest.approx(s.canary_share, abs=0.03)
     err_v1, _ = _error_rate(predictions, labels, "v1", s.canary_at, s.concept_drift_at)
@@ -183,21 +192,23 @@ def test_injections_describe_the_scenario():
 
 def test_scaled_keeps_the_story_and_ts_index_round_trip():
     s = Scenario().scaled(10_000)
-    assert (s.feature_shift_at, s.canary_at, s.concept_drift_at, s.shift_events) == \
-        (2_000, 4_000, 7_000, 1_500)
+    assert (s.feature_shift_at, s.canary_at, s.concept_drift_at, s.shift_events) == (2_000, 4_000, 7_000, 1_500)
     assert Scenario().scaled(Scenario().events) == Scenario()
     for i in (0, 1, 999, 123_456):
         assert s.index_of(s.ts_of(i)) == i
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"events": 0}, "events"),
-    ({"shifted_feature": "nope"}, "shifted_feature"),
-    ({"canary_share": 1.5}, "canary_share"),
-    ({"label_rate": -0.1}, "label_rate"),
-    ({"feedback_delay": -1}, "feedback_delay"),
-    ({"interval_seconds": 0}, "interval_seconds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"events": 0}, "events"),
+        ({"shifted_feature": "nope"}, "shifted_feature"),
+        ({"canary_share": 1.5}, "canary_share"),
+        ({"label_rate": -0.1}, "label_rate"),
+        ({"feedback_delay": -1}, "feedback_delay"),
+        ({"interval_seconds": 0}, "interval_seconds"),
+    ],
+)
 def test_invalid_scenarios_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         Scenario(**kwargs)
@@ -216,11 +227,14 @@ def test_produce_to_kafka_publishes_the_stream_to_kafka(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         broker.create_topics(["p", "f"], partitions=2)
         out = io.StringIO()
-        assert produce_to_kafka(broker.bootstrap_servers, events=1500, seed=4,
-                            predictions_topic="p", feedback_topic="f", stream=out) == 0
+        assert (
+            produce_to_kafka(
+                broker.bootstrap_servers, events=1500, seed=4, predictions_topic="p", feedback_topic="f", stream=out
+            )
+            == 0
+        )
         expected = list(generate(Scenario(seed=4).scaled(1500)))
-        got = _read_all(broker.bootstrap_servers, ["p", "f"], partitions=2,
-                        count=len(expected), timeout=30)
+        got = _read_all(broker.bootstrap_servers, ["p", "f"], partitions=2, count=len(expected), timeout=30)
     assert len(got) == len(expected)
     assert {m.key for m in got} == {b"fraud"}
     # Keyed by model: the predictions and feedback of a model share a partition number.

@@ -9,7 +9,8 @@ fires")``, shown by ``pytest --hypothesis-show-statistics``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.strategies import SearchStrategy
@@ -17,14 +18,19 @@ from hypothesis.strategies import SearchStrategy
 __all__ = ["firing_share"]
 
 
-def firing_share(strategy: SearchStrategy[Any], fires: Callable[[Any], bool],
-                 examples: int = 40) -> float:
+def firing_share(strategy: SearchStrategy[Any], fires: Callable[[Any], bool], examples: int = 40) -> float:
     """The share of ``examples`` derandomized draws of ``strategy`` on which ``fires``
     (river run on the drawn stream fires at least once) is true."""
     hits: list[bool] = []
 
-    @settings(derandomize=True, database=None, max_examples=examples, deadline=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        derandomize=True,
+        database=None,
+        max_examples=examples,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def draw(example: Any) -> None:
         hits.append(bool(fires(example)))

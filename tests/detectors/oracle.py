@@ -3,7 +3,8 @@ batch by batch, both returning indices in stream coordinates."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

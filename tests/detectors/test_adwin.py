@@ -102,16 +102,15 @@ def test_parity_with_river_on_shaped_streams(stream, params, cuts):
 
 
 def test_the_parity_streams_mostly_hold_a_drift_river_detects():
-    share = firing_share(st.tuples(drifting_streams(), params_strategy),
-                         lambda case: river_drifts(case[0], **case[1]), examples=60)
+    share = firing_share(
+        st.tuples(drifting_streams(), params_strategy), lambda case: river_drifts(case[0], **case[1]), examples=60
+    )
     assert share >= 0.7, f"river fires on only {share:.0%} of the parity examples"
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    values=st.lists(
-        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=64), min_size=1, max_size=400
-    ),
+    values=st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=64), min_size=1, max_size=400),
     params=params_strategy,
     cuts=st.lists(st.integers(0, 400), max_size=5),
 )

@@ -9,13 +9,12 @@ from hypothesis import strategies as st
 from river import drift
 
 from driftline.detectors.ddm import DDM, EDDM
-from tests.detectors.oracle import feed_both as ours
 from tests.detectors.firing import firing_share
+from tests.detectors.oracle import feed_both as ours
 from tests.detectors.oracle import river_both as river_run
 
 
-def rising_error_stream(seed: int, n: int, at: int, before: float, rise: float, ramp: int,
-                        later: bool) -> np.ndarray:
+def rising_error_stream(seed: int, n: int, at: int, before: float, rise: float, ramp: int, later: bool) -> np.ndarray:
     """0/1 errors at rate ``before`` until ``at``, then ``rise`` higher (along ``ramp``
     samples); with ``later``, the rate moves again, up or down, later on (as
     :func:`tests.detectors.oracle.error_stream` does)."""
@@ -23,7 +22,7 @@ def rising_error_stream(seed: int, n: int, at: int, before: float, rise: float, 
     t = np.arange(n)
     rate = before + rise * np.clip((t - at + 1) / ramp, 0.0, 1.0)
     if later:
-        rate[(at + n) // 2:] = rng.uniform(0.0, 1.0)
+        rate[(at + n) // 2 :] = rng.uniform(0.0, 1.0)
     return (rng.random(n) < np.clip(rate, 0.0, 1.0)).astype(np.float64)
 
 
@@ -34,20 +33,32 @@ def rising_streams(draw: st.DrawFn) -> np.ndarray:
     the way (tests/detectors/firing.py checks the share)."""
     n = draw(st.integers(500, 4000))
     return rising_error_stream(
-        draw(st.integers(0, 2**32 - 1)), n, int(n * draw(st.floats(0.2, 0.6))),
-        draw(st.floats(0.0, 0.3)), draw(st.floats(0.2, 0.6)), draw(st.integers(1, 300)),
-        draw(st.booleans()))
+        draw(st.integers(0, 2**32 - 1)),
+        n,
+        int(n * draw(st.floats(0.2, 0.6))),
+        draw(st.floats(0.0, 0.3)),
+        draw(st.floats(0.2, 0.6)),
+        draw(st.integers(1, 300)),
+        draw(st.booleans()),
+    )
 
 
 streams = rising_streams()
 cut_lists = st.lists(st.integers(0, 4000), max_size=5)
 ddm_params = st.builds(
-    lambda warm_start, warning, extra: dict(warm_start=warm_start, warning_threshold=warning,
-                                            drift_threshold=warning + extra),
-    st.integers(0, 80), st.floats(0.5, 3.0), st.floats(0.0, 2.0))
+    lambda warm_start, warning, extra: dict(
+        warm_start=warm_start, warning_threshold=warning, drift_threshold=warning + extra
+    ),
+    st.integers(0, 80),
+    st.floats(0.5, 3.0),
+    st.floats(0.0, 2.0),
+)
 eddm_params = st.builds(
     lambda warm_start, beta, gap: dict(warm_start=warm_start, alpha=min(beta + gap, 0.99), beta=beta),
-    st.integers(0, 80), st.floats(0.3, 0.97), st.floats(0.0, 0.3))
+    st.integers(0, 80),
+    st.floats(0.3, 0.97),
+    st.floats(0.0, 0.3),
+)
 
 
 @settings(deadline=None, max_examples=60)
@@ -69,8 +80,9 @@ def test_eddm_parity_with_river(x, params, cuts):
 @pytest.mark.parametrize(("cls", "params"), [("DDM", ddm_params), ("EDDM", eddm_params)])
 def test_the_parity_streams_mostly_hold_a_drift_river_detects(cls, params):
     detector = getattr(drift.binary, cls)
-    share = firing_share(st.tuples(streams, params),
-                         lambda case: river_run(detector(**case[1]), case[0])[0], examples=60)
+    share = firing_share(
+        st.tuples(streams, params), lambda case: river_run(detector(**case[1]), case[0])[0], examples=60
+    )
     assert share >= 0.6, f"river's {cls} fires on only {share:.0%} of the parity examples"
 
 

@@ -81,8 +81,9 @@ def oracle_multiclass(probs, predicted, scores):
     n, c = len(probs), len(probs[0])
     out = {"accuracy": sum(probs[j][predicted[j]] for j in range(n)) / n}
     per_class = [
-        oracle_binary([probs[j][k] for j in range(n)], [predicted[j] == k for j in range(n)],
-                      [scores[j][k] for j in range(n)])
+        oracle_binary(
+            [probs[j][k] for j in range(n)], [predicted[j] == k for j in range(n)], [scores[j][k] for j in range(n)]
+        )
         for k in range(c)
     ]
     for name in METRICS[1:]:
@@ -103,8 +104,13 @@ score = st.sampled_from([0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0, 2.5, 3.0, -1.0]), st.sampled_from([1.0, 2.0, 0.5])),
-                min_size=0, max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 1.0, 2.0, 2.5, 3.0, -1.0]), st.sampled_from([1.0, 2.0, 0.5])),
+        min_size=0,
+        max_size=30,
+    )
+)
 def test_pav_equals_naive_pav(rows):
     values = [v for v, _ in rows]
     weights = [w for _, w in rows]
@@ -123,8 +129,10 @@ def test_pav_worst_case_ramp_and_input_untouched():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(score, st.integers(0, 1)), min_size=1, max_size=40),
-       st.lists(st.floats(-1.0, 2.0), min_size=2, max_size=20))
+@given(
+    st.lists(st.tuples(score, st.integers(0, 1)), min_size=1, max_size=40),
+    st.lists(st.floats(-1.0, 2.0), min_size=2, max_size=20),
+)
 def test_calibration_is_monotone_and_fits_pooled_ties(rows, probes):
     scores = np.array([s for s, _ in rows])
     labels = np.array([y for _, y in rows])
@@ -180,10 +188,19 @@ def test_binary_metrics_equal_the_loop_oracle(rows):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(2, 4).flatmap(lambda c: st.lists(
-    st.tuples(st.lists(st.sampled_from([0.0, 1.0, 2.0, 5.0]), min_size=c, max_size=c), st.integers(0, c - 1),
-              st.lists(score, min_size=c, max_size=c)),
-    min_size=1, max_size=15)))
+@given(
+    st.integers(2, 4).flatmap(
+        lambda c: st.lists(
+            st.tuples(
+                st.lists(st.sampled_from([0.0, 1.0, 2.0, 5.0]), min_size=c, max_size=c),
+                st.integers(0, c - 1),
+                st.lists(score, min_size=c, max_size=c),
+            ),
+            min_size=1,
+            max_size=15,
+        )
+    )
+)
 def test_multiclass_metrics_equal_the_loop_oracle(rows):
     weights = np.array([w for w, _, _ in rows])
     weights[weights.sum(axis=1) == 0, 0] = 1.0
@@ -205,8 +222,9 @@ def delta_half_width(metric, p, predicted, scores, categorical=False):
             up, down = list(p), list(p)
             up[j] += eps
             down[j] -= eps
-            g = (oracle_binary(up, predicted, scores)[metric]
-                 - oracle_binary(down, predicted, scores)[metric]) / (2 * eps)
+            g = (oracle_binary(up, predicted, scores)[metric] - oracle_binary(down, predicted, scores)[metric]) / (
+                2 * eps
+            )
             variance += g * g * p[j] * (1 - p[j])
         return Z95 * math.sqrt(variance)
     c = len(p[0])
@@ -216,8 +234,10 @@ def delta_half_width(metric, p, predicted, scores, categorical=False):
             up, down = [list(r) for r in p], [list(r) for r in p]
             up[j][k] += eps
             down[j][k] -= eps
-            g.append((oracle_multiclass(up, predicted, scores)[metric]
-                      - oracle_multiclass(down, predicted, scores)[metric]) / (2 * eps))
+            g.append(
+                (oracle_multiclass(up, predicted, scores)[metric] - oracle_multiclass(down, predicted, scores)[metric])
+                / (2 * eps)
+            )
         mean = sum(gk * pk for gk, pk in zip(g, p[j], strict=True))
         variance += sum(gk * gk * pk for gk, pk in zip(g, p[j], strict=True)) - mean**2
     return Z95 * math.sqrt(max(variance, 0.0))
@@ -257,7 +277,9 @@ def realized_loops(labels, predicted, scores):
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
     return {
         "accuracy": sum(1 for y, q in zip(labels, predicted, strict=True) if y == int(q)) / len(labels),
-        "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "roc_auc": wins / (len(pos) * len(neg)) if pos and neg else math.nan,
     }
 
@@ -436,10 +458,14 @@ def test_state_round_trip_is_json_and_gives_the_same_estimates(multiclass):
     assert PerformanceEstimator.from_state(fresh.state_dict()).fitted is False
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"threshold": math.nan}, "threshold"), ({"confidence": 1.0}, "confidence"),
-    ({"calibration": "platt"}, "calibration"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"threshold": math.nan}, "threshold"),
+        ({"confidence": 1.0}, "confidence"),
+        ({"calibration": "platt"}, "calibration"),
+    ],
+)
 def test_parameters_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PerformanceEstimator(**kwargs)

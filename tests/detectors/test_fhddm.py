@@ -36,13 +36,17 @@ def parity_cases(draw: st.DrawFn) -> tuple[np.ndarray, dict]:
     (tests/detectors/firing.py checks the share)."""
     window = draw(st.integers(*draw(st.sampled_from([(25, 150)] * 4 + [(1, 24)]))))
     short = draw(st.one_of(st.none(), st.integers(1, 150)))
-    params = dict(sliding_window_size=window, confidence_level=draw(st.sampled_from([1e-6, 1e-3, 0.05, 0.3])),
-                  short_window_size=None if short is None else min(short, window))
+    params = dict(
+        sliding_window_size=window,
+        confidence_level=draw(st.sampled_from([1e-6, 1e-3, 0.05, 0.3])),
+        short_window_size=None if short is None else min(short, window),
+    )
     n = draw(st.integers(1000, 3000))
     seed = draw(st.integers(0, 2**32 - 1))
     if draw(st.sampled_from([True] * 4 + [False])):
-        x = falling_stream(seed, n, int(n * draw(st.floats(0.3, 0.7))), draw(st.floats(0.6, 0.95)),
-                           draw(st.floats(0.25, 0.5)))
+        x = falling_stream(
+            seed, n, int(n * draw(st.floats(0.3, 0.7))), draw(st.floats(0.6, 0.95)), draw(st.floats(0.25, 0.5))
+        )
     else:
         x = error_stream(seed, n)
     return x, params
@@ -58,8 +62,9 @@ def test_drifts_equal_rivers(case, cuts):
 
 
 def test_the_parity_streams_mostly_hold_a_drift_river_detects():
-    share = firing_share(parity_cases(),
-                         lambda case: river_indices(RiverFHDDM(**case[1]), case[0].astype(int)), examples=60)
+    share = firing_share(
+        parity_cases(), lambda case: river_indices(RiverFHDDM(**case[1]), case[0].astype(int)), examples=60
+    )
     assert share >= 0.6, f"river fires on only {share:.0%} of the parity examples"
 
 
@@ -71,11 +76,14 @@ def test_seeded_streams_with_several_drifts():
         assert feed(FHDDM(short_window_size=20), x, [7, 999, 5000]) == expected
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"sliding_window_size": 0}, "sliding_window_size"),
-    ({"confidence_level": 1.0}, "confidence_level"),
-    ({"short_window_size": 101}, "short_window_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"sliding_window_size": 0}, "sliding_window_size"),
+        ({"confidence_level": 1.0}, "confidence_level"),
+        ({"short_window_size": 101}, "short_window_size"),
+    ],
+)
 def test_invalid_parameters_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         FHDDM(**kwargs)

@@ -10,13 +10,14 @@ from river import drift
 
 from driftline.detectors._kernels import ewma, segmented_recurrence
 from driftline.detectors.hddm import HDDMA, HDDMW
-from tests.detectors.oracle import feed_both as ours
 from tests.detectors.firing import firing_share
+from tests.detectors.oracle import feed_both as ours
 from tests.detectors.oracle import river_both as river_run
 
 
-def rising_error_stream(seed: int, n: int, at: int, before: float, rise: float, ramp: int,
-                        real: bool, later: bool) -> np.ndarray:
+def rising_error_stream(
+    seed: int, n: int, at: int, before: float, rise: float, ramp: int, real: bool, later: bool
+) -> np.ndarray:
     """Errors at rate ``before`` until ``at``, then ``rise`` higher along ``ramp``
     samples: 0/1, or with ``real`` values in [0, 1] around the rate; with ``later``, the
     rate moves again, up or down, later on (as :func:`tests.detectors.oracle.error_stream`)."""
@@ -24,7 +25,7 @@ def rising_error_stream(seed: int, n: int, at: int, before: float, rise: float, 
     t = np.arange(n)
     rate = before + rise * np.clip((t - at + 1) / ramp, 0.0, 1.0)
     if later:
-        rate[(at + n) // 2:] = rng.uniform(0.0, 1.0)
+        rate[(at + n) // 2 :] = rng.uniform(0.0, 1.0)
     if real:
         return np.clip(rate + rng.normal(0.0, 0.2, n), 0.0, 1.0)
     return (rng.random(n) < np.clip(rate, 0.0, 1.0)).astype(np.float64)
@@ -37,9 +38,15 @@ def rising_streams(draw: st.DrawFn) -> np.ndarray:
     fifths of the way (tests/detectors/firing.py checks the share)."""
     n = draw(st.integers(500, 4000))
     return rising_error_stream(
-        draw(st.integers(0, 2**32 - 1)), n, int(n * draw(st.floats(0.2, 0.6))),
-        draw(st.floats(0.0, 0.3)), draw(st.floats(0.25, 0.6)), draw(st.integers(1, 300)),
-        draw(st.booleans()), draw(st.booleans()))
+        draw(st.integers(0, 2**32 - 1)),
+        n,
+        int(n * draw(st.floats(0.2, 0.6))),
+        draw(st.floats(0.0, 0.3)),
+        draw(st.floats(0.25, 0.6)),
+        draw(st.integers(1, 300)),
+        draw(st.booleans()),
+        draw(st.booleans()),
+    )
 
 
 streams = rising_streams()
@@ -77,27 +84,33 @@ lambdas = st.sampled_from([(0.005, 0.1)] * 4 + [(0.1, 0.6)]).flatmap(lambda r: s
 )
 def test_hddm_w_parity_with_river(x, conf, lambda_val, two_sided, cuts, cls):
     # the closed-form estimate decides most rows; _AlwaysExactHDDMW runs the exact path
-    params = dict(
-        drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided
-    )
+    params = dict(drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided)
     expected = river_run(drift.binary.HDDMW(**params), x)
     event("river fires" if expected[0] else "river is silent")
     assert ours(cls(**params), x, cuts) == expected
 
 
-hddm_a_params = st.builds(lambda conf, two_sided: dict(drift_confidence=conf[0], warning_confidence=conf[1],
-                                                       two_sided_test=two_sided),
-                          confidences, st.booleans())
-hddm_w_params = st.builds(lambda conf, lambda_val, two_sided: dict(
-    drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided),
-    confidences, lambdas, st.booleans())
+hddm_a_params = st.builds(
+    lambda conf, two_sided: dict(drift_confidence=conf[0], warning_confidence=conf[1], two_sided_test=two_sided),
+    confidences,
+    st.booleans(),
+)
+hddm_w_params = st.builds(
+    lambda conf, lambda_val, two_sided: dict(
+        drift_confidence=conf[0], warning_confidence=conf[1], lambda_val=lambda_val, two_sided_test=two_sided
+    ),
+    confidences,
+    lambdas,
+    st.booleans(),
+)
 
 
 @pytest.mark.parametrize(("cls", "params"), [("HDDMA", hddm_a_params), ("HDDMW", hddm_w_params)])
 def test_the_parity_streams_mostly_hold_a_drift_river_detects(cls, params):
     detector = getattr(drift.binary, cls)
-    share = firing_share(st.tuples(streams, params),
-                         lambda case: river_run(detector(**case[1]), case[0])[0], examples=60)
+    share = firing_share(
+        st.tuples(streams, params), lambda case: river_run(detector(**case[1]), case[0])[0], examples=60
+    )
     assert share >= 0.5, f"river's {cls} fires on only {share:.0%} of the parity examples"
 
 

@@ -133,8 +133,7 @@ def test_parity_with_river_given_the_same_draws(case, cuts):
 
 
 def test_the_parity_streams_mostly_hold_a_drift_river_detects():
-    share = firing_share(parity_cases(), lambda case: river_drifts(case[0], **case[1]),
-                         examples=40)
+    share = firing_share(parity_cases(), lambda case: river_drifts(case[0], **case[1]), examples=40)
     assert share >= 0.6, f"river fires on only {share:.0%} of the parity examples"
 
 

@@ -173,8 +173,9 @@ def multiclass_windows(draw):
     y_true = np.array(draw(st.lists(code, min_size=w, max_size=w)), dtype=float)
     y_pred = np.array(draw(st.lists(code, min_size=w, max_size=w)), dtype=float)
     entry = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.floats(0, 1), st.floats(0, 1), st.just(math.nan))
-    scores = np.array(draw(st.lists(st.lists(entry, min_size=k, max_size=k), min_size=w, max_size=w)),
-                      dtype=float).reshape(w, k)
+    scores = np.array(
+        draw(st.lists(st.lists(entry, min_size=k, max_size=k), min_size=w, max_size=w)), dtype=float
+    ).reshape(w, k)
     return k, y_true, y_pred, scores
 
 
@@ -196,8 +197,14 @@ def test_multiclass_against_river_and_pairwise_auc(window, max_classes):
     t, p = y_true[valid].astype(int), y_pred[valid].astype(int)
     assert got["n"] == valid.sum() and got["skipped"] == (~valid).sum()
     assert got["classes"] == len(set(t) | set(p))
-    river_names = {"macro_precision": "MacroPrecision", "macro_recall": "MacroRecall", "macro_f1": "MacroF1",
-                   "micro_precision": "MicroPrecision", "micro_recall": "MicroRecall", "micro_f1": "MicroF1"}
+    river_names = {
+        "macro_precision": "MacroPrecision",
+        "macro_recall": "MacroRecall",
+        "macro_f1": "MacroF1",
+        "micro_precision": "MicroPrecision",
+        "micro_recall": "MicroRecall",
+        "micro_f1": "MicroF1",
+    }
     references = {name: getattr(river_metrics, cls)() for name, cls in river_names.items()}
     for a, b in zip(t.tolist(), p.tolist()):
         for metric in references.values():
@@ -259,16 +266,19 @@ def test_multiclass_many_classes_is_bounded_and_exact():
     assert got["roc_auc"] == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(y_true=[0, -1], y_pred=[0, 0]), "class codes"),
-    (dict(y_true=[0, 1.5], y_pred=[0, 0]), "class codes"),
-    (dict(y_true=[0, 1], y_pred=[0]), "shape of y_true"),
-    (dict(y_true=[0, 3], y_pred=[0, 0], n_classes=3), "n_classes"),
-    (dict(y_true=[0, 1], y_pred=[0, 1], scores=[[0.5, 0.5]]), "scores"),
-    (dict(y_true=[0, 1], y_pred=[0, 1], scores=[[0.5], [0.5]], n_classes=2), "columns"),
-    (dict(y_true=[0, 1], y_pred=[0, 1], max_classes=-1), "max_classes"),
-    (dict(y_true=["a"], y_pred=["b"]), "class codes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(y_true=[0, -1], y_pred=[0, 0]), "class codes"),
+        (dict(y_true=[0, 1.5], y_pred=[0, 0]), "class codes"),
+        (dict(y_true=[0, 1], y_pred=[0]), "shape of y_true"),
+        (dict(y_true=[0, 3], y_pred=[0, 0], n_classes=3), "n_classes"),
+        (dict(y_true=[0, 1], y_pred=[0, 1], scores=[[0.5, 0.5]]), "scores"),
+        (dict(y_true=[0, 1], y_pred=[0, 1], scores=[[0.5], [0.5]], n_classes=2), "columns"),
+        (dict(y_true=[0, 1], y_pred=[0, 1], max_classes=-1), "max_classes"),
+        (dict(y_true=["a"], y_pred=["b"]), "class codes"),
+    ],
+)
 def test_multiclass_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         multiclass_metrics(**kwargs)

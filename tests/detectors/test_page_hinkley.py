@@ -58,8 +58,7 @@ params_strategy = st.fixed_dictionaries(
 )
 
 
-def stream_with_change(seed: int, n: int, at: int, size: float, gradual: bool,
-                       rounded: bool) -> np.ndarray:
+def stream_with_change(seed: int, n: int, at: int, size: float, gradual: bool, rounded: bool) -> np.ndarray:
     """Gaussian noise whose mean moves by ``size`` noise units at ``at`` (abruptly, or
     along a ramp of 50 to 500 samples)."""
     rng = np.random.default_rng(seed)
@@ -81,8 +80,7 @@ def parity_cases(draw: st.DrawFn) -> tuple[np.ndarray, dict]:
     at = int(n * draw(st.floats(0.2, 0.7)))
     sign = {"up": 1.0, "down": -1.0}.get(params["mode"]) or draw(st.sampled_from([-1.0, 1.0]))
     size = sign * draw(st.floats(1.0, 5.0))
-    x = stream_with_change(draw(st.integers(0, 2**32 - 1)), n, at, size, draw(st.booleans()),
-                           draw(st.booleans()))
+    x = stream_with_change(draw(st.integers(0, 2**32 - 1)), n, at, size, draw(st.booleans()), draw(st.booleans()))
     return x, params
 
 
@@ -162,7 +160,15 @@ def test_river_docstring_example():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("min_instances", 0), ("min_instances", 2.5), ("delta", -1.0), ("threshold", 0.0), ("alpha", 0.0), ("alpha", 1.5), ("mode", "sideways")],
+    [
+        ("min_instances", 0),
+        ("min_instances", 2.5),
+        ("delta", -1.0),
+        ("threshold", 0.0),
+        ("alpha", 0.0),
+        ("alpha", 1.5),
+        ("mode", "sideways"),
+    ],
 )
 def test_invalid_parameters(name, value):
     with pytest.raises(ValueError, match=name):

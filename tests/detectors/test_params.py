@@ -25,8 +25,11 @@ from driftline.detectors._base import check_param
         ({"choices": ("up", "down")}, "sideways", "n must be one of ['up', 'down'], got 'sideways'"),
         ({"choices": (True, False)}, 1, "n must be True or False, got 1"),
         ({"low": 0, "integer": True, "optional": True}, -1, "n must be None or an integer >= 0, got -1"),
-        ({"low": 60, "integer": True, "why": "2 * stat_size"}, 50,
-         "n must be an integer >= 60 (2 * stat_size), got 50"),
+        (
+            {"low": 60, "integer": True, "why": "2 * stat_size"},
+            50,
+            "n must be an integer >= 60 (2 * stat_size), got 50",
+        ),
     ],
 )
 def test_rejections_name_the_parameter_and_what_it_may_be(kwargs, value, message):

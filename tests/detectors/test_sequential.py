@@ -91,8 +91,7 @@ def test_parity_with_loop_and_batch_split_invariance(seed, p_candidate, cuts, ro
     if round_trip and cuts:
         first = split.update(values[: cuts[0]], is_candidate[: cuts[0]])
         split = TwoSampleMSPRT.from_state(split.state_dict())
-        rest, result_split = feed(split, values[cuts[0]:], is_candidate[cuts[0]:],
-                                  [c - cuts[0] for c in cuts[1:]])
+        rest, result_split = feed(split, values[cuts[0] :], is_candidate[cuts[0] :], [c - cuts[0] for c in cuts[1:]])
         split_alarms = list(first.alarms) + [cuts[0] + a for a in rest]
     else:
         split_alarms, result_split = feed(split, values, is_candidate, cuts)

@@ -71,9 +71,7 @@ def check_numeric(ref, win, n_bins=10):
             assert drift.ks_statistic[j] == ks.statistic
             assert drift.ks_p_value[j] == pytest.approx(ks.pvalue, abs=1e-9)
         scale = max(1.0, float(np.abs(np.concatenate([a, b])).max()))
-        assert drift.wasserstein[j] == pytest.approx(
-            stats.wasserstein_distance(a, b), abs=1e-9 * scale
-        )
+        assert drift.wasserstein[j] == pytest.approx(stats.wasserstein_distance(a, b), abs=1e-9 * scale)
         edges = reference_bins(a, n_bins)
         assert reference.n_edges[j] == len(edges)
         np.testing.assert_array_equal(reference.edges[j, : len(edges)], edges)
@@ -105,9 +103,7 @@ def test_numeric_matches_scipy_with_ragged_nans_and_ties():
 
 
 finite_floats = st.floats(-1e3, 1e3, allow_nan=False, width=32)
-values_or_missing = st.one_of(
-    finite_floats, finite_floats.map(lambda v: float(round(v))), st.just(math.nan)
-)
+values_or_missing = st.one_of(finite_floats, finite_floats.map(lambda v: float(round(v))), st.just(math.nan))
 
 
 @settings(deadline=None, max_examples=150)
@@ -281,9 +277,14 @@ def _fields(result):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 7, 60, 100, 150, 1_000]),
-       w=st.integers(1, 9), d=st.integers(1, 5), missing=st.sampled_from([0.0, 0.1, 1.0]),
-       ties=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.sampled_from([1, 7, 60, 100, 150, 1_000]),
+    w=st.integers(1, 9),
+    d=st.integers(1, 5),
+    missing=st.sampled_from([0.0, 0.1, 1.0]),
+    ties=st.booleans(),
+)
 def test_numeric_drift_windows_equals_each_window_alone_bit_for_bit(seed, n, w, d, missing, ties):
     rng = np.random.default_rng(seed)
     ref = rng.normal(size=(int(rng.integers(20, 3_000)), d))
@@ -300,12 +301,15 @@ def test_numeric_drift_windows_equals_each_window_alone_bit_for_bit(seed, n, w, 
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 5, 100, 400]), w=st.integers(1, 9),
-       sizes=st.lists(st.integers(0, 6), min_size=1, max_size=4))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.sampled_from([1, 5, 100, 400]),
+    w=st.integers(1, 9),
+    sizes=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+)
 def test_categorical_drift_windows_equals_each_window_alone_bit_for_bit(seed, n, w, sizes):
     rng = np.random.default_rng(seed)
-    reference = CategoricalReference.fit(
-        np.stack([rng.integers(-1, k + 1, size=300) for k in sizes], axis=1), sizes)
+    reference = CategoricalReference.fit(np.stack([rng.integers(-1, k + 1, size=300) for k in sizes], axis=1), sizes)
     codes = np.stack([np.stack([rng.integers(-1, k + 1, size=n) for k in sizes], axis=1) for _ in range(w)])
     together = statistics.categorical_drift_windows(reference, codes)
     for i in range(w):
@@ -337,6 +341,8 @@ def test_scipy_side_of_the_ks_p_value_is_memoized_bit_for_bit(monkeypatch):
     again = _ks.kstwo_sf(x, n)  # from the memo
     assert first.tobytes() == expected.tobytes() and again.tobytes() == expected.tobytes()
     more = np.round(rng.uniform(0.01, 0.6, size=40), 4)
-    assert _ks.kstwo_sf(more, n).tobytes() == np.array(
-        [stats.kstwo.sf(a, b) for a, b in zip(more, n, strict=True)]).tobytes()
+    assert (
+        _ks.kstwo_sf(more, n).tobytes()
+        == np.array([stats.kstwo.sf(a, b) for a, b in zip(more, n, strict=True)]).tobytes()
+    )
     assert len(_ks._scipy_cache) == 50

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -32,16 +33,23 @@ def prediction_events(
     for i in range(n):
         feats = {f"x{j}": float(x[i, j]) for j in range(n_numeric)}
         feats["country"] = str(country[i])
-        events.append({
-            "model": model, "version": version, "id": f"{id_prefix}-{model}-{start + i}",
-            "ts": t0 + start + i, "features": feats, "prediction": float(score[i]),
-            "latency_ms": float(10 + rng.exponential(2.0)),
-        })
+        events.append(
+            {
+                "model": model,
+                "version": version,
+                "id": f"{id_prefix}-{model}-{start + i}",
+                "ts": t0 + start + i,
+                "features": feats,
+                "prediction": float(score[i]),
+                "latency_ms": float(10 + rng.exponential(2.0)),
+            }
+        )
     return events
 
 
-def feedback_for(events: list[dict[str, Any]], *, seed: int = 1, flip_after: int | None = None,
-                 delay: float = 30.0) -> list[dict[str, Any]]:
+def feedback_for(
+    events: list[dict[str, Any]], *, seed: int = 1, flip_after: int | None = None, delay: float = 30.0
+) -> list[dict[str, Any]]:
     """Labels for ``events``: drawn from the model's score (a calibrated model); after
     ``flip_after`` (position in ``events``) the labels are inverted (a concept drift)."""
     rng = np.random.default_rng(seed)

@@ -55,10 +55,15 @@ def assert_same(a, b, path="state"):
 def model_state(seed: int, n: int = 50) -> dict:
     rng = np.random.default_rng(seed)
     return {
-        "events": int(seed), "last_ts": 1763900000.5 + seed, "alarming": {"psi:amount": True},
-        "reference": rng.normal(size=n), "codes": rng.integers(0, 7, size=(n, 2), dtype=np.int32),
-        "labels": np.array(["a", None, "b"], dtype=object), "baseline": float("nan"),
-        "inf": float("-inf"), "detectors": {"adwin": {"width": 3, "buckets": rng.random(5).astype(np.float32)}},
+        "events": int(seed),
+        "last_ts": 1763900000.5 + seed,
+        "alarming": {"psi:amount": True},
+        "reference": rng.normal(size=n),
+        "codes": rng.integers(0, 7, size=(n, 2), dtype=np.int32),
+        "labels": np.array(["a", None, "b"], dtype=object),
+        "baseline": float("nan"),
+        "inf": float("-inf"),
+        "detectors": {"adwin": {"width": 3, "buckets": rng.random(5).astype(np.float32)}},
         "buffer": [[{"amount": 1.5}, 0.3, ["predictions", 0, 12], "p-1", "v1", 1.0, None, 11.2]],
     }
 
@@ -78,8 +83,12 @@ def models_on(partitions: int, wanted: dict[int, int]) -> list[str]:
 
 @pytest.fixture
 def kafka(broker, topics):
-    return KafkaSettings(bootstrap_servers=broker.bootstrap_servers, group_id=f"g-{uuid.uuid4().hex[:8]}",
-                         predictions_topic=topics["predictions"], feedback_topic=topics["feedback"])
+    return KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        predictions_topic=topics["predictions"],
+        feedback_topic=topics["feedback"],
+    )
 
 
 @pytest.fixture
@@ -224,8 +233,9 @@ def test_a_crash_between_chunks_restores_the_previous_complete_state(broker, kaf
     old = model_state(1, n=1000)
     store.write({name: old}, positions_for(kafka, 10))
     new = model_state(2, n=1000)
-    planned = plan_records(name, encode_payload(new), {(kafka.predictions_topic, 0): 20},
-                           state_id=uuid.uuid4().hex, max_chunk_bytes=2048)
+    planned = plan_records(
+        name, encode_payload(new), {(kafka.predictions_topic, 0): 20}, state_id=uuid.uuid4().hex, max_chunk_bytes=2048
+    )
     orphans = [r for r in planned[:-1]][: len(planned) // 2]  # half the chunks, no manifest
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     try:
@@ -329,11 +339,13 @@ def test_no_broker_is_a_changelog_error(caplog):
 
 # ---- pure: chunking and reassembly ----------------------------------------------------------
 
-states = st.fixed_dictionaries({
-    "events": st.integers(0, 10**9),
-    "values": st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=200).map(np.array),
-    "name": st.text(max_size=30),
-})
+states = st.fixed_dictionaries(
+    {
+        "events": st.integers(0, 10**9),
+        "values": st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=200).map(np.array),
+        "name": st.text(max_size=30),
+    }
+)
 
 
 @settings(max_examples=60)
@@ -345,24 +357,27 @@ def test_split_payload_joins_back(payload, size):
 
 
 @settings(max_examples=80)
-@given(generations=st.lists(states, min_size=1, max_size=4), chunk=st.integers(16, 400),
-       crashed=st.one_of(st.none(), states), kept=st.floats(0, 1), data=st.data(),
-       model=st.text(min_size=1, max_size=12))
+@given(
+    generations=st.lists(states, min_size=1, max_size=4),
+    chunk=st.integers(16, 400),
+    crashed=st.one_of(st.none(), states),
+    kept=st.floats(0, 1),
+    data=st.data(),
+    model=st.text(min_size=1, max_size=12),
+)
 def test_reassembly_gives_the_newest_complete_state(generations, chunk, crashed, kept, data, model):
     """Writes in log order (chunks in any order, then the manifest, then tombstones of the
     superseded chunks), optionally followed by a crashed write (some chunks, no
     manifest): the newest complete write comes back, whatever the chunk size."""
     records, previous = [], []
     for i, state in enumerate(generations):
-        planned = plan_records(model, encode_payload(state), {("p", 0): i}, state_id=f"{i:032x}",
-                               max_chunk_bytes=chunk)
+        planned = plan_records(model, encode_payload(state), {("p", 0): i}, state_id=f"{i:032x}", max_chunk_bytes=chunk)
         body = planned[:-1] if len(planned) > 1 else []
         records += data.draw(st.permutations(body)) + [planned[-1]]
         records += [(k, None) for k in previous]
         previous = [r.key for r in body]
     if crashed is not None:
-        planned = plan_records(model, encode_payload(crashed), {("p", 0): 99}, state_id="f" * 32,
-                               max_chunk_bytes=chunk)
+        planned = plan_records(model, encode_payload(crashed), {("p", 0): 99}, state_id="f" * 32, max_chunk_bytes=chunk)
         records += planned[: int(kept * (len(planned) - 1))]  # never the manifest
     r = Reassembler()
     for rec in records:
@@ -416,8 +431,11 @@ def test_the_gate_applies_each_models_records_from_its_own_position():
     from driftline.monitor.sources import _Gate
 
     models = ["a", "b", "c", None]  # c: no state; None: an unreadable record
-    records = [Record("p", 0, o, -1, None, b"{not json" if m is None else orjson.dumps({"model": m}))
-               for o in range(16) for m in models]
+    records = [
+        Record("p", 0, o, -1, None, b"{not json" if m is None else orjson.dumps({"model": m}))
+        for o in range(16)
+        for m in models
+    ]
     gate = _Gate(floor=10, states={"a": 5, "b": 12})
     kept = {(r.offset, models[i % 4]) for i, r in enumerate(records) if r in gate.admit(records)}
     start = {"a": 5, "b": 12, "c": 10, None: 10}
@@ -430,8 +448,13 @@ def test_outbox_rows_of_a_model_move_with_their_keys(tmp_path):
 
     old, new = Outbox(tmp_path / "old.sqlite3"), Outbox(tmp_path / "new.sqlite3")
     try:
-        old.add([OutboxEntry("ci", "k1", "a", "retrain", {"n": 1}), OutboxEntry("ci", "k2", "b", "retrain", {"n": 2}),
-                 OutboxEntry("ops", "k1", "a", "retrain", {"n": 1})])
+        old.add(
+            [
+                OutboxEntry("ci", "k1", "a", "retrain", {"n": 1}),
+                OutboxEntry("ci", "k2", "b", "retrain", {"n": 2}),
+                OutboxEntry("ops", "k1", "a", "retrain", {"n": 1}),
+            ]
+        )
         old.mark_delivered("ops", "k1", 1)
         rows = old.pending_for(["a"])
         assert [(r["target"], r["idempotency_key"], r["payload"]) for r in rows] == [("ci", "k1", {"n": 1})]
@@ -452,9 +475,20 @@ def test_trigger_policy_evidence_of_a_model_moves_alone():
     cfg = TriggerPolicySettings(min_alarms=2, cooldown_seconds=0)
 
     def alarm(model, ts):
-        return Alarm(model=model, version="v1", kind="feature_drift", detector="ks", feature="x0", statistic=0.5,
-                     threshold=0.1, p_value=0.001, first_index=int(ts), last_index=int(ts) + 9, ts=ts,
-                     action="retrain")
+        return Alarm(
+            model=model,
+            version="v1",
+            kind="feature_drift",
+            detector="ks",
+            feature="x0",
+            statistic=0.5,
+            threshold=0.1,
+            p_value=0.001,
+            first_index=int(ts),
+            last_index=int(ts) + 9,
+            ts=ts,
+            action="retrain",
+        )
 
     old = TriggerPolicy(cfg)
     assert old.observe([alarm("a", 1.0), alarm("b", 1.0)]) == []
@@ -464,5 +498,5 @@ def test_trigger_policy_evidence_of_a_model_moves_alone():
     new.adopt(moved)
     old.drop(["a"])
     assert [t.model for t in new.observe([alarm("a", 2.0)])] == ["a"]  # the evidence came along
-    assert old.observe([alarm("a", 2.0)]) == []                          # and left the old owner
+    assert old.observe([alarm("a", 2.0)]) == []  # and left the old owner
     assert [t.model for t in old.observe([alarm("b", 2.0)])] == ["b"]

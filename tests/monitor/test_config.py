@@ -100,7 +100,8 @@ def test_a_complete_sasl_ssl_configuration_loads_from_yaml(tmp_path, certs, monk
         "  client_rack: eu-west-1a\n"
         "  fetch_min_bytes: 65536\n"
         "  fetch_max_wait_ms: 250\n"
-        "  receive_buffer_bytes: 1048576\n")
+        "  receive_buffer_bytes: 1048576\n"
+    )
     monkeypatch.setenv("DRIFTLINE_KAFKA__SASL_PLAIN_PASSWORD", "scram-secret-1")
     monkeypatch.setenv("DRIFTLINE_KAFKA__SSL_PASSWORD", certs.key_password)
     kafka = load_settings(cfg).kafka
@@ -111,43 +112,110 @@ def test_a_complete_sasl_ssl_configuration_loads_from_yaml(tmp_path, certs, monk
 
 
 def test_the_former_sasl_names_are_still_accepted():
-    kafka = load_settings(kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                                 "sasl_username": "u", "sasl_password": "p-old"}).kafka
+    kafka = load_settings(
+        kafka={
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_username": "u",
+            "sasl_password": "p-old",
+        }
+    ).kafka
     assert (kafka.sasl_plain_username, kafka.sasl_plain_password.get_secret_value()) == ("u", "p-old")
 
 
-@pytest.mark.parametrize("kafka, expected", [
-    ({"security_protocol": "SASL_SSL"}, "needs kafka.sasl_mechanism"),
-    ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u"},
-     "PLAIN needs kafka.sasl_plain_password"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_password": "p"},
-     "SCRAM-SHA-512 needs kafka.sasl_plain_username"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "u",
-      "sasl_plain_password": ""}, "needs kafka.sasl_plain_password"),
-    ({"sasl_mechanism": "PLAIN", "sasl_plain_username": "u", "sasl_plain_password": "p"},
-     "kafka.sasl_mechanism is set but kafka.security_protocol is 'PLAINTEXT'"),
-    ({"security_protocol": "SSL", "sasl_plain_username": "u"}, "kafka.sasl_plain_username is set but"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}, "needs exactly one of kafka.sasl_oauth_token"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token": "t",
-      "sasl_oauth_token_provider": "a.b:C"}, "got sasl_oauth_token, sasl_oauth_token_provider"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token": "t",
-      "sasl_plain_username": "u"}, "kafka.sasl_plain_username is not used by OAUTHBEARER"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u",
-      "sasl_plain_password": "p", "sasl_oauth_token": "t"}, "kafka.sasl_oauth_token is for OAUTHBEARER only"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI"}, "kafka.sasl_mechanism"),
-    ({"security_protocol": "TLS"}, "kafka.security_protocol"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_provider": "no_colon"},
-     "must have the form 'package.module:ClassName'"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
-      "sasl_oauth_token_provider": "driftline_no_such_module:Provider"}, "cannot import 'driftline_no_such_module'"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
-      "sasl_oauth_token_provider": "tests.monitor.test_kafka_client:Missing"}, "has no 'Missing'"),
-    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
-      "sasl_oauth_token_provider": "pathlib:Path"}, "is not a subclass of kafka.net.sasl.oauth.AbstractTokenProvider"),
-    ({"fetch_max_wait_ms": 30_000}, "kafka.request_timeout_ms (30000) must exceed kafka.fetch_max_wait_ms (30000)"),
-    ({"fetch_min_bytes": 0}, "kafka.fetch_min_bytes"),
-    ({"receive_buffer_bytes": 10}, "kafka.receive_buffer_bytes"),
-])
+@pytest.mark.parametrize(
+    "kafka, expected",
+    [
+        ({"security_protocol": "SASL_SSL"}, "needs kafka.sasl_mechanism"),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u"},
+            "PLAIN needs kafka.sasl_plain_password",
+        ),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_password": "p"},
+            "SCRAM-SHA-512 needs kafka.sasl_plain_username",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-256",
+                "sasl_plain_username": "u",
+                "sasl_plain_password": "",
+            },
+            "needs kafka.sasl_plain_password",
+        ),
+        (
+            {"sasl_mechanism": "PLAIN", "sasl_plain_username": "u", "sasl_plain_password": "p"},
+            "kafka.sasl_mechanism is set but kafka.security_protocol is 'PLAINTEXT'",
+        ),
+        ({"security_protocol": "SSL", "sasl_plain_username": "u"}, "kafka.sasl_plain_username is set but"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"},
+            "needs exactly one of kafka.sasl_oauth_token",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_oauth_token": "t",
+                "sasl_oauth_token_provider": "a.b:C",
+            },
+            "got sasl_oauth_token, sasl_oauth_token_provider",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_oauth_token": "t",
+                "sasl_plain_username": "u",
+            },
+            "kafka.sasl_plain_username is not used by OAUTHBEARER",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": "u",
+                "sasl_plain_password": "p",
+                "sasl_oauth_token": "t",
+            },
+            "kafka.sasl_oauth_token is for OAUTHBEARER only",
+        ),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI"}, "kafka.sasl_mechanism"),
+        ({"security_protocol": "TLS"}, "kafka.security_protocol"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_provider": "no_colon"},
+            "must have the form 'package.module:ClassName'",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_oauth_token_provider": "driftline_no_such_module:Provider",
+            },
+            "cannot import 'driftline_no_such_module'",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_oauth_token_provider": "tests.monitor.test_kafka_client:Missing",
+            },
+            "has no 'Missing'",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_oauth_token_provider": "pathlib:Path",
+            },
+            "is not a subclass of kafka.net.sasl.oauth.AbstractTokenProvider",
+        ),
+        ({"fetch_max_wait_ms": 30_000}, "kafka.request_timeout_ms (30000) must exceed kafka.fetch_max_wait_ms (30000)"),
+        ({"fetch_min_bytes": 0}, "kafka.fetch_min_bytes"),
+        ({"receive_buffer_bytes": 10}, "kafka.receive_buffer_bytes"),
+    ],
+)
 def test_inconsistent_security_settings_fail_naming_the_field(kafka, expected):
     assert expected in kafka_error(**kafka)
 
@@ -158,21 +226,28 @@ def test_ssl_files_must_exist_and_be_files(tmp_path, certs):
     assert "kafka.ssl_cafile" in message and "is not a readable file" in message
     assert "kafka.ssl_certfile" in kafka_error(security_protocol="SSL", ssl_certfile=str(tmp_path))
     assert "kafka.sasl_oauth_token_file" in kafka_error(
-        security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", sasl_oauth_token_file=str(missing))
+        security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", sasl_oauth_token_file=str(missing)
+    )
 
 
 def test_ssl_settings_need_a_tls_protocol_and_a_certificate_for_the_key(certs):
     message = kafka_error(ssl_cafile=str(certs.ca))
     assert "kafka.ssl_cafile is set but kafka.security_protocol is 'PLAINTEXT'" in message
     assert "kafka.ssl_keyfile is set without kafka.ssl_certfile" in kafka_error(
-        security_protocol="SSL", ssl_keyfile=str(certs.client_key))
+        security_protocol="SSL", ssl_keyfile=str(certs.client_key)
+    )
     assert "kafka.ssl_password is the password of the client's private key" in kafka_error(
-        security_protocol="SSL", ssl_password="x")
+        security_protocol="SSL", ssl_password="x"
+    )
 
 
 def test_tls_files_are_loaded_at_start_so_a_wrong_key_password_fails_there(certs, tmp_path):
-    good = {"security_protocol": "SSL", "ssl_cafile": str(certs.ca), "ssl_certfile": str(certs.client_cert),
-            "ssl_keyfile": str(certs.client_key)}
+    good = {
+        "security_protocol": "SSL",
+        "ssl_cafile": str(certs.ca),
+        "ssl_certfile": str(certs.client_cert),
+        "ssl_keyfile": str(certs.client_key),
+    }
     load_settings(kafka={**good, "ssl_password": certs.key_password})
     wrong = kafka_error(**good, ssl_password="not-the-password-8")
     assert "kafka.ssl_certfile / kafka.ssl_keyfile: cannot load" in wrong and "not-the-password-8" not in wrong
@@ -180,16 +255,22 @@ def test_tls_files_are_loaded_at_start_so_a_wrong_key_password_fails_there(certs
     assert "cannot load the client certificate" in kafka_error(**good)
     # a key that is not the certificate's
     assert "cannot load the client certificate" in kafka_error(
-        security_protocol="SSL", ssl_certfile=str(certs.client_cert), ssl_keyfile=str(certs.server_key))
+        security_protocol="SSL", ssl_certfile=str(certs.client_cert), ssl_keyfile=str(certs.server_key)
+    )
     not_pem = tmp_path / "ca.txt"
     not_pem.write_text("not a certificate\n")
     assert "kafka.ssl_cafile" in kafka_error(security_protocol="SSL", ssl_cafile=str(not_pem))
 
 
 def test_kafka_secrets_are_not_echoed_in_errors(certs):
-    message = kafka_error(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_plain_username="u",
-                          sasl_plain_password="pw-echo-test-1", sasl_oauth_token="tok-echo-test-2",
-                          session_timeout_ms=5)
+    message = kafka_error(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_plain_username="u",
+        sasl_plain_password="pw-echo-test-1",
+        sasl_oauth_token="tok-echo-test-2",
+        session_timeout_ms=5,
+    )
     assert "pw-echo-test-1" not in message and "tok-echo-test-2" not in message
     assert "kafka.session_timeout_ms" in message
     # an error of the whole kafka section (its input holds the password) shows no input

@@ -107,35 +107,64 @@ def alarm_key(a):
 
 
 def test_the_settings_map_to_librdkafka(tmp_path):
-    kafka = load_settings(kafka={
-        "client": "confluent", "bootstrap_servers": " a:9092, b:9092 ", "group_id": "grp", "client_id": "cid",
-        "session_timeout_ms": 9000, "request_timeout_ms": 20000, "fetch_min_bytes": 10, "fetch_max_wait_ms": 50,
-        "max_partition_fetch_bytes": 2048, "fetch_max_bytes": 4096, "client_rack": "az1",
-        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_username": "user", "sasl_password": "pw"}).kafka
+    kafka = load_settings(
+        kafka={
+            "client": "confluent",
+            "bootstrap_servers": " a:9092, b:9092 ",
+            "group_id": "grp",
+            "client_id": "cid",
+            "session_timeout_ms": 9000,
+            "request_timeout_ms": 20000,
+            "fetch_min_bytes": 10,
+            "fetch_max_wait_ms": 50,
+            "max_partition_fetch_bytes": 2048,
+            "fetch_max_bytes": 4096,
+            "client_rack": "az1",
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "user",
+            "sasl_password": "pw",
+        }
+    ).kafka
     config = confluent_config(kafka)
     assert config["bootstrap.servers"] == "a:9092,b:9092"
     assert (config["group.id"], config["client.id"], config["client.rack"]) == ("grp", "cid", "az1")
     assert config["enable.auto.commit"] is False and config["auto.offset.reset"] == "earliest"
     assert (config["session.timeout.ms"], config["heartbeat.interval.ms"], config["socket.timeout.ms"]) == (
-        9000, 3000, 20000)
+        9000,
+        3000,
+        20000,
+    )
     assert config["max.poll.interval.ms"] >= config["session.timeout.ms"]
-    assert (config["fetch.min.bytes"], config["fetch.wait.max.ms"], config["max.partition.fetch.bytes"],
-            config["fetch.max.bytes"]) == (10, 50, 2048, 4096)
-    assert (config["security.protocol"], config["sasl.mechanism"], config["sasl.username"],
-            config["sasl.password"]) == ("sasl_plaintext", "SCRAM-SHA-512", "user", "pw")
+    assert (
+        config["fetch.min.bytes"],
+        config["fetch.wait.max.ms"],
+        config["max.partition.fetch.bytes"],
+        config["fetch.max.bytes"],
+    ) == (10, 50, 2048, 4096)
+    assert (
+        config["security.protocol"],
+        config["sasl.mechanism"],
+        config["sasl.username"],
+        config["sasl.password"],
+    ) == ("sasl_plaintext", "SCRAM-SHA-512", "user", "pw")
     import confluent_kafka
 
     confluent_kafka.Consumer(config).close()  # librdkafka takes every key and value
 
     token = tmp_path / "token"
     token.write_text("header.eyJzdWIiOiJzdmMiLCJleHAiOjQxMDI0NDQ4MDB9.sig\n")
-    oauth = load_settings(kafka={"client": "confluent", "security_protocol": "SASL_PLAINTEXT",
-                                 "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_file": str(token)}).kafka
+    oauth = load_settings(
+        kafka={
+            "client": "confluent",
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "OAUTHBEARER",
+            "sasl_oauth_token_file": str(token),
+        }
+    ).kafka
     config = confluent_config(oauth)
     assert config["sasl.mechanism"] == "OAUTHBEARER"
-    assert config["oauth_cb"]("") == ("header.eyJzdWIiOiJzdmMiLCJleHAiOjQxMDI0NDQ4MDB9.sig", 4102444800.0,
-                                      "svc", {})
+    assert config["oauth_cb"]("") == ("header.eyJzdWIiOiJzdmMiLCJleHAiOjQxMDI0NDQ4MDB9.sig", 4102444800.0, "svc", {})
     assert "header." not in repr(config["oauth_cb"])
 
 
@@ -154,11 +183,20 @@ def test_confluent_without_confluent_kafka_is_refused_naming_the_field_and_the_e
         "        if name == 'confluent_kafka' or name.startswith('confluent_kafka.'):\n"
         "            raise ModuleNotFoundError(name)\n"
         "        return None\n"
-        "sys.meta_path.insert(0, _Hide())\n")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")},
-           "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
-    done = subprocess.run([sys.executable, "-m", "driftline.cli", "check-config", str(cfg)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")},
+        "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "driftline.cli", "check-config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "kafka.client" in done.stderr and "pip install 'driftline[confluent]'" in done.stderr, done.stderr
     assert main(["check-config", str(cfg)]) == 0  # here it is installed
@@ -174,10 +212,13 @@ PROCESS = pytest.mark.parametrize("consumer_process", [True, False], ids=["consu
 def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tmp_path, consumer_process):
     fraud = prediction_events(6_000, model="fraud", seed=1, shift_at=4_000, shift=0.8)
     churn = prediction_events(4_000, model="churn", seed=2)
-    preds = [e for pair in zip(fraud, churn, strict=False) for e in pair] + fraud[len(churn):]
+    preds = [e for pair in zip(fraud, churn, strict=False) for e in pair] + fraud[len(churn) :]
     fb = feedback_for(fraud, seed=3, flip_after=4_500)
-    bad = [(b"fraud", b"{oops"), (b"fraud", orjson.dumps({"model": "fraud", "features": {}})),
-           (b"churn", orjson.dumps({"model": "churn", "id": "z", "features": []}))]
+    bad = [
+        (b"fraud", b"{oops"),
+        (b"fraud", orjson.dumps({"model": "fraud", "features": {}})),
+        (b"churn", orjson.dumps({"model": "churn", "id": "z", "features": []})),
+    ]
     produce(broker, topics["predictions"], preds, raw=bad)
     running = Running(confluent(settings_for(broker, topics, tmp_path), consumer_process=consumer_process))
     svc = running.service
@@ -194,14 +235,33 @@ def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tm
     cfg = tmp_path / "replay.yml"
     cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
     out = tmp_path / "replay-alarms.jsonl"
-    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "--feedback", str(tmp_path / "f.jsonl"),
-                 "--config", str(cfg), "--alarms", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(tmp_path / "p.jsonl"),
+                "--feedback",
+                str(tmp_path / "f.jsonl"),
+                "--config",
+                str(cfg),
+                "--alarms",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(kafka_alarms, key=alarm_key) == sorted(read_alarms(out), key=alarm_key)
     kinds = {(a["model"], a["kind"]) for a in kafka_alarms}
     assert ("fraud", "feature_drift") in kinds and ("fraud", "concept_drift") in kinds
 
-    consumer = KafkaConsumer(topics["dead_letter"], bootstrap_servers=broker.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        topics["dead_letter"],
+        bootstrap_servers=broker.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
     letters = {m.value: dict(m.headers)["driftline-reason"].decode() for m in consumer}
     consumer.close()
     assert letters == {b"{oops": "invalid_json", bad[1][1]: "missing_field", bad[2][1]: "wrong_type"}
@@ -216,8 +276,12 @@ def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tm
     events = prediction_events(20_000, model="fraud", seed=5, shift_at=15_000, shift=0.8)
     produce(broker, topics["predictions"], events)
     settings = settings_for(broker, topics, tmp_path)
-    settings = confluent(settings, max_poll_records=500, consumer_process=consumer_process,
-                         changelog=settings.kafka.changelog.model_copy(update={"enabled": changelog}))
+    settings = confluent(
+        settings,
+        max_poll_records=500,
+        consumer_process=consumer_process,
+        changelog=settings.kafka.changelog.model_copy(update={"enabled": changelog}),
+    )
     pause = PauseAfter(3_000)
     first = Running(settings, on_batch=pause)
     assert pause.stop(first) == 0
@@ -226,8 +290,11 @@ def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tm
     assert committed_total(broker, settings.kafka.group_id, topics["predictions"]) == consumed_first
 
     second = Running(settings)
-    wait_for(lambda: committed_total(broker, settings.kafka.group_id, topics["predictions"]) >= len(events),
-             120, "the rest consumed and committed")
+    wait_for(
+        lambda: committed_total(broker, settings.kafka.group_id, topics["predictions"]) >= len(events),
+        120,
+        "the rest consumed and committed",
+    )
     assert second.stop() == 0
     assert first.service.stats.predictions + second.service.stats.predictions == len(events)
     alarms = read_alarms(tmp_path / "alarms.jsonl")
@@ -244,8 +311,9 @@ def test_a_stale_checkpoint_does_not_rewind_past_the_groups_commit(broker, topic
 
     def settings(state):
         s = settings_for(broker, topics, tmp_path / state)
-        return confluent(s, consumer_process=consumer_process,
-                         changelog=s.kafka.changelog.model_copy(update={"enabled": False}))
+        return confluent(
+            s, consumer_process=consumer_process, changelog=s.kafka.changelog.model_copy(update={"enabled": False})
+        )
 
     a = Running(settings("a"))
     wait_for(lambda: a.service.stats.predictions >= 4_000, 90, "A consumed the first part")
@@ -264,8 +332,7 @@ def test_a_stale_checkpoint_does_not_rewind_past_the_groups_commit(broker, topic
     producer.close()
     wait_for(lambda: again.service.stats.predictions >= 2, 90, "A read the two new records")
     group = settings("a").kafka.group_id
-    wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(events) + 2, 60,
-             "A committed them")
+    wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(events) + 2, 60, "A committed them")
     assert again.stop() == 0
     assert again.service.stats.predictions == 2
     assert committed_total(broker, group, topics["predictions"]) == len(events) + 2
@@ -282,24 +349,45 @@ def test_driftline_run_dead_letters_hostile_records(broker, topics, tmp_path):
     positions, ends = produce_with_hostile(broker, topics["predictions"], events)
     group = f"run-{topics['predictions']}"
     cfg = tmp_path / "driftline.yml"
-    cfg.write_text(yaml.safe_dump({
-        "state_dir": str(tmp_path / "state"), "alarms_jsonl": str(tmp_path / "alarms.jsonl"),
-        "checkpoint_interval_seconds": 0, "prometheus": {"enabled": False},
-        "defaults": {"reference": {"size": 2000}, "window": {"size": 1000}},
-        "kafka": {"client": "confluent", "bootstrap_servers": broker.bootstrap_servers, "group_id": group,
-                  "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-                  "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-                  "poll_timeout_ms": 200, "max_poll_records": 1000},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "alarms_jsonl": str(tmp_path / "alarms.jsonl"),
+                "checkpoint_interval_seconds": 0,
+                "prometheus": {"enabled": False},
+                "defaults": {"reference": {"size": 2000}, "window": {"size": 1000}},
+                "kafka": {
+                    "client": "confluent",
+                    "bootstrap_servers": broker.bootstrap_servers,
+                    "group_id": group,
+                    "predictions_topic": topics["predictions"],
+                    "feedback_topic": topics["feedback"],
+                    "dead_letter_topic": topics["dead_letter"],
+                    "session_timeout_ms": 6000,
+                    "poll_timeout_ms": 200,
+                    "max_poll_records": 1000,
+                },
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["PYTHONPATH"] = str(REPO)
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "run", "--config", str(cfg),
-                                 "--log-level", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftline.cli", "run", "--config", str(cfg), "--log-level", "INFO"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            wait_for(lambda: at_end(broker, group, topics["predictions"], ends) or proc.poll() is not None,
-                     240, "the offsets committed to the end")
+            wait_for(
+                lambda: at_end(broker, group, topics["predictions"], ends) or proc.poll() is not None,
+                240,
+                "the offsets committed to the end",
+            )
             assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=120) == 0, log_path.read_text(errors="replace")[-3000:]
@@ -323,13 +411,24 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path, consum
     broker.create_topics(list(topics.values()), partitions=2)
     fraud = prediction_events(6_000, model="fraud", seed=21, shift_at=4_000, shift=0.8)
     churn = prediction_events(3_000, model="churn", seed=22)
-    preds = [e for pair in zip(fraud, churn) for e in pair] + fraud[len(churn):]
+    preds = [e for pair in zip(fraud, churn) for e in pair] + fraud[len(churn) :]
     fb = feedback_for(fraud, seed=23, flip_after=4_500)
     parts = [preds[:4_500], preds[4_500:]]
-    config = write_config(tmp_path / "run.yml", broker=broker, topics=topics, group="outage",
-                          state_dir=tmp_path / "state", alarms=tmp_path / "alarms.jsonl")
-    use_confluent(config, session_timeout_ms=SESSION_MS, request_timeout_ms=REQUEST_MS, stall_timeout_seconds=30,
-                  consumer_process=consumer_process)
+    config = write_config(
+        tmp_path / "run.yml",
+        broker=broker,
+        topics=topics,
+        group="outage",
+        state_dir=tmp_path / "state",
+        alarms=tmp_path / "alarms.jsonl",
+    )
+    use_confluent(
+        config,
+        session_timeout_ms=SESSION_MS,
+        request_timeout_ms=REQUEST_MS,
+        stall_timeout_seconds=30,
+        consumer_process=consumer_process,
+    )
 
     with DriftlineProcess(config, tmp_path) as proc:
         produce(broker, topics["predictions"], parts[0])
@@ -358,11 +457,24 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path, consum
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point, at, consumer_process", [
-    ("engine", 9, True), ("engine", 9, False), ("outbox", 1, True),
-], ids=["mid-batch", "mid-batch-in-process-consumer", "after-outbox-before-commit"])
-def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, point, at,  # noqa: F811 - the fixture
-                                            consumer_process):
+@pytest.mark.parametrize(
+    "point, at, consumer_process",
+    [
+        ("engine", 9, True),
+        ("engine", 9, False),
+        ("outbox", 1, True),
+    ],
+    ids=["mid-batch", "mid-batch-in-process-consumer", "after-outbox-before-commit"],
+)
+def test_sigkill_then_restart_equals_replay(
+    broker,
+    topics,
+    tmp_path,
+    expected,  # noqa: F811 - the fixture
+    point,
+    at,  # noqa: F811 - the fixture
+    consumer_process,
+):
     """``driftline run`` with the confluent client, SIGKILLed at ``point``, restarted
     over the same state: the alarms equal the replay's, every event counted exactly
     once, every trigger of the replay delivered under one key and no other."""
@@ -371,33 +483,55 @@ def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, 
     state, alarms_path = tmp_path / "state", tmp_path / "alarms.jsonl"
     env = {SECRET_ENV: SECRET}
     with WebhookReceiver(secret=SECRET) as receiver:
-        cfg = use_confluent(write_config(tmp_path / "run.yml", broker=broker, topics=topics, group=group,
-                                         state_dir=state, alarms=alarms_path, webhook_url=receiver.url,
-                                         secret_env=SECRET_ENV, consumer_process=consumer_process))
+        cfg = use_confluent(
+            write_config(
+                tmp_path / "run.yml",
+                broker=broker,
+                topics=topics,
+                group=group,
+                state_dir=state,
+                alarms=alarms_path,
+                webhook_url=receiver.url,
+                secret_env=SECRET_ENV,
+                consumer_process=consumer_process,
+            )
+        )
         with DriftlineProcess(cfg, tmp_path, crash=(point, at), env=env, name="first") as first:
             producers = PacedProducers(broker, topics, preds, labels)
             code = first.wait_exit(timeout=180)
             assert code == -9, f"exit {code}, not SIGKILL; log:\n{first.log()[-3000:]}"
             first_log = first.log()
         assert "Traceback" not in first_log, first_log[-3000:]
-        committed_at_crash = (committed_total(broker, group, topics["predictions"]),
-                              committed_total(broker, group, topics["feedback"]))
+        committed_at_crash = (
+            committed_total(broker, group, topics["predictions"]),
+            committed_total(broker, group, topics["feedback"]),
+        )
         assert sum(committed_at_crash) < len(preds) + len(labels), first_log[-3000:]
         producers.join()
         with DriftlineProcess(cfg, tmp_path, env=env, name="second") as second:
+
             def caught_up():
                 text = second.metrics()
                 events = metric_values(text, "driftline_model_events_total")
                 labelled = metric_values(text, "driftline_model_labelled_events_total")
-                return (sum(events.values()) >= len(preds) and sum(labelled.values()) >= len(labels)
-                        and (events, labelled))
+                return (
+                    sum(events.values()) >= len(preds) and sum(labelled.values()) >= len(labels) and (events, labelled)
+                )
 
             counts = wait_for(caught_up, 180, "the restarted service to reach the end of the stream")
-            wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(preds)
-                     and committed_total(broker, group, topics["feedback"]) >= len(labels),
-                     60, "every offset committed")
-            wait_for(lambda: expected["triggers"] <= {trigger_identity(r.json()) for r in receiver.accepted},
-                     60, "every trigger of the replay at the receiver")
+            wait_for(
+                lambda: (
+                    committed_total(broker, group, topics["predictions"]) >= len(preds)
+                    and committed_total(broker, group, topics["feedback"]) >= len(labels)
+                ),
+                60,
+                "every offset committed",
+            )
+            wait_for(
+                lambda: expected["triggers"] <= {trigger_identity(r.json()) for r in receiver.accepted},
+                60,
+                "every trigger of the replay at the receiver",
+            )
             assert second.terminate() == 0, second.log()[-3000:]
             second_log = second.log()
         assert "Traceback" not in second_log, second_log[-3000:]
@@ -435,13 +569,20 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path):
     from tests.monitor.test_rebalance import consumed as consumed_predictions
 
     suffix = uuid.uuid4().hex[:8]
-    topics = {"predictions": f"predictions-{suffix}", "feedback": f"feedback-{suffix}",
-              "dead_letter": f"dlq-{suffix}"}
+    topics = {"predictions": f"predictions-{suffix}", "feedback": f"feedback-{suffix}", "dead_letter": f"dlq-{suffix}"}
     broker.create_topics(list(topics.values()), partitions=PARTITIONS)
     group = f"g-{suffix}"
-    config = use_confluent(write_config(tmp_path / "run.yml", broker=broker, topics=topics, group=group,
-                                        state_dir=tmp_path / "state", max_poll_records=MAX_POLL),
-                           request_timeout_ms=5000)
+    config = use_confluent(
+        write_config(
+            tmp_path / "run.yml",
+            broker=broker,
+            topics=topics,
+            group=group,
+            state_dir=tmp_path / "state",
+            max_poll_records=MAX_POLL,
+        ),
+        request_timeout_ms=5000,
+    )
     cfg = yaml.safe_load(config.read_text())
     configs = {}
     for name in "ABC":
@@ -466,27 +607,42 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path):
         wait_for(lambda: consumed_predictions(procs["A"]) >= 1_000, 120, "A consuming")
         procs["B"] = DriftlineProcess(configs["B"], tmp_path, name="B")
         procs["C"] = DriftlineProcess(configs["C"], tmp_path, name="C")
-        wait_for(lambda: alive("A", "B", "C") or all(assigned(n) > 0 and consumed_predictions(procs[n]) > 0
-                                                       for n in "ABC"), 180, "B and C to join and consume")
+        wait_for(
+            lambda: alive("A", "B", "C") or all(assigned(n) > 0 and consumed_predictions(procs[n]) > 0 for n in "ABC"),
+            180,
+            "B and C to join and consume",
+        )
         assert procs["B"].terminate(timeout=120) == 0, procs["B"].log()[-3000:]  # mid-stream
         alive("A", "C")
-        wait_for(lambda: alive("A", "C") or assigned("A") + assigned("C") == 2 * PARTITIONS, 180,
-                 "A and C to take B's partitions over")
+        wait_for(
+            lambda: alive("A", "C") or assigned("A") + assigned("C") == 2 * PARTITIONS,
+            180,
+            "A and C to take B's partitions over",
+        )
         producer.pause()
         produced = producer.sent
-        wait_for(lambda: alive("A", "C") or committed_and_ends(broker, group, topics["predictions"])[0]
-                 >= produced, 300, "everything produced so far committed")
+        wait_for(
+            lambda: alive("A", "C") or committed_and_ends(broker, group, topics["predictions"])[0] >= produced,
+            300,
+            "everything produced so far committed",
+        )
         killed = int(consumed_predictions(procs["C"]))
         procs["C"].kill()
         producer.stop_at = producer.chunks + 10
         producer.go.set()
         wait_for(lambda: alive("A") or assigned("A") == 2 * PARTITIONS, 180, "A to take C's partitions over")
-        wait_for(lambda: producer.error or (producer.chunks >= producer.stop_at and producer.idle.is_set()),
-                 300, "the last events produced")
+        wait_for(
+            lambda: producer.error or (producer.chunks >= producer.stop_at and producer.idle.is_set()),
+            300,
+            "the last events produced",
+        )
         assert producer.error is None, producer.error
         total = producer.sent
-        wait_for(lambda: alive("A") or committed_and_ends(broker, group, topics["predictions"])[0] >= total,
-                 300, "every event committed")
+        wait_for(
+            lambda: alive("A") or committed_and_ends(broker, group, topics["predictions"])[0] >= total,
+            300,
+            "every event committed",
+        )
         assert committed_and_ends(broker, group, topics["predictions"])[0] == total
         assert procs["A"].terminate(timeout=120) == 0, procs["A"].log()[-3000:]
         counts = {n: final_count(procs[n]) for n in "AB"} | {"C": killed}

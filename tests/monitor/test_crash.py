@@ -28,8 +28,17 @@ from kafka import KafkaProducer
 from tests.monitor.streams import feedback_for, prediction_events
 from tests.support.receiver import Stall, WebhookReceiver
 from tests.support.runs import (
-    DriftlineProcess, alarm_set, committed_total, describe, metric_values, outbox_rows,
-    read_alarms, replay, trigger_identity, wait_for, write_config,
+    DriftlineProcess,
+    alarm_set,
+    committed_total,
+    describe,
+    metric_values,
+    outbox_rows,
+    read_alarms,
+    replay,
+    trigger_identity,
+    wait_for,
+    write_config,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -68,8 +77,7 @@ class PacedProducers:
     batches mix both topics (produced all at once, a catching-up consumer reads one
     partition after the other)."""
 
-    def __init__(self, broker, topics, predictions, feedback, chunk: int = 250,
-                 pause: float = 0.1) -> None:
+    def __init__(self, broker, topics, predictions, feedback, chunk: int = 250, pause: float = 0.1) -> None:
         self.errors: list[BaseException] = []
         self.threads = [
             threading.Thread(target=self._send, args=(broker, topics["predictions"], predictions, chunk, pause)),
@@ -82,7 +90,7 @@ class PacedProducers:
         try:
             p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
             for start in range(0, len(events), chunk):
-                for e in events[start:start + chunk]:
+                for e in events[start : start + chunk]:
                     p.send(topic, key=e["model"].encode(), value=orjson.dumps(e))
                 p.flush()
                 time.sleep(pause)
@@ -104,8 +112,7 @@ def expected(tmp_path_factory):
     preds, labels = crash_stream()
     with pytest.MonkeyPatch.context() as mp, WebhookReceiver(secret=SECRET) as sink:
         mp.setenv(SECRET_ENV, SECRET)  # the replay's webhook sink reads it
-        cfg = write_config(tmp / "replay.yml", state_dir=tmp / "state", webhook_url=sink.url,
-                           secret_env=SECRET_ENV)
+        cfg = write_config(tmp / "replay.yml", state_dir=tmp / "state", webhook_url=sink.url, secret_env=SECRET_ENV)
         alarms = replay(tmp, preds, labels, cfg, with_webhooks=True, state_dir=tmp / "state")
     triggers = {r["identity"] for r in outbox_rows(tmp / "state")}
     return {"predictions": preds, "feedback": labels, "alarms": alarms, "triggers": triggers}
@@ -125,11 +132,11 @@ CASES = [
     pytest.param("engine", 9, "up", True, None, 0.0, id="mid-batch"),
     pytest.param("engine", 9, "up", False, None, 0.0, id="mid-batch-in-process-consumer"),
     pytest.param("outbox", 1, "up", True, None, 0.0, id="after-outbox-before-commit"),
-    pytest.param("outbox", 1, "up", True, ("outbox", 1), 0.0,
-                 id="after-outbox-before-commit-twice"),
+    pytest.param("outbox", 1, "up", True, ("outbox", 1), 0.0, id="after-outbox-before-commit-twice"),
     pytest.param("checkpoint", 7, "up", True, None, 0.0, id="during-checkpoint-write"),
-    pytest.param("checkpoint", 3, "up", True, ("engine", 5), 0.0,
-                 id="during-checkpoint-write-then-mid-batch-in-the-restart"),
+    pytest.param(
+        "checkpoint", 3, "up", True, ("engine", 5), 0.0, id="during-checkpoint-write-then-mid-batch-in-the-restart"
+    ),
     pytest.param("jsonl", 1, "up", True, None, 0.0, id="during-jsonl-alarm-write"),
     pytest.param(None, 0, "down", True, None, 0.0, id="deliveries-pending-receiver-down"),
     pytest.param(None, 0, "stall", True, None, 0.0, id="delivery-in-flight-receiver-stalled"),
@@ -137,39 +144,54 @@ CASES = [
 
 
 @pytest.mark.parametrize("point, at, receiver_mode, consumer_process, again, interval", CASES)
-def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, point, at,
-                                            receiver_mode, consumer_process, again, interval):
+def test_sigkill_then_restart_equals_replay(
+    broker, topics, tmp_path, expected, point, at, receiver_mode, consumer_process, again, interval
+):
     preds, labels = expected["predictions"], expected["feedback"]
     group = f"crash-{topics['predictions']}"
     state, alarms_path = tmp_path / "state", tmp_path / "alarms.jsonl"
     env = {SECRET_ENV: SECRET}
     script = [Stall(4.0)] if receiver_mode == "stall" else []
     with WebhookReceiver(secret=SECRET, script=script, start=receiver_mode != "down") as receiver:
-        cfg = write_config(tmp_path / "run.yml", broker=broker, topics=topics, group=group,
-                           state_dir=state, alarms=alarms_path, webhook_url=receiver.url,
-                           secret_env=SECRET_ENV, consumer_process=consumer_process,
-                           checkpoint_interval_seconds=interval)
+        cfg = write_config(
+            tmp_path / "run.yml",
+            broker=broker,
+            topics=topics,
+            group=group,
+            state_dir=state,
+            alarms=alarms_path,
+            webhook_url=receiver.url,
+            secret_env=SECRET_ENV,
+            consumer_process=consumer_process,
+            checkpoint_interval_seconds=interval,
+        )
 
         # ---- the first run, killed while the events are produced -------------------
-        with DriftlineProcess(cfg, tmp_path, crash=(point, at) if point else None, env=env,
-                              name="first") as first:
+        with DriftlineProcess(cfg, tmp_path, crash=(point, at) if point else None, env=env, name="first") as first:
             producers = PacedProducers(broker, topics, preds, labels)
             if point is not None:
                 code = first.wait_exit(timeout=180)
                 assert code == -9, f"exit {code}, not SIGKILL; log:\n{first.log()[-3000:]}"
             elif receiver_mode == "down":
-                wait_for(lambda: any(r["status"] == "pending" and r["attempts"] >= 1
-                                     for r in outbox_rows(state)),
-                         150, "a trigger in the outbox, attempted and pending (receiver down)")
+                wait_for(
+                    lambda: any(r["status"] == "pending" and r["attempts"] >= 1 for r in outbox_rows(state)),
+                    150,
+                    "a trigger in the outbox, attempted and pending (receiver down)",
+                )
                 first.kill()
             else:
-                wait_for(lambda: len(receiver.accepted) >= 1, 150,
-                         "the receiver to process the first trigger (its answer stalls)")
+                wait_for(
+                    lambda: len(receiver.accepted) >= 1,
+                    150,
+                    "the receiver to process the first trigger (its answer stalls)",
+                )
                 first.kill()
             first_log = first.log()
         assert "Traceback" not in first_log, first_log[-3000:]
-        committed_at_crash = (committed_total(broker, group, topics["predictions"]),
-                              committed_total(broker, group, topics["feedback"]))
+        committed_at_crash = (
+            committed_total(broker, group, topics["predictions"]),
+            committed_total(broker, group, topics["feedback"]),
+        )
         alarms_at_crash = _line_count(alarms_path)
         rows_at_crash = outbox_rows(state)
         if point is not None:  # the crash came mid-stream, not after the end
@@ -189,12 +211,14 @@ def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, 
                 assert code == -9, f"exit {code}, not SIGKILL; log:\n{crashed.log()[-3000:]}"
                 assert "Traceback" not in crashed.log(), crashed.log()[-3000:]
         with DriftlineProcess(cfg, tmp_path, env=env, name="second") as second:
+
             def caught_up():
                 text = second.metrics()
                 events = metric_values(text, "driftline_model_events_total")
                 labelled = metric_values(text, "driftline_model_labelled_events_total")
-                return (sum(events.values()) >= len(preds) and sum(labelled.values()) >= len(labels)
-                        and (events, labelled))
+                return (
+                    sum(events.values()) >= len(preds) and sum(labelled.values()) >= len(labels) and (events, labelled)
+                )
 
             try:
                 counts = wait_for(caught_up, 180, "the restarted service to reach the end of the stream")
@@ -203,13 +227,22 @@ def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, 
                 raise AssertionError(
                     f"{exc}: events {metric_values(text, 'driftline_model_events_total')}, labelled "
                     f"{metric_values(text, 'driftline_model_labelled_events_total')} of {len(preds)} "
-                    f"and {len(labels)}; log tail:\n{second.log()[-2000:]}") from None
-            wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(preds)
-                     and committed_total(broker, group, topics["feedback"]) >= len(labels),
-                     60, "every offset committed")
+                    f"and {len(labels)}; log tail:\n{second.log()[-2000:]}"
+                ) from None
+            wait_for(
+                lambda: (
+                    committed_total(broker, group, topics["predictions"]) >= len(preds)
+                    and committed_total(broker, group, topics["feedback"]) >= len(labels)
+                ),
+                60,
+                "every offset committed",
+            )
             try:  # on a timeout, the comparisons below say what is missing
-                wait_for(lambda: expected["triggers"] <= {trigger_identity(r.json()) for r in receiver.accepted},
-                         60, "every trigger of the replay at the receiver")
+                wait_for(
+                    lambda: expected["triggers"] <= {trigger_identity(r.json()) for r in receiver.accepted},
+                    60,
+                    "every trigger of the replay at the receiver",
+                )
             except AssertionError:
                 pass
             assert second.terminate() == 0, second.log()[-3000:]
@@ -217,26 +250,33 @@ def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, 
         assert "Traceback" not in second_log, second_log[-3000:]
 
     # ---- the comparison with the replay ---------------------------------------------
-    context = (f"crash point {point}#{at} then {again} ({receiver_mode}, consumer_process="
-               f"{consumer_process}, checkpoint every {interval}s): "
-               f"committed {committed_at_crash[0]}/{len(preds)} predictions and {committed_at_crash[1]}/"
-               f"{len(labels)} labels, {alarms_at_crash} alarm "
-               f"lines, {len(rows_at_crash)} outbox rows at the crash; after the restart "
-               f"{_line_count(alarms_path)} alarm lines ({len(expected['alarms'])} distinct in "
-               f"the replay), {len(receiver.requests)} requests, {receiver.duplicates} duplicates, "
-               f"{len(expected['triggers'])} triggers")
+    context = (
+        f"crash point {point}#{at} then {again} ({receiver_mode}, consumer_process="
+        f"{consumer_process}, checkpoint every {interval}s): "
+        f"committed {committed_at_crash[0]}/{len(preds)} predictions and {committed_at_crash[1]}/"
+        f"{len(labels)} labels, {alarms_at_crash} alarm "
+        f"lines, {len(rows_at_crash)} outbox rows at the crash; after the restart "
+        f"{_line_count(alarms_path)} alarm lines ({len(expected['alarms'])} distinct in "
+        f"the replay), {len(receiver.requests)} requests, {receiver.duplicates} duplicates, "
+        f"{len(expected['triggers'])} triggers"
+    )
     print(context)  # the crash matrix, with -s
     torn = [line for line in alarms_path.read_bytes().splitlines() if not _is_json(line)]
     assert not torn, f"{context}\nunreadable lines in the alarm file: {torn}"
     got, want = alarm_set(read_alarms(alarms_path)), alarm_set(expected["alarms"])
-    assert got == want, (f"{context}\nonly after the crash: {describe(got - want)}\n"
-                         f"only in the replay: {describe(want - got)}")
+    assert got == want, (
+        f"{context}\nonly after the crash: {describe(got - want)}\nonly in the replay: {describe(want - got)}"
+    )
 
     events, labelled = counts
-    assert events == {(("model", "fraud"), ("version", "v1")): N_FRAUD,
-                      (("model", "churn"), ("version", "v1")): N_CHURN}, context
-    assert labelled == {(("model", "fraud"), ("version", "v1")): N_FRAUD,
-                        (("model", "churn"), ("version", "v1")): N_CHURN}, context
+    assert events == {
+        (("model", "fraud"), ("version", "v1")): N_FRAUD,
+        (("model", "churn"), ("version", "v1")): N_CHURN,
+    }, context
+    assert labelled == {
+        (("model", "fraud"), ("version", "v1")): N_FRAUD,
+        (("model", "churn"), ("version", "v1")): N_CHURN,
+    }, context
 
     delivered = [r.idempotency_key for r in receiver.accepted]
     assert len(delivered) == len(set(delivered))  # the receiver de-duplicates
@@ -245,9 +285,11 @@ def test_sigkill_then_restart_equals_replay(broker, topics, tmp_path, expected, 
         keys_of.setdefault(trigger_identity(r.json()), set()).add(r.idempotency_key)
     assert set(keys_of) == expected["triggers"], (
         f"{context}\nmissing {sorted(expected['triggers'] - set(keys_of))}\n"
-        f"extra {sorted(set(keys_of) - expected['triggers'])}")
+        f"extra {sorted(set(keys_of) - expected['triggers'])}"
+    )
     assert all(len(k) == 1 for k in keys_of.values()), (
-        f"{context}\na trigger reached the receiver under several keys: {keys_of}")
+        f"{context}\na trigger reached the receiver under several keys: {keys_of}"
+    )
     assert all(r.signature_valid for r in receiver.requests)
     rows = outbox_rows(state)
     assert {r["key"] for r in rows} == set(delivered), rows

@@ -30,20 +30,23 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from driftline.app import Service
 from driftline.cli import main
-from driftline.monitor.config import load_settings
-from driftline.sinks.deadletter import KafkaDeadLetters
 from driftline.demo.embedded_broker import EmbeddedBroker
+from driftline.monitor.config import load_settings
 from driftline.monitor.sources import KafkaSource
+from driftline.sinks.deadletter import KafkaDeadLetters
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.jsonl import JsonlSink
 from driftline.sinks.kafka import KafkaAlarmSink
 from tests.monitor.streams import prediction_events, to_jsonl
 from tests.support.runs import read_topic
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(400),
-              # kafka-python 3.0 leaves the socket of a refused or timed-out connection to
-              # the garbage collector (its leak, not driftline's; see test_kafka_sink.py)
-              pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.timeout(400),
+    # kafka-python 3.0 leaves the socket of a refused or timed-out connection to
+    # the garbage collector (its leak, not driftline's; see test_kafka_sink.py)
+    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 1_000_000  # kafka.dead_letter_max_bytes's default
@@ -54,11 +57,17 @@ HOSTILE = [
     (b"fraud", b"<" + b"x" * 1_500_000 + b">", "invalid_json"),  # over 1 MB, not JSON
     (b"fraud", orjson.dumps({"model": "fraud", "blob": "y" * 2_500_000}), "missing_field"),  # over 1 MB, JSON
     (b"\xff\xfe-key", b"\xff\xfe\x00\x01 raw bytes \xc3\x28", "invalid_json"),  # not UTF-8 at all, key neither
-    (b"fraud", b'{"model":"fraud","version":"v1","id":"p-\xff\xfe","ts":1700000000.5,' + VALID_FEATURE,
-     "invalid_json"),  # an invalid byte inside a JSON string
-    (b"fraud", b'{"model":"fraud","version":"v1","id":"bad-feature","ts":1700000000.5,'
-               b'"features":{"x0":0.1,"x1":0.2,"x2":0.3,"country":"D\xc3\x28"},"prediction":0.5}',
-     "wrong_type"),  # an invalid byte inside a feature's string: no Python value holds it (engine)
+    (
+        b"fraud",
+        b'{"model":"fraud","version":"v1","id":"p-\xff\xfe","ts":1700000000.5,' + VALID_FEATURE,
+        "invalid_json",
+    ),  # an invalid byte inside a JSON string
+    (
+        b"fraud",
+        b'{"model":"fraud","version":"v1","id":"bad-feature","ts":1700000000.5,'
+        b'"features":{"x0":0.1,"x1":0.2,"x2":0.3,"country":"D\xc3\x28"},"prediction":0.5}',
+        "wrong_type",
+    ),  # an invalid byte inside a feature's string: no Python value holds it (engine)
 ]
 
 
@@ -76,12 +85,11 @@ def produce_with_hostile(broker, topic, events, hostile=HOSTILE):
     """Valid events with the hostile records spread among them; returns the hostile
     records' positions ``{(topic, partition, offset): (key, value, reason)}`` and the
     end offset of each partition."""
-    p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=10,
-                      max_request_size=8_000_000)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=10, max_request_size=8_000_000)
     chunk = max(1, len(events) // (len(hostile) + 1))
     futures = []
     for i, h in enumerate([*hostile, None]):
-        for e in events[i * chunk:(i + 1) * chunk if h is not None else len(events)]:
+        for e in events[i * chunk : (i + 1) * chunk if h is not None else len(events)]:
             futures.append((p.send(topic, key=e["model"].encode(), value=orjson.dumps(e)), None))
         if h is not None:
             futures.append((p.send(topic, key=h[0], value=h[1]), h))
@@ -109,15 +117,25 @@ def produce(broker, topic, events):
 
 
 def settings_for(broker, topics, tmp_path, **extra):
-    kafka = {"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
-             "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-             "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-             "poll_timeout_ms": 200, "max_poll_records": 1000, **extra.pop("kafka", {})}
+    kafka = {
+        "bootstrap_servers": broker.bootstrap_servers,
+        "group_id": f"g-{topics['predictions']}",
+        "predictions_topic": topics["predictions"],
+        "feedback_topic": topics["feedback"],
+        "dead_letter_topic": topics["dead_letter"],
+        "session_timeout_ms": 6000,
+        "poll_timeout_ms": 200,
+        "max_poll_records": 1000,
+        **extra.pop("kafka", {}),
+    }
     base = dict(
         kafka=kafka,
         defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}},
-        prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
-        checkpoint_interval_seconds=0)
+        prometheus={"enabled": False},
+        state_dir=tmp_path / "state",
+        alarms_jsonl=tmp_path / "alarms.jsonl",
+        checkpoint_interval_seconds=0,
+    )
     return load_settings(**{**base, **extra})
 
 
@@ -184,8 +202,7 @@ class RecordingDeadLetters(KafkaDeadLetters):
             raise
         finally:
             still = set(map(id, self._pending))
-            self.acked.update((e.item.topic, e.item.partition, e.item.offset)
-                              for e in before if id(e) not in still)
+            self.acked.update((e.item.topic, e.item.partition, e.item.offset) for e in before if id(e) not in still)
 
 
 class CheckedSource(KafkaSource):
@@ -200,7 +217,7 @@ class CheckedSource(KafkaSource):
         self.commits = 0
 
     def commit(self, offsets):
-        for (topic, partition, offset) in self.positions:
+        for topic, partition, offset in self.positions:
             if offsets.get((topic, partition), 0) > offset and (topic, partition, offset) not in self.acked:
                 self.violations.append((topic, partition, offset, dict(offsets)))
         done = super().commit(offsets)
@@ -245,8 +262,21 @@ def replay_alarms(tmp_path, events):
     cfg = tmp_path / "replay.yml"
     cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
     out = tmp_path / "replay-alarms.jsonl"
-    assert main(["replay", "--predictions", str(tmp_path / "replay-p.jsonl"), "--config", str(cfg),
-                 "--alarms", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(tmp_path / "replay-p.jsonl"),
+                "--config",
+                str(cfg),
+                "--alarms",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return [orjson.loads(x) for x in out.read_bytes().splitlines() if x.strip()]
 
 
@@ -276,10 +306,16 @@ def test_hostile_records_all_reach_the_dead_letter_topic_before_the_commit(broke
     try:
         svc = running.service
         # records over 1 MB are fetched (kafka-python's max_partition_fetch_bytes is 1 MiB)
-        wait_for(lambda: svc.stats.predictions + svc.stats.invalid >= len(events) + len(HOSTILE), 120,
-                 "every record consumed")
-        wait_for(lambda: at_end(broker, settings.kafka.group_id, topics["predictions"], ends), 60,
-                 "the offsets committed to the end")
+        wait_for(
+            lambda: svc.stats.predictions + svc.stats.invalid >= len(events) + len(HOSTILE),
+            120,
+            "every record consumed",
+        )
+        wait_for(
+            lambda: at_end(broker, settings.kafka.group_id, topics["predictions"], ends),
+            60,
+            "the offsets committed to the end",
+        )
     finally:
         assert running.stop() == 0
     # the record with a bad feature string decodes as a prediction; the engine dead-letters it
@@ -324,8 +360,11 @@ def test_a_dead_letter_topic_that_cannot_be_written_holds_the_commit_until_it_ca
         letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=10.0)
         running = Running(Service(settings, source=source, dead_letters=letters))
         try:
-            wait_for(lambda: at_end(broker, group, topics["predictions"], ends), 180,
-                     "the offsets committed to the end after the restart")
+            wait_for(
+                lambda: at_end(broker, group, topics["predictions"], ends),
+                180,
+                "the offsets committed to the end after the restart",
+            )
         finally:
             assert running.stop() == 0
         assert source.violations == []
@@ -358,8 +397,11 @@ def test_a_dead_letter_topic_back_while_running_gets_every_dead_letter(broker, t
                 running.stop()
                 raise
         try:
-            wait_for(lambda: at_end(broker, group, topics["predictions"], ends), 180,
-                     "the offsets committed to the end once the dead letters were written")
+            wait_for(
+                lambda: at_end(broker, group, topics["predictions"], ends),
+                180,
+                "the offsets committed to the end once the dead letters were written",
+            )
         finally:
             assert running.stop() == 0
         assert source.violations == [] and set(positions) <= acked
@@ -373,24 +415,44 @@ def test_driftline_run_dead_letters_hostile_records(broker, topics, tmp_path):
     positions, ends = produce_with_hostile(broker, topics["predictions"], events)
     group = f"run-{topics['predictions']}"
     cfg = tmp_path / "driftline.yml"
-    cfg.write_text(yaml.safe_dump({
-        "state_dir": str(tmp_path / "state"), "alarms_jsonl": str(tmp_path / "alarms.jsonl"),
-        "checkpoint_interval_seconds": 0, "prometheus": {"enabled": False},
-        "defaults": {"reference": {"size": 2000}, "window": {"size": 1000}},
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers, "group_id": group,
-                  "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-                  "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-                  "poll_timeout_ms": 200, "max_poll_records": 1000},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "alarms_jsonl": str(tmp_path / "alarms.jsonl"),
+                "checkpoint_interval_seconds": 0,
+                "prometheus": {"enabled": False},
+                "defaults": {"reference": {"size": 2000}, "window": {"size": 1000}},
+                "kafka": {
+                    "bootstrap_servers": broker.bootstrap_servers,
+                    "group_id": group,
+                    "predictions_topic": topics["predictions"],
+                    "feedback_topic": topics["feedback"],
+                    "dead_letter_topic": topics["dead_letter"],
+                    "session_timeout_ms": 6000,
+                    "poll_timeout_ms": 200,
+                    "max_poll_records": 1000,
+                },
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["PYTHONPATH"] = str(REPO)
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "run", "--config", str(cfg),
-                                 "--log-level", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftline.cli", "run", "--config", str(cfg), "--log-level", "INFO"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            wait_for(lambda: at_end(broker, group, topics["predictions"], ends) or proc.poll() is not None,
-                     240, "the offsets committed to the end")
+            wait_for(
+                lambda: at_end(broker, group, topics["predictions"], ends) or proc.poll() is not None,
+                240,
+                "the offsets committed to the end",
+            )
             assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=120) == 0, log_path.read_text(errors="replace")[-3000:]
@@ -434,8 +496,7 @@ class CountingKafkaAlarms(KafkaAlarmSink):
             raise
 
 
-def test_a_jsonl_sink_that_cannot_write_holds_the_commit_and_nothing_is_lost_after_a_restart(
-        broker, topics, tmp_path):
+def test_a_jsonl_sink_that_cannot_write_holds_the_commit_and_nothing_is_lost_after_a_restart(broker, topics, tmp_path):
     events = prediction_events(6_000, model="fraud", seed=45, shift_at=4_000, shift=0.8)
     ends = produce(broker, topics["predictions"], events)
     assert len(ends) == 1  # one model, one partition: offsets are the model's event indices
@@ -461,8 +522,11 @@ def test_a_jsonl_sink_that_cannot_write_holds_the_commit_and_nothing_is_lost_aft
     path.rmdir()  # fixed: the next instance can write the file
     running = Running(Service(settings, sinks=[JsonlSink(path)]))
     try:
-        wait_for(lambda: at_end(broker, group, topics["predictions"], ends), 180,
-                 "the offsets committed to the end after the restart")
+        wait_for(
+            lambda: at_end(broker, group, topics["predictions"], ends),
+            180,
+            "the offsets committed to the end after the restart",
+        )
     finally:
         assert running.stop() == 0
     got = [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
@@ -470,7 +534,8 @@ def test_a_jsonl_sink_that_cannot_write_holds_the_commit_and_nothing_is_lost_aft
 
 
 def test_a_kafka_alarm_sink_that_cannot_publish_holds_the_commit_and_nothing_is_lost_after_a_restart(
-        broker, topics, tmp_path):
+    broker, topics, tmp_path
+):
     events = prediction_events(6_000, model="fraud", seed=46, shift_at=4_000, shift=0.8)
     ends = produce(broker, topics["predictions"], events)
     assert len(ends) == 1  # one model, one partition: offsets are the model's event indices
@@ -479,8 +544,9 @@ def test_a_kafka_alarm_sink_that_cannot_publish_holds_the_commit_and_nothing_is_
     settings = settings_for(broker, topics, tmp_path)
     group = settings.kafka.group_id
     with private_broker(tmp_path, "alarms", [topics["alarms"]]) as private:
-        alarm_kafka = settings.kafka.model_copy(update={"bootstrap_servers": private.bootstrap_servers,
-                                                        "alarms_topic": topics["alarms"]})
+        alarm_kafka = settings.kafka.model_copy(
+            update={"bootstrap_servers": private.bootstrap_servers, "alarms_topic": topics["alarms"]}
+        )
         with private.frozen():
             sink = CountingKafkaAlarms(alarm_kafka, flush_timeout_seconds=2.0)
             running = Running(Service(settings, sinks=[sink]))
@@ -500,13 +566,18 @@ def test_a_kafka_alarm_sink_that_cannot_publish_holds_the_commit_and_nothing_is_
         sink = KafkaAlarmSink(alarm_kafka, flush_timeout_seconds=10.0)
         running = Running(Service(settings, sinks=[sink]))
         try:
-            wait_for(lambda: at_end(broker, group, topics["predictions"], ends), 180,
-                     "the offsets committed to the end after the restart")
+            wait_for(
+                lambda: at_end(broker, group, topics["predictions"], ends),
+                180,
+                "the offsets committed to the end after the restart",
+            )
             assert sink.pending == 0
         finally:
             assert running.stop() == 0
-        got = [orjson.loads(r.value) for r in read_topic(private.bootstrap_servers, topics["alarms"],
-                                                          len(expected), timeout=30)]
+        got = [
+            orjson.loads(r.value)
+            for r in read_topic(private.bootstrap_servers, topics["alarms"], len(expected), timeout=30)
+        ]
         # at least once: an alarm in flight when the first instance stopped may arrive twice
         assert set(map(alarm_key, got)) == set(map(alarm_key, expected))
 
@@ -524,14 +595,19 @@ def test_invalid_bytes_inside_strings_are_dead_lettered_never_raised():
 
     events = prediction_events(300, model="fraud", seed=47)
     good = [Record("p", 0, i, 0, b"fraud", orjson.dumps(e)) for i, e in enumerate(events)]
-    bad = {1000 + i: (Record("p", 0, 1000 + i, 0, key, value), reason)
-           for i, (key, value, reason) in enumerate(HOSTILE[2:])}
-    settings = load_settings(defaults={"reference": {"size": 100}, "window": {"size": 50}},
-                             prometheus={"enabled": False})
+    bad = {
+        1000 + i: (Record("p", 0, 1000 + i, 0, key, value), reason)
+        for i, (key, value, reason) in enumerate(HOSTILE[2:])
+    }
+    settings = load_settings(
+        defaults={"reference": {"size": 100}, "window": {"size": 50}}, prometheus={"enabled": False}
+    )
     engine = Engine(settings)
     # the first batch builds the reference (schema unknown), the second runs the windows
-    for batch in (good[:50] + [r for r, _ in bad.values()] + good[50:150],
-                  good[150:200] + [r._replace(offset=r.offset + 100) for r, _ in bad.values()] + good[200:]):
+    for batch in (
+        good[:50] + [r for r, _ in bad.values()] + good[50:150],
+        good[150:200] + [r._replace(offset=r.offset + 100) for r, _ in bad.values()] + good[200:],
+    ):
         decoded = decode_batch(batch, "p", "f")
         dead = decoded.dead_letters + engine.process(decoded).dead_letters
         shift = 0 if batch[50].offset == 1000 else 100

@@ -3,16 +3,18 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from driftline.monitor.decode import Schema, columnarize, decode_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftline.monitor.decode import Schema, columnarize, decode_batch
 from tests.monitor.streams import prediction_events
 
 
 def _decode(values, topic="predictions"):
-    recs = [type("R", (), dict(topic=topic, partition=0, offset=i, timestamp=1_000, key=None, value=v))()
-            for i, v in enumerate(values)]
+    recs = [
+        type("R", (), dict(topic=topic, partition=0, offset=i, timestamp=1_000, key=None, value=v))()
+        for i, v in enumerate(values)
+    ]
     return decode_batch(recs, "predictions", "feedback")
 
 
@@ -45,11 +47,14 @@ def test_bad_prediction_is_dead_lettered_with_reason_and_others_survive(raw, rea
 
 
 def test_feedback_contract():
-    out = _decode([
-        orjson.dumps({"model": "m", "id": 7, "label": 1}),
-        orjson.dumps({"model": "m", "id": "b"}),
-        orjson.dumps({"model": "m", "id": "c", "label": {"x": 1}}),
-    ], topic="feedback")
+    out = _decode(
+        [
+            orjson.dumps({"model": "m", "id": 7, "label": 1}),
+            orjson.dumps({"model": "m", "id": "b"}),
+            orjson.dumps({"model": "m", "id": "c", "label": {"x": 1}}),
+        ],
+        topic="feedback",
+    )
     assert out.n_feedback == 1 and out.feedback["m"].ids == ["7"]
     assert sorted(d.reason for d in out.dead_letters) == ["missing_field", "wrong_type"]
 
@@ -64,8 +69,7 @@ def test_schema_inference_and_columns():
     feats = [{"a": 1.0, "b": "x", "c": True}, {"a": None, "b": "y", "c": False}, {"a": 2, "b": None}]
     schema, dropped = Schema.infer(feats, None, None, [], 10)
     assert schema.numeric == ["a", "c"] and schema.categorical == ["b"] and dropped == 0
-    num, codes, bad = columnarize(
-        [{"a": 3.5, "b": "y"}, {"a": "oops", "b": "zzz"}, {"b": None, "extra": 1}], schema)
+    num, codes, bad = columnarize([{"a": 3.5, "b": "y"}, {"a": "oops", "b": "zzz"}, {"b": None, "extra": 1}], schema)
     np.testing.assert_array_equal(bad, [False, True, False])
     assert num[0, 0] == 3.5 and np.isnan(num[1, 0]) and np.isnan(num[2, 0])
     assert codes[:, 0].tolist() == [schema.vocabularies[0]["y"], 2, -1]  # 2 = unseen ("other")
@@ -78,8 +82,13 @@ def test_schema_cap_counts_dropped_features():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=32),
-                          st.integers(-1000, 1000)), min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(-1000, 1000)),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_numeric_column_matches_per_value_conversion(values):
     schema = Schema(["a"], [], [])
     num, _, bad = columnarize([{"a": v} for v in values], schema)
@@ -108,13 +117,21 @@ def test_categorical_values_that_are_not_strings_use_their_text():
     assert bad.tolist() == [False, False, False, False, True]
 
 
-_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(-1e6, 1e6, allow_nan=False),
-                   st.sampled_from(["a", "b", "zz", ""]), st.just([1]), st.just({"k": 1}))
+_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.sampled_from(["a", "b", "zz", ""]),
+    st.just([1]),
+    st.just({"k": 1}),
+)
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(["x", "y", "c", "extra"]), _VALUE, max_size=4),
-                min_size=1, max_size=12))
+@given(
+    st.lists(st.dictionaries(st.sampled_from(["x", "y", "c", "extra"]), _VALUE, max_size=4), min_size=1, max_size=12)
+)
 def test_raw_columns_equal_dict_columns(rows):
     """The fast path (features decoded into the schema's struct) and the dict path give
     the same columns and flag the same rows, whatever the values."""
@@ -141,22 +158,41 @@ _SCHEMAS = {
 _NUMBER = st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False), st.integers(-3, 3), st.booleans())
 _CATEGORY = st.one_of(st.none(), st.sampled_from(["p", "q", "r", "s", "new"]), st.integers(0, 2))
 _FEATURE = st.one_of(_NUMBER, _CATEGORY)
-_FEATURES = st.fixed_dictionaries({}, optional={"x": _NUMBER, "y": _NUMBER, "c": _CATEGORY, "d": _CATEGORY,
-                                                "e": _FEATURE})
+_FEATURES = st.fixed_dictionaries(
+    {}, optional={"x": _NUMBER, "y": _NUMBER, "c": _CATEGORY, "d": _CATEGORY, "e": _FEATURE}
+)
 _EVENT = st.fixed_dictionaries(
-    {"model": st.sampled_from(["a"] * 12 + ["b"] * 12 + ["u"]),
-     "id": st.one_of(st.text(min_size=1, max_size=3), st.integers(0, 9), st.text(max_size=1)),
-     "features": st.one_of(_FEATURES, _FEATURES, _FEATURES,
-                           st.dictionaries(st.sampled_from(["x", "y", "c", "d", "e"]), _FEATURE, max_size=5))},
-    optional={"version": st.sampled_from(["v1", "v2"] * 10 + [""]), "ts": st.floats(0, 2e9),
-              "prediction": st.one_of(st.floats(0, 1), st.sampled_from(["yes", "no"])),
-              "latency_ms": st.floats(0, 100)})
+    {
+        "model": st.sampled_from(["a"] * 12 + ["b"] * 12 + ["u"]),
+        "id": st.one_of(st.text(min_size=1, max_size=3), st.integers(0, 9), st.text(max_size=1)),
+        "features": st.one_of(
+            _FEATURES,
+            _FEATURES,
+            _FEATURES,
+            st.dictionaries(st.sampled_from(["x", "y", "c", "d", "e"]), _FEATURE, max_size=5),
+        ),
+    },
+    optional={
+        "version": st.sampled_from(["v1", "v2"] * 10 + [""]),
+        "ts": st.floats(0, 2e9),
+        "prediction": st.one_of(st.floats(0, 1), st.sampled_from(["yes", "no"])),
+        "latency_ms": st.floats(0, 100),
+    },
+)
 _RAW = st.one_of(
     *[_EVENT.map(orjson.dumps)] * 40,
-    st.sampled_from([b"{not json", b"[1]", b"", b'{"id": "1", "features": {}}',
-                     b'{"model": "", "id": 1, "features": {}}',
-                     b'{"model": "a", "id": 1, "features": {"x": "text"}}', b'{"model": "a", "id": 1, "features": 3}',
-                     b'{"model": "a", "id": 1, "features": {}, "ts": 1e999}']),
+    st.sampled_from(
+        [
+            b"{not json",
+            b"[1]",
+            b"",
+            b'{"id": "1", "features": {}}',
+            b'{"model": "", "id": 1, "features": {}}',
+            b'{"model": "a", "id": 1, "features": {"x": "text"}}',
+            b'{"model": "a", "id": 1, "features": 3}',
+            b'{"model": "a", "id": 1, "features": {}, "ts": 1e999}',
+        ]
+    ),
 )
 
 
@@ -171,8 +207,10 @@ def _same(x, y):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_RAW, st.sampled_from(["predictions"] * 5 + ["feedback"])), min_size=1, max_size=12),
-       st.sampled_from([(), ("a",), ("a", "b")]))
+@given(
+    st.lists(st.tuples(_RAW, st.sampled_from(["predictions"] * 5 + ["feedback"])), min_size=1, max_size=12),
+    st.sampled_from([(), ("a",), ("a", "b")]),
+)
 def test_batch_decoder_equals_decode_batch_then_columns(items, known):
     """Whichever path a batch takes (one typed pass, or the general one), the consumer
     process's decoder gives what decode_batch plus columnarize_raw give: the same dead
@@ -185,8 +223,9 @@ def test_batch_decoder_equals_decode_batch_then_columns(items, known):
     got = decoder.decode(recs)
     want = decode_batch(recs, "predictions", "feedback")
     assert got.n_records == want.n_records == len(recs)
-    assert (sorted((d.offset, d.reason) for d in got.dead_letters)
-            == sorted((d.offset, d.reason) for d in want.dead_letters))
+    assert sorted((d.offset, d.reason) for d in got.dead_letters) == sorted(
+        (d.offset, d.reason) for d in want.dead_letters
+    )
     assert got.predictions.keys() == want.predictions.keys()
     for model, w in want.predictions.items():
         g = got.predictions[model]
@@ -214,8 +253,10 @@ def test_batch_decoder_takes_one_pass_when_every_model_has_a_schema():
     decoder = BatchDecoder("predictions", "feedback")
     decoder.set_schemas({m: s.to_state() for m, s in _SCHEMAS.items()})
     out = decoder.decode(_records([orjson.dumps(e) for e in events], ["predictions"] * 4))
-    assert ({m: p.columns.numeric[:, 0].tolist() for m, p in out.predictions.items()}
-            == {"a": [1.5, 1.5], "b": [1.5, 1.5]})
+    assert {m: p.columns.numeric[:, 0].tolist() for m, p in out.predictions.items()} == {
+        "a": [1.5, 1.5],
+        "b": [1.5, 1.5],
+    }
     assert all(p.sources == [] and p.features == [] for p in out.predictions.values())
     events.append({"model": "u", "id": 9, "features": {"x": 1.0}})
     out = decoder.decode(_records([orjson.dumps(e) for e in events], ["predictions"] * 5))

@@ -17,9 +17,10 @@ import msgspec
 import numpy as np
 import orjson
 import pytest
-from driftline.monitor.decode import BatchDecoder, DecodedBatch, Record, Schema, columnarize_raw, decode_batch
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
+
+from driftline.monitor.decode import BatchDecoder, DecodedBatch, Record, Schema, columnarize_raw, decode_batch
 
 PRED, FB = "predictions", "feedback"
 
@@ -33,24 +34,44 @@ _TEXT = st.text(alphabet=st.sampled_from(list('pq,"\\]}[{: é\u2028')), min_size
 _NUMBER = st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False), st.integers(-3, 3), st.booleans())
 _CATEGORY = st.one_of(st.none(), st.sampled_from(["p", "q", "r", "s", "new"]), st.integers(0, 2), _TEXT)
 _ODD = st.one_of(st.just([1]), st.just([]), st.just({"k": [1, 2]}), st.just("1.5"), _TEXT)
-_FEATURES = st.fixed_dictionaries({}, optional={
-    "x": st.one_of(_NUMBER, _NUMBER, _NUMBER, _ODD), "y": _NUMBER, "c": _CATEGORY, "d": _CATEGORY,
-    "e": st.one_of(_NUMBER, _CATEGORY, _ODD)})
+_FEATURES = st.fixed_dictionaries(
+    {},
+    optional={
+        "x": st.one_of(_NUMBER, _NUMBER, _NUMBER, _ODD),
+        "y": _NUMBER,
+        "c": _CATEGORY,
+        "d": _CATEGORY,
+        "e": st.one_of(_NUMBER, _CATEGORY, _ODD),
+    },
+)
 _ID = st.one_of(_TEXT, st.integers(0, 99))
 _PREDICTION = st.fixed_dictionaries(
     {"model": st.sampled_from(["a", "a", "b", "b", "u"]), "id": _ID, "features": _FEATURES},
-    optional={"version": st.sampled_from(["v1", "v2", ""]), "ts": st.floats(0, 2e9),
-              "prediction": st.one_of(st.floats(0, 1), st.sampled_from(["yes", "no"])),
-              "scores": st.dictionaries(st.sampled_from(["yes", "no"]), st.floats(0, 1), max_size=2),
-              "latency_ms": st.floats(0, 100)})
+    optional={
+        "version": st.sampled_from(["v1", "v2", ""]),
+        "ts": st.floats(0, 2e9),
+        "prediction": st.one_of(st.floats(0, 1), st.sampled_from(["yes", "no"])),
+        "scores": st.dictionaries(st.sampled_from(["yes", "no"]), st.floats(0, 1), max_size=2),
+        "latency_ms": st.floats(0, 100),
+    },
+)
 _FEEDBACK = st.fixed_dictionaries(
-    {"model": st.sampled_from(["a", "b", "u"]), "id": _ID,
-     "label": st.one_of(st.integers(0, 1), st.sampled_from(["yes", "no"]), st.floats(0, 1))},
-    optional={"version": st.sampled_from(["v1", "v2"]), "ts": st.floats(0, 2e9),
-              "prediction": st.sampled_from(["yes", "no"])})
+    {
+        "model": st.sampled_from(["a", "b", "u"]),
+        "id": _ID,
+        "label": st.one_of(st.integers(0, 1), st.sampled_from(["yes", "no"]), st.floats(0, 1)),
+    },
+    optional={
+        "version": st.sampled_from(["v1", "v2"]),
+        "ts": st.floats(0, 2e9),
+        "prediction": st.sampled_from(["yes", "no"]),
+    },
+)
 _WHITESPACE = st.text(alphabet=" \t\n\r", max_size=3).map(str.encode)
-_TOPIC_EVENTS = st.one_of(st.tuples(st.just(PRED), st.lists(_PREDICTION, min_size=1, max_size=4)),
-                          st.tuples(st.just(FB), st.lists(_FEEDBACK, min_size=1, max_size=3)))
+_TOPIC_EVENTS = st.one_of(
+    st.tuples(st.just(PRED), st.lists(_PREDICTION, min_size=1, max_size=4)),
+    st.tuples(st.just(FB), st.lists(_FEEDBACK, min_size=1, max_size=3)),
+)
 
 
 def _structural_commas(text: bytes) -> list[int]:
@@ -105,30 +126,48 @@ def byte_splices(draw) -> tuple[str, list[bytes]]:
     return topic, draw(st.permutations(pieces)) if draw(st.booleans()) else pieces
 
 
-_ODD_VALUES = st.sampled_from([
-    b"", b" ", b"{", b"}", b"[", b"]", b",", b"null", b"{}", b"[1]", b'"text"', b"\xff", b"\xef\xbb\xbf{}",
-    b'{"model":"a","id":1,"features":{"c":"\xff"}}',  # broken UTF-8 in a feature
-    b'{"model":"a","id":1,"features":{"z":"\xff"}}',  # ... in a feature no schema has
-    b'{"model":"a\xff","id":1,"features":{}}',
-    b'{"model":"a","id":1,"features":{"x":1e400}}',  # beyond float64
-    b'{"model":"a","id":1,"features":{"z":-1e400}}',
-    b'{"model":"b","id":1,"features":{"x":1' + b"0" * 400 + b"}}",
-    b'{"model":"b","id":1,"features":{"c":1' + b"0" * 30 + b"}}",
-    b'{"model":"a","id":1,"features":{"e":' + b"[" * 60 + b"]" * 60 + b"}}",
-    b'{"model":"a","id":1,"features":{},"ts":1e999}',
-    b'{"model":"a","id":1,"features":{"x":[1]}}', b'{"model":"a","id":1,"features":{"x":[[1]]}}',
-    b'{"model":"a","id":1,"features":{"x":1,"x":"text"}}', b'{"model":"a","id":1,"features":{"x":"t","x":2}}',
-    b'{"model":"a","model":"b","id":1,"features":{}}',
-    b'{"model":"a","id":1,"features":{}} {"model":"a","id":2,"features":{}}',
-    b'{"model":"a","id":1,"features":{}},{"model":"a","id":2,"features":{}}',
-])
+_ODD_VALUES = st.sampled_from(
+    [
+        b"",
+        b" ",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b"null",
+        b"{}",
+        b"[1]",
+        b'"text"',
+        b"\xff",
+        b"\xef\xbb\xbf{}",
+        b'{"model":"a","id":1,"features":{"c":"\xff"}}',  # broken UTF-8 in a feature
+        b'{"model":"a","id":1,"features":{"z":"\xff"}}',  # ... in a feature no schema has
+        b'{"model":"a\xff","id":1,"features":{}}',
+        b'{"model":"a","id":1,"features":{"x":1e400}}',  # beyond float64
+        b'{"model":"a","id":1,"features":{"z":-1e400}}',
+        b'{"model":"b","id":1,"features":{"x":1' + b"0" * 400 + b"}}",
+        b'{"model":"b","id":1,"features":{"c":1' + b"0" * 30 + b"}}",
+        b'{"model":"a","id":1,"features":{"e":' + b"[" * 60 + b"]" * 60 + b"}}",
+        b'{"model":"a","id":1,"features":{},"ts":1e999}',
+        b'{"model":"a","id":1,"features":{"x":[1]}}',
+        b'{"model":"a","id":1,"features":{"x":[[1]]}}',
+        b'{"model":"a","id":1,"features":{"x":1,"x":"text"}}',
+        b'{"model":"a","id":1,"features":{"x":"t","x":2}}',
+        b'{"model":"a","model":"b","id":1,"features":{}}',
+        b'{"model":"a","id":1,"features":{}} {"model":"a","id":2,"features":{}}',
+        b'{"model":"a","id":1,"features":{}},{"model":"a","id":2,"features":{}}',
+    ]
+)
 _NOISE = st.one_of(
     _ODD_VALUES.map(lambda v: [v]),
     st.binary(max_size=24).map(lambda v: [v]),
     st.tuples(_WHITESPACE, _PREDICTION.map(orjson.dumps), _WHITESPACE).map(lambda t: [b"".join(t)]),
 )
 _GROUPS = st.one_of(
-    comma_splices(), comma_splices(), byte_splices(),
+    comma_splices(),
+    comma_splices(),
+    byte_splices(),
     st.tuples(st.sampled_from([PRED, PRED, FB]), _NOISE),
 )
 
@@ -156,20 +195,32 @@ def _verdicts(out: DecodedBatch) -> tuple[dict[int, str], Counter, Counter]:
     bad: Counter = Counter()
     rows: Counter = Counter()
     for model, p in out.predictions.items():
-        fields = list(zip(p.ids, p.versions, p.ts, p.prediction, p.latency_ms,
-                          [orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in p.scores], strict=False))
+        fields = list(
+            zip(
+                p.ids,
+                p.versions,
+                p.ts,
+                p.prediction,
+                p.latency_ms,
+                [orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in p.scores],
+                strict=False,
+            )
+        )
         if p.columns is None:
             feats = [(bytes(f),) for f in p.features]
             ok = np.ones(len(p), dtype=bool)
         else:
-            feats = [_nan_safe(n) + tuple(c)
-                     for n, c in zip(p.columns.numeric.tolist(), p.columns.codes.tolist(), strict=False)]
+            feats = [
+                _nan_safe(n) + tuple(c)
+                for n, c in zip(p.columns.numeric.tolist(), p.columns.codes.tolist(), strict=False)
+            ]
             ok = ~p.columns.bad
             bad.update(r.offset for r in p.columns.bad_sources)
         rows.update((PRED, model) + _nan_safe(f) + g for f, g, keep in zip(fields, feats, ok, strict=False) if keep)
     for model, f in out.feedback.items():
-        rows.update((FB, model) + _nan_safe(t)
-                    for t in zip(f.ids, f.ts, f.labels, f.prediction, f.versions, strict=False))
+        rows.update(
+            (FB, model) + _nan_safe(t) for t in zip(f.ids, f.ts, f.labels, f.prediction, f.versions, strict=False)
+        )
     return dead, bad, rows
 
 
@@ -256,8 +307,10 @@ def test_clean_batches_take_the_typed_pass(items):
     assert all(p.columns is not None and p.features == [] for p in out.predictions.values())
 
 
-ISSUE_MERGE = [b'{"model":"m","id":1,"features":{"a":[1',
-               b'2]},"prediction":0.5}, {"model":"m","id":2,"features":{"a":3}}']
+ISSUE_MERGE = [
+    b'{"model":"m","id":1,"features":{"a":[1',
+    b'2]},"prediction":0.5}, {"model":"m","id":2,"features":{"a":3}}',
+]
 
 
 @pytest.mark.parametrize("schemas", [{}, {"m": Schema(["a"], [], []).to_state()}])
@@ -297,8 +350,18 @@ def test_a_feature_no_decoder_takes_flags_its_row_not_the_batch():
     schema's struct nor a dict takes (a number beyond float64, broken UTF-8) flags its
     row, in a batch that needs the row-by-row path, instead of raising."""
     schema = _SCHEMAS["a"]
-    raws = [msgspec.Raw(v) for v in (b'{"x":1.5}', b'{"x":"t"}', b'{"z":1e400,"x":2}', b'{"x":1e400}',
-                                      b'{"c":"\xff"}', b'{"x":1' + b"0" * 400 + b"}", b'{"x":[1]}')]
+    raws = [
+        msgspec.Raw(v)
+        for v in (
+            b'{"x":1.5}',
+            b'{"x":"t"}',
+            b'{"z":1e400,"x":2}',
+            b'{"x":1e400}',
+            b'{"c":"\xff"}',
+            b'{"x":1' + b"0" * 400 + b"}",
+            b'{"x":[1]}',
+        )
+    ]
     num, codes, bad = columnarize_raw(raws, schema)
     assert bad.tolist() == [False, True, False, True, True, True, True]
     assert num[:, 0].tolist()[:1] == [1.5] and num[2, 0] == 2.0
@@ -309,8 +372,10 @@ def test_a_feature_no_decoder_takes_flags_its_row_not_the_batch():
 
 def test_deep_nesting_is_a_dead_letter_not_a_crash():
     deep = b'{"model":"a","id":1,"features":{"e":' + b"[" * 5_000 + b"]" * 5_000 + b"}}"
-    recs = [Record(PRED, 0, 0, 1_000, None, deep),
-            Record(PRED, 0, 1, 1_000, None, b'{"model":"a","id":2,"features":{}}')]
+    recs = [
+        Record(PRED, 0, 0, 1_000, None, deep),
+        Record(PRED, 0, 1, 1_000, None, b'{"model":"a","id":2,"features":{}}'),
+    ]
     out = decode_batch(recs, PRED, FB)
     assert [(d.offset, d.reason) for d in out.dead_letters] == [(0, "invalid_json")]
     assert out.predictions["a"].ids == ["2"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+
 from driftline.monitor.decode import DecodedBatch, Schema, columnarize, decode_batch, decode_features
 from driftline.monitor.sources import (
     Batch,
@@ -20,7 +21,6 @@ from driftline.monitor.sources import (
     Seek,
     ShareSchemas,
 )
-
 from tests.monitor.streams import prediction_events, records, to_jsonl
 
 
@@ -71,4 +71,9 @@ def test_the_consumer_process_messages_cross_a_process_boundary_intact():
     for message in messages:
         assert pickle.loads(pickle.dumps(message)) == message
     assert [Commit.name, Seek.name, GetStatus.name, ShareSchemas.name, Close.name] == [
-        "commit", "seek", "status", "schemas", "close"]
+        "commit",
+        "seek",
+        "status",
+        "schemas",
+        "close",
+    ]

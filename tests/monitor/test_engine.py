@@ -12,14 +12,15 @@ from driftline.monitor.decode import decode_batch
 from driftline.monitor.engine import Engine
 from tests.monitor.streams import feedback_for, prediction_events, records
 
-SETTINGS = load_settings(defaults={"reference": {"size": 2000}, "window": {"size": 1000},
-                                   "performance": {"window": 500}})
+SETTINGS = load_settings(
+    defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}}
+)
 
 
 def run(engine, recs, batch):
     alarms, dead = [], []
     for i in range(0, len(recs), batch):
-        out = engine.process(decode_batch(recs[i:i + batch], "predictions", "feedback"))
+        out = engine.process(decode_batch(recs[i : i + batch], "predictions", "feedback"))
         alarms += out.alarms
         dead += out.dead_letters
     return alarms, dead
@@ -34,7 +35,7 @@ def interleave(preds, fb, lag=200):
         out.append(r)
         if i >= lag:
             out.append(f[i - lag])
-    out.extend(f[len(p) - lag:])
+    out.extend(f[len(p) - lag :])
     return out
 
 
@@ -90,7 +91,9 @@ def test_wrong_type_row_is_dead_lettered_and_the_rest_processed():
     assert sorted(d.offset for d in dead) == [100, 2500, 2600]
     assert {d.reason for d in dead} == {"wrong_type"}
     snap = {s.version: s for s in engine.snapshot()}
-    assert snap["v1"].events == 2_997  # every accepted prediction event, reference included; a dead letter leaves no trace
+    assert (
+        snap["v1"].events == 2_997
+    )  # every accepted prediction event, reference included; a dead letter leaves no trace
 
 
 def test_unseen_categories_and_missing_values_raise_data_quality_alarms():
@@ -182,8 +185,12 @@ def test_gauges_show_ks_against_the_reference_with_the_bh_correction():
     x = np.array([[e["features"][f"x{j}"] for j in range(3)] for e in ev])
     raw = [stats.ks_2samp(x[2000:, j], x[:2000, j], method="asymp") for j in range(3)]
     country = np.array([e["features"]["country"] for e in ev])
-    table = np.array([[np.sum(country[:2000] == c) for c in ("DE", "FR", "US")],
-                      [np.sum(country[2000:] == c) for c in ("DE", "FR", "US")]])
+    table = np.array(
+        [
+            [np.sum(country[:2000] == c) for c in ("DE", "FR", "US")],
+            [np.sum(country[2000:] == c) for c in ("DE", "FR", "US")],
+        ]
+    )
     chi2_p = stats.chi2_contingency(table, correction=False).pvalue
     corrected = stats.false_discovery_control([r.pvalue for r in raw] + [chi2_p], method="bh")
     for j in range(3):
@@ -233,12 +240,19 @@ def test_a_dead_lettered_event_leaves_no_trace_in_the_indices():
     ev = prediction_events(12_000, seed=23, shift_at=7_000, shift=1.0)
     fb = feedback_for(ev, seed=24, flip_after=9_000)
     clean, _ = run(Engine(SETTINGS), interleave(ev, fb), 2500)
-    bad = {"model": ev[0]["model"], "id": "intruder", "ts": ev[100]["ts"], "version": "v1",
-           "features": {**ev[100]["features"], "x0": "B"}, "prediction": 0.5}
+    bad = {
+        "model": ev[0]["model"],
+        "id": "intruder",
+        "ts": ev[100]["ts"],
+        "version": "v1",
+        "features": {**ev[100]["features"], "x0": "B"},
+        "prediction": 0.5,
+    }
     dirty, dead = run(Engine(SETTINGS), interleave(ev[:100] + [bad] + ev[100:], fb), 2500)
     assert [d.reason for d in dead] == ["wrong_type"]
-    assert [(a.kind, a.feature, a.first_index, a.last_index) for a in dirty] == \
-        [(a.kind, a.feature, a.first_index, a.last_index) for a in clean]
+    assert [(a.kind, a.feature, a.first_index, a.last_index) for a in dirty] == [
+        (a.kind, a.feature, a.first_index, a.last_index) for a in clean
+    ]
     assert any(a.kind in ("concept_drift", "performance") for a in clean)
 
 
@@ -252,11 +266,15 @@ def test_one_bad_record_in_the_reference_window_is_dead_lettered_not_learned():
     assert "x0" in engine.models[ev[0]["model"]].schema.numeric
 
 
-@pytest.mark.parametrize("features", [
-    lambda rng: {"a": float(rng.normal()), "b": float(rng.normal())},  # all numeric
-    lambda rng: {"a": float(rng.normal()), "flag": bool(rng.random() < 0.3)},  # numeric and boolean
-    lambda rng: {"c": str(rng.choice(["x", "y", "z"])), "d": str(rng.choice(["p", "q"]))},  # all categorical
-], ids=["numeric", "numeric+boolean", "categorical"])
+@pytest.mark.parametrize(
+    "features",
+    [
+        lambda rng: {"a": float(rng.normal()), "b": float(rng.normal())},  # all numeric
+        lambda rng: {"a": float(rng.normal()), "flag": bool(rng.random() < 0.3)},  # numeric and boolean
+        lambda rng: {"c": str(rng.choice(["x", "y", "z"])), "d": str(rng.choice(["p", "q"]))},  # all categorical
+    ],
+    ids=["numeric", "numeric+boolean", "categorical"],
+)
 @pytest.mark.parametrize("prediction", ["score", "class", "none"])
 def test_every_model_shape_runs(features, prediction):
     rng = np.random.default_rng(26)
@@ -274,9 +292,15 @@ def test_every_model_shape_runs(features, prediction):
 
 def test_a_mixed_feature_is_reported_and_not_monitored(caplog):
     rng = np.random.default_rng(27)
-    ev = [{"model": "m", "id": i, "ts": 1.7e9 + i,
-           "features": {"a": float(rng.normal()), "zip": int(rng.integers(10_000, 99_999)) if i % 10 else "N/A"}}
-          for i in range(5_000)]
+    ev = [
+        {
+            "model": "m",
+            "id": i,
+            "ts": 1.7e9 + i,
+            "features": {"a": float(rng.normal()), "zip": int(rng.integers(10_000, 99_999)) if i % 10 else "N/A"},
+        }
+        for i in range(5_000)
+    ]
     engine = Engine(SETTINGS)
     with caplog.at_level("WARNING", logger="driftline.monitor.engine"):
         alarms, dead = run(engine, list(records(ev, "predictions")), 1000)
@@ -338,8 +362,19 @@ def test_multi_class_models_get_macro_micro_and_one_vs_rest_metrics():
         y = str(rng.choice(classes))
         pred = y if rng.random() < 0.8 else str(rng.choice(classes))
         scores = {c: (0.7 if c == pred else 0.1) for c in classes}
-        recs.append(("predictions", {"model": "mc", "id": i, "ts": 1e9 + i, "features": {"a": float(rng.normal())},
-                                     "prediction": pred, "scores": scores}))
+        recs.append(
+            (
+                "predictions",
+                {
+                    "model": "mc",
+                    "id": i,
+                    "ts": 1e9 + i,
+                    "features": {"a": float(rng.normal())},
+                    "prediction": pred,
+                    "scores": scores,
+                },
+            )
+        )
         recs.append(("feedback", {"model": "mc", "id": i, "ts": 1e9 + i, "label": y}))
     from driftline.monitor.decode import Record
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import orjson
 import pytest
+
 from driftline.monitor.checkpoint import decode_state, encode_state
 from driftline.monitor.config import load_settings
 from driftline.monitor.decode import Record, decode_batch
 from driftline.monitor.engine import STATE_FORMAT, Engine
 from driftline.monitor.exceptions import CheckpointError
-
 from tests.monitor.streams import feedback_for, prediction_events
 
-SETTINGS = load_settings(defaults={"reference": {"size": 2000}, "window": {"size": 1000},
-                                   "performance": {"window": 500}})
+SETTINGS = load_settings(
+    defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}}
+)
 MODELS = ("fraud", "churn")
 
 
@@ -30,7 +31,7 @@ def _stream() -> list[tuple[str, Record]]:
             out.append(("predictions", e))
             if i >= 200:
                 out.append(("feedback", fb[i - 200]))
-        out.extend(("feedback", f) for f in fb[len(ev) - 200:])
+        out.extend(("feedback", f) for f in fb[len(ev) - 200 :])
         per_model.append(out)
     merged = [pair for pairs in zip(*per_model, strict=True) for pair in pairs]
     offsets = {"predictions": 0, "feedback": 0}
@@ -47,7 +48,7 @@ STREAM = _stream()
 def run(engine, recs, batch=1000):
     alarms = []
     for i in range(0, len(recs), batch):
-        alarms += engine.process(decode_batch(recs[i:i + batch], "predictions", "feedback")).alarms
+        alarms += engine.process(decode_batch(recs[i : i + batch], "predictions", "feedback")).alarms
     return alarms
 
 
@@ -102,8 +103,9 @@ def test_model_state_is_the_checkpoints_part_with_its_format_and_name():
     assert state["format"] == STATE_FORMAT and state["model"] == "churn"
     assert state["reference_fingerprint"] == "stream:2000"
     full = engine.state_dict()["models"]["churn"]
-    assert orjson.dumps(encode_state({k: v for k, v in state.items() if k not in ("format", "model")})) == \
-        orjson.dumps(encode_state(full))
+    assert orjson.dumps(encode_state({k: v for k, v in state.items() if k not in ("format", "model")})) == orjson.dumps(
+        encode_state(full)
+    )
     with pytest.raises(KeyError):
         engine.model_state("nobody")
 
@@ -151,8 +153,9 @@ def test_a_restored_model_whose_reference_changed_takes_the_new_one(caplog):
     engine = Engine(SETTINGS)
     run(engine, [r for _, r in STREAM[:12_000]])
     state = _wire(engine.model_state("fraud"))
-    smaller = Engine(load_settings(defaults={"reference": {"size": 1500}, "window": {"size": 1000},
-                                             "performance": {"window": 500}}))
+    smaller = Engine(
+        load_settings(defaults={"reference": {"size": 1500}, "window": {"size": 1000}, "performance": {"window": 500}})
+    )
     with caplog.at_level("INFO", logger="driftline.monitor.engine"):
         smaller.restore_model("fraud", state)
     mm = smaller.models["fraud"]

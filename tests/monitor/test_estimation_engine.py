@@ -19,14 +19,16 @@ from driftline.monitor.decode import decode_batch
 from driftline.monitor.engine import Engine
 from tests.monitor.streams import records
 
-SETTINGS = load_settings(defaults={"reference": {"size": 2000}, "window": {"size": 1000},
-                                   "performance": {"window": 500}})
+SETTINGS = load_settings(
+    defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}}
+)
 SHIFT = 6000
 T0 = 1_700_000_000.0
 
 
-def binary_events(n: int, *, seed: int, start: int = 0, scale: float = 1.0, mean: float = 0.0,
-                  model: str = "fraud") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def binary_events(
+    n: int, *, seed: int, start: int = 0, scale: float = 1.0, mean: float = 0.0, model: str = "fraud"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A calibrated binary scorer: score = sigmoid(3 x0), label ~ Bernoulli(score);
     ``scale``/``mean`` move x0 (a covariate shift: P(label | x) does not change)."""
     rng = np.random.default_rng(seed)
@@ -37,14 +39,29 @@ def binary_events(n: int, *, seed: int, start: int = 0, scale: float = 1.0, mean
     preds, fb = [], []
     for i in range(n):
         pid = f"p-{start + i}"
-        preds.append({"model": model, "version": "v1", "id": pid, "ts": T0 + start + i,
-                      "features": {"x0": float(x[i, 0]), "x1": float(x[i, 1])}, "prediction": float(score[i])})
+        preds.append(
+            {
+                "model": model,
+                "version": "v1",
+                "id": pid,
+                "ts": T0 + start + i,
+                "features": {"x0": float(x[i, 0]), "x1": float(x[i, 1])},
+                "prediction": float(score[i]),
+            }
+        )
         fb.append({"model": model, "id": pid, "ts": T0 + start + i + 0.5, "label": int(label[i])})
     return preds, fb
 
 
-def multiclass_events(n: int, *, seed: int, start: int = 0, scale: float = 1.0, with_scores: bool = True,
-                      versions: tuple[str, ...] = ("v1",)) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def multiclass_events(
+    n: int,
+    *,
+    seed: int,
+    start: int = 0,
+    scale: float = 1.0,
+    with_scores: bool = True,
+    versions: tuple[str, ...] = ("v1",),
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A calibrated 3-class model (softmax of 2 x, classes a/b/c), prediction = argmax."""
     rng = np.random.default_rng(seed)
     x = scale * rng.normal(size=(n, 3))
@@ -57,8 +74,14 @@ def multiclass_events(n: int, *, seed: int, start: int = 0, scale: float = 1.0, 
     preds, fb = [], []
     for i in range(n):
         pid = f"m-{start + i}"
-        e: dict[str, Any] = {"model": "iris", "version": versions[i % len(versions)], "id": pid, "ts": T0 + start + i,
-                             "features": {f"x{j}": float(x[i, j]) for j in range(3)}, "prediction": str(pred[i])}
+        e: dict[str, Any] = {
+            "model": "iris",
+            "version": versions[i % len(versions)],
+            "id": pid,
+            "ts": T0 + start + i,
+            "features": {f"x{j}": float(x[i, j]) for j in range(3)},
+            "prediction": str(pred[i]),
+        }
         if with_scores:
             e["scores"] = {str(c): float(p[i, k]) for k, c in enumerate(classes)}
         preds.append(e)
@@ -66,8 +89,9 @@ def multiclass_events(n: int, *, seed: int, start: int = 0, scale: float = 1.0, 
     return preds, fb
 
 
-def regression_events(n: int, *, seed: int, start: int = 0, mean: float = 0.0
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def regression_events(
+    n: int, *, seed: int, start: int = 0, mean: float = 0.0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A regression model whose error grows with |x| (noise 0.2 + 0.5 |x|)."""
     rng = np.random.default_rng(seed)
     x = mean + rng.normal(size=n)
@@ -76,8 +100,16 @@ def regression_events(n: int, *, seed: int, start: int = 0, mean: float = 0.0
     preds, fb = [], []
     for i in range(n):
         pid = f"r-{start + i}"
-        preds.append({"model": "price", "version": "v1", "id": pid, "ts": T0 + start + i,
-                      "features": {"x": float(x[i])}, "prediction": float(pred[i])})
+        preds.append(
+            {
+                "model": "price",
+                "version": "v1",
+                "id": pid,
+                "ts": T0 + start + i,
+                "features": {"x": float(x[i])},
+                "prediction": float(pred[i]),
+            }
+        )
         fb.append({"model": "price", "id": pid, "ts": T0 + start + i + 0.5, "label": float(target[i])})
     return preds, fb
 
@@ -92,14 +124,14 @@ def stream(preds: list[dict[str, Any]], fb: list[dict[str, Any]], lag: int = 300
         out.append(r)
         if lag <= i < len(f) + lag:
             out.append(f[i - lag])
-    out.extend(f[max(len(p) - lag, 0):])
+    out.extend(f[max(len(p) - lag, 0) :])
     return out
 
 
 def run(engine: Engine, recs: list[Any], batch: int = 1000) -> list[Any]:
     alarms = []
     for i in range(0, len(recs), batch):
-        out = engine.process(decode_batch(recs[i:i + batch], "predictions", "feedback"))
+        out = engine.process(decode_batch(recs[i : i + batch], "predictions", "feedback"))
         alarms += out.alarms
     return alarms
 
@@ -196,8 +228,13 @@ def test_classifier_without_scores_gets_no_estimation():
 
 
 def test_estimation_can_be_switched_off():
-    off = load_settings(defaults={"reference": {"size": 2000}, "window": {"size": 1000},
-                                  "performance": {"window": 500, "estimation": {"enabled": False}}})
+    off = load_settings(
+        defaults={
+            "reference": {"size": 2000},
+            "window": {"size": 1000},
+            "performance": {"window": 500, "estimation": {"enabled": False}},
+        }
+    )
     engine = Engine(off)
     assert estimated(run(engine, shifted_binary())) == []
     assert engine.snapshot()[0].estimation is None
@@ -265,17 +302,20 @@ def test_the_collector_exposes_estimate_band_realized_error_and_the_gauge():
     ids = {"model": "fraud", "version": "v1"}
     acc = {**ids, "metric": "accuracy"}
     assert registry.get_sample_value("driftline_performance_estimation_active", ids) == 1.0
-    low, value, high = (registry.get_sample_value(f"driftline_performance_estimated{s}", acc)
-                        for s in ("_low", "", "_high"))
+    low, value, high = (
+        registry.get_sample_value(f"driftline_performance_estimated{s}", acc) for s in ("_low", "", "_high")
+    )
     assert low is not None and value is not None and high is not None and low < value < high
     realized = registry.get_sample_value("driftline_performance_realized", acc)
     error = registry.get_sample_value("driftline_performance_estimation_error", acc)
     assert realized is not None and error is not None and abs(error) < 0.06
-    metrics = {s.labels["metric"] for m in registry.collect() if m.name == "driftline_performance_estimated"
-               for s in m.samples}
+    metrics = {
+        s.labels["metric"] for m in registry.collect() if m.name == "driftline_performance_estimated" for s in m.samples
+    }
     assert metrics == {"accuracy", "precision", "recall", "f1", "roc_auc"}  # a fixed set: bounded cardinality
-    assert registry.get_sample_value("driftline_performance_estimation_active",
-                                     {"model": "iris", "version": "v1"}) is None  # no scores: no series
+    assert (
+        registry.get_sample_value("driftline_performance_estimation_active", {"model": "iris", "version": "v1"}) is None
+    )  # no scores: no series
 
 
 # ---- end to end: the service over the embedded broker ------------------------------------------
@@ -318,15 +358,26 @@ def test_end_to_end_the_estimated_alarm_triggers_a_retrain_before_any_label_of_t
     alarms_file = tmp_path / "alarms.jsonl"
     with WebhookReceiver() as receiver:
         settings = load_settings(
-            kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
-                   "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-                   "dead_letter_topic": topics["dead_letter"], "poll_timeout_ms": 200},
+            kafka={
+                "bootstrap_servers": broker.bootstrap_servers,
+                "group_id": f"g-{topics['predictions']}",
+                "predictions_topic": topics["predictions"],
+                "feedback_topic": topics["feedback"],
+                "dead_letter_topic": topics["dead_letter"],
+                "poll_timeout_ms": 200,
+            },
             defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}},
-            webhooks={"targets": [{"name": "ci", "url": receiver.url, "timeout_seconds": 2.0}],
-                      "policy": {"kinds": ["performance_estimated"]},
-                      "retry_base_seconds": 0.05, "retry_max_seconds": 0.5},
-            prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=alarms_file,
-            checkpoint_interval_seconds=0)
+            webhooks={
+                "targets": [{"name": "ci", "url": receiver.url, "timeout_seconds": 2.0}],
+                "policy": {"kinds": ["performance_estimated"]},
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.5,
+            },
+            prometheus={"enabled": False},
+            state_dir=tmp_path / "state",
+            alarms_jsonl=alarms_file,
+            checkpoint_interval_seconds=0,
+        )
         service = Service(settings)
         stop = threading.Event()
         codes: list[int] = []

@@ -18,6 +18,8 @@ import time
 
 import httpx
 import pytest
+
+from driftline.app import Service
 from driftline.monitor.config import load_settings
 from driftline.monitor.decode import BatchDecoder, DecodedBatch
 from driftline.monitor.sources import (
@@ -29,8 +31,6 @@ from driftline.monitor.sources import (
     Reply,
     SourceStatus,
 )
-
-from driftline.app import Service
 from tests.support.runs import wait_for
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -157,8 +157,11 @@ class _NoDeadLetters:
 
 def _service(tmp_path, source, **kafka):
     settings = load_settings(
-        kafka={"stall_timeout_seconds": 0.5, **kafka}, prometheus={"enabled": True, "host": "127.0.0.1", "port": 0},
-        state_dir=tmp_path / "state", checkpoint_interval_seconds=0)
+        kafka={"stall_timeout_seconds": 0.5, **kafka},
+        prometheus={"enabled": True, "host": "127.0.0.1", "port": 0},
+        state_dir=tmp_path / "state",
+        checkpoint_interval_seconds=0,
+    )
     svc = Service(settings, source=source, sinks=[], dead_letters=_NoDeadLetters(), checkpoint=False)
     stop = threading.Event()
     thread = threading.Thread(target=svc.run, args=(stop,), daemon=True)
@@ -184,8 +187,7 @@ def test_a_stalled_consumer_is_not_ready(tmp_path):
     try:
         # consuming starts not ready (nothing polled yet): wait until a health check, which
         # runs every 2 s, has found the stall and it stays so across the next one
-        wait_for(lambda: svc.metrics_port and _not_consuming_across_a_health_check(svc), 30,
-                 "consuming not ready")
+        wait_for(lambda: svc.metrics_port and _not_consuming_across_a_health_check(svc), 30, "consuming not ready")
         code, body = _readyz(svc)
         # (reference: no model has been seen, so no reference is built either)
         assert code == 503 and set(body["not_ready"]) == {"consuming", "reference"}
@@ -196,12 +198,16 @@ def test_a_stalled_consumer_is_not_ready(tmp_path):
         source.current = SourceStatus(lag={("predictions", 0): 0}, assigned=1)
         wait_for(lambda: svc.readiness()["consuming"], 30, "consuming ready again")
         # a stalled loop does not advance the batch success time; a caught-up one does
-        wait_for(lambda: (svc.registry.get_sample_value(
-            "driftline_last_success_timestamp_seconds", {"what": "batch"}) or 0) > (stalled_at or 0),
-            30, "the batch success time to advance once healthy")
+        wait_for(
+            lambda: (
+                (svc.registry.get_sample_value("driftline_last_success_timestamp_seconds", {"what": "batch"}) or 0)
+                > (stalled_at or 0)
+            ),
+            30,
+            "the batch success time to advance once healthy",
+        )
         # unreachable brokers
-        source.current = SourceStatus(lag=None, assigned=1, error="end-offset request: timed out",
-                                      broker_errors=7)
+        source.current = SourceStatus(lag=None, assigned=1, error="end-offset request: timed out", broker_errors=7)
         wait_for(lambda: not svc.readiness()["kafka"], 30, "kafka not ready")
         assert set(_readyz(svc)[1]["not_ready"]) == {"kafka", "reference"}
         assert svc.registry.get_sample_value("driftline_broker_errors_total") == 7
@@ -240,8 +246,13 @@ def test_an_instance_with_no_partition_is_not_ready(broker, tmp_path):
     procs = []
     try:
         for i in range(3):
-            config = write_config(tmp_path / f"run{i}.yml", broker=broker, topics=topics, group=f"g-{suffix}",
-                                  state_dir=tmp_path / f"state{i}")
+            config = write_config(
+                tmp_path / f"run{i}.yml",
+                broker=broker,
+                topics=topics,
+                group=f"g-{suffix}",
+                state_dir=tmp_path / f"state{i}",
+            )
             procs.append(DriftlineProcess(config, tmp_path, name=f"run{i}"))
 
         def settled():
@@ -253,14 +264,18 @@ def test_an_instance_with_no_partition_is_not_ready(broker, tmp_path):
         gauges = wait_for(settled, 180, "the group to settle: one owner of both partitions")
         for proc, assigned in zip(procs, gauges, strict=False):
             if assigned == 0:
-                body = wait_for(lambda proc=proc: (b := readyz(proc)) and "partitions" in b["not_ready"] and b,
-                                30, "the idle instance not ready")
+                body = wait_for(
+                    lambda proc=proc: (b := readyz(proc)) and "partitions" in b["not_ready"] and b,
+                    30,
+                    "the idle instance not ready",
+                )
                 assert body["components"]["kafka"] is True
                 assert value(proc, "driftline_ready", '{component="partitions"}') == 0
             else:
                 # ready but for the reference (no event was produced, so none is built)
-                wait_for(lambda proc=proc: (b := readyz(proc)) and b["not_ready"] == ["reference"], 30,
-                         "the owner ready")
+                wait_for(
+                    lambda proc=proc: (b := readyz(proc)) and b["not_ready"] == ["reference"], 30, "the owner ready"
+                )
         for proc in procs:
             assert proc.terminate() == 0, proc.log()[-3000:]
     finally:

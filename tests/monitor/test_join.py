@@ -7,13 +7,19 @@ from driftline.monitor.join import LabelJoin
 
 
 def _add(join, ids, ts, version="v1"):
-    return join.add_predictions(ids, [version] * len(ids), np.arange(len(ids)), [0.5] * len(ids),
-                                [None] * len(ids), ts)
+    return join.add_predictions(ids, [version] * len(ids), np.arange(len(ids)), [0.5] * len(ids), [None] * len(ids), ts)
 
 
 def _fb(ids, ts, prediction=None):
-    return Feedback("m", ids=list(ids), ts=list(ts), labels=[1] * len(ids),
-                    prediction=[prediction] * len(ids), versions=[None] * len(ids), scores=[None] * len(ids))
+    return Feedback(
+        "m",
+        ids=list(ids),
+        ts=list(ts),
+        labels=[1] * len(ids),
+        prediction=[prediction] * len(ids),
+        versions=[None] * len(ids),
+        scores=[None] * len(ids),
+    )
 
 
 def test_match_self_contained_and_early_labels():

@@ -7,12 +7,12 @@ import time
 
 import orjson
 import pytest
-from driftline.monitor.config import load_settings
-from driftline.monitor.decode import DecodedBatch
 from kafka import KafkaConsumer, KafkaProducer
 
 from driftline.app import Service
 from driftline.cli import main
+from driftline.monitor.config import load_settings
+from driftline.monitor.decode import DecodedBatch
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -39,13 +39,21 @@ def produce(broker, topic, events, raw=()):
 
 def settings_for(broker, topics, tmp_path, **extra):
     base = dict(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
-               "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-               "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-               "poll_timeout_ms": 200},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-{topics['predictions']}",
+            "predictions_topic": topics["predictions"],
+            "feedback_topic": topics["feedback"],
+            "dead_letter_topic": topics["dead_letter"],
+            "session_timeout_ms": 6000,
+            "poll_timeout_ms": 200,
+        },
         defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}},
-        prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
-        checkpoint_interval_seconds=0)
+        prometheus={"enabled": False},
+        state_dir=tmp_path / "state",
+        alarms_jsonl=tmp_path / "alarms.jsonl",
+        checkpoint_interval_seconds=0,
+    )
     return load_settings(**{**base, **extra})
 
 
@@ -87,10 +95,13 @@ def read_alarms(path):
 def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tmp_path):
     fraud = prediction_events(6_000, model="fraud", seed=1, shift_at=4_000, shift=0.8)
     churn = prediction_events(4_000, model="churn", seed=2)
-    preds = [e for pair in zip(fraud, churn, strict=False) for e in pair] + fraud[len(churn):]
+    preds = [e for pair in zip(fraud, churn, strict=False) for e in pair] + fraud[len(churn) :]
     fb = feedback_for(fraud, seed=3, flip_after=4_500)
-    bad = [(b"fraud", b"{oops"), (b"fraud", orjson.dumps({"model": "fraud", "features": {}})),
-           (b"churn", orjson.dumps({"model": "churn", "id": "z", "features": []}))]
+    bad = [
+        (b"fraud", b"{oops"),
+        (b"fraud", orjson.dumps({"model": "fraud", "features": {}})),
+        (b"churn", orjson.dumps({"model": "churn", "id": "z", "features": []})),
+    ]
     produce(broker, topics["predictions"], preds, raw=bad)
     running = Running(settings_for(broker, topics, tmp_path))
     svc = running.service
@@ -106,8 +117,23 @@ def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tm
     cfg = tmp_path / "replay.yml"
     cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
     out = tmp_path / "replay-alarms.jsonl"
-    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "--feedback", str(tmp_path / "f.jsonl"),
-                 "--config", str(cfg), "--alarms", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(tmp_path / "p.jsonl"),
+                "--feedback",
+                str(tmp_path / "f.jsonl"),
+                "--config",
+                str(cfg),
+                "--alarms",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     replay_alarms = read_alarms(out)
     key = lambda a: (a["model"], a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])  # noqa: E731
     assert sorted(kafka_alarms, key=key) == sorted(replay_alarms, key=key)
@@ -118,8 +144,12 @@ def test_kafka_run_equals_replay_and_dead_letters_bad_records(broker, topics, tm
     assert drift[0]["feature"] == "x0" and drift[0]["first_index"] == 4000
 
     # malformed records: in the dead-letter topic with their reasons, original bytes kept
-    consumer = KafkaConsumer(topics["dead_letter"], bootstrap_servers=broker.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        topics["dead_letter"],
+        bootstrap_servers=broker.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
     letters = {m.value: dict(m.headers)["driftline-reason"].decode() for m in consumer}
     consumer.close()
     assert letters == {b"{oops": "invalid_json", bad[1][1]: "missing_field", bad[2][1]: "wrong_type"}
@@ -149,8 +179,9 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     events = prediction_events(9_000, model="fraud", seed=8, shift_at=6_000, shift=0.8)
     produce(broker, topics["predictions"], events)
     settings = settings_for(broker, topics, tmp_path)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"max_poll_records": 500, "fast_record_parser": fast_parser})})
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"max_poll_records": 500, "fast_record_parser": fast_parser})}
+    )
     running = Running(settings, start=False)
     svc = running.service
     seen = {"columns": 0, "raw": 0}
@@ -167,14 +198,29 @@ def test_decoded_columns_once_the_schema_is_shared(broker, topics, tmp_path, mon
     assert running.stop() == 0
     assert seen["columns"] + seen["raw"] == len(events)
     assert seen["columns"] >= 2_000 and seen["raw"] >= 2_000  # the reference came raw
-    assert polled["decoded" if decode == "always" else "records"] >= 18 and not polled[
-        "records" if decode == "always" else "decoded"]
+    assert (
+        polled["decoded" if decode == "always" else "records"] >= 18
+        and not polled["records" if decode == "always" else "decoded"]
+    )
     (tmp_path / "p.jsonl").write_bytes(to_jsonl(events))
     cfg = tmp_path / "replay.yml"
     cfg.write_text("defaults:\n  reference: {size: 2000}\n  window: {size: 1000}\n  performance: {window: 500}\n")
     out = tmp_path / "replay-alarms.jsonl"
-    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "--config", str(cfg),
-                 "--alarms", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(tmp_path / "p.jsonl"),
+                "--config",
+                str(cfg),
+                "--alarms",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     key = lambda a: (a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])  # noqa: E731
     alarms = sorted(read_alarms(tmp_path / "alarms.jsonl"), key=key)
     assert alarms == sorted(read_alarms(out), key=key)
@@ -208,8 +254,7 @@ def committed_total(broker, group, topic):
     """The group's committed offsets on ``topic``'s two partitions, summed."""
     from kafka import TopicPartition
 
-    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group,
-                          enable_auto_commit=False)
+    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False)
     try:
         return sum(probe.committed(TopicPartition(topic, p)) or 0 for p in (0, 1))
     finally:
@@ -222,8 +267,10 @@ def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tm
     produce(broker, topics["predictions"], events)
     settings = settings_for(broker, topics, tmp_path)
     settings = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"consumer_process": consumer_process,
-                                                           "max_poll_records": 500})})
+        update={
+            "kafka": settings.kafka.model_copy(update={"consumer_process": consumer_process, "max_poll_records": 500})
+        }
+    )
     pause = PauseAfter(3_000)
     first = Running(settings, on_batch=pause)
     assert pause.stop(first) == 0  # held after its batch that reached 3,000: mid-stream
@@ -234,8 +281,11 @@ def test_shutdown_mid_stream_commits_and_resumes_without_loss(broker, topics, tm
     second = Running(settings)  # resumes from the committed offsets and the checkpoint
     # Once the group's commit is at the end of both partitions, the second instance has
     # read every record it would ever read: a record counted twice would have shown.
-    wait_for(lambda: committed_total(broker, settings.kafka.group_id, topics["predictions"]) >= len(events),
-             90, "the rest consumed and committed")
+    wait_for(
+        lambda: committed_total(broker, settings.kafka.group_id, topics["predictions"]) >= len(events),
+        90,
+        "the rest consumed and committed",
+    )
     assert second.stop() == 0
     assert first.service.stats.predictions + second.service.stats.predictions == len(events)
     alarms = read_alarms(tmp_path / "alarms.jsonl")
@@ -264,9 +314,9 @@ def test_consumer_process_exits_when_the_service_process_dies(broker, topics, tm
         "    while not src.poll():\n"
         "        pass\n"
         "    print(src._proc.pid, flush=True)\n"
-        "    os._exit(0)  # no close(): the process just disappears\n")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                         cwd=os.getcwd())
+        "    os._exit(0)  # no close(): the process just disappears\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
     child = int(out.stdout.split()[0])
 
     def gone() -> bool:
@@ -315,8 +365,7 @@ def test_a_stale_checkpoint_does_not_rewind_past_the_groups_commit(broker, topic
     producer.close()
     wait_for(lambda: again.service.stats.predictions >= 2, 60, "A read the two new records")
     group = settings("a").kafka.group_id
-    wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(events) + 2, 30,
-             "A committed them")
+    wait_for(lambda: committed_total(broker, group, topics["predictions"]) >= len(events) + 2, 30, "A committed them")
     assert again.stop() == 0
     assert again.service.stats.predictions == 2
     assert committed_total(broker, group, topics["predictions"]) == len(events) + 2

@@ -36,9 +36,17 @@ from tests.support.tls import TlsBroker, make_certs
 
 CLASSES = {"consumer": KafkaConsumer, "producer": KafkaProducer, "admin": KafkaAdminClient}
 
-TUNING = {"client_id": "driftline-e2e", "client_rack": "zone-a", "fetch_min_bytes": 64,
-          "fetch_max_wait_ms": 200, "max_partition_fetch_bytes": 262_144, "fetch_max_bytes": 1_048_576,
-          "receive_buffer_bytes": 262_144, "send_buffer_bytes": 131_072, "request_timeout_ms": 20_000}
+TUNING = {
+    "client_id": "driftline-e2e",
+    "client_rack": "zone-a",
+    "fetch_min_bytes": 64,
+    "fetch_max_wait_ms": 200,
+    "max_partition_fetch_bytes": 262_144,
+    "fetch_max_bytes": 1_048_576,
+    "receive_buffer_bytes": 262_144,
+    "send_buffer_bytes": 131_072,
+    "request_timeout_ms": 20_000,
+}
 
 
 class FixedProvider(AbstractTokenProvider):
@@ -59,10 +67,18 @@ def certs(tmp_path_factory):
 def everything(certs) -> KafkaSettings:
     """TLS with a client certificate, SASL SCRAM and every tuning option."""
     return KafkaSettings(
-        bootstrap_servers="k1:9093, k2:9093", security_protocol="SASL_SSL", ssl_cafile=certs.ca,
-        ssl_certfile=certs.client_cert, ssl_keyfile=certs.client_key, ssl_password=certs.key_password,
-        ssl_check_hostname=False, sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="alice",
-        sasl_plain_password="scram-pw-77", **TUNING)
+        bootstrap_servers="k1:9093, k2:9093",
+        security_protocol="SASL_SSL",
+        ssl_cafile=certs.ca,
+        ssl_certfile=certs.client_cert,
+        ssl_keyfile=certs.client_key,
+        ssl_password=certs.key_password,
+        ssl_check_hostname=False,
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="alice",
+        sasl_plain_password="scram-pw-77",
+        **TUNING,
+    )
 
 
 # ---- the mapping -------------------------------------------------------------------------
@@ -72,9 +88,14 @@ def test_defaults_map_to_kafka_pythons_defaults_and_fetch_tuning_goes_to_the_con
     settings = KafkaSettings()
     consumer = client_options(settings, "consumer")
     assert consumer == {
-        "bootstrap_servers": ["localhost:9092"], "client_id": "driftline", "request_timeout_ms": 30_000,
-        "security_protocol": "PLAINTEXT", "fetch_min_bytes": 1, "fetch_max_wait_ms": 500,
-        "max_partition_fetch_bytes": 1_048_576, "fetch_max_bytes": 52_428_800,
+        "bootstrap_servers": ["localhost:9092"],
+        "client_id": "driftline",
+        "request_timeout_ms": 30_000,
+        "security_protocol": "PLAINTEXT",
+        "fetch_min_bytes": 1,
+        "fetch_max_wait_ms": 500,
+        "max_partition_fetch_bytes": 1_048_576,
+        "fetch_max_bytes": 52_428_800,
     }
     for key in ("fetch_min_bytes", "fetch_max_wait_ms", "max_partition_fetch_bytes", "fetch_max_bytes"):
         assert consumer[key] == KafkaConsumer.DEFAULT_CONFIG[key], key
@@ -85,8 +106,10 @@ def test_defaults_map_to_kafka_pythons_defaults_and_fetch_tuning_goes_to_the_con
 @pytest.mark.parametrize("role", ["consumer", "producer", "admin"])
 def test_every_option_is_one_kafka_python_accepts_for_that_client(certs, role):
     """kafka-python refuses unknown keyword arguments: every key must be in the class's table."""
-    for settings in (everything(certs), KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER",
-                                                      sasl_oauth_token="t0k3n-abc")):
+    for settings in (
+        everything(certs),
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", sasl_oauth_token="t0k3n-abc"),
+    ):
         options = client_options(settings, role)
         unknown = set(options) - set(CLASSES[role].DEFAULT_CONFIG)
         assert not unknown, f"{role}: {unknown}"
@@ -101,7 +124,10 @@ def test_tls_sasl_and_tuning_reach_the_options(certs):
     assert consumer["ssl_password"] == certs.key_password  # plain: kafka-python needs it
     assert consumer["ssl_check_hostname"] is False
     assert (consumer["sasl_mechanism"], consumer["sasl_plain_username"], consumer["sasl_plain_password"]) == (
-        "SCRAM-SHA-512", "alice", "scram-pw-77")
+        "SCRAM-SHA-512",
+        "alice",
+        "scram-pw-77",
+    )
     for key, value in TUNING.items():
         assert consumer[key] == value, key
     producer = client_options(everything(certs), "producer")
@@ -114,9 +140,20 @@ def test_the_source_and_the_sinks_use_the_mapping(certs):
     assert kafka_client_options(settings) == client_options(settings, "consumer")
     config = KafkaAlarmSink(settings.model_copy(update={"alarms_topic": "a"}), flush_timeout_seconds=3)._config()
     expected = client_options(settings, "producer")
-    for key in ("bootstrap_servers", "security_protocol", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
-                "ssl_password", "ssl_check_hostname", "sasl_mechanism", "sasl_plain_username",
-                "sasl_plain_password", "receive_buffer_bytes", "send_buffer_bytes"):
+    for key in (
+        "bootstrap_servers",
+        "security_protocol",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_check_hostname",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "receive_buffer_bytes",
+        "send_buffer_bytes",
+    ):
         assert config[key] == expected[key], key
     assert config["client_id"] == "driftline-e2e-alarms" and config["acks"] == "all"
     assert set(config) <= set(KafkaProducer.DEFAULT_CONFIG)
@@ -126,19 +163,34 @@ def test_plain_and_scram_credentials_reach_kafka_pythons_mechanisms():
     from kafka.net.sasl.plain import SaslMechanismPlain
     from kafka.net.sasl.scram import SaslMechanismScram
 
-    plain = client_options(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
-                                         sasl_plain_username="alice", sasl_plain_password="plain-pw-1"))
+    plain = client_options(
+        KafkaSettings(
+            security_protocol="SASL_SSL",
+            sasl_mechanism="PLAIN",
+            sasl_plain_username="alice",
+            sasl_plain_password="plain-pw-1",
+        )
+    )
     assert SaslMechanismPlain(**plain).auth_bytes() == b"alice\x00alice\x00plain-pw-1"
     for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
-        scram = client_options(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism=mechanism,
-                                             sasl_plain_username="alice", sasl_plain_password="scram-pw-2"))
+        scram = client_options(
+            KafkaSettings(
+                security_protocol="SASL_SSL",
+                sasl_mechanism=mechanism,
+                sasl_plain_username="alice",
+                sasl_plain_password="scram-pw-2",
+            )
+        )
         first = SaslMechanismScram(**scram).auth_bytes()
         assert first.startswith(b"n,,n=alice,r="), first  # RFC 5802 client-first message
 
 
 def test_ssl_settings_are_not_passed_without_tls():
-    options = client_options(KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
-                                           sasl_plain_username="u", sasl_plain_password="p"))
+    options = client_options(
+        KafkaSettings(
+            security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_plain_username="u", sasl_plain_password="p"
+        )
+    )
     assert not [key for key in options if key.startswith("ssl_")]
 
 
@@ -197,8 +249,11 @@ def test_every_token_handed_to_kafka_python_is_redacted_from_the_logs(tmp_path, 
     kafka_at_debug()
     path = tmp_path / "token"
     path.write_text("late-rotated-token-31")
-    for settings in (oauth(sasl_oauth_token_file=path), oauth(sasl_oauth_token=SecretStr("static-tok-32")),
-                     oauth(sasl_oauth_token_provider="tests.monitor.test_kafka_client:FixedProvider")):
+    for settings in (
+        oauth(sasl_oauth_token_file=path),
+        oauth(sasl_oauth_token=SecretStr("static-tok-32")),
+        oauth(sasl_oauth_token_provider="tests.monitor.test_kafka_client:FixedProvider"),
+    ):
         request = SaslAuthenticateRequest(auth_bytes(settings))
         # as kafka.net.connection logs every request it sends
         logging.getLogger("kafka.net.connection").debug("%s Request %d: %s", "<conn>", 2, request)
@@ -235,14 +290,19 @@ def publish(bootstrap: str, topic: str, valid: int, malformed: int, **options) -
         producer.close()
 
 
-def run_and_check(tmp_path: Path, bootstrap: str, topics: dict[str, str], kafka: dict,
-                  read_options: dict, secrets: tuple[str, ...] = ()) -> None:
+def run_and_check(
+    tmp_path: Path,
+    bootstrap: str,
+    topics: dict[str, str],
+    kafka: dict,
+    read_options: dict,
+    secrets: tuple[str, ...] = (),
+) -> None:
     """``driftline run`` with ``kafka`` settings consumes every event (offsets committed)
     and produces the dead letters (its producer), then its log holds none of ``secrets``."""
     group = f"g-{tmp_path.name}"
     broker = type("B", (), {"bootstrap_servers": bootstrap})()
-    config = write_config(tmp_path / "c.yml", broker=broker, topics=topics, group=group,
-                          state_dir=tmp_path / "state")
+    config = write_config(tmp_path / "c.yml", broker=broker, topics=topics, group=group, state_dir=tmp_path / "state")
     cfg = yaml.safe_load(config.read_text())
     cfg["kafka"].update(kafka)
     config.write_text(yaml.safe_dump(cfg))
@@ -251,13 +311,11 @@ def run_and_check(tmp_path: Path, bootstrap: str, topics: dict[str, str], kafka:
         # consumed: every record of both partitions committed (the probe is a plain
         # consumer with the same connection options)
         def committed() -> bool:
-            probe = KafkaConsumer(group_id=group, enable_auto_commit=False, bootstrap_servers=bootstrap,
-                                  **read_options)
+            probe = KafkaConsumer(group_id=group, enable_auto_commit=False, bootstrap_servers=bootstrap, **read_options)
             try:
                 from kafka import TopicPartition
 
-                return sum(probe.committed(TopicPartition(topics["predictions"], p)) or 0
-                           for p in range(2)) >= 303
+                return sum(probe.committed(TopicPartition(topics["predictions"], p)) or 0 for p in range(2)) >= 303
             finally:
                 probe.close()
 
@@ -303,8 +361,13 @@ def test_mutual_tls_with_an_encrypted_client_key_consumes_and_produces(certs, tm
     """SSL end to end: the CA, the client certificate, its encrypted key and the key's
     password all serve in real TLS handshakes (Tansu behind a TLS-terminating proxy that
     requires a client certificate), for the admin client, the producers and the consumer."""
-    tls = {"security_protocol": "SSL", "ssl_cafile": str(certs.ca), "ssl_certfile": str(certs.client_cert),
-           "ssl_keyfile": str(certs.client_key), "ssl_password": certs.key_password}
+    tls = {
+        "security_protocol": "SSL",
+        "ssl_cafile": str(certs.ca),
+        "ssl_certfile": str(certs.client_cert),
+        "ssl_keyfile": str(certs.client_key),
+        "ssl_password": certs.key_password,
+    }
     with TlsBroker(certs) as broker:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, **tls, **TUNING)
         topics = {"predictions": "predictions", "feedback": "feedback", "dead_letter": "dlq"}
@@ -313,10 +376,14 @@ def test_mutual_tls_with_an_encrypted_client_key_consumes_and_produces(certs, tm
             admin.create_topics([NewTopic(name, 2, 1) for name in topics.values()])
         finally:
             admin.close()
-        connect = {k: v for k, v in client_options(settings, "producer").items()
-                   if k.startswith("ssl_") or k == "security_protocol"}
-        run_and_check(tmp_path, broker.bootstrap_servers, topics, {**tls, **TUNING}, connect,
-                      secrets=(certs.key_password,))
+        connect = {
+            k: v
+            for k, v in client_options(settings, "producer").items()
+            if k.startswith("ssl_") or k == "security_protocol"
+        }
+        run_and_check(
+            tmp_path, broker.bootstrap_servers, topics, {**tls, **TUNING}, connect, secrets=(certs.key_password,)
+        )
         assert broker.handshakes >= 4 and broker.refused == 0
 
 
@@ -327,8 +394,9 @@ def handshake(settings: KafkaSettings, port: int) -> None:
     handshake open for the garbage collector, and retries until its bootstrap timeout."""
     from kafka.net.transport import KafkaSSLTransport
 
-    context = KafkaSSLTransport._build_ssl_context({**KafkaSSLTransport.DEFAULT_CONFIG,
-                                                     **client_options(settings, "admin")})
+    context = KafkaSSLTransport._build_ssl_context(
+        {**KafkaSSLTransport.DEFAULT_CONFIG, **client_options(settings, "admin")}
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             tls.sendall(b"\x00\x00\x00\x00")  # TLS 1.3: a refused client certificate shows on use
@@ -340,8 +408,11 @@ def handshake(settings: KafkaSettings, port: int) -> None:
 def test_tls_refuses_a_broker_signed_by_another_ca_and_a_client_without_certificate(certs):
     with TlsBroker(certs) as broker:
         common = {"bootstrap_servers": broker.bootstrap_servers, "security_protocol": "SSL"}
-        client_cert = {"ssl_certfile": certs.client_cert, "ssl_keyfile": certs.client_key,
-                       "ssl_password": certs.key_password}
+        client_cert = {
+            "ssl_certfile": certs.client_cert,
+            "ssl_keyfile": certs.client_key,
+            "ssl_password": certs.key_password,
+        }
         with pytest.raises(ssl.SSLCertVerificationError):
             handshake(KafkaSettings(**common, ssl_cafile=certs.other_ca, **client_cert), broker.port)
         with pytest.raises((ssl.SSLError, ConnectionError)):

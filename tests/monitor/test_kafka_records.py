@@ -7,15 +7,16 @@ import struct
 import time
 
 import pytest
-from driftline.monitor.config import KafkaSettings
-from driftline.monitor.kafka_records import _fast_class, parse_batch
-from driftline.monitor.sources import KafkaSource
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
+
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.kafka_records import _fast_class, parse_batch
+from driftline.monitor.sources import KafkaSource
 
 TP = TopicPartition("t", 3)
 FAST = _fast_class(Fetcher.PartitionRecords)
@@ -49,15 +50,19 @@ def _take(cls, buf: bytes, fetch_offset: int, check_crcs: bool = True) -> list[t
     takes = []
     while part:  # until drained, in pieces, as poll's max_records cuts them; the position after each
         got = part.take(7)
-        takes.append(([(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in got],
-                      part.next_fetch_offset))
+        takes.append(
+            ([(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in got], part.next_fetch_offset)
+        )
     return takes
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches=st.lists(st.lists(_RECORD, min_size=1, max_size=12), min_size=1, max_size=3),
-       codec=st.sampled_from([0, 1]),  # none, gzip
-       base=st.integers(0, 2**40), skip=st.integers(0, 5))
+@given(
+    batches=st.lists(st.lists(_RECORD, min_size=1, max_size=12), min_size=1, max_size=3),
+    codec=st.sampled_from([0, 1]),  # none, gzip
+    base=st.integers(0, 2**40),
+    skip=st.integers(0, 5),
+)
 def test_fast_records_equal_kafka_pythons(batches, codec, base, skip):
     """Same records (offset, timestamp, key, value), same next fetch offset, whatever the
     keys, null values, headers, lengths, compression and fetch offset inside a batch."""
@@ -78,17 +83,22 @@ def test_corrupt_record_is_an_error_not_garbage():
 def test_log_append_time_replaces_every_timestamp():
     buf = _buffer([[(5, None, b"a", []), (9, None, b"b", [])]], 0, 10)
     header = 61
-    base, = struct.unpack_from(">q", buf, 0)
+    (base,) = struct.unpack_from(">q", buf, 0)
     assert base == 10
-    count, = struct.unpack_from(">i", buf, header - 4)
+    (count,) = struct.unpack_from(">i", buf, header - 4)
     recs = parse_batch(bytearray(buf), header, count, base, 1_600_000_000_000, 42, "t", 0)
     assert [(r.offset, r.timestamp, r.value) for r in recs] == [(10, 42, b"a"), (11, 42, b"b")]
 
 
 def _consume(broker, topic: str, fast: bool, n: int) -> list[tuple]:
-    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, group_id=f"g-{topic}-{fast}",
-                             predictions_topic=topic, feedback_topic=topic + "-none", session_timeout_ms=6000,
-                             fast_record_parser=fast)
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=f"g-{topic}-{fast}",
+        predictions_topic=topic,
+        feedback_topic=topic + "-none",
+        session_timeout_ms=6000,
+        fast_record_parser=fast,
+    )
     source = KafkaSource(settings)
     got: list[tuple] = []
     deadline = time.monotonic() + 60
@@ -110,8 +120,7 @@ def test_kafka_source_reads_the_same_through_a_broker(broker, topics, compressio
     for i in range(n):
         value = None if i % 37 == 0 else (b"x" * 9000 if i % 50 == 1 else b'{"i": %d}' % i)
         key = b"k%d" % i if value is None or i % 3 == 0 else None
-        p.send(topic, key=key, value=value, partition=i % 2,
-               headers=[("h", b"v")] if i % 5 == 0 else None)
+        p.send(topic, key=key, value=value, partition=i % 2, headers=[("h", b"v")] if i % 5 == 0 else None)
     p.flush()
     p.close()
     fast = _consume(broker, topic, True, n)

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kafka import KafkaConsumer, TopicPartition
+
 from driftline.monitor.decode import DeadLetter, Record
 from driftline.monitor.exceptions import SourceError
 from driftline.monitor.lifecycle import (
@@ -29,9 +33,6 @@ from driftline.monitor.lifecycle import (
     read_lifecycle_file,
     validate_lifecycle,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from kafka import KafkaConsumer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 TOPIC = "model-lifecycle"
@@ -50,8 +51,15 @@ def base(**fields) -> dict:
 # ---- valid events -------------------------------------------------------------------
 
 VALID = [
-    base(event="deployed", role="canary", traffic_share=0.05, reference={"path": "refs/fraud-v8.jsonl"},
-         actor="github-actions run 4711", reason="retrain after drift", trigger="e8b564d3d2af" * 5),
+    base(
+        event="deployed",
+        role="canary",
+        traffic_share=0.05,
+        reference={"path": "refs/fraud-v8.jsonl"},
+        actor="github-actions run 4711",
+        reason="retrain after drift",
+        trigger="e8b564d3d2af" * 5,
+    ),
     base(event="deployed", role="stable", reference={"from_stream": 5000}),
     base(event="deployed", role="shadow", traffic_share=1),
     base(event="promoted"),
@@ -75,14 +83,24 @@ def test_valid_events_decode_and_round_trip(value):
 
 
 def test_the_issue_example_is_valid():
-    raw = (b'{"model": "fraud", "version": "v8", "event": "deployed", "role": "canary",'
-           b' "traffic_share": 0.05, "ts": 1763900000.0, "reference": {"path": "refs/fraud-v8.jsonl"},'
-           b' "actor": "github-actions run 4711", "reason": "retrain after drift", "trigger": "abc"}')
+    raw = (
+        b'{"model": "fraud", "version": "v8", "event": "deployed", "role": "canary",'
+        b' "traffic_share": 0.05, "ts": 1763900000.0, "reference": {"path": "refs/fraud-v8.jsonl"},'
+        b' "actor": "github-actions run 4711", "reason": "retrain after drift", "trigger": "abc"}'
+    )
     event = decode_lifecycle(rec(raw))
-    assert event == LifecycleEvent("fraud", "v8", "deployed", 1763900000.0, role="canary", traffic_share=0.05,
-                                   reference=Reference(path="refs/fraud-v8.jsonl"),
-                                   actor="github-actions run 4711", reason="retrain after drift",
-                                   trigger="abc")
+    assert event == LifecycleEvent(
+        "fraud",
+        "v8",
+        "deployed",
+        1763900000.0,
+        role="canary",
+        traffic_share=0.05,
+        reference=Reference(path="refs/fraud-v8.jsonl"),
+        actor="github-actions run 4711",
+        reason="retrain after drift",
+        trigger="abc",
+    )
     assert event.reference.kind == "path"
 
 
@@ -201,13 +219,29 @@ _json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-_fields = st.sampled_from(["model", "version", "event", "ts", "role", "traffic_share", "reference",
-                           "actor", "reason", "trigger", "path", "from_stream"])
+_fields = st.sampled_from(
+    [
+        "model",
+        "version",
+        "event",
+        "ts",
+        "role",
+        "traffic_share",
+        "reference",
+        "actor",
+        "reason",
+        "trigger",
+        "path",
+        "from_stream",
+    ]
+)
 _near_events = st.dictionaries(
     _fields,
-    st.one_of(_json_values, st.sampled_from(["deployed", "promoted", "rolled_back", "retired", "stable",
-                                             "canary", "shadow", "fraud"]),
-              st.fixed_dictionaries({}, optional={"path": _json_values, "from_stream": _json_values})),
+    st.one_of(
+        _json_values,
+        st.sampled_from(["deployed", "promoted", "rolled_back", "retired", "stable", "canary", "shadow", "fraud"]),
+        st.fixed_dictionaries({}, optional={"path": _json_values, "from_stream": _json_values}),
+    ),
     max_size=10,
 )
 
@@ -255,8 +289,10 @@ def test_a_replay_file_reads_as_records_in_file_order(tmp_path):
     got = list(read_lifecycle_file(path, TOPIC))
     # (ts, line number, record); the broken line keeps the previous ts; blank lines are skipped
     assert [(ts, n) for ts, n, _ in got] == [(100.0, 0), (100.0, 2), (200.0, 3), (300.0, 4)]
-    assert all(r.topic == TOPIC and r.partition == 0 and r.offset == n and r.key is None and r.timestamp == -1
-               for _, n, r in got)
+    assert all(
+        r.topic == TOPIC and r.partition == 0 and r.offset == n and r.key is None and r.timestamp == -1
+        for _, n, r in got
+    )
     out = decode_lifecycle_batch(r for _, _, r in got)
     assert [(e.event, e.version) for e in out.events] == [("deployed", "v1"), ("deployed", "v2"), ("promoted", "v2")]
     assert [(d.reason, d.offset) for d in out.dead_letters] == [("invalid_json", 2)]
@@ -271,13 +307,20 @@ def test_a_missing_replay_file_is_a_source_error(tmp_path):
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "driftline.cli", "lifecycle", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "driftline.cli", "lifecycle", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     try:
         deadline = time.monotonic() + timeout
         partitions = consumer.partitions_for_topic(topic)
@@ -299,46 +342,113 @@ def _read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -
 def test_cli_produces_a_checked_event_to_the_lifecycle_topic(broker):
     topic = f"model-lifecycle-{time.monotonic_ns()}"
     broker.create_topics([topic], partitions=2)
-    done = _cli("deployed", "--model", "fraud", "--version", "v8", "--role", "canary",
-                "--traffic-share", "0.05", "--reference", "refs/fraud-v8.jsonl",
-                "--actor", "github-actions run 4711", "--reason", "retrain after drift",
-                "--trigger", "e8b564d3d2af", "--ts", "1763900000.0",
-                "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic)
+    done = _cli(
+        "deployed",
+        "--model",
+        "fraud",
+        "--version",
+        "v8",
+        "--role",
+        "canary",
+        "--traffic-share",
+        "0.05",
+        "--reference",
+        "refs/fraud-v8.jsonl",
+        "--actor",
+        "github-actions run 4711",
+        "--reason",
+        "retrain after drift",
+        "--trigger",
+        "e8b564d3d2af",
+        "--ts",
+        "1763900000.0",
+        "--bootstrap-servers",
+        broker.bootstrap_servers,
+        "--topic",
+        topic,
+    )
     assert done.returncode == 0, done.stderr
     assert "acknowledged" in done.stdout
     [(key, value)] = _read_topic(broker.bootstrap_servers, topic, 1)
     assert key == b"fraud"
     assert json.loads(value) == {
-        "model": "fraud", "version": "v8", "event": "deployed", "role": "canary", "traffic_share": 0.05,
-        "ts": 1763900000.0, "reference": {"path": "refs/fraud-v8.jsonl"},
-        "actor": "github-actions run 4711", "reason": "retrain after drift", "trigger": "e8b564d3d2af"}
+        "model": "fraud",
+        "version": "v8",
+        "event": "deployed",
+        "role": "canary",
+        "traffic_share": 0.05,
+        "ts": 1763900000.0,
+        "reference": {"path": "refs/fraud-v8.jsonl"},
+        "actor": "github-actions run 4711",
+        "reason": "retrain after drift",
+        "trigger": "e8b564d3d2af",
+    }
     # what the CLI produced is what the monitor accepts
     assert isinstance(decode_lifecycle(rec(value)), LifecycleEvent)
 
     # rolled-back (the CLI's spelling) and --reference-from-stream on the same topic, in order
-    assert _cli("rolled-back", "--model", "fraud", "--version", "v8", "--trigger", "e8b564d3d2af",
-                "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic).returncode == 0
-    assert _cli("deployed", "--model", "fraud", "--version", "v9", "--role", "stable",
-                "--reference-from-stream", "2000",
-                "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic).returncode == 0
+    assert (
+        _cli(
+            "rolled-back",
+            "--model",
+            "fraud",
+            "--version",
+            "v8",
+            "--trigger",
+            "e8b564d3d2af",
+            "--bootstrap-servers",
+            broker.bootstrap_servers,
+            "--topic",
+            topic,
+        ).returncode
+        == 0
+    )
+    assert (
+        _cli(
+            "deployed",
+            "--model",
+            "fraud",
+            "--version",
+            "v9",
+            "--role",
+            "stable",
+            "--reference-from-stream",
+            "2000",
+            "--bootstrap-servers",
+            broker.bootstrap_servers,
+            "--topic",
+            topic,
+        ).returncode
+        == 0
+    )
     events = [json.loads(v) for k, v in _read_topic(broker.bootstrap_servers, topic, 3)]
     assert [(e["event"], e["version"]) for e in events] == [
-        ("deployed", "v8"), ("rolled_back", "v8"), ("deployed", "v9")]  # keyed by model: one partition
+        ("deployed", "v8"),
+        ("rolled_back", "v8"),
+        ("deployed", "v9"),
+    ]  # keyed by model: one partition
     assert events[2]["reference"] == {"from_stream": 2000}
     assert time.time() - 600 < events[1]["ts"] <= time.time()  # --ts defaults to now
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize("args, flag", [
-    (["deployed", "--model", "fraud", "--version", "v8"], "--role"),
-    (["deployed", "--model", "fraud", "--version", "v8", "--role", "canary", "--traffic-share", "1.5"],
-     "--traffic-share"),
-    (["promoted", "--model", "fraud", "--version", "v8", "--role", "stable"], "--role"),
-    (["deployed", "--model", "fraud", "--version", "", "--role", "canary"], "--version"),
-    (["deployed", "--model", "fraud", "--version", "v8", "--role", "canary", "--reference-from-stream", "0"],
-     "--reference-from-stream"),
-    (["retired", "--model", "fraud", "--version", "v8", "--reference", "refs/a.jsonl"], "--reference"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["deployed", "--model", "fraud", "--version", "v8"], "--role"),
+        (
+            ["deployed", "--model", "fraud", "--version", "v8", "--role", "canary", "--traffic-share", "1.5"],
+            "--traffic-share",
+        ),
+        (["promoted", "--model", "fraud", "--version", "v8", "--role", "stable"], "--role"),
+        (["deployed", "--model", "fraud", "--version", "", "--role", "canary"], "--version"),
+        (
+            ["deployed", "--model", "fraud", "--version", "v8", "--role", "canary", "--reference-from-stream", "0"],
+            "--reference-from-stream",
+        ),
+        (["retired", "--model", "fraud", "--version", "v8", "--reference", "refs/a.jsonl"], "--reference"),
+    ],
+)
 def test_cli_refuses_an_invalid_event_with_exit_2_naming_the_flag(broker, args, flag):
     topic = f"model-lifecycle-{time.monotonic_ns()}"
     broker.create_topics([topic], partitions=1)
@@ -354,7 +464,16 @@ def test_cli_exits_3_when_the_broker_does_not_acknowledge():
     with socket.socket() as held:  # bound, not listening: connections are refused
         held.bind(("127.0.0.1", 0))
         port = held.getsockname()[1]
-        done = _cli("retired", "--model", "fraud", "--version", "v1",
-                    "--bootstrap-servers", f"127.0.0.1:{port}", "--timeout", "2")
+        done = _cli(
+            "retired",
+            "--model",
+            "fraud",
+            "--version",
+            "v1",
+            "--bootstrap-servers",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "2",
+        )
     assert done.returncode == 3, done.stderr
     assert "was not acknowledged" in done.stderr and "--ts" in done.stderr

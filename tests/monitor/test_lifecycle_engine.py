@@ -29,11 +29,16 @@ from driftline.monitor.reference import load_reference
 from driftline.monitor.versions import labels_needed
 
 T0 = 1_700_000_000.0
-CANARY = {"promote": {"enabled": True, "margin": 0.05, "alpha": 0.05, "tau": 0.05},
-          "rollback_confirm_seconds": 400.0, "grace_seconds": 600.0, "stall_after_seconds": 500.0,
-          "stall_min_events": 40}
-SETTINGS = load_settings(defaults={"reference": {"size": 1000}, "window": {"size": 500},
-                                   "performance": {"window": 500}, "canary": CANARY})
+CANARY = {
+    "promote": {"enabled": True, "margin": 0.05, "alpha": 0.05, "tau": 0.05},
+    "rollback_confirm_seconds": 400.0,
+    "grace_seconds": 600.0,
+    "stall_after_seconds": 500.0,
+    "stall_min_events": 40,
+}
+SETTINGS = load_settings(
+    defaults={"reference": {"size": 1000}, "window": {"size": 500}, "performance": {"window": 500}, "canary": CANARY}
+)
 
 
 def segment(n, start, *, seed, share=0.0, shift_v1=0.0, shift_v2=0.0, v1="v1", v2="v2"):
@@ -45,10 +50,17 @@ def segment(n, start, *, seed, share=0.0, shift_v1=0.0, shift_v2=0.0, v1="v1", v
     x[:, 0] += np.where(is_v2, shift_v2, shift_v1)
     country = rng.choice(["DE", "FR", "US"], size=n, p=[0.5, 0.3, 0.2])
     score = 1 / (1 + np.exp(-(x[:, 0] - x[:, 1])))
-    return [{"model": "fraud", "version": v2 if is_v2[i] else v1, "id": f"e{start + i}", "ts": T0 + start + i,
-             "features": {"x0": float(x[i, 0]), "x1": float(x[i, 1]), "x2": float(x[i, 2]),
-                          "country": str(country[i])},
-             "prediction": float(score[i])} for i in range(n)]
+    return [
+        {
+            "model": "fraud",
+            "version": v2 if is_v2[i] else v1,
+            "id": f"e{start + i}",
+            "ts": T0 + start + i,
+            "features": {"x0": float(x[i, 0]), "x1": float(x[i, 1]), "x2": float(x[i, 2]), "country": str(country[i])},
+            "prediction": float(score[i]),
+        }
+        for i in range(n)
+    ]
 
 
 def labels(events, errors, seed):
@@ -64,8 +76,9 @@ def labels(events, errors, seed):
 
 def event(version, kind, position, **fields):
     """A lifecycle event taking effect just before prediction ``position``."""
-    return validate_lifecycle({"model": "fraud", "version": version, "event": kind, "ts": T0 + position - 0.5,
-                               **fields})
+    return validate_lifecycle(
+        {"model": "fraud", "version": version, "event": kind, "ts": T0 + position - 0.5, **fields}
+    )
 
 
 def items(preds, fb, lifecycle=(), lag=50):
@@ -89,11 +102,12 @@ def run(engine, stream, batch):
     """Run a stream as the service does; returns the alarms and the lifecycle counts."""
     alarms, counts = [], {}
     for i in range(0, len(stream), batch):
-        chunk = stream[i:i + batch]
+        chunk = stream[i : i + batch]
         result = EngineResult()
         engine.apply_lifecycle([x for x in chunk if isinstance(x, LifecycleEvent)], result)
-        engine.process(decode_batch([x for x in chunk if not isinstance(x, LifecycleEvent)], "predictions",
-                                    "feedback"), result)
+        engine.process(
+            decode_batch([x for x in chunk if not isinstance(x, LifecycleEvent)], "predictions", "feedback"), result
+        )
         alarms += result.alarms
         for k, v in result.lifecycle.items():
             counts[k] = counts.get(k, 0) + v
@@ -120,21 +134,26 @@ def write_reference(path, events):
 def test_promoting_a_retrained_canary_rebases_the_reference_and_clears_the_drift(tmp_path):
     drifted = segment(3000, 0, seed=1, shift_v1=0.8)  # what the world looks like now
     ref = write_reference(tmp_path / "fraud-v2.jsonl", [dict(e, version="v2") for e in drifted[:1000]])
-    preds = (segment(1000, 0, seed=2)                                   # the reference
-             + segment(3000, 1000, seed=3, shift_v1=0.8)               # v1 drifts
-             + segment(3000, 4000, seed=4, share=0.2, shift_v1=0.8, shift_v2=0.8)  # v2 canary, retrained
-             + segment(4000, 7000, seed=5, share=1.0, shift_v2=0.8))   # v2 takes all traffic
+    preds = (
+        segment(1000, 0, seed=2)  # the reference
+        + segment(3000, 1000, seed=3, shift_v1=0.8)  # v1 drifts
+        + segment(3000, 4000, seed=4, share=0.2, shift_v1=0.8, shift_v2=0.8)  # v2 canary, retrained
+        + segment(4000, 7000, seed=5, share=1.0, shift_v2=0.8)
+    )  # v2 takes all traffic
     fb = labels(preds, {"v1": 0.1, "v2": 0.1}, seed=6)
-    lifecycle = [event("v2", "deployed", 4000, role="canary", traffic_share=0.2, reference={"path": ref}),
-                 event("v2", "promoted", 7000)]
+    lifecycle = [
+        event("v2", "deployed", 4000, role="canary", traffic_share=0.2, reference={"path": ref}),
+        event("v2", "promoted", 7000),
+    ]
     engine = Engine(SETTINGS, reference_loader=loader)
     alarms, counts = run(engine, items(preds, fb, lifecycle), 1500)
 
     drift = [a for a in alarms if a.kind == "feature_drift"]
     assert drift and all(a.version == "v1" and a.feature == "x0" for a in drift)
     assert not [a for a in drift if a.last_index >= 7000], "no drift alarm after the promote"
-    assert not [a for a in alarms if a.version == "v2" and a.kind in ("feature_drift", "prediction_drift")], \
+    assert not [a for a in alarms if a.version == "v2" and a.kind in ("feature_drift", "prediction_drift")], (
         "the canary is measured against its own reference"
+    )
     assert counts["deployed"] == 1 and counts["promoted"] == 1 and counts.get("reference_failed", 0) == 0
     mm = engine.models["fraud"]
     assert mm.stable_version() == "v2" and mm.reference_fingerprint.startswith("file:")
@@ -148,21 +167,26 @@ def test_promoting_a_retrained_canary_rebases_the_reference_and_clears_the_drift
 
 
 def test_the_old_stable_gauges_clear_at_the_promote_even_within_its_grace_period():
-    settings_ = load_settings(defaults={"reference": {"size": 1000}, "window": {"size": 500},
-                                        "canary": {**CANARY, "grace_seconds": 1e6}})
-    preds = segment(1000, 0, seed=7) + segment(2000, 1000, seed=8, shift_v1=0.8) + segment(1000, 3000, seed=9,
-                                                                                            share=1.0)
+    settings_ = load_settings(
+        defaults={"reference": {"size": 1000}, "window": {"size": 500}, "canary": {**CANARY, "grace_seconds": 1e6}}
+    )
+    preds = (
+        segment(1000, 0, seed=7) + segment(2000, 1000, seed=8, shift_v1=0.8) + segment(1000, 3000, seed=9, share=1.0)
+    )
     engine = Engine(settings_)
     run(engine, items(preds, labels(preds, {}, 10), [event("v2", "promoted", 3000)]), 700)
     v1 = snap(engine, "v1")
     assert v1.role == "retiring" and v1.drift == () and v1.quality == {}
     # checks against the old reference start afresh (its own label stream goes on)
-    assert not [k for k in engine.models["fraud"].versions["v1"].alarming
-                if k.startswith(("feature_drift", "prediction_drift", "quality"))]
+    assert not [
+        k
+        for k in engine.models["fraud"].versions["v1"].alarming
+        if k.startswith(("feature_drift", "prediction_drift", "quality"))
+    ]
 
 
 def test_a_from_stream_reference_takes_the_versions_first_events():
-    preds = (segment(1000, 0, seed=11) + segment(2000, 1000, seed=12, share=0.5, shift_v2=0.8))
+    preds = segment(1000, 0, seed=11) + segment(2000, 1000, seed=12, share=0.5, shift_v2=0.8)
     lifecycle = [event("v2", "deployed", 1000, role="canary", reference={"from_stream": 300})]
     engine = Engine(SETTINGS)
     alarms, _ = run(engine, items(preds, labels(preds, {}, 13), lifecycle), 400)
@@ -223,7 +247,7 @@ def test_labels_needed_is_reported_for_a_canary_until_its_verdict():
     engine = Engine(SETTINGS)
     needed, said = [], None
     for k in range(0, len(stream), 400):
-        alarms, _ = run(engine, stream[k:k + 400], 400)
+        alarms, _ = run(engine, stream[k : k + 400], 400)
         s = snap(engine, "v2")
         if s is not None and s.labels_needed is not None:
             needed.append((s.labelled, s.labels_needed, s.traffic_share))
@@ -264,7 +288,7 @@ def noninferiority_run(p_stable, d, share, n, seed, cfg):
 
     found = []
     for i in range(0, n, 997):  # batch cuts do not matter; they keep the run realistic
-        found += test.update(rows[i:i + 997], versions[i:i + 997], "v1", {"v2": 0}, cfg, factory)
+        found += test.update(rows[i : i + 997], versions[i : i + 997], "v1", {"v2": 0}, cfg, factory)
     return bool(found)
 
 
@@ -354,8 +378,9 @@ def test_a_canary_without_traffic_is_stalled():
 
 
 def test_retired_frees_the_version_and_its_gauges():
-    preds = (segment(1000, 0, seed=80) + segment(1500, 1000, seed=81, share=0.6, shift_v2=0.8)
-             + segment(500, 2500, seed=82))  # its traffic has gone when it is retired
+    preds = (
+        segment(1000, 0, seed=80) + segment(1500, 1000, seed=81, share=0.6, shift_v2=0.8) + segment(500, 2500, seed=82)
+    )  # its traffic has gone when it is retired
     lifecycle = [event("v2", "deployed", 1000, role="shadow"), event("v2", "retired", 2500)]
     engine = Engine(SETTINGS)
     run(engine, items(preds[:2400], labels(preds[:2400], {}, 82), lifecycle[:1]), 500)
@@ -371,12 +396,17 @@ def test_retired_frees_the_version_and_its_gauges():
 
 
 def full_loop(seed):
-    preds = (segment(1000, 0, seed=seed) + segment(2000, 1000, seed=seed + 1, shift_v1=0.8)
-             + segment(6000, 3000, seed=seed + 2, share=0.3, shift_v1=0.8, shift_v2=0.8, v2="v3")
-             + segment(3000, 9000, seed=seed + 3, share=1.0, shift_v2=0.8, v2="v3"))
+    preds = (
+        segment(1000, 0, seed=seed)
+        + segment(2000, 1000, seed=seed + 1, shift_v1=0.8)
+        + segment(6000, 3000, seed=seed + 2, share=0.3, shift_v1=0.8, shift_v2=0.8, v2="v3")
+        + segment(3000, 9000, seed=seed + 3, share=1.0, shift_v2=0.8, v2="v3")
+    )
     fb = labels(preds, {"v1": 0.12, "v3": 0.12}, seed + 4)
-    lifecycle = [event("v3", "deployed", 3000, role="canary", traffic_share=0.3, reference={"from_stream": 400}),
-                 event("v3", "promoted", 9000)]
+    lifecycle = [
+        event("v3", "deployed", 3000, role="canary", traffic_share=0.3, reference={"from_stream": 400}),
+        event("v3", "promoted", 9000),
+    ]
     return items(preds, fb, lifecycle)
 
 
@@ -435,8 +465,21 @@ def test_a_promote_alarm_is_a_trigger_by_itself():
     from driftline.sinks.policy import TriggerPolicy
 
     policy = TriggerPolicy(TriggerPolicySettings(min_alarms=3))
-    alarm = Alarm("fraud", "v2", "promote_ready", "noninferiority", "error_rate", -0.004, 0.05, None, 1000, 5000,
-                  T0 + 5000, "promote", origin="predictions/0/0")
+    alarm = Alarm(
+        "fraud",
+        "v2",
+        "promote_ready",
+        "noninferiority",
+        "error_rate",
+        -0.004,
+        0.05,
+        None,
+        1000,
+        5000,
+        T0 + 5000,
+        "promote",
+        origin="predictions/0/0",
+    )
     (trigger,) = policy.observe([alarm])
     assert trigger.action == "promote" and trigger.version == "v2"
     stalled = Alarm("fraud", "v2", "canary_stalled", "traffic", None, 3, 40, None, 10, 10, T0, "none")
@@ -456,16 +499,18 @@ def test_a_reference_with_other_features_rebuilds_the_schema_when_promoted(tmp_p
         return [dict(e, features={**e["features"], "x3": float(rng.normal())}) for e in events]
 
     ref = write_reference(tmp_path / "v2.jsonl", with_x3(segment(1000, 0, seed=130), 131))
-    preds = (segment(1000, 0, seed=132) + segment(1000, 1000, seed=133, share=0.3)
-             + with_x3(segment(2000, 2000, seed=134, share=1.0), 135))
-    lifecycle = [event("v2", "deployed", 1000, role="canary", reference={"path": ref}),
-                 event("v2", "promoted", 2000)]
+    preds = (
+        segment(1000, 0, seed=132)
+        + segment(1000, 1000, seed=133, share=0.3)
+        + with_x3(segment(2000, 2000, seed=134, share=1.0), 135)
+    )
+    lifecycle = [event("v2", "deployed", 1000, role="canary", reference={"path": ref}), event("v2", "promoted", 2000)]
     stream = items(preds, labels(preds, {}, 136), lifecycle)
     engine = Engine(SETTINGS, reference_loader=loader)
     decoder = BatchDecoder("predictions", "feedback")  # decodes with the engine's schemas, as the service does
     changed, alarms = [], []
     for i in range(0, len(stream), 900):
-        chunk = stream[i:i + 900]
+        chunk = stream[i : i + 900]
         result = EngineResult()
         engine.apply_lifecycle([x for x in chunk if isinstance(x, LifecycleEvent)], result)
         engine.process(decoder.decode([x for x in chunk if not isinstance(x, LifecycleEvent)]), result)

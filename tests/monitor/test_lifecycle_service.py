@@ -53,11 +53,22 @@ def test_lifecycle_records_are_split_off_before_the_prediction_decoder(with_sche
     from driftline.monitor.schema import Schema
 
     preds = prediction_events(20, seed=1)
-    deployed = {"model": "fraud", "version": "v2", "event": "deployed", "role": "canary",
-                "traffic_share": 0.05, "ts": T0 + 5, "trigger": "k" * 64}
+    deployed = {
+        "model": "fraud",
+        "version": "v2",
+        "event": "deployed",
+        "role": "canary",
+        "traffic_share": 0.05,
+        "ts": T0 + 5,
+        "trigger": "k" * 64,
+    }
     records = [_rec(PRED, i, e) for i, e in enumerate(preds[:10])]
-    records += [_rec(LC, 0, deployed), _rec(LC, 1, {"model": "fraud", "version": "v2", "event": "promoted"}),
-                _rec(LC, 2, b"{not json"), _rec(LC, 3, {**deployed, "role": None})]
+    records += [
+        _rec(LC, 0, deployed),
+        _rec(LC, 1, {"model": "fraud", "version": "v2", "event": "promoted"}),
+        _rec(LC, 2, b"{not json"),
+        _rec(LC, 3, {**deployed, "role": None}),
+    ]
     records += [_rec(PRED, 10 + i, e) for i, e in enumerate(preds[10:])]
     decoder = BatchDecoder(PRED, FB, LC)
     if with_schema:  # a model whose schema is shared takes the one-pass typed path
@@ -71,7 +82,10 @@ def test_lifecycle_records_are_split_off_before_the_prediction_decoder(with_sche
     assert len(batch.predictions["fraud"]) == 20  # no prediction lost, none added
     assert (batch.predictions["fraud"].columns is not None) == with_schema
     assert sorted((d.topic, d.offset, d.reason) for d in batch.dead_letters) == [
-        (LC, 1, "missing_field"), (LC, 2, "invalid_json"), (LC, 3, "field_not_for_event")]
+        (LC, 1, "missing_field"),
+        (LC, 2, "invalid_json"),
+        (LC, 3, "field_not_for_event"),
+    ]
 
 
 def test_without_a_lifecycle_topic_nothing_is_taken_for_a_lifecycle_event():
@@ -82,17 +96,33 @@ def test_without_a_lifecycle_topic_nothing_is_taken_for_a_lifecycle_event():
 
 def test_a_replay_merges_the_lifecycle_file_by_event_time_lifecycle_first(tmp_path):
     preds = prediction_events(6, seed=2)  # ts T0 .. T0+5
-    events = [{"model": "fraud", "version": "v2", "event": "deployed", "role": "canary", "ts": T0 + 3},
-              {"model": "fraud", "version": "v2", "event": "promoted", "ts": T0 + 3.5}]
+    events = [
+        {"model": "fraud", "version": "v2", "event": "deployed", "role": "canary", "ts": T0 + 3},
+        {"model": "fraud", "version": "v2", "event": "promoted", "ts": T0 + 3.5},
+    ]
     (tmp_path / "p.jsonl").write_bytes(to_jsonl(preds))
     (tmp_path / "l.jsonl").write_bytes(to_jsonl(events) + b"garbage\n")
-    source = JsonlSource(tmp_path / "p.jsonl", None, predictions_topic=PRED, feedback_topic=FB,
-                         lifecycle=tmp_path / "l.jsonl", lifecycle_topic=LC, batch_size=100)
+    source = JsonlSource(
+        tmp_path / "p.jsonl",
+        None,
+        predictions_topic=PRED,
+        feedback_topic=FB,
+        lifecycle=tmp_path / "l.jsonl",
+        lifecycle_topic=LC,
+        batch_size=100,
+    )
     order = [(r.topic, r.offset) for r in source.poll_records()]
     # at equal times the lifecycle event first; an unreadable line keeps the previous line's ts
     assert order == [(PRED, 0), (PRED, 1), (PRED, 2), (LC, 0), (PRED, 3), (LC, 1), (LC, 2), (PRED, 4), (PRED, 5)]
-    source = JsonlSource(tmp_path / "p.jsonl", None, predictions_topic=PRED, feedback_topic=FB,
-                         lifecycle=tmp_path / "l.jsonl", lifecycle_topic=LC, batch_size=100)
+    source = JsonlSource(
+        tmp_path / "p.jsonl",
+        None,
+        predictions_topic=PRED,
+        feedback_topic=FB,
+        lifecycle=tmp_path / "l.jsonl",
+        lifecycle_topic=LC,
+        batch_size=100,
+    )
     batch = source.poll()
     assert [e.event for e in batch.lifecycle] == ["deployed", "promoted"]
     assert [d.reason for d in batch.dead_letters] == ["invalid_json"]
@@ -111,16 +141,39 @@ def test_delivery_outcomes_reach_the_audit_log_from_the_delivery_thread(tmp_path
     from tests.support.receiver import Reply
 
     with WebhookReceiver(script=[Reply(500)]) as receiver:
-        settings = load_settings(prometheus={"enabled": False}, state_dir=tmp_path,
-                                 webhooks={"targets": [{"name": "ci", "url": receiver.url}],
-                                           "retry_base_seconds": 0.05, "retry_max_seconds": 0.1})
+        settings = load_settings(
+            prometheus={"enabled": False},
+            state_dir=tmp_path,
+            webhooks={
+                "targets": [{"name": "ci", "url": receiver.url}],
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.1,
+            },
+        )
         audit = AuditLog(tmp_path / "audit.sqlite3")
         recorder = AuditRecorder(audit, settings, Engine(settings))
-        sink = WebhookSink(settings.webhooks, outbox=tmp_path / "outbox.sqlite3",
-                           on_triggers=recorder.on_triggers, on_delivery=recorder.on_delivery)
+        sink = WebhookSink(
+            settings.webhooks,
+            outbox=tmp_path / "outbox.sqlite3",
+            on_triggers=recorder.on_triggers,
+            on_delivery=recorder.on_delivery,
+        )
         try:
-            alarm = Alarm("fraud", "v7", "feature_drift", "ks", "amount", 0.3, 1e-5, 1e-9, 0, 999, T0,
-                          "retrain", origin="predictions/1/40")
+            alarm = Alarm(
+                "fraud",
+                "v7",
+                "feature_drift",
+                "ks",
+                "amount",
+                0.3,
+                1e-5,
+                1e-9,
+                0,
+                999,
+                T0,
+                "retrain",
+                origin="predictions/1/40",
+            )
             sink.write([alarm])
             sink.flush()
             audit.flush()  # as the service does, after the sinks: the trigger's record is appended
@@ -147,19 +200,31 @@ def _settings(broker, topics, tmp_path, receiver_url, **extra):
     from driftline.monitor.config import load_settings
 
     base = dict(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
-               "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-               "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-               "poll_timeout_ms": 200, "max_poll_records": 500},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-{topics['predictions']}",
+            "predictions_topic": topics["predictions"],
+            "feedback_topic": topics["feedback"],
+            "dead_letter_topic": topics["dead_letter"],
+            "session_timeout_ms": 6000,
+            "poll_timeout_ms": 200,
+            "max_poll_records": 500,
+        },
         lifecycle={"topic": topics["lifecycle"]},
         audit={"kafka_topic": topics["audit"]},
         defaults={"reference": {"size": 1000}, "window": {"size": 500}, "performance": {"window": 250}},
         prometheus={"enabled": True, "host": "127.0.0.1", "port": 0},
-        webhooks={"targets": [{"name": "ci", "url": receiver_url, "actions": ["retrain", "rollback"],
-                               "timeout_seconds": 2.0}],
-                  "retry_base_seconds": 0.05, "retry_max_seconds": 0.5},
-        state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
-        checkpoint_interval_seconds=0)
+        webhooks={
+            "targets": [
+                {"name": "ci", "url": receiver_url, "actions": ["retrain", "rollback"], "timeout_seconds": 2.0}
+            ],
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.5,
+        },
+        state_dir=tmp_path / "state",
+        alarms_jsonl=tmp_path / "alarms.jsonl",
+        checkpoint_interval_seconds=0,
+    )
     for key, value in extra.items():
         base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
     return load_settings(**base)
@@ -187,9 +252,24 @@ def _lifecycle_cli(broker, topic, *args: str) -> str:
     broker acknowledged the event."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "driftline.cli", "lifecycle", *args,
-                           "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "lifecycle",
+            *args,
+            "--bootstrap-servers",
+            broker.bootstrap_servers,
+            "--topic",
+            topic,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -200,14 +280,17 @@ def _audit_rows(path: Path, **where: str) -> list[dict[str, Any]]:
         return []
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        rows = con.execute("SELECT id, kind, model, version, ts, trigger_key, payload FROM audit "
-                           "ORDER BY seq").fetchall()
+        rows = con.execute(
+            "SELECT id, kind, model, version, ts, trigger_key, payload FROM audit ORDER BY seq"
+        ).fetchall()
     except sqlite3.OperationalError:
         return []
     finally:
         con.close()
-    out = [{"id": i, "kind": k, "model": m, "version": v, "ts": t, "trigger_key": key, "payload": json.loads(p)}
-           for i, k, m, v, t, key, p in rows]
+    out = [
+        {"id": i, "kind": k, "model": m, "version": v, "ts": t, "trigger_key": key, "payload": json.loads(p)}
+        for i, k, m, v, t, key, p in rows
+    ]
     return [r for r in out if all(r[f] == value for f, value in where.items())]
 
 
@@ -231,8 +314,11 @@ def _drift_rules(tmp_path: Path) -> Path:
 
 
 def _drift_alerts(prom, model: str) -> list[dict[str, Any]]:
-    return [a for a in prom.alerts() if a["labels"].get("alertname") == "DriftlineFeatureDrift"
-            and a["labels"].get("model") == model]
+    return [
+        a
+        for a in prom.alerts()
+        if a["labels"].get("alertname") == "DriftlineFeatureDrift" and a["labels"].get("model") == model
+    ]
 
 
 def _alarms(path: Path) -> list[dict[str, Any]]:
@@ -275,39 +361,79 @@ def test_drift_retrain_canary_promote_rebases_the_reference_and_resolves_the_ale
         try:
             _produce(broker, t["predictions"], v1)
             wait_for(lambda: svc.metrics_port is not None, 30, "the metrics server")
-            with PrometheusServer([f"127.0.0.1:{svc.metrics_port}"], scrape_interval=0.5,
-                                  rule_files=[_drift_rules(tmp_path)]) as prom:
+            with PrometheusServer(
+                [f"127.0.0.1:{svc.metrics_port}"], scrape_interval=0.5, rule_files=[_drift_rules(tmp_path)]
+            ) as prom:
                 # ---- drift: the retrain trigger reaches CI, the alert fires --------------
                 trigger = receiver.wait_accepted(1, timeout=120)[0]
                 body, key = trigger.json(), trigger.idempotency_key
                 assert (body["model"], body["version"], body["action"]) == ("fraud", "v1", "retrain")
-                wait_for(lambda: any(a["state"] == "firing" for a in _drift_alerts(prom, "fraud")), 60,
-                         "DriftlineFeatureDrift firing for fraud")
+                wait_for(
+                    lambda: any(a["state"] == "firing" for a in _drift_alerts(prom, "fraud")),
+                    60,
+                    "DriftlineFeatureDrift firing for fraud",
+                )
 
                 # ---- CI answers: v2 deployed as a 20 % canary with its own reference -------
-                out = _lifecycle_cli(broker, t["lifecycle"], "deployed", "--model", "fraud", "--version", "v2",
-                                     "--role", "canary", "--traffic-share", "0.2", "--reference", str(reference),
-                                     "--actor", "ci run 4711", "--reason", "retrain after drift",
-                                     "--trigger", key, "--ts", str(T0 + 3_000))
+                out = _lifecycle_cli(
+                    broker,
+                    t["lifecycle"],
+                    "deployed",
+                    "--model",
+                    "fraud",
+                    "--version",
+                    "v2",
+                    "--role",
+                    "canary",
+                    "--traffic-share",
+                    "0.2",
+                    "--reference",
+                    str(reference),
+                    "--actor",
+                    "ci run 4711",
+                    "--reason",
+                    "retrain after drift",
+                    "--trigger",
+                    key,
+                    "--ts",
+                    str(T0 + 3_000),
+                )
                 assert "acknowledged" in out
-                wait_for(lambda: _audit_rows(state / "audit.sqlite3", kind="lifecycle"), 60,
-                         "the deployed event in the audit trail")
+                wait_for(
+                    lambda: _audit_rows(state / "audit.sqlite3", kind="lifecycle"),
+                    60,
+                    "the deployed event in the audit trail",
+                )
                 _produce(broker, t["predictions"], canary)
                 wait_for(lambda: svc.stats.predictions >= len(v1) + len(canary), 120, "the canary phase consumed")
 
                 # ---- promoted (produced with the encoder, as a deploy tool would) ----------
-                event = validate_lifecycle({"model": "fraud", "version": "v2", "event": "promoted",
-                                            "ts": promoted_ts, "actor": "ci run 4712", "trigger": key})
+                event = validate_lifecycle(
+                    {
+                        "model": "fraud",
+                        "version": "v2",
+                        "event": "promoted",
+                        "ts": promoted_ts,
+                        "actor": "ci run 4712",
+                        "trigger": key,
+                    }
+                )
                 p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
                 p.send(t["lifecycle"], key=b"fraud", value=encode_lifecycle(event))
                 p.flush()
                 p.close()
-                wait_for(lambda: len(_audit_rows(state / "audit.sqlite3", kind="lifecycle")) >= 2, 60,
-                         "the promoted event in the audit trail")
+                wait_for(
+                    lambda: len(_audit_rows(state / "audit.sqlite3", kind="lifecycle")) >= 2,
+                    60,
+                    "the promoted event in the audit trail",
+                )
                 alarms_before = len(_alarms(tmp_path / "alarms.jsonl"))
                 _produce(broker, t["predictions"], after)
-                wait_for(lambda: svc.stats.predictions >= len(v1) + len(canary) + len(after), 120,
-                         "the promoted phase consumed")
+                wait_for(
+                    lambda: svc.stats.predictions >= len(v1) + len(canary) + len(after),
+                    120,
+                    "the promoted phase consumed",
+                )
 
                 # ---- the reference is rebased: the alert resolves -------------------------
                 wait_for(lambda: not _drift_alerts(prom, "fraud"), 60, "DriftlineFeatureDrift resolved")
@@ -321,9 +447,10 @@ def test_drift_retrain_canary_promote_rebases_the_reference_and_resolves_the_ale
     assert any(a["version"] == "v1" and a["feature"] == "x0" for a in drift)
     assert not [a for a in drift if a["version"] == "v2"], "v2 is measured against its own reference"
     assert not [a for a in alarms[alarms_before:] if a["kind"] in ("feature_drift", "prediction_drift")]
-    assert 'driftline_drift_p_value{' in metrics
-    assert not [line for line in metrics.splitlines()
-                if line.startswith("driftline_drift_p_value{") and 'version="v1"' in line]
+    assert "driftline_drift_p_value{" in metrics
+    assert not [
+        line for line in metrics.splitlines() if line.startswith("driftline_drift_p_value{") and 'version="v1"' in line
+    ]
     assert len([r for r in deliveries if r.json()["action"] == "retrain"]) == 1  # no further trigger
 
     # ---- the audit trail: why was it retrained, and what happened next ----------------------
@@ -349,17 +476,45 @@ def test_drift_retrain_canary_promote_rebases_the_reference_and_resolves_the_ale
     assert chain["trigger"]["id"] == triggers[0]["id"]
     assert [d["payload"]["outcome"] for d in chain["deliveries"]] == ["delivered"]
     assert [(r["payload"]["event"], r["payload"].get("actor")) for r in chain["lifecycle"]] == [
-        ("deployed", "ci run 4711"), ("promoted", "ci run 4712")]
+        ("deployed", "ci run 4711"),
+        ("promoted", "ci run 4712"),
+    ]
     assert {r["kind"] for r in records} == {"alarm", "trigger", "delivery", "lifecycle"}
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["PYTHONPATH"] = str(REPO)
-    listed = subprocess.run([sys.executable, "-m", "driftline.cli", "audit", "--state-dir", str(state),
-                             "--model", "fraud", "--version", "v1", "--kind", "trigger", "--since", str(T0)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "audit",
+            "--state-dir",
+            str(state),
+            "--model",
+            "fraud",
+            "--version",
+            "v1",
+            "--kind",
+            "trigger",
+            "--since",
+            str(T0),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0 and key[:12] in listed.stdout, listed.stderr
-    told = subprocess.run([sys.executable, "-m", "driftline.cli", "audit", "--state-dir", str(state),
-                           "--trigger", key[:12]], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    told = subprocess.run(
+        [sys.executable, "-m", "driftline.cli", "audit", "--state-dir", str(state), "--trigger", key[:12]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert told.returncode == 0, told.stderr
     assert "retrain" in told.stdout and "delivered" in told.stdout
     assert "deployed as canary at 20% reference" in told.stdout and "promoted by ci run 4712" in told.stdout
@@ -401,17 +556,39 @@ def test_a_bad_canary_is_rolled_back_and_confirmed_and_an_unapplied_rollback_esc
     streams = {m: _bad_canary_stream(m, seed) for m, seed in (("pay", 51), ("risk", 61))}
     state = tmp_path / "state"
     with WebhookReceiver() as receiver:
-        settings = _settings(broker, t, tmp_path, receiver.url, prometheus={"enabled": False},
-                             defaults={"reference": {"size": 1000}, "window": {"size": 500},
-                                       "performance": {"window": 250},
-                                       "canary": {"rollback_confirm_seconds": confirm}})
+        settings = _settings(
+            broker,
+            t,
+            tmp_path,
+            receiver.url,
+            prometheus={"enabled": False},
+            defaults={
+                "reference": {"size": 1000},
+                "window": {"size": 500},
+                "performance": {"window": 250},
+                "canary": {"rollback_confirm_seconds": confirm},
+            },
+        )
         running = _service(settings)
         svc = running.service
         webhook = next(s for s in svc.sinks if getattr(s, "name", "") == "webhook")
         try:
             for m in streams:  # both canaries go live at T0 + 1,500 (CI tells before the traffic comes)
-                _lifecycle_cli(broker, t["lifecycle"], "deployed", "--model", m, "--version", "v2",
-                               "--role", "canary", "--traffic-share", "0.33", "--ts", str(T0 + 1_500))
+                _lifecycle_cli(
+                    broker,
+                    t["lifecycle"],
+                    "deployed",
+                    "--model",
+                    m,
+                    "--version",
+                    "v2",
+                    "--role",
+                    "canary",
+                    "--traffic-share",
+                    "0.33",
+                    "--ts",
+                    str(T0 + 1_500),
+                )
             preds = [e for m in streams for e in streams[m][0]]
             labels = [f for m in streams for f in streams[m][2]]
             _produce(broker, t["predictions"], preds)
@@ -419,8 +596,11 @@ def test_a_bad_canary_is_rolled_back_and_confirmed_and_an_unapplied_rollback_esc
             sent = [len(preds), len(labels)]
 
             def consumed():
-                return (svc.stats.predictions >= sent[0] and svc.stats.feedback >= sent[1]
-                        and webhook.outbox.pending_count() == 0)
+                return (
+                    svc.stats.predictions >= sent[0]
+                    and svc.stats.feedback >= sent[1]
+                    and webhook.outbox.pending_count() == 0
+                )
 
             wait_for(consumed, 120, "the v1 phase consumed")
             answered: dict[str, str] = {}
@@ -429,27 +609,44 @@ def test_a_bad_canary_is_rolled_back_and_confirmed_and_an_unapplied_rollback_esc
                 rollbacks = {r.json()["model"]: r for r in receiver.accepted if r.json()["action"] == "rollback"}
                 if "pay" in rollbacks and "pay" not in answered:  # CI rolls pay back, as asked
                     key = rollbacks["pay"].idempotency_key
-                    _lifecycle_cli(broker, t["lifecycle"], "rolled-back", "--model", "pay", "--version", "v2",
-                                   "--actor", "ci run 99", "--trigger", key,
-                                   "--ts", str(max(a["ts"] for a in rollbacks["pay"].json()["evidence"]) + 1.0))
+                    _lifecycle_cli(
+                        broker,
+                        t["lifecycle"],
+                        "rolled-back",
+                        "--model",
+                        "pay",
+                        "--version",
+                        "v2",
+                        "--actor",
+                        "ci run 99",
+                        "--trigger",
+                        key,
+                        "--ts",
+                        str(max(a["ts"] for a in rollbacks["pay"].json()["evidence"]) + 1.0),
+                    )
                     answered["pay"] = key
                 batch_p, batch_f = [], []
                 for m, (_, tail, _, tail_labels) in streams.items():
-                    part = tail[start:start + chunk]
+                    part = tail[start : start + chunk]
                     if m in answered:  # rolled back: v2 serves no more
                         keep = [e for e in part if e["version"] == "v1"]
                     else:
                         keep = part
                     ids = {e["id"] for e in keep}
                     batch_p += keep
-                    batch_f += [f for f in tail_labels[start:start + chunk] if f["id"] in ids]
+                    batch_f += [f for f in tail_labels[start : start + chunk] if f["id"] in ids]
                 _produce(broker, t["predictions"], batch_p)
                 _produce(broker, t["feedback"], batch_f)
                 sent[0] += len(batch_p)
                 sent[1] += len(batch_f)
                 wait_for(consumed, 120, f"chunk {start} consumed")
-                if any(a["kind"] == "rollback_unconfirmed" and a["model"] == "risk"
-                       for a in _alarms(tmp_path / "alarms.jsonl")) and "pay" in answered:
+                if (
+                    any(
+                        a["kind"] == "rollback_unconfirmed" and a["model"] == "risk"
+                        for a in _alarms(tmp_path / "alarms.jsonl")
+                    )
+                    and "pay" in answered
+                ):
                     break
             mm = {m: svc.engine.models[m] for m in streams}
             pending = {m: (dict(mm[m].lifecycle.rollbacks), set(mm[m].lifecycle.unconfirmed)) for m in streams}
@@ -492,17 +689,38 @@ def _contract(record: dict[str, Any]) -> bytes:
 
 def _evidence(trigger: dict[str, Any]) -> tuple:
     p = trigger["payload"]
-    return (trigger["model"], trigger["version"], p["action"], p["first_index"], p["last_index"],
-            tuple(sorted((a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])
-                         for a in p["evidence"])))
+    return (
+        trigger["model"],
+        trigger["version"],
+        p["action"],
+        p["first_index"],
+        p["last_index"],
+        tuple(
+            sorted(
+                (a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"]) for a in p["evidence"]
+            )
+        ),
+    )
 
 
 def _replay(tmp_path: Path, name: str, files: dict[str, Path], config: Path, state: Path) -> None:
     from driftline.cli import main
 
-    argv = ["replay", "--predictions", str(files["predictions"]), "--feedback", str(files["feedback"]),
-            "--config", str(config), "--alarms", str(tmp_path / f"{name}-alarms.jsonl"), "--quiet",
-            "--with-webhooks", "--state-dir", str(state)]
+    argv = [
+        "replay",
+        "--predictions",
+        str(files["predictions"]),
+        "--feedback",
+        str(files["feedback"]),
+        "--config",
+        str(config),
+        "--alarms",
+        str(tmp_path / f"{name}-alarms.jsonl"),
+        "--quiet",
+        "--with-webhooks",
+        "--state-dir",
+        str(state),
+    ]
     if "lifecycle" in files:
         argv += ["--lifecycle", str(files["lifecycle"])]
     assert main(argv) == 0
@@ -516,8 +734,9 @@ def _loop_stream(tmp_path: Path) -> tuple[list[dict], list[dict], Path]:
     for i, e in enumerate(later):
         e["version"] = "v2" if i >= 1_000 or i % 5 == 0 else "v1"
     reference = tmp_path / "fraud-v2.jsonl"
-    reference.write_bytes(to_jsonl(prediction_events(1_000, model="fraud", version="v2", seed=73,
-                                                     shift_at=0, shift=1.5, t0=T0 - 10_000)))
+    reference.write_bytes(
+        to_jsonl(prediction_events(1_000, model="fraud", version="v2", seed=73, shift_at=0, shift=1.5, t0=T0 - 10_000))
+    )
     preds = v1 + later
     return preds, feedback_for(preds, seed=74), reference
 
@@ -525,8 +744,17 @@ def _loop_stream(tmp_path: Path) -> tuple[list[dict], list[dict], Path]:
 def _lifecycle_events(reference: Path, key: str | None) -> list[dict[str, Any]]:
     cite = {"trigger": key} if key else {}
     return [
-        {"model": "fraud", "version": "v2", "event": "deployed", "role": "canary", "traffic_share": 0.2,
-         "ts": T0 + 3_000, "reference": {"path": str(reference)}, "actor": "ci", **cite},
+        {
+            "model": "fraud",
+            "version": "v2",
+            "event": "deployed",
+            "role": "canary",
+            "traffic_share": 0.2,
+            "ts": T0 + 3_000,
+            "reference": {"path": str(reference)},
+            "actor": "ci",
+            **cite,
+        },
         {"model": "fraud", "version": "v2", "event": "promoted", "ts": T0 + 4_000, "actor": "ci", **cite},
         {"model": "fraud", "version": "v1", "event": "retired", "ts": T0 + 4_500, "reason": "replaced by v2"},
     ]
@@ -544,8 +772,12 @@ def test_the_same_streams_replayed_give_the_same_audit_records(tmp_path):
     files["predictions"].write_bytes(to_jsonl(preds))
     files["feedback"].write_bytes(to_jsonl(labels))
     with WebhookReceiver() as receiver:
-        config = write_config(tmp_path / "replay.yml", state_dir=tmp_path / "unused", webhook_url=receiver.url,
-                              cooldown_seconds=6 * 3600.0)
+        config = write_config(
+            tmp_path / "replay.yml",
+            state_dir=tmp_path / "unused",
+            webhook_url=receiver.url,
+            cooldown_seconds=6 * 3600.0,
+        )
         _replay(tmp_path, "a", files, config, tmp_path / "a")  # the trigger the lifecycle events answer
         keys = [r["trigger_key"] for r in _audit_rows(tmp_path / "a" / "audit.sqlite3", kind="trigger")]
         assert len(keys) == 1, keys
@@ -562,21 +794,47 @@ def test_the_same_streams_replayed_give_the_same_audit_records(tmp_path):
     assert len({r["id"] for r in first}) == len(first)
 
     def settled(records):  # everything but the delivery outcomes, with every field
-        return sorted((r["id"], r["kind"], r["model"], r["version"], r["ts"], r["trigger_key"],
-                       orjson.dumps(r["payload"], option=orjson.OPT_SORT_KEYS))
-                      for r in records if r["kind"] != "delivery")
+        return sorted(
+            (
+                r["id"],
+                r["kind"],
+                r["model"],
+                r["version"],
+                r["ts"],
+                r["trigger_key"],
+                orjson.dumps(r["payload"], option=orjson.OPT_SORT_KEYS),
+            )
+            for r in records
+            if r["kind"] != "delivery"
+        )
 
     assert settled(other) == settled(first)
-    deliveries = {orjson.dumps(r["payload"], option=orjson.OPT_SORT_KEYS)
-                  for r in first + other if r["kind"] == "delivery"}
-    assert deliveries <= {orjson.dumps({"target": "ci", "idempotency_key": keys[0], "action": "retrain",
-                                        "outcome": "delivered", "attempts": 1, "error": None},
-                                       option=orjson.OPT_SORT_KEYS)}
+    deliveries = {
+        orjson.dumps(r["payload"], option=orjson.OPT_SORT_KEYS) for r in first + other if r["kind"] == "delivery"
+    }
+    assert deliveries <= {
+        orjson.dumps(
+            {
+                "target": "ci",
+                "idempotency_key": keys[0],
+                "action": "retrain",
+                "outcome": "delivered",
+                "attempts": 1,
+                "error": None,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+    }
     kinds = {r["kind"] for r in first}
     assert {"alarm", "trigger", "lifecycle"} <= kinds
     assert [r["payload"]["event"] for r in first if r["kind"] == "lifecycle"] == ["deployed", "promoted", "retired"]
-    assert not [r for r in first if r["kind"] == "alarm" and r["version"] == "v2"
-                and r["payload"]["kind"] in ("feature_drift", "prediction_drift")]
+    assert not [
+        r
+        for r in first
+        if r["kind"] == "alarm"
+        and r["version"] == "v2"
+        and r["payload"]["kind"] in ("feature_drift", "prediction_drift")
+    ]
     log = AuditLog(tmp_path / "b" / "audit.sqlite3")
     try:
         chain = log.answer_chain(keys[0][:10])
@@ -589,10 +847,12 @@ def test_the_same_streams_replayed_give_the_same_audit_records(tmp_path):
 @pytest.mark.kafka
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("point, at", [(None, 0), ("engine", 6), ("outbox", 1)],
-                         ids=["no-crash", "mid-batch", "after-outbox-before-commit"])
-def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_record(broker, loop_topics, tmp_path,
-                                                                                   point, at):
+@pytest.mark.parametrize(
+    "point, at", [(None, 0), ("engine", 6), ("outbox", 1)], ids=["no-crash", "mid-batch", "after-outbox-before-commit"]
+)
+def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_record(
+    broker, loop_topics, tmp_path, point, at
+):
     """``driftline run`` SIGKILLed mid-loop (lifecycle events consumed and waiting for
     their event time, alarms and triggers recorded, offsets not committed), restarted
     over the same state directory: its audit trail holds every lifecycle event once, no
@@ -608,9 +868,16 @@ def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_recor
     group = f"crash-{t['predictions']}"
     state = tmp_path / "state"
     with WebhookReceiver() as receiver:
-        config = write_config(tmp_path / "run.yml", broker=broker, topics=t, group=group, state_dir=state,
-                              alarms=tmp_path / "alarms.jsonl", webhook_url=receiver.url,
-                              cooldown_seconds=6 * 3600.0)
+        config = write_config(
+            tmp_path / "run.yml",
+            broker=broker,
+            topics=t,
+            group=group,
+            state_dir=state,
+            alarms=tmp_path / "alarms.jsonl",
+            webhook_url=receiver.url,
+            cooldown_seconds=6 * 3600.0,
+        )
         cfg = yaml.safe_load(config.read_text())
         cfg["lifecycle"] = {"topic": t["lifecycle"]}
         cfg["audit"] = {"kafka_topic": t["audit"]}
@@ -619,8 +886,11 @@ def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_recor
             # CI announced the release plan before the traffic: the events are consumed
             # (and wait in the model's state for their event time) before the predictions
             # flow; the kill comes while they wait or after they took effect
-            wait_for(lambda: len(_audit_rows(state / "audit.sqlite3", kind="lifecycle")) == len(events), 120,
-                     "the lifecycle events consumed (see first.log)")
+            wait_for(
+                lambda: len(_audit_rows(state / "audit.sqlite3", kind="lifecycle")) == len(events),
+                120,
+                "the lifecycle events consumed (see first.log)",
+            )
             producers = PacedProducers(broker, t, preds, labels)
             if point is not None:
                 code = first.wait_exit(timeout=180)
@@ -630,20 +900,35 @@ def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_recor
             assert "Traceback" not in first_log, first_log[-3000:]
             at_crash = _audit_rows(state / "audit.sqlite3")
             with DriftlineProcess(config, tmp_path, name="second") if point else first as second:
-                wait_for(lambda: committed_total(broker, group, t["predictions"]) >= len(preds)
-                         and committed_total(broker, group, t["feedback"]) >= len(labels)
-                         and committed_total(broker, group, t["lifecycle"]) >= len(events), 240,
-                         "every offset committed after the restart")
-                wait_for(lambda: {row["status"] for row in outbox_rows(state)} <= {"delivered"}, 60,
-                         "every trigger delivered")
+                wait_for(
+                    lambda: (
+                        committed_total(broker, group, t["predictions"]) >= len(preds)
+                        and committed_total(broker, group, t["feedback"]) >= len(labels)
+                        and committed_total(broker, group, t["lifecycle"]) >= len(events)
+                    ),
+                    240,
+                    "every offset committed after the restart",
+                )
+                wait_for(
+                    lambda: {row["status"] for row in outbox_rows(state)} <= {"delivered"},
+                    60,
+                    "every trigger delivered",
+                )
                 assert second.terminate() == 0, second.log()[-3000:]
                 assert "Traceback" not in second.log(), second.log()[-3000:]
         records = _audit_rows(state / "audit.sqlite3")
 
-        replay_config = write_config(tmp_path / "replay.yml", state_dir=tmp_path / "unused",
-                                     webhook_url=receiver.url, cooldown_seconds=6 * 3600.0)
-        files = {"predictions": tmp_path / "p.jsonl", "feedback": tmp_path / "f.jsonl",
-                 "lifecycle": tmp_path / "l.jsonl"}
+        replay_config = write_config(
+            tmp_path / "replay.yml",
+            state_dir=tmp_path / "unused",
+            webhook_url=receiver.url,
+            cooldown_seconds=6 * 3600.0,
+        )
+        files = {
+            "predictions": tmp_path / "p.jsonl",
+            "feedback": tmp_path / "f.jsonl",
+            "lifecycle": tmp_path / "l.jsonl",
+        }
         files["predictions"].write_bytes(to_jsonl(preds))
         files["feedback"].write_bytes(to_jsonl(labels))
         files["lifecycle"].write_bytes(to_jsonl(events))
@@ -654,15 +939,23 @@ def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_recor
     assert len({r["id"] for r in records}) == len(records)
     lifecycle = [r for r in records if r["kind"] == "lifecycle"]
     assert sorted((r["payload"]["event"], r["version"]) for r in lifecycle) == [
-        ("deployed", "v2"), ("promoted", "v2"), ("retired", "v1")], context
+        ("deployed", "v2"),
+        ("promoted", "v2"),
+        ("retired", "v1"),
+    ], context
     assert {r["id"] for r in lifecycle} == {r["id"] for r in replayed if r["kind"] == "lifecycle"}
+
     # no alarm twice; each one the JSONL sink got (at least once) is in the trail; those of
     # the prediction stream equal the replay's. (Alarms of the labels depend on how the
     # predictions and feedback topics interleave when they are read: a batch read again
     # after the crash can give another label alarm than the uncommitted one the sink kept.)
     def unlabelled(contracts):
-        return {c for c in contracts if orjson.loads(c)["kind"] in ("feature_drift", "data_quality")
-                or (orjson.loads(c)["kind"] == "prediction_drift" and orjson.loads(c)["feature"] == "prediction")}
+        return {
+            c
+            for c in contracts
+            if orjson.loads(c)["kind"] in ("feature_drift", "data_quality")
+            or (orjson.loads(c)["kind"] == "prediction_drift" and orjson.loads(c)["feature"] == "prediction")
+        }
 
     alarms = [_contract(r) for r in records if r["kind"] == "alarm"]
     assert len(alarms) == len(set(alarms)), f"{context}: an alarm recorded twice"
@@ -676,5 +969,6 @@ def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_recor
     assert set(triggers) == {row["key"] for row in outbox_rows(state)}, context
     assert {r["id"] for r in at_crash} <= {r["id"] for r in records}  # append-only
     delivered = [r for r in records if r["kind"] == "delivery" and r["payload"]["outcome"] == "delivered"]
-    assert sorted(r["trigger_key"] for r in delivered) == sorted(r["trigger_key"] for r in records
-                                                                  if r["kind"] == "trigger")
+    assert sorted(r["trigger_key"] for r in delivered) == sorted(
+        r["trigger_key"] for r in records if r["kind"] == "trigger"
+    )

@@ -25,12 +25,18 @@ def _restore_library_levels():
 
 def settings():
     return load_settings(
-        webhooks={"targets": [
-            {"name": "slack", "url": SLACK, "preset": "slack"},
-            {"name": "ci", "url": "https://ci.example/hook", "secret_env": "S", "token_env": "T"},
-        ]},
-        kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "driftline",
-               "sasl_plain_password": "kafka-pass-4242"},
+        webhooks={
+            "targets": [
+                {"name": "slack", "url": SLACK, "preset": "slack"},
+                {"name": "ci", "url": "https://ci.example/hook", "secret_env": "S", "token_env": "T"},
+            ]
+        },
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "driftline",
+            "sasl_plain_password": "kafka-pass-4242",
+        },
     )
 
 
@@ -39,8 +45,14 @@ ENVIRON = {"S": 'hmac"secret\\value', "T": "token-777-abc"}
 
 def test_secrets_of_lists_urls_their_paths_secrets_tokens_and_the_sasl_password() -> None:
     values = secrets_of(settings(), ENVIRON)
-    for expected in (SLACK, "/services/T0AAAA/B0BBBB/credentialXYZ123", "https://ci.example/hook",
-                     ENVIRON["S"], ENVIRON["T"], "kafka-pass-4242"):
+    for expected in (
+        SLACK,
+        "/services/T0AAAA/B0BBBB/credentialXYZ123",
+        "https://ci.example/hook",
+        ENVIRON["S"],
+        ENVIRON["T"],
+        "kafka-pass-4242",
+    ):
         assert expected in values
     assert "/hook" not in values  # too short to be a credential on its own
 
@@ -61,8 +73,15 @@ def test_every_logger_at_every_level_is_redacted(fmt: str) -> None:
     logging.getLogger("driftline.app").warning("stack of %s", SLACK, stack_info=True)
     text = stream.getvalue()
     assert text.count(REDACTED) >= 7
-    for value in (SLACK, "credentialXYZ123", "ci.example/hook", ENVIRON["T"], "kafka-pass-4242",
-                  secret, json.dumps(secret)[1:-1]):
+    for value in (
+        SLACK,
+        "credentialXYZ123",
+        "ci.example/hook",
+        ENVIRON["T"],
+        "kafka-pass-4242",
+        secret,
+        json.dumps(secret)[1:-1],
+    ):
         assert value not in text, value
     if fmt == "json":
         assert all(json.loads(line)["message"] for line in text.splitlines())
@@ -106,13 +125,28 @@ def test_secrets_of_lists_the_key_password_and_the_oauthbearer_tokens(tmp_path) 
     certs = make_certs(tmp_path / "certs")
     token_file = tmp_path / "token"
     token_file.write_text("file-token-6161\n")
-    tls = {"ssl_cafile": str(certs.ca), "ssl_certfile": str(certs.client_cert),
-           "ssl_keyfile": str(certs.client_key), "ssl_password": certs.key_password}
-    with_file = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
-                                     "sasl_oauth_token_file": str(token_file), **tls})
+    tls = {
+        "ssl_cafile": str(certs.ca),
+        "ssl_certfile": str(certs.client_cert),
+        "ssl_keyfile": str(certs.client_key),
+        "ssl_password": certs.key_password,
+    }
+    with_file = load_settings(
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "OAUTHBEARER",
+            "sasl_oauth_token_file": str(token_file),
+            **tls,
+        }
+    )
     assert {certs.key_password, "file-token-6161"} <= set(secrets_of(with_file, {}))
-    static = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
-                                  "sasl_oauth_token": "static-token-6262"})
+    static = load_settings(
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "OAUTHBEARER",
+            "sasl_oauth_token": "static-token-6262",
+        }
+    )
     assert "static-token-6262" in secrets_of(static, {})
 
 
@@ -126,9 +160,15 @@ def test_kafka_pythons_own_debug_lines_are_redacted(password) -> None:
 
     from driftline.monitor.kafka_client import client_options
 
-    settings = load_settings(kafka={"bootstrap_servers": "127.0.0.1:9", "security_protocol": "SASL_PLAINTEXT",
-                                    "sasl_mechanism": "PLAIN", "sasl_plain_username": "driftline",
-                                    "sasl_plain_password": password})
+    settings = load_settings(
+        kafka={
+            "bootstrap_servers": "127.0.0.1:9",
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "driftline",
+            "sasl_plain_password": password,
+        }
+    )
     stream = io.StringIO()
     setup_logging("DEBUG", "text", secrets_of(settings, {}), stream=stream)
     logging.getLogger("kafka").setLevel(logging.DEBUG)  # as an operator chasing a problem would

@@ -61,8 +61,13 @@ def production_stream() -> tuple[dict[str, int], list[dict], list[dict]]:
     ads, ads_labels = canary_events(4_000, model="ads", seed=43)
     risk = prediction_events(3_000, model="risk", seed=44, shift_at=2_000, shift=0.8)
     spam = prediction_events(2_500, model="spam", seed=45)
-    labels = (feedback_for(fraud, seed=51, flip_after=3_500) + feedback_for(churn, seed=52, flip_after=2_500)
-              + ads_labels + feedback_for(risk, seed=54) + feedback_for(spam, seed=55))
+    labels = (
+        feedback_for(fraud, seed=51, flip_after=3_500)
+        + feedback_for(churn, seed=52, flip_after=2_500)
+        + ads_labels
+        + feedback_for(risk, seed=54)
+        + feedback_for(spam, seed=55)
+    )
     preds = sorted(fraud + churn + ads + risk + spam, key=lambda e: (e["ts"], e["model"]))
     labels.sort(key=lambda e: (e["ts"], e["model"]))
     # several models per partition, the same partition in both topics
@@ -88,8 +93,10 @@ def produce_in_production_order(broker, topics, partition, preds, labels) -> Non
     rest = [lab for lab in labels if lab["id"] not in early_ids]
     errors: list[BaseException] = []
     produce(broker, topics["feedback"], early, partition, errors)
-    threads = [threading.Thread(target=produce, args=(broker, topics["predictions"], preds, partition, errors)),
-               threading.Thread(target=produce, args=(broker, topics["feedback"], rest, partition, errors))]
+    threads = [
+        threading.Thread(target=produce, args=(broker, topics["predictions"], preds, partition, errors)),
+        threading.Thread(target=produce, args=(broker, topics["feedback"], rest, partition, errors)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -116,8 +123,9 @@ def kafka_run(request, broker, tmp_path_factory, stream_and_replay):
     topics = {"predictions": f"op-{suffix}", "feedback": f"of-{suffix}", "dead_letter": f"od-{suffix}"}
     broker.create_topics(list(topics.values()), partitions=2)
     settings = settings_for(broker, topics, tmp, defaults=DEFAULTS)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"consumer_process": request.param, "max_poll_records": 500})})
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"consumer_process": request.param, "max_poll_records": 500})}
+    )
     running = Running(settings)  # consuming while the producers run
     try:
         svc = running.service
@@ -125,8 +133,11 @@ def kafka_run(request, broker, tmp_path_factory, stream_and_replay):
         # before their predictions exist
         wait_for(lambda: svc.readiness().get("consuming"), 60, "the service consuming")
         produce_in_production_order(broker, topics, partition, preds, labels)
-        wait_for(lambda: svc.stats.predictions >= len(preds) and svc.stats.feedback >= len(labels),
-                 150, "every event consumed")
+        wait_for(
+            lambda: svc.stats.predictions >= len(preds) and svc.stats.feedback >= len(labels),
+            150,
+            "every event consumed",
+        )
         invalid = svc.stats.invalid
     finally:
         assert running.stop() == 0
@@ -160,14 +171,12 @@ def _only(alarms, kinds):
 
 def _compare(kafka, replayed, kinds):
     got, want = _only(kafka, kinds), _only(replayed, kinds)
-    assert got == want, (f"only over Kafka: {describe(got - want)}\n"
-                         f"only in the replay: {describe(want - got)}")
+    assert got == want, f"only over Kafka: {describe(got - want)}\nonly in the replay: {describe(want - got)}"
 
 
 def test_prediction_stream_alarms_equal_the_replay(kafka_run, stream_and_replay):
     """Feature drift, prediction and label drift, data quality: exact."""
-    _compare(kafka_run["alarms"], stream_and_replay[3],
-             {"feature_drift", "prediction_drift", "data_quality"})
+    _compare(kafka_run["alarms"], stream_and_replay[3], {"feature_drift", "prediction_drift", "data_quality"})
 
 
 def test_performance_and_concept_drift_alarms_equal_the_replay(kafka_run, stream_and_replay):
@@ -190,4 +199,5 @@ def test_replay_alarms_do_not_depend_on_the_batch_size(tmp_path):
     assert any(a["kind"] == "regression" for a in big)
     assert alarm_set(big) == alarm_set(small), (
         f"5,000 per batch only: {describe(alarm_set(big) - alarm_set(small))}\n"
-        f"500 per batch only: {describe(alarm_set(small) - alarm_set(big))}")
+        f"500 per batch only: {describe(alarm_set(small) - alarm_set(big))}"
+    )

@@ -69,6 +69,7 @@ def outage(broker: EmbeddedBroker, proc: DriftlineProcess) -> dict:
     broker.freeze()
     started = time.monotonic()
     try:
+
         def kafka_not_ready():
             assert proc.proc.poll() is None, f"driftline run exited during the outage:\n{proc.log()[-3000:]}"
             got = readyz(proc)
@@ -76,7 +77,7 @@ def outage(broker: EmbeddedBroker, proc: DriftlineProcess) -> dict:
 
         body = wait_for(kafka_not_ready, 60, "/readyz to report kafka not ready during the outage", interval=0.5)
         errors = metric_values(proc.metrics(), "driftline_ready").get((("component", "kafka"),))
-        assert errors == 0.0, "driftline_ready{component=\"kafka\"} must be 0 during the outage"
+        assert errors == 0.0, 'driftline_ready{component="kafka"} must be 0 during the outage'
         while time.monotonic() - started < FREEZE_S:
             assert proc.proc.poll() is None, f"driftline run exited during the outage:\n{proc.log()[-3000:]}"
             time.sleep(0.5)
@@ -97,15 +98,25 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path: Path, 
     broker.create_topics(list(topics.values()), partitions=2)
     fraud = prediction_events(6_000, model="fraud", seed=21, shift_at=4_000, shift=0.8)
     churn = prediction_events(3_000, model="churn", seed=22)
-    preds = [e for pair in zip(fraud, churn) for e in pair] + fraud[len(churn):]
+    preds = [e for pair in zip(fraud, churn) for e in pair] + fraud[len(churn) :]
     fb = feedback_for(fraud, seed=23, flip_after=4_500)
     parts = [preds[:3_000], preds[3_000:6_000], preds[6_000:]]
 
-    config = write_config(tmp_path / "run.yml", broker=broker, topics=topics, group="outage",
-                          state_dir=tmp_path / "state", alarms=tmp_path / "alarms.jsonl")
+    config = write_config(
+        tmp_path / "run.yml",
+        broker=broker,
+        topics=topics,
+        group="outage",
+        state_dir=tmp_path / "state",
+        alarms=tmp_path / "alarms.jsonl",
+    )
     cfg = yaml.safe_load(config.read_text())
-    cfg["kafka"].update(session_timeout_ms=SESSION_MS, request_timeout_ms=REQUEST_MS,
-                        stall_timeout_seconds=30, consumer_process=consumer_process)
+    cfg["kafka"].update(
+        session_timeout_ms=SESSION_MS,
+        request_timeout_ms=REQUEST_MS,
+        stall_timeout_seconds=30,
+        consumer_process=consumer_process,
+    )
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     with DriftlineProcess(config, tmp_path) as proc:
@@ -117,7 +128,7 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path: Path, 
             if n:
                 produce(broker, topics["predictions"], part)
             total += len(part)
-            wait_for(lambda: consumed(proc, "predictions") >= total, 180, f"{total} predictions consumed")
+            wait_for(lambda total=total: consumed(proc, "predictions") >= total, 180, f"{total} predictions consumed")
             errors_before = broker_errors(proc)
             bodies.append(outage(broker, proc))
             wait_for(lambda: (readyz(proc) or (0,))[0] == 200, 120, "/readyz 200 after the outage")
@@ -141,8 +152,7 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path: Path, 
 
 
 def last_batch_success(proc: DriftlineProcess) -> float:
-    return metric_values(proc.metrics(), "driftline_last_success_timestamp_seconds").get(
-        (("what", "batch"),), 0.0)
+    return metric_values(proc.metrics(), "driftline_last_success_timestamp_seconds").get((("what", "batch"),), 0.0)
 
 
 def test_a_sink_that_cannot_flush_holds_polls_and_the_commit(broker, topics, tmp_path: Path):
@@ -159,8 +169,9 @@ def test_a_sink_that_cannot_flush_holds_polls_and_the_commit(broker, topics, tmp
     bad = tmp_path / "alarms-dir"
     bad.mkdir()
     group = f"g-{topics['predictions']}"
-    config = write_config(tmp_path / "run.yml", broker=broker, topics=topics, group=group,
-                          state_dir=tmp_path / "state", alarms=bad)
+    config = write_config(
+        tmp_path / "run.yml", broker=broker, topics=topics, group=group, state_dir=tmp_path / "state", alarms=bad
+    )
     produce(broker, topics["predictions"], events)
     produce(broker, topics["feedback"], fb)
     with DriftlineProcess(config, tmp_path, name="unwritable") as proc:
@@ -176,8 +187,9 @@ def test_a_sink_that_cannot_flush_holds_polls_and_the_commit(broker, topics, tmp
         time.sleep(3)  # a negative check: 3 s of retries (0.5, 1, 2 s apart) would have consumed more
         assert consumed(proc, "predictions") + consumed(proc, "feedback") == seen
         assert seen < len(events) + len(fb)
-        assert committed_total(broker, group, topics["predictions"]) == held < len(events), \
+        assert committed_total(broker, group, topics["predictions"]) == held < len(events), (
             "offsets were committed past alarms that were never written"
+        )
         assert proc.terminate() == 0
         log = proc.log()
     assert "will be consumed again at the next start" in log
@@ -189,9 +201,14 @@ def test_a_sink_that_cannot_flush_holds_polls_and_the_commit(broker, topics, tmp
     cfg["alarms_jsonl"] = str(fixed)
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     with DriftlineProcess(config, tmp_path, name="fixed") as proc:
-        wait_for(lambda: committed_total(broker, group, topics["feedback"]) == len(fb)
-                 and committed_total(broker, group, topics["predictions"]) == len(events),
-                 120, "the rest consumed and committed")
+        wait_for(
+            lambda: (
+                committed_total(broker, group, topics["feedback"]) == len(fb)
+                and committed_total(broker, group, topics["predictions"]) == len(events)
+            ),
+            120,
+            "the rest consumed and committed",
+        )
         assert proc.terminate() == 0
     key = lambda a: (a["model"], a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])  # noqa: E731
     written = sorted(read_alarms(fixed), key=key)

@@ -24,4 +24,5 @@ def test_readme_lists_every_setting_as_the_code_defines_it():
     match = _SECTION.search(README.read_text())
     assert match, "README.md lost its reference-table markers"
     assert match.group(2).strip() == reference_table().strip(), (
-        "README.md's configuration reference is stale: run the update() of this module")
+        "README.md's configuration reference is stale: run the update() of this module"
+    )

@@ -123,12 +123,17 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
       for by the changelog positions, which the new owner applies per model.
     """
     suffix = uuid.uuid4().hex[:8]
-    topics = {"predictions": f"predictions-{suffix}", "feedback": f"feedback-{suffix}",
-              "dead_letter": f"dlq-{suffix}"}
+    topics = {"predictions": f"predictions-{suffix}", "feedback": f"feedback-{suffix}", "dead_letter": f"dlq-{suffix}"}
     broker.create_topics(list(topics.values()), partitions=PARTITIONS)
     group = f"g-{suffix}"
-    config = write_config(tmp_path / "run.yml", broker=broker, topics=topics, group=group,
-                          state_dir=tmp_path / "state", max_poll_records=MAX_POLL)
+    config = write_config(
+        tmp_path / "run.yml",
+        broker=broker,
+        topics=topics,
+        group=group,
+        state_dir=tmp_path / "state",
+        max_poll_records=MAX_POLL,
+    )
     cfg = yaml.safe_load(config.read_text())
     cfg["kafka"].update(request_timeout_ms=5000)
     configs = {}
@@ -157,34 +162,60 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
 
         procs["B"] = DriftlineProcess(configs["B"], tmp_path, name="B")
         procs["C"] = DriftlineProcess(configs["C"], tmp_path, name="C")
-        wait_for(lambda: alive("A", "B", "C") or (assigned("B") > 0 and assigned("C") > 0 and assigned("A") > 0
-                                                  and consumed(procs["B"]) > 0 and consumed(procs["C"]) > 0),
-                 180, "B and C to join and consume")
+        wait_for(
+            lambda: (
+                alive("A", "B", "C")
+                or (
+                    assigned("B") > 0
+                    and assigned("C") > 0
+                    and assigned("A") > 0
+                    and consumed(procs["B"]) > 0
+                    and consumed(procs["C"]) > 0
+                )
+            ),
+            180,
+            "B and C to join and consume",
+        )
 
         assert procs["B"].terminate(timeout=120) == 0, procs["B"].log()[-3000:]  # mid-stream
         alive("A", "C")
         procs["D"] = DriftlineProcess(configs["D"], tmp_path, name="D")
-        wait_for(lambda: alive("A", "C", "D") or (assigned("D") > 0 and consumed(procs["D"]) > 0),
-                 180, "D to join and consume")
+        wait_for(
+            lambda: alive("A", "C", "D") or (assigned("D") > 0 and consumed(procs["D"]) > 0),
+            180,
+            "D to join and consume",
+        )
 
         producer.pause()
         produced = producer.sent
-        wait_for(lambda: alive("A", "C", "D") or committed_and_ends(broker, group, topics["predictions"])[0]
-                 >= produced, 300, "everything produced so far committed")
+        wait_for(
+            lambda: alive("A", "C", "D") or committed_and_ends(broker, group, topics["predictions"])[0] >= produced,
+            300,
+            "everything produced so far committed",
+        )
         c_count = int(consumed(procs["C"]))
         procs["C"].kill()
         killed["C"] = c_count
 
         producer.stop_at = producer.chunks + 10  # events flow while the group rebalances without C
         producer.go.set()
-        wait_for(lambda: alive("A", "D") or (assigned("A") + assigned("D") == 2 * PARTITIONS),
-                 180, "A and D to take C's partitions over")
-        wait_for(lambda: producer.error or (producer.chunks >= producer.stop_at and producer.idle.is_set()),
-                 300, "the last events produced")
+        wait_for(
+            lambda: alive("A", "D") or (assigned("A") + assigned("D") == 2 * PARTITIONS),
+            180,
+            "A and D to take C's partitions over",
+        )
+        wait_for(
+            lambda: producer.error or (producer.chunks >= producer.stop_at and producer.idle.is_set()),
+            300,
+            "the last events produced",
+        )
         assert producer.error is None, producer.error
         total = producer.sent
-        wait_for(lambda: alive("A", "D") or committed_and_ends(broker, group, topics["predictions"])[0]
-                 >= total, 300, "every event committed")
+        wait_for(
+            lambda: alive("A", "D") or committed_and_ends(broker, group, topics["predictions"])[0] >= total,
+            300,
+            "every event committed",
+        )
         alive("A", "D")
         committed, ends = committed_and_ends(broker, group, topics["predictions"])
         assert committed == total, (committed, ends, total)
@@ -201,8 +232,9 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
     duplicates = sum(counts.values()) - total
     print(f"counts per instance {counts}; {total} events; counted twice: {duplicates}")
     assert duplicates >= 0, f"events lost: {counts} sum to less than {total}"
-    assert duplicates == 0, f"events counted twice across the rebalances: {counts} sum to {sum(counts.values())}, " \
-                            f"not {total}"
+    assert duplicates == 0, (
+        f"events counted twice across the rebalances: {counts} sum to {sum(counts.values())}, not {total}"
+    )
     handovers = sum(text.count("model state(s) restored from the changelog") for text in logs.values())
     assert handovers >= 4, "the partitions' states were not restored from the changelog at the rebalances"
     assert not any("Traceback" in text for text in logs.values()), [n for n, t in logs.items() if "Traceback" in t]

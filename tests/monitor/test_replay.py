@@ -28,8 +28,21 @@ def test_replay_with_a_jsonl_reference_file_monitors_from_the_first_event(tmp_pa
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"defaults:\n  reference: {{source: file, path: {tmp_path / 'ref.jsonl'}, size: 3000}}\n")
     out = tmp_path / "alarms.jsonl"
-    assert main(["replay", "--predictions", str(tmp_path / "live.jsonl"), "--config", str(cfg),
-                 "--alarms", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(tmp_path / "live.jsonl"),
+                "--config",
+                str(cfg),
+                "--alarms",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     drift = [a for a in _alarms(out) if a["kind"] == "feature_drift"]
     # windows start at the stream's first event, since no event is spent on the reference
     assert [(a["feature"], a["first_index"], a["last_index"]) for a in drift] == [("x0", 2000, 2999)]
@@ -63,10 +76,21 @@ def test_replay_exit_codes_and_dead_letter_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "replayed 100 predictions" in err and "1 invalid" in err
     dead = [orjson.loads(x) for x in (tmp_path / "a.jsonl.dead-letters.jsonl").read_bytes().splitlines()]
-    assert dead == [{"reason": "invalid_json", "detail": dead[0]["detail"], "topic": "predictions",
-                     "partition": 0, "offset": 100, "key": None, "key_base64": None,
-                     "value": "this is not json", "value_base64": None, "size": 16,
-                     "sha256": hashlib.sha256(b"this is not json").hexdigest()}]
+    assert dead == [
+        {
+            "reason": "invalid_json",
+            "detail": dead[0]["detail"],
+            "topic": "predictions",
+            "partition": 0,
+            "offset": 100,
+            "key": None,
+            "key_base64": None,
+            "value": "this is not json",
+            "value_base64": None,
+            "size": 16,
+            "sha256": hashlib.sha256(b"this is not json").hexdigest(),
+        }
+    ]
     assert main(["replay", "--predictions", str(tmp_path / "missing.jsonl"), "--alarms", str(out)]) == 3
     cfg = tmp_path / "bad.yml"
     cfg.write_text("defaults:\n  reference: {source: file, path: /nonexistent/ref.jsonl}\nmodels:\n  fraud: {}\n")
@@ -80,8 +104,9 @@ def test_run_without_a_broker_fails_with_exit_code_3(tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("DRIFTLINE_KAFKA__BOOTSTRAP_TIMEOUT_MS", "1500")
     port = free_port()  # nothing listens there
-    code = main(["run", "--bootstrap-servers", f"127.0.0.1:{port}", "--state-dir", str(tmp_path),
-                 "--metrics-port", "0"])
+    code = main(
+        ["run", "--bootstrap-servers", f"127.0.0.1:{port}", "--state-dir", str(tmp_path), "--metrics-port", "0"]
+    )
     assert code == 3
     assert f"cannot connect to Kafka at 127.0.0.1:{port}" in capsys.readouterr().err
     # kafka-python 3.0 leaves the refused connection's socket open: collect it here,
@@ -100,13 +125,19 @@ def test_trigger_policy_state_survives_a_restart(tmp_path):
     path.write_bytes(to_jsonl(events))
     settings = load_settings(
         defaults={"reference": {"size": 2000}, "window": {"size": 1000}},
-        prometheus={"enabled": False}, state_dir=tmp_path / "state", checkpoint_interval_seconds=0,
-        webhooks={"targets": [{"name": "ci", "url": "http://127.0.0.1:9/hook"}],
-                  "policy": {"min_alarms": 3, "dry_run": True}})
+        prometheus={"enabled": False},
+        state_dir=tmp_path / "state",
+        checkpoint_interval_seconds=0,
+        webhooks={
+            "targets": [{"name": "ci", "url": "http://127.0.0.1:9/hook"}],
+            "policy": {"min_alarms": 3, "dry_run": True},
+        },
+    )
 
     def service():
         src = JsonlSource(path, None, predictions_topic="predictions", feedback_topic="feedback")
         from driftline.sinks.deadletter import FileDeadLetters
+
         return Service(settings, source=src, dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"))
 
     first = service()

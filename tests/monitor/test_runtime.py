@@ -37,19 +37,24 @@ def _replay_files(tmp_path):
 
 def test_the_service_leaves_the_garbage_collector_as_it_found_it(tmp_path):
     """Tuning the collector is the entry point's business (the CLI's), not the service's."""
+    from driftline.app import Service
     from driftline.monitor.config import load_settings
     from driftline.monitor.sources import JsonlSource
     from driftline.sinks.deadletter import FileDeadLetters
 
-    from driftline.app import Service
-
     before = gc.get_threshold()
     seen = []
     settings = load_settings(prometheus={"enabled": False}, state_dir=tmp_path / "state")
-    source = JsonlSource(_replay_files(tmp_path), None, predictions_topic="predictions", feedback_topic="feedback",
-                         batch_size=100)
-    service = Service(settings, source=source, dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
-                      checkpoint=False, on_batch=lambda stats: seen.append(gc.get_threshold()))
+    source = JsonlSource(
+        _replay_files(tmp_path), None, predictions_topic="predictions", feedback_topic="feedback", batch_size=100
+    )
+    service = Service(
+        settings,
+        source=source,
+        dead_letters=FileDeadLetters(tmp_path / "dead.jsonl"),
+        checkpoint=False,
+        on_batch=lambda stats: seen.append(gc.get_threshold()),
+    )
     assert service.run() == 0
     assert len(seen) == 3 and set(seen) == {before}
     assert gc.get_threshold() == before
@@ -68,7 +73,20 @@ def test_the_cli_tunes_the_collector_for_its_run_and_restores_it(tmp_path, monke
         return process(self, batch, source)
 
     monkeypatch.setattr(Service, "_process", recording)
-    assert main(["replay", "--predictions", str(_replay_files(tmp_path)), "--alarms", str(tmp_path / "a.jsonl"),
-                 "--batch-size", "100", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(_replay_files(tmp_path)),
+                "--alarms",
+                str(tmp_path / "a.jsonl"),
+                "--batch-size",
+                "100",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert seen and set(seen) == {(GC_THRESHOLDS, True)}
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0

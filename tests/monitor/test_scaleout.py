@@ -53,7 +53,7 @@ MODELS = [f"m{i:02d}" for i in range(20)]
 N = 1_500
 SHIFT_AT = {m: 450 + 20 * i for i, m in enumerate(MODELS) if i % 2 == 0}  # feature drift, before 2/3
 EARLY = {m: 320 for i, m in enumerate(MODELS) if i % 2 == 1}  # reported early: triggers on every instance
-FLIP_AFTER = {m: 700 for i, m in enumerate(MODELS) if i % 5 == 1}       # concept drift
+FLIP_AFTER = {m: 700 for i, m in enumerate(MODELS) if i % 5 == 1}  # concept drift
 DEFAULTS = {"reference": {"size": 300}, "window": {"size": 150}, "performance": {"window": 100}}
 SECRET, SECRET_ENV = "scaleout-webhook-secret", "SCALEOUT_WEBHOOK_SECRET"
 
@@ -77,8 +77,10 @@ class Producers:
     def __init__(self, broker, topics, predictions, feedback, chunk: int = 400, pause: float = 0.25) -> None:
         self.errors: list[BaseException] = []
         self.resume = threading.Event()
-        self.threads = [threading.Thread(target=self._send, args=(broker, topics[t], ev, chunk, pause))
-                        for t, ev in (("predictions", predictions), ("feedback", feedback))]
+        self.threads = [
+            threading.Thread(target=self._send, args=(broker, topics[t], ev, chunk, pause))
+            for t, ev in (("predictions", predictions), ("feedback", feedback))
+        ]
         for t in self.threads:
             t.start()
 
@@ -89,7 +91,7 @@ class Producers:
                 if start >= 2 * len(events) // 3 and not self.resume.is_set():
                     p.flush()
                     assert self.resume.wait(300), "never resumed"
-                for e in events[start:start + chunk]:
+                for e in events[start : start + chunk]:
                     p.send(topic, key=e["model"].encode(), value=orjson.dumps(e))
                 p.flush()
                 time.sleep(pause)
@@ -136,9 +138,15 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
     # ---- the replay: alarms, triggers, and where each feature drift is first reported
     with pytest.MonkeyPatch.context() as mp, WebhookReceiver(secret=SECRET) as sink:
         mp.setenv(SECRET_ENV, SECRET)
-        cfg = feature_drift_triggers(write_config(
-            tmp_path / "replay.yml", state_dir=tmp_path / "replay-state", webhook_url=sink.url,
-            secret_env=SECRET_ENV, defaults=DEFAULTS))
+        cfg = feature_drift_triggers(
+            write_config(
+                tmp_path / "replay.yml",
+                state_dir=tmp_path / "replay-state",
+                webhook_url=sink.url,
+                secret_env=SECRET_ENV,
+                defaults=DEFAULTS,
+            )
+        )
         want_alarms = replay(tmp_path, preds, labels, cfg, with_webhooks=True, state_dir=tmp_path / "replay-state")
     want_triggers = {r["identity"] for r in outbox_rows(tmp_path / "replay-state")}
     detected = {}
@@ -149,18 +157,27 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
 
     # ---- three instances in one group, the receiver down until after the kill
     suffix = uuid.uuid4().hex[:8]
-    topics = {"predictions": f"predictions-{suffix}", "feedback": f"feedback-{suffix}",
-              "dead_letter": f"dlq-{suffix}"}
+    topics = {"predictions": f"predictions-{suffix}", "feedback": f"feedback-{suffix}", "dead_letter": f"dlq-{suffix}"}
     broker.create_topics(list(topics.values()), partitions=PARTITIONS)
     group = f"scale-{suffix}"
     env = {SECRET_ENV: SECRET}
     procs: dict[str, DriftlineProcess] = {}
 
     def config(name: str) -> Path:
-        return feature_drift_triggers(write_config(
-            tmp_path / f"{name}.yml", broker=broker, topics=topics, group=group, state_dir=tmp_path / f"state-{name}",
-            alarms=tmp_path / f"alarms-{name}.jsonl", webhook_url=receiver.url, secret_env=SECRET_ENV,
-            checkpoint_interval_seconds=1.0, defaults=DEFAULTS))
+        return feature_drift_triggers(
+            write_config(
+                tmp_path / f"{name}.yml",
+                broker=broker,
+                topics=topics,
+                group=group,
+                state_dir=tmp_path / f"state-{name}",
+                alarms=tmp_path / f"alarms-{name}.jsonl",
+                webhook_url=receiver.url,
+                secret_env=SECRET_ENV,
+                checkpoint_interval_seconds=1.0,
+                defaults=DEFAULTS,
+            )
+        )
 
     def alive(*names: str) -> bool:
         for n in names:
@@ -173,9 +190,11 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
     try:
         for n in "ABC":
             procs[n] = DriftlineProcess(config(n), tmp_path, env=env, name=n)
-        wait_for(lambda: alive("A", "B", "C") or all(gauge(procs[n], "driftline_assigned_partitions") == 4
-                                                      for n in "ABC"),
-                 180, "the three instances to share the twelve partitions")
+        wait_for(
+            lambda: alive("A", "B", "C") or all(gauge(procs[n], "driftline_assigned_partitions") == 4 for n in "ABC"),
+            180,
+            "the three instances to share the twelve partitions",
+        )
         producers = Producers(broker, topics, preds, labels)
 
         # ---- kill B while a drift of one of its models is under way (begun, not yet
@@ -186,8 +205,9 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
             alive("A", "B", "C")
             seen = model_events(procs["B"])
             under_way.clear()
-            under_way.update({m: c for m, c in seen.items()
-                              if m in SHIFT_AT and SHIFT_AT[m] + 10 <= c <= detected[m] - 40})
+            under_way.update(
+                {m: c for m, c in seen.items() if m in SHIFT_AT and SHIFT_AT[m] + 10 <= c <= detected[m] - 40}
+            )
             return bool(under_way) and any(r["status"] == "pending" for r in outbox_rows(tmp_path / "state-B"))
 
         wait_for(drifting_on_b, 240, "a drift under way on a model of B, with triggers pending", interval=0.05)
@@ -198,25 +218,51 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
         assert not set(under_way) & reported_by_b, (under_way, reported_by_b)
         receiver.start()
 
-        wait_for(lambda: alive("A", "C") or gauge(procs["A"], "driftline_assigned_partitions")
-                 + gauge(procs["C"], "driftline_assigned_partitions") == 2 * PARTITIONS,
-                 180, "A and C to take B's partitions over")
+        wait_for(
+            lambda: (
+                alive("A", "C")
+                or gauge(procs["A"], "driftline_assigned_partitions")
+                + gauge(procs["C"], "driftline_assigned_partitions")
+                == 2 * PARTITIONS
+            ),
+            180,
+            "A and C to take B's partitions over",
+        )
         # ---- D joins at two thirds of the stream; the last third flows once it has partitions
         two_thirds = 2 * len(preds) // 3 - 400  # the producers wait at two thirds
-        wait_for(lambda: alive("A", "C") or committed(broker, group, topics["predictions"]) >= two_thirds,
-                 240, "two thirds of the predictions committed")
+        wait_for(
+            lambda: alive("A", "C") or committed(broker, group, topics["predictions"]) >= two_thirds,
+            240,
+            "two thirds of the predictions committed",
+        )
         procs["D"] = DriftlineProcess(config("D"), tmp_path, env=env, name="D")
-        wait_for(lambda: alive("A", "C", "D") or gauge(procs["D"], "driftline_assigned_partitions") > 0,
-                 180, "D to join the group")
+        wait_for(
+            lambda: alive("A", "C", "D") or gauge(procs["D"], "driftline_assigned_partitions") > 0,
+            180,
+            "D to join the group",
+        )
         producers.resume.set()
         producers.join()
-        wait_for(lambda: alive("A", "C", "D") or (committed(broker, group, topics["predictions"]) >= len(preds)
-                                                  and committed(broker, group, topics["feedback"]) >= len(labels)),
-                 300, "every event committed")
+        wait_for(
+            lambda: (
+                alive("A", "C", "D")
+                or (
+                    committed(broker, group, topics["predictions"]) >= len(preds)
+                    and committed(broker, group, topics["feedback"]) >= len(labels)
+                )
+            ),
+            300,
+            "every event committed",
+        )
         try:  # on a timeout, the comparisons below say what is missing
-            wait_for(lambda: want_triggers <= {trigger_identity(r.json()) for r in receiver.accepted}
-                     and pending_at_kill <= {r.idempotency_key for r in receiver.accepted},
-                     120, "every trigger at the receiver")
+            wait_for(
+                lambda: (
+                    want_triggers <= {trigger_identity(r.json()) for r in receiver.accepted}
+                    and pending_at_kill <= {r.idempotency_key for r in receiver.accepted}
+                ),
+                120,
+                "every trigger at the receiver",
+            )
         except AssertionError:
             pass
         for n in "ACD":
@@ -240,11 +286,11 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
     for n in "ABCD":
         got |= alarm_set(read_alarms(tmp_path / f"alarms-{n}.jsonl"))
     want = alarm_set(want_alarms)
-    assert got == want, f"{context}\nonly in the instances: {describe(got - want)}\nonly in the replay: " \
-                        f"{describe(want - got)}"
+    assert got == want, (
+        f"{context}\nonly in the instances: {describe(got - want)}\nonly in the replay: {describe(want - got)}"
+    )
     for m in under_way:  # reported after the handover, at the replay's index
-        first = min(a["last_index"] for a in map(orjson.loads, got)
-                    if a["model"] == m and a["kind"] == "feature_drift")
+        first = min(a["last_index"] for a in map(orjson.loads, got) if a["model"] == m and a["kind"] == "feature_drift")
         assert first == detected[m], (m, first, detected[m])
 
     delivered = [r.idempotency_key for r in receiver.accepted]
@@ -252,8 +298,9 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
     keys_of: dict[tuple, set[str]] = {}
     for r in receiver.accepted:
         keys_of.setdefault(trigger_identity(r.json()), set()).add(r.idempotency_key)
-    assert set(keys_of) == want_triggers, (f"{context}\nmissing {sorted(want_triggers - set(keys_of))}\n"
-                                           f"extra {sorted(set(keys_of) - want_triggers)}")
+    assert set(keys_of) == want_triggers, (
+        f"{context}\nmissing {sorted(want_triggers - set(keys_of))}\nextra {sorted(set(keys_of) - want_triggers)}"
+    )
     assert all(len(k) == 1 for k in keys_of.values()), f"a trigger arrived under several keys: {keys_of}"
     assert all(r.signature_valid for r in receiver.requests)
     assert pending_at_kill, f"{context}: B had no pending delivery when killed (the test proves nothing of them)"

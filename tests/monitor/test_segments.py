@@ -33,8 +33,16 @@ BASE = {"reference": {"size": 5000}, "window": {"size": 500}, "performance": {"w
 SEGMENTS = {**BASE, "segments": {"features": ["country"], "top_k": 10, "min_reference_events": 200}}
 
 
-def segment_events(n: int, *, seed: int, shift_at: int | None = None, shift: float = 1.5, country: str = "DE",
-                   countries: list[str] | None = None, shares: np.ndarray | None = None) -> list[dict]:
+def segment_events(
+    n: int,
+    *,
+    seed: int,
+    shift_at: int | None = None,
+    shift: float = 1.5,
+    country: str = "DE",
+    countries: list[str] | None = None,
+    shares: np.ndarray | None = None,
+) -> list[dict]:
     """Prediction events; from ``shift_at`` on, ``x0`` moves by ``shift`` in ``country`` only."""
     rng = np.random.default_rng(seed)
     countries = COUNTRIES if countries is None else countries
@@ -44,9 +52,17 @@ def segment_events(n: int, *, seed: int, shift_at: int | None = None, shift: flo
     if shift_at is not None:
         x[shift_at:, 0] += np.where(c[shift_at:] == country, shift, 0.0)
     score = 1 / (1 + np.exp(-(x[:, 0] - x[:, 1])))
-    return [{"model": "fraud", "version": "v1", "id": f"p-{i}", "ts": T0 + i,
-             "features": {"x0": float(x[i, 0]), "x1": float(x[i, 1]), "x2": float(x[i, 2]), "country": str(c[i])},
-             "prediction": float(score[i])} for i in range(n)]
+    return [
+        {
+            "model": "fraud",
+            "version": "v1",
+            "id": f"p-{i}",
+            "ts": T0 + i,
+            "features": {"x0": float(x[i, 0]), "x1": float(x[i, 1]), "x2": float(x[i, 2]), "country": str(c[i])},
+            "prediction": float(score[i]),
+        }
+        for i in range(n)
+    ]
 
 
 def interleaved(preds: list[dict], fb: list[dict]) -> list:
@@ -59,7 +75,7 @@ def interleaved(preds: list[dict], fb: list[dict]) -> list:
 def run(engine: Engine, recs: list, batch: int) -> list[Alarm]:
     alarms: list[Alarm] = []
     for i in range(0, len(recs), batch):
-        alarms += engine.process(decode_batch(recs[i:i + batch], "predictions", "feedback")).alarms
+        alarms += engine.process(decode_batch(recs[i : i + batch], "predictions", "feedback")).alarms
     return alarms
 
 
@@ -98,8 +114,10 @@ def test_a_drift_in_one_segment_alarms_for_that_segment_and_not_for_the_whole_mo
     registry.register(EngineCollector(engine.snapshot))
     ids = {"model": "fraud", "version": "v1", "segment_feature": "country", "segment": "DE"}
     ks = next(s for s in de.drift if s.feature == "x0" and s.detector == "ks")
-    assert registry.get_sample_value("driftline_segment_drift_p_value", {**ids, "feature": "x0",
-                                                                         "detector": "ks"}) == ks.p_value
+    assert (
+        registry.get_sample_value("driftline_segment_drift_p_value", {**ids, "feature": "x0", "detector": "ks"})
+        == ks.p_value
+    )
     assert registry.get_sample_value("driftline_segment_tested", ids) == 1.0
     assert registry.get_sample_value("driftline_segment_events_total", ids) == de.events
     assert registry.get_sample_value("driftline_segment_tested", {**ids, "segment": small[0].value}) == 0.0
@@ -126,8 +144,11 @@ def test_label_cardinality_is_at_most_k_plus_one_whatever_the_distinct_values(di
     # values never seen in the reference and missing values: both in __other__
     for i in range(900, 1_500, 7):
         ev[i]["features"]["country"] = f"new{i}" if i % 2 else None
-    cfg = {"reference": {"size": 300}, "window": {"size": 60},
-           "segments": {"features": ["country"], "top_k": top_k, "min_reference_events": 20}}
+    cfg = {
+        "reference": {"size": 300},
+        "window": {"size": 60},
+        "segments": {"features": ["country"], "top_k": top_k, "min_reference_events": 20},
+    }
     engine = Engine(load_settings(defaults=cfg))
     alarms = run(engine, list(records(ev, "predictions")), 400)
     names = {s.value for s in engine.snapshot()[0].segments}
@@ -157,8 +178,21 @@ def test_performance_per_segment():
 
 
 def _alarm(ts: float, segment: str | None, feature: str = "x0") -> Alarm:
-    return Alarm("fraud", "v1", "feature_drift", "ks", feature, 0.4, 1e-5, 1e-9, int(ts), int(ts) + 99, ts, "retrain",
-                 segment=segment)
+    return Alarm(
+        "fraud",
+        "v1",
+        "feature_drift",
+        "ks",
+        feature,
+        0.4,
+        1e-5,
+        1e-9,
+        int(ts),
+        int(ts) + 99,
+        ts,
+        "retrain",
+        segment=segment,
+    )
 
 
 def test_the_policy_can_require_evidence_in_several_segments():
@@ -174,7 +208,8 @@ def test_the_policy_can_require_evidence_in_several_segments():
     # the segment is part of the trigger's key; without it the key is the one it always was
     one, other = [_alarm(100.0, "country=DE")], [_alarm(100.0, "country=FR")]
     assert idempotency_key("fraud", "v1", "retrain", ["o"], 100, 199, one) != idempotency_key(
-        "fraud", "v1", "retrain", ["o"], 100, 199, other)
+        "fraud", "v1", "retrain", ["o"], 100, 199, other
+    )
     assert "segment" not in _alarm(100.0, None).to_dict()
     assert Alarm.from_dict(one[0].to_dict()) == one[0]
 
@@ -227,8 +262,23 @@ def test_replay_equals_the_engine(tmp_path):
     cfg = tmp_path / "segments.yml"
     cfg.write_text("defaults:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in SEGMENTS.items()))
     out = tmp_path / "alarms.jsonl"
-    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "--feedback", str(tmp_path / "f.jsonl"),
-                 "--config", str(cfg), "--alarms", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--predictions",
+                str(tmp_path / "p.jsonl"),
+                "--feedback",
+                str(tmp_path / "f.jsonl"),
+                "--config",
+                str(cfg),
+                "--alarms",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     replayed = [json.loads(line) for line in out.read_text().splitlines()]
     engine = [a.to_dict() for a in run(Engine(load_settings(defaults=SEGMENTS)), interleaved(ev, fb), 5000)]
     key = lambda a: (a["last_index"], a["kind"], a["detector"], a["feature"] or "", a.get("segment", ""))  # noqa: E731
@@ -247,6 +297,9 @@ def test_labels_find_their_segment_when_versions_interleave():
         after_reference = sum(1 for i, e in enumerate(ev) if i >= 5_000 and e["version"] == snap.version)
         segments = {s.value: s for s in snap.segments}
         assert sum(s.labelled for s in segments.values()) == after_reference  # reference events: whole model only
-        de = sum(1 for i, e in enumerate(ev)
-                 if i >= 5_000 and e["version"] == snap.version and e["features"]["country"] == "DE")
+        de = sum(
+            1
+            for i, e in enumerate(ev)
+            if i >= 5_000 and e["version"] == snap.version and e["features"]["country"] == "DE"
+        )
         assert segments["DE"].labelled == segments["DE"].events == de

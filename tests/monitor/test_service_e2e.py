@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.monitor.streams import feedback_for, prediction_events
-from tests.monitor.test_kafka import Running, produce, read_alarms, settings_for, wait_for
+from tests.monitor.test_kafka import Running, produce, settings_for, wait_for
 from tests.support.prometheus import PrometheusServer
 from tests.support.receiver import WebhookReceiver
 
@@ -26,17 +26,23 @@ SECRET = "e2e-webhook-secret-value"
 
 @pytest.mark.prometheus
 def test_prometheus_sees_what_the_monitor_computed_and_ci_gets_a_signed_trigger(
-        broker, topics, tmp_path, monkeypatch, caplog):
+    broker, topics, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setenv("E2E_SECRET", SECRET)
     events = prediction_events(6_000, model="fraud", seed=21, shift_at=4_000, shift=1.0)
     produce(broker, topics["predictions"], events)
     with WebhookReceiver(secret=SECRET) as receiver:
         settings = settings_for(
-            broker, topics, tmp_path,
+            broker,
+            topics,
+            tmp_path,
             prometheus={"enabled": True, "host": "127.0.0.1", "port": 0},
-            webhooks={"targets": [{"name": "ci", "url": receiver.url, "secret_env": "E2E_SECRET",
-                                   "actions": ["retrain"]}],
-                      "retry_base_seconds": 0.05, "retry_max_seconds": 0.5})
+            webhooks={
+                "targets": [{"name": "ci", "url": receiver.url, "secret_env": "E2E_SECRET", "actions": ["retrain"]}],
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.5,
+            },
+        )
         running = Running(settings)
         svc = running.service
         try:
@@ -57,7 +63,8 @@ def test_prometheus_sees_what_the_monitor_computed_and_ci_gets_a_signed_trigger(
                 for detector in ("ks", "psi", "wasserstein"):
                     result = prom.wait_for(
                         f'driftline_drift_statistic{{model="fraud",version="v1",feature="x0",detector="{detector}"}}',
-                        timeout=30)
+                        timeout=30,
+                    )
                     assert float(result[0]["value"][1]) == pytest.approx(expected[("x0", detector)].statistic, rel=1e-9)
                 p = prom.wait_for('driftline_drift_p_value{model="fraud",feature="x0",detector="ks"}')
                 assert float(p[0]["value"][1]) == pytest.approx(expected[("x0", "ks")].p_value, rel=1e-6)
@@ -83,40 +90,51 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(broker, topics, tmp_p
     produce(broker, topics["predictions"], produced)
     produce(broker, topics["feedback"], feedback)
     group = f"sigterm-{topics['predictions']}"
-    env = {**os.environ,
-           "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-           "DRIFTLINE_KAFKA__GROUP_ID": group,
-           "DRIFTLINE_KAFKA__PREDICTIONS_TOPIC": topics["predictions"],
-           "DRIFTLINE_KAFKA__FEEDBACK_TOPIC": topics["feedback"],
-           "DRIFTLINE_KAFKA__DEAD_LETTER_TOPIC": topics["dead_letter"],
-           "DRIFTLINE_KAFKA__SESSION_TIMEOUT_MS": "6000",
-           "DRIFTLINE_KAFKA__MAX_POLL_RECORDS": "500",
-           "DRIFTLINE_PROMETHEUS__HOST": "127.0.0.1",
-           "DRIFTLINE_PROMETHEUS__PORT": "0",  # bound by the process, read from its log
-           "DRIFTLINE_CHECKPOINT_INTERVAL_SECONDS": "3600"}
+    env = {
+        **os.environ,
+        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "DRIFTLINE_KAFKA__GROUP_ID": group,
+        "DRIFTLINE_KAFKA__PREDICTIONS_TOPIC": topics["predictions"],
+        "DRIFTLINE_KAFKA__FEEDBACK_TOPIC": topics["feedback"],
+        "DRIFTLINE_KAFKA__DEAD_LETTER_TOPIC": topics["dead_letter"],
+        "DRIFTLINE_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "DRIFTLINE_KAFKA__MAX_POLL_RECORDS": "500",
+        "DRIFTLINE_PROMETHEUS__HOST": "127.0.0.1",
+        "DRIFTLINE_PROMETHEUS__PORT": "0",  # bound by the process, read from its log
+        "DRIFTLINE_CHECKPOINT_INTERVAL_SECONDS": "3600",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "driftline.cli", "run", "--state-dir", str(tmp_path / "state"),
-         "--alarms-jsonl", str(tmp_path / "alarms.jsonl")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "run",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--alarms-jsonl",
+            str(tmp_path / "alarms.jsonl"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     err_lines: list[bytes] = []
-    reader = threading.Thread(target=lambda: err_lines.extend(iter(proc.stderr.readline, b"")),
-                              daemon=True)
+    reader = threading.Thread(target=lambda: err_lines.extend(iter(proc.stderr.readline, b"")), daemon=True)
     reader.start()
     try:
+
         def metrics_port() -> int | None:
-            m = re.search(rb"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)",
-                          b"".join(list(err_lines)))
+            m = re.search(rb"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)", b"".join(list(err_lines)))
             return int(m.group(1)) if m else None
 
         wait_for(lambda: metrics_port() is not None, 60, "the metrics endpoint")
         port = metrics_port()
         wait_for(lambda: consumed(port) > 0, 60, "the monitor to consume")
-        probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group,
-                              enable_auto_commit=False)
+        probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False)
         try:
             # the checkpoint interval is an hour: nothing is committed before the signal
             assert all(probe.committed(TopicPartition(topics["predictions"], p)) is None for p in (0, 1))
-            produce(broker, topics["predictions"], events[len(produced):])
+            produce(broker, topics["predictions"], events[len(produced) :])
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, b"".join(err_lines).decode()[-2000:]
             parts = [TopicPartition(topics["predictions"], p) for p in (0, 1)]

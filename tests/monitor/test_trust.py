@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _stream(predictions: list[Any], feedback: list[Any] = ()) -> Stream:
     """A zoo Stream from events (dicts) or raw lines (bytes), keyed by model."""
+
     def line(e: Any) -> tuple[bytes, bytes]:
         if isinstance(e, bytes):
             return b"m", e
@@ -85,16 +86,38 @@ def test_item1_all_numeric_model_exits_0_when_its_reference_fills(tmp_path):
     """The issue's reproduction, as a user runs it: the `driftline` command, the
     reference size from the environment, 1,500 events of features {a, b} (floats)."""
     rng = np.random.default_rng(1)
-    events = [{"model": "m", "id": i, "ts": 1_700_000_000 + i,
-               "features": {"a": float(rng.normal()), "b": float(rng.normal())},
-               "prediction": float(rng.random())} for i in range(1500)]
+    events = [
+        {
+            "model": "m",
+            "id": i,
+            "ts": 1_700_000_000 + i,
+            "features": {"a": float(rng.normal()), "b": float(rng.normal())},
+            "prediction": float(rng.random()),
+        }
+        for i in range(1500)
+    ]
     (tmp_path / "p.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["DRIFTLINE_DEFAULTS__REFERENCE__SIZE"] = "1000"
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "driftline.cli", "replay", "--predictions", str(tmp_path / "p.jsonl"),
-                           "--alarms", str(tmp_path / "a.jsonl"), "--quiet"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "replay",
+            "--predictions",
+            str(tmp_path / "p.jsonl"),
+            "--alarms",
+            str(tmp_path / "a.jsonl"),
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "replayed 1500 predictions" in done.stderr and "0 invalid" in done.stderr
 
@@ -103,17 +126,20 @@ def _features(kind: str, n: int) -> tuple[FeatureSpec, ...]:
     return tuple(FeatureSpec(f"{kind}{i}", kind) for i in range(n))
 
 
-@pytest.mark.parametrize("shape", [
-    "numeric", "numeric_and_boolean", "boolean", "categorical", "prediction_less", "label_less"])
+@pytest.mark.parametrize(
+    "shape", ["numeric", "numeric_and_boolean", "boolean", "categorical", "prediction_less", "label_less"]
+)
 def test_item1_every_common_model_shape_runs_and_is_monitored(tmp_path, shape):
     """Each shape runs to the end and is monitored: a shift of its first feature at
     event 3,000 is found there (reference 1,000, windows 1,000)."""
-    features = {"numeric": _features("normal", 2),
-                "numeric_and_boolean": _features("normal", 1) + _features("bool", 1),
-                "boolean": _features("bool", 2),
-                "categorical": _features("cat", 2),
-                "prediction_less": _features("normal", 2),
-                "label_less": _features("normal", 2)}[shape]
+    features = {
+        "numeric": _features("normal", 2),
+        "numeric_and_boolean": _features("normal", 1) + _features("bool", 1),
+        "boolean": _features("bool", 2),
+        "categorical": _features("cat", 2),
+        "prediction_less": _features("normal", 2),
+        "label_less": _features("normal", 2),
+    }[shape]
     task = {"prediction_less": "none"}.get(shape, "binary_score")
     model = ModelSpec("m", features, task, n_ids=5000, labelled=0.0 if shape == "label_less" else 1.0)
     stream = expand(StreamSpec((model,), seed=3))
@@ -150,17 +176,32 @@ def test_item2_one_string_in_a_numeric_reference_feature_is_dead_lettered_and_ch
     bad_ref = dict(events[100], id="bad-ref", features=dict(events[100]["features"], x0="abc"))
     bad_later = dict(events[6500], id="bad-later", features=dict(events[6500]["features"], x0="xyz"))
     preds = events[:101] + [bad_ref] + events[101:6501] + [bad_later] + events[6501:]
-    fb += [{"model": "fraud", "id": "bad-ref", "ts": bad_ref["ts"] + 5, "label": 1},
-           {"model": "fraud", "id": "bad-later", "ts": bad_later["ts"] + 5, "label": 0}]
+    fb += [
+        {"model": "fraud", "id": "bad-ref", "ts": bad_ref["ts"] + 5, "label": 1},
+        {"model": "fraud", "id": "bad-later", "ts": bad_later["ts"] + 5, "label": 0},
+    ]
     fb.sort(key=lambda e: e["ts"])
-    config = {"webhooks": {"targets": [{"name": "ci", "url": "http://127.0.0.1:9/hook"}],
-                           "policy": {"kinds": ["data_quality", "feature_drift", "prediction_drift",
-                                                "performance", "concept_drift", "regression"]}},
-              "state_dir": str(tmp_path / "state")}
+    config = {
+        "webhooks": {
+            "targets": [{"name": "ci", "url": "http://127.0.0.1:9/hook"}],
+            "policy": {
+                "kinds": [
+                    "data_quality",
+                    "feature_drift",
+                    "prediction_drift",
+                    "performance",
+                    "concept_drift",
+                    "regression",
+                ]
+            },
+        },
+        "state_dir": str(tmp_path / "state"),
+    }
     out = replay_stream(_stream(preds, fb), tmp_path, config=config, extra_args=("--with-webhooks",))
     assert out.code == 0
-    assert out.dead_letters == sorted([(orjson.dumps(bad_ref).decode(), "wrong_type"),
-                                       (orjson.dumps(bad_later).decode(), "wrong_type")])
+    assert out.dead_letters == sorted(
+        [(orjson.dumps(bad_ref).decode(), "wrong_type"), (orjson.dumps(bad_later).decode(), "wrong_type")]
+    )
     assert out.alarm_keys() == []  # no data_quality, no chi2 feature drift on x0
     assert outbox_rows(tmp_path / "state") == []  # and so no retraining
     assert out.versions[("fraud", "v1")] == (8000, 8000)  # the bad ones counted nowhere, labels included
@@ -180,8 +221,9 @@ def test_item2_a_mixed_feature_is_reported_and_not_monitored(tmp_path, caplog):
     assert out.code == 0 and out.dead_letters == [] and out.alarm_keys() == []
     schema = out.engine.models["fraud"].schema
     assert "code" not in schema.numeric and "code" not in schema.categorical
-    assert any(r.levelno == logging.WARNING and "code" in r.getMessage() and "fraud" in r.getMessage()
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(
+        r.levelno == logging.WARNING and "code" in r.getMessage() and "fraud" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
     assert _metric(out.engine, "driftline_mixed_features", {"model": "fraud"}) == 1
 
 
@@ -209,16 +251,28 @@ def test_item2_explicit_feature_types_win_over_inference(tmp_path, declared):
 
 # ---- 3. fragments that merge in one batch ---------------------------------------------------------
 
-FRAGMENTS = [b'{"model":"m","id":1,"features":{"a":[1',
-             b'2]},"prediction":0.5}, {"model":"m","id":2,"features":{"a":3}}']
-FRAGMENTS_LATER = [b'{"model":"m","id":11,"features":{"a":[1',
-                   b'2]},"prediction":0.5}, {"model":"m","id":12,"features":{"a":3}}']
+FRAGMENTS = [
+    b'{"model":"m","id":1,"features":{"a":[1',
+    b'2]},"prediction":0.5}, {"model":"m","id":2,"features":{"a":3}}',
+]
+FRAGMENTS_LATER = [
+    b'{"model":"m","id":11,"features":{"a":[1',
+    b'2]},"prediction":0.5}, {"model":"m","id":12,"features":{"a":3}}',
+]
 
 
 def _fragment_stream() -> Stream:
     rng = np.random.default_rng(31)
-    events = [{"model": "m", "id": f"p{i}", "ts": 1_700_000_000 + i,
-               "features": {"a": float(rng.normal())}, "prediction": float(rng.random())} for i in range(3000)]
+    events = [
+        {
+            "model": "m",
+            "id": f"p{i}",
+            "ts": 1_700_000_000 + i,
+            "features": {"a": float(rng.normal())},
+            "prediction": float(rng.random()),
+        }
+        for i in range(3000)
+    ]
     # a pair while the reference is collected (raw decoding), a pair after the schema
     # is known (typed decoding)
     return _stream(events[:10] + FRAGMENTS + events[10:2500] + FRAGMENTS_LATER + events[2500:])
@@ -253,8 +307,7 @@ class _Run:
         self.service = Service(settings)
         self.stop_event = threading.Event()
         self.codes: list[int] = []
-        self.thread = threading.Thread(target=lambda: self.codes.append(self.service.run(self.stop_event)),
-                                       daemon=True)
+        self.thread = threading.Thread(target=lambda: self.codes.append(self.service.run(self.stop_event)), daemon=True)
         self.thread.start()
 
     def wait(self, predicate, timeout: float, what: str) -> None:
@@ -292,14 +345,26 @@ def test_item4_trigger_keys_differ_after_a_wiped_state_and_repeat_when_re_emitte
 
     def settings(group: str, state_dir: Path, changelog: str | None = None):
         return load_settings(
-            kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": group,
-                   "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-                   "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-                   "poll_timeout_ms": 200, "changelog": {"topic": changelog}},
+            kafka={
+                "bootstrap_servers": broker.bootstrap_servers,
+                "group_id": group,
+                "predictions_topic": topics["predictions"],
+                "feedback_topic": topics["feedback"],
+                "dead_letter_topic": topics["dead_letter"],
+                "session_timeout_ms": 6000,
+                "poll_timeout_ms": 200,
+                "changelog": {"topic": changelog},
+            },
             defaults={"reference": {"size": 1000}, "window": {"size": 1000}},
-            webhooks={"targets": [{"name": "ci", "url": receiver.url, "timeout_seconds": 2.0}],
-                      "retry_base_seconds": 0.05, "retry_max_seconds": 0.5},
-            prometheus={"enabled": False}, state_dir=state_dir, checkpoint_interval_seconds=0)
+            webhooks={
+                "targets": [{"name": "ci", "url": receiver.url, "timeout_seconds": 2.0}],
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.5,
+            },
+            prometheus={"enabled": False},
+            state_dir=state_dir,
+            checkpoint_interval_seconds=0,
+        )
 
     with WebhookReceiver() as receiver:
         _produce(broker, topics["predictions"], part1)
@@ -315,8 +380,7 @@ def test_item4_trigger_keys_differ_after_a_wiped_state_and_repeat_when_re_emitte
         _produce(broker, topics["predictions"], part2)
         seen = len(receiver.requests)
         run = _Run(settings("g-trust", state, changelog=f"lost-{topics['predictions']}"))
-        run.wait(lambda: run.service.stats.records >= 4000 and len(receiver.requests) > seen, 120,
-                 "run 2's trigger")
+        run.wait(lambda: run.service.stats.records >= 4000 and len(receiver.requests) > seen, 120, "run 2's trigger")
         assert run.stop() == 0
         second = receiver.requests[seen]
         assert second.json()["action"] == "retrain"
@@ -325,8 +389,7 @@ def test_item4_trigger_keys_differ_after_a_wiped_state_and_repeat_when_re_emitte
 
         seen = len(receiver.requests)
         run = _Run(settings("g-trust-again", tmp_path / "state-again"))  # the same source, re-read
-        run.wait(lambda: run.service.stats.records >= 8000 and len(receiver.requests) > seen, 120,
-                 "run 3's trigger")
+        run.wait(lambda: run.service.stats.records >= 8000 and len(receiver.requests) > seen, 120, "run 3's trigger")
         assert run.stop() == 0
         third = receiver.requests[seen]
         assert third.idempotency_key == first.idempotency_key
@@ -354,8 +417,9 @@ def test_item5_shadow_versions_scoring_the_same_ids_both_get_every_label(tmp_pat
     assert out.versions[("fraud", "v1")] == (3000, 3000)
     assert out.versions[("fraud", "v2")] == (3000, 3000)
     for version in ("v1", "v2"):
-        assert _metric(out.engine, "driftline_model_labelled_events_total",
-                       {"model": "fraud", "version": version}) == 3000
+        assert (
+            _metric(out.engine, "driftline_model_labelled_events_total", {"model": "fraud", "version": version}) == 3000
+        )
 
 
 # ---- 6. a changed reference is applied on restart -----------------------------------------------------
@@ -368,12 +432,21 @@ def test_item6_a_changed_reference_file_is_applied_on_restart(broker, tmp_path, 
     ref = tmp_path / "reference.jsonl"
     ref.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in prediction_events(2000, model="fraud", seed=61)))
     settings = load_settings(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": "g-ref",
-               "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-               "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000, "poll_timeout_ms": 200},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": "g-ref",
+            "predictions_topic": topics["predictions"],
+            "feedback_topic": topics["feedback"],
+            "dead_letter_topic": topics["dead_letter"],
+            "session_timeout_ms": 6000,
+            "poll_timeout_ms": 200,
+        },
         defaults={"reference": {"source": "file", "path": str(ref), "size": 2000}},
-        prometheus={"enabled": False}, state_dir=tmp_path / "state", alarms_jsonl=tmp_path / "alarms.jsonl",
-        checkpoint_interval_seconds=0)
+        prometheus={"enabled": False},
+        state_dir=tmp_path / "state",
+        alarms_jsonl=tmp_path / "alarms.jsonl",
+        checkpoint_interval_seconds=0,
+    )
     live = prediction_events(4000, model="fraud", seed=62, id_prefix="live")  # like the first reference
     _produce(broker, topics["predictions"], live[:2000])
     run = _Run(settings)
@@ -382,8 +455,11 @@ def test_item6_a_changed_reference_file_is_applied_on_restart(broker, tmp_path, 
     assert read_alarms(tmp_path / "alarms.jsonl") == []
 
     # the new reference: x0 three standard deviations higher, so the live stream drifts from it
-    ref.write_bytes(b"".join(orjson.dumps(e) + b"\n"
-                             for e in prediction_events(2000, model="fraud", seed=63, shift_at=0, shift=3.0)))
+    ref.write_bytes(
+        b"".join(
+            orjson.dumps(e) + b"\n" for e in prediction_events(2000, model="fraud", seed=63, shift_at=0, shift=3.0)
+        )
+    )
     _produce(broker, topics["predictions"], live[2000:])
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -393,9 +469,11 @@ def test_item6_a_changed_reference_file_is_applied_on_restart(broker, tmp_path, 
     alarms = read_alarms(tmp_path / "alarms.jsonl")
     drift = [(a["feature"], a["first_index"]) for a in alarms if a["kind"] == "feature_drift"]
     assert ("x0", 2000) in drift, alarms
-    assert any("reference" in r.getMessage() and "fraud" in r.getMessage() for r in caplog.records
-               if r.name.startswith("driftline.monitor") and not r.getMessage().startswith("restored checkpoint")), (
-        [r.getMessage() for r in caplog.records])
+    assert any(
+        "reference" in r.getMessage() and "fraud" in r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("driftline.monitor") and not r.getMessage().startswith("restored checkpoint")
+    ), [r.getMessage() for r in caplog.records]
 
 
 # ---- 7. bounded models ------------------------------------------------------------------------------
@@ -406,12 +484,15 @@ def test_item7_model_names_are_bounded_and_the_rest_dead_lettered(tmp_path):
     names = [f"m-{uuid.UUID(int=int(rng.integers(2**62)) << 64 | int(rng.integers(2**62))).hex}" for _ in range(2000)]
     preds, fb = [], []
     for i, name in enumerate(names):
-        preds.append({"model": name, "id": f"p{i}", "ts": 1_700_000_000 + i, "features": {"a": float(i % 10)},
-                      "prediction": 0.5})
+        preds.append(
+            {"model": name, "id": f"p{i}", "ts": 1_700_000_000 + i, "features": {"a": float(i % 10)}, "prediction": 0.5}
+        )
         fb.append({"model": name, "id": f"p{i}", "ts": 1_700_000_000 + i + 0.5, "label": 1})
     # a model tracked from the start goes on being monitored after the flood
-    tail = [{"model": names[0], "id": f"late{i}", "ts": 1_700_010_000 + i, "features": {"a": 1.0},
-             "prediction": 0.5} for i in range(50)]
+    tail = [
+        {"model": names[0], "id": f"late{i}", "ts": 1_700_010_000 + i, "features": {"a": 1.0}, "prediction": 0.5}
+        for i in range(50)
+    ]
     out = replay_stream(_stream(preds + tail, fb), tmp_path)
     assert out.code == 0
     assert len(out.models) == 100  # max_models' default
@@ -434,8 +515,7 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
 
 
 def test_item8_multiclass_macro_micro_and_one_vs_rest_metrics(tmp_path):
-    model = ModelSpec("animals", (FeatureSpec("w", "normal"),), "multiclass", n_ids=6000, n_classes=4,
-                      scores=True)
+    model = ModelSpec("animals", (FeatureSpec("w", "normal"),), "multiclass", n_ids=6000, n_classes=4, scores=True)
     stream = expand(StreamSpec((model,), seed=81))
     out = replay_stream(stream, tmp_path)
     assert out.code == 0
@@ -453,9 +533,15 @@ def test_item8_multiclass_macro_micro_and_one_vs_rest_metrics(tmp_path):
         recalls.append(tp / (tp + fn))
         f1s.append(2 * tp / (2 * tp + fp + fn))
         aucs.append(_auc(y == c, np.array([preds[f["id"]]["scores"][c] for f in window])))
-    expected = {"precision_macro": np.mean(precisions), "recall_macro": np.mean(recalls),
-                "f1_macro": np.mean(f1s), "precision_micro": np.mean(p == y), "recall_micro": np.mean(p == y),
-                "f1_micro": np.mean(p == y), "roc_auc_ovr": np.mean(aucs)}
+    expected = {
+        "precision_macro": np.mean(precisions),
+        "recall_macro": np.mean(recalls),
+        "f1_macro": np.mean(f1s),
+        "precision_micro": np.mean(p == y),
+        "recall_micro": np.mean(p == y),
+        "f1_micro": np.mean(p == y),
+        "roc_auc_ovr": np.mean(aucs),
+    }
     for metric, value in expected.items():
         got = _metric(out.engine, "driftline_performance", {"model": "animals", "version": "v1", "metric": metric})
         assert got == pytest.approx(value, abs=1e-9), metric
@@ -482,8 +568,7 @@ def test_item9_a_dead_lettered_prediction_does_not_move_a_concept_drift_alarm(tm
     at = 7000 if where == "after_reference" else 300
     bad = dict(events[at], id="bad", features=dict(events[at]["features"], x0="B"))
     preds = events[:at] + [bad] + events[at:]
-    with_bad = sorted(fb + [{"model": "fraud", "id": "bad", "ts": bad["ts"] + 30, "label": 1}],
-                      key=lambda e: e["ts"])
+    with_bad = sorted(fb + [{"model": "fraud", "id": "bad", "ts": bad["ts"] + 30, "label": 1}], key=lambda e: e["ts"])
     dirty = replay_stream(_stream(preds, with_bad), tmp_path / "dirty")
     assert dirty.alarms == clean.alarms  # the same indices, so the same trigger keys
     assert dirty.dead_letters == [(orjson.dumps(bad).decode(), "wrong_type")]

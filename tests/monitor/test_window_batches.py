@@ -24,11 +24,18 @@ def _events(n: int) -> list[dict]:
 
 
 def _run(window: dict, recs: list, batch: int) -> tuple[list, list]:
-    engine = Engine(load_settings(defaults={"reference": {"size": 1000}, "window": window,
-                                            "drift": {"correction": "bonferroni", "alpha": 0.01}}))
+    engine = Engine(
+        load_settings(
+            defaults={
+                "reference": {"size": 1000},
+                "window": window,
+                "drift": {"correction": "bonferroni", "alpha": 0.01},
+            }
+        )
+    )
     alarms, snaps = [], []
     for i in range(0, len(recs), batch):
-        alarms += engine.process(decode_batch(recs[i:i + batch], "predictions", "feedback")).alarms
+        alarms += engine.process(decode_batch(recs[i : i + batch], "predictions", "feedback")).alarms
         snaps.append([(s.version, s.drift, s.quality) for s in engine.snapshot()])
     return alarms, snaps
 

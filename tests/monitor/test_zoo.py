@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from tests.monitor.zoo import (
+    INVALID_KINDS,
     FeatureSpec,
     ModelSpec,
     Outcome,
     Stream,
     StreamSpec,
-    INVALID_KINDS,
     describe,
     expand,
     replay_stream,
@@ -45,28 +45,73 @@ def _features(kind: str, n: int, missing: float = 0.0, k: int = 5) -> tuple[Feat
 
 
 # Shapes that must always be among the examples (hypothesis adds its own around them).
-ALL_NUMERIC_WIDE = StreamSpec((ModelSpec("wide", _features("normal", 125) + _features("lognormal", 125),
-                                         "binary_score", n_ids=6000),), seed=11)
-ALL_CATEGORICAL = StreamSpec((ModelSpec("cats", _features("cat", 3, k=20) + _features("cat_numbers", 2, k=8)
-                                        + _features("constant_cat", 1), "multiclass", scores=True,
-                                        n_classes=5),), INVALID_KINDS, seed=12)
+ALL_NUMERIC_WIDE = StreamSpec(
+    (ModelSpec("wide", _features("normal", 125) + _features("lognormal", 125), "binary_score", n_ids=6000),), seed=11
+)
+ALL_CATEGORICAL = StreamSpec(
+    (
+        ModelSpec(
+            "cats",
+            _features("cat", 3, k=20) + _features("cat_numbers", 2, k=8) + _features("constant_cat", 1),
+            "multiclass",
+            scores=True,
+            n_classes=5,
+        ),
+    ),
+    INVALID_KINDS,
+    seed=12,
+)
 BOOLEAN_ONLY = StreamSpec((ModelSpec("flags", _features("bool", 4), "binary_bool", int_ids=True),), seed=13)
-ONE_NUMERIC_NO_LABELS = StreamSpec((ModelSpec("solo", _features("normal", 1), "regression", labelled=0.0,
-                                              latency=False),), ("numeric_string", "list_value"), seed=14)
-PREDICTION_LESS = StreamSpec((ModelSpec("bare", _features("count", 2) + _features("constant_num", 1)
-                                        + _features("normal", 1, missing=0.95), "none"),), seed=15)
-SHADOW_AND_CANARY = StreamSpec((
-    ModelSpec("shadowed", _features("normal", 3) + _features("cat", 2, missing=0.8), "binary_score",
-              n_ids=4000, versions="shadow", early_labels=0.2),
-    ModelSpec("canaried", _features("lognormal", 2) + _features("bool", 2), "multiclass", n_ids=9000,
-              versions="canary", n_classes=4, scores=True, int_ids=True, early_labels=1.0),
-    ModelSpec("regressor", _features("count", 3), "regression", n_ids=7000, versions="none", labelled=0.6),
-), INVALID_KINDS, seed=16)
+ONE_NUMERIC_NO_LABELS = StreamSpec(
+    (ModelSpec("solo", _features("normal", 1), "regression", labelled=0.0, latency=False),),
+    ("numeric_string", "list_value"),
+    seed=14,
+)
+PREDICTION_LESS = StreamSpec(
+    (
+        ModelSpec(
+            "bare", _features("count", 2) + _features("constant_num", 1) + _features("normal", 1, missing=0.95), "none"
+        ),
+    ),
+    seed=15,
+)
+SHADOW_AND_CANARY = StreamSpec(
+    (
+        ModelSpec(
+            "shadowed",
+            _features("normal", 3) + _features("cat", 2, missing=0.8),
+            "binary_score",
+            n_ids=4000,
+            versions="shadow",
+            early_labels=0.2,
+        ),
+        ModelSpec(
+            "canaried",
+            _features("lognormal", 2) + _features("bool", 2),
+            "multiclass",
+            n_ids=9000,
+            versions="canary",
+            n_classes=4,
+            scores=True,
+            int_ids=True,
+            early_labels=1.0,
+        ),
+        ModelSpec("regressor", _features("count", 3), "regression", n_ids=7000, versions="none", labelled=0.6),
+    ),
+    INVALID_KINDS,
+    seed=16,
+)
 # A shadow whose labels come first: with 5,000-line replay batches, some v1 prediction is
 # the last line of a batch and its v2 twin the first of the next (found by the zoo: v2
 # lost that label).
-SHADOW_EARLY_LABELS = StreamSpec((ModelSpec("early", _features("normal", 2), "multiclass", n_ids=6000,
-                                            versions="shadow", early_labels=1.0, int_ids=True),), seed=17)
+SHADOW_EARLY_LABELS = StreamSpec(
+    (
+        ModelSpec(
+            "early", _features("normal", 2), "multiclass", n_ids=6000, versions="shadow", early_labels=1.0, int_ids=True
+        ),
+    ),
+    seed=17,
+)
 
 
 def check_replay(spec: StreamSpec, stream: Stream, out: Outcome) -> None:
@@ -85,13 +130,20 @@ def check_replay(spec: StreamSpec, stream: Stream, out: Outcome) -> None:
         events, labelled = out.versions.get((model, version), (0, 0))
         assert events == count, f"{model}/{version}: {events} events counted, {count} valid{why}"
         assert labelled == stream.labelled[(model, version)], (
-            f"{model}/{version}: {labelled} labelled, {stream.labelled[(model, version)]} labels sent{why}")
+            f"{model}/{version}: {labelled} labelled, {stream.labelled[(model, version)]} labels sent{why}"
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@settings(max_examples=25, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=NO_SHRINK,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @example(spec=ALL_NUMERIC_WIDE)
 @example(spec=ALL_CATEGORICAL)
 @example(spec=BOOLEAN_ONLY)
@@ -115,8 +167,7 @@ def test_zoo_shadow_with_early_labels_across_batch_boundaries(tmp_path):
 def test_zoo_detects_a_change_it_is_given(tmp_path):
     """The zoo is not vacuous: the same kind of stream with a shift does alarm, on the
     shifted features only, at the first window after the shift."""
-    model = ModelSpec("shifty", _features("normal", 2) + _features("cat", 2), "binary_score",
-                      n_ids=9000, shift_at=7000)
+    model = ModelSpec("shifty", _features("normal", 2) + _features("cat", 2), "binary_score", n_ids=9000, shift_at=7000)
     spec = StreamSpec((model, dataclasses.replace(model, name="steady", shift_at=None)), seed=21)
     stream = expand(spec)
     out = replay_stream(stream, tmp_path)
@@ -137,16 +188,23 @@ def _with_a_change(spec: StreamSpec) -> StreamSpec:
     """The spec with one drifting feature added to its first model (so that the Kafka
     run has alarms to agree on, not only their absence)."""
     first = spec.models[0]
-    changed = dataclasses.replace(first, features=(FeatureSpec("drifting", "normal"),) + first.features,
-                                  shift_at=first.n_ids - first.n_ids // 4)
+    changed = dataclasses.replace(
+        first, features=(FeatureSpec("drifting", "normal"),) + first.features, shift_at=first.n_ids - first.n_ids // 4
+    )
     return dataclasses.replace(spec, models=(changed,) + spec.models[1:])
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@settings(max_examples=5, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=5,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=NO_SHRINK,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @example(spec=SHADOW_AND_CANARY)
 @given(spec=stream_specs().map(_with_a_change))
 def test_zoo_stream_through_kafka_equals_replay(broker, spec: StreamSpec) -> None:
@@ -173,8 +231,13 @@ def test_zoo_strategy_covers_the_shapes_it_promises():
     kind (a regression in the strategy would silently narrow the zoo)."""
     seen: dict[str, set] = {"task": set(), "versions": set(), "kind": set(), "invalid": set(), "width": set()}
 
-    @settings(max_examples=150, derandomize=True, database=None, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=150,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(spec=stream_specs())
     def collect(spec: StreamSpec) -> None:
         for m in spec.models:
@@ -187,15 +250,28 @@ def test_zoo_strategy_covers_the_shapes_it_promises():
     collect()
     assert seen["task"] >= {"binary_score", "binary_label", "binary_bool", "multiclass", "regression", "none"}
     assert seen["versions"] >= {"single", "none", "canary", "shadow"}
-    assert seen["kind"] >= {"normal", "lognormal", "count", "bool", "constant_num", "cat", "cat_numbers",
-                            "constant_cat"}
+    assert seen["kind"] >= {
+        "normal",
+        "lognormal",
+        "count",
+        "bool",
+        "constant_num",
+        "cat",
+        "cat_numbers",
+        "constant_cat",
+    }
     assert seen["invalid"] >= set(INVALID_KINDS)
     assert seen["width"] == {"wide", "narrow"}
 
 
 @given(st.data())
-@settings(max_examples=10, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 def test_zoo_categories_are_all_in_the_default_reference(data):
     """Stable streams: every category of every categorical feature has probability >= 1 %
     and shows up among the first 5,000 events (so an unseen-category alarm would be false)."""
@@ -204,8 +280,11 @@ def test_zoo_categories_are_all_in_the_default_reference(data):
     from tests.monitor.zoo import events_of
 
     for m in spec.models:
-        events = [e for e in events_of(stream.predictions)
-                  if e.get("model") == m.name and not str(e.get("id", "bad-")).startswith("bad-")]
+        events = [
+            e
+            for e in events_of(stream.predictions)
+            if e.get("model") == m.name and not str(e.get("id", "bad-")).startswith("bad-")
+        ]
         for f in m.features:
             if f.kind not in ("cat", "cat_numbers", "constant_cat"):
                 continue

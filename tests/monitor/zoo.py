@@ -34,23 +34,41 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
 from hypothesis import strategies as st
 
 __all__ = [
-    "FeatureSpec", "ModelSpec", "StreamSpec", "Stream", "Invalid", "expand",
-    "stream_specs", "model_specs", "feature_specs", "describe", "events_of", "INVALID_KINDS",
-    "EXPECTED_REASON", "FEATURE_KINDS", "NUMERIC_KINDS", "TASKS", "Outcome", "engine_counts",
-    "replay_stream", "produce_stream", "read_dead_letter_topic", "run_kafka",
+    "FeatureSpec",
+    "ModelSpec",
+    "StreamSpec",
+    "Stream",
+    "Invalid",
+    "expand",
+    "stream_specs",
+    "model_specs",
+    "feature_specs",
+    "describe",
+    "events_of",
+    "INVALID_KINDS",
+    "EXPECTED_REASON",
+    "FEATURE_KINDS",
+    "NUMERIC_KINDS",
+    "TASKS",
+    "Outcome",
+    "engine_counts",
+    "replay_stream",
+    "produce_stream",
+    "read_dead_letter_topic",
+    "run_kafka",
 ]
 
-FEATURE_KINDS = ("normal", "lognormal", "count", "bool", "constant_num",
-                 "cat", "cat_numbers", "constant_cat")
+FEATURE_KINDS = ("normal", "lognormal", "count", "bool", "constant_num", "cat", "cat_numbers", "constant_cat")
 """Feature shapes: Gaussian, skewed positive (amounts), Poisson counts (ints), booleans,
 a constant number; categorical strings, categorical codes sent as strings with a few
 as numbers (``"3"`` and ``3``: the same category, coded by text), a constant string."""
@@ -60,13 +78,27 @@ TASKS = ("binary_score", "binary_label", "binary_bool", "multiclass", "regressio
 prediction and label 0/1; ``binary_bool``: prediction and label booleans;
 ``multiclass``: string classes (``scores`` optional); ``regression``: numbers;
 ``none``: no ``prediction`` field at all (and no feedback)."""
-INVALID_KINDS = ("missing_id", "numeric_string", "object_value", "list_value", "not_an_object",
-                 "invalid_json", "empty_model", "feedback_missing_label", "feedback_invalid_json")
+INVALID_KINDS = (
+    "missing_id",
+    "numeric_string",
+    "object_value",
+    "list_value",
+    "not_an_object",
+    "invalid_json",
+    "empty_model",
+    "feedback_missing_label",
+    "feedback_invalid_json",
+)
 """Kinds of invalid event; :data:`EXPECTED_REASON` gives the reason of each."""
 EXPECTED_REASON = {
-    "missing_id": "missing_field", "numeric_string": "wrong_type", "object_value": "wrong_type",
-    "list_value": "wrong_type", "not_an_object": "not_an_object", "invalid_json": "invalid_json",
-    "empty_model": "wrong_type", "feedback_missing_label": "missing_field",
+    "missing_id": "missing_field",
+    "numeric_string": "wrong_type",
+    "object_value": "wrong_type",
+    "list_value": "wrong_type",
+    "not_an_object": "not_an_object",
+    "invalid_json": "invalid_json",
+    "empty_model": "wrong_type",
+    "feedback_missing_label": "missing_field",
     "feedback_invalid_json": "invalid_json",
 }
 T0 = 1_750_000_000.0
@@ -168,8 +200,31 @@ def _feature_column(rng: np.random.Generator, f: FeatureSpec, n: int) -> list[An
     elif f.kind == "constant_num":
         values = [float(rng.integers(-5, 100))] * n
     elif f.kind == "cat":
-        names = [f"{f.name}_{c}" for c in ("DE", "FR", "US", "GB", "IT", "ES", "NL", "PL", "SE", "AT",
-                                             "BE", "CH", "DK", "FI", "IE", "PT", "CZ", "HU", "RO", "GR")]
+        names = [
+            f"{f.name}_{c}"
+            for c in (
+                "DE",
+                "FR",
+                "US",
+                "GB",
+                "IT",
+                "ES",
+                "NL",
+                "PL",
+                "SE",
+                "AT",
+                "BE",
+                "CH",
+                "DK",
+                "FI",
+                "IE",
+                "PT",
+                "CZ",
+                "HU",
+                "RO",
+                "GR",
+            )
+        ]
         p = _category_probabilities(rng, f.n_categories)
         values = np.asarray(names[: f.n_categories], dtype=object)[rng.choice(f.n_categories, n, p=p)].tolist()
     elif f.kind == "cat_numbers":
@@ -243,8 +298,9 @@ def _model_events(rng: np.random.Generator, m: ModelSpec, t_offset: float, strea
             if f.kind == "normal":
                 col = columns[f.name]
                 scale = float(np.nanstd(np.array(col[: m.shift_at], dtype=np.float64)))
-                columns[f.name] = col[: m.shift_at] + [None if v is None else round(v + 4 * scale, 6)
-                                                       for v in col[m.shift_at:]]
+                columns[f.name] = col[: m.shift_at] + [
+                    None if v is None else round(v + 4 * scale, 6) for v in col[m.shift_at :]
+                ]
     drop_key = {f.name: (rng.random(n) < 0.5) for f in m.features if f.missing}  # null or absent
     scores: list[Any] = [None] * n
     if m.task == "multiclass":
@@ -288,8 +344,7 @@ def _model_events(rng: np.random.Generator, m: ModelSpec, t_offset: float, strea
     delay = rng.uniform(1.0, 300.0, n).tolist()
     for i in np.flatnonzero(labelled).tolist():
         ts = T0 + t_offset + i + (-min(delay[i], 50.0) if early[i] else delay[i])
-        feedback.append((ts, key, orjson.dumps({"model": m.name, "id": ids[i], "ts": round(ts, 3),
-                                                "label": label[i]})))
+        feedback.append((ts, key, orjson.dumps({"model": m.name, "id": ids[i], "ts": round(ts, 3), "label": label[i]})))
     versions = ["v1", "v2"] if m.versions in ("canary", "shadow") else ["v1"]
     name_of = (lambda v: "default") if m.versions == "none" else (lambda v: v)  # noqa: E731
     for v in versions:
@@ -321,8 +376,14 @@ def _invalid_events(rng: np.random.Generator, spec: StreamSpec, span: float) -> 
             serial += 1
             m = spec.models[int(rng.integers(len(spec.models)))]
             ts = round(T0 + float(rng.uniform(0, span)), 3)
-            base: dict[str, Any] = {"model": m.name, "id": f"bad-{serial}", "ts": ts, "version": "v1",
-                                    "features": {}, "prediction": 0.5}
+            base: dict[str, Any] = {
+                "model": m.name,
+                "id": f"bad-{serial}",
+                "ts": ts,
+                "version": "v1",
+                "features": {},
+                "prediction": 0.5,
+            }
             topic = "predictions"
             if kind == "missing_id":
                 del base["id"]
@@ -386,8 +447,12 @@ def expand(spec: StreamSpec) -> Stream:
 @st.composite
 def feature_specs(draw, n: int, family: str) -> tuple[FeatureSpec, ...]:
     """n features of a family: ``numeric``, ``categorical``, ``boolean`` or ``mixed``."""
-    kinds = {"numeric": NUMERIC_KINDS, "categorical": ("cat", "cat_numbers", "constant_cat"),
-             "boolean": ("bool",), "mixed": FEATURE_KINDS}[family]
+    kinds = {
+        "numeric": NUMERIC_KINDS,
+        "categorical": ("cat", "cat_numbers", "constant_cat"),
+        "boolean": ("bool",),
+        "mixed": FEATURE_KINDS,
+    }[family]
     # one draw for the shape of the first few features, then a seeded pattern for the
     # rest (a 250-feature model is not 250 hypothesis draws)
     head = draw(st.lists(st.sampled_from(kinds), min_size=min(n, 1), max_size=min(n, 6)))
@@ -418,10 +483,15 @@ def model_specs(draw, name: str) -> ModelSpec:
     if n_features > 100:
         n_ids = min(n_ids, 7000) if versions != "shadow" else min(n_ids, 3500)
     return ModelSpec(
-        name=name, features=features, task=task, n_ids=n_ids, versions=versions,
+        name=name,
+        features=features,
+        task=task,
+        n_ids=n_ids,
+        versions=versions,
         n_classes=draw(st.integers(3, 8)),
         scores=draw(st.booleans()) if task == "multiclass" else False,
-        latency=draw(st.booleans()), int_ids=draw(st.booleans()),
+        latency=draw(st.booleans()),
+        int_ids=draw(st.booleans()),
         labelled=0.0 if task == "none" else draw(st.sampled_from([1.0, 1.0, 0.6, 0.0])),
         early_labels=draw(st.sampled_from([0.0, 0.0, 0.2, 1.0])),
     )
@@ -430,13 +500,24 @@ def model_specs(draw, name: str) -> ModelSpec:
 @st.composite
 def stream_specs(draw, max_models: int = 3) -> StreamSpec:
     n_models = draw(st.integers(1, max_models))
-    names = draw(st.lists(st.sampled_from(["fraud", "churn", "eta", "ranker", "pricing", "spam"]),
-                          min_size=n_models, max_size=n_models, unique=True))
+    names = draw(
+        st.lists(
+            st.sampled_from(["fraud", "churn", "eta", "ranker", "pricing", "spam"]),
+            min_size=n_models,
+            max_size=n_models,
+            unique=True,
+        )
+    )
     models = tuple(draw(model_specs(name)) for name in names)
     if sum(len(m.features) for m in models) > 300:  # keep a replay within seconds
         models = models[:1]
-    invalid = draw(st.one_of(st.just(()), st.lists(st.sampled_from(INVALID_KINDS), max_size=4, unique=True)
-                             .map(tuple), st.just(INVALID_KINDS)))
+    invalid = draw(
+        st.one_of(
+            st.just(()),
+            st.lists(st.sampled_from(INVALID_KINDS), max_size=4, unique=True).map(tuple),
+            st.just(INVALID_KINDS),
+        )
+    )
     return StreamSpec(models=models, invalid=invalid, seed=draw(st.integers(0, 2**31)))
 
 
@@ -458,9 +539,11 @@ def describe(spec: StreamSpec) -> str:
         kinds: dict[str, int] = {}
         for f in m.features:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
-        lines.append(f"{m.name}: {len(m.features)} features {kinds}, task={m.task}, versions={m.versions}, "
-                     f"n_ids={m.n_ids}, scores={m.scores}, labelled={m.labelled}, early={m.early_labels}, "
-                     f"int_ids={m.int_ids}, shift_at={m.shift_at}")
+        lines.append(
+            f"{m.name}: {len(m.features)} features {kinds}, task={m.task}, versions={m.versions}, "
+            f"n_ids={m.n_ids}, scores={m.scores}, labelled={m.labelled}, early={m.early_labels}, "
+            f"int_ids={m.int_ids}, shift_at={m.shift_at}"
+        )
     lines.append(f"invalid={spec.invalid} seed={spec.seed}")
     return "\n".join(lines)
 
@@ -483,8 +566,10 @@ class Outcome:
     """The run's engine (for its metrics), or None."""
 
     def alarm_keys(self) -> list[tuple]:
-        return sorted((a["model"], a["version"], a["kind"], a["detector"], a["feature"] or "",
-                       a["first_index"], a["last_index"]) for a in self.alarms)
+        return sorted(
+            (a["model"], a["version"], a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])
+            for a in self.alarms
+        )
 
 
 def engine_counts(engine: Any) -> dict[tuple[str, str], tuple[int, int]]:
@@ -498,8 +583,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def replay_stream(stream: Stream, workdir: Path, *, config: dict[str, Any] | None = None,
-                  extra_args: tuple[str, ...] = ()) -> Outcome:
+def replay_stream(
+    stream: Stream, workdir: Path, *, config: dict[str, Any] | None = None, extra_args: tuple[str, ...] = ()
+) -> Outcome:
     """``driftline replay`` of ``stream`` in-process through the CLI (``driftline.cli.main``),
     keeping a handle on the service it builds to read the engine afterwards."""
     from unittest import mock
@@ -515,8 +601,21 @@ def replay_stream(stream: Stream, workdir: Path, *, config: dict[str, Any] | Non
     dead = workdir / "dead.jsonl"
     p.write_bytes(stream.jsonl("predictions"))
     f.write_bytes(stream.jsonl("feedback"))
-    argv = ["replay", "--predictions", str(p), "--feedback", str(f), "--alarms", str(out),
-            "--dead-letters", str(dead), "--quiet", "--log-level", "WARNING", *extra_args]
+    argv = [
+        "replay",
+        "--predictions",
+        str(p),
+        "--feedback",
+        str(f),
+        "--alarms",
+        str(out),
+        "--dead-letters",
+        str(dead),
+        "--quiet",
+        "--log-level",
+        "WARNING",
+        *extra_args,
+    ]
     if config:
         cfg = workdir / "config.yml"
         cfg.write_text(yaml.safe_dump(config))
@@ -530,21 +629,27 @@ def replay_stream(stream: Stream, workdir: Path, *, config: dict[str, Any] | Non
 
     # The CLI replaces the root logger's handlers, as an entry point does; here the test's
     # (pytest's capture, caplog) stay, so that a test can read what the service logged.
-    with mock.patch.object(driftline.app, "Service", Capturing), \
-            mock.patch.object(driftline.cli, "_setup_logging", lambda *args, **kwargs: None):
+    with (
+        mock.patch.object(driftline.app, "Service", Capturing),
+        mock.patch.object(driftline.cli, "_setup_logging", lambda *args, **kwargs: None),
+    ):
         code = main(argv)
     engine = built[0].engine
-    return Outcome(code, _read_jsonl(out),
-                   sorted((d["value"], d["reason"]) for d in _read_jsonl(dead)),
-                   engine_counts(engine), set(engine.models), engine)
+    return Outcome(
+        code,
+        _read_jsonl(out),
+        sorted((d["value"], d["reason"]) for d in _read_jsonl(dead)),
+        engine_counts(engine),
+        set(engine.models),
+        engine,
+    )
 
 
 def produce_stream(broker: Any, topics: dict[str, str], stream: Stream) -> int:
     """Produce every line of ``stream`` (keyed by model) to its topic; returns how many."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=20,
-                             batch_size=256 * 1024)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=20, batch_size=256 * 1024)
     try:
         for topic, lines in (("predictions", stream.predictions), ("feedback", stream.feedback)):
             for key, value in lines:
@@ -562,9 +667,13 @@ def read_dead_letter_topic(broker: Any, topic: str, expected: int, timeout: floa
 
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap_servers,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+    )
     letters: list[tuple[str, str]] = []
     deadline = time.monotonic() + timeout
     quiet_until = None
@@ -584,8 +693,9 @@ def read_dead_letter_topic(broker: Any, topic: str, expected: int, timeout: floa
     return sorted(letters)
 
 
-def run_kafka(broker: Any, topics: dict[str, str], stream: Stream, workdir: Path, *,
-              timeout: float = 240.0, **settings: Any) -> Outcome:
+def run_kafka(
+    broker: Any, topics: dict[str, str], stream: Stream, workdir: Path, *, timeout: float = 240.0, **settings: Any
+) -> Outcome:
     """The :class:`driftline.app.Service` over the embedded broker on ``stream`` (default
     thresholds): produce, consume until every record is processed, stop; its outcome."""
     import threading
@@ -596,12 +706,20 @@ def run_kafka(broker: Any, topics: dict[str, str], stream: Stream, workdir: Path
 
     total = produce_stream(broker, topics, stream)
     base: dict[str, Any] = dict(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{topics['predictions']}",
-               "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-               "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-               "poll_timeout_ms": 200},
-        prometheus={"enabled": False}, state_dir=workdir / "state", alarms_jsonl=workdir / "kafka-alarms.jsonl",
-        checkpoint_interval_seconds=0)
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-{topics['predictions']}",
+            "predictions_topic": topics["predictions"],
+            "feedback_topic": topics["feedback"],
+            "dead_letter_topic": topics["dead_letter"],
+            "session_timeout_ms": 6000,
+            "poll_timeout_ms": 200,
+        },
+        prometheus={"enabled": False},
+        state_dir=workdir / "state",
+        alarms_jsonl=workdir / "kafka-alarms.jsonl",
+        checkpoint_interval_seconds=0,
+    )
     base.update(settings)
     service = Service(load_settings(**base))
     stop = threading.Event()
@@ -612,13 +730,20 @@ def run_kafka(broker: Any, topics: dict[str, str], stream: Stream, workdir: Path
     try:
         while service.stats.records < total and thread.is_alive():
             if time.monotonic() > deadline:
-                raise AssertionError(f"the service processed {service.stats.records} of {total} records "
-                                     f"within {timeout}s")
+                raise AssertionError(
+                    f"the service processed {service.stats.records} of {total} records within {timeout}s"
+                )
             time.sleep(0.2)
     finally:
         stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive(), "the service did not stop within 60 s"
     dead = read_dead_letter_topic(broker, topics["dead_letter"], len(stream.invalid), timeout=30)
-    return Outcome(codes[0] if codes else None, _read_jsonl(workdir / "kafka-alarms.jsonl"), dead,
-                   engine_counts(service.engine), set(service.engine.models), service.engine)
+    return Outcome(
+        codes[0] if codes else None,
+        _read_jsonl(workdir / "kafka-alarms.jsonl"),
+        dead,
+        engine_counts(service.engine),
+        set(service.engine.models),
+        service.engine,
+    )

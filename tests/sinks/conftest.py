@@ -7,8 +7,9 @@ Every fixture that starts something stops it at teardown.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -61,8 +62,9 @@ def make_alarm() -> Callable[..., Alarm]:
         index: int = 0,
         statistic: float = 0.31,
     ) -> Alarm:
-        return Alarm(model, version, kind, detector, feature, statistic, 0.0001, 1e-7,
-                     index * 100, index * 100 + 99, ts, action)
+        return Alarm(
+            model, version, kind, detector, feature, statistic, 0.0001, 1e-7, index * 100, index * 100 + 99, ts, action
+        )
 
     return make
 
@@ -86,9 +88,7 @@ FAST_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.05}
 
 
 @pytest.fixture
-def make_sink(
-    tmp_path: Path, telemetry: PrometheusTelemetry
-) -> Iterator[Callable[..., WebhookSink]]:
+def make_sink(tmp_path: Path, telemetry: PrometheusTelemetry) -> Iterator[Callable[..., WebhookSink]]:
     """Make webhook sinks over ``tmp_path/outbox.sqlite3`` with tiny backoffs.
 
     ``targets`` are WebhookTargets or dicts; ``policy`` a dict of TriggerPolicySettings
@@ -115,8 +115,9 @@ def make_sink(
             settings,
             outbox=outbox if outbox is not None else tmp_path / "outbox.sqlite3",
             telemetry=telemetry,
-            environ=environ if environ is not None else {
-                "DRIFTLINE_TEST_SECRET": SECRET, "DRIFTLINE_TEST_TOKEN": TOKEN},
+            environ=environ
+            if environ is not None
+            else {"DRIFTLINE_TEST_SECRET": SECRET, "DRIFTLINE_TEST_TOKEN": TOKEN},
             **kwargs,
         )
         made.append(sink)

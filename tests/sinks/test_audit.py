@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+import driftline
+from driftline.cli import main as cli_main
 from driftline.monitor.alarms import Alarm
 from driftline.monitor.config import KafkaSettings, load_settings
 from driftline.monitor.decode import Record
@@ -38,19 +42,35 @@ from driftline.sinks.audit import (
     trigger_record,
 )
 from driftline.sinks.policy import Trigger, idempotency_key
-from kafka import KafkaConsumer, TopicPartition
-
-import driftline
-from driftline.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86400.0
 
 
-def alarm(i: int, *, model: str = "fraud", version: str = "v7", ts: float | None = None,
-          feature: str = "amount", origin: str = "predictions/0/0") -> Alarm:
-    return Alarm(model, version, "feature_drift", "ks", feature, 0.31, 0.1, 1e-7, i * 100, i * 100 + 99,
-                 1763900000.0 + i if ts is None else ts, "retrain", origin=origin)
+def alarm(
+    i: int,
+    *,
+    model: str = "fraud",
+    version: str = "v7",
+    ts: float | None = None,
+    feature: str = "amount",
+    origin: str = "predictions/0/0",
+) -> Alarm:
+    return Alarm(
+        model,
+        version,
+        "feature_drift",
+        "ks",
+        feature,
+        0.31,
+        0.1,
+        1e-7,
+        i * 100,
+        i * 100 + 99,
+        1763900000.0 + i if ts is None else ts,
+        "retrain",
+        origin=origin,
+    )
 
 
 def trigger(alarms: list[Alarm], key: str | None = None) -> Trigger:
@@ -69,8 +89,9 @@ LINEAGE = Lineage(
 )
 
 
-def lifecycle(event: str = "deployed", *, version: str = "v8", ts: float = 1763990000.0,
-              trigger_key: str | None = None, **fields) -> LifecycleEvent:
+def lifecycle(
+    event: str = "deployed", *, version: str = "v8", ts: float = 1763990000.0, trigger_key: str | None = None, **fields
+) -> LifecycleEvent:
     if event == "deployed":
         fields.setdefault("role", "canary")
     return LifecycleEvent("fraud", version, event, ts, trigger=trigger_key, **fields)
@@ -98,14 +119,37 @@ def chain_records():
     return t, [
         *(alarm_record(a) for a in evidence),
         trigger_record(t, LINEAGE, reason="retrain fraud v7: 2 alarm(s)"),
-        delivery_record(target="ci", idempotency_key=t.idempotency_key, model="fraud", version="v7",
-                        action="retrain", outcome="retried", attempts=1, at=1763900100.0, error="HTTP 503"),
-        delivery_record(target="ci", idempotency_key=t.idempotency_key, model="fraud", version="v7",
-                        action="retrain", outcome="delivered", attempts=2, at=1763900160.0),
-        lifecycle_record(lifecycle(trigger_key=t.idempotency_key, traffic_share=0.05,
-                                   reference=Reference(path="refs/fraud-v8.jsonl"),
-                                   actor="github-actions run 4711", reason="retrain after drift"),
-                         Record("model-lifecycle", 1, 42, -1, b"fraud", b"{}")),
+        delivery_record(
+            target="ci",
+            idempotency_key=t.idempotency_key,
+            model="fraud",
+            version="v7",
+            action="retrain",
+            outcome="retried",
+            attempts=1,
+            at=1763900100.0,
+            error="HTTP 503",
+        ),
+        delivery_record(
+            target="ci",
+            idempotency_key=t.idempotency_key,
+            model="fraud",
+            version="v7",
+            action="retrain",
+            outcome="delivered",
+            attempts=2,
+            at=1763900160.0,
+        ),
+        lifecycle_record(
+            lifecycle(
+                trigger_key=t.idempotency_key,
+                traffic_share=0.05,
+                reference=Reference(path="refs/fraud-v8.jsonl"),
+                actor="github-actions run 4711",
+                reason="retrain after drift",
+            ),
+            Record("model-lifecycle", 1, 42, -1, b"fraud", b"{}"),
+        ),
     ]
 
 
@@ -141,8 +185,10 @@ def test_the_file_is_wal_with_full_sync_and_records_are_never_changed(audit):
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("UPDATE audit SET model = 'other'")
         with pytest.raises(sqlite3.IntegrityError):  # the unique constraint, not only INSERT OR IGNORE
-            db.execute("INSERT INTO audit (id, kind, model, ts, recorded_at, payload) "
-                       "SELECT id, kind, model, ts, recorded_at, payload FROM audit LIMIT 1")
+            db.execute(
+                "INSERT INTO audit (id, kind, model, ts, recorded_at, payload) "
+                "SELECT id, kind, model, ts, recorded_at, payload FROM audit LIMIT 1"
+            )
     finally:
         db.close()
     assert audit._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -164,8 +210,9 @@ _WRITER = textwrap.dedent("""
 def test_a_kill_9_mid_append_then_a_replay_loses_and_duplicates_nothing(tmp_path):
     path = tmp_path / AUDIT_FILE
     total = 100_000  # far more than it can write before the kill
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(total)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), str(total)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
         written = -1
@@ -210,15 +257,19 @@ def test_ids_are_deterministic_and_tell_records_apart():
     assert alarm_record(alarm(3)).id != alarm_record(alarm(3, origin="predictions/1/500")).id
     # the same lifecycle event read at another position (a replay file) is the same record
     e = lifecycle()
-    assert (lifecycle_record(e, Record("model-lifecycle", 0, 5, 0, None, b"")).id
-            == lifecycle_record(e, Record("lifecycle.jsonl", 0, 1, -1, None, b"")).id == lifecycle_record(e).id)
+    assert (
+        lifecycle_record(e, Record("model-lifecycle", 0, 5, 0, None, b"")).id
+        == lifecycle_record(e, Record("lifecycle.jsonl", 0, 1, -1, None, b"")).id
+        == lifecycle_record(e).id
+    )
     assert lifecycle_record(e).id != lifecycle_record(lifecycle(ts=e.ts + 1)).id
-    d = {"target": "ci", "idempotency_key": "k" * 64, "model": "fraud", "version": "v7", "action": "retrain",
-         "at": 1.0}
+    d = {"target": "ci", "idempotency_key": "k" * 64, "model": "fraud", "version": "v7", "action": "retrain", "at": 1.0}
     ids = {delivery_record(outcome=o, attempts=n, **d).id for o in ("retried", "delivered") for n in (1, 2)}
     assert len(ids) == 4
-    assert delivery_record(outcome="retried", attempts=1, **d).id == delivery_record(
-        outcome="retried", attempts=1, **{**d, "at": 99.0}).id  # the attempt, not when it was noted
+    assert (
+        delivery_record(outcome="retried", attempts=1, **d).id
+        == delivery_record(outcome="retried", attempts=1, **{**d, "at": 99.0}).id
+    )  # the attempt, not when it was noted
     assert record_id("trigger", "k") != record_id("delivery", "k")
 
 
@@ -233,7 +284,8 @@ def test_a_trigger_record_carries_its_lineage():
     assert p["evidence"][0]["origin"] == "predictions/0/0"
     assert p["source_positions"] == [
         {"topic": "predictions", "partition": 0, "first_offset": 1200, "last_offset": 1399},
-        {"topic": "predictions", "partition": 1, "first_offset": 800, "last_offset": 999}]
+        {"topic": "predictions", "partition": 1, "first_offset": 800, "last_offset": 999},
+    ]
     assert p["reference_fingerprint"] == LINEAGE.reference_fingerprint
     assert p["config_fingerprint"] == LINEAGE.config_fingerprint
     assert p["detector_params"] == {"ks": {"alpha": 1e-5, "correction": "bh"}}
@@ -243,8 +295,21 @@ def test_a_trigger_record_carries_its_lineage():
 
 
 def test_non_finite_numbers_are_stored_as_null(audit):
-    a = Alarm("fraud", "v7", "performance", "accuracy", None, float("nan"), float("inf"), None, 0, 9, 1.0,
-              "retrain", origin="x")
+    a = Alarm(
+        "fraud",
+        "v7",
+        "performance",
+        "accuracy",
+        None,
+        float("nan"),
+        float("inf"),
+        None,
+        0,
+        9,
+        1.0,
+        "retrain",
+        origin="x",
+    )
     t = trigger([a])
     audit.append([trigger_record(t, Lineage(detector_params={"adwin": {"delta": float("nan")}}))])
     [row] = audit.query()
@@ -309,8 +374,10 @@ def test_retention_days_must_be_positive(tmp_path):
 
 def test_query_filters_by_model_version_time_and_kind(audit):
     _, records = chain_records()
-    other = [alarm_record(alarm(0, model="churn", version="v1", ts=1763800000.0)),
-             lifecycle_record(lifecycle("promoted", version="v8", ts=1764000000.0))]
+    other = [
+        alarm_record(alarm(0, model="churn", version="v1", ts=1763800000.0)),
+        lifecycle_record(lifecycle("promoted", version="v8", ts=1764000000.0)),
+    ]
     audit.append(records + other)
     everything = audit.query()
     assert [r["ts"] for r in everything] == sorted(r["ts"] for r in everything)  # by event time
@@ -318,7 +385,12 @@ def test_query_filters_by_model_version_time_and_kind(audit):
     assert {(r["kind"], r["version"]) for r in audit.query(model="fraud", version="v8")} == {("lifecycle", "v8")}
     assert len(audit.query(model="fraud", version="v8")) == 2
     assert [r["kind"] for r in audit.query(model="fraud", version="v7")] == [
-        "alarm", "alarm", "trigger", "delivery", "delivery"]
+        "alarm",
+        "alarm",
+        "trigger",
+        "delivery",
+        "delivery",
+    ]
     assert [r["ts"] for r in audit.query(since=1763990000.0)] == [1763990000.0, 1764000000.0]
     assert [r["ts"] for r in audit.query(since=1763900000.0, until=1763900001.0)] == [1763900000.0]
     assert [r["kind"] for r in audit.query(kind="delivery")] == ["delivery", "delivery"]
@@ -340,8 +412,9 @@ def test_table_and_json_formats(audit):
     assert "retrain on 2 alarm(s)" in trig and "predictions/0@1200-1399" in trig
     assert f"driftline {driftline.__version__}" in trig
     assert any("retrain delivered to ci (attempt 2)" in line for line in table)
-    assert any("deployed as canary at 5% reference refs/fraud-v8.jsonl by github-actions run 4711" in line
-               for line in table)
+    assert any(
+        "deployed as canary at 5% reference refs/fraud-v8.jsonl by github-actions run 4711" in line for line in table
+    )
     lines = format_records(rows, "json").splitlines()
     assert [json.loads(line) for line in lines] == rows
     assert format_records([], "json") == ""
@@ -361,9 +434,13 @@ def test_answer_chain_gives_the_trigger_its_deliveries_and_the_lifecycle_events_
     assert chain["key"] == t.idempotency_key
     assert chain["trigger"]["kind"] == "trigger" and chain["trigger"]["payload"]["action"] == "retrain"
     assert [(d["payload"]["outcome"], d["payload"]["attempts"]) for d in chain["deliveries"]] == [
-        ("retried", 1), ("delivered", 2)]
+        ("retried", 1),
+        ("delivered", 2),
+    ]
     assert [(e["payload"]["event"], e["version"]) for e in chain["lifecycle"]] == [
-        ("deployed", "v8"), ("promoted", "v8")]
+        ("deployed", "v8"),
+        ("promoted", "v8"),
+    ]
     assert chain["lifecycle"][0]["payload"]["source_position"] == "model-lifecycle/1/42"
     assert audit.answer_chain(t.idempotency_key[:10]) == chain  # a prefix, as the logs show
     text = format_chain(chain)
@@ -376,8 +453,12 @@ def test_answer_chain_gives_the_trigger_its_deliveries_and_the_lifecycle_events_
 
 def test_answer_chain_refuses_short_unknown_and_ambiguous_keys(audit):
     a, b = alarm(0), alarm(1)
-    audit.append([trigger_record(trigger([a], key="abcdef12" + "0" * 56)),
-                  trigger_record(trigger([b], key="abcdef12" + "1" * 56))])
+    audit.append(
+        [
+            trigger_record(trigger([a], key="abcdef12" + "0" * 56)),
+            trigger_record(trigger([b], key="abcdef12" + "1" * 56)),
+        ]
+    )
     with pytest.raises(ValueError, match="too short"):
         audit.answer_chain("abc")
     with pytest.raises(ValueError, match="no audit record"):
@@ -404,8 +485,10 @@ def test_the_audit_command(tmp_path, capsys):
     log._publisher = None  # no broker here: the Kafka copy is tested below
     log.append(records)
     log.close()
-    assert cli_main(["audit", "--state-dir", str(tmp_path), "--model", "fraud", "--version", "v7",
-                     "--format", "json"]) == 0
+    assert (
+        cli_main(["audit", "--state-dir", str(tmp_path), "--model", "fraud", "--version", "v7", "--format", "json"])
+        == 0
+    )
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["kind"] for r in out] == ["alarm", "alarm", "trigger", "delivery", "delivery"]
     assert cli_main(["audit", "--state-dir", str(tmp_path), "--since", "2025-11-24T12:00Z"]) == 0
@@ -437,8 +520,9 @@ def test_parse_since_forms():
 
 
 def _read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[tuple[bytes, dict]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     try:
         deadline = time.monotonic() + timeout
         partitions = consumer.partitions_for_topic(topic)
@@ -462,8 +546,9 @@ def test_records_are_published_to_the_audit_topic_keyed_by_model(broker, tmp_pat
     broker.create_topics([topic], partitions=2)
     _, records = chain_records()
     records.append(alarm_record(alarm(5, model="churn")))
-    log = AuditLog(tmp_path / AUDIT_FILE, kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-                   kafka_topic=topic)
+    log = AuditLog(
+        tmp_path / AUDIT_FILE, kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers), kafka_topic=topic
+    )
     try:
         log.write(records)
         log.flush()

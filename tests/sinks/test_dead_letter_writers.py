@@ -16,21 +16,26 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from driftline.monitor.config import KafkaSettings
-from driftline.sinks.deadletter import FileDeadLetters, KafkaDeadLetters
-from driftline.monitor.decode import DeadLetter
 from driftline.demo.embedded_broker import EmbeddedBroker
+from driftline.monitor.config import KafkaSettings
+from driftline.monitor.decode import DeadLetter
+from driftline.sinks.deadletter import FileDeadLetters, KafkaDeadLetters
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.kafka import KafkaAlarmSink
 from tests.support.runs import read_topic
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300),
-              # kafka-python 3.0 leaves the socket of a timed-out connection to the garbage
-              # collector (its leak, not driftline's; see test_kafka_sink.py)
-              pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.timeout(300),
+    # kafka-python 3.0 leaves the socket of a timed-out connection to the garbage
+    # collector (its leak, not driftline's; see test_kafka_sink.py)
+    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
+]
 
 
-def letter(offset: int, value: bytes | None, *, key: bytes | None = b"fraud", reason: str = "invalid_json") -> DeadLetter:
+def letter(
+    offset: int, value: bytes | None, *, key: bytes | None = b"fraud", reason: str = "invalid_json"
+) -> DeadLetter:
     return DeadLetter("predictions", 0, offset, key, value, reason, f"detail of {offset}")
 
 
@@ -64,8 +69,12 @@ def test_values_too_large_are_cut_to_fit_with_their_size_and_hash(broker, topics
     writer = KafkaDeadLetters(settings, max_bytes=20_000)
     big = os.urandom(50_000)  # not UTF-8 either
     long_key = b"k" * 15_000
-    letters = [letter(0, big), letter(1, b"\xff\xfe tiny", key=b"\xc3\x28"), letter(2, None),
-               letter(3, b"{}", key=long_key)]
+    letters = [
+        letter(0, big),
+        letter(1, b"\xff\xfe tiny", key=b"\xc3\x28"),
+        letter(2, None),
+        letter(3, b"{}", key=long_key),
+    ]
     try:
         writer.write(letters)
         writer.flush()
@@ -113,8 +122,9 @@ def test_a_record_refused_for_its_size_is_halved_until_it_fits_and_holds_back_no
 
 def test_a_frozen_broker_keeps_dead_letters_in_flight_until_it_is_back(tmp_path) -> None:
     with private_broker(tmp_path, ["dlq"]) as b:
-        writer = KafkaDeadLetters(KafkaSettings(bootstrap_servers=b.bootstrap_servers, dead_letter_topic="dlq"),
-                                  flush_timeout_seconds=2.0)
+        writer = KafkaDeadLetters(
+            KafkaSettings(bootstrap_servers=b.bootstrap_servers, dead_letter_topic="dlq"), flush_timeout_seconds=2.0
+        )
         try:
             writer.write([letter(0, b"first")])
             flush_until_done(writer)  # connected (a loaded machine may take more than 2 s)
@@ -137,8 +147,9 @@ def test_a_frozen_broker_keeps_dead_letters_in_flight_until_it_is_back(tmp_path)
 
 def test_a_frozen_broker_keeps_alarms_in_flight_until_it_is_back(tmp_path, make_alarm) -> None:
     with private_broker(tmp_path, ["alarms"]) as b:
-        sink = KafkaAlarmSink(KafkaSettings(bootstrap_servers=b.bootstrap_servers, alarms_topic="alarms"),
-                              flush_timeout_seconds=2.0)
+        sink = KafkaAlarmSink(
+            KafkaSettings(bootstrap_servers=b.bootstrap_servers, alarms_topic="alarms"), flush_timeout_seconds=2.0
+        )
         try:
             sink.write([make_alarm(index=0)])
             flush_until_done(sink)

@@ -31,8 +31,7 @@ def test_each_configured_sink_is_built(tmp_path: Path, telemetry) -> None:
         state_dir=tmp_path / "state",
         alarms_jsonl=tmp_path / "alarms.jsonl",
         kafka={"alarms_topic": "driftline-alarms"},
-        webhooks={"targets": [{"name": "ci", "url": "http://127.0.0.1:1/hook",
-                               "secret_env": "HOOK_SECRET"}]},
+        webhooks={"targets": [{"name": "ci", "url": "http://127.0.0.1:1/hook", "secret_env": "HOOK_SECRET"}]},
     )
     sinks = build_sinks(settings, telemetry, environ={"HOOK_SECRET": "x"})
     try:
@@ -45,18 +44,17 @@ def test_each_configured_sink_is_built(tmp_path: Path, telemetry) -> None:
 
 
 def test_a_missing_secret_is_a_config_error(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, webhooks={"targets": [
-        {"name": "ci", "url": "http://127.0.0.1:1/hook", "secret_env": "HOOK_SECRET"}]})
+    settings = Settings(
+        state_dir=tmp_path,
+        webhooks={"targets": [{"name": "ci", "url": "http://127.0.0.1:1/hook", "secret_env": "HOOK_SECRET"}]},
+    )
     with pytest.raises(ConfigError, match="'HOOK_SECRET'"):
         build_sinks(settings, environ={})
 
 
-def test_service_telemetry_without_webhook_methods_still_delivers(
-    tmp_path: Path, receivers, make_alarm
-) -> None:
+def test_service_telemetry_without_webhook_methods_still_delivers(tmp_path: Path, receivers, make_alarm) -> None:
     receiver = receivers()
-    settings = Settings(state_dir=tmp_path, webhooks={"targets": [
-        {"name": "ci", "url": receiver.url}]})
+    settings = Settings(state_dir=tmp_path, webhooks={"targets": [{"name": "ci", "url": receiver.url}]})
     (sink,) = build_sinks(settings, NullTelemetry(), environ={})
     try:
         sink.write([make_alarm()])
@@ -68,9 +66,13 @@ def test_service_telemetry_without_webhook_methods_still_delivers(
 
 def test_start_metrics_server_serves_the_engine_snapshot(registry, telemetry) -> None:
     snapshot = VersionSnapshot("fraud", "v7", events=7, labelled=0, reference_ready=True)
-    server = start_metrics_server(PrometheusSettings(host="127.0.0.1", port=0), registry,
-                                  lambda: [snapshot], telemetry.readiness,
-                                  on_overflow=telemetry.record_feature_overflow)
+    server = start_metrics_server(
+        PrometheusSettings(host="127.0.0.1", port=0),
+        registry,
+        lambda: [snapshot],
+        telemetry.readiness,
+        on_overflow=telemetry.record_feature_overflow,
+    )
     assert server is not None
     try:
         text = httpx.get(f"{server.url}/metrics", trust_env=False).text

@@ -44,9 +44,7 @@ def test_an_existing_file_is_appended_to(tmp_path: Path, make_alarm) -> None:
     assert [line["first_index"] for line in read(path)] == [0, 100]
 
 
-def test_a_failed_flush_keeps_the_alarms_and_the_next_one_writes_them_once(
-    tmp_path: Path, make_alarm
-) -> None:
+def test_a_failed_flush_keeps_the_alarms_and_the_next_one_writes_them_once(tmp_path: Path, make_alarm) -> None:
     path = tmp_path / "alarms.jsonl"
     path.mkdir()  # a directory where the file should be: open fails
     sink = JsonlSink(path)

@@ -11,8 +11,8 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from driftline.monitor.config import KafkaSettings
 from driftline.demo.embedded_broker import EmbeddedBroker
+from driftline.monitor.config import KafkaSettings
 from driftline.monitor.exceptions import ConfigError
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.kafka import KafkaAlarmSink
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.kafka
 TOPIC = "driftline-alarms"
 
 
-def read_back(bootstrap: str, topic: str, count: int,
-              timeout: float = 20.0) -> list[tuple[bytes, dict]]:
+def read_back(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[tuple[bytes, dict]]:
     """Every record of ``topic`` (all partitions), until ``count`` arrived or the deadline."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     try:
         deadline = time.monotonic() + timeout
         partitions = consumer.partitions_for_topic(topic)
@@ -44,12 +44,12 @@ def read_back(bootstrap: str, topic: str, count: int,
         consumer.close()
 
 
-def test_alarms_are_published_as_json_keyed_by_model(broker: EmbeddedBroker, topics,
-                                                     make_alarm) -> None:
-    sink = KafkaAlarmSink(KafkaSettings(bootstrap_servers=broker.bootstrap_servers,
-                                        alarms_topic=topics["alarms"]), flush_timeout_seconds=10)
-    alarms = [make_alarm(1.0, index=0), make_alarm(2.0, index=1, model="churn", feature=None),
-              make_alarm(3.0, index=2)]
+def test_alarms_are_published_as_json_keyed_by_model(broker: EmbeddedBroker, topics, make_alarm) -> None:
+    sink = KafkaAlarmSink(
+        KafkaSettings(bootstrap_servers=broker.bootstrap_servers, alarms_topic=topics["alarms"]),
+        flush_timeout_seconds=10,
+    )
+    alarms = [make_alarm(1.0, index=0), make_alarm(2.0, index=1, model="churn", feature=None), make_alarm(3.0, index=2)]
     try:
         sink.write(alarms)
         sink.flush()
@@ -58,7 +58,8 @@ def test_alarms_are_published_as_json_keyed_by_model(broker: EmbeddedBroker, top
         sink.close()
     got = read_back(broker.bootstrap_servers, topics["alarms"], 3)
     assert sorted(got, key=lambda kv: kv[1]["first_index"]) == [
-        (alarm.model.encode(), alarm.to_dict()) for alarm in alarms]
+        (alarm.model.encode(), alarm.to_dict()) for alarm in alarms
+    ]
     # keyed by model: a model's alarms share a partition, in order
     fraud = [value["first_index"] for key, value in got if key == b"fraud"]
     assert fraud == [0, 200]

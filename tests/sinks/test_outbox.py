@@ -43,11 +43,9 @@ def test_the_database_is_in_wal_mode(outbox: Outbox) -> None:
 
 
 def test_insert_or_ignore_per_target_and_key(outbox: Outbox) -> None:
-    assert outbox.add([entry("k1"), entry("k1", target="slack")]) == [
-        entry("k1"), entry("k1", target="slack")]
+    assert outbox.add([entry("k1"), entry("k1", target="slack")]) == [entry("k1"), entry("k1", target="slack")]
     assert outbox.add([entry("k1"), entry("k2")]) == [entry("k2")]
-    assert {(r.target, r.idempotency_key) for r in outbox.rows()} == {
-        ("ci", "k1"), ("slack", "k1"), ("ci", "k2")}
+    assert {(r.target, r.idempotency_key) for r in outbox.rows()} == {("ci", "k1"), ("slack", "k1"), ("ci", "k2")}
     assert outbox.pending_count() == 3
 
 
@@ -58,8 +56,7 @@ def test_rows_survive_a_reopen(tmp_path: Path, clock: Clock) -> None:
     second = Outbox(tmp_path / "o.sqlite3", clock=clock)
     try:
         (row,) = second.due()
-        assert (row.status, row.attempts, row.payload) == ("pending", 0,
-                                                           {"idempotency_key": "k1", "n": 1})
+        assert (row.status, row.attempts, row.payload) == ("pending", 0, {"idempotency_key": "k1", "n": 1})
     finally:
         second.close()
 
@@ -83,8 +80,7 @@ def test_a_delivered_row_is_never_reopened(outbox: Outbox) -> None:
     outbox.mark_failed("ci", "k1", attempts=3, error="late")
     row = outbox.get("ci", "k1")
     assert row is not None
-    assert (row.status, row.attempts, row.last_error, row.delivered_at) == (
-        "delivered", 2, None, 1000.0)
+    assert (row.status, row.attempts, row.last_error, row.delivered_at) == ("delivered", 2, None, 1000.0)
     assert outbox.due() == [] and outbox.next_due_at() is None
 
 
@@ -114,11 +110,8 @@ def test_a_failed_transaction_adds_nothing(tmp_path: Path, clock: Clock) -> None
         box.close()
 
 
-def test_resend_makes_failed_rows_pending_again_with_attempts_and_horizon_reset(
-    outbox: Outbox, clock: Clock
-) -> None:
-    outbox.add([entry("aaaaaaaa-1"), entry("aaaaaaaa-1", target="slack"), entry("bbbbbbbb-2"),
-                entry("cccccccc-3")])
+def test_resend_makes_failed_rows_pending_again_with_attempts_and_horizon_reset(outbox: Outbox, clock: Clock) -> None:
+    outbox.add([entry("aaaaaaaa-1"), entry("aaaaaaaa-1", target="slack"), entry("bbbbbbbb-2"), entry("cccccccc-3")])
     outbox.mark_failed("ci", "aaaaaaaa-1", 900, "HTTP 503")
     outbox.mark_failed("slack", "aaaaaaaa-1", 4, "HTTP 400")
     outbox.mark_failed("ci", "bbbbbbbb-2", 12, "refused")
@@ -128,17 +121,20 @@ def test_resend_makes_failed_rows_pending_again_with_attempts_and_horizon_reset(
 
     (row,) = outbox.resend(key_prefix="aaaaaaaa", target="slack")
     assert (row.target, row.status, row.attempts, row.queued_at, row.next_attempt_at) == (
-        "slack", "pending", 0, 5000.0, 5000.0)
+        "slack",
+        "pending",
+        0,
+        5000.0,
+        5000.0,
+    )
     assert row.created_at == 1000.0 and row.last_error == "HTTP 400"
     assert outbox.get("ci", "aaaaaaaa-1").status == "failed"  # type: ignore[union-attr]
 
-    assert {(r.target, r.idempotency_key) for r in outbox.resend()} == {
-        ("ci", "aaaaaaaa-1"), ("ci", "bbbbbbbb-2")}
+    assert {(r.target, r.idempotency_key) for r in outbox.resend()} == {("ci", "aaaaaaaa-1"), ("ci", "bbbbbbbb-2")}
     assert outbox.resend() == []
     assert outbox.resend(key_prefix="cccccccc") == []  # delivered rows are never reopened
     assert (outbox.failed_count(), outbox.pending_count(), outbox.count("delivered")) == (0, 3, 1)
-    assert sorted(r.idempotency_key for r in outbox.due()) == [
-        "aaaaaaaa-1", "aaaaaaaa-1", "bbbbbbbb-2"]
+    assert sorted(r.idempotency_key for r in outbox.due()) == ["aaaaaaaa-1", "aaaaaaaa-1", "bbbbbbbb-2"]
 
 
 def test_resend_needs_eight_characters_of_a_key_and_takes_them_literally(

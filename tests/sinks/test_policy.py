@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -27,8 +27,7 @@ def test_one_counted_alarm_triggers_with_the_defaults(make_alarm: MakeAlarm) -> 
     (trigger,) = policy().observe([make_alarm(1000.0, index=3)])
     assert (trigger.model, trigger.version, trigger.action) == ("fraud", "v7", "retrain")
     assert (trigger.first_index, trigger.last_index, trigger.ts) == (300, 399, 1000.0)
-    assert trigger.idempotency_key == idempotency_key("fraud", "v7", "retrain", [None], 300, 399,
-                                                      trigger.alarms)
+    assert trigger.idempotency_key == idempotency_key("fraud", "v7", "retrain", [None], 300, 399, trigger.alarms)
 
 
 def test_alarms_without_an_action_or_of_uncounted_kinds_are_ignored(make_alarm: MakeAlarm) -> None:
@@ -63,8 +62,7 @@ def test_retrain_needs_min_features_distinct_features(make_alarm: MakeAlarm) -> 
 
 def test_rollback_ignores_min_features(make_alarm: MakeAlarm) -> None:
     p = policy(min_features=3)
-    regression = make_alarm(kind="regression", detector="msprt", feature="accuracy",
-                            action="rollback", version="v8")
+    regression = make_alarm(kind="regression", detector="msprt", feature="accuracy", action="rollback", version="v8")
     (trigger,) = p.observe([regression])
     assert (trigger.action, trigger.version) == ("rollback", "v8")
 
@@ -75,8 +73,7 @@ def test_cooldown_per_model_and_action_in_event_time(make_alarm: MakeAlarm) -> N
     # within the cooldown: ignored, for this model and action only
     assert p.observe([make_alarm(1500.0, index=1)]) == []
     assert len(p.observe([make_alarm(1500.0, index=1, model="churn")])) == 1
-    assert len(p.observe([make_alarm(1500.0, index=1, kind="regression",
-                                     action="rollback")])) == 1
+    assert len(p.observe([make_alarm(1500.0, index=1, kind="regression", action="rollback")])) == 1
     # after it: a new trigger with evidence gathered after the cooldown only
     (trigger,) = p.observe([make_alarm(1600.0, index=2)])
     assert [a.first_index for a in trigger.alarms] == [200]
@@ -119,26 +116,41 @@ def test_the_key_names_model_version_action_origin_and_window() -> None:
     key = idempotency_key("fraud", "v1", "retrain", origin, 0, 999)
     assert len(key) == 64 and int(key, 16) >= 0
     assert key == idempotency_key("fraud", "v1", "retrain", origin, 0, 999)
-    assert len({key, idempotency_key("fraud", "v1", "rollback", origin, 0, 999),
+    assert (
+        len(
+            {
+                key,
+                idempotency_key("fraud", "v1", "rollback", origin, 0, 999),
                 idempotency_key("churn", "v1", "retrain", origin, 0, 999),
                 idempotency_key("fraud", "v2", "retrain", origin, 0, 999),
                 # the same indices counted from another origin: state rebuilt elsewhere
                 idempotency_key("fraud", "v1", "retrain", ["predictions/3/5000"], 0, 999),
                 idempotency_key("fraud", "v1", "retrain", origin, 1, 999),
-                idempotency_key("fraud", "v1", "retrain", origin, 0, 998)}) == 7
+                idempotency_key("fraud", "v1", "retrain", origin, 0, 998),
+            }
+        )
+        == 7
+    )
 
 
 def test_two_triggers_on_one_window_get_two_keys(make_alarm: MakeAlarm) -> None:
     """With no cooldown, two alarms of one window (a feature and the prediction) are two
     triggers: one key each, or the outbox would drop the second."""
     quick = TriggerPolicy(TriggerPolicySettings(cooldown_seconds=0))
-    triggers = quick.observe([make_alarm(1000.0, index=3, feature="x0"),
-                              make_alarm(1000.0, index=3, kind="prediction_drift", feature="prediction")])
+    triggers = quick.observe(
+        [
+            make_alarm(1000.0, index=3, feature="x0"),
+            make_alarm(1000.0, index=3, kind="prediction_drift", feature="prediction"),
+        ]
+    )
     assert len(triggers) == 2 and triggers[0].first_index == triggers[1].first_index
     assert triggers[0].idempotency_key != triggers[1].idempotency_key
     again = TriggerPolicy(TriggerPolicySettings(cooldown_seconds=0)).observe(
-        [make_alarm(1000.0, index=3, feature="x0"),
-         make_alarm(1000.0, index=3, kind="prediction_drift", feature="prediction")])
+        [
+            make_alarm(1000.0, index=3, feature="x0"),
+            make_alarm(1000.0, index=3, kind="prediction_drift", feature="prediction"),
+        ]
+    )
     assert [t.idempotency_key for t in again] == [t.idempotency_key for t in triggers]
 
 
@@ -155,18 +167,31 @@ def alarm_streams(draw: st.DrawFn) -> list[Alarm]:
     for i in range(n):
         ts += draw(st.floats(0, 120))
         kind = draw(st.sampled_from(KINDS))
-        alarms.append(Alarm(
-            draw(st.sampled_from(["fraud", "churn"])), "v1", kind, "ks",
-            draw(st.sampled_from(["a", "b", "c", None])), 0.5, 0.1, None, i * 10, i * 10 + 9,
-            ts, "rollback" if kind == "regression" else draw(st.sampled_from(["retrain", "none"])),
-        ))
+        alarms.append(
+            Alarm(
+                draw(st.sampled_from(["fraud", "churn"])),
+                "v1",
+                kind,
+                "ks",
+                draw(st.sampled_from(["a", "b", "c", None])),
+                0.5,
+                0.1,
+                None,
+                i * 10,
+                i * 10 + 9,
+                ts,
+                "rollback" if kind == "regression" else draw(st.sampled_from(["retrain", "none"])),
+            )
+        )
     return alarms
 
 
 POLICY_SETTINGS = st.builds(
     TriggerPolicySettings,
-    min_alarms=st.integers(1, 4), min_features=st.integers(1, 3),
-    window_seconds=st.floats(1, 600), cooldown_seconds=st.floats(0, 600),
+    min_alarms=st.integers(1, 4),
+    min_features=st.integers(1, 3),
+    window_seconds=st.floats(1, 600),
+    cooldown_seconds=st.floats(0, 600),
 )
 
 
@@ -180,15 +205,13 @@ def run(p: TriggerPolicy, alarms: list[Alarm], cuts: list[int]) -> list[Trigger]
 
 @settings(max_examples=60, deadline=None)
 @given(alarm_streams(), POLICY_SETTINGS, st.lists(st.integers(0, 100), max_size=5))
-def test_batch_split_invariance(alarms: list[Alarm], config: TriggerPolicySettings,
-                                cuts: list[int]) -> None:
+def test_batch_split_invariance(alarms: list[Alarm], config: TriggerPolicySettings, cuts: list[int]) -> None:
     assert run(TriggerPolicy(config), alarms, cuts) == TriggerPolicy(config).observe(alarms)
 
 
 @settings(max_examples=60, deadline=None)
 @given(alarm_streams(), POLICY_SETTINGS, st.integers(0, 100))
-def test_state_round_trip_through_json(alarms: list[Alarm], config: TriggerPolicySettings,
-                                       cut: int) -> None:
+def test_state_round_trip_through_json(alarms: list[Alarm], config: TriggerPolicySettings, cut: int) -> None:
     cut %= len(alarms) + 1
     straight = TriggerPolicy(config).observe(alarms)
     first = TriggerPolicy(config)

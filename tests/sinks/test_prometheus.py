@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
@@ -73,15 +73,21 @@ CONTRACT = {
 }
 
 FRAUD = VersionSnapshot(
-    model="fraud", version="v7", events=120_000, labelled=3_000, reference_ready=True,
+    model="fraud",
+    version="v7",
+    events=120_000,
+    labelled=3_000,
+    reference_ready=True,
     drift=(
         FeatureStatistic("amount", "ks", 0.31, 1.5e-7, 1e-4),
         FeatureStatistic("amount", "psi", 0.42, None, 0.2),
         FeatureStatistic("country", "chi2", 12.5, 0.25, 1e-4),
         FeatureStatistic("prediction", "js", 0.05, None, None, kind="prediction_drift"),
     ),
-    quality={"amount": {"missing_rate": 0.02, "out_of_range_rate": 0.125},
-             "country": {"missing_rate": 0.0, "unseen_rate": 0.25}},
+    quality={
+        "amount": {"missing_rate": 0.02, "out_of_range_rate": 0.125},
+        "country": {"missing_rate": 0.0, "unseen_rate": 0.25},
+    },
     performance={"accuracy": 0.875, "roc_auc": 0.9375},
     latency_ms=11.5,
     last_event_ts=1_763_900_400.0,
@@ -111,8 +117,11 @@ def exercise(telemetry: PrometheusTelemetry) -> None:
 def counter_names(types: dict[str, str]) -> dict[str, str]:
     # The text format names a counter family without _total in some client versions, and
     # adds *_created gauges (prometheus_client.disable_created_metrics() turns them off).
-    return {(n if t != "counter" or n.endswith("_total") else n + "_total"): t
-            for n, t in types.items() if not n.endswith("_created")}
+    return {
+        (n if t != "counter" or n.endswith("_total") else n + "_total"): t
+        for n, t in types.items()
+        if not n.endswith("_created")
+    }
 
 
 def test_every_contract_metric_is_exposed_with_its_type(registry, telemetry) -> None:
@@ -123,15 +132,22 @@ def test_every_contract_metric_is_exposed_with_its_type(registry, telemetry) -> 
 
 def test_the_alert_rules_use_only_contract_metrics() -> None:
     used = set(re.findall(r"\b(driftline_[a-z_]+)\b", RULES.read_text()))
-    histogram_series = {f"{n}_{s}" for n, t in CONTRACT.items() if t == "histogram"
-                        for s in ("bucket", "sum", "count")}
+    histogram_series = {f"{n}_{s}" for n, t in CONTRACT.items() if t == "histogram" for s in ("bucket", "sum", "count")}
     assert used and used <= set(CONTRACT) | histogram_series, used - set(CONTRACT)
 
 
 def test_prometheus_telemetry_implements_the_service_protocol(telemetry) -> None:
     service_side: Telemetry = telemetry  # a type checker holds this; the names must exist
-    for name in ("record_events", "record_invalid", "record_join", "record_alarm",
-                 "observe_batch", "set_lag", "mark_success", "set_ready"):
+    for name in (
+        "record_events",
+        "record_invalid",
+        "record_join",
+        "record_alarm",
+        "observe_batch",
+        "set_lag",
+        "mark_success",
+        "set_ready",
+    ):
         assert callable(getattr(service_side, name))
 
 
@@ -150,16 +166,14 @@ def test_telemetry_records_what_it_is_told(registry, metric) -> None:
     assert metric("driftline_batch_size_events_bucket", le="500.0") == 1
     assert metric("driftline_consumer_lag", topic="predictions", partition="0") == 42
     assert metric("driftline_last_success_timestamp_seconds", what="batch") == 1_763_900_005.0
-    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain",
-                  outcome="delivered") == 1
+    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain", outcome="delivered") == 1
     assert metric("driftline_webhook_outbox_pending") == 1
     assert metric("driftline_triggers_total", model="fraud", action="retrain") == 1
     assert metric("driftline_feature_overflow_total", model="fraud") == 2
 
 
 def test_readiness_starts_false_and_follows_set_ready(telemetry, metric) -> None:
-    assert telemetry.readiness() == {"kafka": False, "partitions": False, "consuming": False,
-                                     "reference": False}
+    assert telemetry.readiness() == {"kafka": False, "partitions": False, "consuming": False, "reference": False}
     assert metric("driftline_ready", component="kafka") == 0
     telemetry.set_ready("kafka", True)
     assert telemetry.readiness()["kafka"] is True
@@ -184,12 +198,12 @@ def test_collector_exposes_the_snapshots_at_scrape_time(registry, metric) -> Non
     assert metric("driftline_drift_statistic", **v7, feature="amount", detector="ks") == 0.31
     assert metric("driftline_drift_p_value", **v7, feature="amount", detector="ks") == 1.5e-7
     assert metric("driftline_drift_threshold", **v7, feature="amount", detector="psi") == 0.2
-    assert registry.get_sample_value("driftline_drift_p_value",
-                                     {**v7, "feature": "amount", "detector": "psi"}) is None
-    assert registry.get_sample_value("driftline_drift_threshold",
-                                     {**v7, "feature": "prediction", "detector": "js"}) is None
-    assert metric("driftline_data_quality_ratio", **v7, feature="country",
-                  check="unseen_rate") == 0.25
+    assert registry.get_sample_value("driftline_drift_p_value", {**v7, "feature": "amount", "detector": "psi"}) is None
+    assert (
+        registry.get_sample_value("driftline_drift_threshold", {**v7, "feature": "prediction", "detector": "js"})
+        is None
+    )
+    assert metric("driftline_data_quality_ratio", **v7, feature="country", check="unseen_rate") == 0.25
     assert metric("driftline_performance", **v7, metric="roc_auc") == 0.9375
     assert metric("driftline_model_events_total", **v7) == 120_000
     assert metric("driftline_model_labelled_events_total", **v7) == 3_000
@@ -206,24 +220,28 @@ def test_collector_exposes_the_snapshots_at_scrape_time(registry, metric) -> Non
 
 
 def wide_snapshot(n_features: int, version: str = "v1", offset: float = 0.0) -> VersionSnapshot:
-    drift = [FeatureStatistic(f"f{i:03d}", "psi", offset + i / 1000, None, 0.2)
-             for i in range(n_features)]
+    drift = [FeatureStatistic(f"f{i:03d}", "psi", offset + i / 1000, None, 0.2) for i in range(n_features)]
     drift.append(FeatureStatistic("prediction", "psi", 0.01, None, 0.2, kind="prediction_drift"))
     quality = {f"f{i:03d}": {"missing_rate": i / 1000} for i in range(n_features)}
-    return VersionSnapshot("wide", version, events=1, labelled=0, reference_ready=True,
-                           drift=tuple(drift), quality=quality)
+    return VersionSnapshot(
+        "wide", version, events=1, labelled=0, reference_ready=True, drift=tuple(drift), quality=quality
+    )
 
 
 def feature_values(registry: CollectorRegistry, name: str) -> dict[str, float]:
-    return {s.labels["feature"]: s.value for family in registry.collect() for s in family.samples
-            if s.name == name and s.labels.get("model") == "wide"}
+    return {
+        s.labels["feature"]: s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == name and s.labels.get("model") == "wide"
+    }
 
 
-def test_the_cardinality_cap_folds_extra_features_into_overflow(registry, telemetry,
-                                                                 metric) -> None:
+def test_the_cardinality_cap_folds_extra_features_into_overflow(registry, telemetry, metric) -> None:
     snapshots = [wide_snapshot(250)]  # 251 features with the prediction
-    registry.register(EngineCollector(lambda: snapshots, max_features_per_model=200,
-                                      on_overflow=telemetry.record_feature_overflow))
+    registry.register(
+        EngineCollector(lambda: snapshots, max_features_per_model=200, on_overflow=telemetry.record_feature_overflow)
+    )
     stats = feature_values(registry, "driftline_drift_statistic")
     assert len(stats) == 201  # the cap and __overflow__
     assert "prediction" in stats  # the model-wide series is kept first
@@ -242,14 +260,22 @@ def test_the_cardinality_cap_folds_extra_features_into_overflow(registry, teleme
 
 
 def test_kept_features_are_sticky_across_scrapes(registry) -> None:
-    snapshots = [VersionSnapshot("wide", "v1", 1, 0, True, drift=(
-        FeatureStatistic("zeta", "ks", 0.1, 0.5, 0.01),
-        FeatureStatistic("eta", "ks", 0.2, 0.5, 0.01)))]
+    snapshots = [
+        VersionSnapshot(
+            "wide",
+            "v1",
+            1,
+            0,
+            True,
+            drift=(FeatureStatistic("zeta", "ks", 0.1, 0.5, 0.01), FeatureStatistic("eta", "ks", 0.2, 0.5, 0.01)),
+        )
+    ]
     registry.register(EngineCollector(lambda: snapshots, max_features_per_model=2))
     assert set(feature_values(registry, "driftline_drift_statistic")) == {"zeta", "eta"}
     # "alpha" sorts first but arrives later: it does not push a kept series out
-    snapshots[0] = VersionSnapshot("wide", "v1", 1, 0, True, drift=(
-        FeatureStatistic("alpha", "ks", 0.9, 1e-9, 0.01), *snapshots[0].drift))
+    snapshots[0] = VersionSnapshot(
+        "wide", "v1", 1, 0, True, drift=(FeatureStatistic("alpha", "ks", 0.9, 1e-9, 0.01), *snapshots[0].drift)
+    )
     stats = feature_values(registry, "driftline_drift_statistic")
     assert stats == {"zeta": 0.1, "eta": 0.2, OVERFLOW_FEATURE: 0.9}
     p_values = feature_values(registry, "driftline_drift_p_value")
@@ -257,10 +283,20 @@ def test_kept_features_are_sticky_across_scrapes(registry) -> None:
 
 
 def test_nan_statistics_are_exposed_and_never_win_the_overflow(registry) -> None:
-    snapshots = [VersionSnapshot("wide", "v1", 1, 0, True, drift=(
-        FeatureStatistic("a", "ks", math.nan, None, 0.1),
-        FeatureStatistic("b", "ks", math.nan, None, 0.1),
-        FeatureStatistic("c", "ks", 0.3, None, 0.1)))]
+    snapshots = [
+        VersionSnapshot(
+            "wide",
+            "v1",
+            1,
+            0,
+            True,
+            drift=(
+                FeatureStatistic("a", "ks", math.nan, None, 0.1),
+                FeatureStatistic("b", "ks", math.nan, None, 0.1),
+                FeatureStatistic("c", "ks", 0.3, None, 0.1),
+            ),
+        )
+    ]
     registry.register(EngineCollector(lambda: snapshots, max_features_per_model=1))
     stats = feature_values(registry, "driftline_drift_statistic")
     assert math.isnan(stats["a"]) and stats[OVERFLOW_FEATURE] == 0.3
@@ -303,8 +339,9 @@ def test_metrics_healthz_and_readyz(registry, telemetry, serve) -> None:
         metrics = client.get("/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
-        assert ('driftline_drift_statistic{detector="ks",feature="amount",model="fraud",'
-                'version="v7"} 0.31') in metrics.text
+        assert (
+            'driftline_drift_statistic{detector="ks",feature="amount",model="fraud",version="v7"} 0.31'
+        ) in metrics.text
         openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
         assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
         assert openmetrics.text.rstrip().endswith("# EOF")
@@ -314,8 +351,10 @@ def test_metrics_healthz_and_readyz(registry, telemetry, serve) -> None:
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503
         assert not_ready.json() == {
-            "ready": False, "not_ready": ["consuming", "kafka", "partitions", "reference"],
-            "components": {"kafka": False, "partitions": False, "consuming": False, "reference": False}}
+            "ready": False,
+            "not_ready": ["consuming", "kafka", "partitions", "reference"],
+            "components": {"kafka": False, "partitions": False, "consuming": False, "reference": False},
+        }
         telemetry.set_ready("kafka", True)
         telemetry.set_ready("partitions", True)
         telemetry.set_ready("reference", True)
@@ -371,22 +410,22 @@ def test_a_busy_port_is_an_error_that_names_the_setting(registry, serve) -> None
 
 
 @pytest.mark.prometheus
-def test_a_real_prometheus_scrapes_the_exact_values(registry, telemetry, serve,
-                                                    prometheus_server) -> None:
-    registry.register(EngineCollector(lambda: [FRAUD, CANARY],
-                                      on_overflow=telemetry.record_feature_overflow))
+def test_a_real_prometheus_scrapes_the_exact_values(registry, telemetry, serve, prometheus_server) -> None:
+    registry.register(EngineCollector(lambda: [FRAUD, CANARY], on_overflow=telemetry.record_feature_overflow))
     telemetry.record_invalid("missing_field", 3)
     server = serve(telemetry.readiness)
     prom = prometheus_server([f"127.0.0.1:{server.port}"], rule_files=[RULES])
 
     def values(result: list[dict]) -> dict[tuple[str, str], float]:
-        return {(r["metric"]["feature"], r["metric"]["detector"]): float(r["value"][1])
-                for r in result}
+        return {(r["metric"]["feature"], r["metric"]["detector"]): float(r["value"][1]) for r in result}
 
-    stats = prom.wait_for('driftline_drift_statistic{model="fraud",version="v7"}',
-                          lambda r: len(r) == 4)
-    assert values(stats) == {("amount", "ks"): 0.31, ("amount", "psi"): 0.42,
-                             ("country", "chi2"): 12.5, ("prediction", "js"): 0.05}
+    stats = prom.wait_for('driftline_drift_statistic{model="fraud",version="v7"}', lambda r: len(r) == 4)
+    assert values(stats) == {
+        ("amount", "ks"): 0.31,
+        ("amount", "psi"): 0.42,
+        ("country", "chi2"): 12.5,
+        ("prediction", "js"): 0.05,
+    }
     p_values = prom.query('driftline_drift_p_value{model="fraud"}')
     assert values(p_values) == {("amount", "ks"): 1.5e-7, ("country", "chi2"): 0.25}
     (up,) = prom.query('up{job="driftline"}')
@@ -399,11 +438,12 @@ def test_a_real_prometheus_scrapes_the_exact_values(registry, telemetry, serve,
     # the alert rules load and evaluate against the real series: amount's ks p-value and
     # psi statistic are past their thresholds, so DriftlineFeatureDrift is pending for them
     def pending(alerts: list[dict]) -> set[tuple[str, str]]:
-        return {(a["labels"]["feature"], a["labels"]["detector"]) for a in alerts
-                if a["labels"]["alertname"] == "DriftlineFeatureDrift"}
+        return {
+            (a["labels"]["feature"], a["labels"]["detector"])
+            for a in alerts
+            if a["labels"]["alertname"] == "DriftlineFeatureDrift"
+        }
 
-    result = prom.wait_for('ALERTS{alertname="DriftlineFeatureDrift"}',
-                           lambda r: len(r) >= 2)
-    assert pending([{"labels": r["metric"]} for r in result]) == {("amount", "ks"),
-                                                                  ("amount", "psi")}
+    result = prom.wait_for('ALERTS{alertname="DriftlineFeatureDrift"}', lambda r: len(r) >= 2)
+    assert pending([{"labels": r["metric"]} for r in result]) == {("amount", "ks"), ("amount", "psi")}
     assert {r["metric"]["alertstate"] for r in result} == {"pending"}

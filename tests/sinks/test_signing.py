@@ -52,8 +52,7 @@ def test_a_changed_timestamp_breaks_the_signature() -> None:
     assert not verify("k", b"x", f"t={NOW + 10},{digest}", now=NOW + 10)
 
 
-@pytest.mark.parametrize("header", [None, "", "garbage", "t=abc,v1=00", "v1=00", f"t={NOW}",
-                                    f"t={NOW},v1"])
+@pytest.mark.parametrize("header", [None, "", "garbage", "t=abc,v1=00", "v1=00", f"t={NOW}", f"t={NOW},v1"])
 def test_malformed_headers_are_refused(header: str | None) -> None:
     assert not verify("k", b"x", header, now=NOW)
 
@@ -73,7 +72,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def readme_block(after: str, language: str) -> str:
     text = README.read_text()
     start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
-    return text[start:text.index("```", start)]
+    return text[start : text.index("```", start)]
 
 
 def test_the_readme_verification_snippet_verifies_real_signatures() -> None:

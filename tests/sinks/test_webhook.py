@@ -5,31 +5,28 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from driftline.monitor.alarms import Alarm
 from driftline.monitor.exceptions import ConfigError
-from driftline.sinks.policy import idempotency_key
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.outbox import Outbox
+from driftline.sinks.policy import idempotency_key
 from tests.support import Reply, Stall, WebhookReceiver
 
 MakeAlarm = Callable[..., Alarm]
 
 
 def target(receiver: WebhookReceiver, **fields: object) -> dict[str, object]:
-    return {"name": "ci", "url": receiver.url, "secret_env": "DRIFTLINE_TEST_SECRET",
-            "timeout_seconds": 2.0, **fields}
+    return {"name": "ci", "url": receiver.url, "secret_env": "DRIFTLINE_TEST_SECRET", "timeout_seconds": 2.0, **fields}
 
 
-def deliveries(metric: Callable[..., float], outcome: str, target: str = "ci",
-               action: str = "retrain") -> float:
-    return metric("driftline_webhook_deliveries_total", target=target, action=action,
-                  outcome=outcome)
+def deliveries(metric: Callable[..., float], outcome: str, target: str = "ci", action: str = "retrain") -> float:
+    return metric("driftline_webhook_deliveries_total", target=target, action=action, outcome=outcome)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -55,11 +52,26 @@ def test_a_trigger_is_delivered_signed_with_its_idempotency_key(
     assert len(request.headers["x-driftline-delivery"]) == 36
     assert request.headers["content-type"] == "application/json"
     payload = request.json()
-    assert set(payload) == {"schema", "idempotency_key", "model", "version", "action", "reason",
-                            "evidence", "first_index", "last_index", "created_at"}
-    assert (payload["schema"], payload["idempotency_key"], payload["model"], payload["action"],
-            payload["first_index"], payload["last_index"]) == (
-        "driftline.trigger/v1", key, "fraud", "retrain", 200, 299)
+    assert set(payload) == {
+        "schema",
+        "idempotency_key",
+        "model",
+        "version",
+        "action",
+        "reason",
+        "evidence",
+        "first_index",
+        "last_index",
+        "created_at",
+    }
+    assert (
+        payload["schema"],
+        payload["idempotency_key"],
+        payload["model"],
+        payload["action"],
+        payload["first_index"],
+        payload["last_index"],
+    ) == ("driftline.trigger/v1", key, "fraud", "retrain", 200, 299)
     assert payload["evidence"][0]["feature"] == "amount"
     assert "1 feature_drift" in payload["reason"]
     wait_until(lambda: deliveries(metric, "delivered") == 1)
@@ -89,8 +101,11 @@ def test_server_errors_are_retried_until_delivered_exactly_once(
     accepted = receiver.wait_accepted(2)
     wait_until(lambda: deliveries(metric, "delivered") == 2)
     assert sorted(r.idempotency_key for r in accepted) == sorted(
-        [idempotency_key("fraud", "v7", "retrain", [None], 0, 99, [make_alarm(1000.0, index=0)]),
-         idempotency_key("fraud", "v7", "retrain", [None], 100, 199, [make_alarm(2000.0, index=1)])])
+        [
+            idempotency_key("fraud", "v7", "retrain", [None], 0, 99, [make_alarm(1000.0, index=0)]),
+            idempotency_key("fraud", "v7", "retrain", [None], 100, 199, [make_alarm(2000.0, index=1)]),
+        ]
+    )
     assert receiver.duplicates == 0
     assert len(receiver.requests) == 5
     assert deliveries(metric, "retried") == 3
@@ -196,9 +211,7 @@ def test_undelivered_triggers_survive_a_restart_and_are_sent_once(
     assert len(receiver.accepted) == 2 and receiver.duplicates == 0
 
 
-def test_a_replayed_trigger_is_not_recorded_or_sent_again(
-    secret, receivers, make_sink, make_alarm, metric
-) -> None:
+def test_a_replayed_trigger_is_not_recorded_or_sent_again(secret, receivers, make_sink, make_alarm, metric) -> None:
     receiver = receivers(secret=secret)
     alarms = [make_alarm(1000.0, index=7)]
     first = make_sink([target(receiver)])
@@ -218,13 +231,10 @@ def test_a_replayed_trigger_is_not_recorded_or_sent_again(
     assert len(receiver.requests) == 1
 
 
-def test_flush_failure_keeps_the_triggers_for_the_next_flush(
-    tmp_path: Path, receivers, make_sink, make_alarm
-) -> None:
+def test_flush_failure_keeps_the_triggers_for_the_next_flush(tmp_path: Path, receivers, make_sink, make_alarm) -> None:
     receiver = receivers()
     path = tmp_path / "locked.sqlite3"
-    sink = make_sink([target(receiver, secret_env=None)],
-                     outbox=Outbox(path, busy_timeout_seconds=0.05))
+    sink = make_sink([target(receiver, secret_env=None)], outbox=Outbox(path, busy_timeout_seconds=0.05))
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
@@ -243,23 +253,28 @@ def test_flush_failure_keeps_the_triggers_for_the_next_flush(
 def test_each_target_gets_the_actions_it_subscribes_to(receivers, make_sink, make_alarm) -> None:
     both = receivers()
     retrain_only = receivers()
-    sink = make_sink([
-        {"name": "both", "url": both.url},
-        {"name": "retrain-only", "url": retrain_only.url, "actions": ["retrain"]},
-    ])
-    sink.write([make_alarm(1000.0, index=0),
-                make_alarm(1000.0, index=1, kind="regression", action="rollback", version="v8")])
+    sink = make_sink(
+        [
+            {"name": "both", "url": both.url},
+            {"name": "retrain-only", "url": retrain_only.url, "actions": ["retrain"]},
+        ]
+    )
+    sink.write(
+        [make_alarm(1000.0, index=0), make_alarm(1000.0, index=1, kind="regression", action="rollback", version="v8")]
+    )
     sink.flush()
     got = both.wait_accepted(2)
     assert sorted(r.headers["x-driftline-event"] for r in got) == ["retrain", "rollback"]
     (only,) = retrain_only.wait_accepted(1)
     assert only.headers["x-driftline-event"] == "retrain"
     assert sorted((r.target, r.action) for r in sink.outbox.rows()) == [
-        ("both", "retrain"), ("both", "rollback"), ("retrain-only", "retrain")]
+        ("both", "retrain"),
+        ("both", "rollback"),
+        ("retrain-only", "retrain"),
+    ]
 
 
-def test_dry_run_sends_and_records_nothing(receivers, make_sink, make_alarm, metric,
-                                           caplog) -> None:
+def test_dry_run_sends_and_records_nothing(receivers, make_sink, make_alarm, metric, caplog) -> None:
     receiver = receivers()
     sink = make_sink([target(receiver)], policy={"dry_run": True})
     with caplog.at_level(logging.INFO, logger="driftline.sinks"):
@@ -285,35 +300,50 @@ def test_github_and_gitlab_need_a_token(make_sink) -> None:
 
 def test_duplicate_target_names_are_a_config_error(make_sink) -> None:
     with pytest.raises(ConfigError, match="used twice"):
-        make_sink([{"name": "ci", "url": "http://127.0.0.1:1/a"},
-                   {"name": "ci", "url": "http://127.0.0.1:1/b"}])
+        make_sink([{"name": "ci", "url": "http://127.0.0.1:1/a"}, {"name": "ci", "url": "http://127.0.0.1:1/b"}])
 
 
 def test_declared_targets_have_zeroed_delivery_series(make_sink, registry) -> None:
-    make_sink([{"name": "ci", "url": "http://127.0.0.1:1/h", "actions": ["rollback"]}],
-              start=False)
+    make_sink([{"name": "ci", "url": "http://127.0.0.1:1/h", "actions": ["rollback"]}], start=False)
     for outcome in ("delivered", "retried", "failed", "rejected", "dry_run"):
-        assert registry.get_sample_value("driftline_webhook_deliveries_total", {
-            "target": "ci", "action": "rollback", "outcome": outcome}) == 0.0
+        assert (
+            registry.get_sample_value(
+                "driftline_webhook_deliveries_total", {"target": "ci", "action": "rollback", "outcome": outcome}
+            )
+            == 0.0
+        )
 
 
 def test_secrets_never_reach_logs_metrics_or_the_outbox(
-    secret, token, tmp_path: Path, receivers, make_sink, make_alarm,
-    registry: CollectorRegistry, metric, caplog,
+    secret,
+    token,
+    tmp_path: Path,
+    receivers,
+    make_sink,
+    make_alarm,
+    registry: CollectorRegistry,
+    metric,
+    caplog,
 ) -> None:
     # A GitLab target carries the token in the body; the receiver first rejects the
     # request and echoes that body back, which the sink logs as the error reason.
     gitlab = receivers(secret=secret, script=[Reply(400, echo=True)])
     github = receivers(secret=secret, script=[Reply(500), Reply(401, echo=True)])
-    sink = make_sink([
-        target(gitlab, name="gitlab", preset="gitlab", token_env="DRIFTLINE_TEST_TOKEN"),
-        target(github, name="github", preset="github", token_env="DRIFTLINE_TEST_TOKEN"),
-    ])
+    sink = make_sink(
+        [
+            target(gitlab, name="gitlab", preset="gitlab", token_env="DRIFTLINE_TEST_TOKEN"),
+            target(github, name="github", preset="github", token_env="DRIFTLINE_TEST_TOKEN"),
+        ]
+    )
     with caplog.at_level(logging.DEBUG):
         sink.write([make_alarm()])
         sink.flush()
-        wait_until(lambda: deliveries(metric, "rejected", target="gitlab") == 1
-                   and deliveries(metric, "rejected", target="github") == 1)
+        wait_until(
+            lambda: (
+                deliveries(metric, "rejected", target="gitlab") == 1
+                and deliveries(metric, "rejected", target="github") == 1
+            )
+        )
         sink.close()
     assert token in gitlab.requests[0].form()["token"]  # it was really sent...
     assert github.requests[0].headers["authorization"] == f"Bearer {token}"
@@ -335,17 +365,27 @@ def test_secrets_never_reach_logs_metrics_or_the_outbox(
     assert secret not in repr(sink.targets) and token not in repr(sink.targets)
 
 
-def test_presets_render_what_each_service_expects(
-    secret, token, receivers, make_sink, make_alarm
-) -> None:
+def test_presets_render_what_each_service_expects(secret, token, receivers, make_sink, make_alarm) -> None:
     github, gitlab, slack = receivers(secret=secret), receivers(), receivers()
-    sink = make_sink([
-        target(github, name="github", preset="github", token_env="DRIFTLINE_TEST_TOKEN",
-               github_event_type="model-{action}"),
-        {"name": "gitlab", "url": gitlab.url, "preset": "gitlab",
-         "token_env": "DRIFTLINE_TEST_TOKEN", "gitlab_ref": "release"},
-        {"name": "slack", "url": slack.url, "preset": "slack"},
-    ])
+    sink = make_sink(
+        [
+            target(
+                github,
+                name="github",
+                preset="github",
+                token_env="DRIFTLINE_TEST_TOKEN",
+                github_event_type="model-{action}",
+            ),
+            {
+                "name": "gitlab",
+                "url": gitlab.url,
+                "preset": "gitlab",
+                "token_env": "DRIFTLINE_TEST_TOKEN",
+                "gitlab_ref": "release",
+            },
+            {"name": "slack", "url": slack.url, "preset": "slack"},
+        ]
+    )
     sink.write([make_alarm(feature="amount"), make_alarm(feature="country", index=1)])
     sink.flush()
     (gh,) = github.wait_accepted(1)
@@ -358,8 +398,12 @@ def test_presets_render_what_each_service_expects(
     (gl,) = gitlab.wait_accepted(1)
     form = gl.form()
     assert gl.headers["content-type"] == "application/x-www-form-urlencoded"
-    assert (form["token"], form["ref"], form["variables[DRIFTLINE_ACTION]"],
-            form["variables[DRIFTLINE_MODEL]"]) == (token, "release", "retrain", "fraud")
+    assert (form["token"], form["ref"], form["variables[DRIFTLINE_ACTION]"], form["variables[DRIFTLINE_MODEL]"]) == (
+        token,
+        "release",
+        "retrain",
+        "fraud",
+    )
     assert '"schema":"driftline.trigger/v1"' in form["variables[DRIFTLINE_PAYLOAD]"]
 
     (sl,) = slack.wait_accepted(1)
@@ -369,9 +413,7 @@ def test_presets_render_what_each_service_expects(
     assert "`amount`" in str(message["blocks"])
 
 
-def test_close_records_what_was_written_and_stops_delivery(
-    tmp_path: Path, receivers, make_sink, make_alarm
-) -> None:
+def test_close_records_what_was_written_and_stops_delivery(tmp_path: Path, receivers, make_sink, make_alarm) -> None:
     receiver = receivers(start=False)
     sink = make_sink([target(receiver, secret_env=None)])
     sink.write([make_alarm()])

@@ -24,8 +24,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -131,10 +132,23 @@ def alarm(i: int) -> Alarm:
     """Alarm number ``i``: a retrain for two thirds, a rollback for a third, five models."""
     model = f"model-{i % 5}"
     if i % 3 == 2:
-        return Alarm(model, "v8", "regression", "ks", "amount", 0.4, 0.0001, 1e-7,
-                     i * 100, i * 100 + 99, 1000.0 + i, "rollback")
-    return Alarm(model, "v7", "feature_drift", "ks", f"f{i % 4}", 0.31, 0.0001, 1e-7,
-                 i * 100, i * 100 + 99, 1000.0 + i, "retrain")
+        return Alarm(
+            model, "v8", "regression", "ks", "amount", 0.4, 0.0001, 1e-7, i * 100, i * 100 + 99, 1000.0 + i, "rollback"
+        )
+    return Alarm(
+        model,
+        "v7",
+        "feature_drift",
+        "ks",
+        f"f{i % 4}",
+        0.31,
+        0.0001,
+        1e-7,
+        i * 100,
+        i * 100 + 99,
+        1000.0 + i,
+        "retrain",
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -146,30 +160,41 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def test_hundreds_of_triggers_through_faults_and_a_restart_arrive_exactly_once(
-    secret, tmp_path: Path, receivers, make_sink, metric,
+    secret,
+    tmp_path: Path,
+    receivers,
+    make_sink,
+    metric,
 ) -> None:
-    subscriptions = {"both": ["retrain", "rollback"], "retrain-only": ["retrain"],
-                     "rollback-only": ["rollback"]}
-    hosts = {name: receivers(secret=secret, chooser=fault_chooser(name))
-             for name in subscriptions}
-    targets = [{"name": name, "url": hosts[name].url, "actions": actions,
-                "secret_env": "DRIFTLINE_TEST_SECRET", "timeout_seconds": TIMEOUT}
-               for name, actions in subscriptions.items()]
+    subscriptions = {"both": ["retrain", "rollback"], "retrain-only": ["retrain"], "rollback-only": ["rollback"]}
+    hosts = {name: receivers(secret=secret, chooser=fault_chooser(name)) for name in subscriptions}
+    targets = [
+        {
+            "name": name,
+            "url": hosts[name].url,
+            "actions": actions,
+            "secret_env": "DRIFTLINE_TEST_SECRET",
+            "timeout_seconds": TIMEOUT,
+        }
+        for name, actions in subscriptions.items()
+    ]
     retries = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.2}
     attempts_log: list[dict[str, Any]] = []
     lock = threading.Lock()
     alarms = [alarm(i) for i in range(300)]
 
     # First sink: half of the triggers, stopped while deliveries are still under way.
-    first = make_sink(targets, retries=retries, rng=random.Random(SEED),
-                      transport=CountingTransport(attempts_log, lock))
+    first = make_sink(
+        targets, retries=retries, rng=random.Random(SEED), transport=CountingTransport(attempts_log, lock)
+    )
     first.write(alarms[:150])
     triggers = {t.idempotency_key: t.action for t in first.pending_triggers}
     first.flush()
     flappers = [Flapper(r, f"{SEED}:flap:{name}") for name, r in hosts.items()]
     try:
-        wait_until(lambda: sum(len(r.accepted) for r in hosts.values()) >= 75, 60,
-                   "a quarter of the first sink's deliveries")
+        wait_until(
+            lambda: sum(len(r.accepted) for r in hosts.values()) >= 75, 60, "a quarter of the first sink's deliveries"
+        )
         first.close()
         box = Outbox(tmp_path / "outbox.sqlite3")
         try:
@@ -180,8 +205,9 @@ def test_hundreds_of_triggers_through_faults_and_a_restart_arrive_exactly_once(
 
         # Second sink over the same outbox: alarms it had recorded come again (a replay
         # after a crash), then the other half.
-        second = make_sink(targets, retries=retries, rng=random.Random(SEED + 1),
-                           transport=CountingTransport(attempts_log, lock))
+        second = make_sink(
+            targets, retries=retries, rng=random.Random(SEED + 1), transport=CountingTransport(attempts_log, lock)
+        )
         second.write(alarms[:60])
         replayed = {t.idempotency_key for t in second.pending_triggers}
         assert replayed <= set(triggers) and len(replayed) == 60
@@ -196,8 +222,7 @@ def test_hundreds_of_triggers_through_faults_and_a_restart_arrive_exactly_once(
                 return any(e["outcome"] == "ConnectError" for e in attempts_log)
 
         # Outages go on while the second sink works, until some attempts met them.
-        wait_until(lambda: sum(f.outages for f in flappers) >= 6 and refused(), 60,
-                   "outages that refuse attempts")
+        wait_until(lambda: sum(f.outages for f in flappers) >= 6 and refused(), 60, "outages that refuse attempts")
     finally:
         for flapper in flappers:
             flapper.stop()
@@ -213,13 +238,10 @@ def test_hundreds_of_triggers_through_faults_and_a_restart_arrive_exactly_once(
         assert len(got) == len(set(got))
         assert set(got) == expected, name
         assert all(r.signature_valid for r in receiver.requests)
-        assert {r.headers["x-driftline-event"] for r in receiver.requests} <= set(
-            subscriptions[name])
-        assert all(triggers[r.idempotency_key] == r.headers["x-driftline-event"]
-                   for r in receiver.requests)
+        assert {r.headers["x-driftline-event"] for r in receiver.requests} <= set(subscriptions[name])
+        assert all(triggers[r.idempotency_key] == r.headers["x-driftline-event"] for r in receiver.requests)
     assert {(r.target, r.status) for r in rows} == {(name, "delivered") for name in hosts}
-    assert len(rows) == sum(1 for k, a in triggers.items() for n in subscriptions
-                            if a in subscriptions[n])
+    assert len(rows) == sum(1 for k, a in triggers.items() for n in subscriptions if a in subscriptions[n])
     faults = Counter(r.fault for h in hosts.values() for r in h.requests)
     assert all(faults[f] > 0 for f in ("ok", "reply", "stall", "reset", "slow_body")), faults
     assert sum(h.duplicates for h in hosts.values()) > 0  # processed, answer lost, re-sent
@@ -232,34 +254,43 @@ def test_hundreds_of_triggers_through_faults_and_a_restart_arrive_exactly_once(
     assert sum(per_row.values()) == sum(row.attempts for row in rows)
     client_ids = {e["delivery"] for e in attempts_log}
     assert len(client_ids) == len(attempts_log)
-    for name, receiver in hosts.items():
+    for receiver in hosts.values():
         seen_ids = {r.delivery_id for r in receiver.requests}
         assert len(seen_ids) == len(receiver.requests)
         assert seen_ids <= client_ids, "the receiver got a request the client did not send"
-        answered = {e["delivery"] for e in attempts_log
-                    if e["port"] == receiver.port and isinstance(e["outcome"], int)}
+        answered = {e["delivery"] for e in attempts_log if e["port"] == receiver.port and isinstance(e["outcome"], int)}
         assert answered <= seen_ids, "an answer came from somewhere else"
-        refused = [e for e in attempts_log
-                   if e["port"] == receiver.port and e["outcome"] == "ConnectError"]
+        refused = [e for e in attempts_log if e["port"] == receiver.port and e["outcome"] == "ConnectError"]
         assert not {e["delivery"] for e in refused} & seen_ids
     refused_total = sum(1 for e in attempts_log if e["outcome"] == "ConnectError")
     assert refused_total > 0
     for name in hosts:
         target_rows = [r for r in rows if r.target == name]
-        outcomes = {outcome: sum(metric("driftline_webhook_deliveries_total", target=name,
-                                        action=action, outcome=outcome)
-                                 for action in subscriptions[name])
-                    for outcome in ("delivered", "retried", "failed", "rejected")}
+        outcomes = {
+            outcome: sum(
+                metric("driftline_webhook_deliveries_total", target=name, action=action, outcome=outcome)
+                for action in subscriptions[name]
+            )
+            for outcome in ("delivered", "retried", "failed", "rejected")
+        }
         assert outcomes["delivered"] == len(target_rows)
         assert outcomes["delivered"] + outcomes["retried"] == sum(r.attempts for r in target_rows)
         assert outcomes["failed"] == outcomes["rejected"] == 0
-    assert sum(metric("driftline_triggers_total", model=f"model-{m}", action=a)
-               for m in range(5) for a in ("retrain", "rollback")) == 300
+    assert (
+        sum(
+            metric("driftline_triggers_total", model=f"model-{m}", action=a)
+            for m in range(5)
+            for a in ("retrain", "rollback")
+        )
+        == 300
+    )
     assert metric("driftline_webhook_outbox_pending") == 0
     assert metric("driftline_webhook_outbox_failed") == 0
-    print(f"chaos: {len(rows)} rows, {len(attempts_log)} attempts ({refused_total} refused, "
-          f"{sum(f.outages for f in flappers)} outages), receiver faults {dict(faults)}, "
-          f"{sum(h.duplicates for h in hosts.values())} duplicates dropped")
+    print(
+        f"chaos: {len(rows)} rows, {len(attempts_log)} attempts ({refused_total} refused, "
+        f"{sum(f.outages for f in flappers)} outages), receiver faults {dict(faults)}, "
+        f"{sum(h.duplicates for h in hosts.values())} duplicates dropped"
+    )
 
 
 # ---- long outages on a fake clock --------------------------------------------------------
@@ -292,18 +323,17 @@ def run_until(sink: Any, clock: FakeClock, until: float) -> list[float]:
         clock.now = max(clock.now, next_at)
 
 
-def test_the_default_retries_outlast_a_six_hour_outage(
-    secret, receivers, make_sink, make_alarm, metric
-) -> None:
+def test_the_default_retries_outlast_a_six_hour_outage(secret, receivers, make_sink, make_alarm, metric) -> None:
     assert DEFAULT_TARGET.max_attempts is None
     start = time.time()
     clock = FakeClock(start)
     receiver = receivers(secret=secret, start=False, clock=clock)
     sink = make_sink(
         [{"name": "ci", "url": receiver.url, "secret_env": "DRIFTLINE_TEST_SECRET"}],
-        retries={"retry_base_seconds": DEFAULTS.retry_base_seconds,
-                 "retry_max_seconds": DEFAULTS.retry_max_seconds},
-        clock=clock, rng=random.Random(SEED), start=False,
+        retries={"retry_base_seconds": DEFAULTS.retry_base_seconds, "retry_max_seconds": DEFAULTS.retry_max_seconds},
+        clock=clock,
+        rng=random.Random(SEED),
+        start=False,
     )
     sink.write([make_alarm(1000.0, index=0), make_alarm(2000.0, index=1)])
     sink.flush()
@@ -313,8 +343,7 @@ def test_the_default_retries_outlast_a_six_hour_outage(
     assert max(b - a for a, b in zip(times, times[1:])) <= DEFAULTS.retry_max_seconds + 1e-6
     assert {r.status for r in sink.outbox.rows()} == {"pending"}
     assert all(r.attempts > 8 for r in sink.outbox.rows())
-    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain",
-                  outcome="failed") == 0
+    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain", outcome="failed") == 0
 
     receiver.start()
     back = clock.now
@@ -333,9 +362,10 @@ def test_past_the_horizon_a_trigger_fails_visibly_and_resend_delivers_it(
     receiver = receivers(secret=secret, start=False, clock=clock)
     sink = make_sink(
         [{"name": "ci", "url": receiver.url, "secret_env": "DRIFTLINE_TEST_SECRET"}],
-        retries={"retry_base_seconds": DEFAULTS.retry_base_seconds,
-                 "retry_max_seconds": DEFAULTS.retry_max_seconds},
-        clock=clock, rng=random.Random(SEED), start=False,
+        retries={"retry_base_seconds": DEFAULTS.retry_base_seconds, "retry_max_seconds": DEFAULTS.retry_max_seconds},
+        clock=clock,
+        rng=random.Random(SEED),
+        start=False,
     )
     sink.write([make_alarm(1000.0, index=3)])
     sink.flush()
@@ -346,26 +376,42 @@ def test_past_the_horizon_a_trigger_fails_visibly_and_resend_delivers_it(
     (row,) = sink.outbox.rows()
     assert row.status == "failed" and row.attempts == len(times)
     assert times[-1] == pytest.approx(horizon)  # the last attempt came at the horizon
-    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain",
-                  outcome="failed") == 1
+    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain", outcome="failed") == 1
     assert metric("driftline_webhook_outbox_failed") == 1
     assert metric("driftline_webhook_outbox_pending") == 0
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     short = row.idempotency_key[:12]
     text = error.getMessage()
-    for part in ("retrain", "fraud", short, "'ci'", "failed for good", "72.0h",
-                 f"driftline webhooks resend --key {short} --target ci"):
+    for part in (
+        "retrain",
+        "fraud",
+        short,
+        "'ci'",
+        "failed for good",
+        "72.0h",
+        f"driftline webhooks resend --key {short} --target ci",
+    ):
         assert part in text, part
     assert receiver.url not in caplog.text
 
     cli = [sys.executable, "-m", "driftline.cli", "webhooks"]
-    listed = subprocess.run([*cli, "list", "--status", "failed", "--state-dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    listed = subprocess.run(
+        [*cli, "list", "--status", "failed", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     assert short in listed.stdout and "failed" in listed.stdout
     assert receiver.url not in listed.stdout
-    resent = subprocess.run([*cli, "resend", "--key", short, "--state-dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    resent = subprocess.run(
+        [*cli, "resend", "--key", short, "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert resent.returncode == 0, resent.stderr
     assert f"key {short}" in resent.stdout and "1 delivery(ies) pending again" in resent.stdout
     (row,) = sink.outbox.rows()
@@ -389,9 +435,10 @@ def test_a_target_that_is_down_costs_one_attempt_per_round_and_holds_up_no_other
     down, up = receivers(start=False), receivers()
     sink = make_sink(
         [{"name": "down", "url": down.url}, {"name": "up", "url": up.url}],
-        retries={"retry_base_seconds": DEFAULTS.retry_base_seconds,
-                 "retry_max_seconds": DEFAULTS.retry_max_seconds},
-        clock=clock, rng=random.Random(SEED), start=False,
+        retries={"retry_base_seconds": DEFAULTS.retry_base_seconds, "retry_max_seconds": DEFAULTS.retry_max_seconds},
+        clock=clock,
+        rng=random.Random(SEED),
+        start=False,
     )
     sink.write([make_alarm(1000.0 + i, index=i) for i in range(5)])
     sink.flush()

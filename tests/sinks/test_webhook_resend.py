@@ -9,8 +9,8 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tests.support import Reply
 
@@ -34,15 +34,23 @@ def test_a_failed_trigger_is_visible_and_resent_to_the_running_sink(
     secret, tmp_path: Path, receivers, make_sink, make_alarm, metric, caplog
 ) -> None:
     receiver = receivers(secret=secret, script=[Reply(503), Reply(503)])
-    ci = {"name": "ci", "url": receiver.url, "secret_env": "DRIFTLINE_TEST_SECRET",
-          "max_attempts": 2, "timeout_seconds": 2.0}
+    ci = {
+        "name": "ci",
+        "url": receiver.url,
+        "secret_env": "DRIFTLINE_TEST_SECRET",
+        "max_attempts": 2,
+        "timeout_seconds": 2.0,
+    }
     other = receivers()
     sink = make_sink([ci, {"name": "other", "url": other.url}])
     with caplog.at_level(logging.ERROR, logger="sinks"):
         sink.write([make_alarm(1000.0, index=4)])
         sink.flush()
-        wait_until(lambda: metric("driftline_webhook_deliveries_total", target="ci",
-                                  action="retrain", outcome="failed") == 1, 20, "failed")
+        wait_until(
+            lambda: metric("driftline_webhook_deliveries_total", target="ci", action="retrain", outcome="failed") == 1,
+            20,
+            "failed",
+        )
     other.wait_accepted(1)
     wait_until(lambda: metric("driftline_webhook_outbox_failed") == 1, 10, "the failed gauge")
     (row,) = [r for r in sink.outbox.rows() if r.target == "ci"]
@@ -56,7 +64,11 @@ def test_a_failed_trigger_is_visible_and_resent_to_the_running_sink(
     assert listed.returncode == 0, listed.stderr
     (shown,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert (shown["target"], shown["idempotency_key"], shown["status"], shown["attempts"]) == (
-        "ci", row.idempotency_key, "failed", 2)
+        "ci",
+        row.idempotency_key,
+        "failed",
+        2,
+    )
     assert receiver.url not in listed.stdout
 
     wrong = cli("resend", "--key", short, "--target", "other", "--state-dir", str(tmp_path))
@@ -68,12 +80,14 @@ def test_a_failed_trigger_is_visible_and_resent_to_the_running_sink(
     # The sink's delivery thread finds the row in the shared file on its own.
     (request,) = receiver.wait_accepted(1, timeout=30)
     assert request.idempotency_key == row.idempotency_key and request.signature_valid
-    wait_until(lambda: sink.outbox.get("ci", row.idempotency_key).status == "delivered",  # type: ignore[union-attr]
-               10, "delivered")
+    wait_until(
+        lambda: sink.outbox.get("ci", row.idempotency_key).status == "delivered",  # type: ignore[union-attr]
+        10,
+        "delivered",
+    )
     assert sink.outbox.get("ci", row.idempotency_key).attempts == 1  # type: ignore[union-attr]
     wait_until(lambda: metric("driftline_webhook_outbox_failed") == 0, 10, "the gauge back to 0")
-    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain",
-                  outcome="delivered") == 1
+    assert metric("driftline_webhook_deliveries_total", target="ci", action="retrain", outcome="delivered") == 1
     assert len(other.accepted) == 1 and receiver.duplicates == 0
 
     again = cli("resend", "--all-failed", "--state-dir", str(tmp_path))

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import httpx
 import yaml
@@ -31,9 +32,7 @@ Result = list[dict[str, Any]]
 
 def prometheus_binary() -> str | None:
     """The prometheus executable, or None when it is not installed."""
-    return shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").is_file() else None
-    )
+    return shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").is_file() else None)
 
 
 class PrometheusServer:
@@ -92,24 +91,24 @@ class PrometheusServer:
         assert self._workdir is not None
         interval = f"{int(self.scrape_interval * 1000)}ms"
         config = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                       "scrape_timeout": interval},
+            "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
             "rule_files": self.rule_files,
-            "scrape_configs": [{
-                "job_name": self.job,
-                "static_configs": [{"targets": self.targets}],
-            }],
+            "scrape_configs": [
+                {
+                    "job_name": self.job,
+                    "static_configs": [{"targets": self.targets}],
+                }
+            ],
         }
         path = self._workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         return path
 
-    def start(self) -> "PrometheusServer":
+    def start(self) -> PrometheusServer:
         binary = prometheus_binary()
         if binary is None:
             raise FileNotFoundError(
-                "prometheus is not installed: install Debian's 'prometheus' package "
-                "(make system-deps does)"
+                "prometheus is not installed: install Debian's 'prometheus' package (make system-deps does)"
             )
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="driftline-prometheus-"))
@@ -120,11 +119,16 @@ class PrometheusServer:
             self.port = free_port()
             self._log_file = open(self.log_path, "wb")
             self._proc = subprocess.Popen(
-                [binary, f"--config.file={config}",
-                 f"--storage.tsdb.path={self._workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}",
-                 "--log.level=warn"],
-                stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self._workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
             self._client = httpx.Client(base_url=self.url, timeout=5.0, trust_env=False)
             if self._wait_ready() or "address already in use" not in self._log_tail() or attempt == 4:
@@ -146,7 +150,7 @@ class PrometheusServer:
             time.sleep(0.1)
         return False
 
-    def _ready_or_raise(self) -> "PrometheusServer":
+    def _ready_or_raise(self) -> PrometheusServer:
         if self._proc.poll() is None:
             try:
                 if self._client.get("/-/ready").status_code == 200:
@@ -195,10 +199,7 @@ class PrometheusServer:
             if predicate(result):
                 return result
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{promql!r} did not satisfy the condition within {timeout}s; last "
-                    f"result: {result}"
-                )
+                raise TimeoutError(f"{promql!r} did not satisfy the condition within {timeout}s; last result: {result}")
             time.sleep(min(0.2, self.scrape_interval / 4))
 
     def active_targets(self) -> list[dict[str, Any]]:
@@ -223,7 +224,7 @@ class PrometheusServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def __enter__(self) -> "PrometheusServer":
+    def __enter__(self) -> PrometheusServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

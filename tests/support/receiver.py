@@ -36,9 +36,10 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs
 
 from driftline.sinks.signing import SIGNATURE_HEADER, verify
@@ -118,7 +119,7 @@ class ReceivedRequest:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the handler threads
-    receiver: "WebhookReceiver"
+    receiver: WebhookReceiver
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A sender that timed out has hung up before a stalled answer: expected here.
@@ -135,16 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
         request = ReceivedRequest(
-            method="POST", path=self.path,
+            method="POST",
+            path=self.path,
             headers={k.lower(): v for k, v in self.headers.items()},
-            body=body, at=time.monotonic(),
+            body=body,
+            at=time.monotonic(),
         )
         receiver = self.server.receiver
         status, headers, answer, step = receiver._handle(request)
         if isinstance(step, Reset):
             # SO_LINGER 0: close() sends a RST, as a crashing proxy or receiver does.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
             return
@@ -158,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(step, SlowBody) and answer:
             pause = step.seconds / len(answer)
             for i in range(len(answer)):
-                self.wfile.write(answer[i:i + 1])
+                self.wfile.write(answer[i : i + 1])
                 if receiver._stopping.wait(pause):
                     break
             return
@@ -231,16 +233,16 @@ class WebhookReceiver:
 
     # ---- the application -------------------------------------------------------------
 
-    def _handle(
-        self, request: ReceivedRequest
-    ) -> tuple[int, dict[str, str], bytes, Step | None]:
+    def _handle(self, request: ReceivedRequest) -> tuple[int, dict[str, str], bytes, Step | None]:
         with self._cond:
             self.requests.append(request)
             try:
                 if self.secret is not None:
                     request.signature_valid = verify(
-                        self.secret, request.body,
-                        request.headers.get(SIGNATURE_HEADER.lower()), now=self._clock(),
+                        self.secret,
+                        request.body,
+                        request.headers.get(SIGNATURE_HEADER.lower()),
+                        now=self._clock(),
                     )
                     if not request.signature_valid:
                         request.status = 401
@@ -289,9 +291,7 @@ class WebhookReceiver:
 
     # ---- waiting ------------------------------------------------------------------------
 
-    def wait_for(
-        self, predicate: Callable[["WebhookReceiver"], bool], timeout: float = 10.0
-    ) -> None:
+    def wait_for(self, predicate: Callable[[WebhookReceiver], bool], timeout: float = 10.0) -> None:
         """Block until ``predicate(self)`` holds (checked at each request).
 
         Raises
@@ -318,7 +318,7 @@ class WebhookReceiver:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         """Listen (again, after :meth:`stop`: on the same port)."""
         if self._server is not None:
             return self
@@ -331,8 +331,10 @@ class WebhookReceiver:
         server.receiver = self
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="webhook-receiver", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="webhook-receiver",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -355,7 +357,7 @@ class WebhookReceiver:
             self._thread.join(timeout=5.0)
             self._thread = None
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         return self.start() if self._autostart else self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,16 +18,27 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import httpx
 import orjson
 import yaml
 
 __all__ = [
-    "DriftlineProcess", "wait_for", "write_config", "committed_total", "metric_values",
-    "read_alarms", "alarm_set", "describe", "outbox_rows", "trigger_identity", "replay", "REPO",
+    "DriftlineProcess",
+    "wait_for",
+    "write_config",
+    "committed_total",
+    "metric_values",
+    "read_alarms",
+    "alarm_set",
+    "describe",
+    "outbox_rows",
+    "trigger_identity",
+    "replay",
+    "REPO",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,38 +55,53 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def write_config(path: Path, *, broker: Any = None, topics: Mapping[str, str] | None = None,
-                 group: str = "g", state_dir: Path, alarms: Path | None = None,
-                 webhook_url: str | None = None, secret_env: str | None = None,
-                 consumer_process: bool = True, max_poll_records: int = 500,
-                 checkpoint_interval_seconds: float = 0.0, cooldown_seconds: float = 0.0,
-                 defaults: Mapping[str, Any] | None = None) -> Path:
+def write_config(
+    path: Path,
+    *,
+    broker: Any = None,
+    topics: Mapping[str, str] | None = None,
+    group: str = "g",
+    state_dir: Path,
+    alarms: Path | None = None,
+    webhook_url: str | None = None,
+    secret_env: str | None = None,
+    consumer_process: bool = True,
+    max_poll_records: int = 500,
+    checkpoint_interval_seconds: float = 0.0,
+    cooldown_seconds: float = 0.0,
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
     """A driftline YAML configuration with small windows (alarms within a few thousand
     events) and, when ``webhook_url`` is given, one target triggered by every alarm."""
     cfg: dict[str, Any] = {
         "state_dir": str(state_dir),
         "checkpoint_interval_seconds": checkpoint_interval_seconds,
         "prometheus": {"host": "127.0.0.1", "port": 0},
-        "defaults": dict(defaults or {"reference": {"size": 1000}, "window": {"size": 500},
-                                      "performance": {"window": 250}}),
+        "defaults": dict(
+            defaults or {"reference": {"size": 1000}, "window": {"size": 500}, "performance": {"window": 250}}
+        ),
     }
     if alarms is not None:
         cfg["alarms_jsonl"] = str(alarms)
     if broker is not None and topics is not None:
         cfg["kafka"] = {
-            "bootstrap_servers": broker.bootstrap_servers, "group_id": group,
-            "predictions_topic": topics["predictions"], "feedback_topic": topics["feedback"],
-            "dead_letter_topic": topics["dead_letter"], "session_timeout_ms": 6000,
-            "poll_timeout_ms": 200, "max_poll_records": max_poll_records,
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": group,
+            "predictions_topic": topics["predictions"],
+            "feedback_topic": topics["feedback"],
+            "dead_letter_topic": topics["dead_letter"],
+            "session_timeout_ms": 6000,
+            "poll_timeout_ms": 200,
+            "max_poll_records": max_poll_records,
             "consumer_process": consumer_process,
         }
     if webhook_url is not None:
-        target: dict[str, Any] = {"name": "ci", "url": webhook_url, "timeout_seconds": 1.0,
-                                  "max_attempts": 10_000}
+        target: dict[str, Any] = {"name": "ci", "url": webhook_url, "timeout_seconds": 1.0, "max_attempts": 10_000}
         if secret_env:
             target["secret_env"] = secret_env
         cfg["webhooks"] = {
-            "retry_base_seconds": 0.05, "retry_max_seconds": 0.5,
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.5,
             "policy": {"min_alarms": 1, "cooldown_seconds": cooldown_seconds},
             "targets": [target],
         }
@@ -99,13 +125,19 @@ class DriftlineProcess:
         Extra environment (webhook secrets).
     """
 
-    def __init__(self, config: Path, workdir: Path, *, crash: tuple[str, int] | None = None,
-                 env: Mapping[str, str] | None = None, name: str = "run") -> None:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        *,
+        crash: tuple[str, int] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str = "run",
+    ) -> None:
         self.port_file = workdir / f"{name}.port"
         self.log_path = workdir / f"{name}.log"
         self.port_file.unlink(missing_ok=True)
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("DRIFTLINE_", "CRASHPOINT"))}
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIFTLINE_", "CRASHPOINT"))}
         full_env.update(env or {})
         full_env["CRASHPOINT_PORT_FILE"] = str(self.port_file)
         full_env["PYTHONPATH"] = str(REPO)
@@ -113,9 +145,23 @@ class DriftlineProcess:
             full_env["CRASHPOINT"], full_env["CRASHPOINT_AT"] = crash[0], str(crash[1])
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.crashpoint", "run", "--config", str(config),
-             "--metrics-port", "0", "--log-level", "INFO"],
-            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "tests.support.crashpoint",
+                "run",
+                "--config",
+                str(config),
+                "--metrics-port",
+                "0",
+                "--log-level",
+                "INFO",
+            ],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def port(self) -> int | None:
@@ -161,7 +207,7 @@ class DriftlineProcess:
         self.kill()
         self._log.close()
 
-    def __enter__(self) -> "DriftlineProcess":
+    def __enter__(self) -> DriftlineProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,15 +218,14 @@ def committed_total(broker: Any, group: str, topic: str, partitions: int = 2) ->
     """Sum of the group's committed offsets over the topic's partitions."""
     from kafka import KafkaConsumer, TopicPartition
 
-    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group,
-                          enable_auto_commit=False)
+    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False)
     try:
         return sum(probe.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
     finally:
         probe.close()
 
 
-_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$', re.M)
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.M)
 
 
 def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -210,8 +255,18 @@ def describe(alarms: Iterable[bytes]) -> list[tuple]:
     out = []
     for raw in alarms:
         a = orjson.loads(raw)
-        out.append((a["model"], a["version"], a["kind"], a["detector"], a["feature"] or "",
-                    a["first_index"], a["last_index"], round(a["statistic"] or 0.0, 6)))
+        out.append(
+            (
+                a["model"],
+                a["version"],
+                a["kind"],
+                a["detector"],
+                a["feature"] or "",
+                a["first_index"],
+                a["last_index"],
+                round(a["statistic"] or 0.0, 6),
+            )
+        )
     return sorted(out)
 
 
@@ -223,14 +278,14 @@ def outbox_rows(state_dir: Path) -> list[dict[str, Any]]:
         return []
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        rows = con.execute(
-            "select idempotency_key, status, attempts, payload from deliveries").fetchall()
+        rows = con.execute("select idempotency_key, status, attempts, payload from deliveries").fetchall()
     except sqlite3.OperationalError:  # the table is created by the service; not yet there
         return []
     finally:
         con.close()
-    return [{"key": k, "status": s, "attempts": n, "identity": trigger_identity(orjson.loads(p))}
-            for k, s, n, p in rows]
+    return [
+        {"key": k, "status": s, "attempts": n, "identity": trigger_identity(orjson.loads(p))} for k, s, n, p in rows
+    ]
 
 
 def trigger_identity(payload: Mapping[str, Any]) -> tuple:
@@ -238,23 +293,51 @@ def trigger_identity(payload: Mapping[str, Any]) -> tuple:
     includes source positions, which differ between Kafka and a file): model, version,
     action, evidence window and what each evidence alarm says, from the generic payload
     (two triggers may share a window: a cooldown of 0, two alarms of one window)."""
-    evidence = tuple(sorted((a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])
-                            for a in payload["evidence"]))
-    return (payload["model"], payload["version"], payload["action"], payload["first_index"],
-            payload["last_index"], evidence)
+    evidence = tuple(
+        sorted(
+            (a["kind"], a["detector"], a["feature"] or "", a["first_index"], a["last_index"])
+            for a in payload["evidence"]
+        )
+    )
+    return (
+        payload["model"],
+        payload["version"],
+        payload["action"],
+        payload["first_index"],
+        payload["last_index"],
+        evidence,
+    )
 
 
-def replay(tmp: Path, predictions: list[dict], feedback: list[dict], config: Path,
-           *, with_webhooks: bool = False, state_dir: Path | None = None,
-           batch_size: int | None = None, name: str = "replay") -> list[dict[str, Any]]:
+def replay(
+    tmp: Path,
+    predictions: list[dict],
+    feedback: list[dict],
+    config: Path,
+    *,
+    with_webhooks: bool = False,
+    state_dir: Path | None = None,
+    batch_size: int | None = None,
+    name: str = "replay",
+) -> list[dict[str, Any]]:
     """``driftline replay`` of the events (in-process, through the CLI); its alarms."""
     from driftline.cli import main
 
     p, f, out = tmp / f"{name}-p.jsonl", tmp / f"{name}-f.jsonl", tmp / f"{name}-alarms.jsonl"
     p.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in predictions))
     f.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in feedback))
-    argv = ["replay", "--predictions", str(p), "--feedback", str(f), "--config", str(config),
-            "--alarms", str(out), "--quiet"]
+    argv = [
+        "replay",
+        "--predictions",
+        str(p),
+        "--feedback",
+        str(f),
+        "--config",
+        str(config),
+        "--alarms",
+        str(out),
+        "--quiet",
+    ]
     if with_webhooks:
         argv.append("--with-webhooks")
     if state_dir is not None:

@@ -56,20 +56,93 @@ def make_certs(directory: Path, key_password: str = "key-pass-5150") -> Certs:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out",
-                 f"{ca}.pem", "-days", "2", "-subj", f"/CN=driftline test {ca}", cwd=d)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=driftline test {ca}",
+            cwd=d,
+        )
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=127.0.0.1", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-passout", f"pass:{key_password}", "-keyout", "client.key",
-             "-out", "client.csr", "-subj", "/CN=driftline", cwd=d)
-    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "client.pem", "-days", "2", cwd=d)
-    return Certs(ca=d / "ca.pem", server_cert=d / "server.pem", server_key=d / "server.key",
-                 client_cert=d / "client.pem", client_key=d / "client.key",
-                 key_password=key_password, other_ca=d / "other-ca.pem")
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-passout",
+        f"pass:{key_password}",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=driftline",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+        cwd=d,
+    )
+    return Certs(
+        ca=d / "ca.pem",
+        server_cert=d / "server.pem",
+        server_key=d / "server.key",
+        client_cert=d / "client.pem",
+        client_key=d / "client.key",
+        key_password=key_password,
+        other_ca=d / "other-ca.pem",
+    )
 
 
 class TlsBroker:
@@ -109,10 +182,21 @@ class TlsBroker:
     def __enter__(self) -> TlsBroker:
         advertised = f"tcp://127.0.0.1:{self.port}"
         self._proc = subprocess.Popen(
-            [str(broker_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self._backend_port}",
-             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "warn"})
+            [
+                str(broker_binary()),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{self._backend_port}",
+                "--advertised-listener-url",
+                advertised,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"},
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
