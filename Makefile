@@ -68,8 +68,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_detectors.py --check
 	$(PY) benchmarks/bench_statistics.py --repeats 60 --check
+	$(PY) benchmarks/bench_windows.py --events 200000 --repeats 5
+	$(PY) benchmarks/bench_segments.py
 	$(PY) benchmarks/bench_quality.py --seeds 20 --check
 	$(PY) benchmarks/bench_service.py --events 200000 --repeats 9 --check
+	$(PY) benchmarks/bench_scaleout.py --events 300000 --repeats 3 --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
