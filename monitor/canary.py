@@ -58,7 +58,41 @@ def latency_regression(
     return baseline, []
 
 
-class ErrorRegression:
+class _VersionTests:
+    """The per-version bookkeeping both canary tests share: each version's test, where
+    its evidence starts, the bounds of the prediction indices it may come from, and the
+    versions already decided (:attr:`decided`, named by each test)."""
+
+    def __init__(self) -> None:
+        self.tests: dict[str, TwoSampleMSPRT] = {}
+        self.start: dict[str, float] = {}  # evidence start of each version's test
+        self.bounds: dict[str, list[int]] = {}  # version -> [first, end) prediction indices its evidence may come from
+
+    @property
+    def decided(self) -> set[str]:
+        raise NotImplementedError
+
+    def forget(self, version: str) -> None:
+        """Drop a version's test (it is no longer tracked)."""
+        self.tests.pop(version, None)
+        self.start.pop(version, None)
+        self.decided.discard(version)
+        self.bounds.pop(version, None)
+
+    def restart(self, version: str, at: int) -> None:
+        """Start a version's test afresh on the evidence of predictions from index ``at``
+        (a new deployment, or a new stable version to compare with)."""
+        self.forget(version)
+        self.bounds[version] = [at, _NO_END]
+
+    def stop(self, version: str, at: int) -> None:
+        """Stop a version's test at prediction index ``at`` (rolled back): labels of its
+        earlier predictions still count, whenever they arrive, so the verdict does not
+        depend on how the stream was cut into batches."""
+        self.bounds[version] = [self.bounds.get(version, [0, _NO_END])[0], at]
+
+
+class ErrorRegression(_VersionTests):
     """One mixture SPRT per newer version on its errors against the stable version's.
 
     The stable side is its labels of predictions made since the newer version's first
@@ -67,10 +101,12 @@ class ErrorRegression:
     """
 
     def __init__(self) -> None:
-        self.tests: dict[str, TwoSampleMSPRT] = {}
-        self.start: dict[str, float] = {}  # evidence start of each version's test
+        super().__init__()
         self.regressed: set[str] = set()  # versions already found worse than the stable one (or left out)
-        self.bounds: dict[str, list[int]] = {}  # version -> [first, end) prediction indices its evidence may come from
+
+    @property
+    def decided(self) -> set[str]:
+        return self.regressed
 
     def update(
         self,
@@ -126,25 +162,6 @@ class ErrorRegression:
                 )
         return alarms
 
-    def forget(self, version: str) -> None:
-        """Drop a version's test (it is no longer tracked)."""
-        self.tests.pop(version, None)
-        self.start.pop(version, None)
-        self.regressed.discard(version)
-        self.bounds.pop(version, None)
-
-    def restart(self, version: str, at: int) -> None:
-        """Start a version's test afresh on the evidence of predictions from index ``at``
-        (a new deployment, or a new stable version to compare with)."""
-        self.forget(version)
-        self.bounds[version] = [at, _NO_END]
-
-    def stop(self, version: str, at: int) -> None:
-        """Stop a version's test at prediction index ``at`` (rolled back): labels of its
-        earlier predictions still count, whenever they arrive, so the verdict does not
-        depend on how the stream was cut into batches."""
-        self.bounds[version] = [self.bounds.get(version, [0, _NO_END])[0], at]
-
     def exclude(self, version: str) -> None:
         """Never test a version again (the former stable one) until :meth:`forget`."""
         self.tests.pop(version, None)
@@ -193,7 +210,7 @@ def group_moments(test: TwoSampleMSPRT) -> tuple[int, int, float, float, float, 
     return int(n[1]), int(n[0]), float(mean[1]), float(mean[0]), float(var[1]), float(var[0])
 
 
-class NonInferiority:
+class NonInferiority(_VersionTests):
     """One always-valid test of non-inferiority per canary: its error rate is not worse
     than the stable version's by ``margin`` or more.
 
@@ -214,10 +231,12 @@ class NonInferiority:
     """
 
     def __init__(self) -> None:
-        self.tests: dict[str, TwoSampleMSPRT] = {}
-        self.start: dict[str, float] = {}
+        super().__init__()
         self.ready: set[str] = set()  # canaries already found not inferior
-        self.bounds: dict[str, list[int]] = {}  # as ErrorRegression.bounds
+
+    @property
+    def decided(self) -> set[str]:
+        return self.ready
 
     def update(
         self,
@@ -266,22 +285,6 @@ class NonInferiority:
                     )
                 )
         return alarms
-
-    def forget(self, version: str) -> None:
-        """Drop a version's test (promoted or freed)."""
-        self.tests.pop(version, None)
-        self.start.pop(version, None)
-        self.ready.discard(version)
-        self.bounds.pop(version, None)
-
-    def restart(self, version: str, at: int) -> None:
-        """As :meth:`ErrorRegression.restart`."""
-        self.forget(version)
-        self.bounds[version] = [at, _NO_END]
-
-    def stop(self, version: str, at: int) -> None:
-        """As :meth:`ErrorRegression.stop`."""
-        self.bounds[version] = [self.bounds.get(version, [0, _NO_END])[0], at]
 
     def state_dict(self) -> dict[str, Any]:
         return {
