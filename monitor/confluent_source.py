@@ -43,6 +43,7 @@ from driftline.monitor.sources import (
     SourceStatus,
     _Gate,
     _lag,
+    warn_if_not_copartitioned,
 )
 
 if TYPE_CHECKING:
@@ -744,14 +745,5 @@ def _lifecycle_subscription(metadata: Any, settings: KafkaSettings, topic: str |
         return None
     ours = known[topic].partitions
     theirs = known[settings.predictions_topic].partitions if settings.predictions_topic in known else {}
-    if ours and theirs and len(ours) != len(theirs):
-        log.warning(
-            "the lifecycle topic %r has %d partitions and %r has %d: they are not "
-            "co-partitioned, so a model's lifecycle events may reach another instance "
-            "than its predictions; give them the same partition count",
-            topic,
-            len(ours),
-            settings.predictions_topic,
-            len(theirs),
-        )
+    warn_if_not_copartitioned(topic, ours, settings.predictions_topic, theirs)
     return topic

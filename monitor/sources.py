@@ -525,6 +525,13 @@ def _lifecycle_subscription(consumer: Any, settings: KafkaSettings, topic: str |
         )
         return None
     ours, theirs = consumer.partitions_for_topic(topic), consumer.partitions_for_topic(settings.predictions_topic)
+    warn_if_not_copartitioned(topic, ours, settings.predictions_topic, theirs)
+    return topic
+
+
+def warn_if_not_copartitioned(topic: str, ours: Any, predictions_topic: str, theirs: Any) -> None:
+    """Warn when the lifecycle topic's partitions (``ours``) and the predictions topic's
+    (``theirs``) differ in number (either may be empty: unknown, nothing to say)."""
     if ours and theirs and len(ours) != len(theirs):
         log.warning(
             "the lifecycle topic %r has %d partitions and %r has %d: they are not "
@@ -532,10 +539,9 @@ def _lifecycle_subscription(consumer: Any, settings: KafkaSettings, topic: str |
             "than its predictions; give them the same partition count",
             topic,
             len(ours),
-            settings.predictions_topic,
+            predictions_topic,
             len(theirs),
         )
-    return topic
 
 
 _PROBE_TIMEOUT_MS = 5000
