@@ -1010,6 +1010,7 @@ def run_demo(
     stop: threading.Event | None = None,
     on_summary: Callable[[list[Detection], list[ReceivedTrigger], LoopReport], None] | None = None,
     catch_up_timeout: float = 90.0,
+    before_traffic: Callable[[], None] | None = None,
 ) -> int:
     """Run the demo; see the module docstring.
 
@@ -1042,6 +1043,10 @@ def run_demo(
     catch_up_timeout
         Seconds to wait, after the last event is produced, for the monitor to process
         everything and deliver its webhooks.
+    before_traffic
+        Called once the broker, the monitor and its metrics endpoint are up, before the
+        first event is produced (tests use it to have Prometheus scrape the whole run:
+        a phase of the loop can last a second on a fast machine).
 
     Returns
     -------
@@ -1179,6 +1184,8 @@ def run_demo(
                 len(receiver.triggers),
             )
 
+        if before_traffic is not None:
+            before_traffic()
         stats = publish(
             generate(scenario, plan=plan, models=models),
             broker.bootstrap_servers,

@@ -37,9 +37,12 @@ rollback) and the concept drift at the end fit in it."""
 DEMO_SEED = 7
 
 # The demo, kept running after its summary; on_summary writes what the tests check as
-# JSON (atomically: the fixture polls for the file).
+# JSON (atomically: the fixture polls for the file). It produces its first event only
+# once the fixture says go (a file), after Prometheus has scraped it: a phase of the
+# loop (the canary's) can last about a second, and a Prometheus still starting on a
+# loaded machine would miss it.
 _DEMO_SCRIPT = """
-import dataclasses, json, os, signal, sys
+import dataclasses, json, os, signal, sys, time
 # stopped with Ctrl-C as in a terminal, even where the suite runs with SIGINT ignored
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from driftline.demo.scenario import run_demo
@@ -58,8 +61,15 @@ def on_summary(detections, triggers, loop):
         json.dump(data, f)
     os.replace(summary_path + ".tmp", summary_path)
 
+def before_traffic():
+    # the fixture creates the "go" file once Prometheus scrapes the demo (or without one)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(summary_path + ".go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
 sys.exit(run_demo(events=int(sys.argv[2]), seed=int(sys.argv[3]), metrics_port=0,
-                  keep_running=True, on_summary=on_summary, catch_up_timeout=60.0))
+                  keep_running=True, on_summary=on_summary, catch_up_timeout=60.0,
+                  before_traffic=before_traffic))
 """
 
 
@@ -104,6 +114,10 @@ class DemoProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
+
+    def go(self) -> None:
+        """Let the demo produce its events (it waits for this after its set-up)."""
+        self.summary_path.with_name(self.summary_path.name + ".go").touch()
 
     def metrics_port(self, timeout: float) -> int:
         """The port the demo's metrics endpoint bound (from its "monitor metrics at" line)."""
@@ -200,9 +214,11 @@ def demo_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProce
             )
             try:
                 prometheus = server.start()
+                prometheus.wait_for('up{job="driftline"} == 1', timeout=60)
             except (OSError, RuntimeError, TimeoutError) as exc:
                 process.prometheus_error = f"{type(exc).__name__}: {exc}"
             process.prometheus = prometheus
+        process.go()
         yield process
     finally:
         if prometheus is not None:
@@ -224,8 +240,8 @@ def demo_run(demo_process: DemoProcess) -> DemoRun:
     if prometheus_binary() is None:
         pytest.skip("needs Debian's prometheus (make system-deps)")
     prometheus = demo_process.prometheus
-    if prometheus is None:
-        pytest.fail(f"Prometheus did not start: {demo_process.prometheus_error}")
+    if prometheus is None or demo_process.prometheus_error is not None:
+        pytest.fail(f"Prometheus did not start or scrape the demo: {demo_process.prometheus_error}")
     run = _demo_run(demo_process, prometheus)
     after_summary = time.time()
     deadline = time.monotonic() + 30

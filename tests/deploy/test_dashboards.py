@@ -333,9 +333,14 @@ def test_the_overview_shows_versions_roles_and_lifecycle_annotations():
     assert len(lifecycle) == 1 and "driftline_version_role" in lifecycle[0]["expr"]
 
 
+SUBQUERY_STEP = 15.0
+"""The coarsest subquery resolution in the dashboards (the lifecycle annotation's
+``[10m:15s]``): a series that appeared less than this long ago may have no point yet."""
+
+
 @live
 def test_every_dashboard_query_returns_data(demo_run):
-    empty = []
+    queries = []
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
         values = resolve_variables(demo_run.prometheus, dashboard)
@@ -343,14 +348,26 @@ def test_every_dashboard_query_returns_data(demo_run):
             query = _substitute(expr, values)
             if kind == "annotation":
                 query = left_of_comparison(query)
-            found = (
+            queries.append((f"{path.name}: {where}: {query}", kind, query))
+
+    def without_data(pending):
+        return [
+            (name, kind, query)
+            for name, kind, query in pending
+            if not (
                 demo_run.prometheus.query(query)
                 if kind == "instant"
                 else _range_query(demo_run.prometheus, query, seconds=600)
             )
-            if not found:
-                empty.append(f"{path.name}: {where}: {query}")
-    assert not empty, "queries without data:\n" + "\n".join(empty)
+        ]
+
+    # asked again until one subquery step has passed, for series that began just now
+    deadline = time.monotonic() + SUBQUERY_STEP + 5
+    empty = without_data(queries)
+    while empty and time.monotonic() < deadline:
+        time.sleep(1.0)
+        empty = without_data(empty)
+    assert not empty, "queries without data:\n" + "\n".join(name for name, _, _ in empty)
 
 
 @live
