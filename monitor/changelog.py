@@ -613,7 +613,9 @@ class ChangelogStore:
         options = {
             **client_options(self.settings, role),
             "client_id": f"{self.settings.client_id}-changelog",
-            "bootstrap_timeout_ms": int(self.timeout_seconds * 1000),
+            # kafka.bootstrap_timeout_ms bounds the first connection, as for the consumer:
+            # an unreachable broker fails the start as fast as the user asked
+            "bootstrap_timeout_ms": int(min(self.timeout_seconds * 1000, self.settings.bootstrap_timeout_ms)),
             **config,
         }
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gc
 import hashlib
+import time
 
 import orjson
 import pytest
@@ -104,10 +105,14 @@ def test_run_without_a_broker_fails_with_exit_code_3(tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("DRIFTLINE_KAFKA__BOOTSTRAP_TIMEOUT_MS", "1500")
     port = free_port()  # nothing listens there
+    started = time.monotonic()
     code = main(
         ["run", "--bootstrap-servers", f"127.0.0.1:{port}", "--state-dir", str(tmp_path), "--metrics-port", "0"]
     )
     assert code == 3
+    # every client (consumer, changelog, sinks) honours kafka.bootstrap_timeout_ms: the
+    # changelog's once waited its own 30 s
+    assert time.monotonic() - started < 20
     assert f"cannot connect to Kafka at 127.0.0.1:{port}" in capsys.readouterr().err
     # kafka-python 3.0 leaves the refused connection's socket open: collect it here,
     # under this test's filter, rather than in whichever test runs next
