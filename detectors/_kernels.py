@@ -24,7 +24,6 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from scipy.signal import lfilter
 
 __all__ = [
     "running_mean",
@@ -181,6 +180,8 @@ def linear_recurrence(x: np.ndarray, gain: float, decay: float, initial: float) 
     """
     if x.size == 0:
         return np.empty(0)
+    from scipy.signal import lfilter  # scipy.signal takes ~0.5 s to import: only when used
+
     y: np.ndarray = lfilter([gain], [1.0, -decay], x, zi=[decay * initial])[0]
     return y
 
@@ -212,6 +213,8 @@ def segmented_recurrence(
     if starts.size == 1:
         out[starts[0] :] = linear_recurrence(x[starts[0] :], gain, decay, float(initial[0]))
         return out
+    from scipy.signal import lfilter  # scipy.signal takes ~0.5 s to import: only when used
+
     # power-of-four buckets: few lfilter calls, at most 4x the input's memory
     bucket = np.ceil(np.log2(lengths) / 2).astype(np.int64)
     for b in np.unique(bucket):
