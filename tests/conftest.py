@@ -36,6 +36,25 @@ elif os.environ.get("CI", "").lower() in ("1", "true", "yes"):
 
 _counter = itertools.count()
 
+_BROKER_FIXTURES = frozenset({"broker", "own_broker", "demo", "demo_run", "demo_process"})
+
+
+def _weight(item: pytest.Item) -> int:
+    """0 for tests marked slow, 1 for tests with a broker or the demo (seconds each),
+    2 for the rest (milliseconds)."""
+    if item.get_closest_marker("slow") is not None:
+        return 0
+    return 1 if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())) else 2
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Long tests first (a stable sort: the order within each weight is kept). pytest-xdist
+    hands tests out in collection order, so the two workers start on the long ones and
+    the short ones fill the end: a long test handed out last would run alone while the
+    other worker idles."""
+    items.sort(key=_weight)
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):

@@ -103,6 +103,7 @@ def committed_and_ends(broker, group: str, topic: str) -> tuple[int, int]:
     return committed, ends
 
 
+@pytest.mark.slow
 def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
     """Instance A starts; B and C join; B is stopped with SIGTERM while events flow; D
     joins; C is killed with SIGKILL; more events flow while the group rebalances
