@@ -15,7 +15,6 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kafka import KafkaConsumer, TopicPartition
 
 from driftline.monitor.decode import DeadLetter, Record
 from driftline.monitor.exceptions import SourceError
@@ -33,6 +32,7 @@ from driftline.monitor.lifecycle import (
     read_lifecycle_file,
     validate_lifecycle,
 )
+from tests.support.topics import read_topic
 
 REPO = Path(__file__).resolve().parents[2]
 TOPIC = "model-lifecycle"
@@ -317,27 +317,6 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        got: list[tuple[bytes, bytes]] = []
-        while len(got) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                got.extend((r.key, r.value) for r in records)
-        return got
-    finally:
-        consumer.close()
-
-
 @pytest.mark.kafka
 def test_cli_produces_a_checked_event_to_the_lifecycle_topic(broker):
     topic = f"model-lifecycle-{time.monotonic_ns()}"
@@ -369,7 +348,7 @@ def test_cli_produces_a_checked_event_to_the_lifecycle_topic(broker):
     )
     assert done.returncode == 0, done.stderr
     assert "acknowledged" in done.stdout
-    [(key, value)] = _read_topic(broker.bootstrap_servers, topic, 1)
+    [(key, value)] = read_topic(broker.bootstrap_servers, topic, 1)
     assert key == b"fraud"
     assert json.loads(value) == {
         "model": "fraud",
@@ -421,7 +400,7 @@ def test_cli_produces_a_checked_event_to_the_lifecycle_topic(broker):
         ).returncode
         == 0
     )
-    events = [json.loads(v) for k, v in _read_topic(broker.bootstrap_servers, topic, 3)]
+    events = [json.loads(v) for k, v in read_topic(broker.bootstrap_servers, topic, 3)]
     assert [(e["event"], e["version"]) for e in events] == [
         ("deployed", "v8"),
         ("rolled_back", "v8"),

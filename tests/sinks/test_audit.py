@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 import driftline
 from driftline.cli import main as cli_main
@@ -42,6 +41,7 @@ from driftline.sinks.audit import (
     trigger_record,
 )
 from driftline.sinks.policy import Trigger, idempotency_key
+from tests.support.topics import read_topic
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86400.0
@@ -519,27 +519,6 @@ def test_parse_since_forms():
 # ---- the Kafka copy -----------------------------------------------------------------
 
 
-def _read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[tuple[bytes, dict]]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        got: list[tuple[bytes, dict]] = []
-        while len(got) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                got.extend((r.key, json.loads(r.value)) for r in batch)
-        return got
-    finally:
-        consumer.close()
-
-
 @pytest.mark.kafka
 def test_records_are_published_to_the_audit_topic_keyed_by_model(broker, tmp_path):
     topic = f"driftline-audit-{time.monotonic_ns()}"
@@ -557,12 +536,14 @@ def test_records_are_published_to_the_audit_topic_keyed_by_model(broker, tmp_pat
         log.flush()
     finally:
         log.close()
-    got = _read_topic(broker.bootstrap_servers, topic, len(records))
+    got = read_topic(broker.bootstrap_servers, topic, len(records), decode=json.loads)
     assert sorted(v["id"] for _, v in got) == sorted(r.id for r in records)
     assert all(key == v["model"].encode() for key, v in got)
     by_id = {r.id: r for r in records}
     assert all(v == by_id[v["id"]].to_dict() for _, v in got)
-    assert len(_read_topic(broker.bootstrap_servers, topic, len(records) + 1, timeout=3.0)) == len(records)
+    assert len(read_topic(broker.bootstrap_servers, topic, len(records) + 1, timeout=3.0, decode=json.loads)) == len(
+        records
+    )
 
 
 # kafka-python 3.0 does not close a socket whose connect() was refused (its leak, not
@@ -606,5 +587,5 @@ def test_an_unreachable_topic_delays_the_copy_and_loses_nothing(broker, tmp_path
         assert log.kafka_pending == 0
     finally:
         log.close()
-    got = _read_topic(broker.bootstrap_servers, topic, len(records))
+    got = read_topic(broker.bootstrap_servers, topic, len(records), decode=json.loads)
     assert sorted(v["id"] for _, v in got) == sorted(r.id for r in records)

@@ -6,42 +6,19 @@ import gc
 import json
 import logging
 import socket
-import time
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from driftline.demo.embedded_broker import EmbeddedBroker
 from driftline.monitor.config import KafkaSettings
 from driftline.monitor.exceptions import ConfigError
 from driftline.sinks.exceptions import SinkError
 from driftline.sinks.kafka import KafkaAlarmSink
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 
 TOPIC = "driftline-alarms"
-
-
-def read_back(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[tuple[bytes, dict]]:
-    """Every record of ``topic`` (all partitions), until ``count`` arrived or the deadline."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        got: list[tuple[bytes, dict]] = []
-        while len(got) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                got.extend((r.key, json.loads(r.value)) for r in records)
-        return got
-    finally:
-        consumer.close()
 
 
 def test_alarms_are_published_as_json_keyed_by_model(broker: EmbeddedBroker, topics, make_alarm) -> None:
@@ -56,7 +33,7 @@ def test_alarms_are_published_as_json_keyed_by_model(broker: EmbeddedBroker, top
         assert sink.pending == 0
     finally:
         sink.close()
-    got = read_back(broker.bootstrap_servers, topics["alarms"], 3)
+    got = read_topic(broker.bootstrap_servers, topics["alarms"], 3, timeout=20.0, decode=json.loads)
     assert sorted(got, key=lambda kv: kv[1]["first_index"]) == [
         (alarm.model.encode(), alarm.to_dict()) for alarm in alarms
     ]
@@ -97,7 +74,7 @@ def test_a_broker_that_is_down_keeps_the_alarms_until_it_is_back(make_alarm, cap
             sink.flush()
             assert sink.pending == 0
             sink.close()
-            got = read_back(broker.bootstrap_servers, TOPIC, 2)
+            got = read_topic(broker.bootstrap_servers, TOPIC, 2, timeout=20.0, decode=json.loads)
             assert [value["first_index"] for _, value in got] == [0, 100]
     finally:
         held.close()
