@@ -15,9 +15,9 @@ of the same computation; :mod:`~driftline.monitor.quality` checks them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -33,7 +33,14 @@ from driftline.detectors.statistics import (
 from driftline.monitor.alarms import Alarm, AlarmFactory, AlarmKind, DriftStatistic
 from driftline.monitor.config import DriftSettings
 from driftline.monitor.edges import AlarmStates
+from driftline.monitor.encoding import FIXED, IDX, PRED, TS
+from driftline.monitor.quality import quality_alarms, quality_limits
 from driftline.monitor.snapshot import FeatureStatistic
+
+if TYPE_CHECKING:
+    from driftline.monitor.config import ModelSettings
+    from driftline.monitor.decode import Schema
+    from driftline.monitor.reference import FittedReference
 
 __all__ = [
     "WINDOW_CHUNK_VALUES",
@@ -306,3 +313,57 @@ def drift_alarms(
                 thr, p_value = cfg.alpha, float(tests.p_value[i, j])
             alarms.append(alarm(kind, detector, feature, stat, thr, p_value, first, last, ts))
     return alarms
+
+
+class WindowChecks(NamedTuple):
+    """What :func:`window_checks` found: the alarms, and the last window's statistics
+    (drift gauges and quality rates) for the snapshot."""
+
+    alarms: list[Alarm]
+    drift: tuple[FeatureStatistic, ...]
+    quality: dict[str, dict[str, float]]
+
+
+def window_checks(
+    ws: np.ndarray,
+    schema: Schema,
+    ref: FittedReference,
+    settings: ModelSettings,
+    pred_kind: str | None,
+    states: AlarmStates,
+    alarm: AlarmFactory,
+    also: Callable[[int, np.ndarray, int, int, float], list[Alarm]] | None = None,
+) -> WindowChecks:
+    """The drift and data-quality checks of consecutive windows ((w, size, columns), as
+    :class:`~driftline.monitor.encoding.Encoder` lays them out) against ``ref``: their
+    statistics in one computation (each window's equal to its own alone), then each
+    window's alarms in order: feature drift, quality, prediction drift, then what
+    ``also(i, window, first, last, ts)`` adds (the engine's latency check). A version
+    and a segment run the same checks, each on its own alarm ``states``."""
+    d_num = len(schema.numeric)
+    fd = feature_drift(
+        ws[:, :, FIXED : FIXED + d_num],
+        ws[:, :, FIXED + d_num :].astype(np.int64),
+        schema.numeric,
+        schema.categorical,
+        ref.num_ref,
+        ref.cat_ref,
+        settings.drift,
+    )
+    features, rates = fd.rates()
+    limits = quality_limits(features, ref.ref_missing, settings.quality)
+    pd = None
+    if settings.drift.prediction and pred_kind is not None and ref.pred_ref is not None:
+        pd = prediction_drift(ws[:, :, PRED], pred_kind, ref.pred_ref, settings.drift)
+    alarms: list[Alarm] = []
+    for i, w in enumerate(ws):
+        first, last, ts = int(w[0, IDX]), int(w[-1, IDX]), float(w[-1, TS])
+        extra = also(i, w, first, last, ts) if also is not None else []
+        alarms += drift_alarms(fd.tests, i, "feature_drift", settings.drift, states, alarm, first, last, ts)
+        alarms += quality_alarms(features, rates[i], limits, states, alarm, first, last, ts)
+        if pd is not None:
+            alarms += drift_alarms(pd.tests, i, "prediction_drift", settings.drift, states, alarm, first, last, ts)
+        alarms += extra
+    last_window = len(ws) - 1
+    drift = tuple(fd.stats(last_window) + ([] if pd is None else pd.stats(last_window)))
+    return WindowChecks(alarms, drift, fd.quality(last_window))

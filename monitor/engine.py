@@ -59,7 +59,7 @@ from driftline.monitor.decode import (
     dead_letter,
     decode_features,
 )
-from driftline.monitor.drift import WINDOW_CHUNK_VALUES, drift_alarms, feature_drift, prediction_drift
+from driftline.monitor.drift import WINDOW_CHUNK_VALUES, window_checks
 from driftline.monitor.edges import AlarmStates
 from driftline.monitor.encoding import (
     FIXED,
@@ -91,7 +91,6 @@ from driftline.monitor.performance import (
     performance_alarm,
     window_performance,
 )
-from driftline.monitor.quality import quality_alarms, quality_limits
 from driftline.monitor.reference import (
     FittedReference,
     ReferenceData,
@@ -261,52 +260,30 @@ class VersionMonitor:
         (each window's equal to its own alone), then each window's checks in order; the
         snapshot keeps the last window's."""
         m = self.model
-        cfg = m.settings
         schema, ref = m.schema, m.reference_of(self.version)  # the version's own reference, else the stable one's
         assert schema is not None and ref is not None
-        d_num = len(schema.numeric)
-        fd = feature_drift(
-            ws[:, :, FIXED : FIXED + d_num],
-            ws[:, :, FIXED + d_num :].astype(np.int64),
-            schema.numeric,
-            schema.categorical,
-            ref.num_ref,
-            ref.cat_ref,
-            cfg.drift,
-        )
-        features, rates = fd.rates()
-        limits = quality_limits(features, ref.ref_missing, cfg.quality)
-        pd = None
-        if cfg.drift.prediction and m.pred_kind is not None and ref.pred_ref is not None:
-            pd = prediction_drift(ws[:, :, PRED], m.pred_kind, ref.pred_ref, cfg.drift)
-        alarms: list[Alarm] = []
-        for i, w in enumerate(ws):
-            first, last = int(w[0, IDX]), int(w[-1, IDX])
-            ts = float(w[-1, TS])
+        stable = self.version == m.stable_version()
+
+        def latency(i: int, w: np.ndarray, first: int, last: int, ts: float) -> list[Alarm]:
             lat = w[:, LAT]
             lat = lat[np.isfinite(lat)]
             self.latency_ms = float(lat.mean()) if lat.size else None
-            m.latency_baseline, latency_alarms = latency_regression(
+            m.latency_baseline, alarms = latency_regression(
                 self.latency_ms,
-                self.version == m.stable_version(),
+                stable,
                 m.latency_baseline,
-                cfg.regression,
+                m.settings.regression,
                 self.states,
                 self._alarm,
                 first,
                 last,
                 ts,
             )
-            alarms += drift_alarms(fd.tests, i, "feature_drift", cfg.drift, self.states, self._alarm, first, last, ts)
-            alarms += quality_alarms(features, rates[i], limits, self.states, self._alarm, first, last, ts)
-            if pd is not None:
-                alarms += drift_alarms(
-                    pd.tests, i, "prediction_drift", cfg.drift, self.states, self._alarm, first, last, ts
-                )
-            alarms += latency_alarms
-        self.drift = tuple(fd.stats(len(ws) - 1) + ([] if pd is None else pd.stats(len(ws) - 1)))
-        self.quality = fd.quality(len(ws) - 1)
-        return alarms
+            return alarms
+
+        found = window_checks(ws, schema, ref, m.settings, m.pred_kind, self.states, self._alarm, also=latency)
+        self.drift, self.quality = found.drift, found.quality
+        return found.alarms
 
     # -- labelled -----------------------------------------------------------------------
     def add_labelled(self, rows: np.ndarray) -> list[Alarm]:

@@ -55,11 +55,10 @@ from driftline.detectors.windows import SlidingWindow, TumblingWindow
 from driftline.monitor.alarms import Alarm, AlarmFactory, AlarmKind, Detector
 from driftline.monitor.config import ModelSettings, SegmentSettings
 from driftline.monitor.decode import Schema
-from driftline.monitor.drift import WINDOW_CHUNK_VALUES, drift_alarms, feature_drift, prediction_drift
+from driftline.monitor.drift import WINDOW_CHUNK_VALUES, window_checks
 from driftline.monitor.edges import AlarmStates
-from driftline.monitor.encoding import FIXED, IDX, L_IDX, L_TS, PRED, TS, Encoder
+from driftline.monitor.encoding import FIXED, IDX, L_IDX, L_TS, Encoder
 from driftline.monitor.performance import performance_alarm, window_performance
-from driftline.monitor.quality import quality_alarms, quality_limits
 from driftline.monitor.reference import FittedReference, fit_reference
 from driftline.monitor.snapshot import FeatureStatistic, SegmentSnapshot
 from driftline.monitor.versions import fitted_from_state, fitted_state
@@ -474,28 +473,6 @@ def _on_windows(
     """A segment's consecutive windows against its part of the reference: the whole
     model's drift and quality checks (see ``VersionMonitor._on_windows`` in the engine),
     on the segment's alarm states; the snapshot keeps the last window's statistics."""
-    d_num = len(schema.numeric)
-    fd = feature_drift(
-        ws[:, :, FIXED : FIXED + d_num],
-        ws[:, :, FIXED + d_num :].astype(np.int64),
-        schema.numeric,
-        schema.categorical,
-        ref.num_ref,
-        ref.cat_ref,
-        settings.drift,
-    )
-    features, rates = fd.rates()
-    limits = quality_limits(features, ref.ref_missing, settings.quality)
-    pd = None
-    if settings.drift.prediction and pred_kind is not None and ref.pred_ref is not None:
-        pd = prediction_drift(ws[:, :, PRED], pred_kind, ref.pred_ref, settings.drift)
-    alarms: list[Alarm] = []
-    for i, w in enumerate(ws):
-        first, last, ts = int(w[0, IDX]), int(w[-1, IDX]), float(w[-1, TS])
-        alarms += drift_alarms(fd.tests, i, "feature_drift", settings.drift, slot.states, alarm, first, last, ts)
-        alarms += quality_alarms(features, rates[i], limits, slot.states, alarm, first, last, ts)
-        if pd is not None:
-            alarms += drift_alarms(pd.tests, i, "prediction_drift", settings.drift, slot.states, alarm, first, last, ts)
-    slot.drift = tuple(fd.stats(len(ws) - 1) + ([] if pd is None else pd.stats(len(ws) - 1)))
-    slot.quality = fd.quality(len(ws) - 1)
-    return alarms
+    found = window_checks(ws, schema, ref, settings, pred_kind, slot.states, alarm)
+    slot.drift, slot.quality = found.drift, found.quality
+    return found.alarms
