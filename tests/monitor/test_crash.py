@@ -28,6 +28,7 @@ from kafka import KafkaProducer
 from tests.monitor.streams import feedback_for, prediction_events
 from tests.support.receiver import Stall, WebhookReceiver
 from tests.support.runs import (
+    QUICK_SESSION_MS,
     DriftlineProcess,
     alarm_set,
     committed_total,
@@ -127,15 +128,18 @@ def test_the_replay_has_labelled_and_unlabelled_alarms_and_triggers(expected):
 
 # (crash point, nth call, receiver, consumer process, crash again in the restart,
 # checkpoint interval): the receiver is "up", "down" during the first run, or "stall" (it
-# processes the first request and answers after the client gave up)
+# processes the first request and answers after the client gave up). A case that crashes
+# again in the restart holds the case that crashes once at the same point: its first run
+# is that case's, its second run starts from that crash's state (and is killed later), and
+# its last run starts from the same kind of state (a trigger in the outbox or a torn
+# checkpoint, offsets behind): "after-outbox-before-commit" and "during-checkpoint-write"
+# are the first runs of the two "again" cases.
 CASES = [
     pytest.param("engine", 9, "up", True, None, 0.0, id="mid-batch"),
     pytest.param("engine", 9, "up", False, None, 0.0, id="mid-batch-in-process-consumer"),
-    pytest.param("outbox", 1, "up", True, None, 0.0, id="after-outbox-before-commit"),
     pytest.param("outbox", 1, "up", True, ("outbox", 1), 0.0, id="after-outbox-before-commit-twice"),
-    pytest.param("checkpoint", 7, "up", True, None, 0.0, id="during-checkpoint-write"),
     pytest.param(
-        "checkpoint", 3, "up", True, ("engine", 5), 0.0, id="during-checkpoint-write-then-mid-batch-in-the-restart"
+        "checkpoint", 7, "up", True, ("engine", 5), 0.0, id="during-checkpoint-write-then-mid-batch-in-the-restart"
     ),
     pytest.param("jsonl", 1, "up", True, None, 0.0, id="during-jsonl-alarm-write"),
     pytest.param(None, 0, "down", True, None, 0.0, id="deliveries-pending-receiver-down"),
@@ -164,6 +168,7 @@ def test_sigkill_then_restart_equals_replay(
             secret_env=SECRET_ENV,
             consumer_process=consumer_process,
             checkpoint_interval_seconds=interval,
+            session_timeout_ms=QUICK_SESSION_MS,
         )
 
         # ---- the first run, killed while the events are produced -------------------
@@ -202,7 +207,7 @@ def test_sigkill_then_restart_equals_replay(
             assert (state / f"checkpoint-{group}.tmp").exists()
 
         # ---- the restart, over the same state directory, to the end ----------------
-        producers.join()
+        # (at once: the producers may still be producing, as during the first run)
         if receiver_mode == "down":
             receiver.start()
         if again is not None:  # killed once more, while it replays what the crash left
@@ -211,6 +216,7 @@ def test_sigkill_then_restart_equals_replay(
                 assert code == -9, f"exit {code}, not SIGKILL; log:\n{crashed.log()[-3000:]}"
                 assert "Traceback" not in crashed.log(), crashed.log()[-3000:]
         with DriftlineProcess(cfg, tmp_path, env=env, name="second") as second:
+            producers.join()
 
             def caught_up():
                 text = second.metrics()

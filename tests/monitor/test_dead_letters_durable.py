@@ -38,7 +38,7 @@ from driftline.sinks.exceptions import SinkError
 from driftline.sinks.jsonl import JsonlSink
 from driftline.sinks.kafka import KafkaAlarmSink
 from tests.monitor.streams import prediction_events, to_jsonl
-from tests.support.runs import read_topic
+from tests.support.runs import QUICK_SESSION_MS, read_topic
 
 pytestmark = [
     pytest.mark.kafka,
@@ -50,6 +50,9 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 1_000_000  # kafka.dead_letter_max_bytes's default
+# How long a flush to a frozen broker waits for its acknowledgements before it fails
+# (the broker never answers while frozen: a longer wait only makes the test wait)
+FROZEN_FLUSH_S = 1.0
 
 VALID_FEATURE = b'"features":{"x0":0.1,"x1":0.2,"x2":0.3,"country":"DE"},"prediction":0.5}'
 HOSTILE = [
@@ -123,7 +126,7 @@ def settings_for(broker, topics, tmp_path, **extra):
         "predictions_topic": topics["predictions"],
         "feedback_topic": topics["feedback"],
         "dead_letter_topic": topics["dead_letter"],
-        "session_timeout_ms": 6000,
+        "session_timeout_ms": QUICK_SESSION_MS,
         "poll_timeout_ms": 200,
         "max_poll_records": 1000,
         **extra.pop("kafka", {}),
@@ -340,7 +343,7 @@ def test_a_dead_letter_topic_that_cannot_be_written_holds_the_commit_until_it_ca
         acked: set = set()
         with dlq.frozen():
             source = CheckedSource(settings.kafka, positions, acked)
-            letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=2.0)
+            letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=FROZEN_FLUSH_S)
             running = Running(Service(settings, source=source, dead_letters=letters))
             try:
                 svc = running.service
@@ -383,7 +386,7 @@ def test_a_dead_letter_topic_back_while_running_gets_every_dead_letter(broker, t
         dlq_kafka = settings.kafka.model_copy(update={"bootstrap_servers": dlq.bootstrap_servers})
         acked: set = set()
         source = CheckedSource(settings.kafka, positions, acked)
-        letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=2.0)
+        letters = RecordingDeadLetters(dlq_kafka, acked, flush_timeout_seconds=FROZEN_FLUSH_S)
         with dlq.frozen():
             running = Running(Service(settings, source=source, dead_letters=letters))
             svc = running.service
@@ -429,7 +432,7 @@ def test_driftline_run_dead_letters_hostile_records(broker, topics, tmp_path):
                     "predictions_topic": topics["predictions"],
                     "feedback_topic": topics["feedback"],
                     "dead_letter_topic": topics["dead_letter"],
-                    "session_timeout_ms": 6000,
+                    "session_timeout_ms": QUICK_SESSION_MS,
                     "poll_timeout_ms": 200,
                     "max_poll_records": 1000,
                 },
@@ -550,7 +553,7 @@ def test_a_kafka_alarm_sink_that_cannot_publish_holds_the_commit_and_nothing_is_
             update={"bootstrap_servers": private.bootstrap_servers, "alarms_topic": topics["alarms"]}
         )
         with private.frozen():
-            sink = CountingKafkaAlarms(alarm_kafka, flush_timeout_seconds=2.0)
+            sink = CountingKafkaAlarms(alarm_kafka, flush_timeout_seconds=FROZEN_FLUSH_S)
             running = Running(Service(settings, sinks=[sink]))
             svc = running.service
             try:

@@ -1,5 +1,7 @@
 """A broker outage is ridden out: a real ``driftline run`` subprocess against its own
-Tansu broker, frozen (SIGSTOP) for longer than every client timeout, three times.
+Tansu broker, frozen (SIGSTOP) for longer than the client's session and request
+timeouts, three times (once, with the consumer process, for longer than its reply
+patience too).
 
 The broker of this test is its own (freezing the session's broker would stall every
 other test); the embedded broker keeps no data across a restart, which is why an
@@ -20,13 +22,27 @@ from kafka import KafkaProducer
 
 from driftline.demo.embedded_broker import EmbeddedBroker
 from tests.monitor.streams import feedback_for, prediction_events
-from tests.support.runs import DriftlineProcess, metric_values, read_alarms, replay, wait_for, write_config
+from tests.support.runs import (
+    QUICK_SESSION_MS,
+    DriftlineProcess,
+    metric_values,
+    read_alarms,
+    replay,
+    wait_for,
+    write_config,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
-# Client timeouts of the service under test: the freezes below outlast all of them (the
-# consumer process's reply patience is 2 * request + poll + 5 s = 11.2 s).
-SESSION_MS, REQUEST_MS, FREEZE_S = 4000, 3000, 15.0
+# Client timeouts of the service under test, short so that a freeze outlasting them is
+# short too: every freeze outlasts twice the session timeout (and so the request timeout,
+# the health probe's and a commit's); with the consumer process, the first freeze also
+# outlasts the service's patience with it (2 * request + poll + 5 s = 8.2 s): a request
+# to the consumer process that waits on the frozen broker runs out of it, which must not
+# stop the service. Shorter freezes show the same: more of the same timeouts, not others.
+SESSION_MS, REQUEST_MS, POLL_MS = 2000, 1500, 200
+FREEZE_S = 2 * SESSION_MS / 1000
+PATIENT_FREEZE_S = (2 * REQUEST_MS + POLL_MS) / 1000 + 5.0 + 1.0
 
 
 @pytest.fixture
@@ -63,9 +79,9 @@ def consumed(proc: DriftlineProcess, stream: str) -> float:
     return metric_values(proc.metrics(), "driftline_events_consumed_total").get((("stream", stream),), 0.0)
 
 
-def outage(broker: EmbeddedBroker, proc: DriftlineProcess) -> dict:
+def outage(broker: EmbeddedBroker, proc: DriftlineProcess, seconds: float) -> dict:
     """Freeze the broker until /readyz answers 503 naming kafka and for at least
-    FREEZE_S; thaw it; return the /readyz body seen during the outage."""
+    ``seconds``; thaw it; return the /readyz body seen during the outage."""
     broker.freeze()
     started = time.monotonic()
     try:
@@ -78,7 +94,7 @@ def outage(broker: EmbeddedBroker, proc: DriftlineProcess) -> dict:
         body = wait_for(kafka_not_ready, 60, "/readyz to report kafka not ready during the outage", interval=0.5)
         errors = metric_values(proc.metrics(), "driftline_ready").get((("component", "kafka"),))
         assert errors == 0.0, 'driftline_ready{component="kafka"} must be 0 during the outage'
-        while time.monotonic() - started < FREEZE_S:
+        while time.monotonic() - started < seconds:
             assert proc.proc.poll() is None, f"driftline run exited during the outage:\n{proc.log()[-3000:]}"
             time.sleep(0.5)
     finally:
@@ -88,11 +104,13 @@ def outage(broker: EmbeddedBroker, proc: DriftlineProcess) -> dict:
 
 @pytest.mark.parametrize("consumer_process", [True, False], ids=["consumer-process", "in-process"])
 def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path: Path, consumer_process):
-    """Three freezes of the broker, each longer than the session, request and reply
-    timeouts, with events produced between them: ``driftline run`` never exits,
-    /readyz is 503 naming kafka while each lasts (and ``driftline_ready{component="kafka"}``
-    is 0, ``driftline_broker_errors_total`` rises), ready again afterwards, and the
-    alarms equal a replay of the same events."""
+    """Three freezes of the broker, each longer than the session and request timeouts
+    (the first, with the consumer process, longer than the reply patience too), with
+    events produced between them: ``driftline run`` never exits, /readyz is 503 naming
+    kafka while each lasts (and ``driftline_ready{component="kafka"}`` is 0,
+    ``driftline_broker_errors_total`` rises, the log says Kafka does not answer), ready
+    again afterwards (the log says it answers again), and the alarms equal a replay of
+    the same events."""
     broker = own_broker
     topics = {"predictions": "predictions", "feedback": "feedback", "dead_letter": "dlq"}
     broker.create_topics(list(topics.values()), partitions=2)
@@ -114,6 +132,7 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path: Path, 
     cfg["kafka"].update(
         session_timeout_ms=SESSION_MS,
         request_timeout_ms=REQUEST_MS,
+        poll_timeout_ms=POLL_MS,
         stall_timeout_seconds=30,
         consumer_process=consumer_process,
     )
@@ -130,11 +149,15 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path: Path, 
             total += len(part)
             wait_for(lambda total=total: consumed(proc, "predictions") >= total, 180, f"{total} predictions consumed")
             errors_before = broker_errors(proc)
-            bodies.append(outage(broker, proc))
+            lost, back = proc.log().count("Kafka does not answer"), proc.log().count("Kafka answers again")
+            bodies.append(outage(broker, proc, PATIENT_FREEZE_S if consumer_process and n == 0 else FREEZE_S))
             wait_for(lambda: (readyz(proc) or (0,))[0] == 200, 120, "/readyz 200 after the outage")
             errors_after = broker_errors(proc)
             assert errors_after > errors_before, "the outage must show in driftline_broker_errors_total"
             assert proc.proc.poll() is None, proc.log()[-3000:]
+            # the service itself saw this outage begin and end
+            log = proc.log()
+            assert log.count("Kafka does not answer") > lost and log.count("Kafka answers again") > back, log[-3000:]
         produce(broker, topics["feedback"], fb)  # labels after their predictions, as in life
         wait_for(lambda: consumed(proc, "feedback") >= len(fb), 180, "feedback consumed")
         assert consumed(proc, "predictions") == len(preds)  # nothing counted twice
@@ -170,7 +193,13 @@ def test_a_sink_that_cannot_flush_holds_polls_and_the_commit(broker, topics, tmp
     bad.mkdir()
     group = f"g-{topics['predictions']}"
     config = write_config(
-        tmp_path / "run.yml", broker=broker, topics=topics, group=group, state_dir=tmp_path / "state", alarms=bad
+        tmp_path / "run.yml",
+        broker=broker,
+        topics=topics,
+        group=group,
+        state_dir=tmp_path / "state",
+        alarms=bad,
+        session_timeout_ms=QUICK_SESSION_MS,
     )
     produce(broker, topics["predictions"], events)
     produce(broker, topics["feedback"], fb)

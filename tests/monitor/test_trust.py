@@ -49,7 +49,7 @@ from tests.monitor.zoo import (
     run_kafka,
 )
 from tests.support.receiver import WebhookReceiver
-from tests.support.runs import outbox_rows, read_alarms
+from tests.support.runs import QUICK_SESSION_MS, outbox_rows, read_alarms
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -351,7 +351,7 @@ def test_item4_trigger_keys_differ_after_a_wiped_state_and_repeat_when_re_emitte
                 "predictions_topic": topics["predictions"],
                 "feedback_topic": topics["feedback"],
                 "dead_letter_topic": topics["dead_letter"],
-                "session_timeout_ms": 6000,
+                "session_timeout_ms": QUICK_SESSION_MS,
                 "poll_timeout_ms": 200,
                 "changelog": {"topic": changelog},
             },
@@ -438,7 +438,7 @@ def test_item6_a_changed_reference_file_is_applied_on_restart(broker, tmp_path, 
             "predictions_topic": topics["predictions"],
             "feedback_topic": topics["feedback"],
             "dead_letter_topic": topics["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": QUICK_SESSION_MS,
             "poll_timeout_ms": 200,
         },
         defaults={"reference": {"source": "file", "path": str(ref), "size": 2000}},

@@ -39,9 +39,18 @@ __all__ = [
     "trigger_identity",
     "replay",
     "REPO",
+    "QUICK_SESSION_MS",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
+
+QUICK_SESSION_MS = 2000
+"""A consumer-group session timeout for tests whose instances start and stop many
+times: Tansu answers a join only after a delay that grows with the session timeout
+(3 s or more at 6 s, about 1 s at 2 s, measured), and each ``driftline run`` or
+``Service`` start joins once. The heartbeat is then 1 s (a third of the session, at
+least 1 s: ``driftline.monitor.sources``), so one late heartbeat is tolerated; an
+instance expelled by a later one rejoins, which the service rides out."""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -70,9 +79,11 @@ def write_config(
     checkpoint_interval_seconds: float = 0.0,
     cooldown_seconds: float = 0.0,
     defaults: Mapping[str, Any] | None = None,
+    session_timeout_ms: int = 6000,
 ) -> Path:
     """A driftline YAML configuration with small windows (alarms within a few thousand
-    events) and, when ``webhook_url`` is given, one target triggered by every alarm."""
+    events) and, when ``webhook_url`` is given, one target triggered by every alarm.
+    ``session_timeout_ms``: the consumer group's (see :data:`QUICK_SESSION_MS`)."""
     cfg: dict[str, Any] = {
         "state_dir": str(state_dir),
         "checkpoint_interval_seconds": checkpoint_interval_seconds,
@@ -90,7 +101,7 @@ def write_config(
             "predictions_topic": topics["predictions"],
             "feedback_topic": topics["feedback"],
             "dead_letter_topic": topics["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": session_timeout_ms,
             "poll_timeout_ms": 200,
             "max_poll_records": max_poll_records,
             "consumer_process": consumer_process,
