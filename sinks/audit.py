@@ -1035,9 +1035,25 @@ class AuditRecorder:
         )
 
     def on_triggers(self, triggers: Sequence[Trigger], reasons: Sequence[str | None] | None = None) -> None:
-        """The webhook sink recorded ``triggers`` (or, in a dry run, decided them)."""
+        """The webhook sink is about to record ``triggers`` in its outbox (or, in a dry
+        run, decided them): appended now, durably, before the outbox has them, so that
+        no trigger is ever sent that the audit trail does not name.
+
+        Raises
+        ------
+        SinkError
+            When the append failed: the webhook sink's flush fails, its triggers stay
+            pending (not in the outbox) and the offsets are not committed.
+        """
         reasons = reasons if reasons is not None else [None] * len(triggers)
-        self.audit.write([trigger_record(t, self.lineage(t), reason=r) for t, r in zip(triggers, reasons, strict=True)])
+        records = [trigger_record(t, self.lineage(t), reason=r) for t, r in zip(triggers, reasons, strict=True)]
+        try:
+            self.audit.append(records)
+        except sqlite3.Error as exc:
+            raise SinkError(
+                f"cannot append {len(records)} trigger record(s) to the audit log {str(self.audit.path)!r} ({exc}); "
+                "the triggers are kept for the next flush: check the disk and the file's permissions"
+            ) from None
 
     def on_delivery(self, outcome: DeliveryOutcome) -> None:
         """One delivery attempt ended (called from the delivery thread): appended now,

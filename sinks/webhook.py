@@ -123,9 +123,11 @@ class WebhookSink:
     start
         Start the delivery thread now (rows pending from an earlier run are delivered).
     on_triggers
-        Called at each flush with the triggers just recorded in the outbox (those
-        already there too: a replay) and their reasons, or decided in a dry run; the
-        audit trail records them (:class:`driftline.sinks.audit.AuditRecorder`).
+        Called at each flush with the triggers about to be recorded in the outbox
+        (those already there too: a replay) and their reasons, or decided in a dry run;
+        the audit trail records them durably before the outbox does
+        (:class:`driftline.sinks.audit.AuditRecorder`). What it raises fails the flush
+        (the triggers stay pending).
     on_delivery
         The delivery thread's ``on_outcome`` (:class:`driftline.sinks.delivery.Deliverer`).
 
@@ -229,6 +231,13 @@ class WebhookSink:
             return
         created_at = self._clock()
         payloads = [trigger_payload(t, created_at) for t in self._pending]
+        if self.on_triggers is not None:
+            # the audit trail first, durably (write-ahead): a crash between the two leaves
+            # a trigger the audit names and the outbox lacks (a replay adds the row, or the
+            # audit shows it was decided and never sent), never a delivered trigger the audit
+            # does not know (a replay after a crash need not decide it again: labels can
+            # come in another order)
+            self.on_triggers(self._pending, [p["reason"] for p in payloads])
         per_trigger = [(t, p, self._entries(t, p)) for t, p in zip(self._pending, payloads)]
         entries = [e for _, _, es in per_trigger for e in es]
         try:
@@ -268,8 +277,6 @@ class WebhookSink:
                 len(trigger_entries),
                 payload["reason"],
             )
-        if self.on_triggers is not None:
-            self.on_triggers(self._pending, [p["reason"] for p in payloads])
         self._pending = []
         self.deliverer.report_pending()
         self.deliverer.notify()

@@ -428,3 +428,35 @@ def test_close_records_what_was_written_and_stops_delivery(tmp_path: Path, recei
         assert box.pending_count() == 1
     finally:
         box.close()
+
+
+def test_the_audit_hears_of_a_trigger_before_the_outbox_records_it(tmp_path: Path, receivers, make_sink, make_alarm):
+    """Write-ahead: ``on_triggers`` (the audit trail) runs before the outbox has the
+    trigger, and when it fails the flush fails with nothing in the outbox (the trigger
+    stays pending and is recorded at the next flush): no trigger is ever sent that the
+    audit does not name."""
+    receiver = receivers(start=False)
+    seen_in_outbox: list[int] = []
+    fail = [True]
+
+    def on_triggers(triggers, reasons):
+        box = Outbox(tmp_path / "outbox.sqlite3")
+        try:
+            seen_in_outbox.append(len(box.rows()))
+        finally:
+            box.close()
+        if fail[0]:
+            raise SinkError("the audit log cannot be appended")
+
+    sink = make_sink([target(receiver, secret_env=None)], on_triggers=on_triggers)
+    sink.write([make_alarm()])
+    with pytest.raises(SinkError, match="audit"):
+        sink.flush()
+    fail[0] = False
+    sink.flush()  # the pending trigger, again
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    try:
+        assert len(box.rows()) == 1
+    finally:
+        box.close()
+    assert seen_in_outbox == [0, 0]
