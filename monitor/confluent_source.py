@@ -7,7 +7,8 @@ ridden out (counted and reported by :meth:`ConfluentSource.status`, never raised
 partitions that change owners go through the same
 :class:`~driftline.monitor.sources.RebalanceHandler` (state that follows its partition)
 or, without one, the checkpoint's offsets are applied where the group has not committed
-further.
+further, and a newly assigned lifecycle partition is read to its end before the
+predictions (the same :class:`~driftline.monitor.sources.LifecycleCatchUp`).
 
 With ``kafka.consumer_process`` (the default) it runs inside
 :class:`~driftline.monitor.sources.ProcessKafkaSource`'s consumer process, as the
@@ -38,6 +39,7 @@ from driftline.monitor.exceptions import SourceError
 from driftline.monitor.sources import (
     _PROBE_TIMEOUT_MS,
     _RESTORE_RETRY_SECONDS,
+    LifecycleCatchUp,
     Offsets,
     RebalanceHandler,
     SourceStatus,
@@ -255,6 +257,7 @@ class ConfluentSource:
         self.delivered: Offsets = {}  # next offset handed over (the consumer process's bookkeeping)
         config = confluent_config(settings)
         config["error_cb"] = self._on_error
+        config["on_commit"] = self._on_commit  # the outcome of a revocation's commit
         config["logger"] = logging.getLogger(f"{__name__}.librdkafka")
         try:
             self._consumer = ck.Consumer(config)
@@ -266,6 +269,8 @@ class ConfluentSource:
             self._consumer.close()
             raise SourceError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from None
         self.lifecycle_topic = _lifecycle_subscription(metadata, settings, lifecycle_topic)
+        # a newly assigned lifecycle partition is read up to its end before its predictions
+        self.catch_up = LifecycleCatchUp(settings, self.lifecycle_topic) if self.lifecycle_topic else None
         self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, self.lifecycle_topic)
         topics = [settings.predictions_topic, settings.feedback_topic]
         self._consumer.subscribe(
@@ -340,7 +345,7 @@ class ConfluentSource:
             self._broker_failed("poll", self._error_of(exc))
             time.sleep(min(1.0, self.settings.poll_timeout_ms / 1000))  # do not spin on a dead broker
             return []
-        if not messages:
+        if not messages and not (self.catch_up is not None and self.catch_up.due):
             return []
         records: list[Any] = []  # Records: RawRecords, read-only
         positions = self._positions
@@ -352,6 +357,8 @@ class ConfluentSource:
                 continue
             offset = m.offset()
             records.append(Record(m.topic(), m.partition(), offset, m.timestamp()[1], m.key(), m.value()))
+        if self.catch_up is not None and (self.catch_up.due or self.catch_up.read_until):
+            records = self._align_lifecycle(records)
         for r in records:  # after the loop: the last record of each partition wins
             positions[(r.topic, r.partition)] = r.offset + 1
         if self._gates:
@@ -376,6 +383,54 @@ class ConfluentSource:
             messages.extend(consume(n - 1, 0))
         return messages
 
+    def _align_lifecycle(self, records: list[Any]) -> list[Any]:
+        """Drop the lifecycle records read aside before; read the backlog of newly
+        assigned lifecycle partitions aside and put it first in this batch (see
+        :class:`~driftline.monitor.sources.LifecycleCatchUp`). In the polling thread,
+        before any record of the batch is handed over."""
+        cu = self.catch_up
+        assert cu is not None
+        topic = cu.topic
+        if cu.read_until:  # only until the consumer is past what was read aside
+            kept: list[Any] = []
+            again: dict[int, list[Any]] = {}
+            for r in records:
+                if r.topic == topic and r.partition in cu.read_until:
+                    again.setdefault(r.partition, []).append(r)
+                else:
+                    kept.append(r)
+            records = kept + [r for p, recs in again.items() for r in cu.unread(p, recs)]
+        if not cu.due:
+            return records
+        ready = cu.ready(self._assigned, [*self._awaiting, *self._to_seek])
+        starts: dict[int, int | None] = {}
+        first: dict[int, int] = {}
+        for r in records:
+            if r.topic == topic and r.partition not in first:
+                first[r.partition] = r.offset
+        unknown = [p for p in ready if p not in first and (topic, p) not in self._positions]
+        committed = self._committed([self._ck.TopicPartition(topic, p) for p in unknown]) if unknown else {}
+        for p in ready:
+            if p in first:
+                starts[p] = first[p]
+            elif (topic, p) in self._positions:  # a checkpoint's seek or a restore's resume point
+                starts[p] = self._positions[(topic, p)]
+            elif committed is not None:
+                starts[p] = committed.get((topic, p))  # None: no commit, where auto_offset_reset says
+            else:
+                cu.due.discard(p)
+                log.warning(
+                    "%s/%d: the group's commit is not known (the brokers did not answer): its lifecycle "
+                    "events are read as they come, possibly after later predictions",
+                    topic,
+                    p,
+                )
+        read = cu.read(starts)
+        if not any(read.values()):
+            return records
+        aside = [r for p in sorted(read) for r in read[p]]
+        return aside + [r for r in records if r.topic != topic or r.offset >= cu.read_until.get(r.partition, r.offset)]
+
     def _through_gates(self, records: list[RawRecord]) -> list[RawRecord]:
         """Drop records read again after a restore that their model's state holds already."""
         out = []
@@ -395,6 +450,8 @@ class ConfluentSource:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         tps = sorted((tp.topic, tp.partition) for tp in partitions)
         self._assigned = sorted(set(self._assigned) | set(tps))
+        if self.catch_up is not None:
+            self.catch_up.assigned(tps)
         if self.closing or not partitions:
             return
         try:
@@ -457,6 +514,8 @@ class ConfluentSource:
                 continue
             del self._pending_seek[key]
             self._positions[key] = off
+            if self.catch_up is not None:
+                self.catch_up.moved([key])
             done.append(tp)
         if done:
             self._consumer.resume(done)
@@ -548,6 +607,8 @@ class ConfluentSource:
                     log.info("seek of %s/%d after the restore not done yet (%s): restoring again", key[0], key[1], exc)
                     self._retry_restore_at = time.monotonic() + _RESTORE_RETRY_SECONDS
                     return
+                if self.catch_up is not None:
+                    self.catch_up.moved([key])
         self._awaiting = [tp for tp in self._awaiting if tp not in waiting]
         self._consumer.resume(tps)
         log.info("restored the state of partitions %s: consuming them again", waiting)
@@ -561,6 +622,8 @@ class ConfluentSource:
         self._awaiting = [tp for tp in self._awaiting if tp not in gone]
         self._to_seek = [tp for tp in self._to_seek if tp not in gone]
         self._assigned = [tp for tp in self._assigned if tp not in gone]
+        if self.catch_up is not None:
+            self.catch_up.forget(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Hand the partitions' state over (with a handler) and commit only the offsets
@@ -570,12 +633,44 @@ class ConfluentSource:
         if self.handover is not None and not self.closing and tps:
             offsets = self.handover.revoked(tps)
             if offsets:
-                done = self._commit_list(
-                    [self._ck.TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in set(tps)],
-                    "revocation",
+                sent = self._commit_at_revocation(
+                    [self._ck.TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in set(tps)]
                 )
-                log.info("partitions %s revoked: state written, offsets %scommitted", tps, "" if done else "not ")
+                log.info(
+                    "partitions %s revoked: state written, offsets %s",
+                    tps,
+                    "sent for commit" if sent else "not committed",
+                )
         self._forget(tps)
+
+    def _commit_at_revocation(self, tps: list[Any]) -> bool:
+        """Commit asynchronously from the polling thread, inside the revocation callback.
+
+        confluent-kafka lets no other thread call the consumer while ``consume`` runs a
+        rebalance callback: :meth:`_commit_list`'s worker would wait there for the whole
+        ``request_timeout_ms`` (30 s by default) and commit only after the rejoin, the
+        group's rebalance held up meanwhile. Sent from here, the commit leaves before
+        this member rejoins (in the old generation) and never blocks on a coordinator
+        that does not answer; :meth:`_on_commit` logs a refusal.
+        """
+        if self._commit_in_flight():  # commits stay in order
+            return False
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=True)
+        except self._ck.KafkaException as exc:
+            self._broker_failed("revocation", self._error_of(exc))
+            return False
+        return True
+
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        """librdkafka's answer to an asynchronous commit (served inside ``consume``)."""
+        error = err or next((tp.error for tp in partitions or [] if tp.error is not None), None)
+        if error is not None:
+            log.info(
+                "the commit at a revocation was not done (%s): the new owner resumes from the states' "
+                "positions in the changelog",
+                error.str() if hasattr(error, "str") else error,
+            )
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         """Taken away without a revocation: forget them, write and commit nothing."""
@@ -681,10 +776,16 @@ class ConfluentSource:
         return list(self._assigned)
 
     def probe(self) -> tuple[Offsets | None, int, str | None]:
-        """Ask the brokers for the end offsets of the assigned partitions (for the
-        predictions topic's metadata when none is assigned, so that an outage shows
-        either way): ``(ends or None, partitions assigned, error or None)``; at most
-        5 s in all."""
+        """Ask the group coordinator for the committed offsets of the assigned partitions
+        (for the predictions topic's metadata when none is assigned, so that an outage
+        shows either way), with their end offsets: ``(ends or None, partitions assigned,
+        error or None)``; at most 5 s in all.
+
+        The end offsets are the ones the fetches last brought (librdkafka's cache), asked
+        for only where none came yet: on the fetch connection each request waits behind
+        a fetch held up to ``fetch_max_wait_ms`` (one per partition added up past the
+        5 s, and the service's loop waited meanwhile); the coordinator answers at once.
+        """
         ck = self._ck
         assigned = list(self._assigned)
         if self._commit_in_flight():
@@ -702,10 +803,16 @@ class ConfluentSource:
                 self._consumer.list_topics(
                     self.settings.predictions_topic, timeout=max(0.1, deadline - time.monotonic())
                 )
-            for t, p in assigned:
-                _, high = self._consumer.get_watermark_offsets(
-                    ck.TopicPartition(t, p), timeout=max(0.1, deadline - time.monotonic()), cached=False
+            else:
+                self._consumer.committed(
+                    [ck.TopicPartition(t, p) for t, p in assigned], timeout=max(0.1, deadline - time.monotonic())
                 )
+            for t, p in assigned:
+                _, high = self._consumer.get_watermark_offsets(ck.TopicPartition(t, p), cached=True)
+                if high < 0:  # nothing fetched yet (just assigned, or paused)
+                    _, high = self._consumer.get_watermark_offsets(
+                        ck.TopicPartition(t, p), timeout=max(0.1, deadline - time.monotonic()), cached=False
+                    )
                 ends[(t, p)] = high
         except ck.KafkaException as exc:
             return None, len(assigned), self._broker_failed("end-offset request", self._error_of(exc))

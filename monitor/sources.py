@@ -15,7 +15,10 @@ engine's schemas takes them through :class:`SchemaSink`:
   events) replayed in event-time order, for ``driftline replay``.
 
 Both Kafka sources also consume the lifecycle topic (``lifecycle.topic``) when it exists
-at start (see :func:`_lifecycle_subscription`).
+at start (see :func:`_lifecycle_subscription`), and read a newly assigned lifecycle
+partition up to its end before they hand over anything polled after the assignment, so
+that a backlog's lifecycle events reach the engine before the predictions they precede
+in event time (:class:`LifecycleCatchUp`).
 
 Given a :class:`RebalanceHandler` (the service's, when ``kafka.changelog`` is on), the
 Kafka sources hand a partition's state over when it changes owners: at a revocation the
@@ -58,6 +61,7 @@ __all__ = [
     "KafkaSource",
     "ProcessKafkaSource",
     "JsonlSource",
+    "LifecycleCatchUp",
     "kafka_client_options",
 ]
 
@@ -229,6 +233,8 @@ class KafkaSource:
         if settings.fast_record_parser:
             install_fast_parser(self._consumer)
         self.lifecycle_topic = _lifecycle_subscription(self._consumer, settings, lifecycle_topic)
+        # a newly assigned lifecycle partition is read up to its end before its predictions
+        self.catch_up = LifecycleCatchUp(settings, self.lifecycle_topic) if self.lifecycle_topic else None
         self._decoder = BatchDecoder(settings.predictions_topic, settings.feedback_topic, self.lifecycle_topic)
         topics = [settings.predictions_topic, settings.feedback_topic]
         self._consumer.subscribe(
@@ -287,6 +293,8 @@ class KafkaSource:
                 # could not be done yet is retried at the next poll, its records dropped)
                 batches.pop(tp, None)
             self._to_seek = waiting
+        if self.catch_up is not None:
+            self._align_lifecycle(batches)
         records: list[RawRecord] = []
         for tp, recs in batches.items():
             if recs:
@@ -301,6 +309,48 @@ class KafkaSource:
                 records.extend(recs)
         return records
 
+    def _align_lifecycle(self, batches: dict[Any, list[RawRecord]]) -> None:
+        """Drop the lifecycle records read aside before; read the backlog of newly
+        assigned lifecycle partitions aside and put it into this batch (see
+        :class:`LifecycleCatchUp`). Runs in the polling thread, before any record of
+        the batch is handed over."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        cu = self.catch_up
+        assert cu is not None
+        if cu.read_until:
+            for tp in [tp for tp in batches if tp.topic == cu.topic and tp.partition in cu.read_until]:
+                batches[tp] = cu.unread(tp.partition, batches[tp])
+        if not cu.due:
+            return
+        assigned = self.assignment()
+        held = [*self._awaiting, *((tp.topic, tp.partition) for tp in self._to_seek)]
+        starts: dict[int, int | None] = {}
+        for p in cu.ready(assigned, held):
+            tp = TopicPartition(cu.topic, p)
+            fetched = batches.get(tp)
+            if fetched:
+                starts[p] = fetched[0].offset
+                continue
+            try:  # the next offset the consumer hands over (its commit, a seek, or the reset policy)
+                starts[p] = self._consumer.position(tp, timeout_ms=self.settings.request_timeout_ms)
+            except KafkaError as exc:
+                self._broker_failed("reading the lifecycle position", exc)
+                starts[p] = None
+            if starts[p] is None:
+                del starts[p]
+                cu.due.discard(p)
+                log.warning(
+                    "%s/%d: its position is not known (the brokers did not answer): its lifecycle events "
+                    "are read as they come, possibly after later predictions",
+                    cu.topic,
+                    p,
+                )
+        for p, aside in cu.read(starts).items():
+            tp = TopicPartition(cu.topic, p)
+            batches[tp] = cu.merge(p, aside, batches.get(tp) or [])
+
     # -- state that follows its partition (with a RebalanceHandler) -------------------------
     def _forget(self, partitions: list[tuple[str, int]]) -> None:
         """Drop what this source knows of partitions it no longer owns."""
@@ -309,6 +359,8 @@ class KafkaSource:
             self._gates.pop(tp, None)
             self.delivered.pop(tp, None)
         self._awaiting = [tp for tp in self._awaiting if tp not in partitions]
+        if self.catch_up is not None:
+            self.catch_up.forget(partitions)
 
     def _resume_at(self, partitions: list[tuple[str, int]], restored: dict[str, Offsets]) -> None:
         """After a restore: start each partition at the lowest of the group's commit and
@@ -332,6 +384,8 @@ class KafkaSource:
                 self._gates[(topic, partition)] = gate
             self._consumer.seek(tp, start)
             self._positions[(topic, partition)] = start
+            if self.catch_up is not None:
+                self.catch_up.moved([(topic, partition)])
             if committed is not None and start < committed:
                 log.info(
                     "%s/%d: resuming at %d, before the group's commit (%d): some restored states "
@@ -443,6 +497,8 @@ class KafkaSource:
             self._consumer.seek(tp, off)
             del self._pending_seek[(tp.topic, tp.partition)]
             self._positions[(tp.topic, tp.partition)] = off
+            if self.catch_up is not None:
+                self.catch_up.moved([(tp.topic, tp.partition)])
             moved.append(tp)
         return moved, waiting
 
@@ -568,6 +624,239 @@ class _Gate:
         return [
             r for r in records if r.offset >= self.until or r.offset >= self.states.get(_model_of(r) or "", self.floor)
         ]
+
+
+_CATCH_UP_POLL_MS = 500
+_CATCH_UP_SETTLE_MS = 200
+"""The poll that confirms a lifecycle catch-up reached the end: nothing came within this
+long (the end offset may read a little low; records past it come back at once)."""
+
+
+class LifecycleCatchUp:
+    """Event-time alignment of the lifecycle topic at catch-up, for both Kafka clients.
+
+    The Kafka sources fetch their topics independently: a consumer that starts on a
+    backlog (at start, after a restart, when a rebalance assigns it a partition) may
+    hand the service a model's predictions before a lifecycle event that
+    precedes them in event time, and the event would then take effect late. So when
+    lifecycle partition ``p`` is assigned (or its position moves by a seek), the source
+    reads it aside, from the consumer's position up to the end offset seen then (a
+    bounded read with a deadline, in a consumer of its own without a group), before it
+    hands over any record polled after the assignment, and hands those events over
+    first, in the same batch: the engine keeps each until its event time. The
+    consumer's own records of ``p`` below the end of that read are dropped when they
+    come (they were handed over already), and the source's position of ``p`` moves
+    past them, so they are committed with the batch like any record (a crash before
+    the commit reads them again, as it reads the predictions again). A consumer that
+    falls behind while keeping its partitions gets no new assignment, hence no read
+    ahead: its events take effect when read, as before.
+
+    The source tells it which partitions were assigned (:meth:`assigned`), moved by a
+    seek (:meth:`moved`) or taken away (:meth:`forget`); at each poll it asks which
+    lifecycle partitions are due (:meth:`ready`), gives their start offsets to
+    :meth:`read` and merges the result into its batch (:meth:`merge`), and passes the
+    records it polled through :meth:`unread`. The side reader is a kafka-python
+    consumer whichever client the source uses (kafka-python is always installed: the
+    producers are kafka-python's).
+
+    Parameters
+    ----------
+    settings
+        ``kafka`` of the configuration (connection options, ``auto_offset_reset``,
+        ``request_timeout_ms``: the read's deadline).
+    topic
+        The lifecycle topic the source consumes.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.due: set[int] = set()  # lifecycle partitions assigned whose backlog is not read yet
+        self.read_until: dict[int, int] = {}  # partition -> next offset after the records read aside
+        self.records_read = 0  # lifecycle records read aside so far
+        self.incomplete = 0  # reads that stopped at their deadline (or on a broker error)
+        self.deadline_seconds = settings.request_timeout_ms / 1000
+
+    # -- bookkeeping, from the source ------------------------------------------------------
+    def assigned(self, partitions: Any) -> None:
+        """``(topic, partition)`` pairs newly assigned: their lifecycle backlog is due."""
+        for topic, partition in partitions:
+            if topic == self.topic:
+                self.due.add(partition)
+                self.read_until.pop(partition, None)
+
+    def moved(self, partitions: Any) -> None:
+        """``(topic, partition)`` pairs whose position a seek moved: read aside again from
+        there (what was read aside past it is read again, as the predictions are)."""
+        self.assigned(partitions)
+
+    def forget(self, partitions: Any) -> None:
+        """``(topic, partition)`` pairs no longer assigned."""
+        for topic, partition in partitions:
+            if topic == self.topic:
+                self.due.discard(partition)
+                self.read_until.pop(partition, None)
+
+    def ready(self, assigned: Any, held: Any) -> list[int]:
+        """The due partitions that are assigned (``(topic, partition)`` pairs) and not
+        ``held`` (paused until a restore or a checkpoint seek is done: read once they
+        consume again, from where they start then)."""
+        assigned, held = set(assigned), set(held)
+        for p in [p for p in self.due if (self.topic, p) not in assigned]:
+            self.due.discard(p)  # no longer ours: its next assignment makes it due again
+        return sorted(p for p in self.due if (self.topic, p) not in held)
+
+    # -- records ---------------------------------------------------------------------------
+    def unread(self, partition: int, records: list[RawRecord]) -> list[RawRecord]:
+        """The consumer's records of lifecycle ``partition`` not read aside before."""
+        until = self.read_until.get(partition)
+        if until is None or not records:
+            return records
+        if records[-1].offset >= until - 1:
+            del self.read_until[partition]  # the consumer is past what was read aside
+        if records[0].offset >= until:
+            return records
+        return [r for r in records if r.offset >= until]
+
+    def merge(self, partition: int, aside: list[Record], fetched: list[RawRecord]) -> list[RawRecord]:
+        """What to hand over of lifecycle ``partition`` in this batch: the records read
+        aside, then the consumer's own records of it past them."""
+        until = self.read_until.get(partition)
+        rest = fetched if until is None else [r for r in fetched if r.offset >= until]
+        return [*aside, *rest]
+
+    def read(self, starts: dict[int, int | None]) -> dict[int, list[Record]]:
+        """Read lifecycle partitions from ``starts`` (None: where ``auto_offset_reset``
+        says) up to their end offsets, as asked now; the partitions are no longer due.
+
+        Bounded by ``request_timeout_ms``: a read that does not reach the end by then (the
+        brokers do not answer) is logged and handed over as far as it got; the rest comes
+        as the consumer reads it (late, as without this read). Never raises for the
+        brokers.
+
+        Returns
+        -------
+        dict
+            Per partition, its records read aside, in offset order (as
+            :class:`~driftline.monitor.contract.Record` s); :attr:`read_until` holds
+            where each read ended.
+        """
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        for p in starts:
+            self.due.discard(p)
+        if not starts:
+            return {}
+        deadline = time.monotonic() + self.deadline_seconds
+        tps = {p: TopicPartition(self.topic, p) for p in sorted(starts)}
+        out: dict[int, list[Record]] = {p: [] for p in tps}
+        next_offset: dict[int, int] = {}
+        consumer = None
+        try:
+            consumer = self._consumer(deadline)
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                start = starts[p]
+                if start is None:
+                    (
+                        consumer.seek_to_beginning
+                        if self.settings.auto_offset_reset == "earliest"
+                        else consumer.seek_to_end
+                    )(tp)
+                else:
+                    consumer.seek(tp, start)
+            wait = int(max(0.1, deadline - time.monotonic()) * 1000)
+            ends = consumer.end_offsets(list(tps.values()), timeout_ms=wait)
+            for p, tp in tps.items():
+                position = consumer.position(tp, timeout_ms=wait)
+                if position is None:
+                    raise KafkaTimeoutError(f"no position for partition {p} within {wait} ms")
+                next_offset[p] = position
+            at_end = all(next_offset[p] >= ends[tp] for p, tp in tps.items())
+            if at_end:
+                return out  # the steady state: nothing to read, not even one poll
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.incomplete += 1
+                    log.warning(
+                        "reading the lifecycle topic %r ahead of the predictions did not reach the end in %.0f s "
+                        "(partition: (position, end offset) %s): the events not read yet take effect when "
+                        "the consumer reads them, possibly after later predictions; check that the brokers answer",
+                        self.topic,
+                        self.deadline_seconds,
+                        {p: (next_offset[p], ends[tp]) for p, tp in tps.items()},
+                    )
+                    break
+                # at the end offset, one more (shorter) poll: the broker may report it a
+                # little low, and records past it come back at once if there are any
+                batch = consumer.poll(
+                    timeout_ms=int(min(_CATCH_UP_SETTLE_MS if at_end else _CATCH_UP_POLL_MS, remaining * 1000)),
+                    max_records=2000,
+                )
+                for tp, recs in batch.items():
+                    for r in recs:
+                        out[tp.partition].append(Record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value))
+                    if recs:
+                        next_offset[tp.partition] = recs[-1].offset + 1
+                if not batch and at_end:
+                    break
+                at_end = all(next_offset[p] >= ends[tp] for p, tp in tps.items())
+        except KafkaError as exc:
+            self.incomplete += 1
+            log.warning(
+                "reading the lifecycle topic %r ahead of the predictions failed (%s: %s): the events not "
+                "read yet take effect when the consumer reads them, possibly after later predictions",
+                self.topic,
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            if consumer is not None:
+                consumer.close(autocommit=False)
+            for p, recs in out.items():
+                if recs:
+                    self.read_until[p] = recs[-1].offset + 1
+            read = sum(map(len, out.values()))
+            self.records_read += read
+            if read:
+                log.info(
+                    "read %d lifecycle records of %r partitions %s ahead of the predictions (catching up)",
+                    read,
+                    self.topic,
+                    sorted(p for p, recs in out.items() if recs),
+                )
+        return out
+
+    def _consumer(self, deadline: float) -> Any:
+        """A kafka-python consumer without a group, for one read; its network client
+        closed again when it cannot bootstrap (kafka-python 3.0 leaves it open)."""
+        from kafka import KafkaConsumer
+        from kafka.net.compat import KafkaNetClient
+
+        clients: list[Any] = []
+
+        def client(**cfg: Any) -> Any:
+            clients.append(KafkaNetClient(**cfg))
+            return clients[-1]
+
+        options: dict[str, Any] = {
+            **kafka_client_options(self.settings),
+            "client_id": f"{self.settings.client_id}-lifecycle",
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.settings.auto_offset_reset,
+            "fetch_min_bytes": 1,
+            "fetch_max_wait_ms": 100,
+            "bootstrap_timeout_ms": int(max(0.1, deadline - time.monotonic()) * 1000),
+        }
+        try:
+            return KafkaConsumer(**options, kafka_client=client)
+        except BaseException:
+            for opened in clients:
+                opened.close()
+            raise
 
 
 def _model_of(record: RawRecord) -> str | None:
@@ -1046,9 +1335,12 @@ def _consumer_process(
 
 def _tuples(records: list[RawRecord]) -> list[tuple[Any, ...]]:
     """Records as plain tuples of :class:`~driftline.monitor.contract.Record`'s fields (cheap to pickle)."""
-    if type(records[0]) is Record:  # driftline's parser made them
-        return [tuple(r) for r in records]  # type: ignore[arg-type]  # Records are tuples
-    return [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records]
+    # driftline's parser makes Records (tuples already); kafka-python's own records may have
+    # lifecycle Records read aside (LifecycleCatchUp) among them
+    return [
+        tuple(r) if type(r) is Record else (r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+        for r in records
+    ]
 
 
 def _unseen(
@@ -1247,6 +1539,8 @@ class _HandoverListener:
         tps = sorted((tp.topic, tp.partition) for tp in assigned)
         if src.closing or not tps:
             return
+        if src.catch_up is not None:
+            src.catch_up.assigned(tps)
         restored = await self._off_loop(src.handover.assigned, tps)
         if restored is None:
             # never process a partition without its state: paused, restored again later
@@ -1284,8 +1578,12 @@ class _Rebalance:
         for tp in revoked:
             self.source._positions.pop((tp.topic, tp.partition), None)
         self.source._to_seek = [tp for tp in self.source._to_seek if tp not in revoked]
+        if self.source.catch_up is not None:
+            self.source.catch_up.forget((tp.topic, tp.partition) for tp in revoked)
 
     def on_partitions_assigned(self, assigned) -> None:
+        if self.source.catch_up is not None:
+            self.source.catch_up.assigned((tp.topic, tp.partition) for tp in assigned)
         pending = self.source._pending_seek
         self.source._to_seek.extend(
             tp for tp in assigned if (tp.topic, tp.partition) in pending and tp not in self.source._to_seek

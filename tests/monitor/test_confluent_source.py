@@ -54,6 +54,7 @@ from tests.monitor.test_dead_letters_durable import (
 )
 from tests.monitor.test_kafka import PauseAfter, Running, committed_total, produce, settings_for
 from tests.monitor.test_outage import (
+    FREEZE_S,
     REQUEST_MS,
     SESSION_MS,
     broker_errors,
@@ -79,15 +80,26 @@ from tests.support.runs import (
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
 
+SESSION_TIMEOUT_MS = 3000
+"""The consumer group's session timeout of these tests (unless one says otherwise).
+Tansu answers a join only after a delay that grows with it (over 3 s at 6 s), and each
+instance started joins once; a member SIGKILLed is expired after it. librdkafka
+heartbeats every second from its own threads (not held by the GIL or a batch), so a
+member is never expired while it runs."""
+
+
 def confluent(settings, **kafka):
-    """``settings`` with ``kafka.client: confluent`` (and these other kafka settings)."""
-    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"client": "confluent", **kafka})})
+    """``settings`` with ``kafka.client: confluent``, :data:`SESSION_TIMEOUT_MS` (and
+    these other kafka settings)."""
+    kafka = {"client": "confluent", "session_timeout_ms": SESSION_TIMEOUT_MS, **kafka}
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update=kafka)})
 
 
 def use_confluent(config, **kafka):
-    """Set ``kafka.client: confluent`` (and these other kafka settings) in a YAML config."""
+    """Set ``kafka.client: confluent``, :data:`SESSION_TIMEOUT_MS` (and these other
+    kafka settings) in a YAML config."""
     cfg = yaml.safe_load(config.read_text())
-    cfg["kafka"].update(client="confluent", **kafka)
+    cfg["kafka"].update({"client": "confluent", "session_timeout_ms": SESSION_TIMEOUT_MS, **kafka})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return config
 
@@ -369,7 +381,7 @@ def test_driftline_run_dead_letters_hostile_records(broker, topics, tmp_path):
                     "predictions_topic": topics["predictions"],
                     "feedback_topic": topics["feedback"],
                     "dead_letter_topic": topics["dead_letter"],
-                    "session_timeout_ms": 6000,
+                    "session_timeout_ms": SESSION_TIMEOUT_MS,
                     "poll_timeout_ms": 200,
                     "max_poll_records": 1000,
                 },
@@ -447,7 +459,7 @@ def test_broker_outages_are_ridden_out_without_loss(own_broker, tmp_path, consum
             total += len(part)
             wait_for(lambda total=total: consumed(proc, "predictions") >= total, 180, f"{total} predictions consumed")
             errors_before = broker_errors(proc)
-            bodies.append(outage(broker, proc))
+            bodies.append(outage(broker, proc, FREEZE_S))
             wait_for(lambda: (readyz(proc) or (0,))[0] == 200, 120, "/readyz 200 after the outage")
             assert broker_errors(proc) > errors_before, "the outage must show in driftline_broker_errors_total"
             assert proc.proc.poll() is None, proc.log()[-3000:]
