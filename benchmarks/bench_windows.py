@@ -20,10 +20,10 @@ Each replay runs in a fresh Python process, timed from just before ``main(["repl
 (seeded), the median reported. Per-window cost = (median seconds - median seconds of
 ``none``) / number of windows completed.
 
-Windows of at most about 140 values take their KS p-values from scipy's element-by-element
-code (the Pomeranz recursion), memoized on the exact arguments in each process
-(detectors/_ks.py): a short stream pays mostly for the memo's warm-up, so the ``100`` row
-improves with ``--events``.
+Windows of at most about 140 values take their KS p-values from a matrix form of
+scipy's Pomeranz recursion and, for the smallest statistics, from scipy's Durbin-matrix
+code; both memoized on the exact arguments in each process (detectors/_ks.py): a short
+stream pays partly for the memo's warm-up, so the ``100`` row improves with ``--events``.
 
 ``--baseline DIR`` also runs every configuration against another checkout of the
 repository (for instance ``git worktree add /tmp/base HEAD``), interleaved with the

@@ -2,22 +2,27 @@
 
 :func:`ks_p_value` is the two-sided p-value of ``scipy.stats.ks_2samp(method="asymp")``
 for many features at once; :func:`kstwo_sf` re-implements ``scipy.stats.kstwo.sf`` with
-its two common branches (Smirnov's exact sum and the Pelz-Good approximation)
-evaluated for all elements at once, and scipy's element-by-element code for the rest,
-memoized on the exact arguments (the same values come back bit for bit; see
-:func:`_scipy_kstwo_sf`). Used by :func:`driftline.detectors.statistics.numeric_drift`; tested against scipy on
-every branch (``tests/detectors/test_statistics.py``).
+its common branches evaluated for all elements at once: Smirnov's exact sum and the
+Pelz-Good approximation for ``n > 140``, and for ``n <= 140`` (windows of up to ~140
+values) Pomeranz's recursion (:func:`pomeranz_sf`) and scipy's own ``special.smirnov``.
+scipy's element-by-element code does the rest (the Durbin matrix for tiny statistics,
+the closed forms at the ends), memoized on the exact arguments (the same values come
+back bit for bit; see :func:`_memoized`, which also keeps Pomeranz's values). Used by
+:func:`driftline.detectors.statistics.numeric_drift`; tested against scipy on every
+branch (``tests/detectors/test_statistics.py``).
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-__all__ = ["SMIRNOV_MAX_N", "ks_p_value", "kstwo_sf", "pelz_good_cdf", "smirnov_sf"]
+__all__ = ["SMIRNOV_MAX_N", "ks_p_value", "kstwo_sf", "pelz_good_cdf", "pomeranz_sf", "smirnov_sf"]
 
 Array = NDArray[np.float64]
 
@@ -40,78 +45,117 @@ def ks_p_value(statistic: Array, n_reference: Array, n_window: Array) -> Array:
 SMIRNOV_MAX_N = 20_000
 
 
+SMALL_N_MAX = 140
+"""scipy's bound on n for its small-n branches (Durbin matrix, Pomeranz, ``smirnov``)."""
+
+
 def kstwo_sf(x: Array, n: Array) -> Array:
-    """``scipy.stats.kstwo.sf(x, n)``, with its two common branches vectorized.
+    """``scipy.stats.kstwo.sf(x, n)``, with its common branches vectorized.
 
     scipy evaluates ``kstwo.sf`` element by element in Python (``_ksstats._kolmogn``).
-    For ``n > 140`` (any window of a few hundred values) and ``1 < n x < n - 1``,
-    ``x < 0.5`` it takes one of these branches, selected here by the same float
-    tests:
+    For ``1 < n x < n - 1``, ``x < 0.5`` it takes one of these branches, selected here
+    by the same float tests:
 
-    * ``2.2 <= n x^2 < 370`` (a drifting feature): ``2 * smirnov(n, x)``, an exact
-      sum costing ~0.4 ms per element at n ~ 1,000. Evaluated here for all elements
-      at once as the Birnbaum-Tingey sum
-      ``smirnov(n, x) = x sum_{j=0}^{floor(n (1 - x))} C(n, j) (1 - x - j/n)^(n - j)
-      (x + j/n)^(j - 1)`` in log space (positive terms: relative error ~1e-12), for
-      ``n <= SMIRNOV_MAX_N`` (bounds the (elements, n) temporary array).
-    * ``n x^2 >= 370``: 0.
-    * ``n x^2 < 2.2`` and not (``n <= 100000`` and ``n x^1.5 <= 1.4``): 1 minus
-      the Pelz-Good (1976) approximation of the CDF, the same series as scipy's
-      ``_kolmogn_PelzGood`` summed directly instead of by Horner's scheme.
+    * ``n > 140`` (any window of a few hundred values):
 
-    Every other element (tiny or huge statistics, small n) goes to scipy.
+      - ``2.2 <= n x^2 < 370`` (a drifting feature): ``2 * smirnov(n, x)``, an exact
+        sum costing ~0.4 ms per element at n ~ 1,000. Evaluated here for all elements
+        at once as the Birnbaum-Tingey sum
+        ``smirnov(n, x) = x sum_{j=0}^{floor(n (1 - x))} C(n, j) (1 - x - j/n)^(n - j)
+        (x + j/n)^(j - 1)`` in log space (positive terms: relative error ~1e-12), for
+        ``n <= SMIRNOV_MAX_N`` (bounds the (elements, n) temporary array).
+      - ``n x^2 >= 370``: 0.
+      - ``n x^2 < 2.2`` and not (``n <= 100000`` and ``n x^1.5 <= 1.4``): 1 minus
+        the Pelz-Good (1976) approximation of the CDF, the same series as scipy's
+        ``_kolmogn_PelzGood`` summed directly instead of by Horner's scheme.
+
+    * ``n <= 140`` (windows of up to ~140 values, integer n):
+
+      - ``0.754693 < n x^2 <= 4`` (p-values from ~0.4 down to ~4e-4: about half
+        the windows that do not drift): 1 minus Pomeranz's (1974) CDF,
+        :func:`pomeranz_sf` (~4 ms per element in scipy). Differs from scipy by at
+        most 6e-12 relative (on a grid of every n from 2 to 140), at the smallest
+        p-values, where that is scipy's own rounding (``1 - CDF`` loses three digits
+        at p ~ 6e-4): against the exact value (rational arithmetic) this one is
+        within 1e-14, scipy off by up to 6e-12.
+      - ``n x^2 > 4``: ``2 * scipy.special.smirnov(n, x)``, scipy's own ufunc: the
+        same values bit for bit.
+
+    Every other element (tiny or huge statistics; ``n x^2 <= 0.754693`` at
+    ``n <= 140``, scipy's Durbin matrix) goes to scipy. The values of both scipy's
+    side and Pomeranz's are memoized (:func:`_memoized`).
     """
     t = n * x
     squared = t * x
-    common = (n > 140) & (x > 0.0) & (x < 0.5) & (t > 1.0) & (t < n - 1)
+    inside = (x > 0.0) & (x < 0.5) & (t > 1.0) & (t < n - 1)
+    common = inside & (n > SMALL_N_MAX)
     smirnov = common & (n <= SMIRNOV_MAX_N) & (squared >= 2.2) & (squared < 370.0)
     zero = common & (squared >= 370.0)
     with np.errstate(invalid="ignore"):
         pelz_good = common & (squared < 2.2) & ~((n <= 100_000) & (n * x**1.5 <= 1.4))
+    # a non-integer n stays on scipy's side, which rejects it
+    small = inside & (n <= SMALL_N_MAX) & (n == np.floor(n))
+    pomeranz = small & (squared > 0.754693) & (squared <= 4.0)
+    small_smirnov = small & (squared > 4.0)
     result = np.zeros(x.shape)
-    scipy_side = ~(smirnov | zero | pelz_good)
+    scipy_side = ~(smirnov | zero | pelz_good | pomeranz | small_smirnov)
     if scipy_side.any():
         result[scipy_side] = _scipy_kstwo_sf(x[scipy_side], n[scipy_side])
     if smirnov.any():
         result[smirnov] = 2.0 * smirnov_sf(n[smirnov], t[smirnov], x[smirnov])
     if pelz_good.any():
         result[pelz_good] = np.clip(1.0 - pelz_good_cdf(n[pelz_good], x[pelz_good]), 0.0, 1.0)
+    if pomeranz.any():
+        result[pomeranz] = _memoized(x[pomeranz], n[pomeranz], lambda x, n: pomeranz_sf(n, x))
+    if small_smirnov.any():
+        result[small_smirnov] = np.clip(2.0 * special.smirnov(n[small_smirnov], x[small_smirnov]), 0.0, 1.0)
     return result
 
 
-SCIPY_CACHE_SIZE = 1 << 16
-"""Entries of the memo of scipy's ``kstwo.sf`` (:func:`_scipy_kstwo_sf`): about 10 MB."""
+MEMO_SIZE = 1 << 16
+"""Entries of the memo of the values computed one group at a time (:func:`_memoized`):
+about 10 MB."""
 
-_scipy_cache: dict[tuple[float, float], float] = {}
-_scipy_cache_lock = threading.Lock()  # writers only: a read of a dict is atomic
+_memo: dict[tuple[float, float], float] = {}
+_memo_lock = threading.Lock()  # writers only: a read of a dict is atomic
 
 
 def _scipy_kstwo_sf(x: Array, n: Array) -> Array:
-    """``scipy.stats.kstwo.sf(x, n)``, memoized on the exact ``(x, n)`` pair.
+    """``scipy.stats.kstwo.sf(x, n)``, memoized on the exact ``(x, n)`` pair (:func:`_memoized`).
 
     The elements :func:`kstwo_sf` leaves to scipy are evaluated one by one in Python;
-    for ``n <= 140`` (windows of up to about 140 values) that is the Pomeranz
-    recursion (~4 ms each) or the Durbin matrix power. Their arguments repeat: a
+    for ``n <= 140`` (windows of up to about 140 values) that is mostly the Durbin
+    matrix power (small statistics, ~0.3 ms each).
+    """
+    return _memoized(x, n, lambda x, n: np.asarray(stats.kstwo.sf(x, n), dtype=np.float64).reshape(-1))
+
+
+def _memoized(x: Array, n: Array, compute: Callable[[Array, Array], Array]) -> Array:
+    """``compute(x, n)``, memoized on the exact ``(x, n)`` pair.
+
+    For the values computed element by element: scipy's side of :func:`kstwo_sf` and
+    :func:`pomeranz_sf` (~0.5 ms an element). Their arguments repeat: a
     window of n complete values against a reference of m has a KS statistic among
     the few thousand values ``|k / m - i / n|`` near the no-drift range, and the
     effective n is the same in every window; so the memo returns, bit for bit, the
-    value scipy computed the first time. A pure function's cache (like
-    ``functools.lru_cache``): bounded by :data:`SCIPY_CACHE_SIZE` entries, the oldest
-    dropped first.
+    value computed the first time (``compute`` gives each element the same value alone
+    or among others; an ``(x, n)`` pair always takes the same branch, so one memo
+    serves both). A pure function's cache (like ``functools.lru_cache``): bounded by
+    :data:`MEMO_SIZE` entries, the oldest dropped first.
     """
     keys = list(zip(x.tolist(), n.tolist(), strict=True))
-    cache = _scipy_cache
+    cache = _memo
     out = np.array([cache.get(k, np.nan) for k in keys], dtype=np.float64)
     todo = np.isnan(out)
     if todo.any():
-        computed = np.asarray(stats.kstwo.sf(x[todo], n[todo]), dtype=np.float64).reshape(-1)
+        computed = compute(x[todo], n[todo])
         out[todo] = computed
         missed = (k for k, t in zip(keys, todo.tolist(), strict=True) if t)
-        with _scipy_cache_lock:
+        with _memo_lock:
             for k, value in zip(missed, computed.tolist(), strict=True):
                 if value == value:  # never memoize NaN: it marks a miss
                     cache[k] = value
-            while len(cache) > SCIPY_CACHE_SIZE:
+            while len(cache) > MEMO_SIZE:
                 del cache[next(iter(cache))]
     return out
 
@@ -170,3 +214,150 @@ def pelz_good_cdf(n: Array, x: Array) -> Array:
     n = n.astype(np.float64)
     cdf = k0 + k1 / np.sqrt(n) + k2 / n + k3 / n**1.5
     return np.where(qlog[:, 0] < -708, 0.0, cdf)
+
+
+POMERANZ_EXTENDED_BELOW = 1e-4
+""":func:`pomeranz_sf` recomputes in ``np.longdouble`` the p-values below this times n."""
+
+
+def pomeranz_sf(n: Array, x: Array) -> Array:
+    """``1 - P(D_n <= x)`` by Pomeranz's (1974) recursion, as scipy's ``_kolmogn_Pomeranz``.
+
+    For integer ``n`` and ``1 < n x < n - 1``; :func:`kstwo_sf` uses it for
+    ``n <= 140``, ``0.754693 < n x^2 <= 4`` as scipy does.
+
+    Notes
+    -----
+    scipy runs the recursion row by row, ``2 n + 1`` rows each a convolution of the
+    previous one with Poisson-like weights, for one element at a time. With
+    ``t = n x = ll + f``, the weights depend on ``g = min(f, 1 - f)`` only and the band of
+    each row on ``(ll, ceil(f), round(f))`` only; between the first and the last two rows
+    the rows come in pairs (weights ``(2 g / n)^m / m!`` and ``((1 - 2 g) / n)^m / m!``)
+    whose band moves by one. scipy clips the band to ``0..n``, which changes nothing: the
+    convolutions only move mass upward, from 0 to the answer's entry n. So the middle
+    rows are one fixed ``(w, w)`` matrix (``w ~ 2 ll``) raised to the power ``n - 1``
+    by squaring (~2 log2(n) BLAS products instead of 2 n Python-level convolutions);
+    grouped by ``(n, ll, ceil(f), round(f))``, one element at a time (a value must not
+    depend on the others in the call: the memo keeps it). Products are rescaled by exact powers of two when they leave ``2^-256 .. 2^256``
+    (scipy rescales by ``2^128``: float64 would underflow for n near 140).
+
+    Precision: the CDF carries an absolute error of up to ~``n / 4`` float64 epsilons
+    (8e-15 at n = 140; scipy's row-by-row float64 up to half that), which ``1 - CDF``
+    turns into a relative error of up to 1e-11 at the branch's smallest p-values
+    (~6e-4). So a p-value below ``n`` :data:`POMERANZ_EXTENDED_BELOW` (~1% of the
+    elements of windows that do not drift) is computed again in ``np.longdouble``
+    (80-bit on x86-64; numpy multiplies its matrices without BLAS, so this runs pair by
+    pair with ``np.convolve``): within 1e-14 of the exact value, where scipy is off by up
+    to 6e-12. Above it the float64 value is within 7e-13 (measured on a grid of n up to
+    140). Where ``np.longdouble`` is float64 (Windows, macOS on arm64) the small
+    p-values keep float64's 1e-11. Cost: ~0.5 ms an element in float64, ~3 ms in
+    longdouble (scipy: ~4 ms), on this project's shared 2-core test machine.
+    """
+    t = n * x
+    whole = np.floor(t)
+    frac = t - whole
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    keys = zip(n.tolist(), whole.tolist(), (frac > 0.0).tolist(), (frac > 0.5).tolist(), strict=True)
+    for i, key in enumerate(keys):
+        groups.setdefault(tuple(map(int, key)), []).append(i)  # type: ignore[arg-type]
+    sf = np.empty(x.shape)
+    for shape, members in groups.items():
+        chosen = np.array(members)
+        # element by element: the rounding of numpy's stacked (BLAS) products depends
+        # on the stack, and an element's value must not depend on its neighbours
+        group_sf = np.concatenate([_one_minus(_pomeranz_cdf(*shape, frac[i : i + 1], np.float64)) for i in chosen])
+        small = group_sf < shape[0] * POMERANZ_EXTENDED_BELOW
+        if small.any():
+            group_sf[small] = _one_minus(_pomeranz_cdf(*shape, frac[chosen[small]], np.longdouble))
+        sf[chosen] = group_sf
+    return sf
+
+
+def _one_minus(cdf: NDArray[np.floating]) -> Array:
+    """``1 - cdf`` in cdf's precision, as a float64 probability."""
+    sf: Array = np.clip(1.0 - np.clip(cdf, 0.0, 1.0), 0.0, 1.0).astype(np.float64)
+    return sf
+
+
+_RESCALE_BELOW, _RESCALE_ABOVE = 2.0**-256, 2.0**256
+
+
+def _pomeranz_cdf(
+    n: int, ll: int, ceilf: int, roundf: int, frac: Array, dtype: type[np.floating]
+) -> NDArray[np.floating]:
+    """``P(D_n <= (ll + frac) / n)`` for one group of :func:`pomeranz_sf`, in ``dtype``."""
+    g = np.minimum(frac, 1.0 - frac)
+    npwrs = 2 * (ll + 1)  # scipy's number of weights: the widest band
+    # the weights (g/n)^m/m!, (2g/n)^m/m!, ((1-2g)/n)^m/m!, from scipy's float64 ratios
+    ratio = np.stack([g / n, 2 * g / n, (1 - 2 * g) / n]).astype(dtype)
+    steps = ratio[:, :, None] / np.arange(1, npwrs, dtype=dtype)
+    weights = np.concatenate([np.ones(ratio.shape + (1,), dtype=dtype), np.cumprod(steps, axis=2)], axis=2)
+    g_power, two_g_power, rest_power = weights
+    # the row after each odd step i (scipy's j1..j2), relative to (i + 1) / 2, and the
+    # even step's row, relative to i / 2
+    odd_band = np.arange(-ll - roundf, ll + ceilf - 1)
+    even_band = np.arange(-ll, ll + roundf)
+
+    def toeplitz(power: NDArray[np.floating], rows: NDArray[np.int_], cols: NDArray[np.int_]) -> NDArray[np.floating]:
+        lag = cols[None, :] - rows[:, None]  # entry (k, j): power[j - k], zero below
+        inside = (lag >= 0) & (lag < npwrs)
+        return np.where(inside, power[:, np.clip(lag, 0, npwrs - 1)], 0.0)
+
+    to_even = toeplitz(rest_power, odd_band, even_band)
+    to_odd = toeplitz(two_g_power, even_band, odd_band + 1)  # the next half: one up
+    # the row after step 1 (from row 0 = [1]): g_power, at 1 + odd_band
+    first = 1 + odd_band
+    row = np.where(first >= 0, g_power[:, np.clip(first, 0, npwrs - 1)], 0.0)[:, None, :]
+    row_exp = np.zeros(len(g), dtype=np.int64)
+    if dtype is np.float64:
+        # steps 2 .. 2n - 1: n - 1 pairs, by binary powering (BLAS products)
+        pair, pair_exp = _rescaled(np.matmul(to_even, to_odd), np.zeros(len(g), dtype=np.int64))
+        left = n - 1
+        while left:
+            if left & 1:
+                row, row_exp = _rescaled(np.matmul(row, pair), row_exp + pair_exp)
+            left >>= 1
+            if left:
+                pair, pair_exp = _rescaled(np.matmul(pair, pair), 2 * pair_exp)
+    else:
+        # pair by pair, element by element: numpy multiplies longdouble matrices without
+        # BLAS (w^3 per product), and np.convolve does a row's Toeplitz product 4x faster
+        # than matmul; the bands' offsets: even = conv[roundf:], odd = conv[1 - roundf:]
+        for e in range(len(g)):
+            values, scale = row[e, 0], 0
+            for done in range(1, n):
+                even = np.convolve(values, rest_power[e])[roundf : roundf + len(even_band)]
+                values = np.convolve(even, two_g_power[e])[1 - roundf : 1 - roundf + len(odd_band)]
+                if done % 8 == 0:  # a pair scales the row by ~1/n: 8 stay far from underflow
+                    top = values.max()
+                    if not _RESCALE_BELOW <= top <= _RESCALE_ABOVE and top > 0:
+                        power = int(np.frexp(top)[1])
+                        values, scale = np.ldexp(values, -power), scale + power
+            row[e, 0], row_exp[e] = values, scale
+    # step 2n (even), then step 2n + 1 keeps entry n: sum_k row[k] g_power[n - k]
+    last = np.where(even_band <= 0, g_power[:, np.clip(-even_band, 0, npwrs - 1)], 0.0)
+    entry = np.matmul(np.matmul(row, to_even), last[:, :, None])[:, 0, 0]
+    mantissa, exponent = np.frexp(_factorial(n, dtype))
+    cdf: NDArray[np.floating] = np.ldexp(entry * mantissa, row_exp + exponent)
+    return cdf
+
+
+def _rescaled(a: NDArray[np.floating], exponent: NDArray[np.int64]) -> tuple[NDArray[np.floating], NDArray[np.int64]]:
+    """``a`` (nonnegative) and ``exponent``, or, if an element's largest entry left
+    ``2^-256 .. 2^256``, ``a`` divided by the power of two that brings it into
+    ``[0.5, 1)`` and ``exponent`` plus that power: exact either way."""
+    top = a.max(axis=(1, 2))
+    if ((top >= _RESCALE_BELOW) & (top <= _RESCALE_ABOVE)).all():
+        return a, exponent
+    _, power = np.frexp(top)
+    power = np.where(top > 0, power, 0).astype(np.int64)
+    return np.ldexp(a, -power[:, None, None]), exponent + power
+
+
+def _factorial(n: int, dtype: type[np.floating]) -> np.floating:
+    """``n!`` rounded to ``dtype`` (from its leading 64 bits, which a uint64 holds)."""
+    exact = math.factorial(n)
+    if dtype is np.float64:
+        return np.float64(float(exact))  # correctly rounded (n <= 170 is finite)
+    shift = max(exact.bit_length() - 64, 0)
+    return dtype(np.uint64(exact >> shift)) * dtype(2.0) ** shift

@@ -329,20 +329,113 @@ def test_drift_windows_reject_arrays_of_the_wrong_shape():
 
 
 def test_scipy_side_of_the_ks_p_value_is_memoized_bit_for_bit(monkeypatch):
-    # windows of at most 140 values: the Durbin matrix, Pomeranz and small-n branches of
-    # scipy, evaluated one by one; the memo returns scipy's own values, and stays bounded
-    monkeypatch.setattr(_ks, "_scipy_cache", {})
-    monkeypatch.setattr(_ks, "SCIPY_CACHE_SIZE", 50)
+    # windows of at most 140 values: scipy's Durbin matrix (n x^2 <= 0.754693) and its
+    # x >= 0.5 branch, evaluated one by one; the memo returns scipy's own values, and
+    # stays bounded
+    monkeypatch.setattr(_ks, "_memo", {})
+    monkeypatch.setattr(_ks, "MEMO_SIZE", 50)
     rng = np.random.default_rng(9)
     n = rng.choice([5.0, 50.0, 98.0, 140.0], size=40)
-    x = np.round(rng.uniform(0.01, 0.6, size=40), 3)
+
+    def scipy_side(digits):
+        durbin = rng.uniform(1.0, 0.99 * np.sqrt(0.754693 * n)) / n
+        return np.round(np.where(rng.random(40) < 0.5, durbin, rng.uniform(0.5, 0.99, size=40)), digits)
+
+    x = scipy_side(3)
     expected = np.array([stats.kstwo.sf(a, b) for a, b in zip(x, n, strict=True)])
     first = _ks.kstwo_sf(x, n)
     again = _ks.kstwo_sf(x, n)  # from the memo
     assert first.tobytes() == expected.tobytes() and again.tobytes() == expected.tobytes()
-    more = np.round(rng.uniform(0.01, 0.6, size=40), 4)
+    more = scipy_side(4)
     assert (
         _ks.kstwo_sf(more, n).tobytes()
         == np.array([stats.kstwo.sf(a, b) for a, b in zip(more, n, strict=True)]).tobytes()
     )
-    assert len(_ks._scipy_cache) == 50
+    assert len(_ks._memo) == 50
+
+
+# ---- small windows: Pomeranz's recursion, vectorized (issue 16) ------------------------
+
+
+def _pomeranz_grid(n):
+    """x across scipy's Pomeranz branch at n: evenly, on the lattice k / n and beside it."""
+    low, high = max(np.sqrt(0.754693 / n), 1.0 / n), min(np.sqrt(4.0 / n), 0.5)
+    lattice = np.arange(n) / n
+    x = np.r_[np.linspace(low, high, 25), lattice, np.nextafter(lattice, 1.0), np.nextafter(lattice, 0.0)]
+    t = n * x
+    return x[(t * x > 0.754693) & (t * x <= 4.0) & (t > 1.0) & (t < n - 1) & (x < 0.5)]
+
+
+def _exact_pomeranz_sf(n, x):
+    """scipy's ``_kolmogn_Pomeranz`` in rational arithmetic (its float64 weight ratios)."""
+    from fractions import Fraction
+
+    from scipy.stats._ksstats import _pomeranz_compute_j1j2
+
+    t = n * x
+    ll = math.floor(t)
+    f = t - ll
+    g = min(f, 1.0 - f)
+    ceilf, roundf = int(f > 0), int(f > 0.5)
+    npwrs = 2 * (ll + 1)
+    powers = []
+    for ratio in (g / n, 2 * g / n, (1 - 2 * g) / n):
+        sequence = [Fraction(1)]
+        for m in range(1, npwrs):
+            sequence.append(sequence[-1] * Fraction(ratio) / m)
+        powers.append(sequence)
+    row = {0: Fraction(1)}
+    for i in range(1, 2 * n + 2):
+        j1, j2 = _pomeranz_compute_j1j2(i, n, ll, ceilf, roundf)
+        weights = powers[0] if i in (1, 2 * n + 1) else powers[1 if i % 2 else 2]
+        row = {
+            j: sum((v * weights[j - k] for k, v in row.items() if 0 <= j - k < npwrs), Fraction(0))
+            for j in range(j1, j2 + 1)
+        }
+    return float(1 - row.get(n, Fraction(0)) * math.factorial(n))
+
+
+def test_kstwo_sf_pomeranz_branch_matches_scipy_on_a_grid():
+    # scipy's own float64 rows are off by up to ~6e-12 relative at the branch's smallest
+    # p-values (~6e-4, where 1 - CDF loses three digits); this one is within ~1e-14
+    sizes = [*range(3, 16), 20, 37, 50, 64, 98, 99, 116, 123, 140]
+    x = np.concatenate([_pomeranz_grid(n) for n in sizes])
+    n = np.concatenate([np.full(len(_pomeranz_grid(n)), float(n)) for n in sizes])
+    expected = stats.kstwo.sf(x, n)
+    got = _ks.kstwo_sf(x, n)
+    np.testing.assert_allclose(got, expected, rtol=1e-11, atol=0)
+    np.testing.assert_array_equal(_ks.pomeranz_sf(n, x), got)
+    # an element's value does not depend on its group (the memo relies on it)
+    some = np.flatnonzero(n == 98.0)
+    alone = np.array([_ks.pomeranz_sf(n[i : i + 1], x[i : i + 1])[0] for i in some])
+    assert alone.tobytes() == got[some].tobytes()
+
+
+def test_kstwo_sf_pomeranz_branch_is_exact_where_scipy_rounds():
+    # the worst points of their n on the grid (scipy off by 1e-12 and 3e-12 relative), in
+    # longdouble, and one in float64 (p = 0.043 >= 20e-4)
+    points = [(20, 0.4446584489412322), (58, 0.2581115645501236), (20, 0.3)]
+    rtol = 1e-13 if np.finfo(np.longdouble).eps < 1e-18 else 3e-11  # 80-bit or double
+    for n, x in points:
+        got = _ks.kstwo_sf(np.array([x]), np.array([float(n)]))[0]
+        assert got == pytest.approx(_exact_pomeranz_sf(n, x), rel=rtol, abs=0), (n, x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 140), u=st.floats(0.0, 1.0), others=st.integers(0, 4))
+def test_kstwo_sf_small_n_branches_match_scipy(n, u, others):
+    # u spans n x^2 from the Durbin matrix's end to past Pomeranz's (0.5 .. 6): scipy's
+    # x >= 0.5, Durbin, Pomeranz and special.smirnov branches, in one call with others;
+    # alone afterwards (from the memo) the same bits
+    x0 = min(np.sqrt((0.5 + 5.5 * u) / n), 0.75)
+    rng = np.random.default_rng(n)
+    x = np.r_[x0, rng.uniform(0.0, 0.6, size=others)]
+    sizes = np.r_[float(n), rng.integers(2, 141, size=others).astype(float)]
+    expected = stats.kstwo.sf(x, sizes)
+    got = _ks.kstwo_sf(x, sizes)
+    np.testing.assert_allclose(got, expected, rtol=1e-11, atol=0)
+    t = sizes * x
+    scipy_or_smirnov = (t * x <= 0.754693) | (t * x > 4.0) | (t <= 1.0) | (t >= sizes - 1) | (x >= 0.5)
+    assert got[scipy_or_smirnov].tobytes() == expected[scipy_or_smirnov].tobytes()
+    alone = np.array([_ks.kstwo_sf(x[i : i + 1], sizes[i : i + 1])[0] for i in range(len(x))])
+    assert alone.tobytes() == got.tobytes()
