@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,7 @@ class KafkaPublisher:
         self._max_request_size = max_request_size
         self._pending: list[Outgoing] = []
         self._producer: KafkaProducer | None = producer
+        self._failed_at: float | None = None  # monotonic time of the last failed flush
 
     @property
     def pending(self) -> int:
@@ -186,8 +188,13 @@ class KafkaPublisher:
             still in flight stay in flight) for the next flush.
         """
         if not self._pending:
+            self._failed_at = None
             return
-        producer = self._ensure_producer()
+        try:
+            producer = self._ensure_producer()
+        except SinkError:
+            self._failed_at = time.monotonic()
+            raise
         error: Exception | None = None
         for _ in range(3):  # a record refused for its size is shrunk and sent again at once
             error = self._send(producer) or error
@@ -206,10 +213,12 @@ class KafkaPublisher:
             if not self._pending or not resized:
                 break
         if not self._pending:
+            self._failed_at = None
             return
         for entry in self._pending:
             if entry.future is not None and entry.future.failed():
                 error = error or entry.future.exception
+        self._failed_at = time.monotonic()
         raise SinkError(
             f"{len(self._pending)} {self._what} not acknowledged by Kafka topic "
             f"{self.topic!r} within {self.flush_timeout_seconds}s "
@@ -246,17 +255,52 @@ class KafkaPublisher:
         return error
 
     def close(self) -> None:
-        """Flush what can be flushed (a failure is logged) and close the producer."""
+        """Flush what can be flushed (a failure is logged) and close the producer.
+
+        When a flush failed less than ``flush_timeout_seconds`` ago (the service's last
+        flush before it stops, typically, in a broker outage), the records are not
+        waited for again: a shutdown in an outage would otherwise wait the timeout twice
+        per Kafka sink (three times with the producer's close), past a container's grace
+        period. Nothing is lost: a failed flush held the offsets' commit back, so the
+        records are produced again after the restart.
+        """
+        recent = self._failed_at is not None and time.monotonic() - self._failed_at < self.flush_timeout_seconds
         try:
-            self.flush()
+            if recent and self._pending:
+                log.warning(
+                    "Kafka topic %r: closing with %d unpublished %s (the last flush failed just now; "
+                    "their offsets were not committed, so they are produced again after a restart)",
+                    self.topic,
+                    len(self._pending),
+                    self._what,
+                )
+            else:
+                self.flush()
         except SinkError as exc:
             log.warning(
                 "Kafka topic %r: closing with %d unpublished %s: %s", self.topic, len(self._pending), self._what, exc
             )
         finally:
             if self._producer is not None:
-                self._producer.close(timeout=self.flush_timeout_seconds)
+                # records still in flight to a broker that did not answer are not waited for
+                _close_producer(self._producer, 0 if self._failed_at is not None else self.flush_timeout_seconds)
                 self._producer = None
+
+
+def _close_producer(producer: KafkaProducer, timeout: float) -> None:
+    """``producer.close(timeout)``, whatever is still in flight.
+
+    kafka-python 3.0's ``close`` flushes first and raises ``KafkaTimeoutError`` when that
+    flush times out (a broker that does not answer), before it stops its sender thread
+    and closes its connections: the producer would be left running. Then its flush is
+    skipped and it is closed again, at once (the records in flight are dropped: their
+    offsets were not committed).
+    """
+    try:
+        producer.close(timeout=timeout)
+    except KafkaError:
+        producer.flush = lambda timeout=None: None  # type: ignore[method-assign]
+        producer.close(timeout=0)
 
 
 def _encode(alarm: Alarm) -> bytes:

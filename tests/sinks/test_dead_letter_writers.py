@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -166,6 +167,29 @@ def test_a_frozen_broker_keeps_alarms_in_flight_until_it_is_back(tmp_path, make_
             sink.close()
         got = read_topic(b.bootstrap_servers, "alarms", 3)
         assert {orjson.loads(r.value)["first_index"] for r in got} == {0, 100, 200}
+
+
+def test_closing_right_after_a_failed_flush_does_not_wait_for_the_broker_again(tmp_path, make_alarm, caplog) -> None:
+    """A shutdown in an outage: the service's last flush failed (its commit was held, so
+    the records are produced again after a restart); close() does not wait the flush
+    timeout a second time, nor for the producer's records in flight (three waits per
+    Kafka sink would outlast a container's grace period)."""
+    with private_broker(tmp_path, ["alarms"]) as b:
+        sink = KafkaAlarmSink(
+            KafkaSettings(bootstrap_servers=b.bootstrap_servers, alarms_topic="alarms"), flush_timeout_seconds=6.0
+        )
+        sink.write([make_alarm(index=0)])
+        flush_until_done(sink)
+        with b.frozen():
+            sink.write([make_alarm(index=1)])
+            with pytest.raises(SinkError, match="1 alarm"):
+                sink.flush()
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="driftline.sinks.kafka"):
+                sink.close()
+            closed_in = time.monotonic() - started
+    assert closed_in < 3.0, f"close() waited {closed_in:.1f} s after a failed flush (flush timeout 6 s)"
+    assert "closing with 1 unpublished alarm" in caplog.text
 
 
 def test_a_dead_letter_file_that_cannot_be_written_keeps_them_and_keeps_the_bytes(tmp_path) -> None:
