@@ -49,11 +49,18 @@ def _weight(item: pytest.Item) -> int:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Long tests first (a stable sort: the order within each weight is kept). pytest-xdist
-    hands tests out in collection order, so the two workers start on the long ones and
-    the short ones fill the end: a long test handed out last would run alone while the
-    other worker idles."""
-    items.sort(key=_weight)
+    """Modules with long tests first (a module weighs what its heaviest test does),
+    each module kept whole and in its order: pytest-xdist hands tests out in collection
+    order, so the two workers start on the long ones and the short ones fill the end (a
+    long test handed out last would run alone while the other worker idles). Modules
+    stay whole because a module- or package-scoped fixture (the demo, a module's
+    service run) is torn down when the next test belongs elsewhere and set up again
+    when one of its tests comes back."""
+    weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        weight[module] = min(weight.get(module, 2), _weight(item))
+    items.sort(key=lambda item: weight[item.nodeid.split("::", 1)[0]])
 
 
 @pytest.fixture(scope="session")
