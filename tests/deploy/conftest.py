@@ -251,12 +251,3 @@ def demo_run(demo_process: DemoProcess) -> DemoRun:
             return run  # two successful scrapes of the final state (one per second)
         time.sleep(0.25)
     pytest.fail(f"Prometheus did not scrape the demo after its summary within 30s: {prometheus.query('up')}")
-
-
-def pytest_collection_modifyitems(config, items):
-    """One demo serves every test of this package: under pytest-xdist (``make test``
-    runs two workers) they all go to the same worker, which starts it once."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.xdist_group("deploy"))

@@ -38,6 +38,9 @@ import yaml
 
 from tests.sinks.test_prometheus import CONTRACT as METRIC_TYPES
 
+# one demo serves the tests of both modules: under pytest-xdist they go to one worker
+pytestmark = pytest.mark.xdist_group("deploy")
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 RULES = ROOT / "sinks" / "rules" / "driftline-alerts.yml"

@@ -29,6 +29,9 @@ from driftline.demo.scenario import (
 )
 from driftline.demo.simulator import Scenario, TrafficPlan
 
+# one demo serves the tests of both modules: under pytest-xdist they go to one worker
+pytestmark = pytest.mark.xdist_group("deploy")
+
 ROOT = Path(__file__).resolve().parents[2]
 LIVE = [
     pytest.mark.slow,
