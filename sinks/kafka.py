@@ -299,7 +299,7 @@ def _close_producer(producer: KafkaProducer, timeout: float) -> None:
     try:
         producer.close(timeout=timeout)
     except KafkaError:
-        producer.flush = lambda timeout=None: None  # type: ignore[method-assign]
+        producer.flush = lambda timeout=None: None
         producer.close(timeout=0)
 
 
