@@ -24,7 +24,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.monitor.streams import prediction_events
-from tests.support.runs import DriftlineProcess, metric_values, wait_for, write_config
+from tests.support.runs import DriftlineProcess, metric_values, tracebacks, wait_for, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]
 
@@ -238,4 +238,4 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
     )
     handovers = sum(text.count("model state(s) restored from the changelog") for text in logs.values())
     assert handovers >= 4, "the partitions' states were not restored from the changelog at the rebalances"
-    assert not any("Traceback" in text for text in logs.values()), [n for n, t in logs.items() if "Traceback" in t]
+    assert not any(tracebacks(text) for text in logs.values()), {n: tracebacks(t) for n, t in logs.items()}

@@ -225,6 +225,33 @@ class DriftlineProcess:
         self.close()
 
 
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.M)
+
+
+def tracebacks(log: str) -> list[str]:
+    """The log records of a ``driftline run`` log (its default format) that hold a
+    traceback, but for those whose every frame is inside kafka-python: its 3.0 network
+    layer logs one now and then while a client closes (``'NoneType' object has no
+    attribute 'recv'`` in ``kafka/net/transport.py``), which says nothing of driftline.
+    A traceback with a frame of driftline's, or printed outside a log record (an
+    uncaught exception), is always returned."""
+    starts = [m.start() for m in _LOG_RECORD.finditer(log)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    records = [log[a:b] for a, b in zip(starts, [*starts[1:], len(log)])]
+    found = []
+    for record in records:
+        if "Traceback" not in record:
+            continue
+        header = record.split("\n", 1)[0].split(" ")
+        logger = header[3] if _LOG_RECORD.match(record) and len(header) > 3 else ""
+        frames = re.findall(r'^\s*File "([^"]+)"', record, re.M)
+        if logger.startswith("kafka.") and frames and all("/site-packages/kafka/" in f for f in frames):
+            continue
+        found.append(record)
+    return found
+
+
 def committed_total(broker: Any, group: str, topic: str, partitions: int = 2) -> int:
     """Sum of the group's committed offsets over the topic's partitions."""
     from kafka import KafkaConsumer, TopicPartition
