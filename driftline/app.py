@@ -219,6 +219,10 @@ class Service:
         self.sinks = list(sinks)
         self._store = CheckpointStore(Path(settings.state_dir), settings.kafka.group_id) if checkpoint else None
         self._ready: dict[str, bool] = dict.fromkeys(READINESS_COMPONENTS, False)
+        # when the loop entered a blocking call to the brokers (a changelog write), so
+        # that /readyz, served by another thread, sees a broker that does not answer
+        # while the loop waits for it (up to kafka.changelog.timeout_seconds per write)
+        self._kafka_call_since: float | None = None
         self._last_checkpoint = 0.0
         self._last_health = 0.0
         self._last_progress = time.monotonic()  # a record arrived, or the lag was 0
@@ -239,7 +243,15 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     def readiness(self) -> dict[str, bool]:
-        return dict(self._ready)
+        """What /readyz reports (called from the metrics server's thread): the health
+        checks' verdicts, and kafka not ready while the loop has waited on the brokers
+        for longer than ``kafka.request_timeout_ms`` (the health check cannot run then)."""
+        ready = dict(self._ready)
+        since = self._kafka_call_since
+        if since is not None and time.monotonic() - since > self.settings.kafka.request_timeout_ms / 1000:
+            ready[Readiness.KAFKA] = False
+            self.telemetry.set_ready(Readiness.KAFKA, False)  # set again by the next health check
+        return ready
 
     def _set_ready(self, component: ReadinessComponent, value: bool) -> None:
         self._ready[component] = value
@@ -582,12 +594,16 @@ class Service:
         for model in models:  # one write per distinct positions (most often: per partition)
             key = tuple(sorted(self._positions_of(model, offsets).items()))
             groups.setdefault(key, {})[model] = self._model_record(model)
+        self._kafka_call_since = time.monotonic()
         try:
             for key, states in groups.items():
                 self._changelog.write(states, dict(key))
         except ChangelogError as exc:
             log.warning("%s: offsets not committed until it is written", exc)
+            self._last_health = 0.0  # the next loop asks the brokers (and says so if they do not answer)
             return False
+        finally:
+            self._kafka_call_since = None
         self._dirty.difference_update(models)
         self.telemetry.mark_success("checkpoint")
         return True
