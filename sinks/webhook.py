@@ -222,13 +222,6 @@ class WebhookSink:
             )
         if not self._pending:
             return
-        if self.settings.policy.dry_run:
-            self._dry_run(self._pending)
-            if self.on_triggers is not None:
-                created_at = self._clock()
-                self.on_triggers(self._pending, [trigger_payload(t, created_at)["reason"] for t in self._pending])
-            self._pending = []
-            return
         created_at = self._clock()
         payloads = [trigger_payload(t, created_at) for t in self._pending]
         if self.on_triggers is not None:
@@ -238,6 +231,10 @@ class WebhookSink:
             # does not know (a replay after a crash need not decide it again: labels can
             # come in another order)
             self.on_triggers(self._pending, [p["reason"] for p in payloads])
+        if self.settings.policy.dry_run:
+            self._dry_run(self._pending, payloads)
+            self._pending = []
+            return
         per_trigger = [(t, p, self._entries(t, p)) for t, p in zip(self._pending, payloads)]
         entries = [e for _, _, es in per_trigger for e in es]
         try:
@@ -309,10 +306,8 @@ class WebhookSink:
         self.outbox.drop(models)
         self.deliverer.report_pending()
 
-    def _dry_run(self, triggers: Sequence[Trigger]) -> None:
-        created_at = self._clock()
-        for trigger in triggers:
-            payload = trigger_payload(trigger, created_at)
+    def _dry_run(self, triggers: Sequence[Trigger], payloads: Sequence[dict[str, Any]]) -> None:
+        for trigger, payload in zip(triggers, payloads, strict=True):
             for name, resolved in self.targets.items():
                 if trigger.action not in resolved.target.actions:
                     continue
