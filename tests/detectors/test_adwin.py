@@ -243,3 +243,74 @@ def test_defaults_match_river():
 def test_docstring_examples_run():
     failures, _ = doctest.testmod(driftline.detectors.adwin, verbose=False)
     assert failures == 0
+
+
+@st.composite
+def batch_cuts(draw: st.DrawFn, n: int, largest: int) -> list[int]:
+    """Batch boundaries over ``n`` samples: batches of 1 to ``largest`` samples."""
+    sizes = draw(st.lists(st.integers(1, largest), min_size=1, max_size=n))
+    return [int(c) for c in np.cumsum(sizes) if c < n]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), stream=drifting_streams(), params=params_strategy)
+def test_tiny_batches_match_river(data, stream, params):
+    """Batches of 1 to 50 samples (the service's concept detector sees a few labels per
+    model and batch): below the per-sample threshold each sample goes through river's
+    insertion in Python; above it the vectorized path; both, interleaved, give river's
+    drifts."""
+    cuts = data.draw(batch_cuts(stream.size, 50))
+    assert feed(ADWIN(**params), stream, cuts) == river_drifts(stream, **params)
+
+
+def test_tiny_batches_then_a_state_round_trip_continue_as_uninterrupted():
+    stream = make_stream("sudden", 3000, 21)
+    uninterrupted = feed(ADWIN(), stream, list(range(0, stream.size, 7)))
+    first = ADWIN()
+    found = feed(first, stream[:1500], list(range(0, 1500, 7)))
+    restored = ADWIN.from_state(json.loads(json.dumps(first.state_dict(), default=lambda a: a.tolist())))
+    assert restored.width == first.width and restored.estimation == first.estimation
+    found += [1500 + i for i in feed(restored, stream[1500:], list(range(0, 1500, 10)))]
+    assert found == uninterrupted == river_drifts(stream)
+
+
+def test_width_and_estimation_match_river_between_drifts():
+    stream = make_stream("sudden", 2500, 8)
+    river = river_drift.ADWIN()
+    ours = ADWIN()
+    for start in range(0, stream.size, 13):
+        part = stream[start : start + 13]
+        for value in part.tolist():
+            river.update(value)
+        ours.update(part)
+        if not river.drift_detected:  # after a drift ours restarts at once (class Notes)
+            assert ours.width == river.width
+            assert ours.estimation == river.estimation
+
+
+def test_parity_beyond_the_shared_tables(monkeypatch):
+    """Windows longer than the shared tables of the check's structure and of delta'
+    cover: the same drifts, computed directly."""
+    monkeypatch.setattr(driftline.detectors.adwin, "_TABLE_CELLS", 600)
+    monkeypatch.setattr(driftline.detectors.adwin, "_DP_TABLE_MAX", 5)
+    monkeypatch.setattr(driftline.detectors.adwin, "_CHECK_TABLES", {})
+    monkeypatch.setattr(driftline.detectors.adwin, "_DELTA_PRIMES", {})
+    rng = np.random.default_rng(4)
+    stream = np.concatenate([rng.normal(mean, 1.0, 3000) for mean in (0.0, 1.0, -0.5, 0.8)])
+    expected = river_drifts(stream, clock=4)
+    assert len(expected) >= 3
+    assert feed(ADWIN(clock=4), stream, list(range(0, stream.size, 997))) == expected
+    assert feed(ADWIN(clock=4), stream, list(range(0, stream.size, 9))) == expected
+
+
+def test_a_state_saved_with_bucket_variances_still_loads():
+    """States saved before bucket variances were dropped (they never change a drift,
+    the width or the estimation) carry a ``bucket_variances`` field: it is ignored."""
+    stream = make_stream("sudden", 3000, 12)
+    first = ADWIN()
+    found = feed(first, stream[:1400], [])
+    state = first.state_dict()
+    state["fields"]["bucket_variances"] = np.zeros_like(state["fields"]["bucket_totals"])
+    restored = ADWIN.from_state(state)
+    found += [1400 + i for i in feed(restored, stream[1400:], [])]
+    assert found == river_drifts(stream)
