@@ -11,8 +11,14 @@ reset after an alarm". This module holds the pieces once:
   same floating-point order as a Python loop (:func:`linear_recurrence`), also over
   many independent segments at once (:func:`segmented_recurrence`), and river's
   exponentially weighted mean on top of it (:func:`ewma`);
-* the restart-after-alarm loop (:func:`scan_with_restarts`): the only Python loop of a
-  detector, over alarms, never over samples.
+* the restart-after-alarm loop (:func:`restart_loop`, :func:`scan_with_restarts` on
+  top, sized by :class:`Pace`): the only Python loop of a detector, over alarms,
+  never over samples;
+* what makes a restart cheap: per-batch prefix sums (:func:`prefix_sums`) and shared
+  tables (:func:`counts`, :func:`decay_tables`), so that a statistic restarted at any
+  row is a few numpy calls on slices; faded sums as scaled prefix sums
+  (:func:`decayed_sums`); and the first rise above a running minimum without the
+  running minimum where it is not needed (:func:`first_rise`).
 
 All functions are pure (arrays in, arrays out), compute in float64 and never write to
 their inputs.
@@ -21,6 +27,7 @@ their inputs.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -41,15 +48,21 @@ __all__ = [
     "recurrence_table",
     "powers",
     "geometric_sums",
+    "counts",
+    "decay_tables",
+    "decayed_sums",
+    "prefix_sums",
+    "first_rise",
 ]
 
 #: Smallest chunk scanned right after an alarm (see :func:`scan_with_restarts`).
 FIRST_CHUNK = 256
 #: Largest chunk scanned at once: bounds the temporaries of one scan.
 MAX_CHUNK = 1 << 16
-#: After a drift, scan up to this many times the distance between the last two drifts
-#: (see :func:`restart_loop`).
-CHUNK_FACTOR = 1.25
+#: After a drift, scan up to this many times the longest of the last ``RECENT_GAPS``
+#: distances between drifts (see :func:`restart_loop`).
+CHUNK_FACTOR = 1.0
+RECENT_GAPS = 5
 
 EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.setflags(write=False)
@@ -160,7 +173,7 @@ def first_index(mask: np.ndarray) -> int:
     """
     if mask.size == 0:
         return -1
-    i = int(np.argmax(mask))
+    i = int(mask.argmax())  # the method: a microsecond less than np.argmax's wrapper
     return i if mask[i] else -1
 
 
@@ -277,22 +290,47 @@ class Pace:
     Not part of a detector's state (no checkpoint holds it): it decides how a batch is
     cut into scans, never a result. A new ``Pace`` (no drift seen yet) scans
     ``MAX_CHUNK`` events at once, as a detector on a stream that rarely drifts wants.
+
+    Parameters
+    ----------
+    median
+        Size the chunk after a drift from the median of the last ``RECENT_GAPS`` gaps
+        instead of the longest (for gaps with a long tail, such as EDDM's).
+    factor
+        The chunk after a drift ends ``factor`` times that typical gap after it.
+    growth
+        After a chunk without a drift, the events scanned since the last drift grow by
+        this factor with the next one.
     """
 
-    __slots__ = ("gap", "since")
+    __slots__ = ("gap", "since", "recent", "median", "factor", "growth")
 
-    def __init__(self) -> None:
+    def __init__(self, median: bool = False, factor: float = CHUNK_FACTOR, growth: float = 1.5) -> None:
         self.gap = 0  # events between the last two drifts; 0 while unknown
         self.since = 0  # events scanned since the last drift
+        self.recent: list[int] = []  # the last RECENT_GAPS gaps, oldest first
+        self.median, self.factor, self.growth = median, factor, growth
+
+    def drifted(self, gap: int) -> None:
+        """Record a drift ``gap`` events after the previous one."""
+        self.gap = gap
+        self.since = 0
+        recent = self.recent
+        recent.append(gap)
+        if len(recent) > RECENT_GAPS:
+            del recent[0]
 
     def chunk(self, first_chunk: int) -> int:
-        """The size of the next scan: up to a little past where the next drift is due;
-        once that point is passed, as many events as have been scanned since the last
-        drift (the doubling of :func:`restart_loop`, continued across calls)."""
+        """The size of the next scan: up to ``factor`` times the typical recent gap after
+        the last drift (the longest of them by default: one short gap does not shrink
+        it); once that point is passed, enough to grow the events scanned since the
+        last drift by ``growth``."""
         if self.gap == 0:
             return MAX_CHUNK
-        due = int(CHUNK_FACTOR * self.gap) - self.since
-        return min(max(due, self.since, first_chunk), MAX_CHUNK)
+        recent = self.recent or [self.gap]
+        typical = sorted(recent)[len(recent) // 2] if self.median else max(recent)
+        due = int(self.factor * typical) - self.since
+        return min(max(due, int(self.since * (self.growth - 1.0)), first_chunk), MAX_CHUNK)
 
 
 def restart_loop(
@@ -315,13 +353,14 @@ def restart_loop(
 
     The loop runs once per drift and per chunk, never per event. A scan that finds a
     drift wastes the events after it (they are scanned again from the fresh state), and
-    every scan has a fixed cost of a few dozen numpy calls; so the chunk is sized from
-    ``pace``, the distance between the detector's last two drifts, carried across calls:
-    a chunk ends ``CHUNK_FACTOR`` times that distance after the last drift (at least
-    ``first_chunk`` events), and doubles while no drift is found. On a stream that
-    drifts every ``g`` events a drift costs about one scan of ``~CHUNK_FACTOR * g``
-    events, whatever the batch size and however many drifts a batch holds; a stream
-    that rarely drifts is scanned ``MAX_CHUNK`` events at a time.
+    every scan has a fixed cost of a dozen or more numpy calls; so the chunk is sized
+    from ``pace``, the distances between the detector's recent drifts, carried across
+    calls: a chunk ends ``CHUNK_FACTOR`` times the longest of them after the last drift
+    (at least ``first_chunk`` events), and the scanned length grows by half per scan
+    while no drift is found (see :meth:`Pace.chunk`). On a stream that drifts every
+    ``g`` events a drift costs about one scan of ``~g`` events, whatever the batch size
+    and however many drifts a batch holds; a stream that rarely drifts is scanned
+    ``MAX_CHUNK`` events at a time.
 
     Parameters
     ----------
@@ -340,19 +379,21 @@ def restart_loop(
     pos = 0
     chunk = pace.chunk(first_chunk)
     while pos < size:
-        end = min(size, pos + chunk)
+        end = pos + chunk
+        if size - end < chunk // 2:
+            # a short rest of the batch would cost a scan of its own: take it now
+            end = size
         drift, warn = scan(pos, end)
         if len(warn):
             warnings.append(warn)
         if drift < 0:
             pace.since += end - pos
             pos = end
-            chunk = min(2 * chunk, MAX_CHUNK)
+            chunk = pace.chunk(first_chunk)
             continue
         drifts.append(drift)
         reset()
-        pace.gap = pace.since + drift + 1 - pos
-        pace.since = 0
+        pace.drifted(pace.since + drift + 1 - pos)
         pos = drift + 1
         chunk = pace.chunk(first_chunk)
     if not warnings:
@@ -484,3 +525,167 @@ def geometric_sums(base: float, size: int) -> np.ndarray:
         return steps
     sums: np.ndarray = -np.expm1(steps * np.log1p(base - 1.0)) / (1.0 - base)
     return sums
+
+
+@functools.lru_cache(maxsize=1)
+def _count_table() -> np.ndarray:
+    table = np.arange(MAX_CHUNK + 2, dtype=np.float64)
+    table.setflags(write=False)
+    return table
+
+
+def counts(start: int, size: int) -> np.ndarray:
+    """``arange(start, start + size)`` in float64 (read-only when it is a slice of the
+    shared table, i.e. when ``start + size <= MAX_CHUNK + 2``): the running counts a
+    prefix sum is divided by.
+
+    Examples
+    --------
+    >>> counts(1, 3).tolist()
+    [1.0, 2.0, 3.0]
+    """
+    if start >= 0 and start + size <= MAX_CHUNK + 2:
+        return _count_table()[start : start + size]
+    return np.arange(start, start + size, dtype=np.float64)
+
+
+#: :func:`decay_tables` keeps ``base ** -k`` below this: a sample scaled by it cannot
+#: overflow unless its magnitude is above ~1e258.
+_INVERSE_LIMIT = 1e50
+
+
+@functools.lru_cache(maxsize=16)
+def decay_tables(base: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(base ** k, base ** -k, limit)`` for ``k`` in ``arange(limit)`` (read-only):
+    the tables of :func:`decayed_sums`. ``limit`` is at most ``MAX_CHUNK + 1`` and
+    keeps ``base ** -k`` under 1e50 (0 for ``base`` so small that even one step would
+    not: the caller then filters).
+
+    Examples
+    --------
+    >>> up, down, limit = decay_tables(0.5)
+    >>> up[:3].tolist(), down[:3].tolist(), limit
+    ([1.0, 0.5, 0.25], [1.0, 2.0, 4.0], 166)
+    """
+    if not 0.0 < base <= 1.0:
+        raise ValueError(f"base must be a number in (0, 1], got {base!r}")
+    limit = MAX_CHUNK + 1 if base == 1.0 else int(min(MAX_CHUNK + 1, math.log(_INVERSE_LIMIT) / -math.log(base)))
+    steps = np.arange(limit, dtype=np.float64)
+    up, down = np.power(base, steps), np.power(1.0 / base, steps) if base != 1.0 else np.ones(limit)
+    if base != 1.0:
+        # 1 / base rounds: base ** -k from the exact power instead (one division, exact
+        # to half an ulp of the correctly rounded power)
+        np.divide(1.0, up, out=down)
+    up.setflags(write=False)
+    down.setflags(write=False)
+    return up, down, limit
+
+
+def decayed_sums(y: np.ndarray, decay: float, initial: float, out: np.ndarray) -> np.ndarray:
+    """``s[t] = decay * s[t-1] + y[t]`` from ``s[-1] = initial``, into ``out`` (which may
+    be ``y``): a prefix sum of ``y`` scaled by ``decay ** -t``, scaled back by
+    ``decay ** t`` (three numpy calls, no filter). Where ``decay ** -t`` would grow past
+    :func:`decay_tables`' limit, the sums restart in blocks from the previous block's
+    last value; for a ``decay`` so small that blocks would be tiny (limit < 512), this
+    is :func:`linear_recurrence`.
+
+    Not rounded as the loop is (which :func:`linear_recurrence` is): each ``s[t]``
+    differs from the loop's by a few units in the last place of the largest
+    ``decay ** (t - j) * |s[j]|``, the order of the loop's own rounding error.
+
+    Examples
+    --------
+    >>> y = np.array([1.0, 1.0, 1.0])
+    >>> decayed_sums(y, 0.5, 2.0, np.empty(3)).tolist()
+    [2.0, 2.0, 2.0]
+    """
+    n = y.size
+    if n == 0:
+        return out[:0]
+    up, down, limit = decay_tables(float(decay))
+    if limit < 512:
+        out[:n] = linear_recurrence(y, 1.0, decay, initial)
+        return out[:n]
+    start = 0
+    while start < n:
+        stop = min(n, start + limit)
+        m = stop - start
+        block = out[start:stop]
+        np.multiply(y[start:stop], down[:m], out=block)
+        # the carried sum enters as the first step: decay * initial + y[0], in the loop's order
+        block[0] = decay * initial + y[start]
+        np.add.accumulate(block, out=block)
+        np.multiply(block, up[:m], out=block)
+        initial = float(block[-1])
+        start = stop
+    return out[:n]
+
+
+def first_rise(values: np.ndarray, initial: float, threshold: float, start: int = 0) -> tuple[int, float]:
+    """The first ``t >= start`` where ``values[t] - min(initial, values[0], ..., values[t])
+    > threshold`` (computed as that subtraction), or -1; and that overall minimum.
+
+    The rise of a running statistic above its running minimum (PageHinkley's
+    ``sum - min``, or with negated values a fall below a running maximum), with the
+    running minimum only where it is needed. Let ``p`` be where ``values`` is smallest
+    (first occurrence): from ``p`` on the running minimum is ``values[p]`` (or
+    ``initial`` everywhere, if that is smaller), so there the test is one subtraction.
+    Before ``p`` a rise is only possible if the range of ``values[:p]`` and ``initial``
+    exceeds the threshold (two reductions); only then is the running minimum of
+    ``values[:p]`` accumulated. The comparisons are those of the loop, value for value.
+
+    Examples
+    --------
+    >>> first_rise(np.array([3.0, 1.0, 2.0, 4.5, 0.0]), 2.0, 3.0)
+    (3, 0.0)
+    >>> first_rise(np.array([3.0, 1.0, 2.0]), 2.0, 3.0)
+    (-1, 1.0)
+    """
+    size = values.size
+    if size == 0:
+        return -1, initial
+    p = int(values.argmin())
+    low = float(values[p])
+    if not low < initial:
+        # the running minimum is `initial` throughout
+        return _first_above(values[start:], initial, threshold, start), initial
+    if p > start:
+        head = values[:p]
+        before = min(initial, float(head[int(head.argmin())]))
+        if float(values[start + int(values[start:p].argmax())]) - before > threshold:
+            # a rise may come before the minimum: the running minimum up to it, and
+            # values[p] from there on, then one test over both parts
+            running = np.empty(size)
+            np.minimum.accumulate(head, out=running[:p])
+            if initial < running[0]:
+                np.minimum(running[:p], initial, out=running[:p])
+            running[p:] = low
+            np.subtract(values, running, out=running)
+            return _first_above(running[start:], 0.0, threshold, start), low
+    start = max(p, start)
+    return _first_above(values[start:], low, threshold, start), low
+
+
+def _first_above(values: np.ndarray, low: float, threshold: float, offset: int) -> int:
+    """``offset +`` the first index where ``values - low > threshold``, or -1."""
+    if values.size == 0:
+        return -1
+    rise = values - low if low != 0.0 else values
+    above = rise > threshold
+    i = int(above.argmax())
+    return offset + i if above[i] else -1
+
+
+def prefix_sums(x: np.ndarray) -> np.ndarray:
+    """``[0, x[0], x[0] + x[1], ...]`` in float64 (``x.size + 1`` values), summed left
+    to right as a loop does: exact for integer-valued ``x`` (0/1 errors) below 2**53.
+
+    Examples
+    --------
+    >>> prefix_sums(np.array([1.0, 0.0, 1.0])).tolist()
+    [0.0, 1.0, 1.0, 2.0]
+    """
+    out = np.empty(x.size + 1)
+    out[0] = 0.0
+    np.cumsum(x, out=out[1:])
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -9,13 +10,12 @@ import numpy as np
 
 from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import (
+    MAX_CHUNK,
+    Pace,
+    counts,
     first_index,
-    last_index,
-    previous,
+    prefix_sums,
     restart_loop,
-    running_mean,
-    running_min,
-    scan_with_restarts,
 )
 
 __all__ = ["DDM", "EDDM"]
@@ -84,36 +84,101 @@ class DDM(ChangeDetector):
         self._ps_min = math.inf
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
+        batch = _DDMBatch(self, x)
+        return restart_loop(x.size, batch.scan, self.reset, pace=self._pace())
 
-    def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
-        n, p, errors = running_mean(x, self._n, self._errors)
-        s = np.sqrt(p * (1 - p) / n)
-        ps = p + s
-        active = n > self.warm_start
-        candidates = np.where(active, ps, math.inf)
-        if candidates.min() > self._ps_min:
-            # no new minimum in this chunk (the common case): the reference is constant
-            at = np.full(1, -1)
-            p_min: float | np.ndarray = self._p_min
-            s_min: float | np.ndarray = self._s_min
+
+class _DDMBatch:
+    """DDM over one batch: ``scan(a, b)`` runs rows ``a .. b-1`` from the detector's
+    state (see :func:`~driftline.detectors._kernels.restart_loop`).
+
+    The error count since a reset at row ``r`` is ``e[t + 1] - e[r]`` with ``e`` one
+    prefix sum per batch (exact for 0/1 input), so a scan starts from the error rate
+    without a pass of its own over the samples, and works on the rows after the warm-up
+    only. When no row of a scan makes a new minimum of ``p + s`` (the common case once
+    the minimum has settled) the levels are constants; otherwise the row of the last
+    minimum so far is carried forward with one ``maximum.accumulate``.
+    """
+
+    __slots__ = ("det", "e", "offset", "work", "levels", "index", "rows")
+
+    def __init__(self, det: DDM, x: np.ndarray) -> None:
+        self.det = det
+        size = x.size
+        self.e = prefix_sums(x)
+        self.offset = -det._errors  # errors since the reset: e[t + 1] - offset
+        # rows: p, s, p + s, running minimum; levels: the drift and warning levels of
+        # each row as a minimum, after a leading cell for the carried minimum's
+        self.work = np.empty((4, size))
+        self.levels = np.empty((2, size + 1))
+        self.index = np.empty(size, dtype=np.int64)
+        self.rows = np.arange(1, size + 1)
+
+    def scan(self, a: int, b: int) -> tuple[int, np.ndarray]:
+        det = self.det
+        n0 = int(det._n)
+        if n0 == 0:
+            self.offset = float(self.e[a])
+        # rows before `lo` have n <= warm_start: they only count
+        lo = a + max(0, det.warm_start - n0)
+        if lo >= b:
+            det._n = float(n0 + b - a)
+            det._errors = float(self.e[b]) - self.offset
+            return -1, EMPTY_INDEX
+        size = b - lo
+        n = counts(n0 + lo - a + 1, size)
+        p, s, ps, low = (row[:size] for row in self.work)
+        np.subtract(self.e[lo + 1 : b + 1], self.offset, out=p)
+        p /= n
+        # s = sqrt(p * (1 - p) / n), rounded as river computes it
+        np.subtract(1.0, p, out=s)
+        s *= p
+        s /= n
+        np.sqrt(s, out=s)
+        np.add(p, s, out=ps)
+        lowest = int(ps.argmin())
+        drift_level, warning_level = self.levels[0, : size + 1], self.levels[1, : size + 1]
+        record = -1
+        if ps[lowest] > det._ps_min:
+            # no new minimum: both levels are the carried minimum's
+            drift_at: float | np.ndarray = det._p_min + det.drift_threshold * det._s_min
+            warning_at: float | np.ndarray = det._p_min + det.warning_threshold * det._s_min
         else:
-            new_min = active & (candidates <= previous(running_min(candidates, self._ps_min), self._ps_min))
-            at = last_index(new_min)
-            p_min = np.where(at >= 0, p[at], self._p_min)
-            s_min = np.where(at >= 0, s[at], self._s_min)
-        drift_zone = active & (ps > p_min + self.drift_threshold * s_min)
-        warning_zone = active & (ps > p_min + self.warning_threshold * s_min) & ~drift_zone
-        drift = first_index(drift_zone)
+            # river's test ps <= ps_min makes a row the new minimum: it equals the running
+            # minimum that includes it (and the carried one)
+            np.minimum.accumulate(ps, out=low)
+            np.minimum(low, det._ps_min, out=low)
+            at = self.index[:size]
+            np.multiply(ps == low, self.rows[:size], out=at)  # row + 1 where a minimum, else 0
+            np.maximum.accumulate(at, out=at)
+            record = int(at[-1]) - 1
+            # level of each row if it is the minimum: p + threshold * s, as river rounds it
+            np.multiply(s, det.drift_threshold, out=drift_level[1:])
+            drift_level[1:] += p
+            drift_level[0] = det._p_min + det.drift_threshold * det._s_min
+            np.multiply(s, det.warning_threshold, out=warning_level[1:])
+            warning_level[1:] += p
+            warning_level[0] = det._p_min + det.warning_threshold * det._s_min
+            drift_at = drift_level[at]
+            warning_at = warning_level[at]
+        above = ps > drift_at
+        drift = int(above.argmax())
+        if not above[drift]:
+            drift = -1
+        stop = drift if drift >= 0 else size
+        warn = ps[:stop] > (warning_at[:stop] if isinstance(warning_at, np.ndarray) else warning_at)
+        warnings = warn.nonzero()[0]
+        if len(warnings):
+            warnings += lo
         if drift >= 0:
-            return drift, np.flatnonzero(warning_zone[:drift])
-        self._n = float(n[-1])
-        self._errors = errors
-        if at[-1] >= 0:
-            self._p_min = float(p[at[-1]])
-            self._s_min = float(s[at[-1]])
-            self._ps_min = float(ps[at[-1]])
-        return drift, np.flatnonzero(warning_zone)
+            return lo + drift, warnings
+        det._n = float(n0 + b - a)
+        det._errors = float(self.e[b]) - self.offset
+        if record >= 0:
+            det._p_min = float(p[record])
+            det._s_min = float(s[record])
+            det._ps_min = det._p_min + det._s_min
+        return -1, warnings
 
 
 class EDDM(ChangeDetector):
@@ -194,6 +259,14 @@ class EDDM(ChangeDetector):
         self._p2s_max = -1.0
         self._warning = False  # river's warning flag persists between errors
 
+    def _pace(self) -> Pace:
+        # the gaps between EDDM's drifts (in errors) have a long tail: chunks sized from
+        # their median, doubling on a miss, waste less than from the longest
+        pace: Pace | None = self.__dict__.get("_restart_pace")
+        if pace is None:
+            pace = self._restart_pace = Pace(median=True, factor=1.5, growth=2.0)
+        return pace
+
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         errors = np.flatnonzero(x == 1)
         if errors.size == 0:
@@ -221,6 +294,20 @@ class EDDM(ChangeDetector):
         return errors[drift_errors], warnings
 
 
+@functools.lru_cache(maxsize=1)
+def _quarter_table() -> np.ndarray:
+    table = counts(0, MAX_CHUNK + 2) / 4.0
+    table.setflags(write=False)
+    return table
+
+
+def _quarters(start: int, size: int) -> np.ndarray:
+    """``arange(start, start + size) / 4`` (exact), from a shared table when it fits."""
+    if start + size <= MAX_CHUNK + 2:
+        return _quarter_table()[start : start + size]
+    return np.arange(start, start + size, dtype=np.float64) / 4.0
+
+
 class _EDDMBatch:
     """EDDM over one batch, in error space: ``scan(a, b)`` runs errors ``a .. b-1``
     from the detector's state; the sample rows between errors carry the warning flag.
@@ -229,12 +316,13 @@ class _EDDMBatch:
     sample ``i - origin``.
     """
 
-    __slots__ = ("det", "size", "errors", "table", "coef", "origin", "row")
+    __slots__ = ("det", "size", "errors", "table", "coef", "origin", "row", "p2s")
 
     def __init__(self, det: EDDM, size: int, errors: np.ndarray, table: np.ndarray) -> None:
         self.det, self.size, self.errors, self.table = det, size, errors, table
         # the table's rows to the shifted sums and squares (see scan)
         self.coef = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+        self.p2s = np.empty(errors.size + 1)  # scratch of every scan
         self.origin = -(det._n + 1)
         self.row = 0  # first row not yet covered by a scan
 
@@ -259,39 +347,43 @@ class _EDDMBatch:
         coef[1, 0], coef[1, 2] = -2.0 * ref, ref * ref
         coef[1, 3] = 2.0 * ref * p1 - p2 - ref * ref * a + q0
         sums, squares = coef @ table[:, a + 1 : b + 1]
-        count = table[2, a + 1 : b + 1] + float(det._n_errors - a)  # errors since the reset
+        size = b - a
+        n_errors = det._n_errors
+        count = counts(n_errors + 1, size)  # errors since the reset
         # p2s = mean + 2 * std, computed after a free leading cell (see `extended` below)
-        p2s_ext = np.empty(b - a + 1)
+        p2s_ext = self.p2s[: size + 1]
         p2s = p2s_ext[1:]
         np.divide(sums, count, out=p2s)
         p2s += ref
         variance = sums * sums
         variance /= count
         np.subtract(squares, variance, out=variance)
-        # count - 1 is 0 only for the first error since a reset, whose sums are 0: the
-        # variance is then 0 / 1 = 0 (river's Var returns 0 for one value)
-        count -= 1.0
-        if det._n_errors == 0:
-            count[0] = 1.0
-        variance /= count
+        # 4 * variance / (count - 1): dividing by the exact (count - 1) / 4 scales the
+        # correctly rounded quotient by 4 exactly, so that sqrt gives 2 * std exactly.
+        # count - 1 is 0 only for the first error since a reset, whose sums are 0: its
+        # variance is 0 (river's Var returns 0 for one value)
+        if n_errors == 0:
+            variance[0] = 0.0
+            variance[1:] /= _quarters(n_errors + 1, size - 1)
+        else:
+            variance /= _quarters(n_errors, size)
         if abs(s0) + (float(table[0, b]) - p1) + ref * (b - a) >= 2.0**26:
             # sums * sums may round: then cancellation can leave -tiny for a constant
             # (when it is exact, squares >= sums * sums / count holds after rounding too)
             np.maximum(variance, 0.0, out=variance)
         np.sqrt(variance, out=variance)
-        variance *= 2
         p2s += variance
         # errors are judged once sample > warm_start (a suffix: samples increase), and
         # compared with the maximum once count > warm_start (a suffix too)
         limit = det.warm_start + self.origin
-        active = 0 if errors[a] > limit else int(np.searchsorted(errors[a:b], limit, side="right"))
+        active = 0 if errors[a] > limit else int(errors[a:b].searchsorted(limit, side="right"))
         judged_from = max(active, det.warm_start - det._n_errors)
         # the maximum each active error is compared with: a running maximum that starts
         # from the carried one, in the cell before the first active error; it is
         # constant from the largest value on, which is often the carried one
         extended = p2s_ext[active:]
         extended[0] = det._p2s_max
-        top = int(np.argmax(extended))
+        top = int(extended.argmax())
         largest = float(extended[top])
         tail = extended[1:]
         before: float | np.ndarray = largest
@@ -307,7 +399,8 @@ class _EDDMBatch:
         low = level < det.alpha  # judged errors that set the warning flag (beta <= alpha)
         low &= judged
         drift = -1
-        if low.any():
+        some_low = low.size > 0 and bool(low[low.argmax()])
+        if some_low:
             drift = first_index(judged & (level < det.beta))
             if drift >= 0:
                 # the drift error does not touch the flag
@@ -318,14 +411,16 @@ class _EDDMBatch:
             end = int(errors[first + drift]) + 1
         else:
             end = int(errors[b]) if b < errors.size else self.size
-        if low.any():
+        if some_low and drift >= 0:
+            some_low = bool(low[low.argmax()])
+        if some_low:
             # the flag changes only at judged errors, and persists on the rows between:
             # the warnings are the runs between the errors where it turns on and off
-            setter = np.flatnonzero(judged)
+            setter = judged.nonzero()[0]
             values = np.empty(setter.size + 1, dtype=bool)
             values[0] = det._warning
             np.take(low, setter, out=values[1:])
-            toggles = errors[setter[np.flatnonzero(values[1:] != values[:-1])] + first].tolist()
+            toggles = errors[setter[(values[1:] != values[:-1]).nonzero()[0]] + first].tolist()
             if values[0]:
                 toggles.insert(0, self.row)
             if values[-1]:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
-from driftline.detectors._kernels import first_index, running_max, scan_with_restarts
+from driftline.detectors._kernels import first_rise, prefix_sums, restart_loop
 
 __all__ = ["FHDDM"]
 
@@ -94,27 +94,83 @@ class FHDDM(ChangeDetector):
         self._u_short_max = 0.0
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
+        batch = _FHDDMBatch(self, x)
+        drifts, _ = restart_loop(x.size, batch.scan, batch.reset, pace=self._pace())
+        batch.finish()
+        return drifts, EMPTY_INDEX
 
-    def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
-        n = self.sliding_window_size
-        k = self._tail.size
-        z = np.concatenate((self._tail, x))
-        prefix = np.concatenate(([0.0], np.cumsum(z)))
-        ends = np.arange(k + 1, z.size + 1)  # prefix index just after each input of x
-        full = ends >= n
-        u = np.where(full, (prefix[ends] - prefix[np.maximum(ends - n, 0)]) / n, -math.inf)
-        u_max = running_max(u, self._u_max)
-        alarm = full & (u_max - u > self._epsilon)
-        if self.short_window_size is not None:
-            s = self.short_window_size
-            u_short = np.where(full, (prefix[ends] - prefix[np.maximum(ends - s, 0)]) / s, -math.inf)
-            u_short_max = running_max(u_short, self._u_short_max)
-            alarm |= full & (u_short_max - u_short > self._epsilon_short)
-        drift = first_index(alarm)
-        if drift < 0:
-            self._tail = z[max(z.size - (n - 1), 0) :].copy()
-            self._u_max = float(u_max[-1])
-            if self.short_window_size is not None:
-                self._u_short_max = float(u_short_max[-1])
-        return drift, EMPTY_INDEX
+
+class _FHDDMBatch:
+    """FHDDM over one batch: ``scan(a, b)`` runs rows ``a .. b-1`` from the detector's
+    state (see :func:`~driftline.detectors._kernels.restart_loop`).
+
+    The window means do not depend on where the detector restarted, only on whether
+    its window has filled since: they are computed once per batch from one prefix sum
+    over the carried inputs and the batch (``u[i]`` is the mean of the window ending at
+    row ``i``). A scan is then the running maximum test on a slice of them
+    (:func:`~driftline.detectors._kernels.first_rise` on the negated means), and a
+    restart only moves the row from which the window is full.
+    """
+
+    __slots__ = ("det", "size", "z", "u", "u_short", "full_from", "last_drift")
+
+    def __init__(self, det: FHDDM, x: np.ndarray) -> None:
+        self.det, self.size = det, x.size
+        n, k = det.sliding_window_size, det._tail.size
+        z = np.concatenate((det._tail, x)) if k else x
+        self.z = z
+        prefix = prefix_sums(z)
+        # rows before full_from cannot have a full window (nor be read): from the first
+        # row whose window ends inside z, u holds minus the window mean
+        first = max(n - 1 - k, 0)
+        self.full_from = first
+        self.u = self._means(prefix, n, k, first)
+        self.u_short = None
+        if det.short_window_size is not None:
+            self.u_short = self._means(prefix, det.short_window_size, k, first)
+        self.last_drift = -1
+
+    def _means(self, prefix: np.ndarray, width: int, k: int, first: int) -> np.ndarray:
+        """Minus the mean of the ``width`` inputs up to each row (rows from ``first``)."""
+        u = np.empty(self.size)
+        if first >= self.size:
+            return u
+        ends = prefix[k + first + 1 :]
+        # river's n_one / window: a difference of exact integer counts for 0/1 input
+        np.subtract(ends, prefix[k + first + 1 - width : prefix.size - width], out=u[first:])
+        u[first:] /= -width
+        return u
+
+    def reset(self) -> None:
+        self.det.reset()
+        # river's window restarts empty after the drift
+        self.full_from = self.last_drift + self.det.sliding_window_size
+
+    def scan(self, a: int, b: int) -> tuple[int, np.ndarray]:
+        det = self.det
+        v = max(a, self.full_from)
+        if v >= b:
+            return -1, EMPTY_INDEX
+        # u_max - u > epsilon is a rise of -u above its running minimum, -u_max
+        drift, low = first_rise(self.u[v:b], -det._u_max, det._epsilon)
+        low_short = 0.0
+        if self.u_short is not None:
+            end = drift if drift >= 0 else b - v
+            short, low_short = first_rise(self.u_short[v : v + end], -det._u_short_max, det._epsilon_short)
+            if short >= 0:
+                drift = short
+        if drift >= 0:
+            self.last_drift = v + drift
+            return v + drift, EMPTY_INDEX
+        det._u_max = -low
+        if self.u_short is not None:
+            det._u_short_max = -low_short
+        return -1, EMPTY_INDEX
+
+    def finish(self) -> None:
+        """Carry the last ``window - 1`` inputs since the last reset."""
+        det = self.det
+        keep = det.sliding_window_size - 1
+        since = self.size - 1 - self.last_drift if self.last_drift >= 0 else self.z.size
+        keep = min(keep, since)
+        det._tail = self.z[self.z.size - keep :].copy() if keep > 0 else np.empty(0, dtype=np.float64)

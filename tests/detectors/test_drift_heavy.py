@@ -9,10 +9,15 @@ river's whatever the batch sizes.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from river import drift as river_drift
 
+from driftline.detectors import _kernels as kernels
 from driftline.detectors.adwin import ADWIN
 from driftline.detectors.ddm import DDM, EDDM
 from driftline.detectors.fhddm import FHDDM
@@ -72,6 +77,37 @@ def test_parity_with_river_on_a_drift_heavy_stream(label, batch, seed):
     assert found == expected
 
 
+@st.composite
+def heavy_cases(draw: st.DrawFn) -> tuple[str, np.ndarray, list[int]]:
+    """A detector whose restart path computes from per-batch prefix sums, a drift-heavy
+    stream with a drawn segment length, and drawn batch boundaries (some tiny)."""
+    label = draw(st.sampled_from(["PageHinkley", "DDM", "EDDM", "FHDDM"]))
+    _, _, kind, _, _, _ = CASES[label]
+    n = draw(st.integers(2_000, 8_000))
+    stream = heavy_stream(kind, n, draw(st.integers(0, 2**32 - 1)), draw(st.integers(150, 2_000)))
+    cut_at = draw(st.lists(st.integers(1, n - 1), max_size=12))
+    return label, stream, cut_at
+
+
+@settings(deadline=None, max_examples=40)
+@given(case=heavy_cases())
+def test_parity_with_river_on_drawn_drift_heavy_streams(case):
+    label, stream, cut_at = case
+    ours_cls, river_cls, _, _, _, with_warnings = CASES[label]
+    if with_warnings:
+        assert feed_both(ours_cls(), stream, cut_at) == river_both(river_cls(), stream)
+    else:
+        assert feed(ours_cls(), stream, cut_at) == river_indices(river_cls(), stream)
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), short=st.integers(1, 100), cut_at=st.lists(st.integers(1, 5_999), max_size=8))
+def test_fhddm_short_window_on_drift_heavy_streams(seed, short, cut_at):
+    stream = heavy_stream("binary", 6_000, seed, 700)
+    params = {"short_window_size": short}
+    assert feed(FHDDM(**params), stream, cut_at) == river_indices(river_drift.binary.FHDDM(**params), stream)
+
+
 @pytest.mark.parametrize("batch", [1_000, 61, None])
 def test_kswin_parity_with_river_on_a_drift_heavy_stream(batch):
     """Same draws (RiverDraws injected); river's KSWIN is slow, so a shorter stream."""
@@ -99,27 +135,34 @@ def test_restart_hint_carries_across_batches_and_changes_no_result():
 
 
 @pytest.mark.parametrize("label", ["PageHinkley", "ADWIN", "DDM", "HDDM_A", "HDDM_W", "FHDDM"])
-def test_restart_work_is_amortised_over_drifts(label):
+def test_restart_work_is_amortised_over_drifts(label, monkeypatch):
     """The work of the restarts does not grow with the drifts a batch holds: on a
     drift-heavy stream fed in batches of 10,000, each sample is scanned fewer than twice
     on average (the scan after a drift ends a little past where the next one is due,
     instead of re-reading the rest of the batch), and there are not many more scans
-    than drifts and batches."""
+    than drifts and batches. Scans are counted where every detector's restart loop
+    calls them (``_kernels.restart_loop``)."""
     ours_cls, _, kind, segment, _, _ = CASES[label]
     n, batch = 100_000, 10_000
     stream = heavy_stream(kind, n, 7, segment)
-    detector = ours_cls()
     scans, scanned = 0, 0
-    scan = detector._scan
+    loop = kernels.restart_loop
 
-    def counting(chunk):
-        nonlocal scans, scanned
-        scans += 1
-        scanned += chunk.size
-        return scan(chunk)
+    def counting_loop(size, scan, *args, **kwargs):
+        def counting(start, stop):
+            nonlocal scans, scanned
+            scans += 1
+            scanned += stop - start
+            return scan(start, stop)
 
-    detector._scan = counting
-    drifts = len(feed(detector, stream, range(batch, n, batch)))
+        return loop(size, counting, *args, **kwargs)
+
+    module = sys.modules[ours_cls.__module__]
+    monkeypatch.setattr(kernels, "restart_loop", counting_loop)
+    if hasattr(module, "restart_loop"):
+        monkeypatch.setattr(module, "restart_loop", counting_loop)
+    drifts = len(feed(ours_cls(), stream, range(batch, n, batch)))
     assert drifts >= n // 2000
+    assert scans > 0
     assert scanned < 2.0 * n, f"{label}: {scanned / n:.2f} passes over the stream"
     assert scans <= 1.6 * drifts + 2 * (n // batch), f"{label}: {scans} scans for {drifts} drifts"

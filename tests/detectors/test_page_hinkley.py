@@ -143,6 +143,21 @@ def test_long_seeded_streams_with_several_drifts(seed):
     assert ours({}, x, cuts=range(7, 20_000, 7)) == expected
 
 
+@pytest.mark.parametrize("alpha", [0.9, 0.5, 0.05])
+@pytest.mark.parametrize("mode", ["up", "down", "both"])
+def test_fast_forgetting_parity(alpha, mode):
+    """Small alpha: the faded sums restart in blocks (alpha 0.9: ~1,100 samples; the
+    scans here are longer) or are filtered (0.5, 0.05); the thresholds are low enough
+    for river to fire often."""
+    rng = np.random.default_rng(int(alpha * 100))
+    x = np.resize(np.repeat([0.0, 1.5], 2500), 20_000) + rng.normal(0.0, 1.0, 20_000)
+    params = {"alpha": alpha, "mode": mode, "threshold": {0.9: 8.0, 0.5: 3.0, 0.05: 2.0}[alpha]}
+    expected = river_drifts(params, x)
+    assert len(expected) >= 2
+    assert ours(params, x) == expected
+    assert ours(params, x, cuts=range(333, 20_000, 333)) == expected
+
+
 def test_constant_stream_never_drifts_like_river():
     x = np.full(5000, 0.1)
     params = {"delta": 0.0, "threshold": 1e-9}
