@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 
 from driftline.detectors._base import as_batch, check_param
-from driftline.detectors._ks import ks_p_value
+from driftline.detectors._ks import extended_elements, ks_p_value
 from driftline.detectors.homogeneity import chi2_homogeneity
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "NumericDrift",
     "numeric_drift",
     "numeric_drift_windows",
+    "unextended_p_values",
     "CategoricalReference",
     "CategoricalDrift",
     "categorical_drift",
@@ -443,9 +444,9 @@ def numeric_drift(reference: NumericReference, window: Any) -> NumericDrift:
       ``round(m n / (m + n)) = 0`` and the p-value is NaN.
     * scipy evaluates ``kstwo.sf`` element by element in Python (0.03 to 4 ms per
       feature); its two common branches for windows of more than 140 values, and the
-      Pomeranz and Smirnov branches of smaller ones, are computed here for many
-      features at once (see ``_ks.kstwo_sf``: within about 6e-12 relative of scipy,
-      all of it scipy's own rounding), the Durbin-matrix branch by scipy, memoized.
+      Durbin-matrix, Pomeranz and Smirnov branches of smaller ones, are computed here
+      for many features at once (see ``_ks.kstwo_sf``: within about 6e-12 relative of
+      scipy, all of it scipy's own rounding; the Durbin matrix bit for bit).
     * Wasserstein-1 is computed as the integral of ``|Q_window(p) - Q_reference(p)|``
       over p in [0, 1] with reference prefix sums (no merge of the two samples);
       it agrees with ``scipy.stats.wasserstein_distance`` to rounding.
@@ -472,7 +473,7 @@ def numeric_drift(reference: NumericReference, window: Any) -> NumericDrift:
     return NumericDrift(**_numeric_kernel(reference, values, 1))
 
 
-def numeric_drift_windows(reference: NumericReference, windows: Any) -> NumericDrift:
+def numeric_drift_windows(reference: NumericReference, windows: Any, *, extended: bool = True) -> NumericDrift:
     """:func:`numeric_drift` of several windows of one size at once.
 
     Parameters
@@ -481,6 +482,13 @@ def numeric_drift_windows(reference: NumericReference, windows: Any) -> NumericD
         A :class:`NumericReference` with d features.
     windows
         (w, n, d) array: w windows of n rows.
+    extended
+        False: the KS p-values that are computed again in long double (small windows,
+        p-values from ~4e-4 to ~1e-2, ~3 ms each) keep their float64 value, within
+        ~1e-11 relative of the exact one; :func:`unextended_p_values` lists them.
+        Every other attribute, and every other p-value, is the same bit for bit. For a
+        caller that needs the exact value of only a few windows (it computes those
+        again alone).
 
     Returns
     -------
@@ -492,10 +500,10 @@ def numeric_drift_windows(reference: NumericReference, windows: Any) -> NumericD
     -----
     The windows' features are laid side by side as the w * d rows of one computation
     (each searches its feature's reference row), so the per-call cost is paid once
-    for all the windows completed by a batch. The KS p-values are still evaluated
-    window by window: some of their branches sum series whose padded length depends on
-    the other elements of a call, and a window's p-values must not depend on its
-    neighbours.
+    for all the windows completed by a batch. The KS p-values of all the windows are
+    evaluated in one call too, each window as a block of its own (``_ks.kstwo_sf``: two
+    of its branches sum series over a padded length, which is then the window's own), so
+    that a window's p-values do not depend on its neighbours.
 
     Examples
     --------
@@ -517,11 +525,25 @@ def numeric_drift_windows(reference: NumericReference, windows: Any) -> NumericD
     w, n_rows = arr.shape[0], arr.shape[1]
     # window-major columns: column i * d + j is feature j of window i
     values = arr.astype(np.float64, copy=False).transpose(1, 0, 2).reshape(n_rows, w * d)
-    out = _numeric_kernel(reference, values, w)
+    out = _numeric_kernel(reference, values, w, extended)
     return NumericDrift(**{k: v.reshape(w, d) for k, v in out.items()})
 
 
-def _numeric_kernel(reference: NumericReference, values: np.ndarray, n_windows: int) -> dict[str, np.ndarray]:
+def unextended_p_values(reference: NumericReference, drift: NumericDrift) -> np.ndarray:
+    """Which KS p-values of ``numeric_drift_windows(reference, windows, extended=False)``
+    may differ from the exact ones (a boolean array shaped like ``drift.ks_p_value``).
+
+    The exact values are those of the same windows with ``extended=True`` (or of
+    :func:`numeric_drift` of each window); a value listed here may already be exact.
+    """
+    m = np.broadcast_to(reference.count, drift.n.shape)
+    listed: np.ndarray = extended_elements(drift.ks_statistic, m, drift.n, drift.ks_p_value)
+    return listed
+
+
+def _numeric_kernel(
+    reference: NumericReference, values: np.ndarray, n_windows: int, extended: bool = True
+) -> dict[str, np.ndarray]:
     """The statistics of the (n, n_windows * d) columns ``values`` (window-major: column
     i * d + j is feature j of window i) against the reference, as flat arrays."""
     d = reference.n_features
@@ -585,16 +607,9 @@ def _numeric_kernel(reference: NumericReference, values: np.ndarray, n_windows: 
     with np.errstate(invalid="ignore", divide="ignore"):
         out_of_range_rate = np.where(usable, outside.sum(axis=1) / n, np.nan)
         missing_rate = (n_rows - n) / np.float64(n_rows)
-    # one p-value call per window: see numeric_drift_windows' Notes
-    if n_windows == 1:
-        p_value = ks_p_value(ks, m, n)
-    else:
-        p_value = np.concatenate(
-            [
-                ks_p_value(ks[i * d : (i + 1) * d], m[i * d : (i + 1) * d], n[i * d : (i + 1) * d])
-                for i in range(n_windows)
-            ]
-        )
+    # one block per window: see numeric_drift_windows' Notes
+    block = None if n_windows == 1 else np.repeat(np.arange(n_windows, dtype=np.int64), d)
+    p_value = ks_p_value(ks, m, n, block, extended)
     return {
         "ks_statistic": ks,
         "ks_p_value": p_value,

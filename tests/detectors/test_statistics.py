@@ -439,3 +439,85 @@ def test_kstwo_sf_small_n_branches_match_scipy(n, u, others):
     assert got[scipy_or_smirnov].tobytes() == expected[scipy_or_smirnov].tobytes()
     alone = np.array([_ks.kstwo_sf(x[i : i + 1], sizes[i : i + 1])[0] for i in range(len(x))])
     assert alone.tobytes() == got.tobytes()
+
+
+# ---- small windows at the batch's cost: the Durbin matrix, blocks, deferral (issue 16) --
+
+
+def test_kstwo_sf_durbin_branch_is_scipys_bit_for_bit():
+    # every n from 2 to 140 across scipy's Durbin-matrix branch (1 < n x, n x^2 <=
+    # 0.754693), its ends included, all in one call: scipy's own arithmetic, stacked
+    rng = np.random.default_rng(5)
+    xs, ns = [], []
+    for n in range(2, 141):
+        low, high = 1.0 / n, np.sqrt(0.754693 / n)
+        if high <= low:
+            continue
+        x = np.r_[rng.uniform(low, high, 12), np.nextafter(low, 1.0), high, np.arange(2, n) / n]
+        x = x[(n * x > 1.0) & (n * x * x <= 0.754693) & (x < 0.5)]
+        xs.append(x)
+        ns.append(np.full(len(x), float(n)))
+    x, n = np.concatenate(xs), np.concatenate(ns)
+    expected = stats.kstwo.sf(x, n)
+    assert _ks.durbin_sf(n, x).tobytes() == expected.tobytes()
+    assert _ks.kstwo_sf(x, n).tobytes() == expected.tobytes()
+    some = rng.choice(len(x), size=20, replace=False)
+    alone = np.array([_ks.durbin_sf(n[i : i + 1], x[i : i + 1])[0] for i in some])
+    assert alone.tobytes() == expected[some].tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), blocks=st.integers(1, 6))
+def test_kstwo_sf_blocks_equal_calls_block_by_block(seed, blocks):
+    # the n > 140 branches pad their series to the widest element of the block: one call
+    # with blocks gives each block's own call's values, bit for bit, on every branch
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 30))
+    n = rng.choice([50.0, 98.0, 141.0, 833.0, 909.0, 3000.0, 20_000.0], size=k)
+    # n x^2 across Pelz-Good, Smirnov's sum and the zero branch (scipy's own Durbin
+    # matrix at n > 140, n x^1.5 <= 1.4, is slow and has no series)
+    squared = rng.choice([rng.uniform(0.35, 2.2), rng.uniform(2.2, 30.0), 400.0], size=k)
+    x = np.minimum(np.sqrt(squared / n) * rng.uniform(0.95, 1.05, size=k), 0.7)
+    block = rng.integers(0, blocks, size=k)
+    together = _ks.kstwo_sf(x, n, block)
+    for b in np.unique(block):
+        mine = block == b
+        assert together[mine].tobytes() == _ks.kstwo_sf(x[mine], n[mine]).tobytes()
+    np.testing.assert_allclose(together, stats.kstwo.sf(x, n), rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([30, 60, 100, 140, 400]), w=st.integers(1, 8))
+def test_numeric_drift_windows_unextended_differs_only_where_listed(seed, n, w):
+    # extended=False skips the long-double recomputation: the values it lists are within
+    # 1e-10 relative of the exact ones, every other attribute and value is exact, bit for bit
+    rng = np.random.default_rng(seed)
+    reference = NumericReference.fit(rng.normal(size=(int(rng.integers(500, 3_000)), 4)))
+    windows = rng.normal(rng.choice([0.0, 0.25, 0.35]), 1.0, size=(w, n, 4))
+    _ks._memo.clear()  # a cache: no exact value known beforehand
+    fast = statistics.numeric_drift_windows(reference, windows, extended=False)
+    exact = statistics.numeric_drift_windows(reference, windows)
+    listed = statistics.unextended_p_values(reference, fast)
+    assert listed.shape == (w, 4)
+    for name, value in _fields(exact).items():
+        if name != "ks_p_value":
+            assert getattr(fast, name).tobytes() == value.tobytes(), name
+    assert fast.ks_p_value[~listed].tobytes() == exact.ks_p_value[~listed].tobytes()
+    np.testing.assert_allclose(fast.ks_p_value[listed], exact.ks_p_value[listed], rtol=1e-10, atol=0)
+    # what extended=True recomputes is listed
+    assert np.all(listed[_ks.extended_elements(exact.ks_statistic, reference.count, exact.n, exact.ks_p_value)])
+
+
+def test_unextended_p_values_are_listed_and_not_memoized(monkeypatch):
+    # p-values of small windows between ~4e-4 and n * 1e-4: the long-double branch
+    monkeypatch.setattr(_ks, "_memo", {})
+    n = np.full(6, 98.0)
+    x = np.sqrt(np.linspace(3.2, 3.9, 6) / 98.0)
+    fast = _ks.kstwo_sf(x, n, extended=False)
+    assert not _ks._memo  # float64-only values never enter the memo
+    exact = _ks.kstwo_sf(x, n)
+    assert len(_ks._memo) == 6
+    assert np.all(exact < 98.0 * _ks.POMERANZ_EXTENDED_BELOW) and np.any(fast != exact)
+    np.testing.assert_allclose(fast, exact, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(exact, stats.kstwo.sf(x, n), rtol=1e-11, atol=0)
+    assert _ks.kstwo_sf(x, n, extended=False).tobytes() == exact.tobytes()  # from the memo
