@@ -16,14 +16,17 @@ these windows:
 * ``1000/100``: sliding windows of 1,000 events every 100 events.
 
 Each replay runs in a fresh Python process, timed from just before ``main(["replay",
-...])`` to its return (imports excluded); K rounds, in an order shuffled per round
-(seeded), the median reported. Per-window cost = (median seconds - median seconds of
-``none``) / number of windows completed.
+...])`` to its return (imports excluded), by the wall clock and by the process's CPU
+time (on a shared machine the wall clock also counts the time other processes held the
+cores); K rounds, in an order shuffled per round (seeded), the medians reported.
+Per-window cost = (median seconds - median seconds of ``none``) / number of windows
+completed; "per event vs 1000" = CPU seconds / CPU seconds of the ``1000`` row (same
+events: issue 16 asks for 100-event windows within ~1.2x).
 
-Windows of at most about 140 values take their KS p-values from a matrix form of
-scipy's Pomeranz recursion and, for the smallest statistics, from scipy's Durbin-matrix
-code; both memoized on the exact arguments in each process (detectors/_ks.py): a short
-stream pays partly for the memo's warm-up, so the ``100`` row improves with ``--events``.
+Windows of at most about 140 values take their KS p-values from matrix forms of
+scipy's Pomeranz recursion and Durbin matrix, evaluated for many elements at once and
+memoized on the exact arguments in each process (detectors/_ks.py): a short stream pays
+partly for the memo's warm-up, so the ``100`` row improves with ``--events``.
 
 ``--baseline DIR`` also runs every configuration against another checkout of the
 repository (for instance ``git worktree add /tmp/base HEAD``), interleaved with the
@@ -79,14 +82,14 @@ def _record(self, *args, **kwargs):
 app.Service.__init__ = _record
 
 stream, config, alarms = sys.argv[1:4]
-start = time.perf_counter()
+start, cpu_start = time.perf_counter(), time.process_time()
 code = main(["replay", "--predictions", stream, "--config", config, "--alarms", alarms, "--quiet"])
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 snap = [(s.model, s.version, s.events, [(f.feature, f.detector, f.statistic, f.p_value) for f in s.drift])
         for s in services[0].engine.snapshot()]
 written = Path(alarms).read_bytes() if Path(alarms).exists() else b""  # no alarm: no file
 print(json.dumps({
-    "code": code, "seconds": seconds,
+    "code": code, "seconds": seconds, "cpu": cpu,
     "alarms": hashlib.sha256(written).hexdigest(),
     "n_alarms": len(written.splitlines()),
     "snapshot": hashlib.sha256(repr(snap).encode()).hexdigest(),
@@ -204,6 +207,7 @@ def main() -> int:
             print(f"round {round_ + 1}/{args.repeats} done", file=sys.stderr)
 
     seconds = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
+    cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in results.items()}
     print(
         f"driftline replay, {args.events:,} events ({N_NUM} numeric + 1 categorical features, numeric "
         f"prediction, {REFERENCE:,}-event reference), median of {args.repeats} runs\n"
@@ -231,6 +235,22 @@ def main() -> int:
                 f" {seconds['before', name] / seconds['after', name]:>7.2f}x | "
                 f"{('yes' if len(same) == 1 else 'NO'):>12} |"
             )
+        print(line)
+    # CPU seconds of the replay's process: on a shared machine the wall clock also
+    # counts the time other processes held the cores
+    print("\nCPU seconds of the replay (median), per window, and per event relative to the 1000 row:\n")
+    head = f"| {'window':<9} |"
+    for tree in trees:
+        head += f" {tree + ' cpu s':>12} | {tree + ' cpu ms/window':>20} | {tree + ' per event vs 1000':>24} |"
+    print(head)
+    print("|" + "|".join("-" * (len(cell)) for cell in head.split("|")[1:-1]) + "|")
+    for name, (size, step) in CONFIGS.items():
+        n_win = windows(args.events, size, step)
+        line = f"| {name:<9} |"
+        for tree in trees:
+            c = cpu[tree, name]
+            per = "" if name == "none" else f"{(c - cpu[tree, 'none']) / n_win * 1e3:.3f}"
+            line += f" {c:>12.2f} | {per:>20} | {c / cpu[tree, '1000']:>23.2f}x |"
         print(line)
     alarm_counts = {name: results["after", name][0]["n_alarms"] for name in CONFIGS}
     print(f"\nalarms written: {alarm_counts}")

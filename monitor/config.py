@@ -126,6 +126,8 @@ class QualitySettings(_Strict):
     """Alarm when this share of a window is outside the reference [min, max]."""
     max_unseen_rate: float = Field(0.05, ge=0, le=1)
     """Alarm when this share of a categorical feature's window is unseen categories."""
+    alpha: float = Field(1e-6, gt=0, lt=1)
+    """A rate over its limit alarms only when chance under no change explains a count that high with at most this probability (per window, feature and check; see "Data quality and chance" in the README)."""
 
 
 class EstimationSettings(_Strict):

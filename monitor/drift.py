@@ -16,7 +16,7 @@ of the same computation; :mod:`~driftline.monitor.quality` checks them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -29,12 +29,13 @@ from driftline.detectors.statistics import (
     NumericReference,
     categorical_drift_windows,
     numeric_drift_windows,
+    unextended_p_values,
 )
 from driftline.monitor.alarms import Alarm, AlarmFactory, AlarmKind, DriftStatistic
 from driftline.monitor.config import DriftSettings
 from driftline.monitor.edges import AlarmStates
 from driftline.monitor.encoding import FIXED, IDX, PRED, TS
-from driftline.monitor.quality import quality_alarms, quality_limits
+from driftline.monitor.quality import quality_alarms, quality_baseline, quality_verdicts
 from driftline.monitor.snapshot import FeatureStatistic
 
 if TYPE_CHECKING:
@@ -82,6 +83,11 @@ def adjust(p_values: Sequence[float] | np.ndarray, correction: str) -> np.ndarra
     return p
 
 
+EXACT_MARGIN = 1e-9
+"""Relative distance from ``alpha`` within which a p-value that may be inexact (see
+:class:`DriftTests`) is made exact before the alarm decision: its error is ~1e-11."""
+
+
 @dataclass(frozen=True, eq=False)
 class DriftTests:
     """The drift tests of w consecutive windows, one per feature: (w, f) arrays.
@@ -89,6 +95,14 @@ class DriftTests:
     ``p_value`` is corrected across the features of each window (what the gauges show
     and what the alarms and the alert rules compare with ``alpha``); ``statistic`` is
     the effect compared with ``min_effect`` (KS, or total variation for chi-squared).
+
+    The rows of the windows listed in ``inexact`` may differ from the exact p-values by
+    ~1e-11 relative (the KS p-values of small windows that are exact only in long
+    double, ~3 ms each: ``numeric_drift_windows(..., extended=False)``); ``exact(i)``
+    computes window i's row exactly. :meth:`make_exact` puts it in place: the gauges
+    (:meth:`FeatureDrift.stats`) and :func:`drift_alarms` call it wherever a value is
+    shown or written, or a decision lies within :data:`EXACT_MARGIN` of ``alpha``, so
+    that everything the monitor reports equals, bit for bit, the exact computation.
     """
 
     features: tuple[str, ...]
@@ -96,9 +110,18 @@ class DriftTests:
     statistic: np.ndarray
     p_value: np.ndarray
     psi: np.ndarray
+    inexact: np.ndarray | None = field(default=None, repr=False)
+    exact: Callable[[int], np.ndarray] | None = field(default=None, repr=False)
+
+    def make_exact(self, i: int) -> None:
+        """Make window i's p-values exact (once; a no-op for an exact row)."""
+        if self.inexact is not None and self.exact is not None and self.inexact[i]:
+            self.p_value[i] = self.exact(i)
+            self.inexact[i] = False
 
     def candidates(self, i: int) -> list[Candidate]:
         """Window i's tests as :class:`Candidate` values."""
+        self.make_exact(i)
         return [
             Candidate(f, d, float(s), float(p), float(q))
             for f, d, s, p, q in zip(
@@ -114,6 +137,8 @@ class FeatureDrift:
 
     The engine reads the tests of every window (:func:`drift_alarms`, the quality
     checks) and the gauges of the last one only: :meth:`stats` builds them when asked.
+    ``num.ks_p_value`` holds the uncorrected KS p-values as
+    ``numeric_drift_windows(..., extended=False)`` gives them (see :class:`DriftTests`).
     """
 
     numeric: tuple[str, ...]
@@ -129,6 +154,7 @@ class FeatureDrift:
 
     def stats(self, i: int) -> list[FeatureStatistic]:
         """The statistics ``cfg.statistics`` asks for, per feature, of window i (the gauges)."""
+        self.tests.make_exact(i)
         cfg, wanted, p = self.cfg, set(self.cfg.statistics), self.tests.p_value[i].tolist()
         stats: list[FeatureStatistic] = []
         if self.num is not None:
@@ -212,7 +238,8 @@ def feature_drift(
         window computed alone.
     """
     w = num.shape[0]
-    r = numeric_drift_windows(num_ref, num) if len(numeric) else None
+    # the few p-values exact only in long double are made exact where they are read
+    r = numeric_drift_windows(num_ref, num, extended=False) if len(numeric) else None
     c = categorical_drift_windows(cat_ref, codes) if codes.shape[2] else None
     parts = [(r.ks_p_value, r.ks_statistic, r.psi)] if r is not None else []
     if c is not None:
@@ -226,7 +253,19 @@ def feature_drift(
     ks: DriftStatistic = "ks"
     chi2: DriftStatistic = "chi2"
     detectors = (ks,) * len(tested_num) + (chi2,) * len(tested_cat)
-    tests = DriftTests(tested_num + tested_cat, detectors, statistic, adjust(raw_p, cfg.correction), psi)
+    inexact: np.ndarray | None = None
+    exact = None
+    if r is not None:
+        inexact = np.asarray(unextended_p_values(num_ref, r).any(axis=1))
+
+        def exact(i: int) -> np.ndarray:
+            row = raw_p[i].copy()
+            row[: len(tested_num)] = numeric_drift_windows(num_ref, num[i : i + 1]).ks_p_value[0]
+            exact_row: np.ndarray = adjust(row[None, :], cfg.correction)[0]
+            return exact_row
+
+    p_value = adjust(raw_p, cfg.correction)
+    tests = DriftTests(tested_num + tested_cat, detectors, statistic, p_value, psi, inexact, exact)
     return FeatureDrift(tested_num, tested_cat, r, c, tests, cfg)
 
 
@@ -241,6 +280,7 @@ class PredictionDrift:
     def stats(self, i: int) -> list[FeatureStatistic]:
         """Window i's gauges: KS (numeric) or chi-squared (categorical), and PSI."""
         cfg, t = self.cfg, self.tests
+        t.make_exact(i)
         p, psi = float(t.p_value[i, 0]), float(t.psi[i, 0])
         if self.chi2 is not None:
             first = FeatureStatistic("prediction", "chi2", float(self.chi2[i]), p, cfg.alpha, "prediction_drift")
@@ -260,8 +300,15 @@ def prediction_drift(
     corrected: one test)."""
     if kind == "numeric":
         assert isinstance(pred_ref, NumericReference)
-        r = numeric_drift_windows(pred_ref, pred[:, :, None])
-        tests = DriftTests(("prediction",), ("ks",), r.ks_statistic, r.ks_p_value, r.psi)
+        r = numeric_drift_windows(pred_ref, pred[:, :, None], extended=False)
+
+        def exact(i: int) -> np.ndarray:
+            row: np.ndarray = numeric_drift_windows(pred_ref, pred[i : i + 1, :, None]).ks_p_value[0]
+            return row
+
+        inexact = unextended_p_values(pred_ref, r)[:, 0]
+        p_value = r.ks_p_value.copy()  # made exact row by row in place
+        tests = DriftTests(("prediction",), ("ks",), r.ks_statistic, p_value, r.psi, inexact, exact)
         return PredictionDrift(tests, None, cfg)
     assert isinstance(pred_ref, CategoricalReference)
     c = categorical_drift_windows(pred_ref, pred[:, :, None].astype(np.int64))
@@ -285,10 +332,24 @@ def drift_alarms(
     PSI above ``psi_threshold``).
 
     Only the tests that alarm in this window or are in the alarming state go through
-    the edge trigger: for the others it would change nothing.
+    the edge trigger: for the others it would change nothing. A window whose p-values
+    may be inexact (:class:`DriftTests`) is made exact first if it alarms, or if a
+    decision lies within :data:`EXACT_MARGIN` of ``alpha``.
     """
     if not tests.features:
         return []
+    if tests.inexact is not None and tests.inexact[i] and cfg.alarm_on == "p_value":
+        p = tests.p_value[i]
+        with np.errstate(invalid="ignore"):
+            near = np.abs(p - cfg.alpha) <= EXACT_MARGIN * cfg.alpha
+            maybe = (p <= cfg.alpha * (1 + EXACT_MARGIN)) & (tests.statistic[i] >= cfg.min_effect)
+        fires = any(
+            f"{kind}:{feature}" not in states.runs
+            for feature, m in zip(tests.features, maybe.tolist(), strict=True)
+            if m
+        )
+        if near.any() or fires:
+            tests.make_exact(i)
     if cfg.alarm_on == "p_value":
         with np.errstate(invalid="ignore"):
             significant = tests.p_value[i] <= cfg.alpha  # NaN (no test) is never significant
@@ -351,7 +412,8 @@ def window_checks(
         settings.drift,
     )
     features, rates = fd.rates()
-    limits = quality_limits(features, ref.ref_missing, settings.quality)
+    baseline = quality_baseline(features, ref.ref_missing, ref.num_ref, ref.cat_ref, ref.cat_counts, settings.quality)
+    limits, (alarming, p_quality) = baseline.limits, quality_verdicts(rates, ws.shape[1], baseline)
     pd = None
     if settings.drift.prediction and pred_kind is not None and ref.pred_ref is not None:
         pd = prediction_drift(ws[:, :, PRED], pred_kind, ref.pred_ref, settings.drift)
@@ -360,7 +422,7 @@ def window_checks(
         first, last, ts = int(w[0, IDX]), int(w[-1, IDX]), float(w[-1, TS])
         extra = also(i, w, first, last, ts) if also is not None else []
         alarms += drift_alarms(fd.tests, i, "feature_drift", settings.drift, states, alarm, first, last, ts)
-        alarms += quality_alarms(features, rates[i], limits, states, alarm, first, last, ts)
+        alarms += quality_alarms(features, rates[i], limits, states, alarm, first, last, ts, alarming[i], p_quality[i])
         if pd is not None:
             alarms += drift_alarms(pd.tests, i, "prediction_drift", settings.drift, states, alarm, first, last, ts)
         alarms += extra
