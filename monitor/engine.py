@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -598,10 +600,14 @@ class ModelMonitor:
         """
         lc = self.lifecycle
         start = 0
-        ts = np.asarray(p.ts, dtype=np.float64)
+        ts: np.ndarray | None = None  # made when something is due (rare): most batches need no cut
         while start < len(p):
             due = lc.next_due()
-            reached = np.flatnonzero(ts[start:] >= due) if due < math.inf else np.zeros(0, dtype=np.intp)
+            if due == math.inf:
+                break
+            if ts is None:
+                ts = np.asarray(p.ts, dtype=np.float64)
+            reached = np.flatnonzero(ts[start:] >= due)
             if not len(reached):
                 break
             cut = start + int(reached[0])  # the first prediction at or after the due time: cut there
@@ -879,13 +885,14 @@ class ModelMonitor:
         rows[:, L_IDX] = index
         rows[:, L_TS] = lab.ts
         if self.task == "regression":
-            rows[:, L_TRUE] = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in lab.labels])
-            rows[:, L_PRED] = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in lab.prediction])
+            rows[:, L_TRUE] = _numbers(lab.labels)
+            rows[:, L_PRED] = _numbers(lab.prediction)
             rows[:, L_SCORE] = np.nan
             rows[:, L_ERR] = np.abs(rows[:, L_TRUE] - rows[:, L_PRED])
         elif self.task == "binary_score":
-            rows[:, L_TRUE] = [float(canonical_label(v) == 1) for v in lab.labels]
-            score = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in lab.prediction])
+            # == 1 is canonical_label(v) == 1 for every label type (bool, number, string)
+            rows[:, L_TRUE] = np.fromiter(map(operator.eq, lab.labels, repeat(1)), dtype=np.float64, count=n)
+            score = _numbers(lab.prediction)
             rows[:, L_SCORE] = score
             rows[:, L_PRED] = (score >= 0.5).astype(np.float64)
             rows[:, L_ERR] = rows[:, L_PRED] != rows[:, L_TRUE]
@@ -899,13 +906,17 @@ class ModelMonitor:
             self._class_scores(lab.scores, rows[:, L_SCORES:])
             self.positive_code = self._positive_code()
         valid = np.isfinite(rows[:, L_ERR])
-        rows = rows[valid]
-        versions = np.asarray(lab.versions, dtype=object)[valid]
+        kept = lab.versions
+        if not valid.all():
+            rows = rows[valid]
+            kept = [v for v, ok in zip(kept, valid.tolist()) if ok]
+        versions = np.asarray(kept, dtype=object)
+        distinct = dict.fromkeys(kept)
         lc = self.lifecycle
-        for version in dict.fromkeys(versions.tolist()):
+        for version in distinct:
             if version not in self.versions and version in lc.freed:
                 continue  # late labels of a freed version: its state is gone and stays gone
-            mine = rows[versions == version]
+            mine = rows if len(distinct) == 1 else rows[versions == version]  # read only below: no copy
             fresh = lc.fresh_from.get(version)
             if fresh is not None:  # it started clean at fresh: labels of earlier predictions stay out
                 mine = mine[mine[:, L_IDX] >= fresh]
@@ -1478,6 +1489,14 @@ class ModelMonitor:
                 for v, c in waiting.items()
             ]
         return [self._lifecycle_snapshot(vm.snapshot()) for vm in self.versions.values()]
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """Numbers (booleans too) as float64, anything else NaN (a string is not read as a
+    number); at C speed when every value is an int or a float."""
+    if set(map(type, values)) <= {float, int}:
+        return np.array(values, dtype=np.float64)
+    return np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in values], dtype=np.float64)
 
 
 def _slice_predictions(p: Predictions, start: int, end: int) -> Predictions:

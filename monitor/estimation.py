@@ -78,6 +78,8 @@ Status = Literal["waiting", "active", "off"]
 
 # a window row: [index, ts, values...]; a calibration row: [label, values...]
 _W_VALUES = 2
+_ONE_VALUE = np.array([IDX, TS, PRED])
+"""The prediction rows' columns of a window row that holds one value (the score, the prediction)."""
 
 
 def class_score_matrix(scores: Sequence[Any], vocab: Mapping[str, int]) -> np.ndarray:
@@ -172,10 +174,10 @@ class VersionEstimation:
             if class_scores is None or class_scores.shape[1] < self.n_classes:
                 return []
             values = class_scores[:, : self.n_classes]
+            block = np.empty((len(rows), _W_VALUES + values.shape[1]))
+            block[:, 0], block[:, 1], block[:, _W_VALUES:] = rows[:, IDX], rows[:, TS], values
         else:
-            values = rows[:, [PRED]]
-        block = np.empty((len(rows), _W_VALUES + values.shape[1]))
-        block[:, 0], block[:, 1], block[:, _W_VALUES:] = rows[:, IDX], rows[:, TS], values
+            block = rows[:, _ONE_VALUE]  # one take, a copy: [index, ts, prediction]
         if self.window is None:
             self.window = TumblingWindow(self.settings.performance.window, block.shape[1])
         alarms: list[Alarm] = []

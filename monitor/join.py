@@ -170,14 +170,16 @@ class LabelJoin:
         """Join a batch of feedback; returns the labelled pairs and outcome counts.
         Feedback whose prediction has not arrived (and that carries no prediction of its
         own) waits for it."""
-        out = Labelled()
-        counts: Counter[str] = Counter()
+        got: list[tuple[str, int, float, Any, Any, Any]] = []  # the pairs as rows: one append per pair
+        add = got.append
         pop = self._pending.pop
         early = self._early
         versions = list(self._versions)
         horizon = self._clock - self.ttl_seconds
         keep_given = sum(1 for t in self._versions.values() if t >= horizon) > 1
-        for pid, ts, label, pred, version, scores in zip(
+        matched = contained = 0
+        contained_first = False  # which outcome came first (the counts' key order)
+        rows = zip(
             feedback.ids,
             feedback.ts,
             feedback.labels,
@@ -185,22 +187,43 @@ class LabelJoin:
             feedback.versions,
             feedback.scores,
             strict=False,
-        ):
-            hits = 0
-            for v in versions:
-                hit = pop((pid, v), None)
+        )
+        if len(versions) == 1 and not keep_given:  # the common case: one version, nothing kept
+            only = versions[0]
+            for pid, ts, label, pred, version, scores in rows:
+                hit = pop((pid, only), None)
                 if hit is not None:
-                    out.append(hit[0], hit[1], hit[4], label, hit[2], hit[3])
-                    hits += 1
-            if hits:
-                counts["matched"] += hits
-                if keep_given:  # for a version whose prediction of this id is still to come
-                    early[pid] = (ts, label, tuple(out.versions[-hits:]))
-            elif pred is not None:
-                out.append(version or "default", -1, ts, label, pred, scores)
-                counts["self_contained"] += 1
-            else:
-                early[pid] = (ts, label, ())
+                    add((hit[0], hit[1], hit[4], label, hit[2], hit[3]))
+                    matched += 1
+                elif pred is not None:
+                    add((version or "default", -1, ts, label, pred, scores))
+                    contained_first = contained_first or not matched
+                    contained += 1
+                else:
+                    early[pid] = (ts, label, ())
+        else:
+            for pid, ts, label, pred, version, scores in rows:
+                hits = 0
+                for v in versions:
+                    hit = pop((pid, v), None)
+                    if hit is not None:
+                        add((hit[0], hit[1], hit[4], label, hit[2], hit[3]))
+                        hits += 1
+                if hits:
+                    matched += hits
+                    if keep_given:  # for a version whose prediction of this id is still to come
+                        early[pid] = (ts, label, tuple(r[0] for r in got[-hits:]))
+                elif pred is not None:
+                    add((version or "default", -1, ts, label, pred, scores))
+                    contained_first = contained_first or not matched
+                    contained += 1
+                else:
+                    early[pid] = (ts, label, ())
+        out = Labelled(*map(list, zip(*got, strict=True))) if got else Labelled()
+        counts: Counter[str] = Counter()
+        for kind, n in (("self_contained", contained), ("matched", matched))[:: 1 if contained_first else -1]:
+            if n:
+                counts[kind] = n
         if feedback.ts:
             self._clock = max(self._clock, max(feedback.ts))
         counts.update(self._prune())
