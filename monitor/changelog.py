@@ -11,16 +11,23 @@ partition *p* and nothing else. Restoring is Kafka Streams' ``StoreChangelogRead
 miniature: a consumer outside any group, partitions assigned by hand, read from the
 beginning to the end offset.
 
-Record layout (format 1; every record carries the headers ``driftline.format`` and
+Record layout (every record carries the headers ``driftline.format`` and
 ``driftline.kind``)::
 
     key                          kind      value                 other headers
     model                        state     the encoded state     state-id, sha256, positions
+                                                                 (segment-writer)
     model \\0 state-id \\0 i       chunk     part i of the state   state-id, chunk-index,
                                                                  chunk-count, sha256
     model                        manifest  JSON summary          state-id, chunk-count,
                                                                  sha256, size, positions
+                                                                 (segment-writer)
+    model \\0 writer \\0 sha256    segment   a segment             sha256
     model (or a chunk key)       (none)    None: a tombstone
+
+Format 1 is all of it but segments; format 2 adds them (see below) and is used only by
+the records of a state that has segments, so that a state without any is written as
+before (and read by a driftline that reads format 1 only).
 
 ``positions`` are the input offsets the state corresponds to (for each input
 topic-partition of the model's partition number: the next offset to apply), so a restorer
@@ -37,18 +44,35 @@ the old manifest pointing at old chunks that are all still there, and the orphan
 chunks of the unfinished write are ignored. The chunks of a superseded state are
 tombstoned only after the manifest that supersedes it is acknowledged.
 
+Segments
+--------
+A stream reference that fills (an :class:`~driftline.monitor.reference.AppendLog` in the
+state) is stored in segments (:class:`~driftline.monitor.checkpoint.StateEncoder`): the
+state's encoding names them by SHA-256 and each is a record of its own under
+``model \\0 writer \\0 sha256``, where ``writer`` is a random id of the
+:class:`ChangelogStore` instance. A write sends the segments this instance has not had
+acknowledged yet, then the state (or its manifest) once they are, so a full segment
+is sent once, not at every write, and a write costs what was added since the last one.
+A segment the newest state no longer names is tombstoned after that state is
+acknowledged, as a superseded chunk is. Segment keys carry the writer's id so that an
+instance only ever tombstones segments it wrote itself (another one, e.g. a zombie
+after a rebalance, cannot delete those of the partition's new owner); a new owner
+sends its own copies with its first write, then tombstones those it restored.
+
 Restoring takes, per model, the newest record under the model key; a tombstone means no
 state. A manifest counts only if all its chunks are present (not tombstoned) and their
 concatenation has the manifest's SHA-256; otherwise the newest older complete state still
 in the log is taken (with a warning), or none. Correctness does not depend on compaction,
 only the topic's size does: an uncompacted topic restores the same states, reading more
 (the embedded test broker, Tansu, stores ``cleanup.policy=compact`` but never compacts).
+A state with segments counts only if its segments are all present and match their
+SHA-256; otherwise, again, the newest older complete state.
 
 Write volume
 ------------
 Every write sends each model's whole encoded state (about 4/3 of its arrays' bytes, since
-arrays are base64 in JSON), plus under 200 bytes of key and headers per record, plus one
-tombstone per chunk of the state it supersedes. :attr:`ChangelogStore.last_write` and
+arrays are base64 in JSON) but the segments already acknowledged, plus under 200 bytes of
+key and headers per record, plus one tombstone per chunk or segment it supersedes. :attr:`ChangelogStore.last_write` and
 :attr:`ChangelogStore.written` report it per call and in total (:class:`WriteStats`), and
 :func:`plan_records` gives it without a broker. At one write per checkpoint interval, the
 volume per second is the sum of the models' encoded sizes divided by the interval.
@@ -56,6 +80,10 @@ Measured: one model of the demo scenario after 20 000 events encodes to 1.9 MB (
 join's pending predictions 0.94 MB, per-version state 0.57 MB, the reference 0.32 MB),
 so 0.19 MB/s per model at the default 10 s interval; ``compression_type="gzip"`` cuts
 that about 4.4 times.
+A model with 251 features while its 5 000-event stream reference fills holds about
+15.6 KB of encoded state per pending event: a write sends the segments of the events
+added since the last one (7.9 MB per 500 events), where it sent the whole buffer before
+segments (70 MB at 4 500 events).
 
 Examples
 --------
@@ -72,13 +100,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import orjson
 
-from driftline.monitor.checkpoint import decode_state, encode_state
+from driftline.monitor.checkpoint import DEFAULT_SEGMENT_BYTES, StateEncoder, decode_state, encode_state
 from driftline.monitor.config import KafkaSettings
 from driftline.monitor.exceptions import ConfigError, SourceError
 
@@ -88,6 +116,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_CHUNK_BYTES",
     "FORMAT_VERSION",
+    "SEGMENTS_FORMAT_VERSION",
     "ChangelogError",
     "ChangelogRecord",
     "ChangelogStore",
@@ -104,6 +133,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+"""Format of the records of a state without segments (and of tombstones)."""
+SEGMENTS_FORMAT_VERSION = 2
+"""Format of the records of a state with segments, and of segments."""
+_READABLE = {str(FORMAT_VERSION).encode("ascii"), str(SEGMENTS_FORMAT_VERSION).encode("ascii")}
 DEFAULT_MAX_CHUNK_BYTES = 900_000
 """Bytes of state per record: under Kafka's default ``message.max.bytes`` (1 MiB) with
 room for the key and headers."""
@@ -113,8 +146,13 @@ _POLL_MS = 500
 _SETTLE_MS = 200
 """The poll that confirms a restore reached the end: nothing came within this long
 (the restore consumer's fetches wait at most 100 ms for data)."""
-_STATE, _CHUNK, _MANIFEST, _DELETED = b"state", b"chunk", b"manifest", b"deleted"
+_STATE, _CHUNK, _MANIFEST, _DELETED, _SEGMENT = b"state", b"chunk", b"manifest", b"deleted", b"segment"
 _STATE_ID = re.compile(rb"[0-9a-f]{32}")
+_DIGEST = re.compile(rb"[0-9a-f]{64}")
+_MAX_SEGMENTED_CANDIDATES = 4
+"""States with segments a restore keeps per model beyond the newest self-contained one
+(each holds its encoding; the older ones are needed only when the newer ones are
+incomplete)."""
 
 
 class ChangelogError(SourceError):
@@ -159,13 +197,15 @@ class WriteStats:
     models: int = 0
     records: int = 0
     chunks: int = 0
+    segments: int = 0
+    """Segments sent (those already acknowledged are not sent again)."""
     tombstones: int = 0
     bytes: int = 0
     """Key, value and header bytes of every record sent (see :attr:`ChangelogRecord.size`)."""
     seconds: float = 0.0
 
     def add(self, other: WriteStats) -> None:
-        for name in ("models", "records", "chunks", "tombstones", "bytes", "seconds"):
+        for name in ("models", "records", "chunks", "segments", "tombstones", "bytes", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -206,6 +246,10 @@ def _chunk_key(model: bytes, state_id: bytes, index: int) -> bytes:
     return b"\x00".join((model, state_id, str(index).encode("ascii")))
 
 
+def _segment_key(model: bytes, writer: bytes, digest: bytes) -> bytes:
+    return b"\x00".join((model, writer, digest))
+
+
 def plan_records(
     model: str,
     payload: bytes,
@@ -213,31 +257,57 @@ def plan_records(
     *,
     state_id: str,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    writer: str | None = None,
+    segments: Iterable[tuple[str, bytes]] = (),
 ) -> list[ChangelogRecord]:
-    """The records that store ``payload`` (an :func:`encode_payload` result) for ``model``:
-    one ``state`` record when it fits in ``max_chunk_bytes``, else the chunks followed by
-    their manifest (the manifest last: it is sent only once the chunks are acknowledged).
+    """The records that store ``payload`` (an :func:`encode_payload` result, or the
+    ``main`` of a :class:`~driftline.monitor.checkpoint.EncodedState`) for ``model``:
+    the ``segments`` given, then one ``state`` record when the payload fits in
+    ``max_chunk_bytes``, else its chunks followed by their manifest. The last record
+    (state or manifest) is sent only once the others are acknowledged.
 
     ``state_id`` must be new for every write (32 lowercase hex digits, e.g.
     ``uuid.uuid4().hex``): chunk keys include it so that they never overwrite another
-    state's chunks.
+    state's chunks. ``writer`` (32 lowercase hex digits): the id under which the
+    payload's segments are stored, None when it names none; ``segments``: (SHA-256,
+    bytes) of those of them to send (the others must be in the changelog already).
     """
     sid = state_id.encode("ascii")
     if not _STATE_ID.fullmatch(sid):
         raise ValueError(f"state_id must be 32 lowercase hex digits, got {state_id!r}")
     key = model.encode("utf-8")
     digest = hashlib.sha256(payload).hexdigest().encode("ascii")
-    fmt = (_H + "format", str(FORMAT_VERSION).encode("ascii"))
-    where = (_H + "positions", _positions_header(positions))
-    if len(payload) <= max_chunk_bytes:
-        return [
-            ChangelogRecord(
-                key, payload, (fmt, (_H + "kind", _STATE), (_H + "state-id", sid), (_H + "sha256", digest), where)
+    version = FORMAT_VERSION if writer is None else SEGMENTS_FORMAT_VERSION
+    fmt = (_H + "format", str(version).encode("ascii"))
+    where: tuple[tuple[str, bytes], ...] = ((_H + "positions", _positions_header(positions)),)
+    records: list[ChangelogRecord] = []
+    if writer is not None:
+        wid = writer.encode("ascii")
+        if not _STATE_ID.fullmatch(wid):
+            raise ValueError(f"writer must be 32 lowercase hex digits, got {writer!r}")
+        where += ((_H + "segment-writer", wid),)
+        for name, data in segments:
+            if len(data) > max_chunk_bytes:
+                raise ValueError(f"segment {name[:12]} has {len(data)} bytes, more than max_chunk_bytes")
+            records.append(
+                ChangelogRecord(
+                    _segment_key(key, wid, name.encode("ascii")),
+                    data,
+                    (fmt, (_H + "kind", _SEGMENT), (_H + "sha256", name.encode("ascii"))),
+                )
             )
-        ]
+    elif segments:
+        raise ValueError("segments need the writer whose id their keys carry")
+    if len(payload) <= max_chunk_bytes:
+        records.append(
+            ChangelogRecord(
+                key, payload, (fmt, (_H + "kind", _STATE), (_H + "state-id", sid), (_H + "sha256", digest), *where)
+            )
+        )
+        return records
     pieces = split_payload(payload, max_chunk_bytes)
     count = str(len(pieces)).encode("ascii")
-    records = [
+    records += [
         ChangelogRecord(
             _chunk_key(key, sid, i),
             piece,
@@ -266,7 +336,7 @@ def plan_records(
                 (_H + "chunk-count", count),
                 (_H + "sha256", digest),
                 (_H + "size", str(len(payload)).encode("ascii")),
-                where,
+                *where,
             ),
         )
     )
@@ -289,6 +359,7 @@ class _Candidate:
     positions: dict[tuple[str, int], int]
     payload: bytes | None = None  # a state record's value; None for a manifest
     chunks: int = 0  # a manifest's chunk count
+    writer: bytes | None = None  # the id its segments are stored under; None: it has none
 
 
 @dataclass
@@ -318,6 +389,8 @@ class Reassembler:
         self._models: dict[str, _ModelLog] = {}
         self._chunks: dict[bytes, bytes] = {}  # chunk key -> value, present ones only
         self._chunk_model: dict[bytes, str] = {}
+        self._segments: dict[bytes, bytes] = {}  # segment key -> value, present ones only
+        self._segment_model: dict[bytes, str] = {}
         self.skipped = 0
         """Records ignored: not driftline's, or of an unknown format version."""
         self.winners: dict[str, tuple[bytes, int]] = {}
@@ -330,12 +403,13 @@ class Reassembler:
             return
         h = dict(headers or ())
         fmt, kind = h.get(_H + "format"), h.get(_H + "kind")
-        if fmt is not None and fmt != str(FORMAT_VERSION).encode("ascii"):
+        if fmt is not None and fmt not in _READABLE:
             self.skipped += 1  # a newer writer's record: never guess at its meaning
             log.warning(
-                "changelog record of format %r skipped (this driftline reads format %d): upgrade driftline",
+                "changelog record of format %r skipped (this driftline reads formats %d and %d): upgrade driftline",
                 fmt,
                 FORMAT_VERSION,
+                SEGMENTS_FORMAT_VERSION,
             )
             return
         if value is None:
@@ -351,6 +425,12 @@ class Reassembler:
                     raise ValueError("malformed chunk key")
                 self._chunks[key] = value
                 self._chunk_model[key] = model
+            elif kind == _SEGMENT:
+                model, _ = _split_segment_key(key)
+                if model is None:
+                    raise ValueError("malformed segment key")
+                self._segments[key] = value
+                self._segment_model[key] = model
             elif kind in (_STATE, _MANIFEST):
                 self._model_record(key.decode("utf-8"), kind, value, h)
             else:
@@ -364,8 +444,12 @@ class Reassembler:
             self._chunks.pop(key, None)
             self._chunk_model.pop(key, None)
             return
-        if kind is None and _split_chunk_key(key)[0] is not None:
-            return  # a chunk's tombstone without headers, for a chunk not present: nothing to drop
+        if kind == _SEGMENT or (kind is None and key in self._segments):
+            self._segments.pop(key, None)
+            self._segment_model.pop(key, None)
+            return
+        if kind is None and (_split_chunk_key(key)[0] is not None or _split_segment_key(key)[0] is not None):
+            return  # a chunk's (segment's) tombstone without headers, for one not present: nothing to drop
         try:
             name = key.decode("utf-8")
         except UnicodeDecodeError:
@@ -378,14 +462,24 @@ class Reassembler:
             state_id=h[_H + "state-id"],
             sha256=h[_H + "sha256"].decode("ascii"),
             positions={(t, int(p)): int(o) for t, p, o in orjson.loads(h[_H + "positions"])},
+            writer=h.get(_H + "segment-writer"),
         )
+        if cand.writer is not None and not _STATE_ID.fullmatch(cand.writer):
+            raise ValueError("malformed segment-writer header")
         entry = self._models.setdefault(model, _ModelLog())
         entry.deleted = False
         if kind == _STATE:
             cand.payload = value
             if hashlib.sha256(value).hexdigest() == cand.sha256:
-                # complete by itself: nothing older can ever be needed again
-                entry.candidates = [cand]
+                if cand.writer is None:
+                    # complete by itself: nothing older can ever be needed again
+                    entry.candidates = [cand]
+                    return
+                # complete only with its segments: the ones before stay, in case one is missing
+                entry.candidates.append(cand)
+                held = [c for c in entry.candidates if c.payload is not None and c.writer is not None]
+                for old in held[:-_MAX_SEGMENTED_CANDIDATES]:
+                    entry.candidates.remove(old)
                 return
             log.warning(
                 "changelog state of %r (state id %s) does not match its SHA-256: ignored", model, cand.state_id.decode()
@@ -425,7 +519,18 @@ class Reassembler:
                     )
                     continue
                 try:
-                    state = decode_state(orjson.loads(payload))
+                    state = decode_state(orjson.loads(payload), self._segment_reader(model, cand.writer))
+                except _MissingSegment as exc:
+                    log.warning(
+                        "changelog state of %r (state id %s) lacks segment %s: %s",
+                        model,
+                        cand.state_id.decode(),
+                        exc,
+                        "trying the one before"
+                        if age + 1 < len(entry.candidates)
+                        else "no complete state left; it is rebuilt from the stream",
+                    )
+                    continue
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     log.warning("changelog state of %r cannot be decoded (%s): ignored", model, exc)
                     continue
@@ -436,12 +541,47 @@ class Reassembler:
                 break
         return out
 
+    def _segment_reader(self, model: str, writer: bytes | None) -> Callable[[str], bytes] | None:
+        if writer is None:
+            return None
+        prefix = model.encode("utf-8")
+
+        def read(digest: str) -> bytes:
+            found = self._segments.get(_segment_key(prefix, writer, digest.encode("ascii")))
+            if found is None:
+                raise _MissingSegment(digest[:12])
+            return found
+
+        return read
+
     def present_chunks(self) -> dict[str, set[bytes]]:
         """Per model, the chunk keys present (not tombstoned) in what was fed."""
         out: dict[str, set[bytes]] = {}
         for key, model in self._chunk_model.items():
             out.setdefault(model, set()).add(key)
         return out
+
+    def present_segments(self) -> dict[str, set[bytes]]:
+        """Per model, the segment keys present (not tombstoned) in what was fed."""
+        out: dict[str, set[bytes]] = {}
+        for key, model in self._segment_model.items():
+            out.setdefault(model, set()).add(key)
+        return out
+
+
+class _MissingSegment(Exception):
+    """A state names a segment that is not in the changelog (tombstoned, or never acknowledged)."""
+
+
+def _split_segment_key(key: bytes) -> tuple[str | None, bytes | None]:
+    """(model, writer) of a segment key; Nones when ``key`` is not one."""
+    parts = key.rsplit(b"\x00", 2)
+    if len(parts) != 3 or not _STATE_ID.fullmatch(parts[1]) or not _DIGEST.fullmatch(parts[2]):
+        return None, None
+    try:
+        return parts[0].decode("utf-8"), parts[1]
+    except UnicodeDecodeError:
+        return None, None
 
 
 def _split_chunk_key(key: bytes) -> tuple[str | None, bytes | None, int | None]:
@@ -463,7 +603,8 @@ class _Written:
     """What this instance knows of a model's records in the changelog."""
 
     current: set[bytes] = field(default_factory=set)  # chunk keys of the newest acknowledged state
-    superseded: set[bytes] = field(default_factory=set)  # chunk keys to tombstone after the next one
+    superseded: set[bytes] = field(default_factory=set)  # chunk (segment) keys to tombstone after the next one
+    segments: set[bytes] = field(default_factory=set)  # this writer's segment keys acknowledged, not tombstoned
 
 
 class ChangelogStore:
@@ -525,6 +666,12 @@ class ChangelogStore:
         self._producer = None
         self._consumer = None
         self._written: dict[str, _Written] = {}
+        self.writer_id = uuid.uuid4().hex
+        """The id this instance's segment keys carry (see the module's docstring)."""
+        # per model: its full segments, so that they are not encoded again; a segment
+        # must fit in a record, with room for the state's other records' overhead
+        self._encoders: dict[str, StateEncoder] = {}
+        self._segment_bytes = min(DEFAULT_SEGMENT_BYTES, max_chunk_bytes // 2)
         self.last_write = WriteStats()
         """What the last :meth:`write` sent."""
         self.written = WriteStats()
@@ -695,38 +842,66 @@ class ChangelogStore:
         started = time.monotonic()
         stats = WriteStats(models=len(states))
         planned: dict[str, tuple[int, list[ChangelogRecord]]] = {}
+        needed: dict[str, set[bytes]] = {}  # per model, the segment keys its new state names
         for model, state in states.items():
             partition = self.partition_of(model)
             mine = {tp: off for tp, off in positions.items() if tp[1] == partition}
+            known = self._written.setdefault(model, _Written())
+            encoder = self._encoders.setdefault(model, StateEncoder(self._segment_bytes))
+            encoded = encoder.encode(state)
+            payload = encoded.main
+            key = model.encode("utf-8")
+            keys = {d: _segment_key(key, self.writer_id.encode("ascii"), d.encode("ascii")) for d in encoded.segments}
+            new = [(d, encoded.segment(d)) for d, k in keys.items() if k not in known.segments]
+            if any(len(data) > self.max_chunk_bytes for _, data in new):
+                # one item larger than a record (a huge event): this state goes without segments
+                payload, keys, new = encode_payload(state), {}, []
+            needed[model] = set(keys.values())
             planned[model] = (
                 partition,
                 plan_records(
-                    model, encode_payload(state), mine, state_id=uuid.uuid4().hex, max_chunk_bytes=self.max_chunk_bytes
+                    model,
+                    payload,
+                    mine,
+                    state_id=uuid.uuid4().hex,
+                    max_chunk_bytes=self.max_chunk_bytes,
+                    writer=self.writer_id if keys else None,
+                    segments=new,
                 ),
             )
-        # 1. self-contained states and chunks; 2. manifests of fully acknowledged chunks
+        # 1. segments, chunks and the states that need no other record; 2. the last record
+        # (a manifest, or a state naming new segments) once its model's others are acknowledged
         first = [(m, p, r) for m, (p, recs) in planned.items() for r in (recs if len(recs) == 1 else recs[:-1])]
         ok = self._send([(p, r) for _, p, r in first])
         failed = {m for (m, _, _), good in zip(first, ok) if not good}
         second = [(m, p, recs[-1]) for m, (p, recs) in planned.items() if len(recs) > 1 and m not in failed]
-        for (m, _, _), good in zip(second, self._send([(p, r) for _, p, r in second])):
+        ok_second = self._send([(p, r) for _, p, r in second])
+        for (m, _, _), good in zip(second, ok_second):
             if not good:
                 failed.add(m)
-        for _model, _partition, r in [*first, *second]:
+        for (model, _partition, r), good in zip([*first, *second], [*ok, *ok_second], strict=True):
             stats.records += 1
             stats.bytes += r.size
-            stats.chunks += r.value is not None and dict(r.headers)[_H + "kind"] == _CHUNK
-        # 3. the chunks the new states supersede: garbage now, so tombstones may fail
+            kind = dict(r.headers)[_H + "kind"]
+            stats.chunks += kind == _CHUNK
+            stats.segments += kind == _SEGMENT
+            if kind == _SEGMENT:
+                # acknowledged: present, reusable by the next states; else it may have
+                # landed: tombstoned after the next state unless that one names it
+                (self._written[model].segments if good else self._written[model].superseded).add(r.key)
+        # 3. the chunks and segments the new states supersede: garbage now, so tombstones may fail
         garbage: list[tuple[str, int, bytes]] = []
         for model, (partition, recs) in planned.items():
-            known = self._written.setdefault(model, _Written())
-            chunks = {r.key for r in recs[:-1]}
+            known = self._written[model]
+            chunks = {r.key for r in recs[:-1] if dict(r.headers)[_H + "kind"] == _CHUNK}
             if model in failed:
                 known.superseded |= chunks  # they may have landed: tombstone them after the next state
                 continue
             known.superseded |= known.current
             known.current = chunks
-            garbage.extend((model, partition, key) for key in known.superseded)
+            garbage.extend(
+                (model, partition, key) for key in sorted((known.superseded | known.segments) - needed[model])
+            )
         if garbage:
             self._tombstone_chunks(garbage, stats)
         stats.seconds = time.monotonic() - started
@@ -741,24 +916,31 @@ class ChangelogStore:
             )
 
     def _tombstone_chunks(self, garbage: list[tuple[str, int, bytes]], stats: WriteStats) -> None:
-        records = [(p, _tombstone(key, _CHUNK)) for _, p, key in garbage]
+        records = [
+            (p, _tombstone(key, _SEGMENT if _split_segment_key(key)[0] is not None else _CHUNK))
+            for _, p, key in garbage
+        ]
+        for model, _, key in garbage:  # whether its tombstone lands or not, a segment no longer counts as present
+            self._written[model].segments.discard(key)
         for (model, _, key), (_, rec), good in zip(garbage, records, self._send(records)):
             stats.records += 1
             stats.tombstones += 1
             stats.bytes += rec.size
             if good:
                 self._written[model].superseded.discard(key)
+            else:
+                self._written[model].superseded.add(key)
         left = sum(len(w.superseded) for w in self._written.values())
         if left:
             log.warning(
-                "%d superseded changelog chunk(s) not yet tombstoned (retried at the next write): "
+                "%d superseded changelog chunk(s) or segment(s) not yet tombstoned (retried at the next write): "
                 "they take space until then, and are never restored",
                 left,
             )
 
     def delete(self, model: str) -> None:
         """Delete ``model``'s state: a tombstone under its key, then tombstones for the
-        chunks this instance knows of (written or restored by it).
+        chunks and segments this instance knows of (written or restored by it).
 
         Raises
         ------
@@ -776,7 +958,8 @@ class ChangelogStore:
                 "delete it again (check that the brokers answer)"
             )
         mine = self._written.pop(model, _Written())
-        keys = mine.current | mine.superseded
+        self._encoders.pop(model, None)
+        keys = mine.current | mine.superseded | mine.segments
         if keys:
             self._written[model] = _Written(superseded=keys)
             self._tombstone_chunks([(model, partition, k) for k in sorted(keys)], stats)
@@ -791,6 +974,8 @@ class ChangelogStore:
         gone = set(partitions)
         for model in [m for m in self._written if self.partition_of(m) in gone]:
             del self._written[model]
+        for model in [m for m in self._encoders if self.partition_of(m) in gone]:
+            del self._encoders[model]
 
     # -- restoring ----------------------------------------------------------------------------
     def _ensure_consumer(self):
@@ -892,6 +1077,14 @@ class ChangelogStore:
         for model in reassembler.winners:
             if model not in present:
                 self._written[model] = _Written()
+        writer = self.writer_id.encode("ascii")
+        for model, keys in reassembler.present_segments().items():
+            # this instance's own (the partition came back): present, reusable; others'
+            # (the restored state may name them): tombstoned after this instance's next write
+            known = self._written.setdefault(model, _Written())
+            own = {k for k in keys if _split_segment_key(k)[1] == writer}
+            known.segments |= own
+            known.superseded |= keys - own
         if reassembler.skipped:
             log.warning(
                 "restoring %s: %d record(s) skipped (not driftline's changelog format %d)",

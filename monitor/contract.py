@@ -30,6 +30,7 @@ __all__ = [
     "FeedbackEvent",
     "prediction_event_type",
     "dead_letter",
+    "as_record",
     "decode_each",
     "decode_events",
     "check_common",
@@ -68,6 +69,14 @@ class Record(NamedTuple):
     timestamp: int
     key: bytes | None
     value: bytes | None
+
+
+def as_record(rec: RawRecord) -> Record:
+    """``rec`` as a :class:`Record`: what state keeps of a source record (kafka-python's
+    ``ConsumerRecord`` has thirteen fields, of which a checkpoint must hold these six)."""
+    if type(rec) is Record:
+        return rec
+    return Record(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value)
 
 
 @dataclass(frozen=True)

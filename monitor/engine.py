@@ -46,6 +46,7 @@ from driftline.detectors.windows import SlidingWindow, TumblingWindow
 from driftline.monitor.alarms import Action, Alarm, AlarmKind, ConceptDetector, Detector
 from driftline.monitor.canary import ErrorRegression, NonInferiority, group_moments, latency_regression
 from driftline.monitor.config import ModelSettings, Settings
+from driftline.monitor.contract import as_record
 from driftline.monitor.decode import (
     TYPE_SHARE,
     Columns,
@@ -94,6 +95,7 @@ from driftline.monitor.performance import (
     window_performance,
 )
 from driftline.monitor.reference import (
+    AppendLog,
     FittedReference,
     ReferenceData,
     describe_fingerprint,
@@ -672,8 +674,8 @@ class ModelMonitor:
                 for b in pending:
                     if b.features is None:  # no Python value can hold it: dead, and no trace
                         result.dead_letters.append(dead_letter(b.source, "wrong_type", _WRONG_TYPE))
-                    else:
-                        self._buffer.append(b)
+                    else:  # held in state: as a Record, whichever client read it
+                        self._buffer.append(b if type(b.source) is Record else b._replace(source=as_record(b.source)))
                 start = min(end, len(p))
                 if len(self._buffer) >= size:
                     self._complete_schema(result)
@@ -1411,10 +1413,9 @@ class ModelMonitor:
             "pred_ref": None if self.pred_ref is None else self.pred_ref.to_state(),
             "pred_vocab": dict(self.pred_encoder.vocab),
             "ref_missing": dict(self.ref_missing),
-            "buffer": [
-                [b.features, b.prediction, list(b.source), b.id, b.version, b.ts, b.scores, b.latency]
-                for b in self._buffer
-            ],
+            # the pending events themselves (encoded as the lists they were written as):
+            # checkpoints store them in segments, each full one written once
+            "buffer": AppendLog(self._buffer),
             "ref_rows": [[num, codes, preds] for num, codes, preds in self._ref_rows],
             "versions": {name: vm.state_dict() for name, vm in self.versions.items()},
             "version_events": dict(self.version_events),

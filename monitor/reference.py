@@ -35,6 +35,7 @@ from driftline.monitor.encoding import Encoder
 from driftline.monitor.exceptions import ReferenceLoadError
 
 __all__ = [
+    "AppendLog",
     "ReferenceData",
     "load_reference",
     "reference_fingerprint",
@@ -56,6 +57,28 @@ class ReferenceData:
     features: list[dict[str, Any]]
     prediction: list[Any]
     fingerprint: str = "given"
+
+
+class AppendLog(list):
+    """A list in a state dict whose items are never changed once added and which only
+    grows until it is emptied or replaced: a stream reference's events while it fills.
+
+    A plain list to everyone else (it decodes back as one). Checkpoints and the
+    changelog (:mod:`~driftline.monitor.checkpoint`) store it in segments: a full
+    segment is encoded, hashed and written once, and later checkpoints refer to it
+    by its SHA-256, so that a checkpoint's cost follows what was added since the last
+    one rather than the whole reference. They recognise an item they already encoded
+    by its identity, which is why items must not be mutated (tuples of values that
+    are not changed after they are added, as the engine's pending events are).
+
+    Examples
+    --------
+    >>> log = AppendLog([(1, "a"), (2, "b")])
+    >>> log == [(1, "a"), (2, "b")]
+    True
+    """
+
+    __slots__ = ()
 
 
 def stream_fingerprint(settings: ModelSettings) -> str:
