@@ -391,45 +391,33 @@ class ConfluentSource:
         cu = self.catch_up
         assert cu is not None
         topic = cu.topic
-        if cu.read_until:  # only until the consumer is past what was read aside
-            kept: list[Any] = []
-            again: dict[int, list[Any]] = {}
-            for r in records:
-                if r.topic == topic and r.partition in cu.read_until:
-                    again.setdefault(r.partition, []).append(r)
-                else:
-                    kept.append(r)
-            records = kept + [r for p, recs in again.items() for r in cu.unread(p, recs)]
-        if not cu.due:
-            return records
-        ready = cu.ready(self._assigned, [*self._awaiting, *self._to_seek])
-        starts: dict[int, int | None] = {}
-        first: dict[int, int] = {}
+        fetched: dict[int, list[Any]] = {}
         for r in records:
-            if r.topic == topic and r.partition not in first:
-                first[r.partition] = r.offset
-        unknown = [p for p in ready if p not in first and (topic, p) not in self._positions]
+            if r.topic == topic:
+                fetched.setdefault(r.partition, []).append(r)
+        kept, aside = cu.align(
+            fetched, lambda: self._assigned, [*self._awaiting, *self._to_seek], self._lifecycle_starts
+        )
+        handed = {id(r) for recs in kept.values() for r in recs}
+        return [r for p in sorted(aside) for r in aside[p]] + [
+            r for r in records if r.topic != topic or id(r) in handed
+        ]
+
+    def _lifecycle_starts(self, partitions: list[int]) -> dict[int, int | None]:
+        """Where the consumer starts these lifecycle partitions: a checkpoint's seek or
+        a restore's resume point, else the group's commit (None: no commit, where
+        ``auto_offset_reset`` says); those of neither kind left out when the group
+        coordinator does not answer."""
+        assert self.catch_up is not None
+        topic = self.catch_up.topic
+        starts: dict[int, int | None] = {
+            p: self._positions[(topic, p)] for p in partitions if (topic, p) in self._positions
+        }
+        unknown = [p for p in partitions if p not in starts]
         committed = self._committed([self._ck.TopicPartition(topic, p) for p in unknown]) if unknown else {}
-        for p in ready:
-            if p in first:
-                starts[p] = first[p]
-            elif (topic, p) in self._positions:  # a checkpoint's seek or a restore's resume point
-                starts[p] = self._positions[(topic, p)]
-            elif committed is not None:
-                starts[p] = committed.get((topic, p))  # None: no commit, where auto_offset_reset says
-            else:
-                cu.due.discard(p)
-                log.warning(
-                    "%s/%d: the group's commit is not known (the brokers did not answer): its lifecycle "
-                    "events are read as they come, possibly after later predictions",
-                    topic,
-                    p,
-                )
-        read = cu.read(starts)
-        if not any(read.values()):
-            return records
-        aside = [r for p in sorted(read) for r in read[p]]
-        return aside + [r for r in records if r.topic != topic or r.offset >= cu.read_until.get(r.partition, r.offset)]
+        if committed is not None:
+            starts.update({p: committed.get((topic, p)) for p in unknown})
+        return starts
 
     def _through_gates(self, records: list[RawRecord]) -> list[RawRecord]:
         """Drop records read again after a restore that their model's state holds already."""

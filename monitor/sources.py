@@ -41,7 +41,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
@@ -315,41 +315,39 @@ class KafkaSource:
         :class:`LifecycleCatchUp`). Runs in the polling thread, before any record of
         the batch is handed over."""
         from kafka import TopicPartition
-        from kafka.errors import KafkaError
 
         cu = self.catch_up
         assert cu is not None
-        if cu.read_until:
-            for tp in [tp for tp in batches if tp.topic == cu.topic and tp.partition in cu.read_until]:
-                batches[tp] = cu.unread(tp.partition, batches[tp])
-        if not cu.due:
+        if not (cu.due or cu.read_until):
             return
-        assigned = self.assignment()
+        fetched = {tp.partition: recs for tp, recs in batches.items() if tp.topic == cu.topic}
         held = [*self._awaiting, *((tp.topic, tp.partition) for tp in self._to_seek)]
+        kept, aside = cu.align(fetched, self.assignment, held, self._lifecycle_starts)
+        for p, recs in kept.items():
+            batches[TopicPartition(cu.topic, p)] = [*aside.pop(p, ()), *recs]
+        for p, read in aside.items():  # partitions of which nothing was polled
+            only: list[RawRecord] = [*read]
+            batches[TopicPartition(cu.topic, p)] = only
+
+    def _lifecycle_starts(self, partitions: list[int]) -> dict[int, int | None]:
+        """The next offset the consumer hands over of these lifecycle partitions (its
+        commit, a seek, or the reset policy); those the brokers did not tell left out."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        assert self.catch_up is not None
         starts: dict[int, int | None] = {}
-        for p in cu.ready(assigned, held):
-            tp = TopicPartition(cu.topic, p)
-            fetched = batches.get(tp)
-            if fetched:
-                starts[p] = fetched[0].offset
-                continue
-            try:  # the next offset the consumer hands over (its commit, a seek, or the reset policy)
-                starts[p] = self._consumer.position(tp, timeout_ms=self.settings.request_timeout_ms)
+        for p in partitions:
+            try:
+                position = self._consumer.position(
+                    TopicPartition(self.catch_up.topic, p), timeout_ms=self.settings.request_timeout_ms
+                )
             except KafkaError as exc:
                 self._broker_failed("reading the lifecycle position", exc)
-                starts[p] = None
-            if starts[p] is None:
-                del starts[p]
-                cu.due.discard(p)
-                log.warning(
-                    "%s/%d: its position is not known (the brokers did not answer): its lifecycle events "
-                    "are read as they come, possibly after later predictions",
-                    cu.topic,
-                    p,
-                )
-        for p, aside in cu.read(starts).items():
-            tp = TopicPartition(cu.topic, p)
-            batches[tp] = cu.merge(p, aside, batches.get(tp) or [])
+                continue
+            if position is not None:
+                starts[p] = position
+        return starts
 
     # -- state that follows its partition (with a RebalanceHandler) -------------------------
     def _forget(self, partitions: list[tuple[str, int]]) -> None:
@@ -652,12 +650,12 @@ class LifecycleCatchUp:
     ahead: its events take effect when read, as before.
 
     The source tells it which partitions were assigned (:meth:`assigned`), moved by a
-    seek (:meth:`moved`) or taken away (:meth:`forget`); at each poll it asks which
-    lifecycle partitions are due (:meth:`ready`), gives their start offsets to
-    :meth:`read` and merges the result into its batch (:meth:`merge`), and passes the
-    records it polled through :meth:`unread`. The side reader is a kafka-python
-    consumer whichever client the source uses (kafka-python is always installed: the
-    producers are kafka-python's).
+    seek (:meth:`moved`) or taken away (:meth:`forget`); at each poll it hands the
+    lifecycle records it polled to :meth:`align`, with a callback that says where its
+    consumer starts a partition (the one part that depends on the client), and puts
+    what comes back into its batch, the records read aside first. The side reader is a
+    kafka-python consumer whichever client the source uses (kafka-python is always
+    installed: the producers are kafka-python's).
 
     Parameters
     ----------
@@ -718,12 +716,63 @@ class LifecycleCatchUp:
             return records
         return [r for r in records if r.offset >= until]
 
-    def merge(self, partition: int, aside: list[Record], fetched: list[RawRecord]) -> list[RawRecord]:
-        """What to hand over of lifecycle ``partition`` in this batch: the records read
-        aside, then the consumer's own records of it past them."""
-        until = self.read_until.get(partition)
-        rest = fetched if until is None else [r for r in fetched if r.offset >= until]
-        return [*aside, *rest]
+    def align(
+        self,
+        fetched: Mapping[int, list[RawRecord]],
+        assigned: Callable[[], Any],
+        held: Any,
+        start_positions: Callable[[list[int]], dict[int, int | None]],
+    ) -> tuple[dict[int, list[RawRecord]], dict[int, list[Record]]]:
+        """One poll's lifecycle records, aligned: the records read aside before are
+        dropped, the backlog of the partitions due is read aside (:meth:`ready`,
+        :meth:`read`) and the records it covers are dropped.
+
+        Parameters
+        ----------
+        fetched
+            The lifecycle records the consumer polled, per partition, in offset order.
+        assigned
+            Gives the ``(topic, partition)`` pairs assigned (asked only when some
+            partition is due).
+        held
+            As for :meth:`ready`.
+        start_positions
+            The client's part: for lifecycle partitions of which nothing was polled,
+            the next offset its consumer hands over (None: where ``auto_offset_reset``
+            says); a partition left out is not known (the brokers did not answer), and
+            its events are read as they come.
+
+        Returns
+        -------
+        kept, aside
+            Per partition polled, its records to hand over; per partition read aside
+            now, the records read, to hand over before any of ``kept`` (in the same
+            batch).
+        """
+        kept = {p: self.unread(p, recs) if p in self.read_until else recs for p, recs in fetched.items()}
+        if not self.due:
+            return kept, {}
+        ready = self.ready(assigned(), held)
+        starts: dict[int, int | None] = {p: kept[p][0].offset for p in ready if kept.get(p)}
+        unknown = [p for p in ready if p not in starts]
+        found = start_positions(unknown) if unknown else {}
+        for p in unknown:
+            if p in found:
+                starts[p] = found[p]
+                continue
+            self.due.discard(p)
+            log.warning(
+                "%s/%d: where the consumer starts it is not known (the brokers did not answer): its "
+                "lifecycle events are read as they come, possibly after later predictions",
+                self.topic,
+                p,
+            )
+        aside = self.read(starts)
+        for p in aside:  # the consumer's own records of it past those read aside
+            until = self.read_until.get(p)
+            if until is not None and p in kept:
+                kept[p] = [r for r in kept[p] if r.offset >= until]
+        return kept, aside
 
     def read(self, starts: dict[int, int | None]) -> dict[int, list[Record]]:
         """Read lifecycle partitions from ``starts`` (None: where ``auto_offset_reset``
