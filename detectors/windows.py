@@ -87,7 +87,7 @@ class SlidingWindow:
         self._next_index: int | None = None  # smallest stream position allowed next
 
     def _check(self, values: Any, first_index: Any) -> np.ndarray:
-        arr = np.asarray(values)
+        arr = values if type(values) is np.ndarray else np.asarray(values)
         if arr.ndim != 2 or arr.shape[1] != self.n_columns or arr.dtype.kind not in "biuf":
             raise ValueError(
                 f"values must be a 2-D numeric array of shape (n, {self.n_columns}), "
@@ -124,12 +124,12 @@ class SlidingWindow:
         n = arr.shape[0]
         if n == 0:
             return []
-        seen, size = self._seen, self.size
-        indices = int(first_index) + np.arange(n, dtype=np.int64)
+        seen, size, first = self._seen, self.size, int(first_index)
         # windows whose last row (start + size - 1) falls in this batch
         n_windows = max(0, (seen + n - size - self._next_start) // self.step + 1)
         windows: list[CompletedWindow] = []
         if n_windows:
+            indices = first + np.arange(n, dtype=np.int64)
             starts = self._next_start + self.step * np.arange(n_windows, dtype=np.int64)
             rows = starts[:, None] + np.arange(size, dtype=np.int64)[None, :]
             held = rows < seen
@@ -141,14 +141,20 @@ class SlidingWindow:
                 CompletedWindow(values_out[k], int(index_out[k, 0]), int(index_out[k, -1])) for k in range(n_windows)
             ]
             self._next_start += self.step * n_windows
-        # keep the rows a future window may need (at most the last `size` rows)
+        # keep the rows a future window may need (at most the last `size` rows): rows
+        # keep_from.. go to consecutive ring slots, in two slices where the ring wraps
         keep_from = max(seen, seen + n - size, self._next_start)
         if keep_from < seen + n:
-            slots = np.arange(keep_from, seen + n, dtype=np.int64)
-            self._values[slots % size] = arr[slots - seen]
-            self._indices[slots % size] = indices[slots - seen]
+            slot, offset = keep_from % size, keep_from - seen
+            head = min(n - offset, size - slot)
+            self._values[slot : slot + head] = arr[offset : offset + head]
+            self._indices[slot : slot + head] = np.arange(first + offset, first + offset + head, dtype=np.int64)
+            if offset + head < n:  # wrapped: the rest from slot 0
+                rest = n - offset - head
+                self._values[:rest] = arr[offset + head :]
+                self._indices[:rest] = np.arange(first + offset + head, first + n, dtype=np.int64)
         self._seen = seen + n
-        self._next_index = int(indices[-1]) + 1
+        self._next_index = first + n
         return windows
 
     # ---- state ----------------------------------------------------------------------
