@@ -224,6 +224,7 @@ def test_an_instance_with_no_partition_is_not_ready(broker, tmp_path):
     ``partitions`` not ready on /readyz (with ``driftline_ready{component="partitions"}``
     and ``driftline_assigned_partitions`` 0), while the owner does not."""
     import re
+    import signal
     import uuid
 
     from tests.support.runs import DriftlineProcess, write_config
@@ -276,8 +277,12 @@ def test_an_instance_with_no_partition_is_not_ready(broker, tmp_path):
                 wait_for(
                     lambda proc=proc: (b := readyz(proc)) and b["not_ready"] == ["reference"], 30, "the owner ready"
                 )
+        # every instance stopped at once: one after the other, each leave would make the
+        # others rebalance before they stop
         for proc in procs:
-            assert proc.terminate() == 0, proc.log()[-3000:]
+            proc.proc.send_signal(signal.SIGTERM)
+        for proc in procs:  # (one SIGTERM each: a second one during the stop is a kill)
+            assert proc.wait_exit(timeout=60) == 0, proc.log()[-3000:]
     finally:
         for proc in procs:
             proc.close()

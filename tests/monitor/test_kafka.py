@@ -14,6 +14,8 @@ from driftline.cli import main
 from driftline.monitor.config import load_settings
 from driftline.monitor.decode import DecodedBatch
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
+from tests.support.runs import QUICK_SESSION_MS
+from tests.support.topics import produce as fast_produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -28,13 +30,9 @@ def wait_for(predicate, timeout, what):
 
 
 def produce(broker, topic, events, raw=()):
-    p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=10)
-    for e in events:
-        p.send(topic, key=e["model"].encode(), value=orjson.dumps(e))
-    for key, value in raw:
-        p.send(topic, key=key, value=value)
-    p.flush()
-    p.close()
+    """``events`` (keyed by model), then the ``raw`` (key, value) records, to ``topic``."""
+    records = [(e["model"].encode(), orjson.dumps(e)) for e in events]
+    fast_produce(broker.bootstrap_servers, topic, [*records, *raw])
 
 
 def settings_for(broker, topics, tmp_path, **extra):
@@ -45,7 +43,7 @@ def settings_for(broker, topics, tmp_path, **extra):
             "predictions_topic": topics["predictions"],
             "feedback_topic": topics["feedback"],
             "dead_letter_topic": topics["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": QUICK_SESSION_MS,
             "poll_timeout_ms": 200,
         },
         defaults={"reference": {"size": 2000}, "window": {"size": 1000}, "performance": {"window": 500}},

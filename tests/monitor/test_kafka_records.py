@@ -17,6 +17,7 @@ from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from driftline.monitor.config import KafkaSettings
 from driftline.monitor.kafka_records import _fast_class, parse_batch
 from driftline.monitor.sources import KafkaSource
+from tests.support.runs import QUICK_SESSION_MS
 
 TP = TopicPartition("t", 3)
 FAST = _fast_class(Fetcher.PartitionRecords)
@@ -96,7 +97,7 @@ def _consume(broker, topic: str, fast: bool, n: int) -> list[tuple]:
         group_id=f"g-{topic}-{fast}",
         predictions_topic=topic,
         feedback_topic=topic + "-none",
-        session_timeout_ms=6000,
+        session_timeout_ms=QUICK_SESSION_MS,
         fast_record_parser=fast,
     )
     source = KafkaSource(settings)

@@ -31,7 +31,7 @@ from kafka import KafkaProducer
 
 from driftline.monitor.config import load_settings
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
-from tests.support.runs import wait_for
+from tests.support.runs import QUICK_SESSION_MS, wait_for
 
 T0 = 1_700_000_000.0
 N = 3_000
@@ -98,7 +98,7 @@ def _settings(broker, t, tmp_path: Path, **kafka: Any):
             "predictions_topic": t["predictions"],
             "feedback_topic": t["feedback"],
             "dead_letter_topic": t["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": QUICK_SESSION_MS,
             "poll_timeout_ms": 200,
             "max_poll_records": 500,
             "max_partition_fetch_bytes": 65_536,

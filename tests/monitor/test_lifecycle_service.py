@@ -35,7 +35,7 @@ from driftline.monitor.decode import BatchDecoder, Record
 from driftline.monitor.sources import JsonlSource
 from tests.monitor.streams import feedback_for, prediction_events, to_jsonl
 from tests.support.receiver import WebhookReceiver
-from tests.support.runs import REPO, DriftlineProcess, wait_for
+from tests.support.runs import QUICK_SESSION_MS, REPO, DriftlineProcess, wait_for
 
 PRED, FB, LC = "predictions", "feedback", "model-lifecycle"
 T0 = 1_700_000_000.0
@@ -206,7 +206,7 @@ def _settings(broker, topics, tmp_path, receiver_url, **extra):
             "predictions_topic": topics["predictions"],
             "feedback_topic": topics["feedback"],
             "dead_letter_topic": topics["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": QUICK_SESSION_MS,
             "poll_timeout_ms": 200,
             "max_poll_records": 500,
         },
@@ -859,7 +859,7 @@ def test_sigkill_mid_loop_loses_no_lifecycle_event_and_duplicates_no_audit_recor
     alarm twice, and the alarms, triggers and lifecycle events of a replay of the same
     streams."""
     from tests.monitor.test_crash import PacedProducers
-    from tests.support.runs import QUICK_SESSION_MS, committed_total, outbox_rows, write_config
+    from tests.support.runs import committed_total, outbox_rows, write_config
 
     t = loop_topics
     preds, labels, reference = _loop_stream(tmp_path)

@@ -31,6 +31,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]
 PARTITIONS = 6
 MODELS = [f"m{i}" for i in range(8)]
 MAX_POLL = 100
+SESSION_MS = 3000
+"""The group's session timeout: Tansu answers a join after about half of it, and every
+join and leave here is a rebalance of the group; but longer than a partition's restore
+from the changelog on a loaded machine (a member is expelled when its rebalance
+listener, which restores, holds its heartbeats for longer)."""
 
 
 def gauge(proc: DriftlineProcess, name: str) -> float:
@@ -114,7 +119,10 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
       refused by it are retried or dropped for partitions that moved;
     * nothing is lost: the group's committed offsets reach the end of every partition
       (each instance commits only after its sinks flushed);
-    * each event is counted exactly once. Before C is killed, production pauses until
+    * each event is counted exactly once in the models' states (the survivors, which
+      hold every model at the end, count ``total`` prediction events). And each is
+      processed once, unless a member's partitions were lost (see the assertion).
+      Before C is killed, production pauses until
       everything is committed, so C's count (read just before the kill) is final and
       C leaves nothing uncommitted; B's and the survivors' counts are exact (their
       shutdown line). So ``sum(counts)`` must equal the events produced: a batch fetched
@@ -134,6 +142,7 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
         group=group,
         state_dir=tmp_path / "state",
         max_poll_records=MAX_POLL,
+        session_timeout_ms=SESSION_MS,
     )
     cfg = yaml.safe_load(config.read_text())
     cfg["kafka"].update(request_timeout_ms=5000)
@@ -220,6 +229,8 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
         alive("A", "D")
         committed, ends = committed_and_ends(broker, group, topics["predictions"])
         assert committed == total, (committed, ends, total)
+        # the survivors hold every model now: their states count each event once
+        in_state = {n: sum(metric_values(procs[n].metrics(), "driftline_model_events_total").values()) for n in "AD"}
         for n in "AD":
             assert procs[n].terminate(timeout=120) == 0, procs[n].log()[-3000:]
         counts = {n: final_count(procs[n]) for n in "ABD"} | killed
@@ -230,11 +241,18 @@ def test_instances_join_and_leave_while_events_flow(broker, tmp_path: Path):
         for p in procs.values():
             p.close()
 
+    assert sum(in_state.values()) == total, f"the models' states count {in_state} events, not {total}"
     duplicates = sum(counts.values()) - total
-    print(f"counts per instance {counts}; {total} events; counted twice: {duplicates}")
+    lost = [n for n, text in logs.items() if "lost (this instance was expired" in text]
+    print(f"counts per instance {counts}; {total} events; processed twice: {duplicates}; partitions lost by {lost}")
     assert duplicates >= 0, f"events lost: {counts} sum to less than {total}"
-    assert duplicates == 0, (
-        f"events counted twice across the rebalances: {counts} sum to {sum(counts.values())}, not {total}"
+    # A member whose partitions are lost (its commit refused with IllegalGeneration, or
+    # it was expired) drops their models without writing them: what it processed since
+    # its last checkpoint is processed again by the new owner, and counted by both
+    # instances' throughput, though once in the states (checked above). Otherwise no
+    # instance processes an event another one processed.
+    assert duplicates == 0 or lost, (
+        f"events processed twice across the rebalances: {counts} sum to {sum(counts.values())}, not {total}"
     )
     handovers = sum(text.count("model state(s) restored from the changelog") for text in logs.values())
     assert handovers >= 4, "the partitions' states were not restored from the changelog at the rebalances"

@@ -57,6 +57,11 @@ EARLY = {m: 320 for i, m in enumerate(MODELS) if i % 2 == 1}  # reported early: 
 FLIP_AFTER = {m: 700 for i, m in enumerate(MODELS) if i % 5 == 1}  # concept drift
 DEFAULTS = {"reference": {"size": 300}, "window": {"size": 150}, "performance": {"window": 100}}
 SECRET, SECRET_ENV = "scaleout-webhook-secret", "SCALEOUT_WEBHOOK_SECRET"
+SESSION_MS = 3000
+"""The group's session timeout: Tansu answers a join after about half of it, and every
+start, kill and join here is a rebalance of the group; but longer than a partition's
+restore from the changelog on a loaded machine (a member is expelled when its
+rebalance listener, which restores, holds its heartbeats for longer)."""
 
 
 def stream() -> tuple[list[dict], list[dict]]:
@@ -73,7 +78,9 @@ class Producers:
     """Predictions and feedback from two threads at once, keyed by model (so a model's
     records stay in one partition), in paced chunks: the instances consume while the
     events are produced. The last third waits for ``resume`` (a new instance joins while
-    events still flow)."""
+    events still flow), then flows with a shorter pause (the pace is for the kill, which
+    must come while a drift is under way; the new instance only needs events to come
+    after it joined)."""
 
     def __init__(self, broker, topics, predictions, feedback, chunk: int = 400, pause: float = 0.25) -> None:
         self.errors: list[BaseException] = []
@@ -89,13 +96,14 @@ class Producers:
         try:
             p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
             for start in range(0, len(events), chunk):
-                if start >= 2 * len(events) // 3 and not self.resume.is_set():
+                last_third = start >= 2 * len(events) // 3
+                if last_third and not self.resume.is_set():
                     p.flush()
                     assert self.resume.wait(300), "never resumed"
                 for e in events[start : start + chunk]:
                     p.send(topic, key=e["model"].encode(), value=orjson.dumps(e))
                 p.flush()
-                time.sleep(pause)
+                time.sleep(pause / 5 if last_third else pause)
             p.close()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             self.errors.append(exc)
@@ -177,6 +185,7 @@ def test_three_instances_a_kill_and_a_join_equal_one_replay(broker, tmp_path: Pa
                 secret_env=SECRET_ENV,
                 checkpoint_interval_seconds=1.0,
                 defaults=DEFAULTS,
+                session_timeout_ms=SESSION_MS,
             )
         )
 

@@ -18,6 +18,7 @@ from tests.monitor.streams import feedback_for, prediction_events
 from tests.monitor.test_kafka import Running, produce, settings_for, wait_for
 from tests.support.prometheus import PrometheusServer
 from tests.support.receiver import WebhookReceiver
+from tests.support.runs import QUICK_SESSION_MS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -97,7 +98,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(broker, topics, tmp_p
         "DRIFTLINE_KAFKA__PREDICTIONS_TOPIC": topics["predictions"],
         "DRIFTLINE_KAFKA__FEEDBACK_TOPIC": topics["feedback"],
         "DRIFTLINE_KAFKA__DEAD_LETTER_TOPIC": topics["dead_letter"],
-        "DRIFTLINE_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "DRIFTLINE_KAFKA__SESSION_TIMEOUT_MS": str(QUICK_SESSION_MS),
         "DRIFTLINE_KAFKA__MAX_POLL_RECORDS": "500",
         "DRIFTLINE_PROMETHEUS__HOST": "127.0.0.1",
         "DRIFTLINE_PROMETHEUS__PORT": "0",  # bound by the process, read from its log

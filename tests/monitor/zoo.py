@@ -647,17 +647,12 @@ def replay_stream(
 
 def produce_stream(broker: Any, topics: dict[str, str], stream: Stream) -> int:
     """Produce every line of ``stream`` (keyed by model) to its topic; returns how many."""
-    from kafka import KafkaProducer
+    from tests.support.topics import produce
 
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=20, batch_size=256 * 1024)
-    try:
-        for topic, lines in (("predictions", stream.predictions), ("feedback", stream.feedback)):
-            for key, value in lines:
-                producer.send(topics[topic], key=key, value=value)
-        producer.flush(timeout=120)
-    finally:
-        producer.close(timeout=10)
-    return len(stream.predictions) + len(stream.feedback)
+    return sum(
+        produce(broker.bootstrap_servers, topics[topic], lines)
+        for topic, lines in (("predictions", stream.predictions), ("feedback", stream.feedback))
+    )
 
 
 def read_dead_letter_topic(broker: Any, topic: str, expected: int, timeout: float) -> list[tuple[str, str]]:
@@ -703,6 +698,7 @@ def run_kafka(
 
     from driftline.app import Service
     from driftline.monitor.config import load_settings
+    from tests.support.runs import QUICK_SESSION_MS
 
     total = produce_stream(broker, topics, stream)
     base: dict[str, Any] = dict(
@@ -712,7 +708,7 @@ def run_kafka(
             "predictions_topic": topics["predictions"],
             "feedback_topic": topics["feedback"],
             "dead_letter_topic": topics["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": QUICK_SESSION_MS,
             "poll_timeout_ms": 200,
         },
         prometheus={"enabled": False},

@@ -26,6 +26,7 @@ import yaml
 from tests.monitor.streams import prediction_events
 from tests.monitor.test_kafka import produce
 from tests.support import Reply, Reset, WebhookReceiver
+from tests.support.runs import QUICK_SESSION_MS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -88,7 +89,7 @@ def test_no_secret_or_target_url_in_any_log_line_or_metric(broker, topics, tmp_p
             "predictions_topic": topics["predictions"],
             "feedback_topic": topics["feedback"],
             "dead_letter_topic": topics["dead_letter"],
-            "session_timeout_ms": 6000,
+            "session_timeout_ms": QUICK_SESSION_MS,
             "poll_timeout_ms": 200,
         },
         "defaults": {"reference": {"size": 2000}, "window": {"size": 1000}},
