@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import special, stats
+from scipy import special
 
 __all__ = [
     "SMIRNOV_MAX_N",
@@ -237,6 +237,8 @@ def _scipy_kstwo_sf(x: Array, n: Array) -> Array:
     for ``n <= 140`` (windows of up to about 140 values) that is mostly the Durbin
     matrix power (small statistics, ~0.3 ms each).
     """
+    from scipy import stats  # scipy.stats takes ~0.6 s to import: only when first needed
+
     return _memoized(x, n, lambda x, n: np.asarray(stats.kstwo.sf(x, n), dtype=np.float64).reshape(-1))
 
 

@@ -30,7 +30,6 @@ import warnings
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import stats
 
 from driftline.detectors._base import EMPTY_INDEX, ChangeDetector, check_param
 from driftline.detectors._kernels import first_index, scan_with_restarts
@@ -116,6 +115,8 @@ def ks_table(stat_size: int) -> tuple[np.ndarray, np.ndarray]:
     ([0.0, 0.25, 0.5, 0.75, 1.0], True)
     """
     base = np.arange(stat_size, dtype=np.float64)
+    from scipy import stats  # ~0.6 s to import: only when KSWIN's table is first made
+
     statistic = np.empty(stat_size + 1)
     p_value = np.empty(stat_size + 1)
     for h in range(stat_size + 1):

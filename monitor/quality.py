@@ -38,7 +38,6 @@ from typing import NamedTuple, get_args
 
 import numpy as np
 from scipy.special import betaln, gammaln
-from scipy.stats import hypergeom
 
 from driftline.detectors.statistics import CategoricalReference, NumericReference
 from driftline.monitor.alarms import Alarm, AlarmFactory, QualityCheck
@@ -260,6 +259,8 @@ def quality_verdicts(rates: np.ndarray, rows: int, baseline: QualityBaseline) ->
         x, a = missing[wi, fi], baseline.ref_missing[fi]
         # Fisher's exact test: of the a + x missing values among the reference's and the
         # window's rows, at least x in the window
+        from scipy.stats import hypergeom  # ~0.6 s to import: only when a check is over its limit
+
         p[wi, fi, 0] = hypergeom.sf(x - 1, baseline.rows + rows, a + x, rows)
     wi, fi = np.nonzero(over[:, :, 1])
     if wi.size:
