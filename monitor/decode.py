@@ -275,6 +275,7 @@ _ID, _VERSION, _TS, _PREDICTION, _SCORES, _LATENCY, _FEATURES, _LABEL, _MODEL = 
     operator.attrgetter, ("id", "version", "ts", "prediction", "scores", "latency_ms", "features", "label", "model")
 )
 _FIRST_BYTE = operator.itemgetter(0)
+_VIEW: Callable[[Any], memoryview] = memoryview  # typed once: mypy cannot infer map(memoryview, ...)
 
 
 def _ts(events: list[Any], recs: list[RawRecord]) -> list[float]:
@@ -320,7 +321,7 @@ def _predictions(model: str, evs: list[Any], rs: list[RawRecord], **rest: Any) -
 def _predictions_clean(events: list[Any]) -> bool:
     """:func:`~driftline.monitor.contract.check_prediction` batch-wise, at C speed: True
     when every event's ``features`` is an object and its version is not empty."""
-    first_bytes = set(map(_FIRST_BYTE, map(memoryview, map(_FEATURES, events))))
+    first_bytes = set(map(_FIRST_BYTE, map(_VIEW, map(_FEATURES, events))))
     return first_bytes <= {0x7B} and "" not in set(map(_VERSION, events))  # 0x7B: "{"
 
 
