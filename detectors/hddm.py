@@ -3,6 +3,7 @@ and river-exact."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from driftline.detectors._base import ChangeDetector, check_param
 from driftline.detectors._kernels import (
+    MAX_CHUNK,
     ewma,
     first_index,
     last_index,
@@ -25,6 +27,58 @@ from driftline.detectors._kernels import (
 )
 
 __all__ = ["HDDMA", "HDDMW"]
+
+# a side of HDDMW with no row that could fire
+_NO_ROWS = np.empty(0, dtype=np.intp)
+_NO_ROWS.setflags(write=False)
+_NO_FLAGS = np.empty(0, dtype=bool)
+_NO_FLAGS.setflags(write=False)
+
+#: HDDM_W's tables by sample count are kept this far past where they settle: the values
+#: of most chunks' rows are then a slice (128 KiB per table, shared by the detectors
+#: with the same parameters).
+_EPS_PADDING = 1 << 14
+
+
+@functools.lru_cache(maxsize=32)
+def _hddm_w_tables(
+    lambda_val: float, log_drift: float
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """HDDM_W's tables by sample count (read-only; all None if ibc has not settled within
+    :func:`recurrence_table`'s limit): ibc (river's ``ibc = lambda**2 + (1 - lambda)**2
+    * ibc`` from 1), the cut test's bound ``sqrt(ibc * log / 2)``, and both continued
+    with their settled value for ``_EPS_PADDING`` more counts, so that the values of a
+    chunk's rows are a slice, or a gather without clamping."""
+    ibc = recurrence_table(lambda_val * lambda_val, (1 - lambda_val) ** 2, 1.0)
+    if ibc is None:
+        return None, None, None, None
+    eps = np.sqrt(ibc * (log_drift / 2))  # as HDDMW._bound
+    ibc_padded = np.concatenate((ibc, np.full(_EPS_PADDING, ibc[-1])))
+    eps_padded = np.concatenate((eps, np.full(_EPS_PADDING, eps[-1])))
+    for table in (ibc, eps, ibc_padded, eps_padded):
+        table.setflags(write=False)
+    return ibc, eps, ibc_padded, eps_padded
+
+
+#: HDDM_W's closed-form s2 estimate scales a segment's first value by ``decay ** -k``
+#: (:func:`_estimate_tables`): only for values up to this magnitude, so that no product
+#: overflows.
+_SCALE_LIMIT = 1e10
+
+
+@functools.lru_cache(maxsize=8)
+def _estimate_tables(decay: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(decay ** k, decay ** -k, limit)`` for ``k < limit`` (read-only), ``decay ** -k``
+    kept under 1e280 (and ``limit`` under a chunk and a half): the factors of
+    ``decay ** (t - c) = decay ** t * decay ** -c`` in HDDM_W's s2 estimate, exact to a
+    few units in the last place (far inside its safety margin; :func:`decay_tables`
+    keeps ``decay ** -k`` under 1e50 for prefix sums, too short for whole chunks)."""
+    limit = int(min(MAX_CHUNK + MAX_CHUNK // 2 + 2, math.log(1e280) / -math.log(decay)))
+    up = np.power(decay, np.arange(limit, dtype=np.float64))
+    down = 1.0 / up
+    up.setflags(write=False)
+    down.setflags(write=False)
+    return up, down, limit
 
 
 def _alarms(
@@ -254,12 +308,13 @@ class HDDMW(ChangeDetector):
         self._c_lambda_sq = (1 - self.lambda_val) ** 2
         self._log_drift = math.log(1 / self.drift_confidence)
         self._log_warning = math.log(1 / self.warning_confidence)
-        # ibc depends only on how many samples a SampleInfo has seen: a lookup table
-        self._ibc_table = recurrence_table(self._lambda_sq, self._c_lambda_sq, 1.0)
-        self._eps_table: np.ndarray | None = None
+        self._warning_ratio = math.sqrt(self._log_warning / self._log_drift)
+        # ibc depends only on how many samples a SampleInfo has seen: lookup tables (by
+        # sample count, shared by the detectors with the same parameters)
+        self._ibc_table, self._eps_table, self._ibc_padded, self._eps_padded = _hddm_w_tables(
+            self.lambda_val, self._log_drift
+        )
         if self._ibc_table is not None:
-            # the cut test's bound by sample count, and the smallest ibc a sample reaches
-            self._eps_table = self._bound(self._ibc_table, self._log_drift)
             ibc_floor = float(self._ibc_table.min())
         else:
             ibc_floor = self.lambda_val / (2 - self.lambda_val) * (1 - 1e-9)
@@ -270,7 +325,7 @@ class HDDMW(ChangeDetector):
     def reset(self) -> None:
         """Forget everything seen: back to the state of a new detector."""
         self._reset_columns()
-        fresh: list[Any] = [0.0, 1.0, 0]  # EWMA (None: not yet filtered), ibc, count
+        fresh: list[Any] = [0.0, 1.0, 0]  # EWMA, ibc, count
         self._total = list(fresh)
         self._incr_cut = math.inf
         self._incr_s1 = list(fresh)
@@ -280,7 +335,10 @@ class HDDMW(ChangeDetector):
         self._decr_s2 = list(fresh)
 
     def _update_stream(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scan_with_restarts(x, self._scan, self.reset, pace=self._pace())
+        # the safety margins scale with max(1, |x|): once per batch (larger than any
+        # chunk's: a wider margin is as safe)
+        scale = max(1.0, float(x.max()), -float(x.min())) if x.size else 1.0
+        return scan_with_restarts(x, lambda chunk: self._scan(chunk, scale), self.reset, pace=self._pace())
 
     def _ibc(self, count: np.ndarray) -> np.ndarray:
         table = self._ibc_table
@@ -289,8 +347,9 @@ class HDDMW(ChangeDetector):
         return ibc
 
     def _bound(self, ibc: np.ndarray | float, log: float) -> np.ndarray:
-        # river: math.sqrt(ibc * math.log(1 / confidence) / 2)
-        bound: np.ndarray = np.sqrt(ibc * log / 2)
+        # river: math.sqrt(ibc * math.log(1 / confidence) / 2); halving is exact (short of
+        # subnormals), so ibc * (log / 2) is the same number, in one numpy call fewer
+        bound: np.ndarray = np.sqrt(ibc * (log / 2))
         return bound
 
     def _side(
@@ -304,12 +363,16 @@ class HDDMW(ChangeDetector):
         s1: list[Any],
         s2: list[Any],
         increase: bool,
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """One side's cut points and tests: (drift, warning, end state).
+        scale: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[Any, ...]]:
+        """One side's cut points and tests: ``(rows, drift, warning, end)``, the rows
+        where a test could fire (sorted), whether each is a drift, whether each is a
+        warning and not a drift, and what :meth:`_side_end` makes the side's end state
+        of (only for a chunk that is kept: most chunks end at a drift).
 
         ``bounded`` is the total EWMA plus (increase) or minus (decrease) the cut
-        bound, ``before`` the total EWMA before ``x[0]`` and ``total_count0`` the
-        samples the total had seen before it.
+        bound, ``before`` the total EWMA before ``x[0]``, ``total_count0`` the samples
+        the total had seen before it and ``scale`` ``max(1, |x|)``.
 
         The EWMA ``s2`` of the samples after the last cut restarts at every cut;
         filtering it exactly over every segment is what costs, so it is first
@@ -321,37 +384,43 @@ class HDDMW(ChangeDetector):
         """
         n = x.size
         decay = 1.0 - self.lambda_val
+        # every value below (x, the EWMAs, their differences) is within 2 * scale
+        scale = max(scale, abs(before), abs(s1[0]), abs(s2[0]))
         # closed-form estimate of s2: the segment after a cut at c starts from x[c + 1]
         # (from the carried s2, or x[0], for the one that began before this chunk)
         carried_first = decay * ((s2[0] if s2[2] > 0 else float(x[0])) - before)
-        extremum = float(bounded.min()) if increase else float(bounded.max())
-        if (extremum >= cut) if increase else (extremum <= cut):
+        new_cut: np.ndarray | None = None
+        last_at = -1  # the chunk's last cut (-1: none, the segment is carried in)
+        s1_ewma: np.ndarray | float
+        # (after a reset the cut point is infinite: the chunk's first row is a cut)
+        if math.isfinite(cut) and (float(bounded.min()) >= cut if increase else float(bounded.max()) <= cut):
             # no cut in this chunk (common once the detector has settled): one segment
-            new_cut = None
             end_cut = cut
-            at = np.full(n, -1, dtype=np.int64)
-            s1_ewma = np.broadcast_to(np.float64(s1[0]), (n,))
+            s1_ewma = float(s1[0])
             estimate = powers(decay, n) * carried_first
         else:
+            new_cut = np.empty(n, dtype=bool)
             if increase:
-                cuts = running_min(bounded, cut)
-                new_cut = np.empty(n, dtype=bool)
+                cuts = np.minimum.accumulate(bounded)
+                if cut != math.inf:  # after a reset the carried cut point is no bound
+                    np.minimum(cuts, cut, out=cuts)
                 new_cut[0] = bounded[0] < cut
                 np.less(bounded[1:], cuts[:-1], out=new_cut[1:])
             else:
-                cuts = running_max(bounded, cut)
-                new_cut = np.empty(n, dtype=bool)
+                cuts = np.maximum.accumulate(bounded)
+                if cut != -math.inf:
+                    np.maximum(cuts, cut, out=cuts)
                 new_cut[0] = bounded[0] > cut
                 np.greater(bounded[1:], cuts[:-1], out=new_cut[1:])
             end_cut = float(cuts[-1])
             # the segments between cuts: 0 is the one carried in, k starts after the k-th
             # cut of the chunk; per-segment values are gathered by segment number
             segment = np.cumsum(new_cut)
-            cut_rows = np.flatnonzero(new_cut)
+            cut_rows = new_cut.nonzero()[0]
             seg_at = np.empty(cut_rows.size + 1, dtype=np.int64)
             seg_at[0] = -1
             seg_at[1:] = cut_rows
-            at = seg_at[segment]  # the last cut (-1: from before this chunk)
+            last_at = int(seg_at[-1])
             # s1 after each row: the total at the last cut (or the carried s1)
             seg_s1 = np.empty(cut_rows.size + 1)
             seg_s1[0] = s1[0]
@@ -361,90 +430,126 @@ class HDDMW(ChangeDetector):
             seg_first[0] = carried_first
             # a cut at the last row starts no segment in this chunk: any value will do
             np.subtract(x[np.minimum(cut_rows + 1, n - 1)], seg_s1[1:], out=seg_first[1:])
-            seg_first[1:] *= decay
-            age = np.arange(-1, n - 1) - at
-            np.maximum(age, 0, out=age)  # -1 at a cut row, where s2 is not initialised
-            estimate = seg_first[segment]
-            estimate *= powers(decay, n)[age]
+            up, down, limit = _estimate_tables(decay)
+            if n < limit and scale <= _SCALE_LIMIT:
+                # decay * decay ** (t - c - 1) as decay ** t * decay ** -c: the segment's
+                # first value scaled once, then one product per row (no row's age)
+                seg_first[1:] *= down[cut_rows]
+                estimate = seg_first[segment]
+                estimate *= up[:n]
+            else:
+                seg_first[1:] *= decay
+                age = np.arange(-1, n - 1) - seg_at[segment]
+                np.maximum(age, 0, out=age)  # -1 at a cut row, where s2 is not initialised
+                estimate = seg_first[segment]
+                estimate *= powers(decay, n)[age]
         estimate += total_ewma
         if increase:
             diff = np.subtract(estimate, s1_ewma, out=estimate)
         else:
             diff = np.subtract(s1_ewma, estimate, out=estimate)
-        scale = max(1.0, float(np.abs(x).max()), abs(before), abs(s1[0]), abs(s2[0]))
         # the estimate is within `margin` of river's s2 (far above its rounding error)
         margin = scale * self._MARGIN / self.lambda_val
         close = diff > self._least_bound - margin
         if new_cut is not None:
-            close &= ~new_cut  # s2 is initialised
-        if s1[2] == 0:
-            close &= at >= 0  # s1 is initialised
-        candidates = np.flatnonzero(close)
-        drift = np.zeros(n, dtype=bool)
-        warning = np.zeros(n, dtype=bool)
-        if candidates.size:
-            # the tests on the estimate, with their bounds; only a row within `margin` of a
-            # bound needs river's s2 exactly, and no row after the first sure drift matters
-            if new_cut is None:  # one segment, carried in
-                s1_ibc, s2_ibc = s1[1], self._s2_ibc(candidates + 1, s2, False)
+            close[cut_rows] = False  # s2 is not initialised at a cut row
+            if s1[2] == 0:  # s1 is initialised from the chunk's first cut on
+                close[: cut_rows[0] if cut_rows.size else n] = False
+            candidates = close.nonzero()[0]
+        else:
+            candidates = close.nonzero()[0] if s1[2] > 0 else _NO_ROWS
+        end = (x, last_at, new_cut, end_cut, total_ewma, total_count0, s1, s2, before)
+        if not candidates.size:
+            return _NO_ROWS, _NO_FLAGS, _NO_FLAGS, end
+        # the tests on the estimate, with their bounds; only a row within `margin` of a
+        # bound needs river's s2 exactly, and no row after the first sure drift matters
+        if new_cut is None:  # one segment, carried in
+            cand_at = None
+            s1_ibc: np.ndarray | float = s1[1]
+            s2_ibc = self._s2_ibc(candidates + 1, s2, False)
+        else:
+            cand_at = seg_at[segment[candidates]]  # the last cut before each row
+            padded = self._ibc_padded
+            if cut_rows.size and candidates[0] > cut_rows[0]:
+                # every candidate follows a cut of this chunk (always, after a reset)
+                if padded is not None and total_count0 + 1 + n <= padded.size:
+                    # every count is below total_count0 + 1 + n: no clamping
+                    s1_ibc = padded[cand_at + (total_count0 + 1)]
+                    s2_ibc = padded[candidates - cand_at]
+                else:
+                    s1_ibc = self._total_ibc(cand_at + (total_count0 + 1))
+                    s2_ibc = self._s2_ibc(candidates - cand_at, s2, True)
             else:
-                cand_at = at[candidates]
                 s1_ibc = np.where(cand_at >= 0, self._total_ibc(total_count0 + 1 + cand_at), s1[1])
                 s2_ibc = self._s2_ibc(candidates - cand_at, s2, cand_at >= 0)
-            ibc_sum = s1_ibc + s2_ibc
-            drift_bound = self._bound(ibc_sum, self._log_drift)
-            warning_bound = self._bound(ibc_sum, self._log_warning)
-            sub = diff[candidates]
-            sure = first_index(sub > drift_bound + margin)
-            if sure >= 0:
-                k = sure + 1
-                candidates, sub, drift_bound, warning_bound = (
-                    candidates[:k],
-                    sub[:k],
-                    drift_bound[:k],
-                    warning_bound[:k],
-                )
-            is_drift = sub > drift_bound
-            is_warning = sub > warning_bound
-            unsure = np.flatnonzero((np.abs(sub - drift_bound) <= margin) | (np.abs(sub - warning_bound) <= margin))
-            if unsure.size:
-                exact = self._s2_exact(x, candidates[unsure], at, s2)
-                exact_sub = exact - s1_ewma[candidates[unsure]] if increase else s1_ewma[candidates[unsure]] - exact
-                is_drift[unsure] = exact_sub > drift_bound[unsure]
-                is_warning[unsure] = exact_sub > warning_bound[unsure]
-            drift[candidates] = is_drift
-            warning[candidates] = is_warning
-        last_at = int(at[-1])
+        ibc_sum = s1_ibc + s2_ibc
+        drift_bound = self._bound(ibc_sum, self._log_drift)
+        # river's warning bound within a few units in the last place (far inside the
+        # margin); exactly, by river's formula, where a row is within the margin of it
+        warning_bound = drift_bound * self._warning_ratio
+        sub = diff[candidates]
+        over = sub - drift_bound  # (river's test: over > 0)
+        sure = first_index(over > margin)
+        if sure >= 0:
+            k = sure + 1
+            candidates, sub, over, warning_bound = candidates[:k], sub[:k], over[:k], warning_bound[:k]
+            if cand_at is not None:
+                cand_at = cand_at[:k]
+        is_drift = over > 0.0
+        over_warning = sub - warning_bound
+        is_warning = over_warning > 0.0
+        np.abs(over, out=over)
+        np.abs(over_warning, out=over_warning)
+        np.minimum(over, over_warning, out=over)
+        unsure = (over <= margin).nonzero()[0]
+        if unsure.size:
+            rows = candidates[unsure]
+            rows_at = cand_at[unsure] if cand_at is not None else np.full(rows.size, -1, dtype=np.int64)
+            exact = self._s2_exact(x, rows, rows_at, s2)
+            s1_rows = s1_ewma[rows] if isinstance(s1_ewma, np.ndarray) else s1_ewma
+            exact_sub = exact - s1_rows if increase else s1_rows - exact
+            is_drift[unsure] = exact_sub > drift_bound[unsure]
+            is_warning[unsure] = exact_sub > self._bound(ibc_sum[unsure], self._log_warning)
+        if self.two_sided_test:
+            # river's flags: a drift is not also a warning of the same test (one-sided,
+            # _scan keeps the warnings before the first drift only)
+            is_warning &= ~is_drift
+        return candidates, is_drift, is_warning, end
+
+    def _side_end(self, end: tuple[Any, ...]) -> tuple[float, list[Any], list[Any]]:
+        """The side's cut point, s1 and s2 after a chunk that is kept (see :meth:`_side`):
+        s2's EWMA is filtered exactly over the segment after the chunk's last cut only."""
+        x, last_at, new_cut, end_cut, total_ewma, total_count0, s1, s2, before = end
+        n = x.size
         if last_at >= 0:
             count_at = total_count0 + 1 + last_at
-            s1_end: list[Any] = [float(total_ewma[last_at]), float(self._total_ibc(np.array([count_at]))[0]), count_at]
+            s1_end: list[Any] = [float(total_ewma[last_at]), self._ibc_at(1.0, 0, count_at), count_at]
         else:
             s1_end = list(s1)
         if new_cut is not None and new_cut[-1]:
-            s2_end: list[Any] = [0.0, 1.0, 0]
-        else:
+            return end_cut, s1_end, [0.0, 1.0, 0]
+        if last_at >= 0:
             since = n - 1 - last_at
-            s2_ibc_end = float(self._s2_ibc(np.array([since]), s2, np.array([last_at >= 0]))[0])
-            s2_end = [None, s2_ibc_end, since if last_at >= 0 else s2[2] + n]
-        return (
-            drift,
-            warning,
-            {
-                "cut": end_cut,
-                "s1": s1_end,
-                "s2": s2_end,
-                "at": last_at,
-                "x": x,
-                "s2_in": s2,
-                "before": before,
-                "total": float(total_ewma[-1]),
-            },
-        )
+            s2_ibc, s2_count = self._ibc_at(1.0, 0, since), since
+        else:
+            s2_ibc, s2_count = self._ibc_at(s2[1], s2[2], n), s2[2] + n
+        if last_at < 0 and s2[2] > 0 and s2[0] == before:
+            # s2 and the total are the same EWMA of the same samples from the same value:
+            # once they have met they are equal for ever (the usual case for a segment
+            # that has lasted a few hundred samples)
+            value = float(total_ewma[-1])
+        elif last_at < 0 and s2[2] > 0:
+            value = float(linear_recurrence(x, self.lambda_val, 1.0 - self.lambda_val, s2[0])[-1])
+        else:
+            segment = x[last_at + 1 :]
+            rest = linear_recurrence(segment[1:], self.lambda_val, 1.0 - self.lambda_val, float(segment[0]))
+            value = float(rest[-1] if rest.size else segment[0])
+        return end_cut, s1_end, [value, s2_ibc, s2_count]
 
-    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, at: np.ndarray, s2: list[Any]) -> np.ndarray:
+    def _s2_exact(self, x: np.ndarray, wanted: np.ndarray, wanted_at: np.ndarray, s2: list[Any]) -> np.ndarray:
         """river's s2 EWMA at the rows ``wanted`` (sorted), each filtered in the loop's
-        order from the start of its segment (the row after its cut ``at[row]``)."""
-        seg_start = at[wanted] + 1
+        order from the start of its segment (the row after its cut ``wanted_at``)."""
+        seg_start = wanted_at + 1
         head = np.flatnonzero(np.diff(seg_start, prepend=-1))  # first wanted row of each segment
         seg_first = seg_start[head]
         seg_stop = np.append(wanted[head[1:] - 1], wanted[-1]) + 1
@@ -455,25 +560,13 @@ class HDDMW(ChangeDetector):
         values: np.ndarray = exact[np.repeat(offsets - seg_first, np.diff(np.append(head, wanted.size))) + wanted]
         return values
 
-    def _s2_at_end(self, end: dict[str, Any]) -> list[Any]:
-        """The side's s2 after the chunk, once it is known to be kept: its EWMA is
-        filtered exactly over the segment after the chunk's last cut only."""
-        s2: list[Any] = end["s2"]
-        if s2[0] is not None:
-            return s2
-        x, at, s2_in = end["x"], end["at"], end["s2_in"]
-        if at < 0 and s2_in[2] > 0 and s2_in[0] == end["before"]:
-            # s2 and the total are the same EWMA of the same samples from the same value:
-            # once they have met they are equal for ever (the usual case for a segment
-            # that has lasted a few hundred samples)
-            value = end["total"]
-        elif at < 0 and s2_in[2] > 0:
-            value = linear_recurrence(x, self.lambda_val, 1.0 - self.lambda_val, s2_in[0])[-1]
-        else:
-            segment = x[at + 1 :]
-            value = linear_recurrence(segment[1:], self.lambda_val, 1.0 - self.lambda_val, float(segment[0]))
-            value = value[-1] if value.size else segment[0]
-        return [float(value), s2[1], s2[2]]
+    def _ibc_at(self, ibc: float, count: int, steps: int) -> float:
+        """ibc of a sample that had seen ``count`` values (ibc ``ibc``) after ``steps``
+        more (one value, where :meth:`_total_ibc` and :meth:`_s2_ibc` take arrays)."""
+        table = self._ibc_table
+        if table is not None:
+            return float(table[min(count + steps, table.size - 1)])
+        return float(self._ibc_steps(ibc, np.array([steps]))[0])
 
     def _total_ibc(self, count: np.ndarray) -> np.ndarray:
         """ibc of a sample that has seen ``count`` values (``count >= 1``)."""
@@ -485,6 +578,8 @@ class HDDMW(ChangeDetector):
         """ibc of s2 ``since`` samples after its cut in this chunk, or, for the segment
         carried in, after ``since`` more samples from the carried one."""
         if self._ibc_table is not None:
+            if cut_in_chunk is True or cut_in_chunk is False:
+                return self._ibc(since if cut_in_chunk else since + s2[2])
             return self._ibc(np.where(cut_in_chunk, since, s2[2] + since))
         ibc: np.ndarray = np.where(cut_in_chunk, self._ibc_steps(1.0, since), self._ibc_steps(s2[1], since))
         return ibc
@@ -498,7 +593,10 @@ class HDDMW(ChangeDetector):
         ibc_after: np.ndarray = path[steps]
         return ibc_after
 
-    def _scan(self, x: np.ndarray) -> tuple[int, np.ndarray]:
+    def _scan(self, x: np.ndarray, scale: float | None = None) -> tuple[int, np.ndarray]:
+        """One chunk from the current state: the first drift (-1 if none) and the
+        warnings up to it; with no drift, the state after the chunk. ``scale`` is at least
+        ``max(1, |x|)`` (computed if None)."""
         n = x.size
         ewma0, ibc0, count0 = self._total
         decay = 1.0 - self.lambda_val
@@ -508,30 +606,57 @@ class HDDMW(ChangeDetector):
             total_ewma[1:] = linear_recurrence(x[1:], self.lambda_val, decay, float(x[0]))
         else:
             total_ewma = linear_recurrence(x, self.lambda_val, decay, ewma0)
-        if self._eps_table is not None and self._ibc_table is not None:
-            if count0 + 1 >= self._eps_table.size - 1:
-                eps = self._eps_table[-1]  # settled: the same bound for every row
+        eps: np.ndarray | float
+        table, padded = self._eps_table, self._eps_padded
+        if table is not None and padded is not None and self._ibc_table is not None:
+            first = count0 + 1  # the total's sample count at x[0]
+            if first >= table.size - 1:
+                eps = float(table[-1])  # settled: the same bound for every row
+            elif first + n <= padded.size:
+                eps = padded[first : first + n]  # (the common case after a reset)
             else:
-                eps = self._eps_table[np.minimum(np.arange(count0 + 1, count0 + 1 + n), self._eps_table.size - 1)]
+                # the table up to where it settles, then its last value
+                eps = np.empty(n)
+                head = min(n, table.size - first)
+                eps[:head] = table[first : first + head]
+                eps[head:] = table[-1]
             total_ibc_end = float(self._ibc_table[min(count0 + n, self._ibc_table.size - 1)])
         else:
             total_ibc = linear_recurrence(np.ones(n), self._lambda_sq, self._c_lambda_sq, ibc0)
             eps = self._bound(total_ibc, self._log_drift)
             total_ibc_end = float(total_ibc[-1])
-        incr_drift, incr_warning, incr_end = self._side(
-            x, total_ewma, count0, total_ewma + eps, ewma0, self._incr_cut, self._incr_s1, self._incr_s2, True
+        if scale is None:
+            scale = max(1.0, float(x.max()), -float(x.min()))
+        rows, is_drift, is_warning, incr_end = self._side(
+            x, total_ewma, count0, total_ewma + eps, ewma0, self._incr_cut, self._incr_s1, self._incr_s2, True, scale
         )
-        decr_drift = decr_warning = None
+        # the alarms from the rows that could fire only (river's flag logic, see _alarms)
+        hit = first_index(is_drift)
+        if hit >= 0 and not self.two_sided_test:
+            return int(rows[hit]), rows[:hit][is_warning[:hit]]
+        drift = int(rows[hit]) if hit >= 0 else -1
+        warnings = rows[is_warning]
         if self.two_sided_test:
-            decr_drift, decr_warning, decr_end = self._side(
-                x, total_ewma, count0, total_ewma - eps, ewma0, self._decr_cut, self._decr_s1, self._decr_s2, False
+            rows, is_drift, is_warning, decr_end = self._side(
+                x,
+                total_ewma,
+                count0,
+                total_ewma - eps,
+                ewma0,
+                self._decr_cut,
+                self._decr_s1,
+                self._decr_s2,
+                False,
+                scale,
             )
-        drift_zone, warning_zone = _alarms(incr_drift, incr_warning, decr_drift, decr_warning)
-        drift = first_index(drift_zone)
+            hit = first_index(is_drift)
+            if hit >= 0 and (drift < 0 or rows[hit] < drift):
+                drift = int(rows[hit])
+            warnings = np.union1d(warnings, rows[is_warning])
         if drift >= 0:
-            return drift, np.flatnonzero(warning_zone[: drift + 1])
+            return drift, warnings[: int(np.searchsorted(warnings, drift, side="right"))]
         self._total = [float(total_ewma[-1]), total_ibc_end, count0 + n]
-        self._incr_cut, self._incr_s1, self._incr_s2 = incr_end["cut"], incr_end["s1"], self._s2_at_end(incr_end)
+        self._incr_cut, self._incr_s1, self._incr_s2 = self._side_end(incr_end)
         if self.two_sided_test:
-            self._decr_cut, self._decr_s1, self._decr_s2 = decr_end["cut"], decr_end["s1"], self._s2_at_end(decr_end)
-        return drift, np.flatnonzero(warning_zone)
+            self._decr_cut, self._decr_s1, self._decr_s2 = self._side_end(decr_end)
+        return drift, warnings

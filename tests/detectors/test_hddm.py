@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from river import drift
 
 from driftline.detectors._kernels import ewma, segmented_recurrence
-from driftline.detectors.hddm import HDDMA, HDDMW
+from driftline.detectors.hddm import HDDMA, HDDMW, _estimate_tables
 from tests.detectors.firing import firing_share
 from tests.detectors.oracle import feed_both as ours
 from tests.detectors.oracle import river_both as river_run
@@ -88,6 +88,35 @@ def test_hddm_w_parity_with_river(x, conf, lambda_val, two_sided, cuts, cls):
     expected = river_run(drift.binary.HDDMW(**params), x)
     event("river fires" if expected[0] else "river is silent")
     assert ours(cls(**params), x, cuts) == expected
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 2e10])
+def test_hddm_w_parity_on_one_long_batch(two_sided, offset):
+    # one 40,000-sample batch: chunks longer than the s2 estimate's decay tables (the
+    # per-row powers instead); with an offset of 2e10 the values are past the tables'
+    # scale limit and the safety margin (relative to the values) covers most rows, so
+    # that river's s2 is filtered exactly there
+    rng = np.random.default_rng(11)
+    rates = np.repeat([0.1, 0.15, 0.1, 0.5, 0.2, 0.6, 0.1, 0.3], 5000)
+    x = (rng.random(rates.size) < rates).astype(np.float64) + offset
+    expected = river_run(drift.binary.HDDMW(two_sided_test=two_sided), x)
+    assert len(expected[0]) >= 2
+    assert ours(HDDMW(two_sided_test=two_sided), x) == expected
+
+
+@pytest.mark.parametrize("lambda_val", [0.001, 0.05, 0.3, 0.9])
+def test_s2_estimate_tables_give_the_powers_of_the_decay(lambda_val):
+    # decay ** (t - c) as decay ** t * decay ** -c: a few units in the last place, far
+    # inside HDDM_W's safety margin (relative 1e-10 / lambda)
+    decay = 1.0 - lambda_val
+    up, down, limit = _estimate_tables(decay)
+    assert limit > 100  # (280 for lambda 0.9: its powers underflow soonest)
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, limit, 10_000)
+    t = c + rng.integers(0, limit - c)
+    exact = np.power(decay, (t - c).astype(np.float64))
+    np.testing.assert_allclose(up[t] * down[c], exact, rtol=1e-13, atol=0)
 
 
 hddm_a_params = st.builds(
