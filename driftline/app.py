@@ -124,6 +124,13 @@ class _StateHandover:
         self.service._partitions_lost(partitions)
 
 
+def _preload() -> None:
+    """Import the modules the detectors load when first used (``Service.run`` runs this
+    in a thread while the consumer joins its group, so that the first windows do not
+    wait for them)."""
+    import scipy.stats  # noqa: F401
+
+
 class Service:
     """driftline's long-running service.
 
@@ -276,6 +283,10 @@ class Service:
         finite source is exhausted; finish the current batch, flush, commit, return 0."""
         stop = stop or threading.Event()
         restore = self._install_signals(stop)
+        # what the first windows need is imported while the consumer joins its group
+        # (scipy.stats, about 0.6 s: imported where first used, so not at start)
+        preload = threading.Thread(target=_preload, name="driftline-preload", daemon=True)
+        preload.start()
         try:
             self._start_metrics()
             if self._source is None:
@@ -313,6 +324,7 @@ class Service:
         finally:
             restore()
             self.close()
+            preload.join(timeout=10)  # an exit right after the start does not cut an import short
 
     def _process(self, decoded: DecodedBatch, source: Source) -> None:
         t0 = time.perf_counter()
